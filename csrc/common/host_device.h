@@ -1,0 +1,32 @@
+// Shared by the C++ CPU kernels (g++), the CUDA kernels (nvcc) and the CuPy backend (NVRTC).
+// No allocation, no exceptions, no std headers under NVRTC.
+#pragma once
+
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+#define DK_HD __host__ __device__ __forceinline__
+#else
+#define DK_HD inline
+#endif
+
+#ifndef __CUDACC_RTC__
+#include <cstdint>
+#endif
+
+namespace detkernels {
+
+// Working-dtype codes shared with Python (detkernels/backends/native.py: _DTYPE_CODES).
+enum DType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
+
+// std::max / std::min written out, so that NaN and -0.0 follow the operand order on every
+// compiler and device: std_max(a, NaN) = a, std_max(NaN, b) = NaN (torchvision's CPU NMS).
+template <typename T> DK_HD T std_max(T a, T b) { return a < b ? b : a; }
+template <typename T> DK_HD T std_min(T a, T b) { return b < a ? b : a; }
+
+// torch.maximum / torch.minimum: NaN if either operand is NaN (torchvision's box_iou).
+template <typename T> DK_HD T nan_max(T a, T b) { return (a < b || b != b) ? b : a; }
+template <typename T> DK_HD T nan_min(T a, T b) { return (b < a || b != b) ? b : a; }
+
+// Tensor.clamp(min=0): NaN stays NaN, -0.0 stays -0.0.
+template <typename T> DK_HD T clamp_min0(T x) { return x < T(0) ? T(0) : x; }
+
+}  // namespace detkernels

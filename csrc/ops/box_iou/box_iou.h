@@ -1,0 +1,132 @@
+// The IoU family (box_iou, generalized/distance/complete box IoU): the only copy of the formulas,
+// shared by box_iou_cpu.cpp, box_iou_cuda.cu and the CuPy backend.
+//
+// Maths (torchvision 0.29.1 ops/boxes.py, operation order kept exactly; reference:
+// detkernels/reference/box_iou.py). For boxes a, b in working type T:
+//   area  = (x2 - x1) * (y2 - y1)                      (xywh, cxcywh: w * h)
+//   w     = clamp(min(a.x2, b.x2) - max(a.x1, b.x1), 0)  h likewise; max/min propagate NaN
+//   inter = w * h ; union = (area_a + area_b) - inter ; iou = inter / union
+//   giou  = iou - (area_c - union) / area_c             c = smallest enclosing box
+//   diou  = iou - cd2 / ((wc*wc + hc*hc) + eps)          cd2 = squared distance of the centres
+//   ciou  = diou - alpha * v,  v = T(4/pi^2) * (atan(wa/ha) - atan(wb/hb))^2,
+//           alpha = v / (((1 - iou) + v) + eps)
+// No epsilon in iou/giou: identical zero-area boxes give 0/0 = NaN, as in torchvision.
+// atan is detkernels' own (dk_atan below), built from + - * / only, so every backend and the
+// NumPy reference agree bit for bit (libm/SLEEF/CUDA atan differ in the last ulp).
+#pragma once
+#include "common/host_device.h"
+
+namespace detkernels {
+
+enum BoxFmt : int { kXYXY = 0, kXYWH = 1, kCXCYWH = 2 };
+enum IouKind : int { kIoU = 0, kGIoU = 1, kDIoU = 2, kCIoU = 3 };
+
+template <typename T> struct AtanCoef;
+// Cephes atanf: range reduction to |x| <= tan(pi/8), degree-4 odd polynomial.
+template <> struct AtanCoef<float> {
+  static DK_HD float eval(float x) {
+    float y0 = 0.0f;
+    if (x > 2.414213562373095f) {
+      y0 = 1.5707963267948966f;
+      x = -(1.0f / x);
+    } else if (x > 0.4142135623730950f) {
+      y0 = 0.7853981633974483f;
+      x = (x - 1.0f) / (x + 1.0f);
+    }
+    const float z = x * x;
+    const float p = (((8.05374449538e-2f * z - 1.38776856032e-1f) * z + 1.99777106478e-1f) * z -
+                     3.33329491539e-1f);
+    return y0 + ((p * z) * x + x);
+  }
+};
+// Cephes atan (double): range reduction at tan(3pi/8) and 0.66, rational P(z)/Q(z).
+template <> struct AtanCoef<double> {
+  static DK_HD double eval(double x) {
+    double y0 = 0.0, more = 0.0;
+    if (x > 2.41421356237309504880) {
+      y0 = 1.57079632679489661923;
+      more = 6.123233995736765886130e-17;
+      x = -(1.0 / x);
+    } else if (x > 0.66) {
+      y0 = 0.78539816339744830962;
+      more = 0.5 * 6.123233995736765886130e-17;
+      x = (x - 1.0) / (x + 1.0);
+    }
+    const double z = x * x;
+    const double p = (((-8.750608600031904122785e-1 * z - 1.615753718733365076637e1) * z -
+                       7.500855792314704667340e1) * z - 1.228866684490136173410e2) * z -
+                     6.485021904942025371773e1;
+    const double q = ((((z + 2.485846490142306297962e1) * z + 1.650270098316988542046e2) * z +
+                       4.328810604912902668951e2) * z + 4.853903996359136964868e2) * z +
+                     1.945506571482613964425e2;
+    return y0 + ((x * ((z * p) / q) + x) + more);
+  }
+};
+
+// Odd extension; NaN -> NaN, +-inf -> +-pi/2.
+template <typename T> DK_HD T dk_atan(T x) {
+  const bool neg = x < T(0);
+  const T r = AtanCoef<T>::eval(neg ? -x : x);
+  return neg ? -r : r;
+}
+
+template <typename T> DK_HD T box_area(const T* b, int fmt) {
+  return fmt == kXYXY ? (b[2] - b[0]) * (b[3] - b[1]) : b[2] * b[3];
+}
+
+// Corners as torchvision's box_iou derives them from each format (no prior conversion to xyxy).
+template <typename T> DK_HD void box_corners(const T* b, int fmt, T& x1, T& y1, T& x2, T& y2) {
+  if (fmt == kXYXY) {
+    x1 = b[0]; y1 = b[1]; x2 = b[2]; y2 = b[3];
+  } else if (fmt == kXYWH) {
+    x1 = b[0]; y1 = b[1]; x2 = b[0] + b[2]; y2 = b[1] + b[3];
+  } else {
+    const T hw = b[2] / T(2), hh = b[3] / T(2);
+    x1 = b[0] - hw; y1 = b[1] - hh; x2 = b[0] + hw; y2 = b[1] + hh;
+  }
+}
+
+// One entry of the pairwise matrix. `area_a`/`area_b` come from box_area (computed once per box).
+// GIoU/DIoU/CIoU are defined on xyxy boxes only (as in torchvision).
+template <typename T>
+DK_HD T pair_iou(const T* a, const T* b, T area_a, T area_b, int fmt, int kind, T eps) {
+  T ax1, ay1, ax2, ay2, bx1, by1, bx2, by2;
+  box_corners(a, fmt, ax1, ay1, ax2, ay2);
+  box_corners(b, fmt, bx1, by1, bx2, by2);
+  const T w = clamp_min0(nan_min(ax2, bx2) - nan_max(ax1, bx1));
+  const T h = clamp_min0(nan_min(ay2, by2) - nan_max(ay1, by1));
+  const T inter = w * h;
+  const T uni = (area_a + area_b) - inter;
+  const T iou = inter / uni;
+  if (kind == kIoU) return iou;
+  const T wc = clamp_min0(nan_max(ax2, bx2) - nan_min(ax1, bx1));
+  const T hc = clamp_min0(nan_max(ay2, by2) - nan_min(ay1, by1));
+  if (kind == kGIoU) {
+    const T area_c = wc * hc;
+    return iou - (area_c - uni) / area_c;
+  }
+  const T diag2 = (wc * wc + hc * hc) + eps;
+  const T dx = (a[0] + a[2]) / T(2) - (b[0] + b[2]) / T(2);
+  const T dy = (a[1] + a[3]) / T(2) - (b[1] + b[3]) / T(2);
+  const T diou = iou - (dx * dx + dy * dy) / diag2;
+  if (kind == kDIoU) return diou;
+  const T d = dk_atan((a[2] - a[0]) / (a[3] - a[1])) - dk_atan((b[2] - b[0]) / (b[3] - b[1]));
+  // 4 / pi**2 as Python computes it in double, then rounded to T (torch's scalar * tensor).
+  const T v = T(0x1.9f02f6222c720p-2) * (d * d);
+  const T alpha = v / (((T(1) - iou) + v) + eps);
+  return diou - alpha * v;
+}
+
+#ifndef __CUDACC_RTC__
+/// @brief out[b, i, j] = metric(boxes1[b, i], boxes2[b, j]) for contiguous boxes1 [B, N, 4],
+/// boxes2 [B, M, 4], out [B, N, M]; dtype kFloat32 or kFloat64 (boxes and out).
+void box_iou_cpu(int dtype, int fmt, int kind, double eps, int64_t B, int64_t N, int64_t M,
+                 const void* boxes1, const void* boxes2, void* out);
+#ifdef DETKERNELS_WITH_CUDA
+/// @brief As box_iou_cpu, on device pointers, enqueued on `stream` (a cudaStream_t).
+void box_iou_cuda(int dtype, int fmt, int kind, double eps, int64_t B, int64_t N, int64_t M,
+                  const void* boxes1, const void* boxes2, void* out, void* stream);
+#endif
+#endif
+
+}  // namespace detkernels

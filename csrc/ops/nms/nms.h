@@ -1,0 +1,52 @@
+// NMS: the suppression predicate, the only copy of NMS's IoU, shared by nms_cpu.cpp, the CUDA
+// bitmask kernel and the CuPy backend. Reference: detkernels/reference/nms.py.
+//
+// Maths (torchvision 0.29.1 CPU kernel, operation order kept exactly), in working type T, where
+// `a` is the higher-ranked (already kept) box and `b` the candidate:
+//   area  = (x2 - x1) * (y2 - y1)
+//   w     = std::max(0, std::min(a.x2, b.x2) - std::max(a.x1, b.x1))   h likewise
+//   inter = w * h ;  iou = inter / ((area_a + area_b) - inter)
+//   b is suppressed iff (double)iou > iou_threshold   -- strictly greater (IoU == thr is kept)
+// std::max/min order matters: std::max(0, NaN) = 0, std::max(a.x1, NaN) = a.x1. Identical
+// zero-area boxes give 0/0 = NaN, and NaN never suppresses. Same-class tests for batched NMS live
+// in the drivers (segments of one class), never as coordinate offsets (shared/SPEC.md §1.2).
+#pragma once
+#include "common/host_device.h"
+
+namespace detkernels {
+
+template <typename T> DK_HD T nms_area(T x1, T y1, T x2, T y2) { return (x2 - x1) * (y2 - y1); }
+
+template <typename T>
+DK_HD T nms_iou(T ax1, T ay1, T ax2, T ay2, T area_a, T bx1, T by1, T bx2, T by2, T area_b) {
+  const T w = std_max(T(0), std_min(ax2, bx2) - std_max(ax1, bx1));
+  const T h = std_max(T(0), std_min(ay2, by2) - std_max(ay1, by1));
+  const T inter = w * h;
+  return inter / ((area_a + area_b) - inter);
+}
+
+// `thr` is the threshold already rounded down to T (nms_threshold below), so this float compare
+// equals torchvision CPU's `(double)iou > (double)iou_threshold` (SPEC.md divergence 1).
+template <typename T>
+DK_HD bool nms_suppresses(T ax1, T ay1, T ax2, T ay2, T area_a, T bx1, T by1, T bx2, T by2,
+                          T area_b, T thr) {
+  return nms_iou(ax1, ay1, ax2, ay2, area_a, bx1, by1, bx2, by2, area_b) > thr;
+}
+
+// Scores rank descending with NaN above +inf (torch.sort(descending=True)); ties keep index order.
+template <typename T> DK_HD bool score_before(T a, T b) { return (a != a && b == b) || a > b; }
+
+#ifndef __CUDACC_RTC__
+/// @brief Largest T <= thr: for any T value x, `x > nms_threshold<T>(thr)` iff `(double)x > thr`.
+template <typename T> T nms_threshold(double thr);
+
+/// @brief Greedy NMS on the CPU, exact per-class when `classes` is given.
+/// @param dtype   kFloat32 or kFloat64 (boxes [n, 4] and scores [n], contiguous)
+/// @param classes int64 [n] class (or image) ids, or nullptr for one class
+/// @param keep    int64 [n] output: kept indices, by descending score, ties by ascending index
+/// @return the number of kept boxes
+int64_t nms_cpu(int dtype, const void* boxes, const void* scores, const int64_t* classes,
+                int64_t n, double iou_threshold, int64_t* keep);
+#endif
+
+}  // namespace detkernels

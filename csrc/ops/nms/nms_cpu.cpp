@@ -1,0 +1,157 @@
+// CPU NMS over nms.h.
+//
+// Boxes are sorted once by (class, score desc with NaN first, index) and copied column-wise. Each
+// class segment then runs a "reverse" greedy: candidate j is kept iff no box kept before it
+// suppresses it. That is exactly torchvision's rule and visits exactly the pairs torchvision does
+// (kept i before j, j not yet suppressed), but the candidates of a block of kBlock boxes can be
+// tested against the kept list in parallel and with a vectorisable inner loop; only pairs inside a
+// block are resolved sequentially. Segments (classes) are independent and also run in parallel.
+#include "ops/nms/nms.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <stdexcept>
+#include <vector>
+
+#include "common/parallel.h"
+
+namespace detkernels {
+
+template <typename T> T nms_threshold(double thr) {
+  T t = static_cast<T>(thr);
+  if (static_cast<double>(t) > thr) t = std::nextafter(t, -std::numeric_limits<T>::infinity());
+  return t;
+}
+template float nms_threshold<float>(double);
+template double nms_threshold<double>(double);
+
+namespace {
+
+constexpr int64_t kBlock = 512;        // candidates resolved per parallel step
+constexpr int64_t kParallelPairs = 1 << 17;  // below this many pairs a step runs inline
+
+template <typename T> struct Columns {
+  std::vector<T> x1, y1, x2, y2, area;
+  void resize(size_t n) {
+    x1.resize(n); y1.resize(n); x2.resize(n); y2.resize(n); area.resize(n);
+  }
+};
+
+// True iff one of the kept boxes [lo, hi) suppresses candidate c. Chunks of 16 without early
+// exit inside a chunk, so the inner loop vectorises.
+template <typename T>
+bool suppressed_by(const Columns<T>& k, int64_t lo, int64_t hi, T cx1, T cy1, T cx2, T cy2,
+                   T carea, T thr) {
+  const T* kx1 = k.x1.data(); const T* ky1 = k.y1.data();
+  const T* kx2 = k.x2.data(); const T* ky2 = k.y2.data(); const T* ka = k.area.data();
+  for (int64_t s = lo; s < hi; s += 16) {
+    const int64_t e = std::min(hi, s + 16);
+    bool any = false;
+    for (int64_t i = s; i < e; ++i)
+      any |= nms_suppresses(kx1[i], ky1[i], kx2[i], ky2[i], ka[i], cx1, cy1, cx2, cy2, carea, thr);
+    if (any) return true;
+  }
+  return false;
+}
+
+// Greedy NMS of sorted boxes [s, e) of `b`; sets keep[j] for kept sorted positions j.
+template <typename T>
+void nms_segment(const Columns<T>& b, int64_t s, int64_t e, T thr, uint8_t* keep, bool inner_par) {
+  Columns<T> kept;
+  kept.resize(static_cast<size_t>(e - s));
+  int64_t nk = 0;
+  std::vector<uint8_t> sup(static_cast<size_t>(std::min(kBlock, e - s)));
+  for (int64_t blk = s; blk < e; blk += kBlock) {
+    const int64_t hi = std::min(e, blk + kBlock), nb = hi - blk, nk0 = nk;
+    auto test = [&](int64_t lo, int64_t up) {
+      for (int64_t j = blk + lo; j < blk + up; ++j)
+        sup[j - blk] = suppressed_by(kept, 0, nk0, b.x1[j], b.y1[j], b.x2[j], b.y2[j], b.area[j], thr);
+    };
+    if (inner_par && nk0 * nb >= kParallelPairs)
+      parallel_for(nb, 16, test);
+    else
+      test(0, nb);
+    for (int64_t j = blk; j < hi; ++j) {
+      if (sup[j - blk] ||
+          suppressed_by(kept, nk0, nk, b.x1[j], b.y1[j], b.x2[j], b.y2[j], b.area[j], thr))
+        continue;
+      keep[j] = 1;
+      kept.x1[nk] = b.x1[j]; kept.y1[nk] = b.y1[j]; kept.x2[nk] = b.x2[j]; kept.y2[nk] = b.y2[j];
+      kept.area[nk] = b.area[j];
+      ++nk;
+    }
+  }
+}
+
+template <typename T>
+int64_t run(const T* boxes, const T* scores, const int64_t* classes, int64_t n, double iou_thr,
+            int64_t* out) {
+  std::vector<int64_t> order(static_cast<size_t>(n));
+  std::iota(order.begin(), order.end(), int64_t{0});
+  if (classes) {
+    std::stable_sort(order.begin(), order.end(), [&](int64_t i, int64_t j) {
+      return classes[i] != classes[j] ? classes[i] < classes[j] : score_before(scores[i], scores[j]);
+    });
+  } else {
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int64_t i, int64_t j) { return score_before(scores[i], scores[j]); });
+  }
+  Columns<T> b;
+  b.resize(static_cast<size_t>(n));
+  for (int64_t p = 0; p < n; ++p) {
+    const T* q = boxes + 4 * order[p];
+    b.x1[p] = q[0]; b.y1[p] = q[1]; b.x2[p] = q[2]; b.y2[p] = q[3];
+    b.area[p] = nms_area(q[0], q[1], q[2], q[3]);
+  }
+  // Segments of equal class in sorted order.
+  std::vector<int64_t> seg{0};
+  if (classes)
+    for (int64_t p = 1; p < n; ++p)
+      if (classes[order[p]] != classes[order[p - 1]]) seg.push_back(p);
+  seg.push_back(n);
+  const int64_t nseg = static_cast<int64_t>(seg.size()) - 1;
+  int64_t largest = 0;
+  for (int64_t s = 0; s < nseg; ++s) largest = std::max(largest, seg[s + 1] - seg[s]);
+
+  const T thr = nms_threshold<T>(iou_thr);
+  std::vector<uint8_t> keep(static_cast<size_t>(n), 0);
+  if (nseg > 1 && 2 * largest <= n) {
+    // Many comparable classes: one thread per run of segments.
+    parallel_for(nseg, 1, [&](int64_t lo, int64_t hi) {
+      for (int64_t s = lo; s < hi; ++s) nms_segment(b, seg[s], seg[s + 1], thr, keep.data(), false);
+    });
+  } else {
+    for (int64_t s = 0; s < nseg; ++s) nms_segment(b, seg[s], seg[s + 1], thr, keep.data(), true);
+  }
+
+  int64_t count = 0;
+  for (int64_t p = 0; p < n; ++p)
+    if (keep[p]) out[count++] = order[p];
+  if (classes) {
+    // Back to global order: descending score, ties by ascending index.
+    std::sort(out, out + count, [&](int64_t i, int64_t j) {
+      return score_before(scores[i], scores[j]) || (!score_before(scores[j], scores[i]) && i < j);
+    });
+  }
+  return count;
+}
+
+}  // namespace
+
+int64_t nms_cpu(int dtype, const void* boxes, const void* scores, const int64_t* classes,
+                int64_t n, double iou_threshold, int64_t* keep) {
+  if (n <= 0) return 0;
+  switch (dtype) {
+    case kFloat32:
+      return run(static_cast<const float*>(boxes), static_cast<const float*>(scores), classes, n,
+                 iou_threshold, keep);
+    case kFloat64:
+      return run(static_cast<const double*>(boxes), static_cast<const double*>(scores), classes, n,
+                 iou_threshold, keep);
+  }
+  throw std::invalid_argument("nms: dtype must be float32 or float64");
+}
+
+}  // namespace detkernels

@@ -1,0 +1,58 @@
+"""Thin hand-off to CMake: builds the compiled core ``detkernels._C``.
+
+Environment:
+  DETKERNELS_CUDA=0|1|auto            (default auto: build CUDA kernels iff nvcc is found)
+  DETKERNELS_CUDA_ARCHITECTURES=...   (default "80-real;90-real;90-virtual")
+  DETKERNELS_BUILD_TYPE=Release|Debug|RelWithDebInfo
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = Path(__file__).resolve().parent
+
+
+class CMakeExtension(Extension):
+    def __init__(self, name: str) -> None:
+        super().__init__(name, sources=[])
+
+
+class CMakeBuild(build_ext):
+    def build_extension(self, ext: CMakeExtension) -> None:
+        out_dir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
+        cuda = os.environ.get("DETKERNELS_CUDA", "auto").strip().lower()
+        mode = {"0": "OFF", "off": "OFF", "1": "ON", "on": "ON"}.get(cuda, "AUTO")
+        # One build folder per CUDA mode: a cached CPU-only configuration must never be reused
+        # for a CUDA build (shared/BUILD-NOTES.md, "Pitfall seen").
+        build_dir = Path(self.build_temp).resolve() / f"cmake-cuda-{mode.lower()}"
+        build_dir.mkdir(parents=True, exist_ok=True)
+        args = [
+            f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={out_dir}",
+            f"-DPython_EXECUTABLE={sys.executable}",
+            f"-DCMAKE_BUILD_TYPE={os.environ.get('DETKERNELS_BUILD_TYPE', 'Release')}",
+            f"-DDETKERNELS_CUDA={mode}",
+        ]
+        archs = os.environ.get("DETKERNELS_CUDA_ARCHITECTURES")
+        if archs:
+            args.append(f"-DDETKERNELS_CUDA_ARCHITECTURES={archs}")
+        try:
+            import pybind11
+
+            args.append(f"-Dpybind11_DIR={pybind11.get_cmake_dir()}")
+        except ImportError:
+            pass
+        jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 2))
+        subprocess.run(["cmake", "-S", str(ROOT), "-B", str(build_dir), *args], check=True)
+        subprocess.run(["cmake", "--build", str(build_dir), "-j", jobs], check=True)
+
+
+setup(
+    packages=["detkernels", "detkernels.reference", "detkernels.backends", "detkernels.bench"],
+    ext_modules=[CMakeExtension("detkernels._C")],
+    cmdclass={"build_ext": CMakeBuild},
+    zip_safe=False,
+)
