@@ -1,0 +1,69 @@
+"""detkernels: fast, bit-exact object-detection kernels; a drop-in for ``torchvision.ops``.
+
+NumPy is the only hard dependency: torch, numba and cupy are used when installed and are not
+imported by ``import detkernels``. The NumPy reference (``detkernels.reference``) is the
+specification every backend is tested against, byte for byte.
+"""
+from __future__ import annotations
+
+import sys
+
+from ._registry import available_backends, explain, get_backend, set_backend
+from .backends.native import build_info
+from .ops import (
+    batched_nms,
+    box_area,
+    box_iou,
+    complete_box_iou,
+    distance_box_iou,
+    generalized_box_iou,
+    nms,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "available_backends",
+    "batched_nms",
+    "box_area",
+    "box_iou",
+    "build_info",
+    "complete_box_iou",
+    "distance_box_iou",
+    "explain",
+    "generalized_box_iou",
+    "get_backend",
+    "nms",
+    "patch_torchvision",
+    "set_backend",
+    "set_num_threads",
+    "get_num_threads",
+]
+
+
+def set_num_threads(n: int) -> None:
+    """Threads used by the native CPU kernels (default: DETKERNELS_NUM_THREADS, else all cores).
+    Results never depend on it."""
+    from . import _C
+
+    _C.set_num_threads(int(n))
+
+
+def get_num_threads() -> int:
+    from . import _C
+
+    return _C.num_threads()
+
+
+def patch_torchvision():
+    """Make ``torchvision.ops`` call detkernels (also usable as a context manager that restores
+    torchvision's functions on exit). See ``detkernels._torch.patch_torchvision``."""
+    from ._torch import patch_torchvision as p
+
+    return p()
+
+
+# With torch already imported, register the custom ops and TorchScript builtins now (cheap), so
+# torch.jit.script / torch.compile see them before the first eager call.
+if "torch" in sys.modules:
+    from . import _torch  # noqa: F401

@@ -24,18 +24,19 @@ enum IouKind : int { kIoU = 0, kGIoU = 1, kDIoU = 2, kCIoU = 3 };
 template <typename T> struct AtanCoef;
 // Cephes atanf: range reduction to |x| <= tan(pi/8), degree-4 odd polynomial.
 template <> struct AtanCoef<float> {
+  // Constants as exact float32 hex values, so C++, CUDA, NumPy and torch round them identically.
   static DK_HD float eval(float x) {
     float y0 = 0.0f;
-    if (x > 2.414213562373095f) {
-      y0 = 1.5707963267948966f;
+    if (x > 0x1.3504f4p+1f) {  // tan(3pi/8)
+      y0 = 0x1.921fb6p+0f;     // pi/2
       x = -(1.0f / x);
-    } else if (x > 0.4142135623730950f) {
-      y0 = 0.7853981633974483f;
+    } else if (x > 0x1.a8279ap-2f) {  // tan(pi/8)
+      y0 = 0x1.921fb6p-1f;            // pi/4
       x = (x - 1.0f) / (x + 1.0f);
     }
     const float z = x * x;
-    const float p = (((8.05374449538e-2f * z - 1.38776856032e-1f) * z + 1.99777106478e-1f) * z -
-                     3.33329491539e-1f);
+    const float p = (((0x1.49e1a2p-4f * z - 0x1.1c370ap-3f) * z + 0x1.9924bep-3f) * z -
+                     0x1.555454p-2f);
     return y0 + ((p * z) * x + x);
   }
 };

@@ -39,18 +39,19 @@ template <typename T> struct Columns {
   }
 };
 
-// True iff one of the kept boxes [lo, hi) suppresses candidate c. Chunks of 16 without early
+// True iff one of the kept boxes [lo, hi) suppresses candidate c. Chunks of 32 without early
 // exit inside a chunk, so the inner loop vectorises.
 template <typename T>
 bool suppressed_by(const Columns<T>& k, int64_t lo, int64_t hi, T cx1, T cy1, T cx2, T cy2,
                    T carea, T thr) {
   const T* kx1 = k.x1.data(); const T* ky1 = k.y1.data();
   const T* kx2 = k.x2.data(); const T* ky2 = k.y2.data(); const T* ka = k.area.data();
-  for (int64_t s = lo; s < hi; s += 16) {
-    const int64_t e = std::min(hi, s + 16);
-    bool any = false;
+  // Integer accumulator (not bool): g++ vectorises an int OR-reduction, not a bool one.
+  for (int64_t s = lo; s < hi; s += 32) {
+    const int64_t e = std::min(hi, s + 32);
+    int any = 0;
     for (int64_t i = s; i < e; ++i)
-      any |= nms_suppresses(kx1[i], ky1[i], kx2[i], ky2[i], ka[i], cx1, cy1, cx2, cy2, carea, thr);
+      any |= nms_suppresses(kx1[i], ky1[i], kx2[i], ky2[i], ka[i], cx1, cy1, cx2, cy2, carea, thr) ? 1 : 0;
     if (any) return true;
   }
   return false;

@@ -1,0 +1,180 @@
+"""Array-library glue: what kind of array came in, on which device, and how to hand its buffer to a
+kernel and give back an array of the same kind. torch and cupy are never imported here: an array of
+theirs can only exist if the caller already imported them.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "kind",
+    "device",
+    "dtype_name",
+    "is_torch",
+    "same_placement",
+    "to_numpy_view",
+    "from_numpy",
+    "empty",
+    "ascontig",
+    "broadcast_to",
+    "astype",
+    "data_ptr",
+    "current_stream",
+]
+
+_TORCH_DTYPES = {
+    "float16", "bfloat16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8",
+    "bool",
+}
+
+
+def kind(x: Any) -> str:
+    """'numpy' | 'torch' | 'cupy' | 'cuda_array' (anything with __cuda_array_interface__)."""
+    if isinstance(x, np.ndarray):
+        return "numpy"
+    mod = type(x).__module__
+    if mod.startswith("torch") and "torch" in sys.modules and isinstance(x, sys.modules["torch"].Tensor):
+        return "torch"
+    if mod.startswith("cupy"):
+        return "cupy"
+    if hasattr(x, "__cuda_array_interface__"):
+        return "cuda_array"
+    raise TypeError(f"expected a NumPy array, torch.Tensor or CuPy array, got {type(x).__name__}")
+
+
+def is_torch(x: Any) -> bool:
+    return "torch" in sys.modules and isinstance(x, sys.modules["torch"].Tensor)
+
+
+def device(x: Any) -> str:
+    """'cpu' or 'cuda:<index>'."""
+    k = kind(x)
+    if k == "numpy":
+        return "cpu"
+    if k == "torch":
+        d = x.device
+        return d.type if d.index is None else f"{d.type}:{d.index}"
+    if k == "cupy":
+        return f"cuda:{x.device.id}"
+    return "cuda:0"
+
+
+def dtype_name(x: Any) -> str:
+    if kind(x) == "torch":
+        return str(x.dtype).removeprefix("torch.")
+    return np.dtype(x.dtype).name
+
+
+def same_placement(**arrays: Any) -> str:
+    """Check that all arrays are of one kind and on one device; return that device."""
+    items = [(n, a) for n, a in arrays.items() if a is not None]
+    n0, a0 = items[0]
+    k0, d0 = kind(a0), device(a0)
+    for n, a in items[1:]:
+        k, d = kind(a), device(a)
+        if k != k0:
+            raise TypeError(f"{n0} is a {k0} array but {n} is a {k} array; pass one array type")
+        if d != d0:
+            raise ValueError(f"{n0} is on {d0} but {n} is on {d}; move them to one device")
+    return d0
+
+
+def to_numpy_view(x: Any) -> np.ndarray:
+    """A NumPy view of a CPU array (zero-copy for torch CPU tensors; bfloat16 is widened)."""
+    if isinstance(x, np.ndarray):
+        return x
+    if kind(x) == "torch":
+        if x.device.type != "cpu":
+            raise ValueError(f"expected a CPU tensor, got one on {x.device}")
+        t = x.detach()
+        if t.dtype == sys.modules["torch"].bfloat16:
+            t = t.float()
+        return t.resolve_conj().resolve_neg().numpy()
+    raise TypeError(f"cannot view a {kind(x)} array as NumPy")
+
+
+def from_numpy(a: np.ndarray, like: Any) -> Any:
+    """Return ``a`` as an array of ``like``'s kind and device."""
+    if isinstance(like, np.ndarray):
+        return a
+    if kind(like) == "torch":
+        torch = sys.modules["torch"]
+        t = torch.from_numpy(np.ascontiguousarray(a))
+        return t if like.device.type == "cpu" else t.to(like.device)
+    raise TypeError(f"cannot return a {kind(like)} array from NumPy")
+
+
+def empty(shape: tuple, dtype: str, like: Any) -> Any:
+    """An uninitialised array of ``like``'s kind and device."""
+    k = kind(like)
+    if k == "numpy":
+        return np.empty(shape, dtype=dtype)
+    if k == "torch":
+        torch = sys.modules["torch"]
+        return torch.empty(shape, dtype=getattr(torch, dtype), device=like.device)
+    if k == "cupy":
+        import cupy
+
+        with cupy.cuda.Device(like.device.id):
+            return cupy.empty(shape, dtype=dtype)
+    raise TypeError(f"cannot allocate a {k} array")
+
+
+def broadcast_to(x: Any, shape: tuple) -> Any:
+    if kind(x) == "torch":
+        return x.expand(shape)
+    if kind(x) == "numpy":
+        return np.broadcast_to(x, shape)
+    import cupy
+
+    return cupy.broadcast_to(x, shape)
+
+
+def ascontig(x: Any) -> Any:
+    k = kind(x)
+    if k == "numpy":
+        return np.ascontiguousarray(x)
+    if k == "torch":
+        return x.contiguous()
+    if k == "cupy":
+        import cupy
+
+        return cupy.ascontiguousarray(x)
+    raise TypeError(f"cannot make a {k} array contiguous")
+
+
+def astype(x: Any, dtype: str) -> Any:
+    """``x`` converted to ``dtype`` (no copy if it already is)."""
+    if dtype_name(x) == dtype:
+        return x
+    if kind(x) == "torch":
+        torch = sys.modules["torch"]
+        return x.to(getattr(torch, dtype))
+    return x.astype(dtype)
+
+
+def data_ptr(x: Any) -> int:
+    k = kind(x)
+    if k == "numpy":
+        return x.ctypes.data
+    if k == "torch":
+        return x.data_ptr()
+    if k == "cupy":
+        return x.data.ptr
+    return x.__cuda_array_interface__["data"][0]
+
+
+def current_stream(x: Any) -> int:
+    """The caller's current CUDA stream handle for ``x``'s device (0 = legacy default stream)."""
+    k = kind(x)
+    if k == "torch":
+        return sys.modules["torch"].cuda.current_stream(x.device).cuda_stream
+    if k == "cupy":
+        import cupy
+
+        with cupy.cuda.Device(x.device.id):
+            return cupy.cuda.get_current_stream().ptr
+    return 0

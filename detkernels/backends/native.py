@@ -1,0 +1,65 @@
+"""The compiled core, detkernels._C: C++ CPU kernels and (when built with nvcc) CUDA kernels.
+
+Only loops, launches and memory here: inputs arrive validated, promoted and contiguous from
+detkernels/ops.py; outputs are allocated in the caller's array library, on its device, and the
+kernel is enqueued on the caller's current CUDA stream.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .. import _arrays as A
+from .._registry import declare, register
+
+try:
+    from .. import _C
+except ImportError as e:  # built without the core (or a broken build): say why, never raise
+    _C = None
+    declare("native", False, f"detkernels._C is not importable ({e}); reinstall with `pip install .`")
+else:
+    declare("native", True)
+
+DTYPE_CODES = {"float32": 0, "float64": 1, "float16": 2, "bfloat16": 3}
+FMT_CODES = {"xyxy": 0, "xywh": 1, "cxcywh": 2}
+KIND_CODES = {"iou": 0, "giou": 1, "diou": 2, "ciou": 3}
+HAS_CUDA = bool(_C is not None and _C.build_info()["cuda"])
+IOU_DEVICES = ("cpu", "cuda") if HAS_CUDA else ("cpu",)
+
+
+def build_info() -> dict:
+    """How detkernels._C was built: CUDA version and architectures (None without CUDA), float
+    flags, compiler, build type; plus the CUDA devices visible now."""
+    if _C is None:
+        return {"cuda": False, "cuda_version": None, "cuda_architectures": None, "available": False}
+    info = dict(_C.build_info())
+    if not info["cuda"]:
+        info["cuda_version"] = info["cuda_architectures"] = None
+    info["cuda_devices"] = _C.cuda_device_count()
+    info["num_threads"] = _C.num_threads()
+    return info
+
+
+@register("box_iou", "native", devices=IOU_DEVICES)
+def box_iou(b1: Any, b2: Any, kind: str, fmt: str, eps: float) -> Any:
+    """b1 [B, N, 4], b2 [B, M, 4]: contiguous, same dtype and device -> out [B, N, M]."""
+    B, N, M = b1.shape[0], b1.shape[1], b2.shape[1]
+    dt = A.dtype_name(b1)
+    out = A.empty((B, N, M), dt, like=b1)
+    args = (DTYPE_CODES[dt], FMT_CODES[fmt], KIND_CODES[kind], float(eps), B, N, M,
+            A.data_ptr(b1), A.data_ptr(b2), A.data_ptr(out))
+    if A.device(b1) == "cpu":
+        _C.box_iou_cpu(*args)
+    else:
+        _C.box_iou_cuda(*args, A.current_stream(b1))
+    return out
+
+
+@register("nms", "native", devices=("cpu",))
+def nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float) -> Any:
+    """boxes [N, 4], scores [N] (same float dtype), classes int64 [N] or None -> kept indices."""
+    n = boxes.shape[0]
+    keep = A.empty((n,), "int64", like=boxes)
+    count = _C.nms_cpu(DTYPE_CODES[A.dtype_name(boxes)], A.data_ptr(boxes), A.data_ptr(scores),
+                       0 if classes is None else A.data_ptr(classes), n, float(iou_threshold),
+                       A.data_ptr(keep))
+    return keep[:count]

@@ -1,0 +1,99 @@
+"""NumPy reference (the specification) of greedy non-maximum suppression: ``nms`` and the exact
+per-class ``batched_nms``.
+
+Semantics (torchvision 0.29.1's CPU kernel, ``shared/spec/torchvision-semantics.md`` §1-2):
+
+* Boxes are visited by descending score; NaN ranks above +inf; equal scores keep ascending index
+  order (a stable sort). A visited box that is not suppressed is kept, and suppresses every later
+  box ``j`` with ``(double)iou > (double)iou_threshold`` -- strictly greater: an IoU equal to the
+  threshold is kept.
+* The IoU is computed in the working type T (float32 or float64; float16/bfloat16 are computed in
+  float32, SPEC.md §1.5) with the kept box first::
+
+      area  = (x2 - x1) * (y2 - y1)
+      w     = std::max(0, std::min(a.x2, b.x2) - std::max(a.x1, b.x1))     h likewise
+      inter = w * h ;  iou = inter / ((area_a + area_b) - inter)
+
+  where ``std::max(x, y) = y if x < y else x`` (so NaN handling follows the operand order).
+  0/0 = NaN never suppresses; a negative threshold suppresses every later box.
+* The comparison is in float64 on every backend (SPEC.md divergence 1: torchvision's CUDA kernel
+  narrows the threshold to float32).
+* ``batched_nms`` runs that rule within each class only (SPEC.md divergence 2: no coordinate
+  offsets); the result is ordered by descending score, ties by ascending index.
+
+Returns int64 indices into the input.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["score_order", "nms", "batched_nms"]
+
+
+def score_order(scores) -> np.ndarray:
+    """Stable descending order of ``scores`` with NaN first: ``torch.sort(descending=True, stable=True)``."""
+    s = np.asarray(scores)
+    # lexsort: last key is primary. NaN first (isnan -> key 0), then descending value, then index.
+    return np.lexsort((-s, ~np.isnan(s))).astype(np.int64)
+
+
+def _std_max(a, b):
+    return np.where(a < b, b, a)
+
+
+def _std_min(a, b):
+    return np.where(b < a, b, a)
+
+
+def _working(boxes, scores):
+    b, s = np.asarray(boxes), np.asarray(scores)
+    if b.ndim != 2 or b.shape[1] != 4:
+        raise ValueError(f"boxes must have shape [N, 4], got {tuple(b.shape)}")
+    if s.ndim != 1 or s.shape[0] != b.shape[0]:
+        raise ValueError(f"scores must have shape [{b.shape[0]}], got {tuple(s.shape)}")
+    if b.dtype.kind != "f" or s.dtype.kind != "f":
+        raise TypeError(f"boxes and scores must be floating point, got {b.dtype} and {s.dtype}")
+    dt = np.result_type(b.dtype, s.dtype, np.float32)
+    return b.astype(dt, copy=False), s.astype(dt, copy=False)
+
+
+def nms(boxes, scores, iou_threshold: float) -> np.ndarray:
+    """Greedy NMS. ``boxes`` ``[N, 4]`` (x1, y1, x2, y2), ``scores`` ``[N]``; returns the kept
+    indices (int64) by descending score, ties by ascending index."""
+    b, s = _working(boxes, scores)
+    T = b.dtype.type
+    thr = float(iou_threshold)
+    x1, y1, x2, y2 = (b[:, k] for k in range(4))
+    with np.errstate(all="ignore"):
+        area = (x2 - x1) * (y2 - y1)
+        order = score_order(s)
+        alive = order  # candidates not yet suppressed, in visiting order
+        keep = []
+        while alive.size:
+            i, rest = alive[0], alive[1:]
+            keep.append(i)
+            xx1 = _std_max(x1[i], x1[rest])
+            yy1 = _std_max(y1[i], y1[rest])
+            xx2 = _std_min(x2[i], x2[rest])
+            yy2 = _std_min(y2[i], y2[rest])
+            w = _std_max(T(0), xx2 - xx1)
+            h = _std_max(T(0), yy2 - yy1)
+            inter = w * h
+            iou = inter / ((area[i] + area[rest]) - inter)
+            alive = rest[~(iou.astype(np.float64) > thr)]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def batched_nms(boxes, scores, idxs, iou_threshold: float) -> np.ndarray:
+    """NMS within each class of ``idxs`` (``[N]``, any numeric dtype; equal values = one class).
+    Returns kept indices (int64) by descending score (NaN first), ties by ascending index."""
+    b, s = _working(boxes, scores)
+    c = np.asarray(idxs)
+    if c.shape != s.shape:
+        raise ValueError(f"idxs must have shape [{s.shape[0]}], got {tuple(c.shape)}")
+    kept = [np.empty(0, np.int64)]
+    for cls in np.unique(c):
+        members = np.flatnonzero(c == cls)
+        kept.append(members[nms(b[members], s[members], iou_threshold)])
+    keep = np.sort(np.concatenate(kept))
+    return keep[score_order(s[keep])]
