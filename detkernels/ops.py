@@ -189,6 +189,13 @@ def nms_check(boxes: Any, scores: Any, idxs: Any = None) -> str:
     return "float64" if "float64" in (d1, d2) else "float32"
 
 
+def threshold_value(iou_threshold: Any) -> float:
+    """The threshold as a Python float (a TypeError naming it otherwise)."""
+    if isinstance(iou_threshold, (str, bytes)) or not hasattr(iou_threshold, "__float__"):
+        raise TypeError(f"iou_threshold must be a real number, got {type(iou_threshold).__name__}")
+    return float(iou_threshold)
+
+
 def _class_ids(idxs: Any) -> Any:
     """int64 class ids; equal values of `idxs` <-> equal ids (exact grouping, any numeric dtype)."""
     d = A.dtype_name(idxs)
@@ -203,7 +210,7 @@ def nms_impl(boxes: Any, scores: Any, idxs: Any, iou_threshold: float, backend: 
     """NMS (per class when ``idxs`` is given) on arrays of one kind: validate, dispatch."""
     dev = A.same_placement(boxes=boxes, scores=scores, idxs=idxs)
     w = nms_check(boxes, scores, idxs)
-    thr = float(iou_threshold)
+    thr = threshold_value(iou_threshold)
     if boxes.shape[0] == 0:
         return A.empty((0,), "int64", like=boxes)
     name, fn = _registry.select("nms", dev, w, backend)
