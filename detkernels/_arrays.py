@@ -31,8 +31,21 @@ _TORCH_DTYPES = {
 }
 
 
+_KIND_OF_TYPE: dict = {np.ndarray: "numpy"}  # exact types seen before (the eager hot path)
+
+
 def kind(x: Any) -> str:
     """'numpy' | 'torch' | 'cupy' | 'cuda_array' (anything with __cuda_array_interface__)."""
+    k = _KIND_OF_TYPE.get(type(x))
+    if k is not None:
+        return k
+    k = _kind(x)
+    if k in ("numpy", "torch"):
+        _KIND_OF_TYPE[type(x)] = k
+    return k
+
+
+def _kind(x: Any) -> str:
     if isinstance(x, np.ndarray):
         return "numpy"
     mod = type(x).__module__
