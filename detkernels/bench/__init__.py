@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     report.write_json(out / "results.json", env, records, notes, meta)
     report.write_markdown(out / "results.md", env, records, notes, meta, plots)
 
+    print(report.LEGEND)
     print(report.table(records))
     print()
     ws = report.workspace_table(records)

@@ -20,6 +20,15 @@ def _pyplot():
     return plt
 
 
+def _x_ticks(ax, xs) -> None:
+    """Label the swept values themselves (log axes otherwise print crowded minor labels)."""
+    from matplotlib.ticker import NullFormatter
+
+    ax.set_xticks(sorted(set(xs)))
+    ax.set_xticklabels([f"{x:g}" for x in sorted(set(xs))])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def plot_all(records: list[dict], families: dict, out_dir: Path) -> list[Path]:
     """Write the plots under ``out_dir``; return their paths."""
     plt = _pyplot()
@@ -49,6 +58,7 @@ def plot_all(records: list[dict], families: dict, out_dir: Path) -> list[Path]:
         fixed = {k: v for k, v in rs[0]["params"].items() if k != axis}
         ax.set_xscale("log")
         ax.set_yscale("log")
+        _x_ticks(ax, [r["params"][axis] for r in rs])
         ax.set_xlabel(AXIS_LABELS.get(axis, axis))
         ax.set_ylabel("median time per call [s]")
         ax.set_title(f"{families[fam].title} on {dev}", fontsize=10)
@@ -86,6 +96,7 @@ def _plot_nms_memory(plt, records: list[dict], out_dir: Path) -> list[Path]:
             ax.plot(ns, [n * ((n + 63) // 64) * 8 for n in ns], "k:", label="N*ceil(N/64)*8 (bitmask)")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        _x_ticks(ax, [r["params"]["N"] for r in pts])
         ax.set_xlabel("boxes N")
         ax.set_ylabel(("device" if dev.startswith("cuda") else "host") + " peak bytes added by one call")
         ax.set_title(f"nms peak memory on {dev}", fontsize=10)

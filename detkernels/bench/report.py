@@ -12,6 +12,11 @@ from .timing import HOST_PEAK_METHOD
 __all__ = ["fmt_time", "fmt_bytes", "table", "summary", "workspace_table", "write_json", "write_markdown"]
 
 SCHEMA = 1
+LEGEND = ("median and IQR (interquartile range) of the time per call; 'x torchvision' = torchvision's "
+          "median / this contender's median (> 1: faster than torchvision); peak host/device = extra "
+          "memory one call touched (see the methods in results.json); check = output vs the NumPy "
+          "reference (exact: byte-identical; equal: same values; same set: same detections, tied "
+          "scores in another order; differs: a divergence SPEC.md documents).")
 
 
 def fmt_time(t: float | None) -> str:
@@ -158,7 +163,7 @@ def write_markdown(path: Path, env: dict, records: list[dict], notes: list[str],
              *_env_lines(env), "", "## Summary", "", *[f"    {s}" for s in summary(records)], ""]
     if notes:
         parts += ["## Notes", "", *[f"- {n}" for n in notes], ""]
-    parts += ["## Results", "", table(records), ""]
+    parts += ["## Results", "", LEGEND, "", table(records), ""]
     ws = workspace_table(records)
     if ws:
         parts += ["## NMS peak memory vs N", "", ws, "", HOST_PEAK_METHOD, ""]

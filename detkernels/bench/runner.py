@@ -47,7 +47,7 @@ def _synced(fn: Callable[[Any], Any], clock: Clock) -> Callable[[Any], Any]:
     return run
 
 
-def _run_case(case: Case, device: str, lib: str, seed: int, s: Settings) -> list[dict]:
+def _run_case(case: Case, device: str, lib: str, seed: int, s: Settings, log: TextIO) -> list[dict]:
     fam, p = case.family, case.params
     clock = Clock(device)
     n_sets = 1 if fam.input_bytes(p) > s.large_input_bytes else s.input_sets
@@ -74,8 +74,12 @@ def _run_case(case: Case, device: str, lib: str, seed: int, s: Settings) -> list
             status[row.label] = fam.check(row, out, expected, p, device)
 
     timed = {r.label: r.fn for r in rows if r.timed and not status[r.label].startswith("ERROR")}
+    tty = hasattr(log, "isatty") and log.isatty()
+    tick = (lambda i, n: print(f"\r    repeat {i}/{n}", end="", file=log, flush=True)) if tty else None
     samples = alternate(timed, inputs, clock, warmup=s.warmup, budget_s=s.budget_s,
-                        min_repeats=s.min_repeats, max_repeats=s.max_repeats) if timed else {}
+                        min_repeats=s.min_repeats, max_repeats=s.max_repeats, on_repeat=tick) if timed else {}
+    if tty:
+        print("\r", end="", file=log)
     records = []
     for row in rows:
         rec: dict[str, Any] = {
@@ -121,7 +125,7 @@ def run(families: list[Family], mode: str, devices: list[str], lib: str, seed: i
     for i, (dev, case) in enumerate(work, 1):
         head = f"[{i}/{len(work)}] {case.family.name} {case.describe()} on {dev}"
         print(head + " ...", file=log, flush=True)
-        recs = _run_case(case, dev, lib, seed, s)
+        recs = _run_case(case, dev, lib, seed, s, log)
         records.extend(recs)
         parts = [f"{r['row']} {_fmt_s(r['median_s'])}" if r["timed"] else f"{r['row']} ({r['status']})"
                  for r in recs]
