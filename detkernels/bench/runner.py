@@ -125,9 +125,19 @@ def run(families: list[Family], mode: str, devices: list[str], lib: str, seed: i
     for i, (dev, case) in enumerate(work, 1):
         head = f"[{i}/{len(work)}] {case.family.name} {case.describe()} on {dev}"
         print(head + " ...", file=log, flush=True)
-        recs = _run_case(case, dev, lib, seed, s, log)
+        try:
+            recs = _run_case(case, dev, lib, seed, s, log)
+        except Exception as e:  # e.g. out of memory for one size: report it, keep going
+            msg = f"{case.family.name} {case.describe()} on {dev} failed: {type(e).__name__}: {e}"
+            notes.append(msg)
+            print("    " + msg, file=log, flush=True)
+            if dev.startswith("cuda"):
+                import torch
+
+                torch.cuda.empty_cache()
+            continue
         records.extend(recs)
-        parts = [f"{r['row']} {_fmt_s(r['median_s'])}" if r["timed"] else f"{r['row']} ({r['status']})"
+        parts = [f"{r['row']} {_fmt_s(r['median_s'])}" if r["timed"] else f"{r['row']} [{r['status']}; not timed]"
                  for r in recs]
         bad = [f"{r['row']}: {r['status']}" for r in recs
                if r["status"].startswith(("MISMATCH", "ERROR", "DIFFERS"))]

@@ -91,6 +91,8 @@ def alternate(fns: dict[str, Callable[[Any], Any]], inputs: Sequence[Any], clock
         t = 0.0
         for w in range(max(1, warmup)):
             t = clock(fns[name], inputs[w % len(inputs)])
+            if t * min_repeats > budget_s > 0:
+                break  # slow enough that the repeats themselves use up the budget
         est[name] = t  # the last warm-up call: past first-call costs
     per_round = sum(est.values())
     reps = int(np.clip(budget_s / max(per_round, 1e-9), min_repeats, max_repeats))
