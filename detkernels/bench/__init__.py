@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     args = _parse(argv)
     from . import report
-    from .env import cuda_devices, environment
+    from .env import cuda_devices, environment, load_average
     from .runner import run
     from .scenarios import FAMILIES
 
@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     records, notes = run(families, mode, devices, lib, args.seed)
     elapsed = time.perf_counter() - t0
+    env["load_average_end"] = load_average()
     if lib == "numpy":
         notes.append("torch is not used (NumPy arrays): no torchvision comparison, CPU only")
     meta = {"mode": mode, "command": "python -m detkernels.bench " + shlex.join(sys.argv[1:] if argv is None else argv),

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from typing import Any
 
-__all__ = ["environment", "cuda_devices"]
+__all__ = ["environment", "cuda_devices", "load_average"]
 
 
 def _version(dist: str) -> str | None:
@@ -53,6 +53,11 @@ def _driver_version() -> str | None:
     return None
 
 
+def load_average() -> list[float] | None:
+    """1, 5 and 15-minute load averages (how busy the host was: other processes skew timings)."""
+    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+
+
 def cuda_devices() -> list[str]:
     """'cuda:<i>' for every CUDA device torch can use (none without torch)."""
     try:
@@ -78,7 +83,7 @@ def environment(devices: list[str]) -> dict[str, Any]:
         "cpu": _cpu_model(),
         "logical_cpus": os.cpu_count(),
         "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "load_average_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "load_average_1_5_15": load_average(),
         "versions": {
             "detkernels": detkernels.__version__,
             "numpy": np.__version__,

@@ -77,9 +77,14 @@ def summary(records: list[dict]) -> list[str]:
             if r["timed"]:
                 cases[r["case"]].append(r)
         wins: dict[str, int] = defaultdict(int)
+        ties: dict[str, int] = defaultdict(int)  # not fastest, but within the spread of the fastest
         ratios: dict[str, list[float]] = defaultdict(list)
         for rs in cases.values():
-            wins[min(rs, key=lambda r: r["median_s"])["row"]] += 1
+            f = min(rs, key=lambda r: r["median_s"])
+            wins[f["row"]] += 1
+            for r in rs:
+                if r is not f and r["median_s"] - f["median_s"] <= max(r["q3_s"] - r["q1_s"], f["q3_s"] - f["q1_s"]):
+                    ties[r["row"]] += 1
             for r in rs:
                 if r.get("speedup_vs_torchvision") is not None:
                     ratios[r["row"]].append(r["speedup_vs_torchvision"])
@@ -92,6 +97,8 @@ def summary(records: list[dict]) -> list[str]:
             continue
         best = ours[0]
         text = f"{dev:7s} {fam:12s} use {best}: fastest in {wins[best]}/{len(cases)} cases"
+        if ties[best]:
+            text += f" (and within the spread of the fastest in {ties[best]} more)"
         if ratios[best]:
             text += (f"; {_geomean(ratios[best]):.2f}x torchvision (geometric mean; "
                      f"{min(ratios[best]):.2f}x-{max(ratios[best]):.2f}x)")
@@ -126,7 +133,8 @@ def _env_lines(env: dict) -> list[str]:
     lines = [
         f"- host: {env['hostname']} ({env['platform']}), Python {env['python']}",
         f"- CPU: {env['cpu']}; {env['usable_cpus']} usable of {env['logical_cpus']} logical CPUs; "
-        f"load average {env['load_average_1_5_15']}",
+        f"load average (1/5/15 min) {env['load_average_1_5_15']} at start, "
+        f"{env.get('load_average_end')} at end",
         f"- threads: detkernels {env['threads']['detkernels']}, torch {env['threads']['torch']}",
         "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val),
         f"- detkernels build: CUDA {env['detkernels_build'].get('cuda_version')}, "
