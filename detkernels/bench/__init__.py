@@ -31,8 +31,12 @@ __all__ = ["main"]
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     from .scenarios import FAMILIES
 
-    ap = argparse.ArgumentParser(prog="python -m detkernels.bench", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m detkernels.bench",
+        description="Benchmark detkernels against torchvision.ops and the NumPy reference on every "
+                    "device of this host, check their outputs, and say which kernels to run here.",
+        epilog="Modes: --quick (about a minute on 2 CPU cores), default full sweep, --smoke (toy "
+               "sizes). Writes results.json, results.md and plots/*.png into --out.")
     ap.add_argument("--quick", action="store_true", help="fewer sizes and repeats (minutes on 2 CPU cores)")
     ap.add_argument("--smoke", action="store_true", help="toy sizes, 2 repeats: checks the harness (seconds)")
     ap.add_argument("--out", type=Path, default=None,
