@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     env["load_average_end"] = load_average()
     if lib == "numpy":
         notes.append("torch is not used (NumPy arrays): no torchvision comparison, CPU only")
-    meta = {"mode": mode, "command": "python -m detkernels.bench " + shlex.join(sys.argv[1:] if argv is None else argv),
+    cli = sys.argv[1:] if argv is None else argv
+    meta = {"mode": mode, "command": "python -m detkernels.bench " + shlex.join(cli),
             "array_library": lib, "seconds": round(elapsed, 1), "cwd": os.getcwd()}
 
     plots = []
@@ -140,5 +141,6 @@ def main(argv: list[str] | None = None) -> int:
         print("  " + line)
     print(f"\n{len(records)} rows in {elapsed:.0f} s; wrote {out / 'results.json'}, {out / 'results.md'}"
           + (f" and {len(plots)} plots in {out / 'plots'}" if plots else ""))
-    failed = [r for r in records if r["kind"] == "detkernels" and r["status"].startswith(("MISMATCH", "ERROR"))]
+    failed = [r for r in records
+              if r["kind"] == "detkernels" and r["status"].startswith(("MISMATCH", "ERROR"))]
     return 1 if failed else 0

@@ -83,7 +83,8 @@ def summary(records: list[dict]) -> list[str]:
             f = min(rs, key=lambda r: r["median_s"])
             wins[f["row"]] += 1
             for r in rs:
-                if r is not f and r["median_s"] - f["median_s"] <= max(r["q3_s"] - r["q1_s"], f["q3_s"] - f["q1_s"]):
+                spread = max(r["q3_s"] - r["q1_s"], f["q3_s"] - f["q1_s"])
+                if r is not f and r["median_s"] - f["median_s"] <= spread:
                     ties[r["row"]] += 1
             for r in rs:
                 if r.get("speedup_vs_torchvision") is not None:

@@ -137,7 +137,8 @@ def run(families: list[Family], mode: str, devices: list[str], lib: str, seed: i
                 torch.cuda.empty_cache()
             continue
         records.extend(recs)
-        parts = [f"{r['row']} {_fmt_s(r['median_s'])}" if r["timed"] else f"{r['row']} [{r['status']}; not timed]"
+        parts = [f"{r['row']} {_fmt_s(r['median_s'])}" if r["timed"]
+                 else f"{r['row']} [{r['status']}; not timed]"
                  for r in recs]
         bad = [f"{r['row']}: {r['status']}" for r in recs
                if r["status"].startswith(("MISMATCH", "ERROR", "DIFFERS"))]

@@ -390,7 +390,8 @@ MULTI_IMAGE_ROWS: list[Callable[..., list[Row]]] = []
 
 
 class Detect(Family):
-    name, title, registry_op, unit = "detect", "YOLO post-process: conf -> top-k -> batched NMS", "nms", "images"
+    name, registry_op, unit = "detect", "nms", "images"
+    title = "YOLO post-process: conf -> top-k -> batched NMS"
     defaults = {"A": 25200, "B": 1, "k": 1000, "classes": 80, "dtype": "float32",
                 "dist": "clustered", "conf": 0.05, "iou": 0.45}
     mode_defaults = {"smoke": {"A": 2000, "k": 100}}
