@@ -383,10 +383,63 @@ def _detect(nms_fn: Callable, p: dict) -> Callable[[Any], list]:
     return run
 
 
-# Rows that run a whole batch of images in one call (a multi-image NMS op) are added here once such
-# an op exists in detkernels: each entry maps (family, params, device, lib) to a list of Rows whose
-# fn takes the list of images and returns, per image, (boxes, scores, labels) as `_detect` does.
-MULTI_IMAGE_ROWS: list[Callable[..., list[Row]]] = []
+def _one_call(nms_fn: Callable, p: dict) -> Callable[[Any], list]:
+    """All images in one NMS call: preprocess per image, concatenate, and give every (image,
+    class) pair its own id ``image * classes + class``; then split the kept boxes by image. With
+    exact per-class NMS this equals the per-image loop, order included (the global order is by
+    descending score, ties by ascending index, and indices ascend image by image)."""
+    conf, k, thr, nc = p["conf"], p["k"], p["iou"], p["classes"]
+
+    def run(images: Any) -> list:
+        parts = [_preprocess(b, s, conf, k) for b, s in images]
+        if isinstance(parts[0][0], np.ndarray):
+            b, s = np.concatenate([x[0] for x in parts]), np.concatenate([x[1] for x in parts])
+            c = np.concatenate([x[2] + i * nc for i, x in enumerate(parts)])
+        else:
+            import torch
+
+            b, s = torch.cat([x[0] for x in parts]), torch.cat([x[1] for x in parts])
+            c = torch.cat([x[2] + i * nc for i, x in enumerate(parts)])
+        keep = nms_fn(b, s, c, thr)
+        ck = c[keep]
+        image = ck // nc
+        out = []
+        for i in range(len(parts)):
+            sel = image == i
+            out.append((b[keep[sel]], s[keep[sel]], ck[sel] - i * nc))
+        return out
+
+    return run
+
+
+def _one_call_rows(fam: "Detect", p: dict, device: str, lib: str) -> list[Row]:
+    """Multi-image NMS with today's API: one batched_nms call over the whole batch."""
+    if p["B"] < 2:
+        return []
+    from .. import _registry
+
+    dk, rows = _dk(), []
+    for be in DK_BACKENDS:
+        try:
+            _registry.select("nms", device, _working(p["dtype"]), be)
+        except RuntimeError:
+            continue
+        rows.append(Row(f"detkernels[{be}] one call", "detkernels",
+                        _one_call(lambda b, s, c, t, be=be: dk.batched_nms(b, s, c, t, backend=be), p),
+                        note="ids = image*classes+class"))
+    tvo = _torchvision_ops() if lib == "torch" else None
+    if tvo is not None:
+        cast = p["dtype"] == "float16" and device == "cpu"
+        fn = (lambda b, s, c, t: tvo.batched_nms(b.float(), s.float(), c, t)) if cast else tvo.batched_nms
+        rows.append(Row("torchvision one call", "torchvision", _one_call(fn, p),
+                        note="ids = image*classes+class" + ("; fp16 cast to fp32" if cast else "")))
+    return rows
+
+
+# Rows that run a whole batch of images in one call. Each entry maps (family, params, device, lib)
+# to a list of Rows whose fn takes the list of images and returns, per image, (boxes, scores,
+# labels) as `_detect` does; a dedicated multi-image NMS op joins here as another entry.
+MULTI_IMAGE_ROWS: list[Callable[..., list[Row]]] = [_one_call_rows]
 
 
 class Detect(Family):
