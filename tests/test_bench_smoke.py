@@ -49,8 +49,11 @@ def test_smoke_writes_table_json_and_plots(tmp_path, capsys):
         if r["timed"]:
             assert r["repeats"] == 2 and 0 < r["q1_s"] <= r["median_s"] <= r["q3_s"]
             assert r["host_peak_bytes"] is not None and r["host_peak_bytes"] >= 0
-    tv = [r for r in recs if r["kind"] == "torchvision" and r["timed"]]
+    tv = [r for r in recs if r["row"] == "torchvision" and r["timed"]]
     assert tv and all(r["speedup_vs_torchvision"] == 1.0 for r in tv)
+    # Batches of images also run as one batched_nms call (exact, like the per-image loop).
+    one = [r for r in recs if r["row"] == "detkernels[native] one call"]
+    assert one and all(r["params"]["B"] > 1 and r["status"] == "exact" for r in one)
 
     md = (out / "results.md").read_text()
     assert "## Summary" in md and "| contender " in md
