@@ -74,7 +74,7 @@ def summary(records: list[dict]) -> list[str]:
     for (dev, fam), recs in by.items():
         cases: dict[str, list[dict]] = defaultdict(list)
         for r in recs:
-            if r["timed"]:
+            if r["timed"] and r["kind"] != "baseline":
                 cases[r["case"]].append(r)
         wins: dict[str, int] = defaultdict(int)
         ties: dict[str, int] = defaultdict(int)  # not fastest, but within the spread of the fastest

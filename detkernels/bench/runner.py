@@ -66,7 +66,9 @@ def _run_case(case: Case, device: str, lib: str, seed: int, s: Settings, log: Te
         except Exception as e:
             status[row.label] = f"ERROR: {type(e).__name__}: {e}"
             continue
-        if row.kind == "reference":
+        if row.kind == "baseline":
+            status[row.label] = "baseline (not an NMS result)"
+        elif row.kind == "reference":
             status[row.label] = "reference (spec)" if ref_error is None else ref_error
         elif ref_error is not None:
             status[row.label] = "unchecked: " + ref_error
@@ -101,7 +103,8 @@ def _run_case(case: Case, device: str, lib: str, seed: int, s: Settings, log: Te
     tv = next((r for r in records if r["row"] == "torchvision" and r["timed"]), None)
     for r in records:
         r["speedup_vs_torchvision"] = (tv["median_s"] / r["median_s"]
-                                       if tv is not None and r["timed"] and r["median_s"] > 0 else None)
+                                       if tv is not None and r["timed"] and r["median_s"] > 0
+                                       and r["kind"] != "baseline" else None)
     return records
 
 

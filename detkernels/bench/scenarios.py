@@ -37,7 +37,7 @@ class Row:
     """One contender in one case: ``fn(inputs) -> output``."""
 
     label: str  # "detkernels[native]", "torchvision", "reference"
-    kind: str  # "detkernels" | "torchvision" | "reference"
+    kind: str  # "detkernels" | "torchvision" | "reference" | "baseline" (a part of the work, unchecked)
     fn: Callable[[Any], Any]
     timed: bool = True
     note: str = ""
@@ -479,6 +479,9 @@ class Detect(Family):
         rows = super().contenders(p, device, lib)
         for extra in MULTI_IMAGE_ROWS:
             rows.extend(extra(self, p, device, lib))
+        # What the pipeline costs without NMS: the part no NMS kernel can speed up.
+        rows.append(Row("no NMS (preprocess only)", "baseline",
+                        _detect(lambda b, s, c, t: slice(None), p)))
         return rows
 
     def detkernels_fn(self, dk, p, backend):
