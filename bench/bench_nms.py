@@ -2,8 +2,9 @@
 classes; the YOLO post-process (conf -> top-k -> batched NMS) vs top-k and vs images per batch."""
 import pytest
 
-from conftest import (BOX_COUNTS, CLASS_COUNTS, DEFAULT_BATCHED_BOXES, DEFAULT_BOXES, DTYPES,
-                      IMAGE_COUNTS, IOU_THRESHOLD, TOPK_COUNTS, params, run)
+from conftest import (BATCHED_BOX_COUNTS, BOX_COUNTS, CLASS_COUNTS, DEFAULT_BATCHED_BOXES,
+                      DEFAULT_BOXES, DEFAULT_CLASSES, DEFAULT_TOPK, DTYPES, IMAGE_COUNTS,
+                      IOU_THRESHOLD, TOPK_COUNTS, params, run)
 
 
 @pytest.mark.parametrize("device,p,label", params("nms", "N", BOX_COUNTS, iou=IOU_THRESHOLD))
@@ -16,7 +17,7 @@ def test_nms_dtype(benchmark, device, p, label):
     run(benchmark, "nms", device, p, label, "dtype")
 
 
-@pytest.mark.parametrize("device,p,label", params("batched_nms", "N", BOX_COUNTS, classes=80))
+@pytest.mark.parametrize("device,p,label", params("batched_nms", "N", BATCHED_BOX_COUNTS, classes=DEFAULT_CLASSES))
 def test_batched_nms_boxes(benchmark, device, p, label):
     run(benchmark, "batched_nms", device, p, label, "N")
 
@@ -32,6 +33,6 @@ def test_detect_topk(benchmark, device, p, label):
     run(benchmark, "detect", device, p, label, "k")
 
 
-@pytest.mark.parametrize("device,p,label", params("detect", "B", IMAGE_COUNTS))
+@pytest.mark.parametrize("device,p,label", params("detect", "B", IMAGE_COUNTS, k=DEFAULT_TOPK))
 def test_detect_images(benchmark, device, p, label):
     run(benchmark, "detect", device, p, label, "B")
