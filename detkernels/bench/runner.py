@@ -26,7 +26,7 @@ class Settings:
 SETTINGS = {
     "smoke": Settings(warmup=1, budget_s=0.0, min_repeats=2, max_repeats=2, input_sets=1),
     "quick": Settings(warmup=2, budget_s=0.8, min_repeats=3, max_repeats=30, input_sets=3),
-    "full": Settings(warmup=3, budget_s=4.0, min_repeats=7, max_repeats=200, input_sets=3),
+    "full": Settings(warmup=3, budget_s=3.0, min_repeats=5, max_repeats=200, input_sets=3),
 }
 
 
