@@ -176,8 +176,7 @@ class Family:
                 rows.append(Row("torchvision", "torchvision", fn, note=note))
         if device == "cpu":
             rows.append(Row("reference", "reference", self.detkernels_fn(dk, p, "numpy"),
-                            timed=self.reference_work(p) <= self.reference_timing_cap,
-                            ))
+                            timed=self.reference_work(p) <= self.reference_timing_cap))
         return rows
 
     def detkernels_fn(self, dk: Any, p: dict, backend: str) -> Callable[[Any], Any]:
