@@ -304,7 +304,7 @@ class Nms(Family):
     def torchvision_parity(self, p, device):
         # CPU: float16 is cast exactly to float32 on both sides. CUDA: torchvision narrows the
         # threshold to float and rounds float16 widths in half (SPEC.md divergences 1 and 5).
-        return device == "cpu" or p["dtype"] == "float32"
+        return device == "cpu"
 
     def same_set(self, got, exp):
         return len(got) == len(exp) and all(
@@ -347,6 +347,11 @@ class BatchedNms(Nms):
             return ((lambda inp: tvo.batched_nms(inp[0].float(), inp[1].float(), inp[2], thr)),
                     "fp16 cast to fp32")
         return (lambda inp: tvo.batched_nms(inp[0], inp[1], inp[2], thr)), ""
+
+    def torchvision_parity(self, p, device):
+        # torchvision offsets coordinates by class below 4 000 (CPU) / 100 000 (CUDA) box
+        # coordinates, which changes IoUs (SPEC.md divergence 2); on CUDA, divergence 1 too.
+        return device == "cpu" and 4 * p["N"] > 4000
 
 
 # ---- detect: the YOLO-style post-process -------------------------------------------------------------
@@ -504,7 +509,9 @@ class Detect(Family):
         return out
 
     def torchvision_parity(self, p, device):
-        return device == "cpu" or p["dtype"] == "float32"
+        # Per image, torchvision's batched_nms offsets coordinates by class for up to 1 000
+        # candidates (SPEC.md divergence 2); NMS parity itself is checked by batched_nms.
+        return False
 
     def same_set(self, got, exp):
         # Per image (boxes, scores, labels): the same detections in another order (tied scores).
@@ -585,7 +592,9 @@ class RoiAlign(Family):
         return super().check(row, out[: self.check_rois], expected, p, device)
 
     def torchvision_parity(self, p, device):
-        return p["dtype"] != "float16"  # float16: SPEC.md divergence 5
+        # float16: SPEC.md divergence 5. CUDA: torchvision's kernel is compiled with FMA
+        # contraction, so its last bits follow the GPU's fused arithmetic, not the CPU kernel's.
+        return device == "cpu" and p["dtype"] != "float16"
 
     def work(self, p):
         return float(p["P"])
