@@ -12,7 +12,8 @@ from .timing import HOST_PEAK_METHOD
 __all__ = ["fmt_time", "fmt_bytes", "table", "summary", "workspace_table", "write_json", "write_markdown"]
 
 SCHEMA = 1
-LEGEND = ("median and IQR (interquartile range) of the time per call; 'x torchvision' = torchvision's "
+LEGEND = ("median, IQR (interquartile range) and minimum of the time per call (on a busy host the "
+          "minimum is the steadiest estimate of the work itself); 'x torchvision' = torchvision's "
           "median / this contender's median (> 1: faster than torchvision); peak host/device = extra "
           "memory one call touched (see the methods in results.json); check = output vs the NumPy "
           "reference (exact: byte-identical; equal: same values; same set: same detections, tied "
@@ -47,8 +48,8 @@ def _grid(header: list[str], body: list[list[str]]) -> str:
 
 def table(records: list[dict]) -> str:
     """One line per (case, contender): median, IQR, speedup over torchvision, peak memory, check."""
-    header = ["op", "case", "device", "contender", "median", "IQR", "x torchvision", "peak host",
-              "peak device", "check"]
+    header = ["op", "case", "device", "contender", "median", "IQR", "min", "x torchvision",
+              "peak host", "peak device", "check"]
     body = []
     for r in records:
         timed = r["timed"]
@@ -57,6 +58,7 @@ def table(records: list[dict]) -> str:
             r["family"], r["case"], r["device"], r["row"],
             fmt_time(r["median_s"]) if timed else "not timed",
             fmt_time(r["q3_s"] - r["q1_s"]) if timed else "-",
+            fmt_time(r["min_s"]) if timed else "-",
             f"{sp:.2f}" if sp is not None else "-",
             fmt_bytes(r.get("host_peak_bytes")), fmt_bytes(r.get("device_peak_bytes")),
             r["status"] + (f" ({r['note']})" if r["note"] else ""),
