@@ -20,14 +20,19 @@ LEGEND = ("median, IQR (interquartile range) and minimum of the time per call (o
           "scores in another order; differs: a divergence SPEC.md documents).")
 
 
+def _num(v: float) -> str:
+    """Three significant digits, never in exponent notation (999.7 -> '1000')."""
+    return f"{v:.3g}" if v < 999.5 else f"{v:.0f}"
+
+
 def fmt_time(t: float | None) -> str:
     if t is None:
         return "-"
     if t < 1e-3:
         return f"{t * 1e6:.1f} us"
     if t < 1:
-        return f"{t * 1e3:.3g} ms"
-    return f"{t:.3g} s"
+        return f"{_num(t * 1e3)} ms"
+    return f"{_num(t)} s"
 
 
 def fmt_bytes(b: int | None) -> str:
@@ -35,7 +40,7 @@ def fmt_bytes(b: int | None) -> str:
         return "-"
     for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if b >= scale:
-            return f"{b / scale:.3g} {unit}"
+            return f"{_num(b / scale)} {unit}"
     return f"{b} B"
 
 

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, TextIO
 
+from .report import fmt_time
 from .scenarios import Case, Family, Row, plan
 from .timing import Clock, alternate, device_peak_bytes, host_peak_bytes, stats
 
@@ -28,14 +29,6 @@ SETTINGS = {
     "quick": Settings(warmup=2, budget_s=0.8, min_repeats=3, max_repeats=30, input_sets=3),
     "full": Settings(warmup=3, budget_s=3.0, min_repeats=5, max_repeats=200, input_sets=3),
 }
-
-
-def _fmt_s(t: float) -> str:
-    if t < 1e-3:
-        return f"{t * 1e6:.0f} us"
-    if t < 1:
-        return f"{t * 1e3:.3g} ms"
-    return f"{t:.3g} s"
 
 
 def _synced(fn: Callable[[Any], Any], clock: Clock) -> Callable[[Any], Any]:
@@ -144,7 +137,7 @@ def run(families: list[Family], mode: str, devices: list[str], lib: str, seed: i
                 torch.cuda.empty_cache()
             continue
         records.extend(recs)
-        parts = [f"{r['row']} {_fmt_s(r['median_s'])}" if r["timed"]
+        parts = [f"{r['row']} {fmt_time(r['median_s'])}" if r["timed"]
                  else f"{r['row']} [{r['status']}; not timed]"
                  for r in recs]
         bad = [f"{r['row']}: {r['status']}" for r in recs
