@@ -1,0 +1,619 @@
+"""The scenario table: op families, their named defaults and the axes each mode sweeps.
+
+Each family sweeps one axis at a time with the others at its defaults (a one-factor design: the
+default case is shared by every sweep). Every case is run on every device present, by every
+contender present: the detkernels backends that serve the op on that device (``_registry.select``),
+torchvision.ops when installed, and the NumPy reference (``backend="numpy"``: the specification)
+where the size is small enough to time it. Before timing, each contender's output is checked once
+against the reference (bytes for detkernels, values for torchvision; see ``Family.check``).
+
+Families:
+  box_iou      pairwise IoU, N x N boxes
+  nms          single-class NMS of N boxes
+  batched_nms  per-class NMS of N boxes over 80 classes
+  detect       a YOLO-style post-process per image: class max -> score threshold -> top-k ->
+               batched NMS, for 25 200 (640 px) / 100 800 (1280 px) candidates, batches of images
+  roi_align    RoIAlign of P proposals on a C=256 stride-8 feature map, 7x7 / 14x14 (included when
+               this build of detkernels has roi_align)
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from . import data
+
+__all__ = ["Row", "Case", "Family", "FAMILIES", "MODES", "plan", "to_numpy"]
+
+MODES = ("smoke", "quick", "full")
+DK_BACKENDS = ("native", "cupy", "numba")  # timed as detkernels[...]; "numpy" is the reference
+
+
+@dataclass
+class Row:
+    """One contender in one case: ``fn(inputs) -> output``."""
+
+    label: str  # "detkernels[native]", "torchvision", "reference"
+    kind: str  # "detkernels" | "torchvision" | "reference" | "baseline" (a part of the work, unchecked)
+    fn: Callable[[Any], Any]
+    timed: bool = True
+    note: str = ""
+
+
+@dataclass
+class Case:
+    family: "Family"
+    params: dict
+    sweeps: list = field(default_factory=list)  # the axes whose sweep this case belongs to
+
+    def describe(self) -> str:
+        return self.family.describe(self.params)
+
+
+# ---- array helpers ---------------------------------------------------------------------------------
+
+def _put(a: np.ndarray, lib: str, device: str, dtype: str | None = None) -> Any:
+    """NumPy data -> the array library and device under test."""
+    if dtype is not None:
+        a = a.astype(dtype)
+    a = np.ascontiguousarray(a)
+    if lib == "numpy":
+        return a
+    import torch
+
+    return torch.from_numpy(a).to(device)
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    if isinstance(x, np.ndarray):
+        return x
+    if hasattr(x, "detach"):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _cpu(x: Any) -> Any:
+    return x.cpu() if hasattr(x, "cpu") and not isinstance(x, np.ndarray) else x
+
+
+def _bytes_equal(a: np.ndarray, e: np.ndarray) -> bool:
+    """SPEC.md §2: same dtype and shape, NaN at the same places, all other bytes equal."""
+    if a.dtype != e.dtype or a.shape != e.shape:
+        return False
+    if a.dtype.kind == "f":
+        na, ne = np.isnan(a), np.isnan(e)
+        u = f"u{a.itemsize}"
+        return bool(np.array_equal(na, ne) and np.array_equal(a.view(u)[~na], e.view(u)[~ne]))
+    return bool(np.array_equal(a, e))
+
+
+def _values_equal(a: np.ndarray, e: np.ndarray) -> bool:
+    """Value equality (NaN as a class, -0 == +0), for comparisons with torchvision."""
+    if a.shape != e.shape:
+        return False
+    if a.dtype.kind == "f" or e.dtype.kind == "f":
+        a, e = a.astype(np.float64), e.astype(np.float64)
+        return bool(np.all((a == e) | (np.isnan(a) & np.isnan(e))))
+    return bool(np.array_equal(a, e))
+
+
+def _flat(out: Any) -> list[np.ndarray]:
+    """An op's output (an array, or nested tuples/lists of arrays) as a flat list of NumPy arrays."""
+    if isinstance(out, (list, tuple)):
+        return [x for o in out for x in _flat(o)]
+    return [to_numpy(out)]
+
+
+def _torchvision_ops() -> Any | None:
+    if "torch" not in sys.modules:
+        return None
+    try:
+        import torchvision.ops as tvo
+    except ImportError:
+        return None
+    return tvo
+
+
+def _dk() -> Any:
+    import detkernels
+
+    return detkernels
+
+
+def _working(dtype: str) -> str:
+    """The registry's working dtype: float16/bfloat16 inputs are computed in float32."""
+    return "float64" if dtype == "float64" else "float32"
+
+
+# ---- the family interface ----------------------------------------------------------------------------
+
+class Family:
+    """One op family. Subclasses fill in the named defaults, the sweeps and the five hooks."""
+
+    name = ""
+    title = ""
+    registry_op = ""  # the op name in detkernels' backend table
+    unit = ""  # what the throughput counts
+    defaults: dict = {}
+    mode_defaults: dict = {}  # mode -> overrides of `defaults` (smoke uses toy sizes)
+    sweeps: dict = {}  # mode -> {axis: values}
+    numeric_axes: tuple = ()
+    # Largest work() for which the NumPy reference is also *timed* (it is always run once to check).
+    reference_timing_cap = 0.0
+
+    def available(self) -> str | None:
+        """None when this build can run the family, else why not."""
+        return None
+
+    def describe(self, p: dict) -> str:
+        raise NotImplementedError
+
+    def inputs(self, p: dict, device: str, lib: str, seed: int) -> Any:
+        raise NotImplementedError
+
+    def input_bytes(self, p: dict) -> int:
+        raise NotImplementedError
+
+    def contenders(self, p: dict, device: str, lib: str) -> list[Row]:
+        """detkernels backends, then torchvision, then the reference (when cheap enough)."""
+        dk = _dk()
+        from .. import _registry
+
+        rows = []
+        for be in DK_BACKENDS:
+            try:
+                _registry.select(self.registry_op, device, _working(p["dtype"]), be)
+            except RuntimeError:
+                continue
+            rows.append(Row(f"detkernels[{be}]", "detkernels", self.detkernels_fn(dk, p, be)))
+        tvo = _torchvision_ops() if lib == "torch" else None
+        if tvo is not None:
+            fn, note = self.torchvision_fn(tvo, p, device)
+            if fn is not None:
+                rows.append(Row("torchvision", "torchvision", fn, note=note))
+        if device == "cpu":
+            rows.append(Row("reference", "reference", self.detkernels_fn(dk, p, "numpy"),
+                            timed=self.reference_work(p) <= self.reference_timing_cap))
+        return rows
+
+    def detkernels_fn(self, dk: Any, p: dict, backend: str) -> Callable[[Any], Any]:
+        raise NotImplementedError
+
+    def torchvision_fn(self, tvo: Any, p: dict, device: str) -> tuple[Callable | None, str]:
+        raise NotImplementedError
+
+    def reference_work(self, p: dict) -> float:
+        """The size compared with reference_timing_cap."""
+        return self.work(p)
+
+    def expected(self, p: dict, inp: Any, device: str) -> Any:
+        """The reference output for ``inp`` (computed on the CPU)."""
+        return self.detkernels_fn(_dk(), p, "numpy")(self.to_cpu(inp))
+
+    def to_cpu(self, inp: Any) -> Any:
+        return tuple(_cpu(x) for x in inp)
+
+    def torchvision_parity(self, p: dict, device: str) -> bool:
+        """Whether SPEC.md promises torchvision's exact values for this case."""
+        return p["dtype"] != "float16"
+
+    def check(self, row: Row, out: Any, expected: Any, p: dict, device: str) -> str:
+        """'exact' | 'equal' | 'same set' | 'differs (...)' | 'MISMATCH ...'."""
+        got, exp = _flat(out), _flat(expected)
+        if row.kind != "torchvision":
+            if len(got) == len(exp) and all(_bytes_equal(a, e) for a, e in zip(got, exp)):
+                return "exact"
+            return "MISMATCH vs reference"
+        if len(got) == len(exp) and all(_values_equal(a, e) for a, e in zip(got, exp)):
+            return "equal"
+        if self.same_set(got, exp):
+            return "same set (tie order)"
+        if self.torchvision_parity(p, device):
+            return "DIFFERS (parity expected)"
+        return "differs (documented divergence)"
+
+    def same_set(self, got: list, exp: list) -> bool:
+        return False
+
+    def work(self, p: dict) -> float:
+        raise NotImplementedError
+
+
+# ---- box_iou -----------------------------------------------------------------------------------------
+
+class BoxIou(Family):
+    name, title, registry_op, unit = "box_iou", "box_iou (N x N)", "box_iou", "pairs"
+    defaults = {"N": 1000, "dtype": "float32", "dist": "uniform"}
+    mode_defaults = {"smoke": {"N": 64}}
+    sweeps = {
+        "smoke": {"N": [32, 64], "dtype": ["float16"]},
+        "quick": {"N": [100, 1000, 2000], "dtype": ["float32", "float16"]},
+        "full": {"N": [100, 300, 1000, 3000, 5000], "dtype": ["float32", "float16", "float64"]},
+    }
+    numeric_axes = ("N",)
+    reference_timing_cap = 1e6
+
+    def describe(self, p):
+        return f"N={p['N']} {p['dtype']} {p['dist']}"
+
+    def inputs(self, p, device, lib, seed):
+        rng = np.random.default_rng(seed)
+        return tuple(_put(data.uniform_boxes(rng, p["N"]), lib, device, p["dtype"]) for _ in range(2))
+
+    def input_bytes(self, p):
+        return 2 * p["N"] * 4 * np.dtype(p["dtype"]).itemsize
+
+    def detkernels_fn(self, dk, p, backend):
+        return lambda inp: dk.box_iou(inp[0], inp[1], backend=backend)
+
+    def torchvision_fn(self, tvo, p, device):
+        return (lambda inp: tvo.box_iou(inp[0], inp[1])), ""
+
+    def work(self, p):
+        return float(p["N"]) ** 2
+
+
+# ---- nms / batched_nms -------------------------------------------------------------------------------
+
+def _nms_boxes(p: dict, seed: int, num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    if p["dist"] == "uniform":
+        return (data.uniform_boxes(rng, p["N"]), rng.random(p["N"]),
+                rng.integers(0, num_classes, p["N"]))
+    return data.clustered_boxes(rng, p["N"], num_classes)
+
+
+class Nms(Family):
+    name, title, registry_op, unit = "nms", "nms (one class)", "nms", "boxes"
+    defaults = {"N": 1000, "dtype": "float32", "dist": "clustered", "iou": 0.5}
+    mode_defaults = {"smoke": {"N": 64}}
+    sweeps = {
+        "smoke": {"N": [64, 200], "dtype": ["float16"]},
+        "quick": {"N": [300, 1000, 2000, 5000], "dtype": ["float32", "float16"],
+                  "dist": ["clustered", "uniform"]},
+        "full": {"N": [300, 1000, 2000, 5000, 10000, 25200], "dtype": ["float32", "float16", "float64"],
+                 "dist": ["clustered", "uniform"]},
+    }
+    numeric_axes = ("N",)
+    reference_timing_cap = 2000
+
+    def describe(self, p):
+        return f"N={p['N']} {p['dtype']} {p['dist']}"
+
+    def inputs(self, p, device, lib, seed):
+        b, s, _ = _nms_boxes(p, seed, 1)
+        return _put(b, lib, device, p["dtype"]), _put(s, lib, device, p["dtype"])
+
+    def input_bytes(self, p):
+        return p["N"] * 5 * np.dtype(p["dtype"]).itemsize
+
+    def detkernels_fn(self, dk, p, backend):
+        thr = p["iou"]
+        return lambda inp: dk.nms(inp[0], inp[1], thr, backend=backend)
+
+    def torchvision_fn(self, tvo, p, device):
+        thr = p["iou"]
+        if p["dtype"] == "float16" and device == "cpu":
+            # torchvision's CPU kernel has no float16: a user casts (exactly) to float32 first.
+            return (lambda inp: tvo.nms(inp[0].float(), inp[1].float(), thr)), "fp16 cast to fp32"
+        return (lambda inp: tvo.nms(inp[0], inp[1], thr)), ""
+
+    def torchvision_parity(self, p, device):
+        # CPU: float16 is cast exactly to float32 on both sides. CUDA: torchvision narrows the
+        # threshold to float and rounds float16 widths in half (SPEC.md divergences 1 and 5).
+        return device == "cpu"
+
+    def same_set(self, got, exp):
+        return len(got) == len(exp) and all(
+            a.shape == e.shape and np.array_equal(np.sort(a), np.sort(e)) for a, e in zip(got, exp))
+
+    def work(self, p):
+        return float(p["N"])
+
+
+class BatchedNms(Nms):
+    name, title, registry_op, unit = "batched_nms", "batched_nms (80 classes)", "nms", "boxes"
+    defaults = {"N": 5000, "classes": 80, "dtype": "float32", "dist": "clustered", "iou": 0.5}
+    mode_defaults = {"smoke": {"N": 100}}
+    sweeps = {
+        "smoke": {"N": [100, 300]},
+        "quick": {"N": [1000, 5000, 25200]},
+        "full": {"N": [1000, 2000, 5000, 25200, 100800], "dtype": ["float32", "float16"],
+                 "dist": ["clustered", "uniform"]},
+    }
+    reference_timing_cap = 5000
+
+    def describe(self, p):
+        return f"N={p['N']} C={p['classes']} {p['dtype']} {p['dist']}"
+
+    def inputs(self, p, device, lib, seed):
+        b, s, c = _nms_boxes(p, seed, p["classes"])
+        return (_put(b, lib, device, p["dtype"]), _put(s, lib, device, p["dtype"]),
+                _put(c, lib, device))
+
+    def input_bytes(self, p):
+        return p["N"] * (5 * np.dtype(p["dtype"]).itemsize + 8)
+
+    def detkernels_fn(self, dk, p, backend):
+        thr = p["iou"]
+        return lambda inp: dk.batched_nms(inp[0], inp[1], inp[2], thr, backend=backend)
+
+    def torchvision_fn(self, tvo, p, device):
+        thr = p["iou"]
+        if p["dtype"] == "float16" and device == "cpu":
+            return ((lambda inp: tvo.batched_nms(inp[0].float(), inp[1].float(), inp[2], thr)),
+                    "fp16 cast to fp32")
+        return (lambda inp: tvo.batched_nms(inp[0], inp[1], inp[2], thr)), ""
+
+    def torchvision_parity(self, p, device):
+        # torchvision offsets coordinates by class below 4 000 (CPU) / 100 000 (CUDA) box
+        # coordinates, which changes IoUs (SPEC.md divergence 2); on CUDA, divergence 1 too.
+        return device == "cpu" and 4 * p["N"] > 4000
+
+
+# ---- detect: the YOLO-style post-process -------------------------------------------------------------
+
+def _preprocess(boxes: Any, cls_scores: Any, conf: float, k: int) -> tuple[Any, Any, Any]:
+    """Per image: best class per candidate, keep conf > threshold, then the top k by score.
+    Identical for every contender (only the NMS differs between rows)."""
+    if isinstance(boxes, np.ndarray):
+        score, label = cls_scores.max(axis=1), cls_scores.argmax(axis=1)
+        idx = np.flatnonzero(score > conf)
+        if idx.size > k:
+            idx = idx[np.argsort(-score[idx], kind="stable")[:k]]
+        return boxes[idx], score[idx], label[idx]
+    score, label = cls_scores.max(dim=1)
+    idx = (score > conf).nonzero().squeeze(1)
+    if idx.numel() > k:
+        idx = idx[score[idx].topk(k).indices]
+    return boxes[idx], score[idx], label[idx]
+
+
+def _detect(nms_fn: Callable, p: dict) -> Callable[[Any], list]:
+    """A per-image loop: preprocess, NMS with ``nms_fn(boxes, scores, labels, thr)``, gather."""
+    conf, k, thr = p["conf"], p["k"], p["iou"]
+
+    def run(images: Any) -> list:
+        out = []
+        for boxes, cls_scores in images:
+            b, s, c = _preprocess(boxes, cls_scores, conf, k)
+            keep = nms_fn(b, s, c, thr)
+            out.append((b[keep], s[keep], c[keep]))
+        return out
+
+    return run
+
+
+def _one_call(nms_fn: Callable, p: dict) -> Callable[[Any], list]:
+    """All images in one NMS call: preprocess per image, concatenate, and give every (image,
+    class) pair its own id ``image * classes + class``; then split the kept boxes by image. With
+    exact per-class NMS this equals the per-image loop, order included (the global order is by
+    descending score, ties by ascending index, and indices ascend image by image)."""
+    conf, k, thr, nc = p["conf"], p["k"], p["iou"], p["classes"]
+
+    def run(images: Any) -> list:
+        parts = [_preprocess(b, s, conf, k) for b, s in images]
+        if isinstance(parts[0][0], np.ndarray):
+            b, s = np.concatenate([x[0] for x in parts]), np.concatenate([x[1] for x in parts])
+            c = np.concatenate([x[2] + i * nc for i, x in enumerate(parts)])
+        else:
+            import torch
+
+            b, s = torch.cat([x[0] for x in parts]), torch.cat([x[1] for x in parts])
+            c = torch.cat([x[2] + i * nc for i, x in enumerate(parts)])
+        keep = nms_fn(b, s, c, thr)
+        ck = c[keep]
+        image = ck // nc
+        out = []
+        for i in range(len(parts)):
+            sel = image == i
+            out.append((b[keep[sel]], s[keep[sel]], ck[sel] - i * nc))
+        return out
+
+    return run
+
+
+def _one_call_rows(fam: "Detect", p: dict, device: str, lib: str) -> list[Row]:
+    """Multi-image NMS with today's API: one batched_nms call over the whole batch."""
+    if p["B"] < 2:
+        return []
+    from .. import _registry
+
+    dk, rows = _dk(), []
+    for be in DK_BACKENDS:
+        try:
+            _registry.select("nms", device, _working(p["dtype"]), be)
+        except RuntimeError:
+            continue
+        rows.append(Row(f"detkernels[{be}] one call", "detkernels",
+                        _one_call(lambda b, s, c, t, be=be: dk.batched_nms(b, s, c, t, backend=be), p),
+                        note="ids = image*classes+class"))
+    tvo = _torchvision_ops() if lib == "torch" else None
+    if tvo is not None:
+        cast = p["dtype"] == "float16" and device == "cpu"
+        fn = (lambda b, s, c, t: tvo.batched_nms(b.float(), s.float(), c, t)) if cast else tvo.batched_nms
+        rows.append(Row("torchvision one call", "torchvision", _one_call(fn, p),
+                        note="ids = image*classes+class" + ("; fp16 cast to fp32" if cast else "")))
+    return rows
+
+
+# Rows that run a whole batch of images in one call. Each entry maps (family, params, device, lib)
+# to a list of Rows whose fn takes the list of images and returns, per image, (boxes, scores,
+# labels) as `_detect` does; a dedicated multi-image NMS op joins here as another entry.
+MULTI_IMAGE_ROWS: list[Callable[..., list[Row]]] = [_one_call_rows]
+
+
+class Detect(Family):
+    name, registry_op, unit = "detect", "nms", "images"
+    title = "YOLO post-process: conf -> top-k -> batched NMS"
+    defaults = {"A": 25200, "B": 1, "k": 1000, "classes": 80, "dtype": "float32",
+                "dist": "clustered", "conf": 0.05, "iou": 0.45}
+    mode_defaults = {"smoke": {"A": 2000, "k": 100}}
+    sweeps = {
+        "smoke": {"B": [1, 2]},
+        "quick": {"k": [300, 1000, 2000], "B": [1, 8], "A": [25200, 100800],
+                  "dtype": ["float32", "float16"], "dist": ["clustered", "uniform"]},
+        "full": {"k": [300, 1000, 2000], "B": [1, 8, 32], "A": [25200, 100800],
+                 "dtype": ["float32", "float16"], "dist": ["clustered", "uniform"]},
+    }
+    numeric_axes = ("k", "B", "A")
+    reference_timing_cap = 1000  # images x k
+
+    def describe(self, p):
+        return f"A={p['A']} B={p['B']} k={p['k']} {p['dtype']} {p['dist']}"
+
+    def inputs(self, p, device, lib, seed):
+        rng = np.random.default_rng(seed)
+        images = []
+        for _ in range(p["B"]):
+            b, s = data.yolo_head(rng, p["A"], p["classes"], p["dist"])
+            images.append((_put(b, lib, device, p["dtype"]), _put(s, lib, device, p["dtype"])))
+        return images
+
+    def input_bytes(self, p):
+        return p["B"] * p["A"] * (4 + p["classes"]) * np.dtype(p["dtype"]).itemsize
+
+    def to_cpu(self, inp):
+        return [tuple(_cpu(x) for x in img) for img in inp]
+
+    def contenders(self, p, device, lib):
+        rows = super().contenders(p, device, lib)
+        for extra in MULTI_IMAGE_ROWS:
+            rows.extend(extra(self, p, device, lib))
+        # What the pipeline costs without NMS: the part no NMS kernel can speed up.
+        rows.append(Row("no NMS (preprocess only)", "baseline",
+                        _detect(lambda b, s, c, t: slice(None), p)))
+        return rows
+
+    def detkernels_fn(self, dk, p, backend):
+        return _detect(lambda b, s, c, t: dk.batched_nms(b, s, c, t, backend=backend), p)
+
+    def torchvision_fn(self, tvo, p, device):
+        if p["dtype"] == "float16" and device == "cpu":
+            return (_detect(lambda b, s, c, t: tvo.batched_nms(b.float(), s.float(), c, t), p),
+                    "fp16 cast to fp32 for NMS")
+        return _detect(tvo.batched_nms, p), ""
+
+    def expected(self, p, inp, device):
+        # Preprocess on the device under test (top-k tie order may differ between devices), then
+        # run the reference NMS on the CPU.
+        dk = _dk()
+        out = []
+        for boxes, cls_scores in inp:
+            b, s, c = (_cpu(x) for x in _preprocess(boxes, cls_scores, p["conf"], p["k"]))
+            keep = dk.batched_nms(b, s, c, p["iou"], backend="numpy")
+            out.append((b[keep], s[keep], c[keep]))
+        return out
+
+    def torchvision_parity(self, p, device):
+        # Per image, torchvision's batched_nms offsets coordinates by class for up to 1 000
+        # candidates (SPEC.md divergence 2); NMS parity itself is checked by batched_nms.
+        return False
+
+    def same_set(self, got, exp):
+        # Per image (boxes, scores, labels): the same detections in another order (tied scores).
+        if len(got) != len(exp):
+            return False
+        for i in range(0, len(got), 3):
+            g = np.concatenate([got[i].astype(np.float64), got[i + 1][:, None].astype(np.float64),
+                                got[i + 2][:, None].astype(np.float64)], axis=1)
+            e = np.concatenate([exp[i].astype(np.float64), exp[i + 1][:, None].astype(np.float64),
+                                exp[i + 2][:, None].astype(np.float64)], axis=1)
+            if g.shape != e.shape or not np.array_equal(np.unique(g, axis=0), np.unique(e, axis=0)):
+                return False
+        return True
+
+    def work(self, p):
+        return float(p["B"])
+
+    def reference_work(self, p):
+        return float(p["B"] * p["k"])
+
+
+# ---- roi_align ---------------------------------------------------------------------------------------
+
+class RoiAlign(Family):
+    name, title, registry_op, unit = "roi_align", "roi_align (C=256, stride 8)", "roi_align", "RoIs"
+    # A stride-8 FPN level of an 800 x 1216 image: 100 x 152; torchvision's (input, boxes[K, 5],
+    # output_size, spatial_scale, sampling_ratio, aligned) signature.
+    defaults = {"P": 1000, "C": 256, "H": 100, "W": 152, "out": 7, "scale": 0.125, "sr": 2,
+                "aligned": True, "dtype": "float32", "dist": "clustered"}
+    # Quick mode centres on P=300 (torchvision's CPU kernel takes ~1.5 s for P=1000 at 14x14).
+    mode_defaults = {"smoke": {"P": 16, "C": 8, "H": 20, "W": 30}, "quick": {"P": 300}}
+    sweeps = {
+        "smoke": {"P": [16, 32]},
+        # float16 only in full mode: torchvision's CPU kernel rounds every op in half (~15x slower).
+        "quick": {"P": [300, 1000], "out": [7, 14]},
+        "full": {"P": [300, 1000, 2000], "out": [7, 14], "dtype": ["float32", "float16"],
+                 "dist": ["clustered", "uniform"]},
+    }
+    numeric_axes = ("P",)
+    reference_timing_cap = 0  # the loop-clear reference is too slow to time at these sizes
+    check_rois = 8  # RoIs are independent: the reference checks the first few of every output
+
+    def available(self):
+        if not hasattr(_dk(), "roi_align"):
+            return "not available in this build of detkernels (no detkernels.roi_align)"
+        return None
+
+    def describe(self, p):
+        return f"P={p['P']} C={p['C']} {p['out']}x{p['out']} {p['dtype']} {p['dist']}"
+
+    def inputs(self, p, device, lib, seed):
+        rng = np.random.default_rng(seed)
+        img_h, img_w = p["H"] / p["scale"], p["W"] / p["scale"]
+        x = data.feature_map(rng, 1, p["C"], p["H"], p["W"])
+        b = data.proposals(rng, p["P"], img_w, img_h, p["dist"])
+        rois = np.concatenate([np.zeros((p["P"], 1)), b], axis=1)
+        return _put(x, lib, device, p["dtype"]), _put(rois, lib, device, p["dtype"])
+
+    def input_bytes(self, p):
+        return (p["C"] * p["H"] * p["W"] + 5 * p["P"]) * np.dtype(p["dtype"]).itemsize
+
+    def _args(self, p):
+        return (p["out"], p["out"]), p["scale"], p["sr"], p["aligned"]
+
+    def detkernels_fn(self, dk, p, backend):
+        size, scale, sr, aligned = self._args(p)
+        return lambda inp: dk.roi_align(inp[0], inp[1], size, scale, sr, aligned, backend=backend)
+
+    def torchvision_fn(self, tvo, p, device):
+        size, scale, sr, aligned = self._args(p)
+        return (lambda inp: tvo.roi_align(inp[0], inp[1], size, scale, sr, aligned)), ""
+
+    def expected(self, p, inp, device):
+        x, rois = self.to_cpu(inp)
+        return self.detkernels_fn(_dk(), p, "numpy")((x, rois[: self.check_rois]))
+
+    def check(self, row, out, expected, p, device):
+        return super().check(row, out[: self.check_rois], expected, p, device)
+
+    def torchvision_parity(self, p, device):
+        # float16: SPEC.md divergence 5. CUDA: torchvision's kernel is compiled with FMA
+        # contraction, so its last bits follow the GPU's fused arithmetic, not the CPU kernel's.
+        return device == "cpu" and p["dtype"] != "float16"
+
+    def work(self, p):
+        return float(p["P"])
+
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (BoxIou(), Nms(), BatchedNms(), Detect(), RoiAlign())}
+
+
+def plan(family: Family, mode: str) -> list[Case]:
+    """The cases of ``family`` in ``mode``: the default case plus one sweep per axis, deduplicated
+    (a case that lies on several sweeps is run once and plotted on each)."""
+    base = {**family.defaults, **family.mode_defaults.get(mode, {})}
+    cases: dict[tuple, Case] = {}
+    for axis, values in family.sweeps[mode].items():
+        for v in values:
+            p = {**base, axis: v}
+            key = tuple(sorted(p.items()))
+            case = cases.setdefault(key, Case(family, p))
+            case.sweeps.append(axis)
+    key = tuple(sorted(base.items()))
+    cases.setdefault(key, Case(family, dict(base)))
+    return list(cases.values())
