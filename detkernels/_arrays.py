@@ -65,8 +65,11 @@ def device(x: Any) -> str:
         return d.type if d.index is None else f"{d.type}:{d.index}"
     if k == "cupy":
         return f"cuda:{x.device.id}"
-    # Numba arrays live on the current Numba context's device.
-    return f"cuda:{sys.modules['numba'].cuda.get_current_device().id}" if k == "numba" else "cuda:0"
+    # Numba arrays live on the current Numba context's device (the simulator has one device).
+    if k == "numba":
+        cuda = sys.modules["numba"].cuda
+        return f"cuda:{cuda.get_current_device().id}" if hasattr(cuda, "get_current_device") else "cuda:0"
+    return "cuda:0"
 
 
 def dtype_name(x: Any) -> str:

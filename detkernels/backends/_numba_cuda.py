@@ -15,6 +15,8 @@ suppresses; one block then scans the boxes in order, keeping a box iff no kept b
 """
 from __future__ import annotations
 
+import types
+
 import numba
 import numpy as np
 from numba import cuda
@@ -56,7 +58,7 @@ def _ops(dtype: np.dtype) -> dict:
     def dsub_rn(a, b):
         return dadd_rn(a, -b)
 
-    return dict(ADD=dadd_rn, SUB=cuda.jit(device=True)(dsub_rn), MUL=ld.dmul_rn, DIV=ld.ddiv_rn)
+    return dict(ADD=dadd_rn, SUB=cuda.jit(device=True, **_JIT)(dsub_rn), MUL=ld.dmul_rn, DIV=ld.ddiv_rn)
 
 
 # ---- kernels (compiled per dtype by _numba_math.specialise) ---------------------------------------
@@ -108,7 +110,8 @@ def nms_mask_kernel(cols, scls, thr, mask):
         ax1, ay1, ax2, ay2, aa, ci = cols[0, i], cols[1, i], cols[2, i], cols[3, i], cols[4, i], scls[i]
         bits = np.int64(0)
         start = t + 1 if cb == rb else 0
-        for c in range(start, min(WORD, n - j0)):
+        stop = n - j0 if n - j0 < WORD else WORD
+        for c in range(start, stop):
             if shc[c] == ci and nms_suppresses(ax1, ay1, ax2, ay2, aa, sh[0, c], sh[1, c], sh[2, c],
                                                sh[3, c], sh[4, c], thr):
                 bits |= ONE64 << c
@@ -137,16 +140,20 @@ KERNELS = ("box_iou_kernel", "nms_gather_kernel", "nms_mask_kernel", "nms_scan_k
 _SPECS: dict = {}
 
 
+def _specialise(dt: np.dtype, ops: dict | None = None) -> object:
+    kern = cuda.jit(**_JIT)
+    extra = tuple((name, globals()[name], kern) for name in KERNELS)
+    env = dict(np=np, numba=numba, cuda=cuda, WORD=WORD, ONE64=ONE64,
+               SHARED_T=numba.float32 if dt == np.float32 else numba.float64)
+    return M.specialise(dt, ops or _ops(dt), cuda.jit(device=True, **_JIT), extra, env)
+
+
 def kernels(dtype) -> object:
     """The compiled (lazily, on first launch) kernels for float32 or float64."""
     dt = np.dtype(dtype)
     k = _SPECS.get(dt.name)
     if k is None:
-        kern = cuda.jit(**_JIT)
-        extra = tuple((name, globals()[name], kern) for name in KERNELS)
-        env = dict(np=np, numba=numba, cuda=cuda, WORD=WORD, ONE64=ONE64,
-                   SHARED_T=numba.float32 if dt == np.float32 else numba.float64)
-        k = _SPECS[dt.name] = M.specialise(dt, _ops(dt), cuda.jit(device=True, **_JIT), extra, env)
+        k = _SPECS[dt.name] = _specialise(dt)
     return k
 
 
@@ -162,11 +169,25 @@ def signatures(dtype) -> dict:
     }
 
 
-def ptx(dtype, cc: tuple = (9, 0)) -> dict:
-    """PTX of every kernel for ``dtype``, compiled without a GPU (needs NVVM / libdevice)."""
-    k = kernels(dtype)
-    return {name: cuda.compile_ptx(k.py[name], sig, cc=cc)[0]
-            for name, sig in signatures(dtype).items()}
+def ptx(dtype, cc: tuple = (9, 0), plain_operators: bool = False) -> dict:
+    """PTX of every kernel for ``dtype``, compiled without a GPU (needs NVVM and libdevice, e.g.
+    a CUDA toolkit under CUDA_HOME or /usr/local/cuda). For a lint: uses its own, fresh
+    specialisation, never the one that launches kernels. ``plain_operators`` compiles with + - * /
+    instead of the *_rn intrinsics (the lint's control: NVVM then emits FMAs)."""
+    import numba.cuda.dispatcher as D
+
+    plain = {n: cuda.jit(device=True, **_JIT)(f)
+             for n, f in (("ADD", _add), ("SUB", _sub), ("MUL", _mul), ("DIV", _div))}
+    k = _specialise(np.dtype(dtype), plain if plain_operators else None)
+    # numba compiles a device function for the *current device's* compute capability even under
+    # compile_ptx(cc=...), which fails without a driver: tell it the target instead.
+    saved = D.get_current_device
+    D.get_current_device = lambda: types.SimpleNamespace(compute_capability=cc)
+    try:
+        return {name: cuda.compile_ptx(k.py[name], sig, cc=cc)[0]
+                for name, sig in signatures(dtype).items()}
+    finally:
+        D.get_current_device = saved
 
 
 # ---- launches ------------------------------------------------------------------------------------

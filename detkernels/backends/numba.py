@@ -61,9 +61,14 @@ def _stream(cuda: Any, x: Any) -> Any:
     k = A.kind(x)
     if k in ("torch", "cupy"):
         h = A.current_stream(x)
-        return cuda.external_stream(h) if h else cuda.default_stream()
-    s = getattr(x, "stream", 0)
-    return s if s else cuda.default_stream()
+        if h:
+            return cuda.external_stream(h)
+    else:
+        s = getattr(x, "stream", 0)
+        if s:
+            return s
+    # The CUDA simulator has no default_stream(); its streams are all synchronous anyway.
+    return cuda.default_stream() if hasattr(cuda, "default_stream") else cuda.stream()
 
 
 def _to_host(x: Any) -> np.ndarray:
