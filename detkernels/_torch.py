@@ -66,6 +66,10 @@ class _TorchOps:
     def clamp_min0(x):
         return x.clamp(min=0)
 
+    @staticmethod
+    def stop_gradient(x):
+        return x.detach()
+
 
 def _iou_formula(kind: str, b1: Tensor, b2: Tensor, fmt: str, eps: float) -> Tensor:
     batch, N, M, w = _ops.iou_check(b1, b2, kind, fmt)
@@ -205,6 +209,8 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, backend: str | None
 
 def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float,
                 backend: str | None) -> Tensor:
+    if not _traced(boxes) and boxes.numel() == 0:  # before touching scores/idxs, as torchvision
+        return boxes.new_empty((0,), dtype=torch.int64)
     _check_tensors(scores=scores, idxs=idxs)
     if backend is None and _traced(boxes, scores, idxs):
         return torch.ops.detkernels.batched_nms(boxes, scores, idxs, float(iou_threshold))
@@ -216,12 +222,9 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
 def _register_jit_builtins() -> None:
     from torch.jit import _builtins
 
-    for fn, op in ((_ops.nms, torch.ops.detkernels.nms), (_ops.batched_nms, torch.ops.detkernels.batched_nms),
-                   (_ops.box_iou, torch.ops.detkernels.box_iou),
-                   (_ops.generalized_box_iou, torch.ops.detkernels.generalized_box_iou),
-                   (_ops.distance_box_iou, torch.ops.detkernels.distance_box_iou),
-                   (_ops.complete_box_iou, torch.ops.detkernels.complete_box_iou)):
-        _builtins._register_builtin(fn, op.default if hasattr(op, "default") else op)
+    for name in ("nms", "batched_nms", "box_iou", "generalized_box_iou", "distance_box_iou",
+                 "complete_box_iou"):
+        _builtins._register_builtin(getattr(_ops, name), f"detkernels::{name}")
 
 
 _register_jit_builtins()

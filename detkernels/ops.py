@@ -86,12 +86,17 @@ def iou_check(b1: Any, b2: Any, kind: str, fmt: str) -> tuple[tuple, int, int, s
             raise IndexError(f"{name} must have shape [..., N, 4], got {tuple(b.shape)}")
         if b.shape[-1] != 4:
             raise ValueError(f"{name} must have shape [..., N, 4], got {tuple(b.shape)}")
-    try:
-        batch = tuple(np.broadcast_shapes(tuple(b1.shape[:-2]), tuple(b2.shape[:-2])))
-    except ValueError:
-        raise ValueError(f"the leading dimensions of boxes1 {tuple(b1.shape)} and boxes2 "
-                         f"{tuple(b2.shape)} do not broadcast") from None
-    return batch, int(b1.shape[-2]), int(b2.shape[-2]), _iou_dtype(A.dtype_name(b1), A.dtype_name(b2), kind)
+    # Broadcast the leading dimensions by hand: sizes may be symbolic under torch.compile.
+    s1, s2 = tuple(b1.shape[:-2]), tuple(b2.shape[:-2])
+    n = max(len(s1), len(s2))
+    s1, s2 = (1,) * (n - len(s1)) + s1, (1,) * (n - len(s2)) + s2
+    batch = []
+    for x, y in zip(s1, s2):
+        if x != y and x != 1 and y != 1:
+            raise ValueError(f"the leading dimensions of boxes1 {tuple(b1.shape)} and boxes2 "
+                             f"{tuple(b2.shape)} do not broadcast")
+        batch.append(y if x == 1 else x)
+    return tuple(batch), b1.shape[-2], b2.shape[-2], _iou_dtype(A.dtype_name(b1), A.dtype_name(b2), kind)
 
 
 def iou_impl(kind: str, b1: Any, b2: Any, fmt: str = "xyxy", eps: float = 1e-7,
@@ -99,6 +104,7 @@ def iou_impl(kind: str, b1: Any, b2: Any, fmt: str = "xyxy", eps: float = 1e-7,
     """The IoU family on arrays of one kind, without autograd: validate, broadcast, dispatch."""
     dev = A.same_placement(boxes1=b1, boxes2=b2)
     batch, N, M, w = iou_check(b1, b2, kind, fmt)
+    batch, N, M = tuple(int(x) for x in batch), int(N), int(M)
     B = int(np.prod(batch, dtype=np.int64))
     out_dtype = "float64" if w == "float64" else "float32"
     if B == 0 or N == 0 or M == 0:
@@ -189,6 +195,13 @@ def nms_check(boxes: Any, scores: Any, idxs: Any = None) -> str:
     return "float64" if "float64" in (d1, d2) else "float32"
 
 
+def threshold_value(iou_threshold: Any) -> float:
+    """The threshold as a Python float (a TypeError naming it otherwise)."""
+    if isinstance(iou_threshold, (str, bytes)) or not hasattr(iou_threshold, "__float__"):
+        raise TypeError(f"iou_threshold must be a real number, got {type(iou_threshold).__name__}")
+    return float(iou_threshold)
+
+
 def _class_ids(idxs: Any) -> Any:
     """int64 class ids; equal values of `idxs` <-> equal ids (exact grouping, any numeric dtype)."""
     d = A.dtype_name(idxs)
@@ -203,7 +216,7 @@ def nms_impl(boxes: Any, scores: Any, idxs: Any, iou_threshold: float, backend: 
     """NMS (per class when ``idxs`` is given) on arrays of one kind: validate, dispatch."""
     dev = A.same_placement(boxes=boxes, scores=scores, idxs=idxs)
     w = nms_check(boxes, scores, idxs)
-    thr = float(iou_threshold)
+    thr = threshold_value(iou_threshold)
     if boxes.shape[0] == 0:
         return A.empty((0,), "int64", like=boxes)
     name, fn = _registry.select("nms", dev, w, backend)
@@ -238,8 +251,8 @@ def batched_nms(boxes: Any, scores: Any, idxs: Any, iou_threshold: float, *,
     suppress each other. One native call, no coordinate offsets (which lose precision for large
     coordinates/class ids and leak across classes for coordinates < -1). Returns int64 indices by
     descending score, ties by ascending index."""
-    if int(np.prod(boxes.shape)) == 0:  # before touching scores/idxs, as torchvision
-        return A.empty((0,), "int64", like=boxes)
     if A.is_torch(boxes):
         return _torch().batched_nms(boxes, scores, idxs, iou_threshold, backend)
+    if boxes.size == 0:  # before touching scores/idxs, as torchvision
+        return A.empty((0,), "int64", like=boxes)
     return nms_impl(boxes, scores, idxs, iou_threshold, backend)

@@ -86,6 +86,10 @@ class _Ops:
     def clamp_min0(self, x):  # Tensor.clamp(min=0)
         return np.where(x < 0, self.T(0), x)
 
+    @staticmethod
+    def stop_gradient(x):  # torchvision computes CIoU's alpha under torch.no_grad()
+        return x
+
 
 def atan(x, ops: _Ops | None = None):
     """detkernels' arctangent (Cephes ``atanf`` for float32, ``atan`` for float64), elementwise in
@@ -171,7 +175,7 @@ def pairwise(ops: _Ops, a, b, kind: str, fmt: str = "xyxy", eps: float = 1e-7):
         return diou
     d = atan((a[2] - a[0]) / (a[3] - a[1]), ops) - atan((b[2] - b[0]) / (b[3] - b[1]), ops)
     v = ops.scalar(FOUR_OVER_PI2) * (d * d)
-    alpha = v / (((ops.scalar(1.0) - iou) + v) + e)
+    alpha = ops.stop_gradient(v / (((ops.scalar(1.0) - iou) + v) + e))
     return diou - alpha * v
 
 
