@@ -24,6 +24,7 @@ __all__ = [
     "set_backend",
     "get_backend",
     "available_backends",
+    "why_not",
 ]
 
 BACKENDS = ("native", "cupy", "numba", "numpy")
@@ -116,6 +117,13 @@ def _why_not(b: Backend, op: str, dev: str, dtype: str) -> str | None:
     if dtype not in dtypes:
         return f"does not take {dtype} for {op} (takes {', '.join(dtypes)})"
     return None
+
+
+def why_not(backend: str, op: str, device: str = "cpu", dtype: str = "float32") -> str | None:
+    """None if ``backend`` can run ``op`` on ``device`` ('cpu', 'cuda', 'cuda:1') for ``dtype``
+    here, else the reason it cannot (what a test reports when it skips)."""
+    _load()
+    return _why_not(_TABLE[_check_name(backend)], op, device.split(":")[0], dtype)
 
 
 def select(op: str, device: str, dtype: str, backend: str | None = None) -> tuple[str, Callable]:
