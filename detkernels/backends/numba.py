@@ -2,8 +2,13 @@
 compiled from one copy of the scalar maths (_numba_math.py), bit-exact with the NumPy reference.
 
 numba is imported on the first call of a Numba kernel, not when the registry loads this module
-(importing numba takes ~0.5 s). Kernels compile on first use per dtype (seconds; not cached on
-disk, because the kernels are specialised per dtype at run time).
+(importing numba takes ~0.5 s). Kernels compile on first use in each process: NMS per dtype, CPU
+box_iou per (dtype, kind, fmt), about 2-5 s each on a 2-core machine; they are not cached on disk
+(numba's cache cannot key kernels specialised at run time by their globals).
+
+CUDA: the registry lists ``cuda`` for this backend whenever numba is installed (probing the driver
+would mean importing numba at registry load); a call on a machine where numba.cuda finds no GPU
+raises a RuntimeError saying so.
 
 Visiting order for NMS (descending score, NaN first, ties by index; then by class for
 batched_nms) is computed on the host with NumPy for NumPy, CuPy and Numba arrays (one copy of the
