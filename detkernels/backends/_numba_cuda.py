@@ -198,6 +198,8 @@ def box_iou(b1, b2, out, kind: int, fmt: int, eps: float, stream) -> None:
     B, N, M_ = out.shape
     if B == 0 or N == 0 or M_ == 0:
         return
+    if (N + 7) // 8 > 65535 or B > 65535:
+        raise ValueError("box_iou (numba.cuda): N/8 and the batch size must be <= 65535")
     block = (32, 8)
     grid = ((M_ + 31) // 32, (N + 7) // 8, B)
     dt = np.dtype(out.dtype)
@@ -217,7 +219,11 @@ def nms_keep(boxes, order, cls, thr: float, stream):
     if not has_cls:
         cls = cuda.device_array(1, dtype=np.int64, stream=stream)
     k.nms_gather_kernel[(n + 127) // 128, 128, stream](boxes, order, cls, has_cls, cols, scls)
-    mask = cuda.device_array((n, ncb), dtype=np.int64, stream=stream)
+    try:
+        mask = cuda.device_array((n, ncb), dtype=np.int64, stream=stream)
+    except Exception as e:  # numba raises CudaAPIError for an out-of-memory allocation
+        raise MemoryError(f"nms (numba.cuda): the {n}x{ncb} suppression bitmask needs "
+                          f"{n * ncb * 8 / 2**30:.2f} GiB of GPU memory: {e}") from e
     k.nms_mask_kernel[(ncb, ncb), WORD, stream](cols, scls, M.nms_threshold(thr, dt), mask)
     removed = cuda.to_device(np.zeros(ncb, np.int64), stream=stream)
     keep = cuda.to_device(np.zeros(n, np.uint8), stream=stream)

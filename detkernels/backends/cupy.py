@@ -194,7 +194,11 @@ def nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float) -> Any:
         ncb = (n + 63) // 64
         if ncb > 65535:
             raise ValueError(f"nms (cupy): at most {65535 * 64} boxes, got {n}")
-        mask = cp.empty((n, ncb), dtype=cp.uint64)
+        try:
+            mask = cp.empty((n, ncb), dtype=cp.uint64)
+        except cp.cuda.memory.OutOfMemoryError as e:
+            raise MemoryError(f"nms (cupy): the {n}x{ncb} suppression bitmask needs "
+                              f"{n * ncb * 8 / 2**30:.2f} GiB of GPU memory: {e}") from e
         mod.get_function(f"detkernels::cupy_nms::mask<{T}>")(
             (ncb, ncb), (64,), (cols, scls, np.int64(n), np.int64(ncb), nms_threshold(iou_threshold, dt), mask))
         removed = cp.zeros(ncb, dtype=cp.uint64)
