@@ -23,6 +23,7 @@ from numba import config, cuda  # noqa: E402
 
 assert config.ENABLE_CUDASIM, "numba was imported before NUMBA_ENABLE_CUDASIM was set"
 
+from detkernels import _arrays as A  # noqa: E402
 from detkernels.backends import numba as NB  # noqa: E402
 from detkernels.reference import box_iou as R  # noqa: E402
 from detkernels.reference import nms as RN  # noqa: E402
@@ -70,6 +71,18 @@ def main() -> None:
         keep = NB.nms(cuda.to_device(b), cuda.to_device(s), None, 0.5)
         assert_bytes_equal(keep.copy_to_host(), RN.nms(b, s, 0.5), f"nms n=150 {dtype}")
         checks += 1
+    # Array glue for Numba device arrays (detkernels._arrays): strided -> contiguous, casts and
+    # broadcasts go through the host and come back as Numba arrays.
+    host = np.arange(24, dtype=np.float64).reshape(3, 8)
+    v = cuda.to_device(host)[:, ::2]
+    assert A.kind(v) == "numba" and A.device(v) == "cuda:0" and not v.is_c_contiguous()
+    c = A.ascontig(v)
+    assert A.kind(c) == "numba" and c.is_c_contiguous()
+    assert_bytes_equal(c.copy_to_host(), host[:, ::2], "ascontig")
+    assert_bytes_equal(A.astype(c, "float32").copy_to_host(), host[:, ::2].astype(np.float32), "astype")
+    bc = A.broadcast_to(cuda.to_device(np.ascontiguousarray(host[None, :2, :4])), (3, 2, 4))
+    assert_bytes_equal(bc.copy_to_host(), np.broadcast_to(host[None, :2, :4], (3, 2, 4)), "broadcast")
+    checks += 4
     print(f"cudasim: {checks} checks passed in {time.time() - t0:.1f} s")
 
 
