@@ -50,6 +50,13 @@ class CMakeBuild(build_ext):
         jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 2))
         subprocess.run(["cmake", "-S", str(ROOT), "-B", str(build_dir), *args], check=True)
         subprocess.run(["cmake", "--build", str(build_dir), "-j", jobs], check=True)
+        # Also place the module in the source tree (like `build_ext --inplace`): `python -m ...`
+        # run from a checkout puts the checkout first on sys.path, and its detkernels/ must then
+        # find the same compiled core as the installed copy.
+        built = Path(self.get_ext_fullpath(ext.name)).resolve()
+        in_tree = ROOT / "detkernels" / built.name
+        if built.exists() and built != in_tree.resolve():
+            shutil.copy2(built, in_tree)
 
 
 class BuildPy(build_py):

@@ -35,8 +35,21 @@ _TORCH_DTYPES = {
 }
 
 
+_KIND_OF_TYPE: dict = {np.ndarray: "numpy"}  # exact types seen before (the eager hot path)
+
+
 def kind(x: Any) -> str:
     """'numpy' | 'torch' | 'cupy' | 'numba' | 'cuda_array' (other __cuda_array_interface__)."""
+    k = _KIND_OF_TYPE.get(type(x))
+    if k is not None:
+        return k
+    k = _kind(x)
+    if k in ("numpy", "torch"):
+        _KIND_OF_TYPE[type(x)] = k
+    return k
+
+
+def _kind(x: Any) -> str:
     if isinstance(x, np.ndarray):
         return "numpy"
     mod = type(x).__module__
@@ -48,7 +61,8 @@ def kind(x: Any) -> str:
         return "numba"
     if hasattr(x, "__cuda_array_interface__"):
         return "cuda_array"
-    raise TypeError(f"expected a NumPy array, torch.Tensor or CuPy array, got {type(x).__name__}")
+    raise TypeError(f"expected a NumPy array, torch.Tensor, CuPy array or Numba device array, got "
+                    f"{type(x).__name__}")
 
 
 def is_torch(x: Any) -> bool:

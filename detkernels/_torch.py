@@ -16,7 +16,9 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor
 
+from . import _registry
 from . import ops as _ops
+from .backends import native as _native
 from .reference import box_iou as _ref_iou
 
 _KIND_OP = {"iou": "box_iou", "giou": "generalized_box_iou", "diou": "distance_box_iou",
@@ -200,7 +202,34 @@ def _check_tensors(**named: Any) -> None:
             raise TypeError(f"{n} must be a torch.Tensor like the boxes, got {type(t).__name__}")
 
 
+_FAST_CODES = {torch.float32: 0, torch.float64: 1}
+
+
+def _fast_cpu_nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor | None:
+    """The common eager call (CPU float32/float64 tensors of one dtype, valid shapes, automatic
+    backend) straight to the native kernel: a deployment NMS of a few hundred boxes takes a few
+    microseconds, so per-call Python work matters. None: take the general path (which also raises
+    the errors)."""
+    code = _FAST_CODES.get(boxes.dtype)
+    if (code is None or type(boxes) is not Tensor or type(scores) is not Tensor
+            or scores.dtype != boxes.dtype or boxes.device.type != "cpu" or scores.device.type != "cpu"
+            or boxes.dim() != 2 or boxes.shape[1] != 4 or scores.dim() != 1
+            or scores.shape[0] != boxes.shape[0] or _native._C is None
+            or _registry.get_backend() is not None or torch.compiler.is_compiling()
+            or torch.jit.is_tracing()):
+        return None
+    thr = _ops.threshold_value(iou_threshold)
+    b, s = boxes.contiguous(), scores.contiguous()
+    n = b.shape[0]
+    keep = torch.empty(n, dtype=torch.int64)
+    return keep[: _native._C.nms_cpu(code, b.data_ptr(), s.data_ptr(), 0, n, thr, keep.data_ptr())]
+
+
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, backend: str | None) -> Tensor:
+    if backend is None:
+        keep = _fast_cpu_nms(boxes, scores, iou_threshold)
+        if keep is not None:
+            return keep
     _check_tensors(scores=scores)
     if backend is None and _traced(boxes, scores):
         return torch.ops.detkernels.nms(boxes, scores, float(iou_threshold))

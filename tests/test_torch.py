@@ -13,7 +13,7 @@ from detkernels.reference import box_iou as R
 from detkernels.reference import nms as RN
 
 from _helpers import assert_bytes_equal, assert_values_equal
-from families import make
+from families import FAMILIES, make
 
 torch = pytest.importorskip("torch")
 
@@ -34,6 +34,19 @@ def test_tensor_in_tensor_out(rng):
         detkernels.box_iou(_t(b), b)
     with pytest.raises(TypeError, match="scores must be a torch.Tensor"):
         detkernels.nms(_t(b), s, 0.5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_nms_tensors_match_reference(family, dtype, rng):
+    """Torch CPU tensors take the eager fast path: same bytes as the reference."""
+    for n in (0, 1, 65, 400):
+        b, s = make(family, rng, n, dtype)
+        for thr in (0.0, 0.5, 0.7):
+            assert_bytes_equal(detkernels.nms(_t(b), _t(s), thr), RN.nms(b, s, thr), f"n={n}")
+        wide = torch.zeros(n, 8, dtype=getattr(torch, dtype))
+        wide[:, ::2] = _t(b)  # non-contiguous boxes
+        assert_bytes_equal(detkernels.nms(wide[:, ::2], _t(s), 0.5), RN.nms(b, s, 0.5))
 
 
 def test_half_types(rng):
