@@ -235,3 +235,29 @@ def test_import_and_native_dispatch_do_not_import_numba_or_cupy():
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_probe_is_lazy_and_cached():
+    """A backend's device probe runs once, on first consideration, and its reason is reported."""
+    calls = []
+
+    def check():
+        calls.append(1)
+        return "no such device here"
+
+    _registry._load()
+    b = _registry._TABLE["numpy"]
+    saved = dict(b.probes)
+    try:
+        _registry.probe("numpy", "cpu", check)
+        assert calls == []
+        assert _registry.why_not("numpy", "nms", "cpu") == "no such device here"
+        assert _registry.why_not("numpy", "box_iou", "cpu") == "no such device here"
+        assert calls == [1]
+        with pytest.raises(RuntimeError, match="no such device here"):
+            detkernels.nms(np.zeros((1, 4), np.float32), np.ones(1, np.float32), 0.5, backend="numpy")
+    finally:
+        b.probes.clear()
+        b.probes.update(saved)
+        _registry._CACHE.clear()
+    assert _registry.why_not("numpy", "nms", "cpu") is None

@@ -6,9 +6,8 @@ numba is imported on the first call of a Numba kernel, not when the registry loa
 box_iou per (dtype, kind, fmt), about 2-5 s each on a 2-core machine; they are not cached on disk
 (numba's cache cannot key kernels specialised at run time by their globals).
 
-CUDA: the registry lists ``cuda`` for this backend whenever numba is installed (probing the driver
-would mean importing numba at registry load); a call on a machine where numba.cuda finds no GPU
-raises a RuntimeError saying so.
+CUDA: whether numba.cuda can run is probed (importing numba) the first time this backend is
+considered for a CUDA input, not when the registry loads this module.
 
 Visiting order for NMS (descending score, NaN first, ties by index; then by class for
 batched_nms) is computed on the host with NumPy for NumPy, CuPy and Numba arrays (one copy of the
@@ -24,13 +23,26 @@ from typing import Any
 import numpy as np
 
 from .. import _arrays as A
-from .._registry import declare, register
+from .._registry import declare, probe, register
 from ..reference.nms import score_order
 
 if importlib.util.find_spec("numba") is None:
     declare("numba", False, "numba is not installed (pip install 'detkernels[numba]')")
 else:
     declare("numba", True)
+
+
+def _probe_cuda() -> str | None:
+    """Run by the registry the first time numba is considered for a CUDA input (it imports numba,
+    too slow for import time)."""
+    from numba import cuda
+
+    if cuda.is_available():
+        return None
+    return "numba.cuda finds no usable GPU/driver (numba.cuda.detect() says why)"
+
+
+probe("numba", "cuda", _probe_cuda)
 
 FMT_CODES = {"xyxy": 0, "xywh": 1, "cxcywh": 2}
 KIND_CODES = {"iou": 0, "giou": 1, "diou": 2, "ciou": 3}
