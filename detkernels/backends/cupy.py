@@ -21,13 +21,27 @@ from typing import Any
 import numpy as np
 
 from .. import _arrays as A
-from .._registry import declare, register
+from .._registry import declare, probe, register
 from ._numba_math import nms_threshold
 
 if importlib.util.find_spec("cupy") is None:
     declare("cupy", False, "cupy is not installed (pip install 'detkernels[cupy]', e.g. cupy-cuda13x)")
 else:
     declare("cupy", True)
+
+
+def _probe_cuda() -> str | None:
+    """Run by the registry the first time cupy is considered for a CUDA input (imports cupy)."""
+    import cupy
+
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:  # no driver: cudaErrorInsufficientDriver and the like
+        return f"cupy sees no CUDA device ({type(e).__name__}: {e})"
+    return None if n > 0 else "cupy sees no CUDA device"
+
+
+probe("cupy", "cuda", _probe_cuda)
 
 FMT_CODES = {"xyxy": 0, "xywh": 1, "cxcywh": 2}
 KIND_CODES = {"iou": 0, "giou": 1, "diou": 2, "ciou": 3}
