@@ -16,6 +16,7 @@ suppresses; one block then scans the boxes in order, keeping a box iff no kept b
 from __future__ import annotations
 
 import types
+import warnings
 
 import numba
 import numpy as np
@@ -193,6 +194,16 @@ def ptx(dtype, cc: tuple = (9, 0), plain_operators: bool = False) -> dict:
 
 # ---- launches ------------------------------------------------------------------------------------
 
+def _configure(kernel, grid, block, stream):
+    """kernel[grid, block, stream] without numba's low-occupancy NumbaPerformanceWarning, which it
+    raises for every grid under 128 blocks (small inputs; the one-block NMS scan by design)."""
+    from numba.core.errors import NumbaPerformanceWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NumbaPerformanceWarning)
+        return kernel[grid, block, stream]
+
+
 def box_iou(b1, b2, out, kind: int, fmt: int, eps: float, stream) -> None:
     """b1 [B, N, 4], b2 [B, M, 4], out [B, N, M]: numba device arrays of one float dtype."""
     B, N, M_ = out.shape
@@ -203,7 +214,7 @@ def box_iou(b1, b2, out, kind: int, fmt: int, eps: float, stream) -> None:
     block = (32, 8)
     grid = ((M_ + 31) // 32, (N + 7) // 8, B)
     dt = np.dtype(out.dtype)
-    kernels(dt).box_iou_kernel[grid, block, stream](b1, b2, out, fmt, kind, dt.type(eps))
+    _configure(kernels(dt).box_iou_kernel, grid, block, stream)(b1, b2, out, fmt, kind, dt.type(eps))
 
 
 def nms_keep(boxes, order, cls, thr: float, stream):
@@ -218,14 +229,14 @@ def nms_keep(boxes, order, cls, thr: float, stream):
     has_cls = cls is not None
     if not has_cls:
         cls = cuda.device_array(1, dtype=np.int64, stream=stream)
-    k.nms_gather_kernel[(n + 127) // 128, 128, stream](boxes, order, cls, has_cls, cols, scls)
+    _configure(k.nms_gather_kernel, (n + 127) // 128, 128, stream)(boxes, order, cls, has_cls, cols, scls)
     try:
         mask = cuda.device_array((n, ncb), dtype=np.int64, stream=stream)
     except Exception as e:  # numba raises CudaAPIError for an out-of-memory allocation
         raise MemoryError(f"nms (numba.cuda): the {n}x{ncb} suppression bitmask needs "
                           f"{n * ncb * 8 / 2**30:.2f} GiB of GPU memory: {e}") from e
-    k.nms_mask_kernel[(ncb, ncb), WORD, stream](cols, scls, M.nms_threshold(thr, dt), mask)
+    _configure(k.nms_mask_kernel, (ncb, ncb), WORD, stream)(cols, scls, M.nms_threshold(thr, dt), mask)
     removed = cuda.to_device(np.zeros(ncb, np.int64), stream=stream)
     keep = cuda.to_device(np.zeros(n, np.uint8), stream=stream)
-    k.nms_scan_kernel[1, SCAN_THREADS, stream](mask, n, removed, keep)
+    _configure(k.nms_scan_kernel, 1, SCAN_THREADS, stream)(mask, n, removed, keep)
     return keep
