@@ -114,7 +114,8 @@ def test_matches_reference(op, backend, device, lib, dtype, rng):
                 if op in IOU_OPS:
                     m = max(n // 2, 1) if n else 0
                     b2 = b[::-1][:m].copy()
-                    out = getattr(detkernels, IOU_OPS[op])(xb, _put(b2, lib, device, mod), backend=backend)
+                    out = getattr(detkernels, IOU_OPS[op])(xb, _put(b2, lib, device, mod),
+                                                           backend=backend)
                     expect = R._matrix(b, b2, op)
                 else:
                     xs = _put(s, lib, device, mod, strided)

@@ -229,7 +229,8 @@ def nms_keep(boxes, order, cls, thr: float, stream):
     has_cls = cls is not None
     if not has_cls:
         cls = cuda.device_array(1, dtype=np.int64, stream=stream)
-    _configure(k.nms_gather_kernel, (n + 127) // 128, 128, stream)(boxes, order, cls, has_cls, cols, scls)
+    _configure(k.nms_gather_kernel, (n + 127) // 128, 128, stream)(
+        boxes, order, cls, has_cls, cols, scls)
     try:
         mask = cuda.device_array((n, ncb), dtype=np.int64, stream=stream)
     except Exception as e:  # numba raises CudaAPIError for an out-of-memory allocation

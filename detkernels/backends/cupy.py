@@ -214,10 +214,12 @@ def nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float) -> Any:
             raise MemoryError(f"nms (cupy): the {n}x{ncb} suppression bitmask needs "
                               f"{n * ncb * 8 / 2**30:.2f} GiB of GPU memory: {e}") from e
         mod.get_function(f"detkernels::cupy_nms::mask<{T}>")(
-            (ncb, ncb), (64,), (cols, scls, np.int64(n), np.int64(ncb), nms_threshold(iou_threshold, dt), mask))
+            (ncb, ncb), (64,),
+            (cols, scls, np.int64(n), np.int64(ncb), nms_threshold(iou_threshold, dt), mask))
         removed = cp.zeros(ncb, dtype=cp.uint64)
         keep = cp.zeros(n, dtype=cp.uint8)
-        mod.get_function("detkernels::cupy_nms::scan")((1,), (256,), (mask, np.int64(n), np.int64(ncb), removed, keep))
+        mod.get_function("detkernels::cupy_nms::scan")(
+            (1,), (256,), (mask, np.int64(n), np.int64(ncb), removed, keep))
         f = keep.astype(bool)
         if c is None:
             r = o1[f]
