@@ -13,6 +13,7 @@ from pathlib import Path
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
 
@@ -58,9 +59,27 @@ class CMakeBuild(build_ext):
             shutil.copy2(built, in_tree)
 
 
+class BuildPy(build_py):
+    """Also ship the shared CUDA headers as detkernels/_csrc/: the CuPy backend compiles them at
+    run time with NVRTC (detkernels/backends/cupy.py). A source checkout uses csrc/ directly."""
+
+    HEADERS = ("common/*.h", "ops/*/*.h", "ops/*/*.cuh")
+
+    def run(self) -> None:
+        super().run()
+        src = ROOT / "csrc"
+        dest = Path(self.build_lib) / "detkernels" / "_csrc"
+        for pattern in self.HEADERS:
+            for f in sorted(src.glob(pattern)):
+                target = dest / f.relative_to(src)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(f, target)
+
+
 setup(
     packages=["detkernels", "detkernels.reference", "detkernels.backends", "detkernels.bench"],
+    package_data={"detkernels.backends": ["*.cu"]},
     ext_modules=[CMakeExtension("detkernels._C")],
-    cmdclass={"build_ext": CMakeBuild},
+    cmdclass={"build_ext": CMakeBuild, "build_py": BuildPy},
     zip_safe=False,
 )

@@ -1,6 +1,10 @@
 """Array-library glue: what kind of array came in, on which device, and how to hand its buffer to a
-kernel and give back an array of the same kind. torch and cupy are never imported here: an array of
-theirs can only exist if the caller already imported them.
+kernel and give back an array of the same kind. torch, cupy and numba are never imported here
+unless an array of theirs came in (which means the caller already imported them).
+
+Kinds: NumPy arrays, torch tensors (CPU/CUDA), CuPy arrays, Numba CUDA device arrays (also the
+CUDA simulator's), and any other object with ``__cuda_array_interface__`` (read as input; outputs
+for it are Numba device arrays).
 """
 from __future__ import annotations
 
@@ -35,7 +39,7 @@ _KIND_OF_TYPE: dict = {np.ndarray: "numpy"}  # exact types seen before (the eage
 
 
 def kind(x: Any) -> str:
-    """'numpy' | 'torch' | 'cupy' | 'cuda_array' (anything with __cuda_array_interface__)."""
+    """'numpy' | 'torch' | 'cupy' | 'numba' | 'cuda_array' (other __cuda_array_interface__)."""
     k = _KIND_OF_TYPE.get(type(x))
     if k is not None:
         return k
@@ -53,9 +57,12 @@ def _kind(x: Any) -> str:
         return "torch"
     if mod.startswith("cupy"):
         return "cupy"
+    if mod.startswith("numba.cuda"):
+        return "numba"
     if hasattr(x, "__cuda_array_interface__"):
         return "cuda_array"
-    raise TypeError(f"expected a NumPy array, torch.Tensor or CuPy array, got {type(x).__name__}")
+    raise TypeError(f"expected a NumPy array, torch.Tensor, CuPy array or Numba device array, got "
+                    f"{type(x).__name__}")
 
 
 def is_torch(x: Any) -> bool:
@@ -72,6 +79,10 @@ def device(x: Any) -> str:
         return d.type if d.index is None else f"{d.type}:{d.index}"
     if k == "cupy":
         return f"cuda:{x.device.id}"
+    # Numba arrays live on the current Numba context's device (the simulator has one device).
+    if k == "numba":
+        cuda = sys.modules["numba"].cuda
+        return f"cuda:{cuda.get_current_device().id}" if hasattr(cuda, "get_current_device") else "cuda:0"
     return "cuda:0"
 
 
@@ -117,7 +128,18 @@ def from_numpy(a: np.ndarray, like: Any) -> Any:
         torch = sys.modules["torch"]
         t = torch.from_numpy(np.ascontiguousarray(a))
         return t if like.device.type == "cpu" else t.to(like.device)
-    raise TypeError(f"cannot return a {kind(like)} array from NumPy")
+    if kind(like) == "cupy":
+        import cupy
+
+        with cupy.cuda.Device(like.device.id):
+            return cupy.asarray(a)
+    return _numba_cuda().to_device(np.ascontiguousarray(a))
+
+
+def _numba_cuda():
+    import numba.cuda
+
+    return numba.cuda
 
 
 def empty(shape: tuple, dtype: str, like: Any) -> Any:
@@ -133,7 +155,7 @@ def empty(shape: tuple, dtype: str, like: Any) -> Any:
 
         with cupy.cuda.Device(like.device.id):
             return cupy.empty(shape, dtype=dtype)
-    raise TypeError(f"cannot allocate a {k} array")
+    return _numba_cuda().device_array(shape, dtype=dtype)
 
 
 def broadcast_to(x: Any, shape: tuple) -> Any:
@@ -141,9 +163,20 @@ def broadcast_to(x: Any, shape: tuple) -> Any:
         return x.expand(shape)
     if kind(x) == "numpy":
         return np.broadcast_to(x, shape)
-    import cupy
+    if kind(x) == "cupy":
+        import cupy
 
-    return cupy.broadcast_to(x, shape)
+        return cupy.broadcast_to(x, shape)
+    if tuple(x.shape) == tuple(shape):
+        return x
+    # Numba device arrays cannot broadcast: through the host (a copy, as any broadcast copy is).
+    return from_numpy(np.broadcast_to(_host(x), shape), like=x)
+
+
+def _host(x: Any) -> np.ndarray:
+    """A NumPy copy of a Numba (or other __cuda_array_interface__) device array."""
+    cuda = _numba_cuda()
+    return (x if kind(x) == "numba" else cuda.as_cuda_array(x)).copy_to_host()
 
 
 def ascontig(x: Any) -> Any:
@@ -156,7 +189,10 @@ def ascontig(x: Any) -> Any:
         import cupy
 
         return cupy.ascontiguousarray(x)
-    raise TypeError(f"cannot make a {k} array contiguous")
+    if k == "numba" and (x.size == 0 or x.is_c_contiguous()):
+        return x
+    # Numba has no device-side copy of a strided array: via the host.
+    return from_numpy(np.ascontiguousarray(_host(x)), like=x)
 
 
 def astype(x: Any, dtype: str) -> Any:
@@ -166,6 +202,8 @@ def astype(x: Any, dtype: str) -> Any:
     if kind(x) == "torch":
         torch = sys.modules["torch"]
         return x.to(getattr(torch, dtype))
+    if kind(x) in ("numba", "cuda_array"):  # no device-side cast in Numba: via the host
+        return from_numpy(_host(x).astype(dtype), like=x)
     return x.astype(dtype)
 
 
@@ -190,4 +228,8 @@ def current_stream(x: Any) -> int:
 
         with cupy.cuda.Device(x.device.id):
             return cupy.cuda.get_current_stream().ptr
-    return 0
+    s = getattr(x, "stream", 0)  # a Numba array's own stream (0: the default stream)
+    if not s:
+        return 0
+    h = s.handle
+    return int(getattr(h, "value", h) or 0)

@@ -24,6 +24,7 @@ __all__ = [
     "set_backend",
     "get_backend",
     "available_backends",
+    "why_not",
 ]
 
 BACKENDS = ("native", "cupy", "numba", "numpy")
@@ -40,6 +41,7 @@ class Backend:
     available: bool = False
     reason: str = "not loaded"
     impls: dict = field(default_factory=dict)  # op -> (fn, devices, dtypes)
+    probes: dict = field(default_factory=dict)  # device type -> () -> reason or None (run once)
 
 
 _TABLE: dict[str, Backend] = {n: Backend(n) for n in BACKENDS}
@@ -53,6 +55,26 @@ def declare(name: str, available: bool, reason: str = "") -> None:
     """Called by a backend module at import: whether it can run here, and why not."""
     b = _TABLE[name]
     b.available, b.reason = available, reason
+
+
+def probe(name: str, device: str, check: Callable[[], str | None]) -> None:
+    """A lazy availability check of backend ``name`` on a device type, run (once) the first time
+    that backend is considered for that device: ``check()`` returns None, or why it cannot run
+    there. For checks too costly for import time (e.g. importing numba to ask for a driver)."""
+    _TABLE[name].probes[device] = check
+
+
+def _probed(b: Backend, dev: str) -> str | None:
+    check = b.probes.get(dev)
+    if check is None:
+        return None
+    if not isinstance(check, str) and callable(check):
+        try:
+            why = check()
+        except Exception as e:  # a probe must never break dispatch
+            why = f"{type(e).__name__}: {e}"
+        b.probes[dev] = check = why or ""
+    return check or None
 
 
 def register(op: str, backend: str, devices: tuple = ("cpu",), dtypes: tuple = ("float32", "float64")):
@@ -113,9 +135,19 @@ def _why_not(b: Backend, op: str, dev: str, dtype: str) -> str | None:
     _, devices, dtypes = b.impls[op]
     if dev not in devices:
         return f"does not run {op} on {dev}"
+    why = _probed(b, dev)
+    if why is not None:
+        return why
     if dtype not in dtypes:
         return f"does not take {dtype} for {op} (takes {', '.join(dtypes)})"
     return None
+
+
+def why_not(backend: str, op: str, device: str = "cpu", dtype: str = "float32") -> str | None:
+    """None if ``backend`` can run ``op`` on ``device`` ('cpu', 'cuda', 'cuda:1') for ``dtype``
+    here, else the reason it cannot (what a test reports when it skips)."""
+    _load()
+    return _why_not(_TABLE[_check_name(backend)], op, device.split(":")[0], dtype)
 
 
 def select(op: str, device: str, dtype: str, backend: str | None = None) -> tuple[str, Callable]:

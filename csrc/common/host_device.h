@@ -10,6 +10,11 @@
 
 #ifndef __CUDACC_RTC__
 #include <cstdint>
+#else
+// NVRTC (the CuPy backend) has no <cstdint>: the fixed-width types the headers use (LP64).
+typedef long int64_t;
+typedef unsigned long uint64_t;
+typedef unsigned char uint8_t;
 #endif
 
 namespace detkernels {

@@ -1,5 +1,183 @@
-"""Numba backend (CPU @njit and numba.cuda kernels). Not implemented yet: see the issue on the
-Numba and CuPy backends."""
-from .._registry import declare
+"""Numba backend: CPU ``@njit`` kernels (_numba_cpu.py) and ``numba.cuda`` kernels (_numba_cuda.py)
+compiled from one copy of the scalar maths (_numba_math.py), bit-exact with the NumPy reference.
 
-declare("numba", False, "not implemented yet")
+numba is imported on the first call of a Numba kernel, not when the registry loads this module
+(importing numba takes ~0.5 s). Kernels compile on first use in each process: NMS per dtype, CPU
+box_iou per (dtype, kind, fmt), about 2-5 s each on a 2-core machine; they are not cached on disk
+(numba's cache cannot key kernels specialised at run time by their globals).
+
+CUDA: whether numba.cuda can run is probed (importing numba) the first time this backend is
+considered for a CUDA input, not when the registry loads this module.
+
+Visiting order for NMS (descending score, NaN first, ties by index; then by class for
+batched_nms) is computed on the host with NumPy for NumPy, CuPy and Numba arrays (one copy of the
+scores and classes to the host), and with ``torch.sort(stable=True)`` on the device for torch
+tensors. The suppression itself runs in the kernels.
+"""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from typing import Any
+
+import numpy as np
+
+from .. import _arrays as A
+from .._registry import declare, probe, register
+from ..reference.nms import score_order
+
+if importlib.util.find_spec("numba") is None:
+    declare("numba", False, "numba is not installed (pip install 'detkernels[numba]')")
+else:
+    declare("numba", True)
+
+
+def _probe_cuda() -> str | None:
+    """Run by the registry the first time numba is considered for a CUDA input (it imports numba,
+    too slow for import time)."""
+    from numba import cuda
+
+    if cuda.is_available():
+        return None
+    return "numba.cuda finds no usable GPU/driver (numba.cuda.detect() says why)"
+
+
+probe("numba", "cuda", _probe_cuda)
+
+FMT_CODES = {"xyxy": 0, "xywh": 1, "cxcywh": 2}
+KIND_CODES = {"iou": 0, "giou": 1, "diou": 2, "ciou": 3}
+
+
+def _cuda():
+    """numba.cuda kernels, with a clear error where numba.cuda cannot run."""
+    from numba import cuda
+
+    if not cuda.is_available():
+        raise RuntimeError("detkernels: the numba backend cannot run on CUDA here: numba.cuda finds "
+                           "no usable GPU/driver (numba.cuda.detect() says why)")
+    from . import _numba_cuda
+
+    return cuda, _numba_cuda
+
+
+def _device_index(x: Any) -> int:
+    d = A.device(x)
+    return int(d.split(":")[1]) if ":" in d else 0
+
+
+def _as_numba(cuda: Any, x: Any) -> Any:
+    """A numba device array viewing ``x`` (zero-copy, no stream synchronisation: the kernels are
+    enqueued on the caller's stream, see _stream)."""
+    if x is None or A.kind(x) == "numba":
+        return x
+    return cuda.as_cuda_array(x, sync=False)
+
+
+def _stream(cuda: Any, x: Any) -> Any:
+    """The caller's current stream: torch's / CuPy's current stream, or a Numba array's own."""
+    k = A.kind(x)
+    if k in ("torch", "cupy"):
+        h = A.current_stream(x)
+        if h:
+            return cuda.external_stream(h)
+    else:
+        s = getattr(x, "stream", 0)
+        if s:
+            return s
+    # The CUDA simulator has no default_stream(); its streams are all synchronous anyway.
+    return cuda.default_stream() if hasattr(cuda, "default_stream") else cuda.stream()
+
+
+def _to_host(x: Any) -> np.ndarray:
+    k = A.kind(x)
+    if k == "numba":
+        return x.copy_to_host()
+    if k == "cupy":
+        return x.get()
+    if k == "torch":
+        return x.cpu().numpy()
+    return np.asarray(x)
+
+
+def _host_order(s: np.ndarray, c: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(score order, visiting order, segment starts + n): the score order is the reference's;
+    with classes the visiting order groups them (stable, so score rank is kept inside a class)."""
+    o1 = score_order(s)
+    n = o1.shape[0]
+    if c is None:
+        return o1, o1, np.array([0, n], np.int64)
+    o = o1[np.argsort(c[o1], kind="stable")]
+    cs = c[o]
+    starts = np.flatnonzero(cs[1:] != cs[:-1]) + 1
+    return o1, o, np.concatenate(([0], starts, [n])).astype(np.int64)
+
+
+def _keep_from_flags(o1: np.ndarray, o: np.ndarray, flags: np.ndarray) -> np.ndarray:
+    """Kept indices by descending score (ties by index) from keep flags over visiting order."""
+    if o is o1:
+        return o1[flags.astype(bool)]
+    kept = np.zeros(o.shape[0], bool)
+    kept[o[flags.astype(bool)]] = True
+    return o1[kept[o1]]
+
+
+@register("box_iou", "numba", devices=("cpu", "cuda"))
+def box_iou(b1: Any, b2: Any, kind: str, fmt: str, eps: float) -> Any:
+    """b1 [B, N, 4], b2 [B, M, 4]: contiguous, same float dtype and device -> out [B, N, M]."""
+    if A.device(b1) == "cpu":
+        from . import _numba_cpu
+
+        out = _numba_cpu.box_iou(A.to_numpy_view(b1), A.to_numpy_view(b2), KIND_CODES[kind],
+                                 FMT_CODES[fmt], eps)
+        return A.from_numpy(out, like=b1)
+    cuda, K = _cuda()
+    out = A.empty((b1.shape[0], b1.shape[1], b2.shape[1]), A.dtype_name(b1), like=b1)
+    with cuda.gpus[_device_index(b1)]:
+        K.box_iou(_as_numba(cuda, b1), _as_numba(cuda, b2), _as_numba(cuda, out), KIND_CODES[kind],
+                  FMT_CODES[fmt], eps, _stream(cuda, b1))
+    return out
+
+
+@register("nms", "numba", devices=("cpu", "cuda"))
+def nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float) -> Any:
+    """boxes [N, 4], scores [N] (same float dtype), classes int64 [N] or None -> kept indices."""
+    if A.device(boxes) == "cpu":
+        from . import _numba_cpu
+
+        s = A.to_numpy_view(scores)
+        c = None if classes is None else A.to_numpy_view(classes)
+        o1, o, seg = _host_order(s, c)
+        flags = _numba_cpu.nms_keep(A.to_numpy_view(boxes), o, seg, iou_threshold)
+        return A.from_numpy(_keep_from_flags(o1, o, flags), like=boxes)
+    cuda, K = _cuda()
+    with cuda.gpus[_device_index(boxes)]:
+        if A.kind(boxes) == "torch":
+            return _nms_torch_cuda(cuda, K, boxes, scores, classes, iou_threshold)
+        s = _to_host(scores)
+        c = None if classes is None else _to_host(classes)
+        o1, o, _ = _host_order(s, c)
+        stream = _stream(cuda, boxes)
+        d_cls = None if c is None else cuda.to_device(np.ascontiguousarray(c), stream=stream)
+        flags = K.nms_keep(_as_numba(cuda, boxes), cuda.to_device(o, stream=stream), d_cls,
+                           iou_threshold, stream).copy_to_host(stream=stream)
+        stream.synchronize()
+        return A.from_numpy(_keep_from_flags(o1, o, flags), like=boxes)
+
+
+def _nms_torch_cuda(cuda: Any, K: Any, boxes: Any, scores: Any, classes: Any, thr: float) -> Any:
+    """torch CUDA tensors: sorting and compaction stay on the device (torch ops on the current
+    stream); the one host sync is the output length, as in torchvision."""
+    torch = sys.modules["torch"]
+    # + 0 turns -0.0 into +0.0, so a radix sort cannot order -0.0 before +0.0 (the reference
+    # treats them as equal); NaN ranks first in torch's descending sort.
+    o1 = torch.sort(scores + 0, descending=True, stable=True).indices
+    o = o1 if classes is None else o1[torch.sort(classes[o1], stable=True).indices]
+    stream = _stream(cuda, boxes)
+    flags = K.nms_keep(_as_numba(cuda, boxes), _as_numba(cuda, o), _as_numba(cuda, classes), thr,
+                       stream)
+    f = torch.as_tensor(flags, device=boxes.device).bool()
+    if classes is None:
+        return o1[f]
+    kept = torch.zeros(o.shape[0], dtype=torch.bool, device=boxes.device)
+    kept[o[f]] = True
+    return o1[kept[o1]]

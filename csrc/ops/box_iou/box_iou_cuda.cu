@@ -1,36 +1,11 @@
-// CUDA loops over box_iou.h: one thread per output element, a block's column boxes staged in
-// shared memory. Exactness comes from the build (--fmad=false, IEEE division): the arithmetic is
-// the same header the CPU kernel runs.
+// Launches of the box_iou kernel (box_iou_kernel.cuh, shared with the CuPy backend).
 #include "common/cuda_check.h"
-#include "ops/box_iou/box_iou.h"
+#include "ops/box_iou/box_iou_kernel.cuh"
 
 namespace detkernels {
 namespace {
 
-constexpr int kTile = 32;
-
-template <typename T, int FMT, int KIND>
-__global__ void box_iou_kernel(const T* __restrict__ b1, const T* __restrict__ b2,
-                               T* __restrict__ out, int64_t N, int64_t M, T eps) {
-  __shared__ T cols[kTile][4];
-  __shared__ T col_area[kTile];
-  const int64_t b = blockIdx.z;
-  const int64_t i = static_cast<int64_t>(blockIdx.y) * blockDim.y + threadIdx.y;
-  const int64_t j0 = static_cast<int64_t>(blockIdx.x) * kTile;
-  const T* B1 = b1 + 4 * b * N;
-  const T* B2 = b2 + 4 * b * M;
-  const int t = threadIdx.y * blockDim.x + threadIdx.x;
-  if (t < kTile && j0 + t < M) {
-    for (int k = 0; k < 4; ++k) cols[t][k] = B2[4 * (j0 + t) + k];
-    col_area[t] = box_area(cols[t], FMT);
-  }
-  __syncthreads();
-  const int64_t j = j0 + threadIdx.x;
-  if (i >= N || j >= M) return;
-  const T a[4] = {B1[4 * i], B1[4 * i + 1], B1[4 * i + 2], B1[4 * i + 3]};
-  out[(b * N + i) * M + j] = pair_iou(a, cols[threadIdx.x], box_area(a, FMT),
-                                      col_area[threadIdx.x], FMT, KIND, eps);
-}
+constexpr int kTile = kBoxIouTile;
 
 template <typename T, int FMT, int KIND>
 void launch(int64_t B, int64_t N, int64_t M, const void* b1, const void* b2, void* out, T eps,

@@ -1,0 +1,207 @@
+"""The scalar maths of csrc/ops/box_iou/box_iou.h and csrc/ops/nms/nms.h, written once as plain
+Python and compiled per (target, dtype) by :func:`specialise`, for the Numba backend.
+
+Every float operation goes through ADD/SUB/MUL/DIV and every constant is a named global of the
+working type, because the two targets need different things for the same formula:
+
+* CPU ``@njit``: plain operators (LLVM does not contract without fastmath) and typed constants
+  (a Python float literal would promote a float32 expression to float64).
+* ``numba.cuda``: NVVM contracts ``a * b + c`` into an FMA even with ``fastmath=False``, so every
+  operation is a libdevice ``*_rn`` intrinsic, which is never fused.
+
+The operation order is the C++ headers' exactly (and so the NumPy reference's). This module does
+not import numba: the backend compiles it on first use.
+"""
+from __future__ import annotations
+
+import types
+from typing import Callable
+
+import numpy as np
+
+from ..reference.box_iou import _ATAN32, _ATAN64, FOUR_OVER_PI2
+
+# Injected per specialisation (see specialise): ADD, SUB, MUL, DIV and the constants below.
+ADD = SUB = MUL = DIV = None
+
+
+# ---- host_device.h --------------------------------------------------------------------------------
+
+def std_max(a, b):  # std::max: NaN and -0.0 follow the operand order
+    return b if a < b else a
+
+
+def std_min(a, b):
+    return b if b < a else a
+
+
+def nan_max(a, b):  # torch.maximum: NaN if either is
+    return b if (a < b or b != b) else a
+
+
+def nan_min(a, b):
+    return b if (b < a or b != b) else a
+
+
+def clamp_min0(x):  # Tensor.clamp(min=0)
+    return ZERO if x < ZERO else x
+
+
+# ---- box_iou.h ------------------------------------------------------------------------------------
+
+def atan_eval_f32(x):  # AtanCoef<float>::eval, Cephes atanf
+    y0 = ZERO
+    if x > A32_T3P8:
+        y0 = A32_PIO2
+        x = -DIV(ONE, x)
+    elif x > A32_TP8:
+        y0 = A32_PIO4
+        x = DIV(SUB(x, ONE), ADD(x, ONE))
+    z = MUL(x, x)
+    p = SUB(MUL(ADD(MUL(SUB(MUL(A32_P0, z), A32_P1), z), A32_P2), z), A32_P3)
+    return ADD(y0, ADD(MUL(MUL(p, z), x), x))
+
+
+def atan_eval_f64(x):  # AtanCoef<double>::eval, Cephes atan
+    y0 = ZERO
+    more = ZERO
+    if x > A64_T3P8:
+        y0 = A64_PIO2
+        more = A64_MORE
+        x = -DIV(ONE, x)
+    elif x > A64_MID:
+        y0 = A64_PIO4
+        more = A64_HALFMORE
+        x = DIV(SUB(x, ONE), ADD(x, ONE))
+    z = MUL(x, x)
+    p = SUB(MUL(SUB(MUL(SUB(MUL(SUB(MUL(A64_P0, z), A64_P1), z), A64_P2), z), A64_P3), z), A64_P4)
+    q = ADD(MUL(ADD(MUL(ADD(MUL(ADD(MUL(ADD(z, A64_Q0), z), A64_Q1), z), A64_Q2), z), A64_Q3), z),
+            A64_Q4)
+    return ADD(y0, ADD(ADD(MUL(x, DIV(MUL(z, p), q)), x), more))
+
+
+def dk_atan(x):  # odd extension; ATAN_EVAL is atan_eval_f32 or atan_eval_f64
+    neg = x < ZERO
+    r = ATAN_EVAL(-x if neg else x)
+    return -r if neg else r
+
+
+def box_area(b0, b1, b2, b3, fmt):
+    if fmt == 0:
+        return MUL(SUB(b2, b0), SUB(b3, b1))
+    return MUL(b2, b3)
+
+
+def box_corners(b0, b1, b2, b3, fmt):
+    if fmt == 0:
+        return b0, b1, b2, b3
+    if fmt == 1:
+        return b0, b1, ADD(b0, b2), ADD(b1, b3)
+    hw = DIV(b2, TWO)
+    hh = DIV(b3, TWO)
+    return SUB(b0, hw), SUB(b1, hh), ADD(b0, hw), ADD(b1, hh)
+
+
+def pair_iou(a0, a1, a2, a3, b0, b1, b2, b3, area_a, area_b, fmt, kind, eps):
+    ax1, ay1, ax2, ay2 = box_corners(a0, a1, a2, a3, fmt)
+    bx1, by1, bx2, by2 = box_corners(b0, b1, b2, b3, fmt)
+    w = clamp_min0(SUB(nan_min(ax2, bx2), nan_max(ax1, bx1)))
+    h = clamp_min0(SUB(nan_min(ay2, by2), nan_max(ay1, by1)))
+    inter = MUL(w, h)
+    uni = SUB(ADD(area_a, area_b), inter)
+    iou = DIV(inter, uni)
+    if kind == 0:
+        return iou
+    wc = clamp_min0(SUB(nan_max(ax2, bx2), nan_min(ax1, bx1)))
+    hc = clamp_min0(SUB(nan_max(ay2, by2), nan_min(ay1, by1)))
+    if kind == 1:
+        area_c = MUL(wc, hc)
+        return SUB(iou, DIV(SUB(area_c, uni), area_c))
+    diag2 = ADD(ADD(MUL(wc, wc), MUL(hc, hc)), eps)
+    dx = SUB(DIV(ADD(a0, a2), TWO), DIV(ADD(b0, b2), TWO))
+    dy = SUB(DIV(ADD(a1, a3), TWO), DIV(ADD(b1, b3), TWO))
+    diou = SUB(iou, DIV(ADD(MUL(dx, dx), MUL(dy, dy)), diag2))
+    if kind == 2:
+        return diou
+    d = SUB(dk_atan(DIV(SUB(a2, a0), SUB(a3, a1))), dk_atan(DIV(SUB(b2, b0), SUB(b3, b1))))
+    v = MUL(FOUR_OVER_PI2_T, MUL(d, d))
+    alpha = DIV(v, ADD(ADD(SUB(ONE, iou), v), eps))
+    return SUB(diou, MUL(alpha, v))
+
+
+# ---- nms.h ----------------------------------------------------------------------------------------
+
+def nms_area(x1, y1, x2, y2):
+    return MUL(SUB(x2, x1), SUB(y2, y1))
+
+
+def nms_suppresses(ax1, ay1, ax2, ay2, area_a, bx1, by1, bx2, by2, area_b, thr):
+    """``a`` is the kept (higher-ranked) box; ``thr`` is nms_threshold(iou_threshold) in T."""
+    w = std_max(ZERO, SUB(std_min(ax2, bx2), std_max(ax1, bx1)))
+    h = std_max(ZERO, SUB(std_min(ay2, by2), std_max(ay1, by1)))
+    inter = MUL(w, h)
+    return DIV(inter, SUB(ADD(area_a, area_b), inter)) > thr
+
+
+def nms_threshold(thr: float, dtype) -> np.generic:
+    """Largest value of ``dtype`` <= thr (csrc/ops/nms/nms_cpu.cpp nms_threshold): for any x of
+    that dtype, ``x > result`` iff ``float(x) > thr``."""
+    T = np.dtype(dtype).type
+    t = T(thr)
+    if float(t) > thr:
+        t = np.nextafter(t, T(-np.inf))
+    return t
+
+
+# ---- compilation ----------------------------------------------------------------------------------
+
+SCALAR_FUNCS = (std_max, std_min, nan_max, nan_min, clamp_min0, dk_atan, box_area, box_corners,
+                pair_iou, nms_area, nms_suppresses)
+
+
+def constants(dtype) -> dict:
+    """The typed constants the formulas use, as NumPy scalars of ``dtype`` (numba freezes such
+    globals as constants of that type)."""
+    T = np.dtype(dtype).type
+    c = dict(ZERO=T(0), ONE=T(1), TWO=T(2), FOUR_OVER_PI2_T=T(FOUR_OVER_PI2))
+    if T is np.float32:
+        k = _ATAN32
+        c.update(A32_T3P8=T(k["t3p8"]), A32_TP8=T(k["tp8"]), A32_PIO2=T(k["pio2"]),
+                 A32_PIO4=T(k["pio4"]))
+        # p = ((P0*z - P1)*z + P2)*z - P3 with the magnitudes of the C++ header's literals.
+        c.update(A32_P0=T(k["p"][0]), A32_P1=T(-k["p"][1]), A32_P2=T(k["p"][2]), A32_P3=T(-k["p"][3]))
+    else:
+        k = _ATAN64
+        c.update(A64_T3P8=T(k["t3p8"]), A64_MID=T(k["mid_cut"]), A64_PIO2=T(k["pio2"]),
+                 A64_PIO4=T(k["pio4"]), A64_MORE=T(k["morebits"]), A64_HALFMORE=T(0.5 * k["morebits"]))
+        for i, v in enumerate(k["p"]):  # P(z) = (((P0*z - |P1|)*z - |P2|)*z - |P3|)*z - |P4|
+            c[f"A64_P{i}"] = T(v if i == 0 else -v)
+        for i, v in enumerate(k["q"]):
+            c[f"A64_Q{i}"] = T(v)
+    return c
+
+
+def specialise(dtype, ops: dict, compile_fn: Callable, extra: tuple = (),
+               env: dict | None = None) -> types.SimpleNamespace:
+    """Compile SCALAR_FUNCS (and ``extra`` functions, e.g. kernels written over them) for one
+    dtype: each gets a private globals dict holding ``ops`` (ADD/SUB/MUL/DIV), the typed constants
+    and the other compiled functions, then is passed through ``compile_fn`` (numba.njit,
+    cuda.jit(device=True), or a kernel compiler for ``extra``); ``env`` adds globals the extra
+    functions need (np, prange, cuda...). Returns them by name."""
+    ns: dict = {}
+    ns.update(globals())
+    ns.update(env or {})
+    ns.update(constants(dtype))
+    ns.update(ops)
+    out = types.SimpleNamespace(py={})  # py: the uncompiled specialised functions (for PTX lint)
+    atan_src = atan_eval_f32 if np.dtype(dtype) == np.float32 else atan_eval_f64
+    funcs = [(f.__name__, f, compile_fn) for f in SCALAR_FUNCS]
+    funcs.append(("ATAN_EVAL", atan_src, compile_fn))
+    funcs.extend(extra)
+    for name, f, comp in funcs:
+        g = types.FunctionType(f.__code__, ns, f.__name__, f.__defaults__, f.__closure__)
+        out.py[name] = g
+        ns[name] = comp(g)
+        setattr(out, name, ns[name])
+    out.ns = ns
+    return out

@@ -1,0 +1,90 @@
+"""Run by tests/test_numba_cudasim.py in a subprocess with NUMBA_ENABLE_CUDASIM=1 (which must be
+set before numba is imported): the numba.cuda kernels of the Numba backend, executed by the CUDA
+simulator on small inputs of every family, byte-for-byte against the NumPy reference.
+
+The simulator computes with NumPy scalars (no libdevice, so plain operators stand in for the
+*_rn intrinsics): it checks indexing, the bitmask/scan logic and the operation order, not FMA
+contraction (tests/test_numba_ptx.py does that). The public API is not used here because the
+simulator's arrays do not support negative shape indices; the backend functions are called with
+the normalised inputs ops.py would pass.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+import warnings
+
+import numpy as np
+
+assert os.environ.get("NUMBA_ENABLE_CUDASIM") == "1", "run with NUMBA_ENABLE_CUDASIM=1"
+
+from numba import config, cuda  # noqa: E402
+
+assert config.ENABLE_CUDASIM, "numba was imported before NUMBA_ENABLE_CUDASIM was set"
+
+from detkernels import _arrays as A  # noqa: E402
+from detkernels.backends import numba as NB  # noqa: E402
+from detkernels.reference import box_iou as R  # noqa: E402
+from detkernels.reference import nms as RN  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(__file__))
+import families as F  # noqa: E402
+from _helpers import assert_bytes_equal  # noqa: E402
+
+
+def main() -> None:
+    # The simulated device raises no floating-point exceptions (NumPy's per-thread error state
+    # cannot be set for the simulator's threads; warning filters are process-wide).
+    warnings.filterwarnings("ignore", category=RuntimeWarning)
+    rng = np.random.default_rng(20261123)
+    t0 = time.time()
+    checks = 0
+    for dtype in ("float32", "float64"):
+        for family in F.FAMILIES:
+            b1 = F.make(family, rng, 6, dtype)[0][None]  # [1, 6, 4]
+            b2 = F.make(family, rng, 5, dtype)[0][None]  # [1, 5, 4]
+            for kind in R.KINDS:
+                out = NB.box_iou(cuda.to_device(b1), cuda.to_device(b2), kind, "xyxy", 1e-7)
+                assert_bytes_equal(out.copy_to_host(), R._matrix(b1, b2, kind), f"{kind} {family} {dtype}")
+                checks += 1
+            b, s = F.make(family, rng, 24, dtype)
+            c = rng.integers(0, 3, 24)
+            for thr in (0.5,):
+                keep = NB.nms(cuda.to_device(b), cuda.to_device(s), None, thr)
+                assert_bytes_equal(keep.copy_to_host(), RN.nms(b, s, thr), f"nms {family} {dtype} {thr}")
+                keep = NB.nms(cuda.to_device(b), cuda.to_device(s), cuda.to_device(c), thr)
+                assert_bytes_equal(keep.copy_to_host(), RN.batched_nms(b, s, c, thr),
+                                   f"batched_nms {family} {dtype} {thr}")
+                checks += 2
+        # Formats and a batch of 2.
+        b1 = np.stack([F.make("uniform", rng, 5, dtype)[0] for _ in range(2)])
+        b2 = np.stack([F.make("degenerate", rng, 4, dtype)[0] for _ in range(2)])
+        for fmt in R.FORMATS:
+            out = NB.box_iou(cuda.to_device(b1), cuda.to_device(b2), "iou", fmt, 1e-7)
+            assert_bytes_equal(out.copy_to_host(), R.box_iou(b1, b2, fmt), f"{fmt} {dtype}")
+            checks += 1
+        if dtype == "float64":
+            continue
+        # More than 64 * SCAN_THREADS boxes: several mask words per row, the scan's strided loop.
+        b, s = F.make("clustered", rng, 150, dtype)
+        keep = NB.nms(cuda.to_device(b), cuda.to_device(s), None, 0.5)
+        assert_bytes_equal(keep.copy_to_host(), RN.nms(b, s, 0.5), f"nms n=150 {dtype}")
+        checks += 1
+    # Array glue for Numba device arrays (detkernels._arrays): strided -> contiguous, casts and
+    # broadcasts go through the host and come back as Numba arrays.
+    host = np.arange(24, dtype=np.float64).reshape(3, 8)
+    v = cuda.to_device(host)[:, ::2]
+    assert A.kind(v) == "numba" and A.device(v) == "cuda:0" and not v.is_c_contiguous()
+    c = A.ascontig(v)
+    assert A.kind(c) == "numba" and c.is_c_contiguous()
+    assert_bytes_equal(c.copy_to_host(), host[:, ::2], "ascontig")
+    assert_bytes_equal(A.astype(c, "float32").copy_to_host(), host[:, ::2].astype(np.float32), "astype")
+    bc = A.broadcast_to(cuda.to_device(np.ascontiguousarray(host[None, :2, :4])), (3, 2, 4))
+    assert_bytes_equal(bc.copy_to_host(), np.broadcast_to(host[None, :2, :4], (3, 2, 4)), "broadcast")
+    checks += 4
+    print(f"cudasim: {checks} checks passed in {time.time() - t0:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

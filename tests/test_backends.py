@@ -1,0 +1,264 @@
+"""Every op on every backend, from every array library, byte-for-byte against the NumPy reference.
+
+One matrix: (op, backend, dtype, array library) x every input family of SPEC.md §3. A backend, a
+device or an array library that is not usable on this machine makes the case skip with the reason
+(the registry's reason for a backend), never pass. CUDA cases need a GPU; the numba.cuda kernels
+are also run in the CUDA simulator (tests/test_numba_cudasim.py) and their PTX is linted
+(tests/test_numba_ptx.py), which needs no GPU.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from _helpers import assert_bytes_equal, to_numpy
+
+import detkernels
+from detkernels import _registry
+from detkernels.reference import box_iou as R
+from detkernels.reference import nms as RN
+
+import families as F
+
+BACKENDS = ("native", "numba", "cupy", "numpy")
+# (device, array library): the libraries that can hold an array on that device.
+PLACEMENTS = (("cpu", "numpy"), ("cpu", "torch"), ("cuda", "torch"), ("cuda", "cupy"), ("cuda", "numba"))
+IOU_OPS = {"iou": "box_iou", "giou": "generalized_box_iou", "diou": "distance_box_iou",
+           "ciou": "complete_box_iou"}
+OPS = (*IOU_OPS, "nms", "batched_nms")
+SIZES = {"cpu": (0, 1, 7, 90), "cuda": (0, 1, 7, 130)}
+
+
+def _cuda_device_present() -> str | None:
+    """None if some CUDA device is usable here, else why not."""
+    for probe in (lambda: sys.modules["torch"].cuda.is_available() if "torch" in sys.modules else False,
+                  lambda: detkernels.build_info().get("cuda_devices", 0) > 0):
+        try:
+            if probe():
+                return None
+        except Exception:
+            pass
+    return "no CUDA device on this machine"
+
+
+def _library(lib: str):
+    try:
+        if lib == "numba":
+            return importlib.import_module("numba.cuda")
+        return importlib.import_module(lib)
+    except ImportError as e:
+        pytest.skip(f"{lib} is not installed ({e})")
+
+
+def _skip_unless_runnable(backend: str, op: str, device: str, lib: str, dtype: str) -> object:
+    """Skip (with the reason) unless `backend` can run `op` for `lib` arrays on `device`."""
+    mod = _library(lib)
+    if device == "cuda":
+        why = _cuda_device_present()
+        if why:
+            pytest.skip(why)
+    why = _registry.why_not(backend, "nms" if "nms" in op else "box_iou", device, dtype)
+    if why:
+        pytest.skip(f"backend {backend!r}: {why}")
+    return mod
+
+
+def _put(a: np.ndarray, lib: str, device: str, mod, strided: bool = False):
+    """`a` as an array of `lib` on `device`; `strided`: a non-contiguous view with a[:, k] at
+    column 2k of a wider array (boxes) / every other element (1-D)."""
+    if strided:
+        wide = np.zeros((a.shape[0], 2 * a.shape[1]) if a.ndim == 2 else (2 * a.shape[0],), a.dtype)
+        if a.ndim == 2:
+            wide[:, ::2] = a
+        else:
+            wide[::2] = a
+    src = wide if strided else a
+    if lib == "numpy":
+        x = src
+    elif lib == "torch":
+        x = mod.from_numpy(np.ascontiguousarray(src)).to(device)
+    elif lib == "cupy":
+        x = mod.asarray(src)
+    else:
+        x = mod.to_device(np.ascontiguousarray(src))
+    if not strided:
+        return x
+    return x[:, ::2] if a.ndim == 2 else x[::2]
+
+
+def _kind_of(x) -> str:
+    return detkernels._arrays.kind(x)
+
+
+def _check_placement(out, lib: str, device: str) -> None:
+    assert _kind_of(out) == lib, f"output is a {_kind_of(out)} array for {lib} input"
+    assert detkernels._arrays.device(out).split(":")[0] == device
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("device,lib", PLACEMENTS, ids=[f"{d}-{l}" for d, l in PLACEMENTS])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("op", OPS)
+def test_matches_reference(op, backend, device, lib, dtype, rng):
+    mod = _skip_unless_runnable(backend, op, device, lib, dtype)
+    for family in F.FAMILIES:
+        for n in SIZES[device]:
+            b, s = F.make(family, rng, n, dtype)
+            what = f"{op} {family} n={n}"
+            for strided in ((False, True) if family == "uniform" else (False,)):
+                xb = _put(b, lib, device, mod, strided)
+                if op in IOU_OPS:
+                    m = max(n // 2, 1) if n else 0
+                    b2 = b[::-1][:m].copy()
+                    out = getattr(detkernels, IOU_OPS[op])(xb, _put(b2, lib, device, mod),
+                                                           backend=backend)
+                    expect = R._matrix(b, b2, op)
+                else:
+                    xs = _put(s, lib, device, mod, strided)
+                    for thr in (0.0, 0.3, 0.5, 0.7, 1.0):
+                        if op == "nms":
+                            out = detkernels.nms(xb, xs, thr, backend=backend)
+                            expect = RN.nms(b, s, thr)
+                        else:
+                            c = rng.integers(0, 4, n)
+                            out = detkernels.batched_nms(xb, xs, _put(c, lib, device, mod), thr,
+                                                         backend=backend)
+                            expect = RN.batched_nms(b, s, c, thr)
+                        _check_placement(out, lib, device)
+                        assert_bytes_equal(out, expect, f"{what} thr={thr} strided={strided}")
+                    continue
+                _check_placement(out, lib, device)
+                assert_bytes_equal(out, expect, f"{what} strided={strided}")
+
+
+@pytest.mark.parametrize("fmt", ["xywh", "cxcywh"])
+@pytest.mark.parametrize("device,lib", PLACEMENTS, ids=[f"{d}-{l}" for d, l in PLACEMENTS])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_formats_and_batches(backend, device, lib, fmt, rng):
+    mod = _skip_unless_runnable(backend, "box_iou", device, lib, "float32")
+    for dtype in ("float32", "float64"):
+        for family in ("uniform", "degenerate", "nonfinite"):
+            b1 = np.stack([F.make(family, rng, 9, dtype)[0] for _ in range(3)])  # [3, 9, 4]
+            b2 = np.stack([F.make(family, rng, 5, dtype)[0] for _ in range(3)])  # [3, 5, 4]
+            out = detkernels.box_iou(_put(b1, lib, device, mod), _put(b2, lib, device, mod), fmt,
+                                     backend=backend)
+            _check_placement(out, lib, device)
+            assert_bytes_equal(out, R.box_iou(b1, b2, fmt), f"{fmt} {family} {dtype}")
+
+
+@pytest.mark.parametrize("device,lib", PLACEMENTS, ids=[f"{d}-{l}" for d, l in PLACEMENTS])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nms_threshold_ulps(backend, device, lib):
+    """IoU exactly at the threshold is kept; the threshold one double ulp below suppresses; the
+    float32 rounding of a threshold never changes the answer (SPEC.md divergence 1)."""
+    mod = _skip_unless_runnable(backend, "nms", device, lib, "float32")
+    for dtype in (np.float32, np.float64):
+        for h in (dtype(0.375), dtype(0.3)):
+            # IoU of [0,0,1,1] and [0,0,1,h]: inter h, union (1 + h) - h; exactly h = 0.375.
+            b = np.array([[0, 0, 1, 1], [0, 0, 1, h]], dtype)
+            s = np.array([0.9, 0.8], dtype)
+            xb, xs = _put(b, lib, device, mod), _put(s, lib, device, mod)
+            iou = float(R.box_iou(b[:1], b[1:])[0, 0])
+            for thr in (iou, np.nextafter(iou, 0.0), np.nextafter(iou, 1.0),
+                        float(np.nextafter(np.float32(iou), np.float32(0))),
+                        float(np.nextafter(np.float32(iou), np.float32(1)))):
+                assert_bytes_equal(detkernels.nms(xb, xs, thr, backend=backend), RN.nms(b, s, thr),
+                                   f"{dtype.__name__} h={h} thr={thr!r}")
+            if h == dtype(0.375):
+                assert list(to_numpy(detkernels.nms(xb, xs, 0.375, backend=backend))) == [0, 1]
+                below = np.nextafter(0.375, 0.0)  # rounds to 0.375 in float32: must still suppress
+                assert list(to_numpy(detkernels.nms(xb, xs, below, backend=backend))) == [0]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_half_precision_promotes(backend, torch, rng):
+    """float16/bfloat16 tensors are computed in float32 (SPEC.md §1.5) on every backend."""
+    mod = _skip_unless_runnable(backend, "nms", "cpu", "torch", "float32")
+    b, s = F.make("clustered", rng, 60, "float32")
+    for half in (mod.float16, mod.bfloat16):
+        tb, ts = mod.from_numpy(b).to(half), mod.from_numpy(s).to(half)
+        b32, s32 = tb.float().numpy(), ts.float().numpy()
+        assert_bytes_equal(detkernels.nms(tb, ts, 0.5, backend=backend), RN.nms(b32, s32, 0.5))
+        assert_bytes_equal(detkernels.box_iou(tb, tb[:7], backend=backend), R.box_iou(b32, b32[:7]))
+
+
+# ---- registry: selection, errors, laziness ---------------------------------------------------------
+
+def test_missing_backend_error_names_what_is_missing():
+    for name, reason in detkernels.available_backends().items():
+        if reason == "available":
+            continue
+        with pytest.raises(RuntimeError, match=f"backend {name!r} cannot run"):
+            detkernels.box_iou(np.zeros((1, 4), np.float32), np.zeros((1, 4), np.float32), backend=name)
+        assert reason in detkernels.explain("box_iou", backend=name)
+
+
+def test_explain_lists_every_backend():
+    text = detkernels.explain("nms", "cuda", "float32")
+    for name in BACKENDS:
+        assert name in text
+
+
+def test_why_not():
+    assert _registry.why_not("numpy", "nms", "cpu", "float32") is None
+    assert "cuda" in _registry.why_not("numpy", "nms", "cuda", "float32")
+    with pytest.raises(ValueError, match="unknown backend"):
+        _registry.why_not("tensorrt", "nms")
+
+
+def test_process_wide_choice(monkeypatch):
+    b = np.array([[0, 0, 1, 1]], np.float32)
+    try:
+        detkernels.set_backend("numpy")
+        assert "runs on 'numpy'" in detkernels.explain("box_iou")
+        assert_bytes_equal(detkernels.box_iou(b, b), R.box_iou(b, b))
+    finally:
+        detkernels.set_backend(None)
+    monkeypatch.setenv("DETKERNELS_BACKEND", "numpy")
+    assert "runs on 'numpy'" in detkernels.explain("nms")
+    monkeypatch.setenv("DETKERNELS_BACKEND", "nonsense")
+    with pytest.raises(ValueError, match="unknown backend"):
+        detkernels.nms(b, np.ones(1, np.float32), 0.5)
+
+
+def test_import_and_native_dispatch_do_not_import_numba_or_cupy():
+    code = ("import sys, numpy as np, detkernels\n"
+            "b = np.array([[0, 0, 1, 1]], np.float32)\n"
+            "detkernels.nms(b, np.ones(1, np.float32), 0.5)\n"
+            "detkernels.available_backends()\n"
+            "print(sorted(m for m in ('numba', 'cupy', 'torch') if m in sys.modules))\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_probe_is_lazy_and_cached():
+    """A backend's device probe runs once, on first consideration, and its reason is reported."""
+    calls = []
+
+    def check():
+        calls.append(1)
+        return "no such device here"
+
+    _registry._load()
+    b = _registry._TABLE["numpy"]
+    saved = dict(b.probes)
+    try:
+        _registry.probe("numpy", "cpu", check)
+        assert calls == []
+        assert _registry.why_not("numpy", "nms", "cpu") == "no such device here"
+        assert _registry.why_not("numpy", "box_iou", "cpu") == "no such device here"
+        assert calls == [1]
+        with pytest.raises(RuntimeError, match="no such device here"):
+            detkernels.nms(np.zeros((1, 4), np.float32), np.ones(1, np.float32), 0.5, backend="numpy")
+    finally:
+        b.probes.clear()
+        b.probes.update(saved)
+        _registry._CACHE.clear()
+    assert _registry.why_not("numpy", "nms", "cpu") is None

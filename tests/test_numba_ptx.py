@@ -1,0 +1,46 @@
+"""PTX lint of the numba.cuda kernels, compiled for sm_90 without a GPU: no FMA contraction, no
+float64 arithmetic in the float32 kernels, no approximate division or square root. The simulator
+(tests/test_numba_cudasim.py) cannot see either problem. Needs NVVM and libdevice (a CUDA toolkit:
+CUDA_HOME or /usr/local/cuda); skips with the reason where they are missing."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+pytest.importorskip("numba", reason="numba is not installed (pip install 'detkernels[numba]')")
+
+FMA = re.compile(r"\bfma\.")
+F64 = re.compile(r"\.f64\b")
+APPROX = re.compile(r"\.(approx|full)\b|\.ftz\b")
+
+
+@pytest.fixture(scope="module")
+def K():
+    from detkernels.backends import _numba_cuda
+
+    try:
+        _numba_cuda.ptx("float32")["nms_scan_kernel"]
+    except Exception as e:  # NVVM / libdevice not found
+        pytest.skip(f"numba.cuda cannot compile PTX here: {type(e).__name__}: {str(e).splitlines()[0]}")
+    return _numba_cuda
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_no_fma_no_approximation(K, dtype):
+    ptx = K.ptx(dtype)
+    assert set(ptx) == set(K.KERNELS)
+    for name, src in ptx.items():
+        assert not FMA.findall(src), f"{name} ({dtype}): fused multiply-add in PTX"
+        assert not APPROX.findall(src), f"{name} ({dtype}): approximate/flush-to-zero op in PTX"
+        if dtype == "float32":
+            assert not F64.findall(src), f"{name}: float64 arithmetic in a float32 kernel"
+    # IEEE division is what the kernels use.
+    suffix = "f32" if dtype == "float32" else "f64"
+    assert f"div.rn.{suffix}" in ptx["box_iou_kernel"]
+
+
+def test_lint_sees_contraction(K):
+    """Control: the same kernels with plain operators get FMAs from NVVM (even fastmath=False), so
+    the lint above can fail."""
+    assert FMA.findall(K.ptx("float32", plain_operators=True)["box_iou_kernel"])
