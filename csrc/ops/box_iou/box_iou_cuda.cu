@@ -73,8 +73,9 @@ void launch_fmt(int fmt, int kind, double eps, int64_t B, int64_t N, int64_t M, 
 }  // namespace
 
 void box_iou_cuda(int dtype, int fmt, int kind, double eps, int64_t B, int64_t N, int64_t M,
-                  const void* boxes1, const void* boxes2, void* out, void* stream) {
+                  const void* boxes1, const void* boxes2, void* out, int device, void* stream) {
   if (B == 0 || N == 0 || M == 0) return;
+  DeviceGuard guard(device);
   auto s = static_cast<cudaStream_t>(stream);
   switch (dtype) {
     case kFloat32: return launch_fmt<float>(fmt, kind, eps, B, N, M, boxes1, boxes2, out, s);
