@@ -80,7 +80,9 @@ def _workspace(like: Any, nbytes: int, what: str) -> Any:
 
 def _multi_args(boxes: Any, scores: Any, classes: Any) -> tuple[int, int, int, int]:
     B, N = boxes.shape[0], boxes.shape[1]
-    C = scores.shape[2] if scores.ndim == 3 else 0
+    C = scores.shape[2] if scores.ndim == 3 else 0  # C = 0 means [B, N] scores to the core
+    if scores.ndim == 3 and C == 0:  # [B, N, 0]: no candidates at all
+        N = 0
     return DTYPE_CODES[A.dtype_name(boxes)], B, N, C
 
 
