@@ -139,25 +139,33 @@ DK_HD int64_t nms_tile_rows(int64_t total, int64_t cap_bytes) {
 }
 
 // Thread t (of nthreads) of the keep scan, over row block rb. `mask` holds rows [row0, row0 + R)
-// of the mask, ncb words each; removed has ncb words. Every thread computes the same `diag`
-// (the row block's own removed word) and so the same keep decisions; thread t ORs kept rows into
-// the words w > rb it owns (w % nthreads == t). A barrier must separate row blocks.
+// of the mask, ncb words each; removed has ncb words. diag_words[r * diag_stride] is row
+// (64 rb + r)'s word for column block rb and valid_rows[r] its validity (a GPU stages both in
+// shared memory). Every thread computes the same `diag` (the row block's own removed word) and so
+// the same keep decisions; thread t ORs kept rows into the words w > rb it owns
+// (w % nthreads == t). A barrier must separate row blocks.
 DK_HD void nms_scan_rowblock(int64_t rb, int t, int nthreads, int64_t total, int64_t row0,
-                             const uint64_t* mask, int64_t ncb, uint64_t* removed,
-                             const int64_t* seg_start, const uint8_t* valid, uint8_t* keep) {
+                             const uint64_t* mask, int64_t ncb, const uint64_t* diag_words,
+                             int64_t diag_stride, const uint8_t* valid_rows, uint64_t* removed,
+                             const int64_t* seg_start, uint8_t* keep) {
   uint64_t diag = removed[rb];
   const int64_t base = rb * kNmsWordBits;
   const int64_t rem = total - base;
   const int nrows = rem < kNmsWordBits ? static_cast<int>(rem) : kNmsWordBits;
   const int64_t first = rb + 1;
   const int64_t w0 = first + ((t - first % nthreads) % nthreads + nthreads) % nthreads;
+  // Rows before the next block's first segment start have nothing to OR beyond this block
+  // (seg_start is non-decreasing): the common case with many small classes costs no global load.
+  const int64_t next_seg = first < ncb ? seg_start[first * kNmsWordBits] : total;
   for (int r = 0; r < nrows; ++r) {
     const int64_t i = base + r;
-    if (!valid[i] || ((diag >> r) & 1)) continue;
-    const uint64_t* mrow = mask + (i - row0) * ncb;
-    diag |= mrow[rb];
-    for (int64_t w = w0; w < ncb && seg_start[w * kNmsWordBits] <= i; w += nthreads)
-      removed[w] |= mrow[w];
+    if (!valid_rows[r] || ((diag >> r) & 1)) continue;
+    diag |= diag_words[r * diag_stride];
+    if (i >= next_seg) {
+      const uint64_t* mrow = mask + (i - row0) * ncb;
+      for (int64_t w = w0; w < ncb && seg_start[w * kNmsWordBits] <= i; w += nthreads)
+        removed[w] |= mrow[w];
+    }
     if (t == 0) keep[i] = 1;
   }
 }

@@ -21,6 +21,7 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kScanThreads = 256;
+static_assert(kScanThreads >= kNmsWordBits, "scan_kernel stages one row block per barrier");
 constexpr int64_t kAlign = 256;
 
 unsigned grid_1d(int64_t n) {
@@ -106,13 +107,24 @@ __global__ void __launch_bounds__(kNmsWordBits)
   }
 }
 
-// One block: row blocks [rb0, rb1) in order, one barrier after each (nms_scan_rowblock).
+// One block: row blocks [rb0, rb1) in order (nms_scan_rowblock). Each row block's diagonal
+// words and validity are staged in shared memory first; a barrier closes each row block.
 __global__ void __launch_bounds__(kScanThreads)
     scan_kernel(int64_t rb0, int64_t rb1, int64_t total, int64_t row0, const uint64_t* mask,
                 int64_t ncb, uint64_t* removed, const int64_t* seg, const uint8_t* valid,
                 uint8_t* keep) {
+  __shared__ uint64_t s_diag[kNmsWordBits];
+  __shared__ uint8_t s_valid[kNmsWordBits];
+  const int t = threadIdx.x;
   for (int64_t rb = rb0; rb < rb1; ++rb) {
-    nms_scan_rowblock(rb, threadIdx.x, blockDim.x, total, row0, mask, ncb, removed, seg, valid,
+    const int64_t i = rb * kNmsWordBits + t;
+    if (t < kNmsWordBits) {
+      const bool in = i < total;
+      s_diag[t] = in ? mask[(i - row0) * ncb + rb] : 0;
+      s_valid[t] = in ? valid[i] : 0;
+    }
+    __syncthreads();
+    nms_scan_rowblock(rb, t, blockDim.x, total, row0, mask, ncb, s_diag, 1, s_valid, removed, seg,
                       keep);
     __syncthreads();
   }

@@ -98,8 +98,9 @@ void run(const T* boxes, const T* scores, const int64_t* classes, int64_t B, int
     }
     for (int64_t rb = rb0; rb < rb1; ++rb)
       for (int t = 0; t < nthreads; ++t)  // threads of one row block, then a barrier
-        nms_scan_rowblock(rb, t, nthreads, total, row0, mask.data(), ncb, removed.data(),
-                          seg.data(), valid.data(), keep.data());
+        nms_scan_rowblock(rb, t, nthreads, total, row0, mask.data(), ncb,
+                          &mask[(rb * kNmsWordBits - row0) * ncb + rb], ncb,
+                          &valid[rb * kNmsWordBits], removed.data(), seg.data(), keep.data());
   }
   // 5. final order (scatter_kernel, final_key_kernel, two sorts), counts, gather
   for (int64_t p = 0; p < total; ++p) kept_by_cand[order[p]] = keep[p];
