@@ -121,6 +121,15 @@ def test_errors_name_the_argument():
         dk.nms_padded(b[0], s[0], 0.5, -2)
 
 
+def test_workspace_allocation_failure_is_a_memory_error():
+    """A workspace that cannot be allocated fails before any launch, naming the size."""
+    from detkernels.backends import native
+
+    with pytest.raises(MemoryError, match=r"NMS of 1 x 1000000000000 candidates needs a "
+                                          r"4611686018427387904 byte workspace on cpu"):
+        native._workspace(np.empty(1), 1 << 62, "NMS of 1 x 1000000000000 candidates")
+
+
 # ---- torch integration -----------------------------------------------------------------------------
 
 torch = pytest.importorskip("torch")
