@@ -20,7 +20,10 @@
 //     if it is live (nms_block_live); the keep scan reads live words only.
 //  4. keep scan over row blocks in order (nms_scan_rowblock): removed words are owned by threads
 //     (word w by thread w % T), so threads of a row block never race and one barrier per row block
-//     suffices. Kept flags land in sorted order.
+//     suffices. Kept flags land in sorted order. Images are scanned independently (one block
+//     each, rows outside the image masked as invalid): a row only sets bits of its own segment,
+//     and a word shared by images b and b+1 is written only by b's rows of earlier row blocks,
+//     while b+1 reads it only for its own bits, which nothing sets.
 //  5. kept candidates re-sorted by (image, score desc, q asc) (nms_final_key, then nms_image_key
 //     on q / M); image b's first min(kept_b, max_output) are its output.
 #pragma once

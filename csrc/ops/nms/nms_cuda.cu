@@ -107,19 +107,23 @@ __global__ void __launch_bounds__(kNmsWordBits)
   }
 }
 
-// One block: row blocks [rb0, rb1) in order (nms_scan_rowblock). Each row block's diagonal
-// words and validity are staged in shared memory first; a barrier closes each row block.
+// Block b scans image b's rows of the tile [row0, row0 + R) row block by row block
+// (nms_scan_rowblock; images are independent, see nms_bitmask.h). Each row block's diagonal words
+// and validity (rows outside the image: invalid) are staged in shared memory first; a barrier
+// closes each row block.
 __global__ void __launch_bounds__(kScanThreads)
-    scan_kernel(int64_t rb0, int64_t rb1, int64_t total, int64_t row0, const uint64_t* mask,
+    scan_kernel(int64_t M, int64_t R, int64_t total, int64_t row0, const uint64_t* mask,
                 int64_t ncb, uint64_t* removed, const int64_t* seg, const uint8_t* valid,
                 uint8_t* keep) {
   __shared__ uint64_t s_diag[kNmsWordBits];
   __shared__ uint8_t s_valid[kNmsWordBits];
   const int t = threadIdx.x;
-  for (int64_t rb = rb0; rb < rb1; ++rb) {
+  const int64_t b = blockIdx.x;
+  const int64_t lo = max(row0, b * M), hi = min(min(total, row0 + R), (b + 1) * M);
+  for (int64_t rb = lo / kNmsWordBits; lo < hi && rb * kNmsWordBits < hi; ++rb) {
     const int64_t i = rb * kNmsWordBits + t;
     if (t < kNmsWordBits) {
-      const bool in = i < total;
+      const bool in = i >= lo && i < hi;
       s_diag[t] = in ? mask[(i - row0) * ncb + rb] : 0;
       s_valid[t] = in ? valid[i] : 0;
     }
@@ -291,8 +295,8 @@ void run(const T* boxes, const T* scores, const int64_t* classes, int64_t B, int
     mask_kernel<T><<<dim3(static_cast<unsigned>(gx), static_cast<unsigned>(nrb)), kNmsWordBits, 0,
                      st>>>(x1, y1, x2, y2, area, seg, mask, total, ncb, row0, thr);
     DK_CUDA_CHECK_LAUNCH("mask_kernel");
-    scan_kernel<<<1, kScanThreads, 0, st>>>(rb0, rb1, total, row0, mask, ncb, removed, seg, valid,
-                                            keep);
+    scan_kernel<<<static_cast<unsigned>(B), kScanThreads, 0, st>>>(M, L.R, total, row0, mask, ncb,
+                                                                   removed, seg, valid, keep);
     DK_CUDA_CHECK_LAUNCH("scan_kernel");
   }
 

@@ -96,11 +96,22 @@ void run(const T* boxes, const T* scores, const int64_t* classes, int64_t B, int
                             &y2[c0], &area[c0], &seg[c0], c0, nc, thr);
       }
     }
-    for (int64_t rb = rb0; rb < rb1; ++rb)
-      for (int t = 0; t < nthreads; ++t)  // threads of one row block, then a barrier
-        nms_scan_rowblock(rb, t, nthreads, total, row0, mask.data(), ncb,
-                          &mask[(rb * kNmsWordBits - row0) * ncb + rb], ncb,
-                          &valid[rb * kNmsWordBits], removed.data(), seg.data(), keep.data());
+    // One scan block per image, independent (nms_scan_rows); run in reverse image order here so
+    // that any dependence between images would show.
+    for (int64_t b = B - 1; b >= 0; --b) {
+      const int64_t lo = std::max(row0, b * M), hi = std::min({total, row0 + R, (b + 1) * M});
+      for (int64_t rb = lo / kNmsWordBits; lo < hi && rb * kNmsWordBits < hi; ++rb) {
+        uint8_t v[kNmsWordBits];  // the block's staged validity, rows outside [lo, hi) off
+        for (int r = 0; r < kNmsWordBits; ++r) {
+          const int64_t i = rb * kNmsWordBits + r;
+          v[r] = i >= lo && i < hi ? valid[i] : 0;
+        }
+        for (int t = 0; t < nthreads; ++t)  // threads of one row block, then a barrier
+          nms_scan_rowblock(rb, t, nthreads, total, row0, mask.data(), ncb,
+                            &mask[(rb * kNmsWordBits - row0) * ncb + rb], ncb, v,
+                            removed.data(), seg.data(), keep.data());
+      }
+    }
   }
   // 5. final order (scatter_kernel, final_key_kernel, two sorts), counts, gather
   for (int64_t p = 0; p < total; ++p) kept_by_cand[order[p]] = keep[p];
