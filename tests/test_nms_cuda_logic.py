@@ -84,9 +84,10 @@ def test_emulated_bounded_mask_many_tiles():
     boxes, scores, classes = batch("clusters", 11, 2, 700, 0)
     b, s = boxes.astype(np.float32), scores.astype(np.float32)
     want = ref.multi_image_nms(b, s, 0.5, 1400, idxs=classes)
-    # 1400 candidates -> 22 words per row; 1 byte cap -> one 64-row block per tile (22 tiles).
+    # 1400 candidates (700 per image) -> 22 column blocks, 12 words per mask row; a 1 byte cap
+    # gives one 64-row block per tile (22 tiles).
     _check(_emulate(b, s, classes, 0.5, 1400, mask_cap_bytes=1, scan_threads=4), want, "cap=1")
-    _check(_emulate(b, s, classes, 0.5, 1400, mask_cap_bytes=64 * 22 * 8 * 3, scan_threads=1),
+    _check(_emulate(b, s, classes, 0.5, 1400, mask_cap_bytes=64 * 12 * 8 * 3, scan_threads=1),
            want, "3 blocks per tile")
 
 

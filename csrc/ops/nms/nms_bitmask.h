@@ -15,7 +15,7 @@
 //     seg_start[p] = max over p' <= p of (head(p') ? p' : 0). Boxes i < j are in one segment iff
 //     seg_start[j] <= i.
 //  3. in row tiles of R rows (R a multiple of 64, so tiles hold whole row blocks): the 64-bit
-//     mask word (row i, column block cb) has bit k set iff column j = 64 cb + k is in i's segment,
+//     mask word (row i, column block cb), stored at cb - rb(i) (nms_mask_width), has bit k set iff column j = 64 cb + k is in i's segment,
 //     j > i, and box i suppresses box j (nms.h). A (row block, column block) pair is computed only
 //     if it is live (nms_block_live); the keep scan reads live words only.
 //  4. keep scan over row blocks in order (nms_scan_rowblock): removed words are owned by threads
@@ -130,11 +130,21 @@ DK_HD uint64_t nms_mask_word(int64_t i, T ax1, T ay1, T ax2, T ay2, T aarea, con
   return w;
 }
 
-// Rows per mask tile (a multiple of 64): as many rows as fit `cap_bytes` of mask words (ncb words
-// per row), at least one row block, at most the whole problem.
-DK_HD int64_t nms_tile_rows(int64_t total, int64_t cap_bytes) {
+// Mask row width in words. Row i stores the words of column blocks rb(i) .. rb(i) + W - 1 (word
+// cb at cb - rb). A segment never leaves its image, so every live word is within ceil(M/64) of
+// the row's block: W = ceil(M/64) + 1 (at most ncb). Multi-image batches thus need B times less
+// mask than a total x total/64 one.
+DK_HD int64_t nms_mask_width(int64_t total, int64_t M) {
   const int64_t ncb = (total + kNmsWordBits - 1) / kNmsWordBits;
-  int64_t blocks = ncb > 0 ? cap_bytes / (ncb * 8 * kNmsWordBits) : 1;
+  const int64_t w = (M + kNmsWordBits - 1) / kNmsWordBits + 1;
+  return w < ncb ? w : ncb;
+}
+
+// Rows per mask tile (a multiple of 64): as many rows as fit `cap_bytes` of mask words (W words
+// per row), at least one row block, at most the whole problem.
+DK_HD int64_t nms_tile_rows(int64_t total, int64_t W, int64_t cap_bytes) {
+  const int64_t ncb = (total + kNmsWordBits - 1) / kNmsWordBits;
+  int64_t blocks = W > 0 ? cap_bytes / (W * 8 * kNmsWordBits) : 1;
   if (blocks < 1) blocks = 1;
   if (blocks > ncb) blocks = ncb;
   if (blocks > 65535) blocks = 65535;  // one CUDA grid dimension
@@ -142,13 +152,14 @@ DK_HD int64_t nms_tile_rows(int64_t total, int64_t cap_bytes) {
 }
 
 // Thread t (of nthreads) of the keep scan, over row block rb. `mask` holds rows [row0, row0 + R)
-// of the mask, ncb words each; removed has ncb words. diag_words[r * diag_stride] is row
+// of the mask, W words each (nms_mask_width); removed has ncb words. diag_words[r * diag_stride] is row
 // (64 rb + r)'s word for column block rb and valid_rows[r] its validity (a GPU stages both in
 // shared memory). Every thread computes the same `diag` (the row block's own removed word) and so
 // the same keep decisions; thread t ORs kept rows into the words w > rb it owns
 // (w % nthreads == t). A barrier must separate row blocks.
 DK_HD void nms_scan_rowblock(int64_t rb, int t, int nthreads, int64_t total, int64_t row0,
-                             const uint64_t* mask, int64_t ncb, const uint64_t* diag_words,
+                             const uint64_t* mask, int64_t W, int64_t ncb,
+                             const uint64_t* diag_words,
                              int64_t diag_stride, const uint8_t* valid_rows, uint64_t* removed,
                              const int64_t* seg_start, uint8_t* keep) {
   uint64_t diag = removed[rb];
@@ -165,9 +176,9 @@ DK_HD void nms_scan_rowblock(int64_t rb, int t, int nthreads, int64_t total, int
     if (!valid_rows[r] || ((diag >> r) & 1)) continue;
     diag |= diag_words[r * diag_stride];
     if (i >= next_seg) {
-      const uint64_t* mrow = mask + (i - row0) * ncb;
+      const uint64_t* mrow = mask + (i - row0) * W;
       for (int64_t w = w0; w < ncb && seg_start[w * kNmsWordBits] <= i; w += nthreads)
-        removed[w] |= mrow[w];
+        removed[w] |= mrow[w - rb];
     }
     if (t == 0) keep[i] = 1;
   }

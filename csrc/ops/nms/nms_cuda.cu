@@ -77,8 +77,8 @@ __global__ void head_kernel(const int64_t* order, int64_t M, int64_t C, const in
 template <typename T>
 __global__ void __launch_bounds__(kNmsWordBits)
     mask_kernel(const T* x1, const T* y1, const T* x2, const T* y2, const T* area,
-                const int64_t* seg, uint64_t* mask, int64_t total, int64_t ncb, int64_t row0,
-                T thr) {
+                const int64_t* seg, uint64_t* mask, int64_t total, int64_t ncb, int64_t W,
+                int64_t row0, T thr) {
   __shared__ T sx1[kNmsWordBits], sy1[kNmsWordBits], sx2[kNmsWordBits], sy2[kNmsWordBits],
       sa[kNmsWordBits];
   __shared__ int64_t sseg[kNmsWordBits];
@@ -102,7 +102,7 @@ __global__ void __launch_bounds__(kNmsWordBits)
     }
     __syncthreads();
     if (row_ok)
-      mask[(i - row0) * ncb + cb] =
+      mask[(i - row0) * W + (cb - rb)] =
           nms_mask_word(i, ax1, ay1, ax2, ay2, aa, sx1, sy1, sx2, sy2, sa, sseg, c0, nc, thr);
   }
 }
@@ -113,8 +113,8 @@ __global__ void __launch_bounds__(kNmsWordBits)
 // closes each row block.
 __global__ void __launch_bounds__(kScanThreads)
     scan_kernel(int64_t M, int64_t R, int64_t total, int64_t row0, const uint64_t* mask,
-                int64_t ncb, uint64_t* removed, const int64_t* seg, const uint8_t* valid,
-                uint8_t* keep) {
+                int64_t W, int64_t ncb, uint64_t* removed, const int64_t* seg,
+                const uint8_t* valid, uint8_t* keep) {
   __shared__ uint64_t s_diag[kNmsWordBits];
   __shared__ uint8_t s_valid[kNmsWordBits];
   const int t = threadIdx.x;
@@ -124,12 +124,12 @@ __global__ void __launch_bounds__(kScanThreads)
     const int64_t i = rb * kNmsWordBits + t;
     if (t < kNmsWordBits) {
       const bool in = i >= lo && i < hi;
-      s_diag[t] = in ? mask[(i - row0) * ncb + rb] : 0;
+      s_diag[t] = in ? mask[(i - row0) * W] : 0;
       s_valid[t] = in ? valid[i] : 0;
     }
     __syncthreads();
-    nms_scan_rowblock(rb, t, blockDim.x, total, row0, mask, ncb, s_diag, 1, s_valid, removed, seg,
-                      keep);
+    nms_scan_rowblock(rb, t, blockDim.x, total, row0, mask, W, ncb, s_diag, 1, s_valid, removed,
+                      seg, keep);
     __syncthreads();
   }
 }
@@ -166,7 +166,7 @@ __global__ void output_kernel(int64_t B, int64_t K, int64_t M, int64_t C, const 
 // ---- workspace --------------------------------------------------------------------------------
 
 struct Layout {
-  int64_t total = 0, ncb = 0, R = 0, temp_bytes = 0;
+  int64_t total = 0, ncb = 0, W = 0, R = 0, temp_bytes = 0;
   int64_t keys0, keys1, vals0, vals1, temp, cols, seg, valid, keep, kept, removed, mask, bytes;
 };
 
@@ -187,7 +187,8 @@ Layout make_layout(int dtype, int64_t B, int64_t N, int64_t C, int64_t cap) {
   const int64_t Cc = C > 0 ? C : 1;
   L.total = B * N * Cc;
   L.ncb = ceil_div<int64_t>(L.total, kNmsWordBits);
-  L.R = nms_tile_rows(L.total, cap);
+  L.W = nms_mask_width(L.total, N * Cc);
+  L.R = nms_tile_rows(L.total, L.W, cap);
   const int64_t tsize = dtype == kFloat64 ? 8 : 4;
   if (L.total > 0) {
     size_t scan_bytes = 0;
@@ -218,7 +219,7 @@ Layout make_layout(int dtype, int64_t B, int64_t N, int64_t C, int64_t cap) {
   L.keep = take(L.total);
   L.kept = take(L.total);
   L.removed = take(8 * L.ncb);
-  L.mask = take(8 * L.R * L.ncb);
+  L.mask = take(8 * L.R * L.W);
   L.bytes = off;
   return L;
 }
@@ -291,12 +292,12 @@ void run(const T* boxes, const T* scores, const int64_t* classes, int64_t B, int
   for (int64_t row0 = 0; row0 < total; row0 += L.R) {
     const int64_t rb0 = row0 / kNmsWordBits, rb1 = std::min(ncb, (row0 + L.R) / kNmsWordBits);
     const int64_t nrb = rb1 - rb0;
-    const int64_t gx = std::max<int64_t>(1, std::min<int64_t>(ncb - rb0, 16384 / nrb));
+    const int64_t gx = std::max<int64_t>(1, std::min<int64_t>({ncb - rb0, L.W, 16384 / nrb}));
     mask_kernel<T><<<dim3(static_cast<unsigned>(gx), static_cast<unsigned>(nrb)), kNmsWordBits, 0,
-                     st>>>(x1, y1, x2, y2, area, seg, mask, total, ncb, row0, thr);
+                     st>>>(x1, y1, x2, y2, area, seg, mask, total, ncb, L.W, row0, thr);
     DK_CUDA_CHECK_LAUNCH("mask_kernel");
-    scan_kernel<<<static_cast<unsigned>(B), kScanThreads, 0, st>>>(M, L.R, total, row0, mask, ncb,
-                                                                   removed, seg, valid, keep);
+    scan_kernel<<<static_cast<unsigned>(B), kScanThreads, 0, st>>>(M, L.R, total, row0, mask, L.W,
+                                                                   ncb, removed, seg, valid, keep);
     DK_CUDA_CHECK_LAUNCH("scan_kernel");
   }
 

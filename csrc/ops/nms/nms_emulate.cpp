@@ -80,18 +80,20 @@ void run(const T* boxes, const T* scores, const int64_t* classes, int64_t B, int
   // 3.-4. mask tiles and keep scan (mask_kernel, scan_kernel)
   const T thr = nms_threshold<T>(iou_thr);
   const int64_t ncb = (total + kNmsWordBits - 1) / kNmsWordBits;
-  const int64_t R = tile_rows > 0 ? tile_rows : nms_tile_rows(total, cap);
+  const int64_t W = nms_mask_width(total, M);
+  const int64_t R = tile_rows > 0 ? tile_rows : nms_tile_rows(total, W, cap);
   if (R % kNmsWordBits != 0) throw std::invalid_argument("tile_rows must be a multiple of 64");
-  std::vector<uint64_t> mask(static_cast<size_t>(R * ncb), 0xA5A5A5A5A5A5A5A5ull);  // garbage
+  std::vector<uint64_t> mask(static_cast<size_t>(R * W), 0xA5A5A5A5A5A5A5A5ull);  // garbage
   std::vector<uint64_t> removed(ncb, 0);
   for (int64_t row0 = 0; row0 < total; row0 += R) {
     const int64_t rb0 = row0 / kNmsWordBits, rb1 = std::min(ncb, (row0 + R) / kNmsWordBits);
     for (int64_t rb = rb0; rb < rb1; ++rb) {
       for (int64_t cb = rb; cb < ncb && nms_block_live(seg[cb * kNmsWordBits], rb, total); ++cb) {
+        if (cb - rb >= W) throw std::logic_error("nms: live mask word beyond the mask width");
         const int64_t c0 = cb * kNmsWordBits;
         const int nc = static_cast<int>(std::min<int64_t>(kNmsWordBits, total - c0));
         for (int64_t i = rb * kNmsWordBits; i < std::min(total, (rb + 1) * kNmsWordBits); ++i)
-          mask[(i - row0) * ncb + cb] =
+          mask[(i - row0) * W + (cb - rb)] =
               nms_mask_word(i, x1[i], y1[i], x2[i], y2[i], area[i], &x1[c0], &y1[c0], &x2[c0],
                             &y2[c0], &area[c0], &seg[c0], c0, nc, thr);
       }
@@ -107,8 +109,8 @@ void run(const T* boxes, const T* scores, const int64_t* classes, int64_t B, int
           v[r] = i >= lo && i < hi ? valid[i] : 0;
         }
         for (int t = 0; t < nthreads; ++t)  // threads of one row block, then a barrier
-          nms_scan_rowblock(rb, t, nthreads, total, row0, mask.data(), ncb,
-                            &mask[(rb * kNmsWordBits - row0) * ncb + rb], ncb, v,
+          nms_scan_rowblock(rb, t, nthreads, total, row0, mask.data(), W, ncb,
+                            &mask[(rb * kNmsWordBits - row0) * W], W, v,
                             removed.data(), seg.data(), keep.data());
       }
     }
