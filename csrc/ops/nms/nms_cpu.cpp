@@ -148,14 +148,22 @@ void run_multi(const T* boxes, const T* scores, const int64_t* classes, int64_t 
                int64_t* out_cls, int64_t* counts) {
   const int64_t Cc = C > 0 ? C : 1, M = N * Cc;
   auto cls = [&](int64_t q) { return C > 0 ? (q % M) % C : (classes ? classes[q] : 0); };
-  std::vector<int64_t> order;
+  // Filtered candidates in ascending q are grouped by image already: sort each image's range
+  // (in parallel) by (class, score desc), stably so ties keep ascending q.
+  std::vector<int64_t> order, start{0};
   order.reserve(static_cast<size_t>(B * M));
-  for (int64_t q = 0; q < B * M; ++q)
-    if (!has_sthr || static_cast<double>(scores[q]) > sthr) order.push_back(q);
-  std::stable_sort(order.begin(), order.end(), [&](int64_t i, int64_t j) {
-    if (i / M != j / M) return i / M < j / M;
-    const int64_t ci = cls(i), cj = cls(j);
-    return ci != cj ? ci < cj : score_before(scores[i], scores[j]);
+  for (int64_t im = 0; im < B; ++im) {
+    for (int64_t q = im * M; q < (im + 1) * M; ++q)
+      if (!has_sthr || static_cast<double>(scores[q]) > sthr) order.push_back(q);
+    start.push_back(static_cast<int64_t>(order.size()));
+  }
+  parallel_for(B, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t im = lo; im < hi; ++im)
+      std::stable_sort(order.begin() + start[im], order.begin() + start[im + 1],
+                       [&](int64_t i, int64_t j) {
+                         const int64_t ci = cls(i), cj = cls(j);
+                         return ci != cj ? ci < cj : score_before(scores[i], scores[j]);
+                       });
   });
   const int64_t n = static_cast<int64_t>(order.size());
   Columns<T> b;
