@@ -137,6 +137,19 @@ def test_emulated_rejects_bad_tiles():
 
 # ---- on a GPU --------------------------------------------------------------------------------------
 
+@pytest.mark.skipif(not native.HAS_CUDA, reason="detkernels._C built without CUDA (no nvcc)")
+def test_cuda_entry_points_built_and_fail_cleanly_without_a_gpu():
+    """A CUDA build exports the NMS launchers; with no usable GPU they raise, never crash."""
+    C = native._C
+    assert all(hasattr(C, f) for f in ("nms_multi_cuda", "nms_multi_cuda_workspace_bytes", "box_iou_cuda"))
+    if C.cuda_device_count():
+        pytest.skip("a GPU is present: the GPU tests below exercise the launchers")
+    with pytest.raises(RuntimeError, match="CUDA error"):
+        C.nms_multi_cuda_workspace_bytes(0, 1, 10, 0, False, 1 << 20, 0)
+    with pytest.raises(RuntimeError, match="CUDA error"):
+        C.nms_multi_cuda(0, 0, 0, 0, 1, 10, 0, 0.5, None, 10, 0, 0, 0, 0, 0, 1 << 20, 0, 0)
+
+
 def _cuda_devices() -> int:
     if not native.HAS_CUDA:
         return 0
