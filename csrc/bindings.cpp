@@ -67,14 +67,54 @@ PYBIND11_MODULE(_C, m) {
                                      n, thr, ptr<int64_t>(keep));
         },
         nogil);
+  // Multi-image NMS (also nms_padded and, with B = 1, max_output = N, the drop-in nms on CUDA).
+  // score_thr: None = no score filter. classes: 0 = none. out_cls: 0 = not wanted.
+  m.def("nms_multi_cpu",
+        [](int dtype, uintptr_t boxes, uintptr_t scores, uintptr_t classes, int64_t B, int64_t N,
+           int64_t C, double thr, py::object score_thr, int64_t max_output, uintptr_t out_idx,
+           uintptr_t out_cls, uintptr_t counts) {
+          const bool has = !score_thr.is_none();
+          const double st = has ? score_thr.cast<double>() : 0.0;
+          py::gil_scoped_release release;
+          detkernels::nms_multi_cpu(dtype, ptr(boxes), ptr(scores), ptr<const int64_t>(classes),
+                                    B, N, C, thr, has, st, max_output, ptr<int64_t>(out_idx),
+                                    ptr<int64_t>(out_cls), ptr<int64_t>(counts));
+        });
+  m.def("nms_multi_emulate_cpu",
+        [](int dtype, uintptr_t boxes, uintptr_t scores, uintptr_t classes, int64_t B, int64_t N,
+           int64_t C, double thr, py::object score_thr, int64_t max_output, uintptr_t out_idx,
+           uintptr_t out_cls, uintptr_t counts, int64_t tile_rows, int64_t mask_cap_bytes,
+           int scan_threads) {
+          const bool has = !score_thr.is_none();
+          const double st = has ? score_thr.cast<double>() : 0.0;
+          py::gil_scoped_release release;
+          detkernels::nms_multi_emulate_cpu(
+              dtype, ptr(boxes), ptr(scores), ptr<const int64_t>(classes), B, N, C, thr, has, st,
+              max_output, ptr<int64_t>(out_idx), ptr<int64_t>(out_cls), ptr<int64_t>(counts),
+              tile_rows, mask_cap_bytes, scan_threads);
+        });
 
 #ifdef DETKERNELS_WITH_CUDA
   m.def("box_iou_cuda",
         [](int dtype, int fmt, int kind, double eps, int64_t B, int64_t N, int64_t M, uintptr_t b1,
-           uintptr_t b2, uintptr_t out, uintptr_t stream) {
+           uintptr_t b2, uintptr_t out, int device, uintptr_t stream) {
           detkernels::box_iou_cuda(dtype, fmt, kind, eps, B, N, M, ptr(b1), ptr(b2), ptr(out),
-                                   ptr(stream));
+                                   device, ptr(stream));
         },
         nogil);
+  m.def("nms_multi_cuda_workspace_bytes", &detkernels::nms_multi_cuda_workspace_bytes);
+  m.def("nms_multi_cuda",
+        [](int dtype, uintptr_t boxes, uintptr_t scores, uintptr_t classes, int64_t B, int64_t N,
+           int64_t C, double thr, py::object score_thr, int64_t max_output, uintptr_t out_idx,
+           uintptr_t out_cls, uintptr_t counts, uintptr_t workspace, int64_t workspace_bytes,
+           int64_t mask_cap_bytes, int device, uintptr_t stream) {
+          const bool has = !score_thr.is_none();
+          const double st = has ? score_thr.cast<double>() : 0.0;
+          py::gil_scoped_release release;
+          detkernels::nms_multi_cuda(dtype, ptr(boxes), ptr(scores), ptr<const int64_t>(classes),
+                                     B, N, C, thr, has, st, max_output, ptr<int64_t>(out_idx),
+                                     ptr<int64_t>(out_cls), ptr<int64_t>(counts), ptr(workspace),
+                                     workspace_bytes, mask_cap_bytes, device, ptr(stream));
+        });
 #endif
 }

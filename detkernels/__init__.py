@@ -19,6 +19,7 @@ from .ops import (
     generalized_box_iou,
     nms,
 )
+from .nms_ops import multi_image_nms, nms_padded
 
 __version__ = "0.1.0"
 
@@ -33,7 +34,9 @@ __all__ = [
     "explain",
     "generalized_box_iou",
     "get_backend",
+    "multi_image_nms",
     "nms",
+    "nms_padded",
     "patch_torchvision",
     "set_backend",
     "set_num_threads",

@@ -295,3 +295,5 @@ class patch_torchvision(contextlib.AbstractContextManager):
 
     def __exit__(self, *exc: Any) -> None:
         self.restore()
+
+from . import _torch_nms  # noqa: E402,F401  (fixed-size NMS custom ops)

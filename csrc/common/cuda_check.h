@@ -20,6 +20,25 @@ inline void cuda_check(cudaError_t err, const char* what) {
 
 template <typename I> constexpr I ceil_div(I a, I b) { return (a + b - 1) / b; }
 
+/// @brief Makes `device` current for a launch and restores the caller's device on exit (the
+/// caller's tensor may live on cuda:1 while cuda:0 is current).
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) {
+    DK_CUDA_CHECK(cudaGetDevice(&prev_));
+    if (prev_ == device) prev_ = -1;
+    else DK_CUDA_CHECK(cudaSetDevice(device));
+  }
+  ~DeviceGuard() {
+    if (prev_ >= 0) cudaSetDevice(prev_);
+  }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int prev_ = -1;
+};
+
 /// @brief Number of usable CUDA devices; 0 when there is no driver or no GPU (never throws).
 int cuda_device_count();
 

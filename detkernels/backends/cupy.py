@@ -168,13 +168,12 @@ def box_iou(b1: Any, b2: Any, kind: str, fmt: str, eps: float) -> Any:
     B, N, M = b1.shape[0], b1.shape[1], b2.shape[1]
     dt = A.dtype_name(b1)
     out = A.empty((B, N, M), dt, like=b1)
-    if (N + 7) // 8 > 65535 or B > 65535:
-        raise ValueError("box_iou (cupy): N/8 and the batch size must be <= 65535")
     with _On(cp, b1):
         fn = _module(cp).get_function(
             f"detkernels::box_iou_kernel<{C_TYPES[dt]}, {FMT_CODES[fmt]}, {KIND_CODES[kind]}>")
-        fn(((M + 31) // 32, (N + 7) // 8, B), (32, 8),
-           (_ptr(b1), _ptr(b2), _ptr(out), np.int64(N), np.int64(M), np.dtype(dt).type(eps)))
+        # The kernel strides over rows and batches: the grid's y/z extents are only capped.
+        fn(((M + 31) // 32, min((N + 7) // 8, 65535), min(B, 65535)), (32, 8),
+           (_ptr(b1), _ptr(b2), _ptr(out), np.int64(B), np.int64(N), np.int64(M), np.dtype(dt).type(eps)))
     return out
 
 

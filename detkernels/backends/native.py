@@ -6,6 +6,7 @@ kernel is enqueued on the caller's current CUDA stream.
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from .. import _arrays as A
@@ -50,16 +51,108 @@ def box_iou(b1: Any, b2: Any, kind: str, fmt: str, eps: float) -> Any:
     if A.device(b1) == "cpu":
         _C.box_iou_cpu(*args)
     else:
-        _C.box_iou_cuda(*args, A.current_stream(b1))
+        _C.box_iou_cuda(*args, _device_index(b1), A.current_stream(b1))
     return out
 
 
-@register("nms", "native", devices=("cpu",))
+def _device_index(x: Any) -> int:
+    dev = A.device(x)
+    return int(dev.split(":")[1]) if ":" in dev else 0
+
+
+# The CUDA NMS builds its N x N/64 bitmask in row tiles of at most this many bytes (at least 64
+# rows): bounded workspace for any N (10^6 boxes: ~8 MB per 64-row tile).
+NMS_MASK_BYTES = int(os.environ.get("DETKERNELS_NMS_MASK_BYTES", str(256 << 20)))
+
+
+def _workspace(like: Any, nbytes: int, what: str) -> Any:
+    """A uint8 device buffer of the caller's array kind, or a MemoryError naming the size."""
+    try:
+        return A.empty((max(int(nbytes), 1),), "uint8", like=like)
+    except Exception as e:  # torch.OutOfMemoryError, cupy OutOfMemoryError
+        if isinstance(e, MemoryError) or "OutOfMemory" in type(e).__name__:
+            raise MemoryError(f"detkernels: {what} needs a {nbytes} byte workspace on "
+                              f"{A.device(like)}, which could not be allocated ({e}); lower "
+                              f"DETKERNELS_NMS_MASK_BYTES (now {NMS_MASK_BYTES}) or the number "
+                              f"of boxes") from e
+        raise
+
+
+def _multi_args(boxes: Any, scores: Any, classes: Any) -> tuple[int, int, int, int]:
+    B, N = boxes.shape[0], boxes.shape[1]
+    C = scores.shape[2] if scores.ndim == 3 else 0  # C = 0 means [B, N] scores to the core
+    if scores.ndim == 3 and C == 0:  # [B, N, 0]: no candidates at all
+        N = 0
+    return DTYPE_CODES[A.dtype_name(boxes)], B, N, C
+
+
+def _multi_cuda(boxes: Any, scores: Any, classes: Any, iou_threshold: float, max_output: int,
+                score_threshold: float | None, want_cls: bool) -> tuple[Any, Any, Any]:
+    dt, B, N, C = _multi_args(boxes, scores, classes)
+    dev = _device_index(boxes)
+    out = A.empty((B, max_output), "int64", like=boxes)
+    cls = A.empty((B, max_output), "int64", like=boxes) if want_cls else None
+    counts = A.empty((B,), "int64", like=boxes)
+    nbytes = _C.nms_multi_cuda_workspace_bytes(dt, B, N, C, classes is not None, NMS_MASK_BYTES, dev)
+    ws = _workspace(boxes, nbytes, f"NMS of {B} x {N * max(C, 1)} candidates")
+    _C.nms_multi_cuda(dt, A.data_ptr(boxes), A.data_ptr(scores),
+                      0 if classes is None else A.data_ptr(classes), B, N, C, float(iou_threshold),
+                      score_threshold, max_output, A.data_ptr(out),
+                      0 if cls is None else A.data_ptr(cls), A.data_ptr(counts), A.data_ptr(ws),
+                      nbytes, NMS_MASK_BYTES, dev, A.current_stream(boxes))
+    return out, cls, counts
+
+
+@register("nms", "native", devices=IOU_DEVICES)
 def nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float) -> Any:
-    """boxes [N, 4], scores [N] (same float dtype), classes int64 [N] or None -> kept indices."""
+    """boxes [N, 4], scores [N] (same float dtype), classes int64 [N] or None -> kept indices.
+    On CUDA the only host synchronisation is reading the number kept."""
     n = boxes.shape[0]
+    if A.device(boxes) != "cpu":
+        out, _, counts = _multi_cuda(boxes[None], scores[None], None if classes is None else classes[None],
+                                     iou_threshold, n, None, False)
+        return out[0, :int(counts[0])]
     keep = A.empty((n,), "int64", like=boxes)
     count = _C.nms_cpu(DTYPE_CODES[A.dtype_name(boxes)], A.data_ptr(boxes), A.data_ptr(scores),
                        0 if classes is None else A.data_ptr(classes), n, float(iou_threshold),
                        A.data_ptr(keep))
     return keep[:count]
+
+
+@register("multi_image_nms", "native", devices=IOU_DEVICES)
+def multi_image_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float, max_output: int,
+                    score_threshold: float | None) -> tuple[Any, Any, Any]:
+    """boxes [B, N, 4], scores [B, N] or [B, N, C] (same float dtype), classes int64 [B, N] or
+    None -> (indices [B, K], classes [B, K] or None, counts [B]); never syncs with the host."""
+    want_cls = scores.ndim == 3
+    if A.device(boxes) != "cpu":
+        return _multi_cuda(boxes, scores, classes, iou_threshold, max_output, score_threshold, want_cls)
+    dt, B, N, C = _multi_args(boxes, scores, classes)
+    out = A.empty((B, max_output), "int64", like=boxes)
+    cls = A.empty((B, max_output), "int64", like=boxes) if want_cls else None
+    counts = A.empty((B,), "int64", like=boxes)
+    _C.nms_multi_cpu(dt, A.data_ptr(boxes), A.data_ptr(scores),
+                     0 if classes is None else A.data_ptr(classes), B, N, C, float(iou_threshold),
+                     score_threshold, max_output, A.data_ptr(out),
+                     0 if cls is None else A.data_ptr(cls), A.data_ptr(counts))
+    return out, cls, counts
+
+
+def multi_image_nms_emulated(boxes: Any, scores: Any, classes: Any, iou_threshold: float,
+                             max_output: int, score_threshold: float | None, *, tile_rows: int = 0,
+                             mask_cap_bytes: int = NMS_MASK_BYTES,
+                             scan_threads: int = 256) -> tuple[Any, Any, Any]:
+    """The CUDA algorithm (nms_bitmask.h) run sequentially on the CPU, for NumPy inputs laid out as
+    for multi_image_nms. Tests only: it verifies the GPU logic where there is no GPU."""
+    import numpy as np
+
+    dt, B, N, C = _multi_args(boxes, scores, classes)
+    out = np.empty((B, max_output), np.int64)
+    cls = np.empty((B, max_output), np.int64) if scores.ndim == 3 else None
+    counts = np.empty((B,), np.int64)
+    _C.nms_multi_emulate_cpu(dt, A.data_ptr(boxes), A.data_ptr(scores),
+                             0 if classes is None else A.data_ptr(classes), B, N, C,
+                             float(iou_threshold), score_threshold, max_output, A.data_ptr(out),
+                             0 if cls is None else A.data_ptr(cls), A.data_ptr(counts),
+                             int(tile_rows), int(mask_cap_bytes), int(scan_threads))
+    return out, cls, counts

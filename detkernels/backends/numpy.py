@@ -28,3 +28,13 @@ def nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float) -> Any:
     else:
         keep = ref_nms.batched_nms(b, s, A.to_numpy_view(classes), iou_threshold)
     return A.from_numpy(keep, like=boxes)
+
+
+@register("multi_image_nms", "numpy")
+def multi_image_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float, max_output: int,
+                    score_threshold: float | None) -> tuple[Any, Any, Any]:
+    idx, cls, counts = ref_nms.multi_image_nms(
+        A.to_numpy_view(boxes), A.to_numpy_view(scores), iou_threshold, max_output,
+        idxs=None if classes is None else A.to_numpy_view(classes), score_threshold=score_threshold)
+    return (A.from_numpy(idx, like=boxes), None if cls is None else A.from_numpy(cls, like=boxes),
+            A.from_numpy(counts, like=boxes))

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["score_order", "nms", "batched_nms"]
+__all__ = ["score_order", "nms", "batched_nms", "multi_image_nms", "nms_padded"]
 
 
 def score_order(scores) -> np.ndarray:
@@ -97,3 +97,80 @@ def batched_nms(boxes, scores, idxs, iou_threshold: float) -> np.ndarray:
         kept.append(members[nms(b[members], s[members], iou_threshold)])
     keep = np.sort(np.concatenate(kept))
     return keep[score_order(s[keep])]
+
+
+def multi_image_nms(boxes, scores, iou_threshold: float, max_output: int, idxs=None,
+                    score_threshold: float | None = None):
+    """NMS of a batch of images in one call, with fixed-size outputs.
+
+    ``boxes`` ``[B, N, 4]``; ``scores`` ``[B, N]`` (one candidate per box) or ``[B, N, C]`` (one
+    candidate per (box, class) pair: candidate ``n * C + c`` of the image, class ``c``);
+    ``idxs`` ``[B, N]`` class ids (only with ``[B, N]`` scores). Per image:
+
+    1. candidates with ``(double)score > score_threshold`` are kept (all if None; NaN scores
+       then fail the filter);
+    2. greedy NMS runs within each class (``nms`` rules: NaN first, strict ``>``, IoU in the working
+       type, compared in float64); without classes, over all candidates;
+    3. the kept candidates, by descending score (NaN first), ties by ascending candidate index,
+       are truncated to ``max_output``.
+
+    Returns ``(indices, classes, counts)``: ``indices`` ``[B, max_output]`` int64 box indices
+    within each image, padded with -1; ``classes`` the same for the class column (None unless the
+    scores are ``[B, N, C]``); ``counts`` ``[B]`` int64, the number of valid slots.
+    """
+    b, s = np.asarray(boxes), np.asarray(scores)
+    if b.ndim != 3 or b.shape[2] != 4:
+        raise ValueError(f"boxes must have shape [B, N, 4], got {tuple(b.shape)}")
+    if s.ndim not in (2, 3) or s.shape[:2] != b.shape[:2]:
+        raise ValueError(f"scores must have shape [{b.shape[0]}, {b.shape[1]}] or "
+                         f"[{b.shape[0]}, {b.shape[1]}, C], got {tuple(s.shape)}")
+    per_class = s.ndim == 3
+    if idxs is not None:
+        if per_class:
+            raise ValueError("idxs cannot be combined with [B, N, C] scores (the class is the score column)")
+        idxs = np.asarray(idxs)
+        if idxs.shape != s.shape:
+            raise ValueError(f"idxs must have shape {tuple(s.shape)}, got {tuple(idxs.shape)}")
+    K = int(max_output)
+    if K < 0:
+        raise ValueError(f"max_output must be >= 0, got {max_output}")
+    dt = np.result_type(b.dtype, s.dtype, np.float32)
+    b, s = b.astype(dt, copy=False), s.astype(dt, copy=False)
+    B, N = b.shape[:2]
+    C = s.shape[2] if per_class else 1
+    out = np.full((B, K), -1, np.int64)
+    out_cls = np.full((B, K), -1, np.int64) if per_class else None
+    counts = np.zeros(B, np.int64)
+    cand_box = np.repeat(np.arange(N, dtype=np.int64), C)     # [N*C]
+    cand_cls = np.tile(np.arange(C, dtype=np.int64), N)       # [N*C]
+    for i in range(B):
+        cs = s[i].reshape(-1)                                 # [N*C], candidate n*C + c
+        sel = np.arange(N * C, dtype=np.int64)
+        if score_threshold is not None:
+            sel = sel[cs.astype(np.float64) > float(score_threshold)]
+        if sel.size == 0:
+            continue
+        if per_class:
+            keep = batched_nms(b[i][cand_box[sel]], cs[sel], cand_cls[sel], iou_threshold)
+        elif idxs is not None:
+            keep = batched_nms(b[i][sel], cs[sel], idxs[i][sel], iou_threshold)
+        else:
+            keep = nms(b[i][sel], cs[sel], iou_threshold)
+        q = sel[keep][:K]
+        counts[i] = q.size
+        out[i, :q.size] = cand_box[q]
+        if per_class:
+            out_cls[i, :q.size] = cand_cls[q]
+    return out, out_cls, counts
+
+
+def nms_padded(boxes, scores, iou_threshold: float, max_output: int):
+    """``nms`` with a fixed-size result: ``(indices [max_output] int64 padded with -1, count)``
+    where ``count`` is a 0-d int64 array (the first ``count`` indices equal ``nms(...)[:max_output]``)."""
+    b, s = np.asarray(boxes), np.asarray(scores)
+    if b.ndim != 2 or b.shape[-1] != 4:
+        raise ValueError(f"boxes must have shape [N, 4], got {tuple(b.shape)}")
+    if s.ndim != 1 or s.shape[0] != b.shape[0]:
+        raise ValueError(f"scores must have shape [{b.shape[0]}], got {tuple(s.shape)}")
+    idx, _, counts = multi_image_nms(b[None], s[None], iou_threshold, max_output)
+    return idx[0], np.asarray(counts[0], dtype=np.int64)

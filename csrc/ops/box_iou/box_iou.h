@@ -124,9 +124,10 @@ DK_HD T pair_iou(const T* a, const T* b, T area_a, T area_b, int fmt, int kind, 
 void box_iou_cpu(int dtype, int fmt, int kind, double eps, int64_t B, int64_t N, int64_t M,
                  const void* boxes1, const void* boxes2, void* out);
 #ifdef DETKERNELS_WITH_CUDA
-/// @brief As box_iou_cpu, on device pointers, enqueued on `stream` (a cudaStream_t).
+/// @brief As box_iou_cpu, on device pointers of device `device`, enqueued on `stream`
+/// (a cudaStream_t of that device).
 void box_iou_cuda(int dtype, int fmt, int kind, double eps, int64_t B, int64_t N, int64_t M,
-                  const void* boxes1, const void* boxes2, void* out, void* stream);
+                  const void* boxes1, const void* boxes2, void* out, int device, void* stream);
 #endif
 #endif
 

@@ -1,4 +1,7 @@
 // Launches of the box_iou kernel (box_iou_kernel.cuh, shared with the CuPy backend).
+#include <algorithm>
+#include <stdexcept>
+
 #include "common/cuda_check.h"
 #include "ops/box_iou/box_iou_kernel.cuh"
 
@@ -11,12 +14,13 @@ template <typename T, int FMT, int KIND>
 void launch(int64_t B, int64_t N, int64_t M, const void* b1, const void* b2, void* out, T eps,
             cudaStream_t stream) {
   const dim3 block(kTile, 8);
-  const dim3 grid(static_cast<unsigned>(ceil_div<int64_t>(M, kTile)),
-                  static_cast<unsigned>(ceil_div<int64_t>(N, 8)), static_cast<unsigned>(B));
-  if (ceil_div<int64_t>(N, 8) > 65535 || B > 65535)
-    throw std::invalid_argument("box_iou (CUDA): N/8 and the batch size must be <= 65535");
+  const int64_t gx = ceil_div<int64_t>(M, kTile);
+  if (gx > 0x7FFFFFFF) throw std::invalid_argument("box_iou (CUDA): too many boxes2");
+  const dim3 grid(static_cast<unsigned>(gx),
+                  static_cast<unsigned>(std::min<int64_t>(ceil_div<int64_t>(N, 8), 65535)),
+                  static_cast<unsigned>(std::min<int64_t>(B, 65535)));
   box_iou_kernel<T, FMT, KIND><<<grid, block, 0, stream>>>(
-      static_cast<const T*>(b1), static_cast<const T*>(b2), static_cast<T*>(out), N, M, eps);
+      static_cast<const T*>(b1), static_cast<const T*>(b2), static_cast<T*>(out), B, N, M, eps);
   DK_CUDA_CHECK_LAUNCH("box_iou_kernel");
 }
 
@@ -48,8 +52,9 @@ void launch_fmt(int fmt, int kind, double eps, int64_t B, int64_t N, int64_t M, 
 }  // namespace
 
 void box_iou_cuda(int dtype, int fmt, int kind, double eps, int64_t B, int64_t N, int64_t M,
-                  const void* boxes1, const void* boxes2, void* out, void* stream) {
+                  const void* boxes1, const void* boxes2, void* out, int device, void* stream) {
   if (B == 0 || N == 0 || M == 0) return;
+  DeviceGuard guard(device);
   auto s = static_cast<cudaStream_t>(stream);
   switch (dtype) {
     case kFloat32: return launch_fmt<float>(fmt, kind, eps, B, N, M, boxes1, boxes2, out, s);

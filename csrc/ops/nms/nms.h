@@ -47,6 +47,45 @@ template <typename T> T nms_threshold(double thr);
 /// @return the number of kept boxes
 int64_t nms_cpu(int dtype, const void* boxes, const void* scores, const int64_t* classes,
                 int64_t n, double iou_threshold, int64_t* keep);
+
+/// @brief Multi-image NMS with fixed-size outputs (reference: detkernels/reference/nms.py,
+/// multi_image_nms). Per image b, candidates are its boxes (scores [B, N], C = 0) or its
+/// (box, class) pairs (scores [B, N, C], flattened row-major); those with
+/// (double)score > score_thr (when has_score_thr) run greedy NMS within each class (classes
+/// [B, N] int64 ids, or the score column, or one class); the kept ones, by descending score then
+/// ascending candidate index, fill out_idx[b, :counts[b]] (box index in the image) and
+/// out_cls[b, :counts[b]] (class; out_cls may be nullptr), capped at max_output; the rest is -1.
+/// @param dtype kFloat32 or kFloat64 (boxes [B, N, 4], scores; contiguous)
+void nms_multi_cpu(int dtype, const void* boxes, const void* scores, const int64_t* classes,
+                   int64_t B, int64_t N, int64_t C, double iou_threshold, bool has_score_thr,
+                   double score_thr, int64_t max_output, int64_t* out_idx, int64_t* out_cls,
+                   int64_t* counts);
+
+/// @brief nms_multi_cpu computed by the GPU algorithm (nms_bitmask.h), run sequentially: same
+/// sort keys, segments, mask tiles of `tile_rows` rows (0: from mask_cap_bytes, as on the GPU)
+/// and keep scan with `scan_threads` emulated threads. For testing the GPU logic without a GPU.
+void nms_multi_emulate_cpu(int dtype, const void* boxes, const void* scores,
+                           const int64_t* classes, int64_t B, int64_t N, int64_t C,
+                           double iou_threshold, bool has_score_thr, double score_thr,
+                           int64_t max_output, int64_t* out_idx, int64_t* out_cls,
+                           int64_t* counts, int64_t tile_rows, int64_t mask_cap_bytes,
+                           int scan_threads);
+
+#ifdef DETKERNELS_WITH_CUDA
+/// @brief Device workspace (bytes) nms_multi_cuda needs; mask tiles take at most
+/// max(mask_cap_bytes, 64 rows of mask words).
+int64_t nms_multi_cuda_workspace_bytes(int dtype, int64_t B, int64_t N, int64_t C,
+                                       bool has_classes, int64_t mask_cap_bytes, int device);
+
+/// @brief nms_multi_cpu on device pointers (boxes, scores, classes, outputs and a caller-allocated
+/// workspace of nms_multi_cuda_workspace_bytes bytes) on device `device`, enqueued on `stream`.
+/// Never synchronises with the host and allocates nothing, so it can be captured in a CUDA graph.
+void nms_multi_cuda(int dtype, const void* boxes, const void* scores, const int64_t* classes,
+                    int64_t B, int64_t N, int64_t C, double iou_threshold, bool has_score_thr,
+                    double score_thr, int64_t max_output, int64_t* out_idx, int64_t* out_cls,
+                    int64_t* counts, void* workspace, int64_t workspace_bytes,
+                    int64_t mask_cap_bytes, int device, void* stream);
+#endif
 #endif
 
 }  // namespace detkernels

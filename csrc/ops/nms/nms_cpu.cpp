@@ -139,7 +139,92 @@ int64_t run(const T* boxes, const T* scores, const int64_t* classes, int64_t n, 
   return count;
 }
 
+// Multi-image NMS: an image is one more segment key. Candidates (filtered by score) are sorted
+// by (image, class, score desc, q asc), each (image, class) segment runs nms_segment, and each
+// image's kept candidates are re-sorted by (score desc, q asc) into the fixed-size output.
+template <typename T>
+void run_multi(const T* boxes, const T* scores, const int64_t* classes, int64_t B, int64_t N,
+               int64_t C, double iou_thr, bool has_sthr, double sthr, int64_t K, int64_t* out_idx,
+               int64_t* out_cls, int64_t* counts) {
+  const int64_t Cc = C > 0 ? C : 1, M = N * Cc;
+  auto cls = [&](int64_t q) { return C > 0 ? (q % M) % C : (classes ? classes[q] : 0); };
+  // Filtered candidates in ascending q are grouped by image already: sort each image's range
+  // (in parallel) by (class, score desc), stably so ties keep ascending q.
+  std::vector<int64_t> order, start{0};
+  order.reserve(static_cast<size_t>(B * M));
+  for (int64_t im = 0; im < B; ++im) {
+    for (int64_t q = im * M; q < (im + 1) * M; ++q)
+      if (!has_sthr || static_cast<double>(scores[q]) > sthr) order.push_back(q);
+    start.push_back(static_cast<int64_t>(order.size()));
+  }
+  parallel_for(B, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t im = lo; im < hi; ++im)
+      std::stable_sort(order.begin() + start[im], order.begin() + start[im + 1],
+                       [&](int64_t i, int64_t j) {
+                         const int64_t ci = cls(i), cj = cls(j);
+                         return ci != cj ? ci < cj : score_before(scores[i], scores[j]);
+                       });
+  });
+  const int64_t n = static_cast<int64_t>(order.size());
+  Columns<T> b;
+  b.resize(static_cast<size_t>(n));
+  std::vector<int64_t> seg{0};
+  for (int64_t p = 0; p < n; ++p) {
+    const T* q = boxes + 4 * ((order[p] / M) * N + (order[p] % M) / Cc);
+    b.x1[p] = q[0]; b.y1[p] = q[1]; b.x2[p] = q[2]; b.y2[p] = q[3];
+    b.area[p] = nms_area(q[0], q[1], q[2], q[3]);
+    if (p > 0 && (order[p] / M != order[p - 1] / M || cls(order[p]) != cls(order[p - 1])))
+      seg.push_back(p);
+  }
+  seg.push_back(n);
+  const int64_t nseg = static_cast<int64_t>(seg.size()) - 1;
+  int64_t largest = 0;
+  for (int64_t s = 0; s < nseg; ++s) largest = std::max(largest, seg[s + 1] - seg[s]);
+  const T thr = nms_threshold<T>(iou_thr);
+  std::vector<uint8_t> keep(static_cast<size_t>(n), 0);
+  if (nseg > 1 && 2 * largest <= n) {
+    parallel_for(nseg, 1, [&](int64_t lo, int64_t hi) {
+      for (int64_t s = lo; s < hi; ++s) nms_segment(b, seg[s], seg[s + 1], thr, keep.data(), false);
+    });
+  } else {
+    for (int64_t s = 0; s < nseg; ++s) nms_segment(b, seg[s], seg[s + 1], thr, keep.data(), true);
+  }
+  std::vector<std::vector<int64_t>> kept(static_cast<size_t>(B));
+  for (int64_t p = 0; p < n; ++p)
+    if (keep[p]) kept[order[p] / M].push_back(order[p]);
+  for (int64_t im = 0; im < B; ++im) {
+    auto& v = kept[im];
+    std::sort(v.begin(), v.end(), [&](int64_t i, int64_t j) {
+      return score_before(scores[i], scores[j]) || (!score_before(scores[j], scores[i]) && i < j);
+    });
+    const int64_t c = std::min<int64_t>(K, static_cast<int64_t>(v.size()));
+    counts[im] = c;
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t ql = k < c ? v[k] % M : 0;
+      out_idx[im * K + k] = k < c ? ql / Cc : -1;
+      if (out_cls) out_cls[im * K + k] = k < c ? ql % Cc : -1;
+    }
+  }
+}
+
 }  // namespace
+
+void nms_multi_cpu(int dtype, const void* boxes, const void* scores, const int64_t* classes,
+                   int64_t B, int64_t N, int64_t C, double iou_threshold, bool has_score_thr,
+                   double score_thr, int64_t max_output, int64_t* out_idx, int64_t* out_cls,
+                   int64_t* counts) {
+  switch (dtype) {
+    case kFloat32:
+      return run_multi(static_cast<const float*>(boxes), static_cast<const float*>(scores),
+                       classes, B, N, C, iou_threshold, has_score_thr, score_thr, max_output,
+                       out_idx, out_cls, counts);
+    case kFloat64:
+      return run_multi(static_cast<const double*>(boxes), static_cast<const double*>(scores),
+                       classes, B, N, C, iou_threshold, has_score_thr, score_thr, max_output,
+                       out_idx, out_cls, counts);
+  }
+  throw std::invalid_argument("nms: dtype must be float32 or float64");
+}
 
 int64_t nms_cpu(int dtype, const void* boxes, const void* scores, const int64_t* classes,
                 int64_t n, double iou_threshold, int64_t* keep) {

@@ -1,0 +1,158 @@
+// The CUDA NMS pipeline (nms_cuda.cu) run step by step on the CPU, with the same nms_bitmask.h
+// functions: radix sorts become stable sorts by the same keys, kernels become loops over the same
+// (row block, column block) pairs and emulated scan threads. Slow on purpose; it exists so that
+// the GPU's mask layout, tiling, keep scan and segmentation are tested on machines without a GPU.
+#include <algorithm>
+#include <numeric>
+#include <stdexcept>
+#include <vector>
+
+#include "ops/nms/nms.h"
+#include "ops/nms/nms_bitmask.h"
+
+namespace detkernels {
+namespace {
+
+// What cub::DeviceRadixSort::SortPairs does with bits [0, end_bit): a stable sort by key.
+void radix_sort_pairs(std::vector<uint64_t>& keys, std::vector<int64_t>& vals, int end_bit) {
+  const uint64_t m = end_bit >= 64 ? ~uint64_t(0) : ((uint64_t(1) << end_bit) - 1);
+  std::vector<int64_t> idx(keys.size());
+  std::iota(idx.begin(), idx.end(), int64_t{0});
+  std::stable_sort(idx.begin(), idx.end(),
+                   [&](int64_t a, int64_t b) { return (keys[a] & m) < (keys[b] & m); });
+  std::vector<uint64_t> k2(keys.size());
+  std::vector<int64_t> v2(vals.size());
+  for (size_t p = 0; p < idx.size(); ++p) {
+    k2[p] = keys[idx[p]];
+    v2[p] = vals[idx[p]];
+  }
+  keys.swap(k2);
+  vals.swap(v2);
+}
+
+template <typename T>
+void run(const T* boxes, const T* scores, const int64_t* classes, int64_t B, int64_t N, int64_t C,
+         double iou_thr, bool has_sthr, double sthr, int64_t K, int64_t* out_idx,
+         int64_t* out_cls, int64_t* counts, int64_t tile_rows, int64_t cap, int nthreads) {
+  const int64_t Cc = C > 0 ? C : 1, M = N * Cc, total = B * M;
+  for (int64_t b = 0; b < B; ++b) counts[b] = 0;
+  if (total == 0) {
+    for (int64_t k = 0; k < B * K; ++k) {
+      out_idx[k] = -1;
+      if (out_cls) out_cls[k] = -1;
+    }
+    return;
+  }
+  const bool has_cls = C > 1 || (C == 0 && classes != nullptr);
+  const bool has_img = B > 1 || has_sthr;
+  // 1. sorts (nms_cuda.cu: sort_candidates)
+  std::vector<uint64_t> keys(total);
+  std::vector<int64_t> order(total);
+  for (int64_t q = 0; q < total; ++q) {
+    keys[q] = nms_score_key(scores[q]);
+    order[q] = q;
+  }
+  radix_sort_pairs(keys, order, nms_score_key_bits<T>());
+  if (has_cls) {
+    for (int64_t p = 0; p < total; ++p) keys[p] = nms_class_key(nms_cand_class(order[p], M, C, classes));
+    radix_sort_pairs(keys, order, C > 0 ? nms_key_bits(uint64_t(C - 1)) : 64);
+  }
+  if (has_img) {
+    for (int64_t p = 0; p < total; ++p)
+      keys[p] = nms_image_key(order[p], M, nms_cand_valid(scores[order[p]], has_sthr, sthr));
+    radix_sort_pairs(keys, order, nms_key_bits(uint64_t(2 * B - 1)));
+  }
+  // 2. sorted columns, validity, segments (gather_kernel, head_kernel + inclusive max-scan)
+  std::vector<T> x1(total), y1(total), x2(total), y2(total), area(total);
+  std::vector<uint8_t> valid(total), keep(total, 0), kept_by_cand(total);
+  for (int64_t p = 0; p < total; ++p) {
+    const int64_t q = order[p];
+    const T* bx = boxes + 4 * nms_cand_box(q, M, N, Cc);
+    x1[p] = bx[0]; y1[p] = bx[1]; x2[p] = bx[2]; y2[p] = bx[3];
+    area[p] = nms_area(bx[0], bx[1], bx[2], bx[3]);
+    valid[p] = nms_cand_valid(scores[q], has_sthr, sthr);
+  }
+  std::vector<int64_t> seg(total);
+  for (int64_t p = 0, run_max = 0; p < total; ++p) {
+    run_max = std::max(run_max, nms_head(p, order.data(), M, C, classes, valid.data()));
+    seg[p] = run_max;
+  }
+  // 3.-4. mask tiles and keep scan (mask_kernel, scan_kernel)
+  const T thr = nms_threshold<T>(iou_thr);
+  const int64_t ncb = (total + kNmsWordBits - 1) / kNmsWordBits;
+  const int64_t W = nms_mask_width(total, M);
+  const int64_t R = tile_rows > 0 ? tile_rows : nms_tile_rows(total, W, cap);
+  if (R % kNmsWordBits != 0) throw std::invalid_argument("tile_rows must be a multiple of 64");
+  std::vector<uint64_t> mask(static_cast<size_t>(R * W), 0xA5A5A5A5A5A5A5A5ull);  // garbage
+  std::vector<uint64_t> removed(ncb, 0);
+  for (int64_t row0 = 0; row0 < total; row0 += R) {
+    const int64_t rb0 = row0 / kNmsWordBits, rb1 = std::min(ncb, (row0 + R) / kNmsWordBits);
+    for (int64_t rb = rb0; rb < rb1; ++rb) {
+      for (int64_t cb = rb; cb < ncb && nms_block_live(seg[cb * kNmsWordBits], rb, total); ++cb) {
+        if (cb - rb >= W) throw std::logic_error("nms: live mask word beyond the mask width");
+        const int64_t c0 = cb * kNmsWordBits;
+        const int nc = static_cast<int>(std::min<int64_t>(kNmsWordBits, total - c0));
+        for (int64_t i = rb * kNmsWordBits; i < std::min(total, (rb + 1) * kNmsWordBits); ++i)
+          mask[(i - row0) * W + (cb - rb)] =
+              nms_mask_word(i, x1[i], y1[i], x2[i], y2[i], area[i], &x1[c0], &y1[c0], &x2[c0],
+                            &y2[c0], &area[c0], &seg[c0], c0, nc, thr);
+      }
+    }
+    // One scan block per image, independent (nms_scan_rows); run in reverse image order here so
+    // that any dependence between images would show.
+    for (int64_t b = B - 1; b >= 0; --b) {
+      const int64_t lo = std::max(row0, b * M), hi = std::min({total, row0 + R, (b + 1) * M});
+      for (int64_t rb = lo / kNmsWordBits; lo < hi && rb * kNmsWordBits < hi; ++rb) {
+        uint8_t v[kNmsWordBits];  // the block's staged validity, rows outside [lo, hi) off
+        for (int r = 0; r < kNmsWordBits; ++r) {
+          const int64_t i = rb * kNmsWordBits + r;
+          v[r] = i >= lo && i < hi ? valid[i] : 0;
+        }
+        for (int t = 0; t < nthreads; ++t)  // threads of one row block, then a barrier
+          nms_scan_rowblock(rb, t, nthreads, total, row0, mask.data(), W, ncb,
+                            &mask[(rb * kNmsWordBits - row0) * W], W, v,
+                            removed.data(), seg.data(), keep.data());
+      }
+    }
+  }
+  // 5. final order (scatter_kernel, final_key_kernel, two sorts), counts, gather
+  for (int64_t p = 0; p < total; ++p) kept_by_cand[order[p]] = keep[p];
+  for (int64_t q = 0; q < total; ++q) {
+    keys[q] = nms_final_key(kept_by_cand[q] != 0, scores[q]);
+    order[q] = q;
+  }
+  radix_sort_pairs(keys, order, nms_score_key_bits<T>());
+  if (B > 1) {
+    for (int64_t p = 0; p < total; ++p) keys[p] = nms_image_key(order[p], M, true);
+    radix_sort_pairs(keys, order, nms_key_bits(uint64_t(2 * B - 1)));
+  }
+  for (int64_t b = 0; b < B; ++b)
+    counts[b] = nms_count_kept(order.data(), kept_by_cand.data(), b * M, (b + 1) * M, K);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t k = 0; k < K; ++k)
+      nms_gather_slot(b, k, K, M, C, order.data(), counts, out_idx, out_cls);
+}
+
+}  // namespace
+
+void nms_multi_emulate_cpu(int dtype, const void* boxes, const void* scores,
+                           const int64_t* classes, int64_t B, int64_t N, int64_t C,
+                           double iou_threshold, bool has_score_thr, double score_thr,
+                           int64_t max_output, int64_t* out_idx, int64_t* out_cls,
+                           int64_t* counts, int64_t tile_rows, int64_t mask_cap_bytes,
+                           int scan_threads) {
+  if (scan_threads < 1) throw std::invalid_argument("scan_threads must be >= 1");
+  switch (dtype) {
+    case kFloat32:
+      return run(static_cast<const float*>(boxes), static_cast<const float*>(scores), classes, B,
+                 N, C, iou_threshold, has_score_thr, score_thr, max_output, out_idx, out_cls,
+                 counts, tile_rows, mask_cap_bytes, scan_threads);
+    case kFloat64:
+      return run(static_cast<const double*>(boxes), static_cast<const double*>(scores), classes,
+                 B, N, C, iou_threshold, has_score_thr, score_thr, max_output, out_idx, out_cls,
+                 counts, tile_rows, mask_cap_bytes, scan_threads);
+  }
+  throw std::invalid_argument("nms: dtype must be float32 or float64");
+}
+
+}  // namespace detkernels

@@ -1,0 +1,57 @@
+"""PTX lint of the CUDA kernels, runnable without a GPU: compiled with the build's float flags
+(CMakeLists.txt DK_CUDA_FLOAT_FLAGS), the PTX must contain no fused multiply-add (fma.rn.f32/f64),
+no approximate division and no flush-to-zero (.ftz) -- any of them breaks bit-exactness with the
+NumPy reference (SPEC.md §2). The lint itself is checked: default nvcc flags do produce an FMA."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NVCC = shutil.which("nvcc")
+pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH (CI has it): cannot lint PTX")
+
+BUILD_FLAGS = ["--fmad=false", "-prec-div=true", "-prec-sqrt=true", "-ftz=false",
+               "-Xcompiler=-ffp-contract=off"]
+SOURCES = ["csrc/ops/box_iou/box_iou_cuda.cu", "csrc/ops/nms/nms_cuda.cu"]
+FORBIDDEN = re.compile(r"\bfma\.rn\.f(32|64)\b|\bdiv\.approx\b|\bdiv\.full\b|\.ftz\b|\brcp\.approx\b")
+
+
+def _cmake_flags() -> list[str]:
+    """The float flags CMakeLists.txt passes to nvcc (so the lint follows the build)."""
+    text = (ROOT / "CMakeLists.txt").read_text()
+    m = re.search(r"set\(DK_CUDA_FLOAT_FLAGS ([^)]*)\)", text)
+    assert m, "DK_CUDA_FLOAT_FLAGS not found in CMakeLists.txt"
+    return m.group(1).split()
+
+
+def _ptx(src: str, flags: list[str], tmp_path: Path) -> str:
+    out = tmp_path / (Path(src).stem + ".ptx")
+    subprocess.run([NVCC, "-ptx", "-arch=sm_90", "-std=c++17", "-I", str(ROOT / "csrc"),
+                    "-DDETKERNELS_WITH_CUDA", *flags, str(ROOT / src), "-o", str(out)],
+                   check=True, capture_output=True)
+    return out.read_text()
+
+
+def test_build_flags_are_the_linted_ones():
+    assert set(BUILD_FLAGS[:4]) == set(_cmake_flags())
+
+
+@pytest.mark.parametrize("src", SOURCES)
+def test_no_fma_no_approx_no_ftz(src, tmp_path):
+    ptx = _ptx(src, _cmake_flags() + ["-Xcompiler=-ffp-contract=off"], tmp_path)
+    bad = sorted({m.group(0) for m in FORBIDDEN.finditer(ptx)})
+    assert not bad, f"{src}: PTX contains {bad}"
+    # The IoU divisions are there, and IEEE-rounded.
+    assert re.search(r"\bdiv\.rn\.f32\b", ptx), f"{src}: no div.rn.f32 found"
+    assert re.search(r"\bdiv\.rn\.f64\b", ptx), f"{src}: no div.rn.f64 found"
+
+
+def test_lint_catches_contraction(tmp_path):
+    """Without --fmad=false nvcc fuses (area_a + area_b) - inter style expressions: the lint sees it."""
+    ptx = _ptx("csrc/ops/box_iou/box_iou_cuda.cu", [], tmp_path)
+    assert FORBIDDEN.search(ptx), "default nvcc flags produced no fma: the lint would be vacuous"
