@@ -19,6 +19,7 @@ from .ops import (
     generalized_box_iou,
     nms,
 )
+from .roi_ops import ps_roi_align, ps_roi_pool, roi_align, roi_pool
 
 __version__ = "0.1.0"
 
@@ -35,6 +36,15 @@ __all__ = [
     "get_backend",
     "nms",
     "patch_torchvision",
+    "ps_roi_align",
+    "ps_roi_pool",
+    "roi_align",
+    "roi_pool",
+    "RoIAlign",
+    "RoIPool",
+    "PSRoIAlign",
+    "PSRoIPool",
+    "MultiScaleRoIAlign",
     "set_backend",
     "set_num_threads",
     "get_num_threads",
@@ -53,6 +63,15 @@ def get_num_threads() -> int:
     from . import _C
 
     return _C.num_threads()
+
+
+def __getattr__(name: str):
+    # The RoI nn.Modules need torch: created on first access, not at `import detkernels`.
+    if name in ("RoIAlign", "RoIPool", "PSRoIAlign", "PSRoIPool", "MultiScaleRoIAlign"):
+        from . import _torch_roi
+
+        return getattr(_torch_roi, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def patch_torchvision():
