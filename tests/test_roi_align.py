@@ -111,6 +111,20 @@ def test_ps_native_matches_reference(seed, dtype, channels_last, sampling_ratio)
                       spatial_scale=0.75, sampling_ratio=sampling_ratio)
 
 
+@pytest.mark.parametrize("n_rois", [2, 40])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_both_native_strategies(n_rois, dtype):
+    """The native kernel gathers per channel for few RoIs on a large NCHW map and transposes to
+    channels-last otherwise (detkernels/csrc/ops/roi_align/roi_align_cpu.cpp): both are exact."""
+    rng = np.random.default_rng(n_rois)
+    x = rng.standard_normal((2, 5, 30, 34)).astype(dtype)
+    xy = rng.uniform(-5, 30, (n_rois, 2))
+    rois = np.concatenate([rng.integers(0, 2, (n_rois, 1)), xy, xy + rng.uniform(0, 12, (n_rois, 2))], 1).astype(dtype)
+    for cl in (False, True):
+        _compare_backends(detkernels.roi_align, x, rois, dtype, cl, output_size=(2, 3), spatial_scale=1.0,
+                          sampling_ratio=-1, aligned=False)
+
+
 def test_numpy_arrays_and_non_contiguous():
     x = features(0)
     rois = boxes_valid(0)
