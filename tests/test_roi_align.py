@@ -392,3 +392,32 @@ def test_bad_inputs():
         detkernels.roi_align(x, np.zeros((3, 5), np.float32), 2)
     with pytest.raises(ValueError, match="grad must have shape"):
         torch.ops.detkernels._roi_align_backward(torch.zeros(2, C, 2, 2), torch.zeros(3, 5), 1.0, 2, 2, N, C, H, W, 2, False)
+
+
+@pytest.mark.parametrize("shape", [(0, 4, 8, 8), (1, 0, 8, 8), (1, 4, 0, 8), (1, 4, 8, 0), (2, 1, 1, 1)])
+@pytest.mark.parametrize("fn", ["roi_align", "roi_pool", "ps_roi_align", "ps_roi_pool"])
+def test_degenerate_shapes(shape, fn):
+    """No images, no channels, empty maps: no crash, native == reference, forward and backward."""
+    f = getattr(detkernels, fn)
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    rois = torch.tensor([[0, 1, 1, 5, 5.0], [0, -1, -1, 3, 9], [1, 0, 0, 1, 1]])
+    res = []
+    for backend in ("native", "numpy"):
+        out = f(x, rois, 1, backend=backend)
+        (gi,) = torch.autograd.grad(out, x, torch.ones_like(out))
+        res.append((out, gi))
+    assert_bytes_equal(res[0][0], res[1][0], "forward")
+    assert_bytes_equal(res[0][1], res[1][1], "backward")
+
+
+@pytest.mark.torchvision
+def test_half_divergence_from_torchvision():
+    """SPEC.md §1.5: torchvision CPU rounds every float16 operation; ours rounds once, so it is
+    never further from the float64 result than torchvision's."""
+    tv = pytest.importorskip("torchvision")
+    x, rois = _t(features(8)).half(), _t(boxes_valid(8)).half()
+    ours = detkernels.roi_align(x, rois, 3, 0.75, -1)
+    theirs = tv.ops.roi_align(x, rois, 3, 0.75, -1)
+    exact = detkernels.roi_align(x.double(), rois.double(), 3, 0.75, -1)
+    assert (ours != theirs).any()
+    assert (ours.double() - exact).abs().max() <= (theirs.double() - exact).abs().max()
