@@ -186,3 +186,25 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="argmax"):
         torch.ops.detkernels._roi_pool_backward(torch.zeros(3, C, 2, 2), torch.zeros(3, 5),
                                                 torch.zeros(3, C, 2, 2), 1.0, 2, 2, N, C, H, W)
+
+
+@pytest.mark.torchvision
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_ops_equal_torchvision_ops(dtype, channels_last):
+    """Our custom ops (native) against torchvision's, second outputs included, on the inputs where
+    SPEC.md promises parity (finite rois, valid batch indices, samples in the map's border range)."""
+    pytest.importorskip("torchvision")
+    x = _t(features(4, c=12)).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    rois = _t(boxes_valid(4, 20)).to(dtype)
+    rois = rois[(rois[:, 3] > rois[:, 1]) & (rois[:, 4] > rois[:, 2])]
+    ops, tv = torch.ops.detkernels, torch.ops.torchvision
+    for name, args in (("roi_pool", (0.5, 3, 2)), ("ps_roi_pool", (0.5, 3, 2)), ("ps_roi_align", (0.5, 3, 2, 2)),
+                       ("roi_align", (0.5, 3, 2, -1, False)), ("roi_align", (0.5, 3, 2, 2, True))):
+        ours, theirs = getattr(ops, name)(x, rois, *args), getattr(tv, name)(x, rois, *args)
+        ours = ours if isinstance(ours, tuple) else (ours,)
+        theirs = theirs if isinstance(theirs, tuple) else (theirs,)
+        for a, b in zip(ours, theirs):
+            assert_bytes_equal(a, b, name)
