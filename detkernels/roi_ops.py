@@ -114,7 +114,7 @@ def _narrow(x: Any, dtype: str) -> Any:
 
 def _prep(input: Any, rois: Any, w: str, backend: str | None, op: str) -> tuple:
     dev = A.same_placement(input=input, rois=rois)
-    name, fn = _registry.select(op, dev, w, backend)
+    _, fn = _registry.select(op, dev, w, backend)
     return fn, _widen(input, w), A.ascontig(_widen(rois, w))
 
 
@@ -135,7 +135,7 @@ def roi_align_backward_impl(grad: Any, rois: Any, spatial_scale: float, ph: int,
     w = _working(dg, A.dtype_name(rois))
     _check_grad(grad, rois, ph, pw, c, ps)
     dev = A.same_placement(grad=grad, rois=rois)
-    name, fn = _registry.select("roi_align_backward", dev, w, backend)
+    _, fn = _registry.select("roi_align_backward", dev, w, backend)
     gi = fn(_widen(grad, w), A.ascontig(_widen(rois, w)), float(spatial_scale), int(ph), int(pw),
             int(n), int(c), int(h), int(w_), int(sampling_ratio), bool(aligned), ps)
     return _narrow(gi, dg)
@@ -159,7 +159,7 @@ def roi_pool_backward_impl(grad: Any, rois: Any, idx: Any, spatial_scale: float,
     if A.dtype_name(idx) != "int32" or tuple(idx.shape) != tuple(grad.shape):
         raise ValueError(f"argmax/channel_mapping must be int32 of shape {tuple(grad.shape)}, got "
                          f"{A.dtype_name(idx)} {tuple(idx.shape)}")
-    name, fn = _registry.select("roi_pool_backward", dev, w, backend)
+    _, fn = _registry.select("roi_pool_backward", dev, w, backend)
     gi = fn(_widen(grad, w), A.ascontig(_widen(rois, w)), A.ascontig(idx), float(spatial_scale),
             int(ph), int(pw), int(n), int(c), int(h), int(w_), ps)
     return _narrow(gi, dg)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from _helpers import assert_bytes_equal, assert_values_equal
+from _helpers import assert_bytes_equal
 from _roi_inputs import C, H, N, W, boxes_adversarial, boxes_valid, features, grad_like
 
 torch = pytest.importorskip("torch")  # before detkernels: its custom ops register at import
