@@ -285,6 +285,38 @@ def ps_roi_pool(input: Tensor, rois: Tensor, spatial_scale: float, ph: int, pw: 
         return torch.ops.detkernels.ps_roi_pool(input, rois, float(spatial_scale), ph, pw)[0]
 
 
+# ---- TorchScript: calls to the public functions compile to these ops ---------------------------------
+# Same signatures as the public functions (boxes as Tensor[K, 5] or List[Tensor[L, 4]], output_size
+# an int or a pair); torch.jit.script resolves detkernels.roi_align & co. to them.
+
+for _name, _extra in (("roi_align", ", int sampling_ratio=-1, bool aligned=False"),
+                      ("ps_roi_align", ", int sampling_ratio=-1"), ("roi_pool", ""), ("ps_roi_pool", "")):
+    for _overload, _boxes in (("", "Tensor boxes"), (".boxes_list", "Tensor[] boxes")):
+        _lib.define(f"{_name}_script{_overload}(Tensor input, {_boxes}, SymInt[2] output_size, "
+                    f"float spatial_scale=1.0{_extra}) -> Tensor")
+
+
+def _script_impl(name: str):
+    fn = getattr(R, name)
+
+    def impl(input, boxes, output_size, *args):
+        return fn(input, R.rois_from_boxes(boxes), tuple(output_size), *args)
+
+    for overload in ("", ".boxes_list"):
+        _lib.impl(f"{name}_script{overload}", impl, "CompositeImplicitAutograd")
+
+
+def _register_jit_builtins() -> None:
+    from torch.jit import _builtins
+
+    for name in ("roi_align", "ps_roi_align", "roi_pool", "ps_roi_pool"):
+        _script_impl(name)
+        _builtins._register_builtin(getattr(R, name), f"detkernels::{name}_script")
+
+
+_register_jit_builtins()
+
+
 # ---- modules -------------------------------------------------------------------------------------------
 
 class RoIAlign(nn.Module):

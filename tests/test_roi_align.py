@@ -421,3 +421,37 @@ def test_half_divergence_from_torchvision():
     exact = detkernels.roi_align(x.double(), rois.double(), 3, 0.75, -1)
     assert (ours != theirs).any()
     assert (ours.double() - exact).abs().max() <= (theirs.double() - exact).abs().max()
+
+
+class _Scripted(torch.nn.Module):
+    def forward(self, x: torch.Tensor, rois: torch.Tensor, boxes: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [detkernels.roi_align(x, rois, 3, spatial_scale=0.5, sampling_ratio=2),
+                detkernels.roi_align(x, boxes, [3, 2], 0.5, -1, True),
+                detkernels.ps_roi_align(x, rois, 2, 0.5, 2),
+                detkernels.roi_pool(x, boxes, 3, 0.5),
+                detkernels.ps_roi_pool(x, rois, (2, 2), 0.5)]
+
+
+@pytest.mark.torchvision
+def test_torchscript():
+    """torch.jit.script compiles calls to the public functions to detkernels' ops, also inside
+    torchvision's MultiScaleRoIAlign once patched."""
+    tv = pytest.importorskip("torchvision")
+    m = torch.jit.script(_Scripted())
+    x = _t(features(3)).requires_grad_()
+    b = _t(boxes_valid(3))
+    rois = torch.cat([b[b[:, 0] == i] for i in range(N)])
+    boxes = [b[b[:, 0] == i, 1:] for i in range(N)]
+    got, want = m(x, rois, boxes), _Scripted()(x, rois, boxes)
+    for a, e in zip(got, want):
+        assert_bytes_equal(a, e, "scripted")
+    ga = torch.autograd.grad(got, x, [torch.ones_like(t) for t in got])[0]
+    ge = torch.autograd.grad(want, x, [torch.ones_like(t) for t in want])[0]
+    assert_bytes_equal(ga, ge, "scripted backward")
+    feats = {"0": torch.randn(2, 4, 16, 16), "1": torch.randn(2, 4, 8, 8)}
+    with detkernels.patch_torchvision():
+        ms = tv.ops.poolers.MultiScaleRoIAlign(["0", "1"], 3, 2)
+        sms = torch.jit.script(tv.ops.poolers.MultiScaleRoIAlign(["0", "1"], 3, 2))
+        shapes = [(64, 64), (64, 64)]
+        assert_bytes_equal(sms(feats, [bb * 4 for bb in boxes], shapes), ms(feats, [bb * 4 for bb in boxes], shapes),
+                           "scripted MultiScaleRoIAlign")
