@@ -2,6 +2,9 @@
 // so the core serves torch, NumPy, CuPy and Numba arrays alike and never links libtorch. Shape,
 // dtype and device checks are done in Python (detkernels/backends/native.py) before any call.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <array>
 
 #include <cstdint>
 #include <string>
@@ -10,6 +13,8 @@
 #include "dk_build_info.h"
 #include "ops/box_iou/box_iou.h"
 #include "ops/nms/nms.h"
+#include "ops/roi_align/roi_align.h"
+#include "ops/roi_pool/roi_pool.h"
 #ifdef DETKERNELS_WITH_CUDA
 #include "common/cuda_check.h"
 #endif
@@ -93,6 +98,42 @@ PYBIND11_MODULE(_C, m) {
               max_output, ptr<int64_t>(out_idx), ptr<int64_t>(out_cls), ptr<int64_t>(counts),
               tile_rows, mask_cap_bytes, scan_threads);
         });
+
+  // RoI ops: strides are element strides [4] of the strided operand (input, or grad).
+  m.def("roi_align_forward_cpu",
+        [](int dtype, bool ps, uintptr_t input, std::array<int64_t, 4> strides, int64_t N, int64_t C,
+           int64_t H, int64_t W, uintptr_t rois, int64_t K, double scale, int64_t PH, int64_t PW,
+           int64_t sr, bool aligned, uintptr_t out) {
+          detkernels::roi_align_forward_cpu(dtype, ps, ptr(input), strides.data(), N, C, H, W,
+                                            ptr(rois), K, scale, PH, PW, sr, aligned, ptr(out));
+        },
+        nogil);
+  m.def("roi_align_backward_cpu",
+        [](int dtype, bool ps, uintptr_t grad, std::array<int64_t, 4> strides, uintptr_t rois,
+           int64_t K, double scale, int64_t PH, int64_t PW, int64_t N, int64_t C, int64_t H,
+           int64_t W, int64_t sr, bool aligned, uintptr_t grad_input) {
+          detkernels::roi_align_backward_cpu(dtype, ps, ptr(grad), strides.data(), ptr(rois), K,
+                                             scale, PH, PW, N, C, H, W, sr, aligned,
+                                             ptr(grad_input));
+        },
+        nogil);
+  m.def("roi_pool_forward_cpu",
+        [](int dtype, bool ps, uintptr_t input, std::array<int64_t, 4> strides, int64_t N, int64_t C,
+           int64_t H, int64_t W, uintptr_t rois, int64_t K, double scale, int64_t PH, int64_t PW,
+           uintptr_t out, uintptr_t idx) {
+          detkernels::roi_pool_forward_cpu(dtype, ps, ptr(input), strides.data(), N, C, H, W,
+                                           ptr(rois), K, scale, PH, PW, ptr(out), ptr<int32_t>(idx));
+        },
+        nogil);
+  m.def("roi_pool_backward_cpu",
+        [](int dtype, bool ps, uintptr_t grad, std::array<int64_t, 4> strides, uintptr_t rois,
+           uintptr_t argmax, int64_t K, double scale, int64_t PH, int64_t PW, int64_t N, int64_t C,
+           int64_t H, int64_t W, uintptr_t grad_input) {
+          detkernels::roi_pool_backward_cpu(dtype, ps, ptr(grad), strides.data(), ptr(rois),
+                                            ptr<const int32_t>(argmax), K, scale, PH, PW, N, C, H,
+                                            W, ptr(grad_input));
+        },
+        nogil);
 
 #ifdef DETKERNELS_WITH_CUDA
   m.def("box_iou_cuda",

@@ -20,6 +20,7 @@ from .ops import (
     nms,
 )
 from .nms_ops import multi_image_nms, nms_padded
+from .roi_ops import ps_roi_align, ps_roi_pool, roi_align, roi_pool
 
 __version__ = "0.1.0"
 
@@ -38,6 +39,15 @@ __all__ = [
     "nms",
     "nms_padded",
     "patch_torchvision",
+    "ps_roi_align",
+    "ps_roi_pool",
+    "roi_align",
+    "roi_pool",
+    "RoIAlign",
+    "RoIPool",
+    "PSRoIAlign",
+    "PSRoIPool",
+    "MultiScaleRoIAlign",
     "set_backend",
     "set_num_threads",
     "get_num_threads",
@@ -56,6 +66,15 @@ def get_num_threads() -> int:
     from . import _C
 
     return _C.num_threads()
+
+
+def __getattr__(name: str):
+    # The RoI nn.Modules need torch: created on first access, not at `import detkernels`.
+    if name in ("RoIAlign", "RoIPool", "PSRoIAlign", "PSRoIPool", "MultiScaleRoIAlign"):
+        from . import _torch_roi
+
+        return getattr(_torch_roi, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def patch_torchvision():

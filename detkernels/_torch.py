@@ -273,7 +273,9 @@ class patch_torchvision(contextlib.AbstractContextManager):
         with detkernels.patch_torchvision(): ...  # for a block
 
     Patched: nms, batched_nms, box_area, box_iou, generalized/distance/complete_box_iou in
-    ``torchvision.ops`` and ``torchvision.ops.boxes`` (which the detection models call).
+    ``torchvision.ops`` and ``torchvision.ops.boxes`` (which the detection models call); the RoI
+    ops, their modules, and the globals torchvision's RoI modules and detection heads call
+    (``detkernels._torch_roi.patch_targets``).
     """
 
     def __init__(self) -> None:
@@ -286,6 +288,9 @@ class patch_torchvision(contextlib.AbstractContextManager):
                 if hasattr(mod, name):
                     self._saved.append((mod, name, getattr(mod, name)))
                     setattr(mod, name, getattr(_ops, name))
+        for mod, name, new in _torch_roi.patch_targets():
+            self._saved.append((mod, name, getattr(mod, name)))
+            setattr(mod, name, new)
 
     def restore(self) -> None:
         """Put torchvision's own functions back."""
@@ -297,3 +302,5 @@ class patch_torchvision(contextlib.AbstractContextManager):
         self.restore()
 
 from . import _torch_nms  # noqa: E402,F401  (fixed-size NMS custom ops)
+
+from . import _torch_roi  # noqa: E402  (RoI custom ops, modules, patch targets)

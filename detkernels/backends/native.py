@@ -156,3 +156,66 @@ def multi_image_nms_emulated(boxes: Any, scores: Any, classes: Any, iou_threshol
                              0 if cls is None else A.data_ptr(cls), A.data_ptr(counts),
                              int(tile_rows), int(mask_cap_bytes), int(scan_threads))
     return out, cls, counts
+
+
+# ---- RoI ops (CPU) ---------------------------------------------------------------------------------
+# Inputs arrive in the working dtype (float32/float64, see detkernels/roi_ops.py); features and
+# grads in any layout (element strides are passed), rois contiguous [K, 5].
+
+def _strides(x: Any) -> list[int]:
+    if A.kind(x) == "numpy":
+        return [s // x.itemsize for s in x.strides]
+    return list(x.stride())
+
+
+@register("roi_align", "native")
+def roi_align(input: Any, rois: Any, spatial_scale: float, ph: int, pw: int, sampling_ratio: int,
+              aligned: bool, ps: bool) -> Any:
+    """input [N, C, H, W] -> [K, Co, PH, PW] (Co = C, or C/(PH*PW) for ps)."""
+    N, C, H, W = (int(s) for s in input.shape)
+    K = int(rois.shape[0])
+    dt = A.dtype_name(input)
+    out = A.empty((K, C // (ph * pw) if ps else C, ph, pw), dt, like=input)
+    _C.roi_align_forward_cpu(DTYPE_CODES[dt], ps, A.data_ptr(input), _strides(input), N, C, H, W,
+                             A.data_ptr(rois), K, float(spatial_scale), ph, pw, int(sampling_ratio),
+                             bool(aligned), A.data_ptr(out))
+    return out
+
+
+@register("roi_align_backward", "native")
+def roi_align_backward(grad: Any, rois: Any, spatial_scale: float, ph: int, pw: int, n: int, c: int,
+                       h: int, w: int, sampling_ratio: int, aligned: bool, ps: bool) -> Any:
+    """grad [K, Co, PH, PW] -> grad_input [N, C, H, W] (contiguous)."""
+    dt = A.dtype_name(grad)
+    gi = A.empty((n, c, h, w), dt, like=grad)
+    _C.roi_align_backward_cpu(DTYPE_CODES[dt], ps, A.data_ptr(grad), _strides(grad), A.data_ptr(rois),
+                              int(rois.shape[0]), float(spatial_scale), ph, pw, n, c, h, w,
+                              int(sampling_ratio), bool(aligned), A.data_ptr(gi))
+    return gi
+
+
+@register("roi_pool", "native")
+def roi_pool(input: Any, rois: Any, spatial_scale: float, ph: int, pw: int, ps: bool) -> tuple:
+    """input [N, C, H, W] -> (out [K, Co, PH, PW], argmax or channel map int32 [K, Co, PH, PW])."""
+    N, C, H, W = (int(s) for s in input.shape)
+    K = int(rois.shape[0])
+    dt = A.dtype_name(input)
+    shape = (K, C // (ph * pw) if ps else C, ph, pw)
+    out = A.empty(shape, dt, like=input)
+    idx = A.empty(shape, "int32", like=input)
+    _C.roi_pool_forward_cpu(DTYPE_CODES[dt], ps, A.data_ptr(input), _strides(input), N, C, H, W,
+                            A.data_ptr(rois), K, float(spatial_scale), ph, pw, A.data_ptr(out),
+                            A.data_ptr(idx))
+    return out, idx
+
+
+@register("roi_pool_backward", "native")
+def roi_pool_backward(grad: Any, rois: Any, idx: Any, spatial_scale: float, ph: int, pw: int, n: int,
+                      c: int, h: int, w: int, ps: bool) -> Any:
+    """grad [K, Co, PH, PW] (+ argmax int32, contiguous, for roi_pool) -> grad_input [N, C, H, W]."""
+    dt = A.dtype_name(grad)
+    gi = A.empty((n, c, h, w), dt, like=grad)
+    _C.roi_pool_backward_cpu(DTYPE_CODES[dt], ps, A.data_ptr(grad), _strides(grad), A.data_ptr(rois),
+                             A.data_ptr(idx), int(rois.shape[0]), float(spatial_scale), ph, pw, n, c,
+                             h, w, A.data_ptr(gi))
+    return gi

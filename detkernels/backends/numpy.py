@@ -38,3 +38,47 @@ def multi_image_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float,
         idxs=None if classes is None else A.to_numpy_view(classes), score_threshold=score_threshold)
     return (A.from_numpy(idx, like=boxes), None if cls is None else A.from_numpy(cls, like=boxes),
             A.from_numpy(counts, like=boxes))
+
+
+# ---- RoI ops ---------------------------------------------------------------------------------------
+
+from ..reference import roi_align as ref_roi_align  # noqa: E402
+from ..reference import roi_pool as ref_roi_pool  # noqa: E402
+
+
+@register("roi_align", "numpy")
+def roi_align(input: Any, rois: Any, spatial_scale: float, ph: int, pw: int, sampling_ratio: int,
+              aligned: bool, ps: bool) -> Any:
+    x, r = A.to_numpy_view(input), A.to_numpy_view(rois)
+    if ps:
+        out = ref_roi_align.ps_roi_align(x, r, spatial_scale, ph, pw, sampling_ratio)
+    else:
+        out = ref_roi_align.roi_align(x, r, spatial_scale, ph, pw, sampling_ratio, aligned)
+    return A.from_numpy(out, like=input)
+
+
+@register("roi_align_backward", "numpy")
+def roi_align_backward(grad: Any, rois: Any, spatial_scale: float, ph: int, pw: int, n: int, c: int,
+                       h: int, w: int, sampling_ratio: int, aligned: bool, ps: bool) -> Any:
+    g, r = A.to_numpy_view(grad), A.to_numpy_view(rois)
+    if ps:
+        gi = ref_roi_align.ps_roi_align_backward(g, r, spatial_scale, ph, pw, sampling_ratio, n, c, h, w)
+    else:
+        gi = ref_roi_align.roi_align_backward(g, r, spatial_scale, ph, pw, n, c, h, w, sampling_ratio, aligned)
+    return A.from_numpy(gi, like=grad)
+
+
+@register("roi_pool", "numpy")
+def roi_pool(input: Any, rois: Any, spatial_scale: float, ph: int, pw: int, ps: bool) -> tuple:
+    x, r = A.to_numpy_view(input), A.to_numpy_view(rois)
+    fn = ref_roi_pool.ps_roi_pool if ps else ref_roi_pool.roi_pool
+    out, idx = fn(x, r, spatial_scale, ph, pw)
+    return A.from_numpy(out, like=input), A.from_numpy(idx, like=input)
+
+
+@register("roi_pool_backward", "numpy")
+def roi_pool_backward(grad: Any, rois: Any, idx: Any, spatial_scale: float, ph: int, pw: int, n: int,
+                      c: int, h: int, w: int, ps: bool) -> Any:
+    g, r, i = A.to_numpy_view(grad), A.to_numpy_view(rois), A.to_numpy_view(idx)
+    fn = ref_roi_pool.ps_roi_pool_backward if ps else ref_roi_pool.roi_pool_backward
+    return A.from_numpy(fn(g, r, i, spatial_scale, ph, pw, n, c, h, w), like=grad)

@@ -1,0 +1,300 @@
+// CPU loops over roi_align.h (RoIAlign and PSRoIAlign, forward and backward).
+//
+// Per RoI the in-range samples of every bin are listed once (offsets and bilinear weights do not
+// depend on the channel), then applied to each channel. Forward: RoIs split across threads.
+// roi_align works on channels-last data (the input as given, or a transposed copy when there is
+// enough work): its inner loops then run over contiguous channels and vectorise, with the
+// reference's operations and order per channel. Backward: channels split across threads; each
+// thread walks all RoIs in order, so every grad_input element receives its contributions in the
+// reference order whatever the thread count.
+#include "ops/roi_align/roi_align.h"
+
+#include <algorithm>
+#include <stdexcept>
+#include <vector>
+
+#include "common/parallel.h"
+
+namespace detkernels {
+namespace {
+
+// The four taps of one in-range sample: element offsets (through the strides) and weights.
+template <typename T> struct Taps {
+  int64_t o[4];
+  T w[4];
+};
+
+// In-range samples of one RoI, bin-major (ph, pw), then iy, ix: bin k owns taps[start[k], start[k+1]).
+template <typename T> struct RoiSamples {
+  std::vector<AxisSample<T>> ys, xs;
+  std::vector<int64_t> ystart, xstart;
+  std::vector<Taps<T>> taps;
+  std::vector<int64_t> start;
+
+  void build(const RoiAlignBox<T>& g, int64_t PH, int64_t PW, int64_t H, int64_t W, int64_t sH,
+             int64_t sW) {
+    axis(g.y0, g.bin_h, PH, g.gh, H, ys, ystart);
+    axis(g.x0, g.bin_w, PW, g.gw, W, xs, xstart);
+    taps.clear();
+    start.assign(1, 0);
+    for (int64_t ph = 0; ph < PH; ++ph)
+      for (int64_t pw = 0; pw < PW; ++pw) {
+        for (int64_t a = ystart[ph]; a < ystart[ph + 1]; ++a)
+          for (int64_t b = xstart[pw]; b < xstart[pw + 1]; ++b) {
+            const AxisSample<T>& y = ys[a];
+            const AxisSample<T>& x = xs[b];
+            Taps<T> t;
+            roi_weights(y, x, t.w);
+            t.o[0] = y.lo * sH + x.lo * sW;
+            t.o[1] = y.lo * sH + x.hi * sW;
+            t.o[2] = y.hi * sH + x.lo * sW;
+            t.o[3] = y.hi * sH + x.hi * sW;
+            taps.push_back(t);
+          }
+        start.push_back(static_cast<int64_t>(taps.size()));
+      }
+  }
+
+ private:
+  static void axis(T s0, T bin, int64_t P, int64_t grid, int64_t size, std::vector<AxisSample<T>>& v,
+                   std::vector<int64_t>& st) {
+    v.clear();
+    st.assign(1, 0);
+    for (int64_t p = 0; p < P; ++p) {
+      for (int64_t i = 0; i < grid; ++i) {
+        const AxisSample<T> s = roi_axis_sample(s0, bin, p, i, grid, size);
+        if (s.valid) v.push_back(s);
+      }
+      st.push_back(static_cast<int64_t>(v.size()));
+    }
+  }
+};
+
+// Channels-last feature maps (channel stride 1) of every work item below: a NCHW input is first
+// transposed into one when the sampling work outweighs the copy (see use_channels_last).
+template <typename T> struct Nhwc {
+  const T* p;
+  int64_t sN, sH, sW;  // element strides; channel stride 1
+};
+
+// A channels-last copy pays off when the taps read (about 4 per bin) exceed the map's pixels;
+// for a few RoIs on a large map (small FPN levels), per-channel gathers are cheaper.
+inline bool use_channels_last(int64_t K, int64_t nb, int64_t N, int64_t H, int64_t W) {
+  return 4 * K * nb >= N * H * W;
+}
+
+template <typename T>
+void to_nhwc(const T* in, const int64_t* st, int64_t N, int64_t C, int64_t H, int64_t W, T* out) {
+  parallel_for(N * H, 8, [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; ++r) {
+      const int64_t n = r / H, h = r % H;
+      const T* src = in + n * st[0] + h * st[2];
+      T* dst = out + r * W * C;
+      for (int64_t w = 0; w < W; ++w)
+        for (int64_t c = 0; c < C; ++c) dst[w * C + c] = src[c * st[1] + w * st[3]];
+    }
+  });
+}
+
+// The two vectorised inner loops also get an AVX2 clone, picked at load time on CPUs that have
+// it. Same IEEE operations per element (no FMA: -ffp-contract=off), so the same bytes.
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+#define DK_VEC_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define DK_VEC_CLONES
+#endif
+
+// a[c] += bilinear sample, for contiguous channels: the loop g++ vectorises.
+template <typename T>
+DK_VEC_CLONES void accumulate_sample(T* __restrict a, const T* __restrict p1, const T* __restrict p2,
+                       const T* __restrict p3, const T* __restrict p4, const T* wts, int64_t C) {
+  const T w[4] = {wts[0], wts[1], wts[2], wts[3]};
+  for (int64_t c = 0; c < C; ++c) a[c] += roi_bilinear(w, p1[c], p2[c], p3[c], p4[c]);
+}
+
+template <typename T>
+void forward_cl(const Nhwc<T>& in, int64_t N, int64_t C, int64_t H, int64_t W, const T* rois,
+                int64_t K, T ss, int64_t PH, int64_t PW, int64_t sr, bool aligned, T* out) {
+  const int64_t nb = PH * PW;
+  parallel_for(K, 1, [&](int64_t lo, int64_t hi) {
+    RoiSamples<T> S;
+    std::vector<T> acc(C);
+    for (int64_t n = lo; n < hi; ++n) {
+      T* o = out + n * C * nb;
+      const RoiAlignBox<T> g = roi_align_box(rois + 5 * n, ss, PH, PW, sr, aligned, false, N);
+      if (g.batch < 0 || g.gh == 0 || g.gw == 0) {
+        std::fill(o, o + C * nb, T(0));
+        continue;
+      }
+      S.build(g, PH, PW, H, W, in.sH, in.sW);
+      const T* base = in.p + g.batch * in.sN;
+      for (int64_t k = 0; k < nb; ++k) {
+        std::fill(acc.begin(), acc.end(), T(0));
+        for (int64_t t = S.start[k]; t < S.start[k + 1]; ++t) {
+          const Taps<T>& tp = S.taps[t];
+          accumulate_sample(acc.data(), base + tp.o[0], base + tp.o[1], base + tp.o[2],
+                            base + tp.o[3], tp.w, C);
+        }
+        for (int64_t c = 0; c < C; ++c) o[c * nb + k] = acc[c] / g.count;
+      }
+    }
+  });
+}
+
+template <typename T>
+void forward(bool ps, const T* in, const int64_t* st, int64_t N, int64_t C, int64_t H, int64_t W,
+             const T* rois, int64_t K, T ss, int64_t PH, int64_t PW, int64_t sr, bool aligned, T* out) {
+  const int64_t nb = PH * PW, Co = ps ? C / nb : C;
+  if (!ps && C > 1) {
+    if (st[1] == 1)
+      return forward_cl(Nhwc<T>{in, st[0], st[2], st[3]}, N, C, H, W, rois, K, ss, PH, PW, sr,
+                        aligned, out);
+    if (use_channels_last(K, nb, N, H, W)) {
+      std::vector<T> tmp(static_cast<size_t>(N * H * W * C));
+      to_nhwc(in, st, N, C, H, W, tmp.data());
+      return forward_cl(Nhwc<T>{tmp.data(), H * W * C, W * C, C}, N, C, H, W, rois, K, ss, PH,
+                        PW, sr, aligned, out);
+    }
+  }
+  // Per-channel gathers through the strides (ps_roi_align, or few RoIs on a large map).
+  const int64_t sN = st[0], sC = st[1], sH = st[2], sW = st[3];
+  parallel_for(K, 1, [&](int64_t lo, int64_t hi) {
+    RoiSamples<T> S;
+    for (int64_t n = lo; n < hi; ++n) {
+      T* o = out + n * Co * nb;
+      const RoiAlignBox<T> g = roi_align_box(rois + 5 * n, ss, PH, PW, sr, aligned, ps, N);
+      if (g.batch < 0 || g.gh == 0 || g.gw == 0) {
+        std::fill(o, o + Co * nb, T(0));
+        continue;
+      }
+      S.build(g, PH, PW, H, W, sH, sW);
+      const T* base = in + g.batch * sN;
+      for (int64_t c = 0; c < Co; ++c)
+        for (int64_t k = 0; k < nb; ++k) {
+          const T* p = base + (ps ? c * nb + k : c) * sC;
+          T a = T(0);
+          for (int64_t t = S.start[k]; t < S.start[k + 1]; ++t) {
+            const Taps<T>& tp = S.taps[t];
+            a += roi_bilinear(tp.w, p[tp.o[0]], p[tp.o[1]], p[tp.o[2]], p[tp.o[3]]);
+          }
+          o[c * nb + k] = a / g.count;
+        }
+    }
+  });
+}
+
+// ws[c] += (g[c] * w) / count for contiguous channels (vectorised; same ops per channel).
+template <typename T>
+DK_VEC_CLONES void scatter_tap(T* __restrict ws, const T* __restrict g, T w, T count, int64_t n) {
+  for (int64_t c = 0; c < n; ++c) ws[c] += (g[c] * w) / count;
+}
+
+// roi_align backward into a channels-last workspace [N, H, W, C]: threads own channel ranges and
+// walk all RoIs in order, so each element's sum keeps the order (roi, ph, pw, iy, ix, tap).
+template <typename T>
+void backward_cl(const T* grad, const int64_t* gs, const T* rois, int64_t K, T ss, int64_t PH,
+                 int64_t PW, int64_t N, int64_t C, int64_t H, int64_t W, int64_t sr, bool aligned,
+                 T* gi) {
+  const int64_t nb = PH * PW;
+  std::vector<T> ws(static_cast<size_t>(N * H * W * C), T(0));
+  parallel_for(C, 16, [&](int64_t c_lo, int64_t c_hi) {
+    const int64_t nc = c_hi - c_lo;
+    RoiSamples<T> S;
+    std::vector<T> gb(nc);
+    for (int64_t n = 0; n < K; ++n) {
+      const RoiAlignBox<T> g = roi_align_box(rois + 5 * n, ss, PH, PW, sr, aligned, false, N);
+      if (g.batch < 0 || g.gh == 0 || g.gw == 0) continue;
+      S.build(g, PH, PW, H, W, W * C, C);
+      T* base = ws.data() + g.batch * H * W * C + c_lo;
+      for (int64_t k = 0; k < nb; ++k) {
+        if (S.start[k] == S.start[k + 1]) continue;
+        const T* gk = grad + n * gs[0] + (k / PW) * gs[2] + (k % PW) * gs[3];
+        for (int64_t c = 0; c < nc; ++c) gb[c] = gk[(c_lo + c) * gs[1]];
+        for (int64_t t = S.start[k]; t < S.start[k + 1]; ++t) {
+          const Taps<T>& tp = S.taps[t];
+          for (int j = 0; j < 4; ++j) scatter_tap(base + tp.o[j], gb.data(), tp.w[j], g.count, nc);
+        }
+      }
+    }
+  });
+  // [N, H, W, C] -> contiguous [N, C, H, W]
+  parallel_for(N * C, 8, [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; ++r) {
+      const int64_t n = r / C, c = r % C;
+      const T* src = ws.data() + n * H * W * C + c;
+      T* dst = gi + r * H * W;
+      for (int64_t i = 0; i < H * W; ++i) dst[i] = src[i * C];
+    }
+  });
+}
+
+template <typename T>
+void backward(bool ps, const T* grad, const int64_t* gs, const T* rois, int64_t K, T ss, int64_t PH,
+              int64_t PW, int64_t N, int64_t C, int64_t H, int64_t W, int64_t sr, bool aligned, T* gi) {
+  const int64_t nb = PH * PW, HW = H * W;
+  if (!ps && C > 1 && use_channels_last(K, nb, N, H, W))
+    return backward_cl(grad, gs, rois, K, ss, PH, PW, N, C, H, W, sr, aligned, gi);
+  std::fill(gi, gi + N * C * HW, T(0));
+  // Threads own input channels; geometry is rebuilt per thread (cheap next to the scatter).
+  parallel_for(C, 8, [&](int64_t c_lo, int64_t c_hi) {
+    RoiSamples<T> S;
+    for (int64_t n = 0; n < K; ++n) {
+      const RoiAlignBox<T> g = roi_align_box(rois + 5 * n, ss, PH, PW, sr, aligned, ps, N);
+      if (g.batch < 0 || g.gh == 0 || g.gw == 0) continue;
+      S.build(g, PH, PW, H, W, W, 1);
+      const T* gn = grad + n * gs[0];
+      for (int64_t c = c_lo; c < c_hi; ++c) {
+        T* p = gi + (g.batch * C + c) * HW;
+        // roi_align: every bin feeds channel c; ps: only bin c % nb, from output channel c / nb.
+        const int64_t k0 = ps ? c % nb : 0, k1 = ps ? k0 + 1 : nb;
+        const int64_t co = ps ? c / nb : c;
+        for (int64_t k = k0; k < k1; ++k) {
+          const T gv = gn[co * gs[1] + (k / PW) * gs[2] + (k % PW) * gs[3]];
+          for (int64_t t = S.start[k]; t < S.start[k + 1]; ++t) {
+            const Taps<T>& tp = S.taps[t];
+            for (int j = 0; j < 4; ++j) p[tp.o[j]] += (gv * tp.w[j]) / g.count;
+          }
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void roi_align_forward_cpu(int dtype, bool ps, const void* input, const int64_t* in_strides,
+                           int64_t N, int64_t C, int64_t H, int64_t W, const void* rois, int64_t K,
+                           double spatial_scale, int64_t PH, int64_t PW, int64_t sampling_ratio,
+                           bool aligned, void* out) {
+  if (K == 0) return;
+  switch (dtype) {
+    case kFloat32:
+      return forward(ps, static_cast<const float*>(input), in_strides, N, C, H, W,
+                     static_cast<const float*>(rois), K, static_cast<float>(spatial_scale), PH, PW,
+                     sampling_ratio, aligned, static_cast<float*>(out));
+    case kFloat64:
+      return forward(ps, static_cast<const double*>(input), in_strides, N, C, H, W,
+                     static_cast<const double*>(rois), K, spatial_scale, PH, PW, sampling_ratio,
+                     aligned, static_cast<double*>(out));
+  }
+  throw std::invalid_argument("roi_align: dtype must be float32 or float64");
+}
+
+void roi_align_backward_cpu(int dtype, bool ps, const void* grad, const int64_t* grad_strides,
+                            const void* rois, int64_t K, double spatial_scale, int64_t PH,
+                            int64_t PW, int64_t N, int64_t C, int64_t H, int64_t W,
+                            int64_t sampling_ratio, bool aligned, void* grad_input) {
+  switch (dtype) {
+    case kFloat32:
+      return backward(ps, static_cast<const float*>(grad), grad_strides,
+                      static_cast<const float*>(rois), K, static_cast<float>(spatial_scale), PH, PW,
+                      N, C, H, W, sampling_ratio, aligned, static_cast<float*>(grad_input));
+    case kFloat64:
+      return backward(ps, static_cast<const double*>(grad), grad_strides,
+                      static_cast<const double*>(rois), K, spatial_scale, PH, PW, N, C, H, W,
+                      sampling_ratio, aligned, static_cast<double*>(grad_input));
+  }
+  throw std::invalid_argument("roi_align: dtype must be float32 or float64");
+}
+
+}  // namespace detkernels

@@ -1,0 +1,149 @@
+// CPU loops over roi_pool.h (RoIPool and PSRoIPool, forward and backward).
+// Forward: RoIs split across threads. Backward: input channels split across threads, each walking
+// the RoIs in order, so every grad_input element sums its contributions in the reference order.
+#include "ops/roi_pool/roi_pool.h"
+
+#include <algorithm>
+#include <cfloat>
+#include <stdexcept>
+
+#include "common/parallel.h"
+#include "ops/roi_align/roi_align.h"  // roi_batch_index
+
+namespace detkernels {
+namespace {
+
+template <typename T>
+void forward(bool ps, const T* in, const int64_t* st, int64_t N, int64_t C, int64_t H, int64_t W,
+             const T* rois, int64_t K, T ss, int64_t PH, int64_t PW, T* out, int32_t* idx) {
+  const int64_t nb = PH * PW, Co = ps ? C / nb : C;
+  const int64_t sN = st[0], sC = st[1], sH = st[2], sW = st[3];
+  const int64_t hi_h = ps ? H - 1 : H, hi_w = ps ? W - 1 : W;
+  parallel_for(K, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t n = lo; n < hi; ++n) {
+      T* o = out + n * Co * nb;
+      int32_t* ix = idx + n * Co * nb;
+      const T* roi = rois + 5 * n;
+      const int64_t b = roi_batch_index(roi[0], N);
+      const RoiPoolBox<T> g = roi_pool_box(roi, ss, PH, PW, ps);
+      for (int64_t c = 0; c < Co; ++c)
+        for (int64_t ph = 0; ph < PH; ++ph)
+          for (int64_t pw = 0; pw < PW; ++pw) {
+            const int64_t k = ph * PW + pw, e = c * nb + k;
+            const int64_t cin = ps ? c * nb + k : c;
+            int64_t hs = 0, he = 0, ws = 0, we = 0;
+            roi_pool_bin(g.bin_h, ph, g.sh, hi_h, hs, he);
+            roi_pool_bin(g.bin_w, pw, g.sw, hi_w, ws, we);
+            const bool empty = b < 0 || !g.ok || he <= hs || we <= ws;
+            if (ps) {
+              ix[e] = static_cast<int32_t>(cin);
+              if (empty) {
+                o[e] = T(0);
+                continue;
+              }
+              const T* p = in + b * sN + cin * sC;
+              T s = T(0);
+              for (int64_t h = hs; h < he; ++h)
+                for (int64_t w = ws; w < we; ++w) s += p[h * sH + w * sW];
+              o[e] = s / T((he - hs) * (we - ws));
+              continue;
+            }
+            if (empty) {
+              o[e] = T(0);
+              ix[e] = -1;
+              continue;
+            }
+            const T* p = in + b * sN + c * sC;
+            T m = T(-FLT_MAX);
+            int64_t am = -1;
+            for (int64_t h = hs; h < he; ++h)
+              for (int64_t w = ws; w < we; ++w) {
+                const T v = p[h * sH + w * sW];
+                if (v > m) {
+                  m = v;
+                  am = h * W + w;
+                }
+              }
+            o[e] = m;
+            ix[e] = static_cast<int32_t>(am);
+          }
+    }
+  });
+}
+
+template <typename T>
+void backward(bool ps, const T* grad, const int64_t* gs, const T* rois, const int32_t* argmax,
+              int64_t K, T ss, int64_t PH, int64_t PW, int64_t N, int64_t C, int64_t H, int64_t W,
+              T* gi) {
+  const int64_t nb = PH * PW, HW = H * W, Co = ps ? C / nb : C;
+  std::fill(gi, gi + N * C * HW, T(0));
+  parallel_for(C, 8, [&](int64_t c_lo, int64_t c_hi) {
+    for (int64_t n = 0; n < K; ++n) {
+      const T* roi = rois + 5 * n;
+      const int64_t b = roi_batch_index(roi[0], N);
+      if (b < 0) continue;
+      const T* gn = grad + n * gs[0];
+      if (!ps) {
+        for (int64_t c = c_lo; c < c_hi; ++c) {
+          T* p = gi + (b * C + c) * HW;
+          const int32_t* am = argmax + (n * C + c) * nb;
+          for (int64_t k = 0; k < nb; ++k)
+            if (am[k] >= 0 && am[k] < HW) p[am[k]] += gn[c * gs[1] + (k / PW) * gs[2] + (k % PW) * gs[3]];
+        }
+        continue;
+      }
+      const RoiPoolBox<T> g = roi_pool_box(roi, ss, PH, PW, true);
+      if (!g.ok) continue;
+      for (int64_t c = c_lo; c < c_hi; ++c) {
+        const int64_t k = c % nb, co = c / nb, ph = k / PW, pw = k % PW;
+        if (co >= Co) continue;
+        int64_t hs = 0, he = 0, ws = 0, we = 0;
+        roi_pool_bin(g.bin_h, ph, g.sh, H - 1, hs, he);
+        roi_pool_bin(g.bin_w, pw, g.sw, W - 1, ws, we);
+        if (he <= hs || we <= ws) continue;
+        const T d = gn[co * gs[1] + ph * gs[2] + pw * gs[3]] / T((he - hs) * (we - ws));
+        T* p = gi + (b * C + c) * HW;
+        for (int64_t h = hs; h < he; ++h)
+          for (int64_t w = ws; w < we; ++w) p[h * W + w] += d;
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void roi_pool_forward_cpu(int dtype, bool ps, const void* input, const int64_t* in_strides,
+                          int64_t N, int64_t C, int64_t H, int64_t W, const void* rois, int64_t K,
+                          double spatial_scale, int64_t PH, int64_t PW, void* out, int32_t* idx) {
+  if (K == 0) return;
+  switch (dtype) {
+    case kFloat32:
+      return forward(ps, static_cast<const float*>(input), in_strides, N, C, H, W,
+                     static_cast<const float*>(rois), K, static_cast<float>(spatial_scale), PH, PW,
+                     static_cast<float*>(out), idx);
+    case kFloat64:
+      return forward(ps, static_cast<const double*>(input), in_strides, N, C, H, W,
+                     static_cast<const double*>(rois), K, spatial_scale, PH, PW,
+                     static_cast<double*>(out), idx);
+  }
+  throw std::invalid_argument("roi_pool: dtype must be float32 or float64");
+}
+
+void roi_pool_backward_cpu(int dtype, bool ps, const void* grad, const int64_t* grad_strides,
+                           const void* rois, const int32_t* argmax, int64_t K, double spatial_scale,
+                           int64_t PH, int64_t PW, int64_t N, int64_t C, int64_t H, int64_t W,
+                           void* grad_input) {
+  switch (dtype) {
+    case kFloat32:
+      return backward(ps, static_cast<const float*>(grad), grad_strides,
+                      static_cast<const float*>(rois), argmax, K, static_cast<float>(spatial_scale),
+                      PH, PW, N, C, H, W, static_cast<float*>(grad_input));
+    case kFloat64:
+      return backward(ps, static_cast<const double*>(grad), grad_strides,
+                      static_cast<const double*>(rois), argmax, K, spatial_scale, PH, PW, N, C, H,
+                      W, static_cast<double*>(grad_input));
+  }
+  throw std::invalid_argument("roi_pool: dtype must be float32 or float64");
+}
+
+}  // namespace detkernels
