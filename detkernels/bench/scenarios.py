@@ -272,9 +272,10 @@ class Nms(Family):
     mode_defaults = {"smoke": {"N": 64}}
     sweeps = {
         "smoke": {"N": [64, 200], "dtype": ["float16"]},
-        "quick": {"N": [300, 1000, 2000, 5000], "dtype": ["float32", "float16"],
+        # N = 10 and 300: per-call overhead of a deployment-sized NMS (eager dispatch matters).
+        "quick": {"N": [10, 300, 1000, 2000, 5000], "dtype": ["float32", "float16"],
                   "dist": ["clustered", "uniform"]},
-        "full": {"N": [300, 1000, 2000, 5000, 10000, 25200], "dtype": ["float32", "float16", "float64"],
+        "full": {"N": [10, 300, 1000, 2000, 5000, 10000, 25200], "dtype": ["float32", "float16", "float64"],
                  "dist": ["clustered", "uniform"]},
     }
     numeric_axes = ("N",)
