@@ -13,6 +13,10 @@ Visiting order for NMS (descending score, NaN first, ties by index; then by clas
 batched_nms) is computed on the host with NumPy for NumPy, CuPy and Numba arrays (one copy of the
 scores and classes to the host), and with ``torch.sort(stable=True)`` on the device for torch
 tensors. The suppression itself runs in the kernels.
+
+RoI ops (roi_align, ps_roi_align, roi_pool, ps_roi_pool, forward and backward) run on the CPU only
+(_numba_roi.py), single-threaded, one kernel set per dtype (float32, float64; float16/bfloat16 are
+widened by the Python layer); strided inputs are copied to contiguous ones first.
 """
 from __future__ import annotations
 
