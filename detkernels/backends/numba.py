@@ -13,6 +13,10 @@ Visiting order for NMS (descending score, NaN first, ties by index; then by clas
 batched_nms) is computed on the host with NumPy for NumPy, CuPy and Numba arrays (one copy of the
 scores and classes to the host), and with ``torch.sort(stable=True)`` on the device for torch
 tensors. The suppression itself runs in the kernels.
+
+RoI ops (roi_align, ps_roi_align, roi_pool, ps_roi_pool, forward and backward) run on the CPU only
+(_numba_roi.py), single-threaded, one kernel set per dtype (float32, float64; float16/bfloat16 are
+widened by the Python layer); strided inputs are copied to contiguous ones first.
 """
 from __future__ import annotations
 
@@ -181,3 +185,73 @@ def _nms_torch_cuda(cuda: Any, K: Any, boxes: Any, scores: Any, classes: Any, th
     kept = torch.zeros(o.shape[0], dtype=torch.bool, device=boxes.device)
     kept[o[f]] = True
     return o1[kept[o1]]
+
+
+# ---- RoI ops (CPU) ---------------------------------------------------------------------------------
+# Inputs arrive in the working dtype (float32/float64); strided (channels-last) features and grads
+# are made contiguous here (one copy), so each kernel compiles once per dtype.
+
+def _roi_np(x: Any) -> np.ndarray:
+    return np.ascontiguousarray(A.to_numpy_view(x))
+
+
+@register("roi_align", "numba", devices=("cpu",), dtypes=("float32", "float64"))
+def roi_align(input: Any, rois: Any, spatial_scale: float, ph: int, pw: int, sampling_ratio: int,
+              aligned: bool, ps: bool) -> Any:
+    """input [N, C, H, W] -> [K, Co, PH, PW] (Co = C, or C/(PH*PW) for ps)."""
+    from . import _numba_roi
+
+    x, r = _roi_np(input), _roi_np(rois)
+    T = x.dtype.type
+    out = np.zeros((r.shape[0], x.shape[1] // (ph * pw) if ps else x.shape[1], ph, pw), x.dtype)
+    _numba_roi.kernels(T)[0](x, r.astype(T, copy=False), T(spatial_scale), int(ph), int(pw),
+                             int(sampling_ratio), bool(aligned), bool(ps), out)
+    return A.from_numpy(out, like=input)
+
+
+@register("roi_align_backward", "numba", devices=("cpu",), dtypes=("float32", "float64"))
+def roi_align_backward(grad: Any, rois: Any, spatial_scale: float, ph: int, pw: int, n: int, c: int,
+                       h: int, w: int, sampling_ratio: int, aligned: bool, ps: bool) -> Any:
+    """grad [K, Co, PH, PW] -> grad_input [N, C, H, W] (contiguous)."""
+    from . import _numba_roi
+
+    g, r = _roi_np(grad), _roi_np(rois)
+    T = g.dtype.type
+    gi = np.zeros((n, c, h, w), g.dtype)
+    _numba_roi.kernels(T)[1](g, r.astype(T, copy=False), T(spatial_scale), int(ph), int(pw),
+                             int(sampling_ratio), bool(aligned), bool(ps), gi)
+    return A.from_numpy(gi, like=grad)
+
+
+@register("roi_pool", "numba", devices=("cpu",), dtypes=("float32", "float64"))
+def roi_pool(input: Any, rois: Any, spatial_scale: float, ph: int, pw: int, ps: bool) -> tuple:
+    """input [N, C, H, W] -> (out [K, Co, PH, PW], argmax or channel map int32 [K, Co, PH, PW])."""
+    from . import _numba_roi
+
+    x, r = _roi_np(input), _roi_np(rois)
+    T = x.dtype.type
+    K, C = r.shape[0], x.shape[1]
+    shape = (K, C // (ph * pw) if ps else C, ph, pw)
+    out = np.zeros(shape, x.dtype)
+    if ps:  # ps_roi_pool's map is the fixed input channel of each output element
+        cin = (np.arange(shape[1])[:, None, None] * ph + np.arange(ph)[None, :, None]) * pw + np.arange(pw)
+        idx = np.ascontiguousarray(np.broadcast_to(cin.astype(np.int32), shape))
+    else:
+        idx = np.full(shape, -1, np.int32)
+    _numba_roi.kernels(T)[2](x, r.astype(T, copy=False), T(spatial_scale), int(ph), int(pw), bool(ps),
+                             out, idx)
+    return A.from_numpy(out, like=input), A.from_numpy(idx, like=input)
+
+
+@register("roi_pool_backward", "numba", devices=("cpu",), dtypes=("float32", "float64"))
+def roi_pool_backward(grad: Any, rois: Any, idx: Any, spatial_scale: float, ph: int, pw: int, n: int,
+                      c: int, h: int, w: int, ps: bool) -> Any:
+    """grad [K, Co, PH, PW] (+ argmax int32 for roi_pool) -> grad_input [N, C, H, W]."""
+    from . import _numba_roi
+
+    g, r, i = _roi_np(grad), _roi_np(rois), _roi_np(idx).astype(np.int32, copy=False)
+    T = g.dtype.type
+    gi = np.zeros((n, c, h, w), g.dtype)
+    _numba_roi.kernels(T)[3](g, r.astype(T, copy=False), i, T(spatial_scale), int(ph), int(pw),
+                             bool(ps), gi)
+    return A.from_numpy(gi, like=grad)
