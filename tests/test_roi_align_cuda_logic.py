@@ -169,3 +169,14 @@ def test_cuda_non_default_stream_deterministic_and_empty():
         assert_bytes_equal(r, want)
     out = detkernels.roi_align(x, rois[:0], 2, 1.0, 0, True, backend="native")
     assert out.shape == (0, C, 2, 2)
+
+
+@cuda
+def test_cuda_backward_refuses_above_the_slot_cap(monkeypatch):
+    from detkernels.backends import native
+    x, rois = _cuda_case(3, np.float32, False)
+    x.requires_grad_(True)
+    out = detkernels.roi_align(x, rois, 2, 1.0, 2, True, backend="native")
+    monkeypatch.setattr(native, "ROI_ALIGN_MAX_SLOTS", 10)
+    with pytest.raises(MemoryError, match="DETKERNELS_ROI_ALIGN_MAX_SLOTS"):
+        out.sum().backward()
