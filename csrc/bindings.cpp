@@ -14,6 +14,7 @@
 #include "ops/box_iou/box_iou.h"
 #include "ops/nms/nms.h"
 #include "ops/roi_align/roi_align.h"
+#include "ops/roi_align/roi_align_gpu.h"
 #include "ops/roi_pool/roi_pool.h"
 #ifdef DETKERNELS_WITH_CUDA
 #include "common/cuda_check.h"
@@ -117,6 +118,25 @@ PYBIND11_MODULE(_C, m) {
                                              ptr(grad_input));
         },
         nogil);
+  // The CUDA RoIAlign's steps run sequentially on the CPU (tests of the GPU logic).
+  m.def("roi_align_forward_emulate_cpu",
+        [](int dtype, bool ps, uintptr_t input, std::array<int64_t, 4> strides, int64_t N, int64_t C,
+           int64_t H, int64_t W, uintptr_t rois, int64_t K, double scale, int64_t PH, int64_t PW,
+           int64_t sr, bool aligned, uintptr_t out) {
+          detkernels::roi_align_forward_emulate_cpu(dtype, ps, ptr(input), strides.data(), N, C, H,
+                                                    W, ptr(rois), K, scale, PH, PW, sr, aligned,
+                                                    ptr(out));
+        },
+        nogil);
+  m.def("roi_align_backward_emulate_cpu",
+        [](int dtype, bool ps, uintptr_t grad, std::array<int64_t, 4> strides, uintptr_t rois,
+           int64_t K, double scale, int64_t PH, int64_t PW, int64_t N, int64_t C, int64_t H,
+           int64_t W, int64_t sr, bool aligned, uintptr_t grad_input) {
+          detkernels::roi_align_backward_emulate_cpu(dtype, ps, ptr(grad), strides.data(),
+                                                     ptr(rois), K, scale, PH, PW, N, C, H, W, sr,
+                                                     aligned, ptr(grad_input));
+        },
+        nogil);
   m.def("roi_pool_forward_cpu",
         [](int dtype, bool ps, uintptr_t input, std::array<int64_t, 4> strides, int64_t N, int64_t C,
            int64_t H, int64_t W, uintptr_t rois, int64_t K, double scale, int64_t PH, int64_t PW,
@@ -157,5 +177,35 @@ PYBIND11_MODULE(_C, m) {
                                      ptr<int64_t>(out_cls), ptr<int64_t>(counts), ptr(workspace),
                                      workspace_bytes, mask_cap_bytes, device, ptr(stream));
         });
+  m.def("roi_align_forward_cuda",
+        [](int dtype, bool ps, uintptr_t input, std::array<int64_t, 4> strides, int64_t N, int64_t C,
+           int64_t H, int64_t W, uintptr_t rois, int64_t K, double scale, int64_t PH, int64_t PW,
+           int64_t sr, bool aligned, uintptr_t out, int device, uintptr_t stream) {
+          detkernels::roi_align_forward_cuda(dtype, ps, ptr(input), strides.data(), N, C, H, W,
+                                             ptr(rois), K, scale, PH, PW, sr, aligned, ptr(out),
+                                             device, ptr(stream));
+        },
+        nogil);
+  m.def("roi_align_backward_cuda_prepare",
+        [](int dtype, bool ps, uintptr_t rois, int64_t K, double scale, int64_t PH, int64_t PW,
+           int64_t N, int64_t sr, bool aligned, uintptr_t pre, int device, uintptr_t stream) {
+          return detkernels::roi_align_backward_cuda_prepare(dtype, ps, ptr(rois), K, scale, PH, PW,
+                                                             N, sr, aligned, ptr(pre), device,
+                                                             ptr(stream));
+        },
+        nogil);
+  m.def("roi_align_backward_cuda_workspace_bytes",
+        &detkernels::roi_align_backward_cuda_workspace_bytes, nogil);
+  m.def("roi_align_backward_cuda",
+        [](int dtype, bool ps, uintptr_t grad, std::array<int64_t, 4> strides, uintptr_t rois,
+           int64_t K, double scale, int64_t PH, int64_t PW, int64_t N, int64_t C, int64_t H,
+           int64_t W, int64_t sr, bool aligned, uintptr_t pre, int64_t M, uintptr_t ws,
+           int64_t ws_bytes, uintptr_t grad_input, int device, uintptr_t stream) {
+          detkernels::roi_align_backward_cuda(dtype, ps, ptr(grad), strides.data(), ptr(rois), K,
+                                              scale, PH, PW, N, C, H, W, sr, aligned, ptr(pre), M,
+                                              ptr(ws), ws_bytes, ptr(grad_input), device,
+                                              ptr(stream));
+        },
+        nogil);
 #endif
 }

@@ -158,7 +158,7 @@ def multi_image_nms_emulated(boxes: Any, scores: Any, classes: Any, iou_threshol
     return out, cls, counts
 
 
-# ---- RoI ops (CPU) ---------------------------------------------------------------------------------
+# ---- RoI ops (CPU; roi_align also CUDA) ---------------------------------------------------------------------------------
 # Inputs arrive in the working dtype (float32/float64, see detkernels/roi_ops.py); features and
 # grads in any layout (element strides are passed), rois contiguous [K, 5].
 
@@ -168,7 +168,12 @@ def _strides(x: Any) -> list[int]:
     return list(x.stride())
 
 
-@register("roi_align", "native")
+# The CUDA RoIAlign backward sorts one slot per (roi, ph, pw, iy, ix, tap) -- 32 bytes each plus
+# the sort's scratch -- so its workspace is bounded by refusing more slots than this.
+ROI_ALIGN_MAX_SLOTS = int(os.environ.get("DETKERNELS_ROI_ALIGN_MAX_SLOTS", str(1 << 26)))
+
+
+@register("roi_align", "native", devices=IOU_DEVICES)
 def roi_align(input: Any, rois: Any, spatial_scale: float, ph: int, pw: int, sampling_ratio: int,
               aligned: bool, ps: bool) -> Any:
     """input [N, C, H, W] -> [K, Co, PH, PW] (Co = C, or C/(PH*PW) for ps)."""
@@ -176,18 +181,51 @@ def roi_align(input: Any, rois: Any, spatial_scale: float, ph: int, pw: int, sam
     K = int(rois.shape[0])
     dt = A.dtype_name(input)
     out = A.empty((K, C // (ph * pw) if ps else C, ph, pw), dt, like=input)
+    if A.device(input) != "cpu":
+        _C.roi_align_forward_cuda(DTYPE_CODES[dt], ps, A.data_ptr(input), _strides(input), N, C, H,
+                                  W, A.data_ptr(rois), K, float(spatial_scale), ph, pw,
+                                  int(sampling_ratio), bool(aligned), A.data_ptr(out),
+                                  _device_index(input), A.current_stream(input))
+        return out
     _C.roi_align_forward_cpu(DTYPE_CODES[dt], ps, A.data_ptr(input), _strides(input), N, C, H, W,
                              A.data_ptr(rois), K, float(spatial_scale), ph, pw, int(sampling_ratio),
                              bool(aligned), A.data_ptr(out))
     return out
 
 
-@register("roi_align_backward", "native")
+def _roi_align_backward_cuda(grad: Any, rois: Any, spatial_scale: float, ph: int, pw: int, n: int,
+                             c: int, h: int, w: int, sampling_ratio: int, aligned: bool,
+                             ps: bool, gi: Any) -> None:
+    """Deterministic CUDA backward: count slots (one sync), refuse above the cap, then sort/reduce."""
+    dt, K, dev = DTYPE_CODES[A.dtype_name(grad)], int(rois.shape[0]), _device_index(grad)
+    stream = A.current_stream(grad)
+    pre = A.empty((16 * (K + 1),), "uint8", like=grad)  # slot offsets int64[K+1], counts T[K]
+    M = _C.roi_align_backward_cuda_prepare(dt, ps, A.data_ptr(rois), K, float(spatial_scale), ph, pw,
+                                           n, int(sampling_ratio), bool(aligned), A.data_ptr(pre),
+                                           dev, stream)
+    if M > ROI_ALIGN_MAX_SLOTS:
+        raise MemoryError(f"detkernels: the CUDA roi_align backward needs {M} sample slots "
+                          f"(rois x bins x samples x 4 taps), more than the cap of "
+                          f"{ROI_ALIGN_MAX_SLOTS} (32 bytes each); pass a positive sampling_ratio, "
+                          f"fewer or smaller rois, or raise DETKERNELS_ROI_ALIGN_MAX_SLOTS")
+    nbytes = _C.roi_align_backward_cuda_workspace_bytes(M, n, h, w, dev)
+    ws = A.empty((max(int(nbytes), 1),), "uint8", like=grad)
+    _C.roi_align_backward_cuda(dt, ps, A.data_ptr(grad), _strides(grad), A.data_ptr(rois), K,
+                               float(spatial_scale), ph, pw, n, c, h, w, int(sampling_ratio),
+                               bool(aligned), A.data_ptr(pre), M, A.data_ptr(ws), nbytes,
+                               A.data_ptr(gi), dev, stream)
+
+
+@register("roi_align_backward", "native", devices=IOU_DEVICES)
 def roi_align_backward(grad: Any, rois: Any, spatial_scale: float, ph: int, pw: int, n: int, c: int,
                        h: int, w: int, sampling_ratio: int, aligned: bool, ps: bool) -> Any:
     """grad [K, Co, PH, PW] -> grad_input [N, C, H, W] (contiguous)."""
     dt = A.dtype_name(grad)
     gi = A.empty((n, c, h, w), dt, like=grad)
+    if A.device(grad) != "cpu":
+        _roi_align_backward_cuda(grad, rois, spatial_scale, ph, pw, n, c, h, w, sampling_ratio,
+                                 aligned, ps, gi)
+        return gi
     _C.roi_align_backward_cpu(DTYPE_CODES[dt], ps, A.data_ptr(grad), _strides(grad), A.data_ptr(rois),
                               int(rois.shape[0]), float(spatial_scale), ph, pw, n, c, h, w,
                               int(sampling_ratio), bool(aligned), A.data_ptr(gi))
