@@ -17,20 +17,7 @@ from . import _numba_math as M
 _JIT = dict(fastmath=False, error_model="numpy", nogil=True)
 
 
-def _add(a, b):
-    return a + b
-
-
-def _sub(a, b):
-    return a - b
-
-
-def _mul(a, b):
-    return a * b
-
-
-def _div(a, b):
-    return a / b
+_add, _sub, _mul, _div = M.plain_add, M.plain_sub, M.plain_mul, M.plain_div
 
 
 def box_iou_kernel(b1, b2, out, eps):

@@ -32,20 +32,7 @@ SCAN_THREADS = 2 if SIM else 256
 ONE64 = np.int64(1)
 
 
-def _add(a, b):
-    return a + b
-
-
-def _sub(a, b):
-    return a - b
-
-
-def _mul(a, b):
-    return a * b
-
-
-def _div(a, b):
-    return a / b
+_add, _sub, _mul, _div = M.plain_add, M.plain_sub, M.plain_mul, M.plain_div
 
 
 def _ops(dtype: np.dtype) -> dict:

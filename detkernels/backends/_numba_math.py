@@ -27,6 +27,24 @@ ADD = SUB = MUL = DIV = None
 
 # ---- host_device.h --------------------------------------------------------------------------------
 
+# Plain IEEE operators: the CPU build's ADD/SUB/MUL/DIV, and the CUDA simulator's (which has no
+# libdevice *_rn functions).
+def plain_add(a, b):
+    return a + b
+
+
+def plain_sub(a, b):
+    return a - b
+
+
+def plain_mul(a, b):
+    return a * b
+
+
+def plain_div(a, b):
+    return a / b
+
+
 def std_max(a, b):  # std::max: NaN and -0.0 follow the operand order
     return b if a < b else a
 
