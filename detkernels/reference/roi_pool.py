@@ -80,6 +80,21 @@ def _bins(roi, T, spatial_scale, PH, PW, H, W, ps):
     return hs, ws
 
 
+def _regions(r, T, spatial_scale, PH, PW, N, H, W, ps):
+    """Yield (n, b, ph, pw, h0, h1, w0, w1) for every non-empty bin of every RoI that reads an
+    image, in the order (n, ph, pw) -- the order all four kernels visit (and sum) in."""
+    for n in range(r.shape[0]):
+        b = batch_index(r[n, 0], N)
+        bins = _bins(r[n], T, spatial_scale, PH, PW, H, W, ps)
+        if b is None or bins is None:
+            continue
+        hs, ws = bins
+        for ph, (h0, h1) in enumerate(hs):
+            for pw, (w0, w1) in enumerate(ws):
+                if h1 > h0 and w1 > w0:
+                    yield n, b, ph, pw, h0, h1, w0, w1
+
+
 def _prep(input, rois):
     x = np.asarray(input)
     r = np.asarray(rois)
@@ -97,26 +112,17 @@ def roi_pool(input, rois, spatial_scale: float, pooled_height: int, pooled_width
     PH, PW = pooled_height, pooled_width
     out = np.zeros((r.shape[0], C, PH, PW), T)
     arg = np.full((r.shape[0], C, PH, PW), -1, np.int32)
-    for n in range(r.shape[0]):
-        b = batch_index(r[n, 0], N)
-        bins = _bins(r[n], T, spatial_scale, PH, PW, H, W, False)
-        if b is None or bins is None:
-            continue
-        hs, ws = bins
-        for ph, (h0, h1) in enumerate(hs):
-            for pw, (w0, w1) in enumerate(ws):
-                if h1 <= h0 or w1 <= w0:
-                    continue
-                m = np.full(C, -FLT_MAX, T)
-                a = np.full(C, -1, np.int32)
-                for h in range(h0, h1):
-                    for w in range(w0, w1):
-                        v = x[b, :, h, w]
-                        up = v > m
-                        m = np.where(up, v, m)
-                        a = np.where(up, np.int32(h * W + w), a)
-                out[n, :, ph, pw] = m
-                arg[n, :, ph, pw] = a
+    for n, b, ph, pw, h0, h1, w0, w1 in _regions(r, T, spatial_scale, PH, PW, N, H, W, False):
+        m = np.full(C, -FLT_MAX, T)
+        a = np.full(C, -1, np.int32)
+        for h in range(h0, h1):
+            for w in range(w0, w1):
+                v = x[b, :, h, w]
+                up = v > m
+                m = np.where(up, v, m)
+                a = np.where(up, np.int32(h * W + w), a)
+        out[n, :, ph, pw] = m
+        arg[n, :, ph, pw] = a
     if out_dtype == np.float16:
         with np.errstate(over="ignore"):
             out = out.astype(np.float16)
@@ -156,21 +162,12 @@ def ps_roi_pool(input, rois, spatial_scale: float, pooled_height: int, pooled_wi
     out = np.zeros((r.shape[0], Co, PH, PW), T)
     cin = (np.arange(Co)[:, None, None] * PH + np.arange(PH)[None, :, None]) * PW + np.arange(PW)
     mapping = np.broadcast_to(cin.astype(np.int32), out.shape).copy()
-    for n in range(r.shape[0]):
-        b = batch_index(r[n, 0], N)
-        bins = _bins(r[n], T, spatial_scale, PH, PW, H, W, True)
-        if b is None or bins is None:
-            continue
-        hs, ws = bins
-        for ph, (h0, h1) in enumerate(hs):
-            for pw, (w0, w1) in enumerate(ws):
-                if h1 <= h0 or w1 <= w0:
-                    continue
-                s = np.zeros(Co, T)
-                for h in range(h0, h1):
-                    for w in range(w0, w1):
-                        s = s + x[b, cin[:, ph, pw], h, w]
-                out[n, :, ph, pw] = s / T((h1 - h0) * (w1 - w0))
+    for n, b, ph, pw, h0, h1, w0, w1 in _regions(r, T, spatial_scale, PH, PW, N, H, W, True):
+        s = np.zeros(Co, T)
+        for h in range(h0, h1):
+            for w in range(w0, w1):
+                s = s + x[b, cin[:, ph, pw], h, w]
+        out[n, :, ph, pw] = s / T((h1 - h0) * (w1 - w0))
     return (out.astype(out_dtype) if out_dtype == np.float16 else out), mapping
 
 
@@ -185,19 +182,10 @@ def ps_roi_pool_backward(grad, rois, channel_mapping, spatial_scale: float, pool
     PH, PW, H, W = pooled_height, pooled_width, height, width
     Co = channels // (PH * PW)
     gi = np.zeros((batch_size, channels, H, W), T)
-    for n in range(r.shape[0]):
-        b = batch_index(r[n, 0], batch_size)
-        bins = _bins(r[n], T, spatial_scale, PH, PW, H, W, True)
-        if b is None or bins is None:
-            continue
-        hs, ws = bins
-        for ph, (h0, h1) in enumerate(hs):
-            for pw, (w0, w1) in enumerate(ws):
-                if h1 <= h0 or w1 <= w0:
-                    continue
-                cin = (np.arange(Co) * PH + ph) * PW + pw
-                d = g[n, :, ph, pw] / T((h1 - h0) * (w1 - w0))
-                for h in range(h0, h1):
-                    for w in range(w0, w1):
-                        gi[b, cin, h, w] += d
+    for n, b, ph, pw, h0, h1, w0, w1 in _regions(r, T, spatial_scale, PH, PW, batch_size, H, W, True):
+        cin = (np.arange(Co) * PH + ph) * PW + pw
+        d = g[n, :, ph, pw] / T((h1 - h0) * (w1 - w0))
+        for h in range(h0, h1):
+            for w in range(w0, w1):
+                gi[b, cin, h, w] += d
     return gi.astype(out_dtype) if out_dtype == np.float16 else gi
