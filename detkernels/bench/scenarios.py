@@ -13,6 +13,7 @@ Families:
   batched_nms  per-class NMS of N boxes over 80 classes
   detect       a YOLO-style post-process per image: class max -> score threshold -> top-k ->
                batched NMS, for 25 200 (640 px) / 100 800 (1280 px) candidates, batches of images
+               (per-image loop, one batched_nms call, one fixed-size multi_image_nms call)
   roi_align    RoIAlign of P proposals on a C=256 stride-8 feature map, 7x7 / 14x14 (included when
                this build of detkernels has roi_align)
 """
@@ -441,10 +442,57 @@ def _one_call_rows(fam: "Detect", p: dict, device: str, lib: str) -> list[Row]:
     return rows
 
 
+def _padded_call(nms_fn: Callable, p: dict) -> Callable[[Any], list]:
+    """Preprocess per image, pad to [B, k] (padding scores -inf, never above conf), then one
+    fixed-size call ``nms_fn(boxes, scores, labels, thr, k, conf) -> (indices [B, k], counts [B])``."""
+    conf, k, thr = p["conf"], p["k"], p["iou"]
+
+    def run(images: Any) -> list:
+        parts = [_preprocess(b, s, conf, k) for b, s in images]
+        B, x = len(parts), parts[0][1]
+        if isinstance(x, np.ndarray):
+            b, s = np.zeros((B, k, 4), x.dtype), np.full((B, k), -np.inf, x.dtype)
+            c = np.zeros((B, k), np.int64)
+        else:
+            import torch
+
+            b = torch.zeros((B, k, 4), dtype=x.dtype, device=x.device)
+            s = torch.full((B, k), float("-inf"), dtype=x.dtype, device=x.device)
+            c = torch.zeros((B, k), dtype=torch.int64, device=x.device)
+        for i, (bi, si, ci) in enumerate(parts):
+            n = si.shape[0]
+            b[i, :n], s[i, :n], c[i, :n] = bi, si, ci
+        idx, counts = nms_fn(b, s, c, thr, k, conf)
+        counts = to_numpy(counts)
+        return [(bi[idx[i, :counts[i]]], si[idx[i, :counts[i]]], ci[idx[i, :counts[i]]])
+                for i, (bi, si, ci) in enumerate(parts)]
+
+    return run
+
+
+def _multi_image_rows(fam: "Detect", p: dict, device: str, lib: str) -> list[Row]:
+    """The batch through ``multi_image_nms``: one fixed-size call, no host sync inside NMS."""
+    if p["B"] < 2:
+        return []
+    from .. import _registry
+
+    dk, rows = _dk(), []
+    for be in DK_BACKENDS:
+        try:
+            _registry.select("multi_image_nms", device, _working(p["dtype"]), be)
+        except RuntimeError:
+            continue
+        fn = (lambda b, s, c, t, k, conf, be=be:
+              dk.multi_image_nms(b, s, t, k, idxs=c, score_threshold=conf, backend=be))
+        rows.append(Row(f"detkernels[{be}] multi_image_nms", "detkernels", _padded_call(fn, p),
+                        note="one fixed-size call, padded to k"))
+    return rows
+
+
 # Rows that run a whole batch of images in one call. Each entry maps (family, params, device, lib)
 # to a list of Rows whose fn takes the list of images and returns, per image, (boxes, scores,
 # labels) as `_detect` does; a dedicated multi-image NMS op joins here as another entry.
-MULTI_IMAGE_ROWS: list[Callable[..., list[Row]]] = [_one_call_rows]
+MULTI_IMAGE_ROWS: list[Callable[..., list[Row]]] = [_one_call_rows, _multi_image_rows]
 
 
 class Detect(Family):

@@ -31,6 +31,7 @@ namespace {
 
 constexpr int64_t kBlock = 512;        // candidates resolved per parallel step
 constexpr int64_t kParallelPairs = 1 << 17;  // below this many pairs a step runs inline
+constexpr int64_t kParallelSort = 1 << 14;    // candidates per thread when sorting images
 
 template <typename T> struct Columns {
   std::vector<T> x1, y1, x2, y2, area;
@@ -160,7 +161,8 @@ void run_multi(const T* boxes, const T* scores, const int64_t* classes, int64_t 
   const int64_t Cc = C > 0 ? C : 1, M = N * Cc;
   auto cls = [&](int64_t q) { return C > 0 ? (q % M) % C : (classes ? classes[q] : 0); };
   // Filtered candidates in ascending q are grouped by image already: sort each image's range
-  // (in parallel) by (class, score desc), stably so ties keep ascending q.
+  // (in parallel when there is enough to sort: a thread costs more than sorting a few thousand
+  // candidates) by (class, score desc), stably so ties keep ascending q.
   std::vector<int64_t> order, start{0};
   order.reserve(static_cast<size_t>(B * M));
   for (int64_t im = 0; im < B; ++im) {
@@ -168,7 +170,8 @@ void run_multi(const T* boxes, const T* scores, const int64_t* classes, int64_t 
       if (!has_sthr || static_cast<double>(scores[q]) > sthr) order.push_back(q);
     start.push_back(static_cast<int64_t>(order.size()));
   }
-  parallel_for(B, 1, [&](int64_t lo, int64_t hi) {
+  const int64_t per_image = static_cast<int64_t>(order.size()) / std::max<int64_t>(B, 1) + 1;
+  parallel_for(B, std::max<int64_t>(1, kParallelSort / per_image), [&](int64_t lo, int64_t hi) {
     for (int64_t im = lo; im < hi; ++im)
       std::stable_sort(order.begin() + start[im], order.begin() + start[im + 1],
                        [&](int64_t i, int64_t j) {
