@@ -158,7 +158,7 @@ def multi_image_nms_emulated(boxes: Any, scores: Any, classes: Any, iou_threshol
     return out, cls, counts
 
 
-# ---- RoI ops (CPU; roi_align also CUDA) ---------------------------------------------------------------------------------
+# ---- RoI ops (CPU and CUDA) ---------------------------------------------------------------------------------
 # Inputs arrive in the working dtype (float32/float64, see detkernels/roi_ops.py); features and
 # grads in any layout (element strides are passed), rois contiguous [K, 5].
 
@@ -232,27 +232,69 @@ def roi_align_backward(grad: Any, rois: Any, spatial_scale: float, ph: int, pw: 
     return gi
 
 
-@register("roi_pool", "native")
+# The CUDA RoIPool backward sorts one slot per output element (roi_pool: K*C*PH*PW) or per bin
+# pixel (ps_roi_pool), 32 bytes each plus the sort's scratch: refused above this many slots.
+ROI_POOL_MAX_SLOTS = int(os.environ.get("DETKERNELS_ROI_POOL_MAX_SLOTS", str(1 << 26)))
+
+
+@register("roi_pool", "native", devices=IOU_DEVICES)
 def roi_pool(input: Any, rois: Any, spatial_scale: float, ph: int, pw: int, ps: bool) -> tuple:
-    """input [N, C, H, W] -> (out [K, Co, PH, PW], argmax or channel map int32 [K, Co, PH, PW])."""
+    """input [N, C, H, W] -> (out [K, Co, PH, PW], argmax or channel map int32 [K, Co, PH, PW]).
+    On CUDA: one kernel on the caller's stream, no host synchronisation."""
     N, C, H, W = (int(s) for s in input.shape)
     K = int(rois.shape[0])
     dt = A.dtype_name(input)
     shape = (K, C // (ph * pw) if ps else C, ph, pw)
     out = A.empty(shape, dt, like=input)
     idx = A.empty(shape, "int32", like=input)
-    _C.roi_pool_forward_cpu(DTYPE_CODES[dt], ps, A.data_ptr(input), _strides(input), N, C, H, W,
-                            A.data_ptr(rois), K, float(spatial_scale), ph, pw, A.data_ptr(out),
-                            A.data_ptr(idx))
+    args = (DTYPE_CODES[dt], ps, A.data_ptr(input), _strides(input), N, C, H, W, A.data_ptr(rois), K,
+            float(spatial_scale), ph, pw, A.data_ptr(out), A.data_ptr(idx))
+    if A.device(input) != "cpu":
+        _C.roi_pool_forward_cuda(*args, _device_index(input), A.current_stream(input))
+    else:
+        _C.roi_pool_forward_cpu(*args)
     return out, idx
 
 
-@register("roi_pool_backward", "native")
+def _slot_cap_error(op: str, M: int, cap: int, env: str) -> MemoryError:
+    return MemoryError(f"detkernels: the CUDA {op} backward needs {M} contribution slots (32 bytes "
+                       f"each, plus sort scratch), more than the cap of {cap}; use fewer or smaller "
+                       f"rois, or raise {env}")
+
+
+def _roi_pool_backward_cuda(grad: Any, rois: Any, idx: Any, spatial_scale: float, ph: int, pw: int,
+                            n: int, c: int, h: int, w: int, ps: bool, gi: Any) -> None:
+    """Deterministic CUDA backward. roi_pool: K*C*PH*PW slots, known without a sync; ps_roi_pool:
+    one host sync (the prepare step) to read the slot count that sizes the workspace."""
+    dt, K, dev = DTYPE_CODES[A.dtype_name(grad)], int(rois.shape[0]), _device_index(grad)
+    stream = A.current_stream(grad)
+    pre = None
+    if ps:
+        pre = A.empty((max(_C.ps_roi_pool_backward_cuda_pre_bytes(K, ph, pw), 1),), "uint8", like=grad)
+        M = _C.ps_roi_pool_backward_cuda_prepare(dt, A.data_ptr(rois), K, float(spatial_scale), ph, pw,
+                                                 n, h, w, A.data_ptr(pre), dev, stream)
+    else:
+        M = K * c * ph * pw
+    if M > ROI_POOL_MAX_SLOTS:
+        raise _slot_cap_error("ps_roi_pool" if ps else "roi_pool", M, ROI_POOL_MAX_SLOTS,
+                                      "DETKERNELS_ROI_POOL_MAX_SLOTS")
+    nbytes = _C.roi_pool_backward_cuda_workspace_bytes(ps, M, n, c, h, w, dev)
+    ws = A.empty((max(int(nbytes), 1),), "uint8", like=grad)
+    _C.roi_pool_backward_cuda(dt, ps, A.data_ptr(grad), _strides(grad), A.data_ptr(rois),
+                              A.data_ptr(idx), K, float(spatial_scale), ph, pw, n, c, h, w,
+                              0 if pre is None else A.data_ptr(pre), M, A.data_ptr(ws), nbytes,
+                              A.data_ptr(gi), dev, stream)
+
+
+@register("roi_pool_backward", "native", devices=IOU_DEVICES)
 def roi_pool_backward(grad: Any, rois: Any, idx: Any, spatial_scale: float, ph: int, pw: int, n: int,
                       c: int, h: int, w: int, ps: bool) -> Any:
     """grad [K, Co, PH, PW] (+ argmax int32, contiguous, for roi_pool) -> grad_input [N, C, H, W]."""
     dt = A.dtype_name(grad)
     gi = A.empty((n, c, h, w), dt, like=grad)
+    if A.device(grad) != "cpu":
+        _roi_pool_backward_cuda(grad, rois, idx, spatial_scale, ph, pw, n, c, h, w, ps, gi)
+        return gi
     _C.roi_pool_backward_cpu(DTYPE_CODES[dt], ps, A.data_ptr(grad), _strides(grad), A.data_ptr(rois),
                              A.data_ptr(idx), int(rois.shape[0]), float(spatial_scale), ph, pw, n, c,
                              h, w, A.data_ptr(gi))
