@@ -12,12 +12,13 @@ cupy is imported on the first call, never at ``import detkernels``.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -304,6 +305,25 @@ def _scatter_backward(cp: Any, mod: Any, ps_pool: bool, geom: tuple, K: int, nb:
                       grad: Any, C: int, HW: int, none: int, ps: bool, ph: int, pw: int, gi: Any,
                       op: str, cap: int, env: str) -> None:
     """Steps 1-5 of roi_scatter.h into the zeroed gi. One host sync: the slot count M."""
+    with _oom_as_memory_error(cp, op, env):
+        _scatter_steps(cp, mod, ps_pool, geom, K, nb, dt, grad, C, HW, none, ps, ph, pw, gi, op, cap, env)
+
+
+@contextlib.contextmanager
+def _oom_as_memory_error(cp: Any, op: str, env: str) -> Iterator[None]:
+    """CuPy's OutOfMemoryError in a backward's slot arrays becomes a MemoryError saying what to do."""
+    try:
+        yield
+    except Exception as e:
+        if "OutOfMemory" in type(e).__name__:
+            raise MemoryError(f"detkernels: the cupy {op} backward's slot arrays do not fit in GPU "
+                              f"memory ({e}); use fewer or smaller rois, or lower {env}") from e
+        raise
+
+
+def _scatter_steps(cp: Any, mod: Any, ps_pool: bool, geom: tuple, K: int, nb: int, dt: str, grad: Any,
+                   C: int, HW: int, none: int, ps: bool, ph: int, pw: int, gi: Any, op: str, cap: int,
+                   env: str) -> None:
     T = C_TYPES[dt]
     pol = f"detkernels::{_SCATTER[ps_pool]}<{T}>"
     off = cp.zeros(K + 1, dtype=cp.int64)
@@ -416,12 +436,19 @@ def roi_pool_backward(grad: Any, rois: Any, idx: Any, spatial_scale: float, ph: 
         if M == 0:
             return gi
         T = C_TYPES[dt]
-        key = cp.empty(M, dtype=cp.int64)
-        _launch(mod, f"detkernels::roi_pool_max_keys<{T}>", M,
-                (_ptr(rois), _ptr(idx), np.int64(M), np.int64(c), np.int64(ph * pw), np.int64(n),
-                 np.int64(h * w), key, np.uint64(0)))
-        seq = cp.argsort(key)  # stable: each target's contributions stay in (n, ph, pw) order
-        _launch(mod, f"detkernels::roi_pool_max_reduce<{T}>", M,
-                (key[seq], seq, np.int64(M), np.int64(none), _ptr(grad), *_elem_strides(grad),
-                 np.int64(c), np.int64(ph), np.int64(pw), _ptr(gi)))
+        with _oom_as_memory_error(cp, "roi_pool", "DETKERNELS_ROI_POOL_MAX_SLOTS"):
+            _roi_pool_max_backward(cp, mod, T, rois, idx, grad, M, none, n, c, h, w, ph, pw, gi)
     return gi
+
+
+def _roi_pool_max_backward(cp: Any, mod: Any, T: str, rois: Any, idx: Any, grad: Any, M: int, none: int,
+                           n: int, c: int, h: int, w: int, ph: int, pw: int, gi: Any) -> None:
+    """RoIPool backward: one slot per output element, keyed by its argmax target (no host sync)."""
+    key = cp.empty(M, dtype=cp.int64)
+    _launch(mod, f"detkernels::roi_pool_max_keys<{T}>", M,
+            (_ptr(rois), _ptr(idx), np.int64(M), np.int64(c), np.int64(ph * pw), np.int64(n),
+             np.int64(h * w), key, np.uint64(0)))
+    seq = cp.argsort(key)  # stable: each target's contributions stay in (n, ph, pw) order
+    _launch(mod, f"detkernels::roi_pool_max_reduce<{T}>", M,
+            (key[seq], seq, np.int64(M), np.int64(none), _ptr(grad), *_elem_strides(grad),
+             np.int64(c), np.int64(ph), np.int64(pw), _ptr(gi)))

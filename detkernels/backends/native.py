@@ -168,6 +168,18 @@ def _strides(x: Any) -> list[int]:
     return list(x.stride())
 
 
+def _roi_workspace(like: Any, nbytes: int, what: str, env: str) -> Any:
+    """A uint8 device buffer for a RoI backward's sort, or a MemoryError naming its size."""
+    try:
+        return A.empty((max(int(nbytes), 1),), "uint8", like=like)
+    except Exception as e:  # torch.OutOfMemoryError, cupy OutOfMemoryError
+        if isinstance(e, MemoryError) or "OutOfMemory" in type(e).__name__:
+            raise MemoryError(f"detkernels: the CUDA {what} backward needs a {nbytes} byte workspace on "
+                              f"{A.device(like)}, which could not be allocated ({e}); use fewer or "
+                              f"smaller rois, or lower {env}") from e
+        raise
+
+
 # The CUDA RoIAlign backward sorts one slot per (roi, ph, pw, iy, ix, tap) -- 32 bytes each plus
 # the sort's scratch -- so its workspace is bounded by refusing more slots than this.
 ROI_ALIGN_MAX_SLOTS = int(os.environ.get("DETKERNELS_ROI_ALIGN_MAX_SLOTS", str(1 << 26)))
@@ -209,7 +221,7 @@ def _roi_align_backward_cuda(grad: Any, rois: Any, spatial_scale: float, ph: int
                           f"{ROI_ALIGN_MAX_SLOTS} (32 bytes each); pass a positive sampling_ratio, "
                           f"fewer or smaller rois, or raise DETKERNELS_ROI_ALIGN_MAX_SLOTS")
     nbytes = _C.roi_align_backward_cuda_workspace_bytes(M, n, h, w, dev)
-    ws = A.empty((max(int(nbytes), 1),), "uint8", like=grad)
+    ws = _roi_workspace(grad, nbytes, "roi_align", "DETKERNELS_ROI_ALIGN_MAX_SLOTS")
     _C.roi_align_backward_cuda(dt, ps, A.data_ptr(grad), _strides(grad), A.data_ptr(rois), K,
                                float(spatial_scale), ph, pw, n, c, h, w, int(sampling_ratio),
                                bool(aligned), A.data_ptr(pre), M, A.data_ptr(ws), nbytes,
@@ -279,7 +291,7 @@ def _roi_pool_backward_cuda(grad: Any, rois: Any, idx: Any, spatial_scale: float
         raise _slot_cap_error("ps_roi_pool" if ps else "roi_pool", M, ROI_POOL_MAX_SLOTS,
                                       "DETKERNELS_ROI_POOL_MAX_SLOTS")
     nbytes = _C.roi_pool_backward_cuda_workspace_bytes(ps, M, n, c, h, w, dev)
-    ws = A.empty((max(int(nbytes), 1),), "uint8", like=grad)
+    ws = _roi_workspace(grad, nbytes, "ps_roi_pool" if ps else "roi_pool", "DETKERNELS_ROI_POOL_MAX_SLOTS")
     _C.roi_pool_backward_cuda(dt, ps, A.data_ptr(grad), _strides(grad), A.data_ptr(rois),
                               A.data_ptr(idx), K, float(spatial_scale), ph, pw, n, c, h, w,
                               0 if pre is None else A.data_ptr(pre), M, A.data_ptr(ws), nbytes,
