@@ -16,6 +16,7 @@
 #include "ops/roi_align/roi_align.h"
 #include "ops/roi_align/roi_align_gpu.h"
 #include "ops/roi_pool/roi_pool.h"
+#include "ops/roi_pool/roi_pool_gpu.h"
 #ifdef DETKERNELS_WITH_CUDA
 #include "common/cuda_check.h"
 #endif
@@ -154,6 +155,24 @@ PYBIND11_MODULE(_C, m) {
                                             W, ptr(grad_input));
         },
         nogil);
+  m.def("roi_pool_forward_emulate_cpu",
+        [](int dtype, bool ps, uintptr_t input, std::array<int64_t, 4> strides, int64_t N, int64_t C,
+           int64_t H, int64_t W, uintptr_t rois, int64_t K, double scale, int64_t PH, int64_t PW,
+           uintptr_t out, uintptr_t idx) {
+          detkernels::roi_pool_forward_emulate_cpu(dtype, ps, ptr(input), strides.data(), N, C, H,
+                                                   W, ptr(rois), K, scale, PH, PW, ptr(out),
+                                                   ptr<int32_t>(idx));
+        },
+        nogil);
+  m.def("roi_pool_backward_emulate_cpu",
+        [](int dtype, bool ps, uintptr_t grad, std::array<int64_t, 4> strides, uintptr_t rois,
+           uintptr_t argmax, int64_t K, double scale, int64_t PH, int64_t PW, int64_t N, int64_t C,
+           int64_t H, int64_t W, uintptr_t grad_input) {
+          detkernels::roi_pool_backward_emulate_cpu(dtype, ps, ptr(grad), strides.data(), ptr(rois),
+                                                    ptr<const int32_t>(argmax), K, scale, PH, PW,
+                                                    N, C, H, W, ptr(grad_input));
+        },
+        nogil);
 
 #ifdef DETKERNELS_WITH_CUDA
   m.def("box_iou_cuda",
@@ -205,6 +224,37 @@ PYBIND11_MODULE(_C, m) {
                                               scale, PH, PW, N, C, H, W, sr, aligned, ptr(pre), M,
                                               ptr(ws), ws_bytes, ptr(grad_input), device,
                                               ptr(stream));
+        },
+        nogil);
+  m.def("roi_pool_forward_cuda",
+        [](int dtype, bool ps, uintptr_t input, std::array<int64_t, 4> strides, int64_t N, int64_t C,
+           int64_t H, int64_t W, uintptr_t rois, int64_t K, double scale, int64_t PH, int64_t PW,
+           uintptr_t out, uintptr_t idx, int device, uintptr_t stream) {
+          detkernels::roi_pool_forward_cuda(dtype, ps, ptr(input), strides.data(), N, C, H, W,
+                                            ptr(rois), K, scale, PH, PW, ptr(out), ptr<int32_t>(idx),
+                                            device, ptr(stream));
+        },
+        nogil);
+  m.def("ps_roi_pool_backward_cuda_pre_bytes", &detkernels::ps_roi_pool_backward_cuda_pre_bytes);
+  m.def("ps_roi_pool_backward_cuda_prepare",
+        [](int dtype, uintptr_t rois, int64_t K, double scale, int64_t PH, int64_t PW, int64_t N,
+           int64_t H, int64_t W, uintptr_t pre, int device, uintptr_t stream) {
+          return detkernels::ps_roi_pool_backward_cuda_prepare(dtype, ptr(rois), K, scale, PH, PW,
+                                                               N, H, W, ptr(pre), device,
+                                                               ptr(stream));
+        },
+        nogil);
+  m.def("roi_pool_backward_cuda_workspace_bytes",
+        &detkernels::roi_pool_backward_cuda_workspace_bytes, nogil);
+  m.def("roi_pool_backward_cuda",
+        [](int dtype, bool ps, uintptr_t grad, std::array<int64_t, 4> strides, uintptr_t rois,
+           uintptr_t argmax, int64_t K, double scale, int64_t PH, int64_t PW, int64_t N, int64_t C,
+           int64_t H, int64_t W, uintptr_t pre, int64_t M, uintptr_t ws, int64_t ws_bytes,
+           uintptr_t grad_input, int device, uintptr_t stream) {
+          detkernels::roi_pool_backward_cuda(dtype, ps, ptr(grad), strides.data(), ptr(rois),
+                                             ptr<const int32_t>(argmax), K, scale, PH, PW, N, C, H,
+                                             W, ptr(pre), M, ptr(ws), ws_bytes, ptr(grad_input),
+                                             device, ptr(stream));
         },
         nogil);
 #endif

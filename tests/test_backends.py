@@ -186,6 +186,58 @@ def test_half_precision_promotes(backend, torch, rng):
         assert_bytes_equal(detkernels.box_iou(tb, tb[:7], backend=backend), R.box_iou(b32, b32[:7]))
 
 
+# ---- RoI ops: forward and backward, every backend x placement (GPU rows skip without a device) ----
+ROI_OPS = ("roi_align", "ps_roi_align", "roi_pool", "ps_roi_pool")
+
+
+def _roi_case(op: str, backend: str, lib: str, device: str, dtype: str, mod):
+    """(forward, backward) of `op` on `backend` for `lib` arrays, and the reference's."""
+    from _roi_inputs import boxes_adversarial, features, grad_like
+    from detkernels import roi_ops
+    from detkernels.reference import roi_align as RA, roi_pool as RP
+
+    ps = op.startswith("ps_")
+    x = features(0, np.dtype(dtype).type, c=8)
+    rois = boxes_adversarial(0, np.dtype(dtype).type)
+    rois = rois[np.all(np.abs(rois[:, 1:]) < 1e5, axis=1)]  # adaptive grids of huge boxes: slow
+    n, c, h, w = x.shape
+    xx, rr = _put(x, lib, device, mod), _put(rois, lib, device, mod)
+    if "align" in op:
+        out = roi_ops.roi_align_impl(xx, rr, 0.5, 2, 2, 0, True, ps, backend)
+        want = RA.ps_roi_align(x, rois, 0.5, 2, 2, 0) if ps else RA.roi_align(x, rois, 0.5, 2, 2, 0, True)
+        g = grad_like(want.shape, 0, np.dtype(dtype).type)
+        gi = roi_ops.roi_align_backward_impl(_put(g, lib, device, mod), rr, 0.5, 2, 2, n, c, h, w, 0,
+                                             True, ps, backend)
+        want_gi = (RA.ps_roi_align_backward(g, rois, 0.5, 2, 2, 0, n, c, h, w) if ps else
+                   RA.roi_align_backward(g, rois, 0.5, 2, 2, n, c, h, w, 0, True))
+        return (out, gi), (want, want_gi)
+    out, idx = roi_ops.roi_pool_impl(xx, rr, 0.5, 2, 2, ps, backend)
+    want, want_idx = (RP.ps_roi_pool if ps else RP.roi_pool)(x, rois, 0.5, 2, 2)
+    g = grad_like(want.shape, 0, np.dtype(dtype).type)
+    gi = roi_ops.roi_pool_backward_impl(_put(g, lib, device, mod), rr, idx, 0.5, 2, 2, n, c, h, w, ps,
+                                        backend)
+    rb = RP.ps_roi_pool_backward if ps else RP.roi_pool_backward
+    return (out, idx, gi), (want, want_idx, rb(g, rois, want_idx, 0.5, 2, 2, n, c, h, w))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("device,lib", PLACEMENTS, ids=[f"{d}-{l}" for d, l in PLACEMENTS])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("op", ROI_OPS)
+def test_roi_matches_reference(op, backend, device, lib, dtype):
+    mod = _library(lib)
+    if device == "cuda" and (why := _cuda_device_present()):
+        pytest.skip(why)
+    reg = "roi_align" if "align" in op else "roi_pool"
+    for r in (reg, f"{reg}_backward"):
+        if why := _registry.why_not(backend, r, device, dtype):
+            pytest.skip(f"backend {backend!r}: {why}")
+    got, want = _roi_case(op, backend, lib, device, dtype, mod)
+    for k, (a, b) in enumerate(zip(got, want)):
+        _check_placement(a, lib, device)
+        assert_bytes_equal(a, b, f"{op} output {k}")
+
+
 # ---- registry: selection, errors, laziness ---------------------------------------------------------
 
 def test_missing_backend_error_names_what_is_missing():

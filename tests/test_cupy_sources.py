@@ -91,3 +91,86 @@ def test_device_score_order_logic(seed):
         s = rng.choice(np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 0.5, 0.25, 1.0], dtype), 200)
         s[::7] = rng.random(len(s[::7]))
         np.testing.assert_array_equal(C._score_order(np, s), score_order(s))
+
+
+# ---- RoI ops -----------------------------------------------------------------------------------
+
+def test_roi_kernels_are_the_native_ones():
+    """The CuPy source includes the RoI kernel headers the nvcc build compiles, and every RoI
+    kernel the backend launches is among the compiled name expressions."""
+    root = Path(__file__).resolve().parents[1]
+    for cu, cuh in (("csrc/ops/roi_align/roi_align_cuda.cu", "ops/roi_align/roi_align_kernels.cuh"),
+                    ("csrc/ops/roi_pool/roi_pool_cuda.cu", "ops/roi_pool/roi_pool_kernels.cuh")):
+        assert f'#include "{cuh}"' in C.source()
+        assert f'#include "{cuh}"' in (root / cu).read_text()
+        assert cuh in C.HEADERS
+    names = set(C.name_expressions())
+    assert set(C.roi_name_expressions()) <= names
+    assert len(C.roi_name_expressions()) == 22
+
+
+PTX_PARAM = re.compile(r"\.param\s+\.(\w+)\s")
+ARG_TYPES = {np.uint64: "u64", np.int64: "u64", np.int32: "u32", np.float32: "f32", np.float64: "f64"}
+
+
+class _Recorder:
+    """Stands in for cupy (NumPy arrays) and for the compiled module (records every launch);
+    the count kernel pretends every RoI owns 3 slots so the backward runs all its steps."""
+
+    def __init__(self):
+        self.calls = []
+        self.zeros, self.empty, self.cumsum, self.int64 = np.zeros, np.empty, np.cumsum, np.int64
+
+    @staticmethod
+    def argsort(a):
+        return np.argsort(a, kind="stable")
+
+    def get_function(self, name):
+        assert name in C.name_expressions(), f"{name} is launched but not compiled"
+
+        def launch(grid, block, args):
+            self.calls.append((name, grid, block, args))
+            if "roi_scatter_count" in name:
+                args[11][1:] = 3
+
+        return launch
+
+
+class _NoStream:
+    def __init__(self, cp, x):
+        pass
+
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return None
+
+
+def test_roi_launch_arguments_match_the_kernels(monkeypatch):
+    """Without a GPU: every RoI launch of the CuPy backend passes exactly the argument count and
+    types (pointer/int64 -> u64, int -> u32, T -> f32/f64) of the NVRTC-compiled entry."""
+    rec = _Recorder()
+    monkeypatch.setattr(C, "_cupy", lambda: rec)
+    monkeypatch.setattr(C, "_module", lambda cp: rec)
+    monkeypatch.setattr(C, "_On", _NoStream)
+    monkeypatch.setattr(C, "_view", lambda cp, x: x)
+    rng = np.random.default_rng(0)
+    for dt in (np.float32, np.float64):
+        x = rng.standard_normal((2, 8, 9, 10)).astype(dt)
+        xl = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+        rois = np.array([[0, 1, 1, 6, 7], [1, 0, 2, 8, 8]], dt)
+        for ps in (False, True):
+            out = C.roi_align(xl, rois, 0.5, 2, 2, 2, True, ps)
+            C.roi_align_backward(np.ones(out.shape, dt), rois, 0.5, 2, 2, 2, 8, 9, 10, 2, True, ps)
+            out, idx = C.roi_pool(x, rois, 0.5, 2, 2, ps)
+            idx[...] = 0
+            C.roi_pool_backward(np.ones(out.shape, dt), rois, idx, 0.5, 2, 2, 2, 8, 9, 10, ps)
+    launched = {name for name, *_ in rec.calls}
+    assert launched == set(C.roi_name_expressions()), set(C.roi_name_expressions()) - launched
+    entries, _ = _compile(C.nvrtc_options())
+    for name, grid, block, args in rec.calls:
+        params = PTX_PARAM.findall(entries[name].split(")")[0])
+        got = ["u64" if isinstance(a, np.ndarray) else ARG_TYPES[type(a)] for a in args]
+        assert got == params, f"{name}: launched with {got}, kernel takes {params}"
+        assert block == (C.ROI_THREADS,) and len(grid) == 1 and 0 < grid[0] <= 65535 * 16

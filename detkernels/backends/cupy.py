@@ -12,11 +12,13 @@ cupy is imported on the first call, never at ``import detkernels``.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
+import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -49,7 +51,12 @@ C_TYPES = {"float32": "float", "float64": "double"}
 # The native build's CUDA float flags (CMakeLists.txt DK_CUDA_FLOAT_FLAGS), for NVRTC.
 NVRTC_FLOAT_OPTIONS = ("--fmad=false", "--prec-div=true", "--prec-sqrt=true", "--ftz=false")
 HEADERS = ("common/host_device.h", "ops/box_iou/box_iou.h", "ops/box_iou/box_iou_kernel.cuh",
-           "ops/nms/nms.h")
+           "ops/nms/nms.h",
+           # RoI ops (section at the end of this file)
+           "ops/roi_align/roi_align.h", "ops/roi_align/roi_scatter.h",
+           "ops/roi_align/roi_scatter_kernels.cuh", "ops/roi_align/roi_align_gpu.h",
+           "ops/roi_align/roi_align_kernels.cuh", "ops/roi_pool/roi_pool.h",
+           "ops/roi_pool/roi_pool_gpu.h", "ops/roi_pool/roi_pool_kernels.cuh")
 _MODULES: dict = {}
 
 
@@ -88,6 +95,7 @@ def name_expressions() -> list[str]:
                     names.append(f"detkernels::box_iou_kernel<{t}, {fmt}, {kind}>")
         names += [f"detkernels::cupy_nms::gather<{t}>", f"detkernels::cupy_nms::mask<{t}>"]
     names.append("detkernels::cupy_nms::scan")
+    names += roi_name_expressions()
     return names
 
 
@@ -227,3 +235,220 @@ def nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float) -> Any:
             kept[o[f]] = True
             r = o1[kept[o1]]
         return _as_kind(r, like=boxes)
+
+
+# ---- RoI ops --------------------------------------------------------------------------------------
+# roi_align / ps_roi_align and roi_pool / ps_roi_pool, forward and backward, launching the native
+# build's kernels (csrc/ops/roi_align/roi_align_kernels.cuh, csrc/ops/roi_pool/roi_pool_kernels.cuh,
+# csrc/ops/roi_align/roi_scatter_kernels.cuh). Inputs arrive as for the native backend (working
+# dtype, rois and argmax contiguous, features and grads in any layout: element strides are passed);
+# outputs are allocated in the caller's array kind. The backward is the deterministic atomic-free
+# scatter of roi_scatter.h: where the nvcc build runs CUB (radix sort, scan) this runs
+# cupy.argsort (stable: CuPy's sorts are stable, kind=None means 'stable') and cupy.cumsum.
+
+ROI_THREADS = 256
+# The same caps (and environment variables) as the native backend: slots of the backward sort.
+ROI_ALIGN_MAX_SLOTS = int(os.environ.get("DETKERNELS_ROI_ALIGN_MAX_SLOTS", str(1 << 26)))
+ROI_POOL_MAX_SLOTS = int(os.environ.get("DETKERNELS_ROI_POOL_MAX_SLOTS", str(1 << 26)))
+_SCATTER = {False: "RoiAlignScatter", True: "PsRoiPoolScatter"}  # key: is it ps_roi_pool
+
+
+def roi_name_expressions() -> list[str]:
+    """The RoI kernel instantiations the backend launches."""
+    names = []
+    for t in C_TYPES.values():
+        names += [f"detkernels::roi_align_forward<{t}>", f"detkernels::roi_pool_forward<{t}>",
+                  f"detkernels::roi_scatter_reduce<{t}>", f"detkernels::roi_pool_max_keys<{t}>",
+                  f"detkernels::roi_pool_max_reduce<{t}>"]
+        for pol in _SCATTER.values():
+            names += [f"detkernels::roi_scatter_{step}<detkernels::{pol}<{t}>>"
+                      for step in ("count", "key", "decode")]
+    return names
+
+
+def _blocks(n: int) -> tuple:
+    return (min((n + ROI_THREADS - 1) // ROI_THREADS, 65535 * 16),)  # kernels grid-stride
+
+
+def _elem_strides(x: Any) -> tuple:
+    """Element strides of a 4-d array of any kind, as int64 kernel arguments."""
+    if A.kind(x) == "torch":
+        s = x.stride()
+    else:
+        item = np.dtype(A.dtype_name(x)).itemsize
+        s = [v // item for v in x.strides]
+    return tuple(np.int64(v) for v in s)
+
+
+def _launch(mod: Any, name: str, n: int, args: tuple) -> None:
+    if n > 0:
+        mod.get_function(name)(_blocks(n), (ROI_THREADS,), args)
+
+
+def _slot_cap(op: str, M: int, cap: int, env: str) -> None:
+    if M > cap:
+        raise MemoryError(f"detkernels: the cupy {op} backward needs {M} contribution slots "
+                          f"(40 bytes each, plus sort scratch), more than the cap of {cap}; use "
+                          f"fewer or smaller rois{', a positive sampling_ratio' if 'align' in op else ''}"
+                          f", or raise {env}")
+
+
+def _zeroed(cp: Any, shape: tuple, dt: str, like: Any) -> Any:
+    """A zero-filled contiguous array of like's kind (filled by CuPy on the current stream)."""
+    out = A.empty(shape, dt, like=like)
+    if int(np.prod(shape)):
+        _view(cp, out).fill(0)
+    return out
+
+
+def _scatter_backward(cp: Any, mod: Any, ps_pool: bool, geom: tuple, K: int, nb: int, dt: str,
+                      grad: Any, C: int, HW: int, none: int, ps: bool, ph: int, pw: int, gi: Any,
+                      op: str, cap: int, env: str) -> None:
+    """Steps 1-5 of roi_scatter.h into the zeroed gi. One host sync: the slot count M."""
+    with _oom_as_memory_error(cp, op, env):
+        _scatter_steps(cp, mod, ps_pool, geom, K, nb, dt, grad, C, HW, none, ps, ph, pw, gi, op, cap, env)
+
+
+@contextlib.contextmanager
+def _oom_as_memory_error(cp: Any, op: str, env: str) -> Iterator[None]:
+    """CuPy's OutOfMemoryError in a backward's slot arrays becomes a MemoryError saying what to do."""
+    try:
+        yield
+    except Exception as e:
+        if "OutOfMemory" in type(e).__name__:
+            raise MemoryError(f"detkernels: the cupy {op} backward's slot arrays do not fit in GPU "
+                              f"memory ({e}); use fewer or smaller rois, or lower {env}") from e
+        raise
+
+
+def _scatter_steps(cp: Any, mod: Any, ps_pool: bool, geom: tuple, K: int, nb: int, dt: str, grad: Any,
+                   C: int, HW: int, none: int, ps: bool, ph: int, pw: int, gi: Any, op: str, cap: int,
+                   env: str) -> None:
+    T = C_TYPES[dt]
+    pol = f"detkernels::{_SCATTER[ps_pool]}<{T}>"
+    off = cp.zeros(K + 1, dtype=cp.int64)
+    div = cp.empty(K * (nb if ps_pool else 1), dtype=dt)
+    _launch(mod, f"detkernels::roi_scatter_count<{pol}>", K, (*geom, off, div))
+    off = cp.cumsum(off)  # off[0] = 0: exclusive offsets of the slots
+    M = int(off[-1])  # the one host synchronisation: M sizes the slot arrays
+    _slot_cap(op, M, cap, env)
+    if M == 0 or C == 0:
+        return
+    key = cp.empty(M, dtype=cp.int64)
+    _launch(mod, f"detkernels::roi_scatter_key<{pol}>", M, (*geom, off, np.int64(M), key, np.uint64(0)))
+    seq = cp.argsort(key)  # stable
+    skey = key[seq]
+    bins = cp.empty(M, dtype=cp.int64)
+    w = cp.empty(M, dtype=dt)
+    _launch(mod, f"detkernels::roi_scatter_decode<{pol}>", M, (*geom, off, np.int64(M), seq, bins, w))
+    _launch(mod, f"detkernels::roi_scatter_reduce<{T}>", M * C,
+            (skey, bins, w, div, np.int32(ps_pool), np.int64(M), _ptr(grad), *_elem_strides(grad),
+             np.int64(C), np.int64(HW), np.int64(none), np.int32(ps), np.int64(ph), np.int64(pw),
+             _ptr(gi)))
+
+
+def _geom(rois: Any, dt: str, spatial_scale: float, K: int, ph: int, pw: int, n: int, h: int, w: int,
+          sr: int, aligned: bool, ps: bool) -> tuple:
+    """The kernels' leading scalar arguments (DK_ROI_GEOM_PARAMS)."""
+    return (_ptr(rois), np.dtype(dt).type(spatial_scale), np.int64(K), np.int64(ph), np.int64(pw),
+            np.int64(n), np.int64(h), np.int64(w), np.int64(sr), np.int32(aligned), np.int32(ps))
+
+
+@register("roi_align", "cupy", devices=("cuda",))
+def roi_align(input: Any, rois: Any, spatial_scale: float, ph: int, pw: int, sampling_ratio: int,
+              aligned: bool, ps: bool) -> Any:
+    """input [N, C, H, W] (any strides) -> [K, Co, PH, PW] (Co = C, or C/(PH*PW) for ps)."""
+    cp = _cupy()
+    N, C, H, W = (int(s) for s in input.shape)
+    K = int(rois.shape[0])
+    dt = A.dtype_name(input)
+    Co = C // (ph * pw) if ps else C
+    out = A.empty((K, Co, ph, pw), dt, like=input)
+    st = _elem_strides(input)
+    channels_inner = not ps and int(st[1]) == 1 and C > 1  # channels-last: coalesced reads
+    with _On(cp, input):
+        _launch(_module(cp), f"detkernels::roi_align_forward<{C_TYPES[dt]}>", K * Co * ph * pw,
+                (_ptr(input), *st, np.int64(N), np.int64(Co), np.int64(H), np.int64(W), _ptr(rois),
+                 np.int64(K), np.dtype(dt).type(spatial_scale), np.int64(ph), np.int64(pw),
+                 np.int64(sampling_ratio), np.int32(aligned), np.int32(ps), np.int32(channels_inner),
+                 _ptr(out)))
+    return out
+
+
+@register("roi_align_backward", "cupy", devices=("cuda",))
+def roi_align_backward(grad: Any, rois: Any, spatial_scale: float, ph: int, pw: int, n: int, c: int,
+                       h: int, w: int, sampling_ratio: int, aligned: bool, ps: bool) -> Any:
+    """grad [K, Co, PH, PW] (any strides) -> grad_input [N, C, H, W], deterministic, no atomics."""
+    cp = _cupy()
+    dt = A.dtype_name(grad)
+    K = int(rois.shape[0])
+    with _On(cp, grad):
+        gi = _zeroed(cp, (n, c, h, w), dt, grad)
+        if K:
+            geom = _geom(rois, dt, spatial_scale, K, ph, pw, n, h, w, sampling_ratio, aligned, ps)
+            _scatter_backward(cp, _module(cp), False, geom, K, ph * pw, dt, grad, c, h * w, n * h * w,
+                              ps, ph, pw, gi, "ps_roi_align" if ps else "roi_align",
+                              ROI_ALIGN_MAX_SLOTS, "DETKERNELS_ROI_ALIGN_MAX_SLOTS")
+    return gi
+
+
+@register("roi_pool", "cupy", devices=("cuda",))
+def roi_pool(input: Any, rois: Any, spatial_scale: float, ph: int, pw: int, ps: bool) -> tuple:
+    """input [N, C, H, W] (any strides) -> (out [K, Co, PH, PW], argmax or channel map int32)."""
+    cp = _cupy()
+    N, C, H, W = (int(s) for s in input.shape)
+    K = int(rois.shape[0])
+    dt = A.dtype_name(input)
+    Co = C // (ph * pw) if ps else C
+    out = A.empty((K, Co, ph, pw), dt, like=input)
+    idx = A.empty((K, Co, ph, pw), "int32", like=input)
+    st = _elem_strides(input)
+    channels_inner = not ps and int(st[1]) == 1 and C > 1
+    with _On(cp, input):
+        _launch(_module(cp), f"detkernels::roi_pool_forward<{C_TYPES[dt]}>", K * Co * ph * pw,
+                (_ptr(input), *st, np.int64(N), np.int64(Co), np.int64(H), np.int64(W), _ptr(rois),
+                 np.int64(K), np.dtype(dt).type(spatial_scale), np.int64(ph), np.int64(pw),
+                 np.int32(ps), np.int32(channels_inner), _ptr(out), _ptr(idx)))
+    return out, idx
+
+
+@register("roi_pool_backward", "cupy", devices=("cuda",))
+def roi_pool_backward(grad: Any, rois: Any, idx: Any, spatial_scale: float, ph: int, pw: int, n: int,
+                      c: int, h: int, w: int, ps: bool) -> Any:
+    """grad [K, Co, PH, PW] (+ argmax int32 [K, C, PH, PW], contiguous, for roi_pool) ->
+    grad_input [N, C, H, W]. roi_pool: its K*C*PH*PW slots need no host sync; ps_roi_pool syncs
+    once for its slot count."""
+    cp = _cupy()
+    dt = A.dtype_name(grad)
+    K = int(rois.shape[0])
+    with _On(cp, grad):
+        mod = _module(cp)
+        gi = _zeroed(cp, (n, c, h, w), dt, grad)
+        if ps:
+            if K:
+                geom = _geom(rois, dt, spatial_scale, K, ph, pw, n, h, w, 0, False, True)
+                _scatter_backward(cp, mod, True, geom, K, ph * pw, dt, grad, c, h * w, n * h * w,
+                                  True, ph, pw, gi, "ps_roi_pool", ROI_POOL_MAX_SLOTS,
+                                  "DETKERNELS_ROI_POOL_MAX_SLOTS")
+            return gi
+        M, none = K * c * ph * pw, n * c * h * w
+        _slot_cap("roi_pool", M, ROI_POOL_MAX_SLOTS, "DETKERNELS_ROI_POOL_MAX_SLOTS")
+        if M == 0:
+            return gi
+        T = C_TYPES[dt]
+        with _oom_as_memory_error(cp, "roi_pool", "DETKERNELS_ROI_POOL_MAX_SLOTS"):
+            _roi_pool_max_backward(cp, mod, T, rois, idx, grad, M, none, n, c, h, w, ph, pw, gi)
+    return gi
+
+
+def _roi_pool_max_backward(cp: Any, mod: Any, T: str, rois: Any, idx: Any, grad: Any, M: int, none: int,
+                           n: int, c: int, h: int, w: int, ph: int, pw: int, gi: Any) -> None:
+    """RoIPool backward: one slot per output element, keyed by its argmax target (no host sync)."""
+    key = cp.empty(M, dtype=cp.int64)
+    _launch(mod, f"detkernels::roi_pool_max_keys<{T}>", M,
+            (_ptr(rois), _ptr(idx), np.int64(M), np.int64(c), np.int64(ph * pw), np.int64(n),
+             np.int64(h * w), key, np.uint64(0)))
+    seq = cp.argsort(key)  # stable: each target's contributions stay in (n, ph, pw) order
+    _launch(mod, f"detkernels::roi_pool_max_reduce<{T}>", M,
+            (key[seq], seq, np.int64(M), np.int64(none), _ptr(grad), *_elem_strides(grad),
+             np.int64(c), np.int64(ph), np.int64(pw), _ptr(gi)))

@@ -79,3 +79,9 @@ __global__ void scan(const unsigned long long* __restrict__ mask, int64_t n, int
 
 }  // namespace cupy_nms
 }  // namespace detkernels
+
+// RoI ops: the very kernels the nvcc build launches (roi_align_kernels.cuh, roi_pool_kernels.cuh
+// and the generic deterministic backward scatter of roi_scatter_kernels.cuh); the sorts between
+// the backward's steps are CuPy's (stable) argsort, the scan cupy.cumsum.
+#include "ops/roi_align/roi_align_kernels.cuh"
+#include "ops/roi_pool/roi_pool_kernels.cuh"

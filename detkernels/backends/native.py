@@ -158,7 +158,7 @@ def multi_image_nms_emulated(boxes: Any, scores: Any, classes: Any, iou_threshol
     return out, cls, counts
 
 
-# ---- RoI ops (CPU; roi_align also CUDA) ---------------------------------------------------------------------------------
+# ---- RoI ops (CPU and CUDA) ---------------------------------------------------------------------------------
 # Inputs arrive in the working dtype (float32/float64, see detkernels/roi_ops.py); features and
 # grads in any layout (element strides are passed), rois contiguous [K, 5].
 
@@ -166,6 +166,18 @@ def _strides(x: Any) -> list[int]:
     if A.kind(x) == "numpy":
         return [s // x.itemsize for s in x.strides]
     return list(x.stride())
+
+
+def _roi_workspace(like: Any, nbytes: int, what: str, env: str) -> Any:
+    """A uint8 device buffer for a RoI backward's sort, or a MemoryError naming its size."""
+    try:
+        return A.empty((max(int(nbytes), 1),), "uint8", like=like)
+    except Exception as e:  # torch.OutOfMemoryError, cupy OutOfMemoryError
+        if isinstance(e, MemoryError) or "OutOfMemory" in type(e).__name__:
+            raise MemoryError(f"detkernels: the CUDA {what} backward needs a {nbytes} byte workspace on "
+                              f"{A.device(like)}, which could not be allocated ({e}); use fewer or "
+                              f"smaller rois, or lower {env}") from e
+        raise
 
 
 # The CUDA RoIAlign backward sorts one slot per (roi, ph, pw, iy, ix, tap) -- 32 bytes each plus
@@ -209,7 +221,7 @@ def _roi_align_backward_cuda(grad: Any, rois: Any, spatial_scale: float, ph: int
                           f"{ROI_ALIGN_MAX_SLOTS} (32 bytes each); pass a positive sampling_ratio, "
                           f"fewer or smaller rois, or raise DETKERNELS_ROI_ALIGN_MAX_SLOTS")
     nbytes = _C.roi_align_backward_cuda_workspace_bytes(M, n, h, w, dev)
-    ws = A.empty((max(int(nbytes), 1),), "uint8", like=grad)
+    ws = _roi_workspace(grad, nbytes, "roi_align", "DETKERNELS_ROI_ALIGN_MAX_SLOTS")
     _C.roi_align_backward_cuda(dt, ps, A.data_ptr(grad), _strides(grad), A.data_ptr(rois), K,
                                float(spatial_scale), ph, pw, n, c, h, w, int(sampling_ratio),
                                bool(aligned), A.data_ptr(pre), M, A.data_ptr(ws), nbytes,
@@ -232,27 +244,69 @@ def roi_align_backward(grad: Any, rois: Any, spatial_scale: float, ph: int, pw: 
     return gi
 
 
-@register("roi_pool", "native")
+# The CUDA RoIPool backward sorts one slot per output element (roi_pool: K*C*PH*PW) or per bin
+# pixel (ps_roi_pool), 32 bytes each plus the sort's scratch: refused above this many slots.
+ROI_POOL_MAX_SLOTS = int(os.environ.get("DETKERNELS_ROI_POOL_MAX_SLOTS", str(1 << 26)))
+
+
+@register("roi_pool", "native", devices=IOU_DEVICES)
 def roi_pool(input: Any, rois: Any, spatial_scale: float, ph: int, pw: int, ps: bool) -> tuple:
-    """input [N, C, H, W] -> (out [K, Co, PH, PW], argmax or channel map int32 [K, Co, PH, PW])."""
+    """input [N, C, H, W] -> (out [K, Co, PH, PW], argmax or channel map int32 [K, Co, PH, PW]).
+    On CUDA: one kernel on the caller's stream, no host synchronisation."""
     N, C, H, W = (int(s) for s in input.shape)
     K = int(rois.shape[0])
     dt = A.dtype_name(input)
     shape = (K, C // (ph * pw) if ps else C, ph, pw)
     out = A.empty(shape, dt, like=input)
     idx = A.empty(shape, "int32", like=input)
-    _C.roi_pool_forward_cpu(DTYPE_CODES[dt], ps, A.data_ptr(input), _strides(input), N, C, H, W,
-                            A.data_ptr(rois), K, float(spatial_scale), ph, pw, A.data_ptr(out),
-                            A.data_ptr(idx))
+    args = (DTYPE_CODES[dt], ps, A.data_ptr(input), _strides(input), N, C, H, W, A.data_ptr(rois), K,
+            float(spatial_scale), ph, pw, A.data_ptr(out), A.data_ptr(idx))
+    if A.device(input) != "cpu":
+        _C.roi_pool_forward_cuda(*args, _device_index(input), A.current_stream(input))
+    else:
+        _C.roi_pool_forward_cpu(*args)
     return out, idx
 
 
-@register("roi_pool_backward", "native")
+def _slot_cap_error(op: str, M: int, cap: int, env: str) -> MemoryError:
+    return MemoryError(f"detkernels: the CUDA {op} backward needs {M} contribution slots (32 bytes "
+                       f"each, plus sort scratch), more than the cap of {cap}; use fewer or smaller "
+                       f"rois, or raise {env}")
+
+
+def _roi_pool_backward_cuda(grad: Any, rois: Any, idx: Any, spatial_scale: float, ph: int, pw: int,
+                            n: int, c: int, h: int, w: int, ps: bool, gi: Any) -> None:
+    """Deterministic CUDA backward. roi_pool: K*C*PH*PW slots, known without a sync; ps_roi_pool:
+    one host sync (the prepare step) to read the slot count that sizes the workspace."""
+    dt, K, dev = DTYPE_CODES[A.dtype_name(grad)], int(rois.shape[0]), _device_index(grad)
+    stream = A.current_stream(grad)
+    pre = None
+    if ps:
+        pre = A.empty((max(_C.ps_roi_pool_backward_cuda_pre_bytes(K, ph, pw), 1),), "uint8", like=grad)
+        M = _C.ps_roi_pool_backward_cuda_prepare(dt, A.data_ptr(rois), K, float(spatial_scale), ph, pw,
+                                                 n, h, w, A.data_ptr(pre), dev, stream)
+    else:
+        M = K * c * ph * pw
+    if M > ROI_POOL_MAX_SLOTS:
+        raise _slot_cap_error("ps_roi_pool" if ps else "roi_pool", M, ROI_POOL_MAX_SLOTS,
+                                      "DETKERNELS_ROI_POOL_MAX_SLOTS")
+    nbytes = _C.roi_pool_backward_cuda_workspace_bytes(ps, M, n, c, h, w, dev)
+    ws = _roi_workspace(grad, nbytes, "ps_roi_pool" if ps else "roi_pool", "DETKERNELS_ROI_POOL_MAX_SLOTS")
+    _C.roi_pool_backward_cuda(dt, ps, A.data_ptr(grad), _strides(grad), A.data_ptr(rois),
+                              A.data_ptr(idx), K, float(spatial_scale), ph, pw, n, c, h, w,
+                              0 if pre is None else A.data_ptr(pre), M, A.data_ptr(ws), nbytes,
+                              A.data_ptr(gi), dev, stream)
+
+
+@register("roi_pool_backward", "native", devices=IOU_DEVICES)
 def roi_pool_backward(grad: Any, rois: Any, idx: Any, spatial_scale: float, ph: int, pw: int, n: int,
                       c: int, h: int, w: int, ps: bool) -> Any:
     """grad [K, Co, PH, PW] (+ argmax int32, contiguous, for roi_pool) -> grad_input [N, C, H, W]."""
     dt = A.dtype_name(grad)
     gi = A.empty((n, c, h, w), dt, like=grad)
+    if A.device(grad) != "cpu":
+        _roi_pool_backward_cuda(grad, rois, idx, spatial_scale, ph, pw, n, c, h, w, ps, gi)
+        return gi
     _C.roi_pool_backward_cpu(DTYPE_CODES[dt], ps, A.data_ptr(grad), _strides(grad), A.data_ptr(rois),
                              A.data_ptr(idx), int(rois.shape[0]), float(spatial_scale), ph, pw, n, c,
                              h, w, A.data_ptr(gi))

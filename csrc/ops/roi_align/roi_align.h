@@ -1,5 +1,6 @@
 // RoIAlign and position-sensitive RoIAlign: the only copy of the geometry and the bilinear sample,
-// shared by roi_align_cpu.cpp (and later the CUDA kernels / CuPy backend).
+// shared by roi_align_cpu.cpp, the CUDA kernels (roi_align_gpu.h, roi_align_kernels.cuh) and the
+// CuPy backend (NVRTC).
 // Reference (the specification): detkernels/reference/roi_align.py.
 //
 // Maths (torchvision 0.29.1 CPU kernel, operation order kept), working type T, ss = T(scale):

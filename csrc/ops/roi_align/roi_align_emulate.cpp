@@ -1,11 +1,9 @@
 // The CUDA RoIAlign kernels' steps run sequentially on the CPU (roi_align_gpu.h): the same
-// per-thread functions, std::stable_sort in place of the (stable) radix sort.
-#include <algorithm>
-#include <numeric>
+// per-thread functions; the backward through the generic scatter emulation (roi_scatter_emulate.h).
 #include <stdexcept>
-#include <vector>
 
 #include "ops/roi_align/roi_align_gpu.h"
+#include "ops/roi_align/roi_scatter_emulate.h"
 
 namespace detkernels {
 namespace {
@@ -14,48 +12,8 @@ template <typename T>
 void backward(bool ps, const T* grad, const int64_t* gs, const T* rois, int64_t K, T ss, int64_t PH,
               int64_t PW, int64_t N, int64_t C, int64_t H, int64_t W, int64_t sr, bool aligned,
               T* gi) {
-  const int64_t nb = PH * PW, HW = H * W, none = N * HW;
-  std::fill(gi, gi + N * C * HW, T(0));
-  // Step 1: counts and exclusive scan.
-  std::vector<int64_t> off(K + 1, 0);
-  std::vector<T> count(K);
-  for (int64_t n = 0; n < K; ++n) {
-    const RoiAlignBox<T> g = roi_align_box(rois + 5 * n, ss, PH, PW, sr, aligned, ps, N);
-    count[n] = g.count;
-    off[n + 1] = off[n] + roi_contrib_count(g, PH, PW);
-  }
-  const int64_t M = off[K];
-  // Step 2: keys per slot (value = the slot's sequence number).
-  std::vector<int64_t> key(M), seq(M);
-  for (int64_t s = 0; s < M; ++s) {
-    const int64_t n = roi_find(off.data(), K, s);
-    const RoiAlignBox<T> g = roi_align_box(rois + 5 * n, ss, PH, PW, sr, aligned, ps, N);
-    key[s] = roi_contrib(g, s - off[n], PW, H, W, none).key;
-  }
-  // Step 3: stable sort by key.
-  std::iota(seq.begin(), seq.end(), int64_t(0));
-  std::stable_sort(seq.begin(), seq.end(), [&](int64_t a, int64_t b) { return key[a] < key[b]; });
-  std::vector<int64_t> skey(M), bins(M);
-  std::vector<T> w(M);
-  for (int64_t q = 0; q < M; ++q) {
-    const int64_t s = seq[q], n = roi_find(off.data(), K, s);
-    const RoiAlignBox<T> g = roi_align_box(rois + 5 * n, ss, PH, PW, sr, aligned, ps, N);
-    const RoiContrib<T> r = roi_contrib(g, s - off[n], PW, H, W, none);
-    skey[q] = r.key;
-    bins[q] = n * nb + r.bin;
-    w[q] = r.w;
-  }
-  // Step 4: one (run, channel) at a time.
-  for (int64_t p = 0; p < M; ++p) {
-    if (p > 0 && skey[p - 1] == skey[p]) continue;
-    if (skey[p] == none) break;  // sorted last
-    int64_t end = p + 1;
-    while (end < M && skey[end] == skey[p]) ++end;
-    const int64_t b = skey[p] / HW, hw = skey[p] % HW;
-    for (int64_t c = 0; c < C; ++c)
-      gi[(b * C + c) * HW + hw] =
-          roi_run_sum(bins.data(), w.data(), count.data(), p, end, grad, gs, c, ps, PH, PW);
-  }
+  const RoiAlignScatter<T> pol{{rois, ss, K, PH, PW, N, H, W, sr, aligned, ps}};
+  roi_scatter_emulate(pol, grad, gs, C, gi);
 }
 
 template <typename T>

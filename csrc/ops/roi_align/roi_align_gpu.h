@@ -1,15 +1,13 @@
-// The GPU RoIAlign backward's per-element logic, shared by roi_align_cuda.cu (one thread per item)
-// and roi_align_emulate.cpp (the same steps run sequentially on the CPU, so tests can check them
-// byte-for-byte against the reference without a GPU). Geometry and weights come from roi_align.h.
-//
-// Deterministic backward without atomics (reference docstring, `_scatter_in_order`):
-//  1. every RoI n owns PH*PW*gh*gw*4 contribution slots, in the order (ph, pw, iy, ix, tap); an
-//     exclusive scan of the counts gives each slot a global sequence number = the summation order;
-//  2. each slot's target is keyed b*H*W + y*W + x (kRoiNoTarget for out-of-range samples);
-//  3. a stable sort of (key, sequence number) by key groups each target's contributions in order;
-//  4. one thread per (run of equal keys, channel) sums (grad*w)/count over the run from +0.
+// The GPU RoIAlign's per-item logic, shared by roi_align_kernels.cuh (one thread per item; nvcc
+// and NVRTC) and roi_align_emulate.cpp (the same steps run sequentially on the CPU, so tests can
+// check them byte-for-byte against the reference without a GPU). Geometry and weights come from
+// roi_align.h. The backward is the deterministic scatter of roi_scatter.h with the policy below:
+// every RoI n owns PH*PW*gh*gw*4 slots, in the order (ph, pw, iy, ix, tap) (the reference's
+// summation order); each slot's target is keyed b*H*W + y*W + x (none for out-of-range samples)
+// and adds (grad * w) / T(gh*gw).
 #pragma once
 #include "ops/roi_align/roi_align.h"
+#include "ops/roi_align/roi_scatter.h"
 
 namespace detkernels {
 
@@ -18,13 +16,6 @@ template <typename T> DK_HD int64_t roi_contrib_count(const RoiAlignBox<T>& g, i
   if (g.batch < 0 || g.gh == 0 || g.gw == 0) return 0;
   return PH * PW * g.gh * g.gw * 4;
 }
-
-// One contribution slot: target key (or `none` for an out-of-range sample), bin ph*PW+pw, weight.
-template <typename T> struct RoiContrib {
-  int64_t key;
-  int64_t bin;
-  T w;
-};
 
 template <typename T>
 DK_HD RoiContrib<T> roi_contrib(const RoiAlignBox<T>& g, int64_t l, int64_t PW,
@@ -49,33 +40,23 @@ DK_HD RoiContrib<T> roi_contrib(const RoiAlignBox<T>& g, int64_t l, int64_t PW,
   return r;
 }
 
-// The RoI owning global slot s: the last n with offsets[n] <= s (offsets[0] = 0, non-decreasing).
-DK_HD int64_t roi_find(const int64_t* offsets, int64_t K, int64_t s) {
-  int64_t lo = 0, hi = K;  // answer in [lo, hi)
-  while (hi - lo > 1) {
-    const int64_t mid = lo + (hi - lo) / 2;
-    if (offsets[mid] <= s) lo = mid;
-    else hi = mid;
+// roi_scatter.h policy of the RoIAlign / PSRoIAlign backward; divisor div[n] = T(gh*gw).
+template <typename T> struct RoiAlignScatter {
+  using Scalar = T;
+  static constexpr bool kDivPerBin = false;
+  RoiGeom<T> a;
+  DK_HD RoiAlignBox<T> box(int64_t n) const {
+    return roi_align_box(a.rois + 5 * n, a.ss, a.PH, a.PW, a.sr, a.aligned, a.ps, a.N);
   }
-  return lo;
-}
-
-// Sum of a run of sorted slots [p, end) for input channel c, from +0 in slot order.
-// bins[q] = n*PH*PW + bin of slot q; count[n] = T(gh*gw) of RoI n; grad read through strides gs.
-template <typename T>
-DK_HD T roi_run_sum(const int64_t* bins, const T* w, const T* count, int64_t p, int64_t end,
-                    const T* grad, const int64_t* gs, int64_t c, bool ps, int64_t PH, int64_t PW) {
-  const int64_t nb = PH * PW;
-  const int64_t co = ps ? c / nb : c;
-  T acc = T(0);
-  for (int64_t q = p; q < end; ++q) {
-    const int64_t n = bins[q] / nb, k = bins[q] % nb;
-    if (ps && k != c % nb) continue;  // ps: channel c only receives bin c % nb
-    const T gv = grad[n * gs[0] + co * gs[1] + (k / PW) * gs[2] + (k % PW) * gs[3]];
-    acc += (gv * w[q]) / count[n];
+  DK_HD int64_t slots(int64_t n, T* div) const {
+    const RoiAlignBox<T> g = box(n);
+    div[n] = g.count;
+    return roi_contrib_count(g, a.PH, a.PW);
   }
-  return acc;
-}
+  DK_HD RoiContrib<T> contrib(int64_t n, int64_t l) const {
+    return roi_contrib(box(n), l, a.PW, a.H, a.W, a.N * a.H * a.W);
+  }
+};
 
 // Forward of one output element (n, c, ph, pw): in-range samples, iy outer, ix inner, from +0.
 template <typename T>

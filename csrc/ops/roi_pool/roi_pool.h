@@ -1,5 +1,6 @@
 // RoIPool (max) and position-sensitive RoIPool (average): the only copy of the bin geometry,
-// shared by roi_pool_cpu.cpp (and later the CUDA kernels / CuPy backend).
+// shared by roi_pool_cpu.cpp, the CUDA kernels (roi_pool_gpu.h, roi_pool_kernels.cuh) and the CuPy
+// backend (NVRTC).
 // Reference (the specification): detkernels/reference/roi_pool.py.
 //
 // Maths (torchvision 0.29.1 CPU kernels), working type T, ss = T(scale), round = C round():
@@ -64,6 +65,38 @@ DK_HD void roi_pool_bin(T bin, int64_t p, int64_t s0, int64_t hi, int64_t& start
   int64_t b = static_cast<int64_t>(ceil(T(p + 1) * bin)) + s0;
   start = a < 0 ? 0 : (a > hi ? hi : a);
   end = b < 0 ? 0 : (b > hi ? hi : b);
+}
+
+// T(-FLT_MAX), the max's starting value (no <cfloat> under NVRTC).
+template <typename T> DK_HD T roi_pool_lowest() { return T(-3.40282346638528859812e+38F); }
+
+// Bin (ph, pw) of RoI box g over one input channel plane p (element strides sH, sW; null: the
+// RoI reads nothing). roi_pool: max, row-major, strict '>' from T(-FLT_MAX), *arg = h*W + w or
+// -1; ps_roi_pool: (T(0) + v + ...) / T(area), *arg untouched. Empty bins give 0 (*arg = -1).
+template <typename T>
+DK_HD T roi_pool_bin_value(const T* p, int64_t sH, int64_t sW, const RoiPoolBox<T>& g, int64_t ph,
+                           int64_t pw, int64_t H, int64_t W, bool ps, int* arg) {
+  int64_t hs = 0, he = 0, ws = 0, we = 0;
+  roi_pool_bin(g.bin_h, ph, g.sh, ps ? H - 1 : H, hs, he);
+  roi_pool_bin(g.bin_w, pw, g.sw, ps ? W - 1 : W, ws, we);
+  if (!ps) *arg = -1;
+  if (p == nullptr || !g.ok || he <= hs || we <= ws) return T(0);
+  if (ps) {
+    T s = T(0);
+    for (int64_t h = hs; h < he; ++h)
+      for (int64_t w = ws; w < we; ++w) s += p[h * sH + w * sW];
+    return s / T((he - hs) * (we - ws));
+  }
+  T m = roi_pool_lowest<T>();
+  for (int64_t h = hs; h < he; ++h)
+    for (int64_t w = ws; w < we; ++w) {
+      const T v = p[h * sH + w * sW];
+      if (v > m) {
+        m = v;
+        *arg = static_cast<int>(h * W + w);
+      }
+    }
+  return m;
 }
 
 #ifndef __CUDACC_RTC__

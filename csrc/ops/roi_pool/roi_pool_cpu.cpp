@@ -4,7 +4,6 @@
 #include "ops/roi_pool/roi_pool.h"
 
 #include <algorithm>
-#include <cfloat>
 #include <stdexcept>
 
 #include "common/parallel.h"
@@ -18,7 +17,6 @@ void forward(bool ps, const T* in, const int64_t* st, int64_t N, int64_t C, int6
              const T* rois, int64_t K, T ss, int64_t PH, int64_t PW, T* out, int32_t* idx) {
   const int64_t nb = PH * PW, Co = ps ? C / nb : C;
   const int64_t sN = st[0], sC = st[1], sH = st[2], sW = st[3];
-  const int64_t hi_h = ps ? H - 1 : H, hi_w = ps ? W - 1 : W;
   parallel_for(K, 1, [&](int64_t lo, int64_t hi) {
     for (int64_t n = lo; n < hi; ++n) {
       T* o = out + n * Co * nb;
@@ -27,46 +25,12 @@ void forward(bool ps, const T* in, const int64_t* st, int64_t N, int64_t C, int6
       const int64_t b = roi_batch_index(roi[0], N);
       const RoiPoolBox<T> g = roi_pool_box(roi, ss, PH, PW, ps);
       for (int64_t c = 0; c < Co; ++c)
-        for (int64_t ph = 0; ph < PH; ++ph)
-          for (int64_t pw = 0; pw < PW; ++pw) {
-            const int64_t k = ph * PW + pw, e = c * nb + k;
-            const int64_t cin = ps ? c * nb + k : c;
-            int64_t hs = 0, he = 0, ws = 0, we = 0;
-            roi_pool_bin(g.bin_h, ph, g.sh, hi_h, hs, he);
-            roi_pool_bin(g.bin_w, pw, g.sw, hi_w, ws, we);
-            const bool empty = b < 0 || !g.ok || he <= hs || we <= ws;
-            if (ps) {
-              ix[e] = static_cast<int32_t>(cin);
-              if (empty) {
-                o[e] = T(0);
-                continue;
-              }
-              const T* p = in + b * sN + cin * sC;
-              T s = T(0);
-              for (int64_t h = hs; h < he; ++h)
-                for (int64_t w = ws; w < we; ++w) s += p[h * sH + w * sW];
-              o[e] = s / T((he - hs) * (we - ws));
-              continue;
-            }
-            if (empty) {
-              o[e] = T(0);
-              ix[e] = -1;
-              continue;
-            }
-            const T* p = in + b * sN + c * sC;
-            T m = T(-FLT_MAX);
-            int64_t am = -1;
-            for (int64_t h = hs; h < he; ++h)
-              for (int64_t w = ws; w < we; ++w) {
-                const T v = p[h * sH + w * sW];
-                if (v > m) {
-                  m = v;
-                  am = h * W + w;
-                }
-              }
-            o[e] = m;
-            ix[e] = static_cast<int32_t>(am);
-          }
+        for (int64_t k = 0; k < nb; ++k) {
+          const int64_t e = c * nb + k, cin = ps ? c * nb + k : c;
+          if (ps) ix[e] = static_cast<int32_t>(cin);
+          const T* p = b < 0 ? nullptr : in + b * sN + cin * sC;
+          o[e] = roi_pool_bin_value(p, sH, sW, g, k / PW, k % PW, H, W, ps, &ix[e]);
+        }
     }
   });
 }
