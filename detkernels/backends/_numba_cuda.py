@@ -9,9 +9,14 @@ tests/test_numba_ptx.py compiles these kernels to PTX without a GPU and checks f
 In the CUDA simulator (NUMBA_ENABLE_CUDASIM=1) there is no libdevice: the operations are the
 plain operators on NumPy scalars of the working type, which are IEEE float32/float64 as well.
 
-NMS: the boxes are visited in (class, score rank, index) order computed by the caller; a bitmask
-kernel marks, for each box i and each 64-wide column block, which later boxes of the same class i
-suppresses; one block then scans the boxes in order, keeping a box iff no kept box has marked it.
+NMS: the boxes are visited in an order computed by the caller (class, score rank, index; for
+multi_image_nms image, class, score rank, candidate), gathered into columns; the bitmask
+(csrc/ops/nms/nms_bitmask.h's layout: W words per row from the row's own column block, built in
+row tiles of at most MASK_BYTES) marks, for each box i and 64-wide column block, which later boxes
+of i's class i suppresses; a scan keeps a box iff no kept box has marked it, one block per
+independent range of boxes (an image), its ORs atomic because a word can straddle two ranges.
+Column blocks whose first box's segment starts after a row block are dead: neither computed nor
+read.
 """
 from __future__ import annotations
 

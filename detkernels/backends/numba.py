@@ -14,6 +14,12 @@ batched_nms) is computed on the host with NumPy for NumPy, CuPy and Numba arrays
 scores and classes to the host), and with ``torch.sort(stable=True)`` on the device for torch
 tensors. The suppression itself runs in the kernels.
 
+multi_image_nms runs a batch as independent (image, class) segments through the same kernels. On
+the CPU the plan is made on the host and the segments are spread over numba's threads. With torch
+CUDA tensors the plan (per-image stable sorts, segments by a running max) and the padded outputs
+are torch ops on the device: no host synchronisation. With Numba or CuPy device arrays the plan is
+made on the host (the scores and classes are copied there and the keep flags back).
+
 RoI ops (roi_align, ps_roi_align, roi_pool, ps_roi_pool, forward and backward) run on the CPU only
 (_numba_roi.py), single-threaded, one kernel set per dtype (float32, float64; float16/bfloat16 are
 widened by the Python layer); strided inputs are copied to contiguous ones first.
