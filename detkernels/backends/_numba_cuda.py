@@ -245,33 +245,43 @@ def _tile_rows(n: int, width: int) -> int:
     return blocks * WORD
 
 
-def _gather(k, boxes, order, cls, stream):
+def numba_alloc(stream):
+    """Scratch allocator of numba device arrays: alloc(shape, dtype, zero)."""
+    def alloc(shape, dtype, zero: bool):
+        if zero:
+            return cuda.to_device(np.zeros(shape, dtype), stream=stream)
+        return cuda.device_array(shape, dtype=dtype, stream=stream)
+
+    return alloc
+
+
+def _gather(k, boxes, order, cls, stream, alloc):
     n = order.shape[0]
     dt = np.dtype(boxes.dtype)
-    cols = cuda.device_array((5, n), dtype=dt, stream=stream)
-    scls = cuda.device_array(n, dtype=np.int64, stream=stream)
+    cols = alloc((5, n), dt, False)
+    scls = alloc((n,), np.dtype(np.int64), False)
     has_cls = cls is not None
     if not has_cls:
-        cls = cuda.device_array(1, dtype=np.int64, stream=stream)
+        cls = alloc((1,), np.dtype(np.int64), False)
     _configure(k.nms_gather_kernel, (n + 127) // 128, 128, stream)(
         boxes, order, cls, has_cls, cols, scls)
     return cols, scls
 
 
-def _suppress(k, cols, scls, seg, bounds, width: int, thr, stream):
+def _suppress(k, cols, scls, seg, bounds, width: int, thr, stream, alloc):
     """Keep flags (uint8 [n]) by the tiled bitmask and the per-block scan (see the kernels)."""
     n = cols.shape[1]
     ncb = (n + WORD - 1) // WORD
     width = max(1, min(width, ncb))
     R = _tile_rows(n, width)
     try:
-        mask = cuda.device_array((R, width), dtype=np.int64, stream=stream)
+        mask = alloc((R, width), np.dtype(np.int64), False)
     except Exception as e:  # numba raises CudaAPIError for an out-of-memory allocation
         raise MemoryError(f"nms (numba.cuda): a {R}x{width} suppression bitmask tile needs "
                           f"{R * width * 8 / 2**30:.2f} GiB of GPU memory (lower "
                           f"DETKERNELS_NMS_MASK_BYTES): {e}") from e
-    removed = cuda.to_device(np.zeros(ncb, np.int64), stream=stream)
-    keep = cuda.to_device(np.zeros(n, np.uint8), stream=stream)
+    removed = alloc((ncb,), np.dtype(np.int64), True)
+    keep = alloc((n,), np.dtype(np.uint8), True)
     nblocks = bounds.shape[0] - 1
     for row0 in range(0, n, R):
         rb0 = row0 // WORD
@@ -291,25 +301,29 @@ def nms_keep(boxes, order, cls, thr: float, stream):
         return cuda.device_array(0, dtype=np.uint8, stream=stream)
     dt = np.dtype(boxes.dtype)
     k = kernels(dt)
-    cols, scls = _gather(k, boxes, order, cls, stream)
+    alloc = numba_alloc(stream)
+    cols, scls = _gather(k, boxes, order, cls, stream, alloc)
     # One scan block; every column block is live (seg all 0): full-width rows, as classes are
     # told apart by scls alone.
     seg = cuda.to_device(np.zeros(n, np.int64), stream=stream)
     bounds = cuda.to_device(np.array([0, n], np.int64), stream=stream)
     return _suppress(k, cols, scls, seg, bounds, (n + WORD - 1) // WORD, M.nms_threshold(thr, dt),
-                     stream)
+                     stream, alloc)
 
 
-def nms_keep_segments(boxes, rows, seg, bounds, width: int, thr: float, stream):
+def nms_keep_segments(boxes, rows, seg, bounds, width: int, thr: float, stream, alloc=None):
     """Flags (uint8 device array [n]) over positions p: 1 where the box visited at p is kept.
     boxes [R, 4]; rows int64 [n]: box row visited at p; seg int64 [n]: start of p's segment
     (non-decreasing; positions outside any segment are segments of their own, seg[p] = p, and come
     back flagged); bounds int64 [nb + 1]: position ranges scanned by separate blocks (images), no
-    segment straddling two; width: mask words per row, at least ceil(longest segment / 64) + 1."""
+    segment straddling two; width: mask words per row, at least ceil(longest segment / 64) + 1.
+    alloc(shape, dtype, zero) makes the scratch arrays (default: numba's allocator; the torch
+    path passes torch's stream-ordered caching allocator, so nothing synchronises)."""
     n = rows.shape[0]
+    alloc = alloc or numba_alloc(stream)
     if n == 0:
-        return cuda.device_array(0, dtype=np.uint8, stream=stream)
+        return alloc((0,), np.dtype(np.uint8), True)
     dt = np.dtype(boxes.dtype)
     k = kernels(dt)
-    cols, _ = _gather(k, boxes, rows, None, stream)
-    return _suppress(k, cols, seg, seg, bounds, width, M.nms_threshold(thr, dt), stream)
+    cols, _ = _gather(k, boxes, rows, None, stream, alloc)
+    return _suppress(k, cols, seg, seg, bounds, width, M.nms_threshold(thr, dt), stream, alloc)

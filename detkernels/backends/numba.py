@@ -364,8 +364,16 @@ def _multi_torch_cuda(cuda: Any, K: Any, boxes: Any, scores: Any, classes: Any, 
     bounds = torch.arange(B + 1, dtype=i64, device=dev) * M
     width = (M + 63) // 64 + 1
     stream = _stream(cuda, boxes)
+    tdt = {"float32": torch.float32, "float64": torch.float64, "int64": i64, "uint8": torch.uint8}
+
+    def alloc(shape: tuple, dtype: np.dtype, zero: bool) -> Any:
+        """Scratch from torch's caching allocator on the current stream: no cudaMalloc/sync."""
+        make = torch.zeros if zero else torch.empty
+        return _as_numba(cuda, make(shape, dtype=tdt[np.dtype(dtype).name], device=dev))
+
     flags = K.nms_keep_segments(_as_numba(cuda, boxes.reshape(B * N, 4)), _as_numba(cuda, rows),
-                                _as_numba(cuda, seg), _as_numba(cuda, bounds), width, thr, stream)
+                                _as_numba(cuda, seg), _as_numba(cuda, bounds), width, thr, stream,
+                                alloc)
     kept = torch.as_tensor(flags, device=dev).bool() & v
     kept_by_cand = torch.zeros(B * M, dtype=torch.bool, device=dev)
     kept_by_cand[(pos // M) * M + of] = kept
