@@ -45,23 +45,28 @@ def nms_gather(boxes, order, x1, y1, x2, y2, ar):
         ar[p] = nms_area(x1[p], y1[p], x2[p], y2[p])
 
 
-def nms_segment(x1, y1, x2, y2, ar, lo, hi, thr, kept, keep):
+def nms_segment(x1, y1, x2, y2, ar, lo, hi, thr, kx1, ky1, kx2, ky2, ka, keep):
     """Greedy NMS over positions lo..hi-1 (one class segment, visited in order): position j is
     kept iff no position kept before it suppresses it (torchvision's rule, visiting the same
-    pairs). ``kept`` is scratch of at least hi - lo slots."""
+    pairs). The kept boxes are copied to the columns kx1..ka (scratch of at least hi - lo
+    slots), so the inner loop reads memory in order."""
     nk = 0
     for j in range(lo, hi):
+        cx1, cy1, cx2, cy2, ca = x1[j], y1[j], x2[j], y2[j], ar[j]
         alive = True
         for t in range(nk):
-            k = kept[t]
-            if nms_suppresses(x1[k], y1[k], x2[k], y2[k], ar[k], x1[j], y1[j], x2[j], y2[j],
-                              ar[j], thr):
+            if nms_suppresses(kx1[t], ky1[t], kx2[t], ky2[t], ka[t], cx1, cy1, cx2, cy2, ca, thr):
                 alive = False
                 break
         if alive:
             keep[j] = 1
-            kept[nk] = j
+            kx1[nk], ky1[nk], kx2[nk], ky2[nk], ka[nk] = cx1, cy1, cx2, cy2, ca
             nk += 1
+
+
+def _columns(n, dtype):
+    return (np.empty(n, dtype), np.empty(n, dtype), np.empty(n, dtype), np.empty(n, dtype),
+            np.empty(n, dtype))
 
 
 def nms_kernel(boxes, order, seg, thr, keep):
@@ -69,30 +74,22 @@ def nms_kernel(boxes, order, seg, thr, keep):
     start of each class segment in ``order`` plus a final n. Sets keep[p] = 1 for kept
     positions p of ``order``."""
     n = order.shape[0]
-    x1 = np.empty(n, boxes.dtype)
-    y1 = np.empty(n, boxes.dtype)
-    x2 = np.empty(n, boxes.dtype)
-    y2 = np.empty(n, boxes.dtype)
-    ar = np.empty(n, boxes.dtype)
+    x1, y1, x2, y2, ar = columns(n, boxes.dtype)
     nms_gather(boxes, order, x1, y1, x2, y2, ar)
-    kept = np.empty(n, np.int64)  # positions of kept boxes in the current segment
+    kx1, ky1, kx2, ky2, ka = columns(n, boxes.dtype)  # kept boxes of the current segment
     for s in range(seg.shape[0] - 1):
-        nms_segment(x1, y1, x2, y2, ar, seg[s], seg[s + 1], thr, kept, keep)
+        nms_segment(x1, y1, x2, y2, ar, seg[s], seg[s + 1], thr, kx1, ky1, kx2, ky2, ka, keep)
 
 
 def nms_parallel_kernel(boxes, order, seg, thr, keep):
     """nms_kernel with the segments (independent: classes, images) spread over threads; each
     segment is run by one thread, so the result does not depend on the thread count."""
     n = order.shape[0]
-    x1 = np.empty(n, boxes.dtype)
-    y1 = np.empty(n, boxes.dtype)
-    x2 = np.empty(n, boxes.dtype)
-    y2 = np.empty(n, boxes.dtype)
-    ar = np.empty(n, boxes.dtype)
+    x1, y1, x2, y2, ar = columns(n, boxes.dtype)
     nms_gather(boxes, order, x1, y1, x2, y2, ar)
     for s in prange(seg.shape[0] - 1):
-        kept = np.empty(seg[s + 1] - seg[s], np.int64)  # per-thread scratch
-        nms_segment(x1, y1, x2, y2, ar, seg[s], seg[s + 1], thr, kept, keep)
+        kx1, ky1, kx2, ky2, ka = columns(seg[s + 1] - seg[s], boxes.dtype)  # per-thread scratch
+        nms_segment(x1, y1, x2, y2, ar, seg[s], seg[s + 1], thr, kx1, ky1, kx2, ky2, ka, keep)
 
 
 _OPS = dict(ADD=numba.njit(**_JIT)(_add), SUB=numba.njit(**_JIT)(_sub),
@@ -106,7 +103,8 @@ def kernels(dtype: str):
     k = _SPECS.get(dtype)
     if k is None:
         jit = numba.njit(**_JIT)
-        extra = (("nms_gather", nms_gather, jit), ("nms_segment", nms_segment, jit),
+        extra = (("columns", _columns, jit), ("nms_gather", nms_gather, jit),
+                 ("nms_segment", nms_segment, jit),
                  ("nms_kernel", nms_kernel, jit),
                  ("nms_parallel_kernel", nms_parallel_kernel, numba.njit(parallel=True, **_JIT)))
         k = _SPECS[dtype] = M.specialise(np.dtype(dtype), _OPS, numba.njit(**_JIT), extra,
