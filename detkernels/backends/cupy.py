@@ -6,6 +6,11 @@ that nvcc compiles into detkernels._C, with the same float flags (``--fmad=false
 and square root, no flush-to-zero). Compiled once per device on first use (CuPy also caches the
 binary on disk; the headers' hash is part of the source, so a changed header recompiles).
 
+multi_image_nms (and so nms_padded) runs nms_bitmask.h's algorithm -- the one the native CUDA build
+launches -- with CuPy's stable sorts for the visiting order and NVRTC kernels calling the header's
+steps (nms_block_live, nms_mask_word, nms_scan_rowblock) for the tiled mask and the per-image scan:
+no host synchronisation, outputs of fixed size.
+
 Inputs may be torch CUDA tensors, CuPy arrays or Numba device arrays (zero-copy views of their
 memory); kernels and CuPy ops run on the caller's current stream; outputs are the caller's kind.
 cupy is imported on the first call, never at ``import detkernels``.
