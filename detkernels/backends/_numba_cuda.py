@@ -130,9 +130,10 @@ def nms_mask_kernel(cols, scls, seg, thr, mask, row0):
         cb += cuda.gridDim.x
 
 
-def nms_scan_kernel(mask, row0, row1, bounds, seg, removed, keep):
-    """Block b scans rows max(row0, bounds[b]) .. min(row1, bounds[b + 1]) - 1 of the tile in
-    order (rows of different blocks never share a segment): keep[i] = 1 iff bit i of ``removed``
+def nms_scan_kernel(mask, row0, row1, ranges, seg, removed, keep):
+    """Block b scans rows max(row0, ranges[b, 0]) .. min(row1, ranges[b, 1]) - 1 of the tile in
+    order (rows of different blocks never share a segment; rows outside every range are never
+    kept): keep[i] = 1 iff bit i of ``removed``
     (zero-initialised, persisting over tiles) is clear when row i is reached; a kept row ORs its
     live mask words into ``removed`` -- atomically, as a word may straddle two blocks' rows."""
     t = cuda.threadIdx.x
@@ -141,8 +142,8 @@ def nms_scan_kernel(mask, row0, row1, bounds, seg, removed, keep):
     W = mask.shape[1]
     n = seg.shape[0]
     ncb = (n + WORD - 1) // WORD
-    lo = row0 if row0 > bounds[b] else bounds[b]
-    hi = row1 if row1 < bounds[b + 1] else bounds[b + 1]
+    lo = row0 if row0 > ranges[b, 0] else ranges[b, 0]
+    hi = row1 if row1 < ranges[b, 1] else ranges[b, 1]
     for i in range(lo, hi):
         w = i // WORD
         alive = ((removed[w] >> (i % WORD)) & 1) == 0
@@ -187,7 +188,7 @@ def signatures(dtype) -> dict:
         "box_iou_kernel": (T[:, :, ::1], T[:, :, ::1], T[:, :, ::1], i64, i64, T),
         "nms_gather_kernel": (T[:, ::1], i64[::1], i64[::1], numba.boolean, T[:, ::1], i64[::1]),
         "nms_mask_kernel": (T[:, ::1], i64[::1], i64[::1], T, i64[:, ::1], i64),
-        "nms_scan_kernel": (i64[:, ::1], i64, i64, i64[::1], i64[::1], i64[::1], numba.uint8[::1]),
+        "nms_scan_kernel": (i64[:, ::1], i64, i64, i64[:, ::1], i64[::1], i64[::1], numba.uint8[::1]),
     }
 
 
@@ -268,7 +269,7 @@ def _gather(k, boxes, order, cls, stream, alloc):
     return cols, scls
 
 
-def _suppress(k, cols, scls, seg, bounds, width: int, thr, stream, alloc):
+def _suppress(k, cols, scls, seg, ranges, width: int, thr, stream, alloc):
     """Keep flags (uint8 [n]) by the tiled bitmask and the per-block scan (see the kernels)."""
     n = cols.shape[1]
     ncb = (n + WORD - 1) // WORD
@@ -282,14 +283,14 @@ def _suppress(k, cols, scls, seg, bounds, width: int, thr, stream, alloc):
                           f"DETKERNELS_NMS_MASK_BYTES): {e}") from e
     removed = alloc((ncb,), np.dtype(np.int64), True)
     keep = alloc((n,), np.dtype(np.uint8), True)
-    nblocks = bounds.shape[0] - 1
+    nblocks = ranges.shape[0]
     for row0 in range(0, n, R):
         rb0 = row0 // WORD
         nrb = min(ncb, (row0 + R) // WORD) - rb0
         gx = max(1, min(width, ncb - rb0, 16384 // nrb))
         _configure(k.nms_mask_kernel, (gx, nrb), WORD, stream)(cols, scls, seg, thr, mask, row0)
         _configure(k.nms_scan_kernel, nblocks, SCAN_THREADS, stream)(
-            mask, row0, min(n, row0 + R), bounds, seg, removed, keep)
+            mask, row0, min(n, row0 + R), ranges, seg, removed, keep)
     return keep
 
 
@@ -306,16 +307,17 @@ def nms_keep(boxes, order, cls, thr: float, stream):
     # One scan block; every column block is live (seg all 0): full-width rows, as classes are
     # told apart by scls alone.
     seg = cuda.to_device(np.zeros(n, np.int64), stream=stream)
-    bounds = cuda.to_device(np.array([0, n], np.int64), stream=stream)
-    return _suppress(k, cols, scls, seg, bounds, (n + WORD - 1) // WORD, M.nms_threshold(thr, dt),
+    ranges = cuda.to_device(np.array([[0, n]], np.int64), stream=stream)
+    return _suppress(k, cols, scls, seg, ranges, (n + WORD - 1) // WORD, M.nms_threshold(thr, dt),
                      stream, alloc)
 
 
-def nms_keep_segments(boxes, rows, seg, bounds, width: int, thr: float, stream, alloc=None):
+def nms_keep_segments(boxes, rows, seg, ranges, width: int, thr: float, stream, alloc=None):
     """Flags (uint8 device array [n]) over positions p: 1 where the box visited at p is kept.
     boxes [R, 4]; rows int64 [n]: box row visited at p; seg int64 [n]: start of p's segment
-    (non-decreasing; positions outside any segment are segments of their own, seg[p] = p, and come
-    back flagged); bounds int64 [nb + 1]: position ranges scanned by separate blocks (images), no
+    (non-decreasing; positions outside any segment are segments of their own, seg[p] = p);
+    ranges int64 [nb, 2]: the [start, end) position ranges scanned by separate blocks (images;
+    positions outside every range, such as an image's score-filtered tail, are never kept), no
     segment straddling two; width: mask words per row, at least ceil(longest segment / 64) + 1.
     alloc(shape, dtype, zero) makes the scratch arrays (default: numba's allocator; the torch
     path passes torch's stream-ordered caching allocator, so nothing synchronises)."""
@@ -326,4 +328,4 @@ def nms_keep_segments(boxes, rows, seg, bounds, width: int, thr: float, stream, 
     dt = np.dtype(boxes.dtype)
     k = kernels(dt)
     cols, _ = _gather(k, boxes, rows, None, stream, alloc)
-    return _suppress(k, cols, seg, seg, bounds, width, M.nms_threshold(thr, dt), stream, alloc)
+    return _suppress(k, cols, seg, seg, ranges, width, M.nms_threshold(thr, dt), stream, alloc)

@@ -305,6 +305,7 @@ def _multi_host_cuda(boxes: Any, rows: np.ndarray, seg: np.ndarray, bounds: np.n
     n = rows.shape[0]
     if n == 0:
         return np.zeros(0, np.uint8)
+    ranges = np.ascontiguousarray(np.stack([bounds[:-1], bounds[1:]], 1))  # one block per image
     lengths = np.diff(seg)
     seg_of = np.repeat(seg[:-1], lengths)  # the start of each position's segment
     width = (int(lengths.max()) + 63) // 64 + 1
@@ -313,7 +314,7 @@ def _multi_host_cuda(boxes: Any, rows: np.ndarray, seg: np.ndarray, bounds: np.n
         b2 = _as_numba(cuda, boxes).reshape(nrows, 4)
         flags = K.nms_keep_segments(b2, cuda.to_device(rows, stream=stream),
                                     cuda.to_device(seg_of, stream=stream),
-                                    cuda.to_device(bounds, stream=stream), width, thr, stream)
+                                    cuda.to_device(ranges, stream=stream), width, thr, stream)
         out = flags.copy_to_host(stream=stream)
         stream.synchronize()
     return out
@@ -361,7 +362,9 @@ def _multi_torch_cuda(cuda: Any, K: Any, boxes: Any, scores: Any, classes: Any, 
     head[1:] |= ~v[:-1] | (cl[1:] != cl[:-1])
     seg = torch.cummax(torch.where(head, pos, 0), 0).values
     rows = (pos // M) * N + of // Cc
-    bounds = torch.arange(B + 1, dtype=i64, device=dev) * M
+    # One scan block per image, over its valid positions only (they come first).
+    start = torch.arange(B, dtype=i64, device=dev) * M
+    ranges = torch.stack([start, start + v.reshape(B, M).sum(1)], 1).contiguous()
     width = (M + 63) // 64 + 1
     stream = _stream(cuda, boxes)
     tdt = {"float32": torch.float32, "float64": torch.float64, "int64": i64, "uint8": torch.uint8}
@@ -372,7 +375,7 @@ def _multi_torch_cuda(cuda: Any, K: Any, boxes: Any, scores: Any, classes: Any, 
         return _as_numba(cuda, make(shape, dtype=tdt[np.dtype(dtype).name], device=dev))
 
     flags = K.nms_keep_segments(_as_numba(cuda, boxes.reshape(B * N, 4)), _as_numba(cuda, rows),
-                                _as_numba(cuda, seg), _as_numba(cuda, bounds), width, thr, stream,
+                                _as_numba(cuda, seg), _as_numba(cuda, ranges), width, thr, stream,
                                 alloc)
     kept = torch.as_tensor(flags, device=dev).bool() & v
     kept_by_cand = torch.zeros(B * M, dtype=torch.bool, device=dev)
