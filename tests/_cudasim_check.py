@@ -83,7 +83,79 @@ def main() -> None:
     bc = A.broadcast_to(cuda.to_device(np.ascontiguousarray(host[None, :2, :4])), (3, 2, 4))
     assert_bytes_equal(bc.copy_to_host(), np.broadcast_to(host[None, :2, :4], (3, 2, 4)), "broadcast")
     checks += 4
+    checks += multi_image_checks(rng)
     print(f"cudasim: {checks} checks passed in {time.time() - t0:.1f} s")
+
+
+def _multi_cases(rng):
+    """(what, boxes [B, N, 4], scores [B, N] or [B, N, C], classes [B, N] or None, K, sthr):
+    small, over the NMS families (tests/_nms_families.py)."""
+    import _nms_families as NF
+
+    for family in sorted(NF.FAMILIES):
+        for C, with_idxs in ((0, False), (0, True), (3, False)):
+            boxes, scores, classes = NF.batch(family, int(rng.integers(1 << 30)), 2, 9, C)
+            sthr = 0.3 if family in ("uniform", "nonfinite") else None
+            yield (f"{family} C={C} idxs={with_idxs}", boxes, scores, classes if with_idxs else None,
+                   5 if family == "ties" else 40, sthr)
+    # Empty images / no candidates; one image with 70 boxes (two column blocks).
+    b = np.zeros((2, 0, 4))
+    yield "N=0", b, np.zeros((2, 0)), None, 3, None
+    boxes, scores, _ = NF.batch("clusters", 7, 1, 70, 0)
+    yield "N=70", boxes, scores, None, 80, None
+
+
+def _ref_multi(b, s, c, K, sthr):
+    i, k, n = RN.multi_image_nms(b, s, 0.5, K, idxs=c, score_threshold=sthr)
+    return i, k, n
+
+
+def multi_image_checks(rng) -> int:
+    """multi_image_nms through the numba.cuda kernels: Numba device arrays (host plan) and the
+    torch plan (_multi_torch_cuda, torch ops on CPU tensors standing in for CUDA ones, the
+    simulator's kernels for the suppression), with small mask tiles so rows span several."""
+    import torch
+
+    from detkernels.backends import _numba_cuda as NC
+
+    checks = 0
+    saved = NC.MASK_BYTES, NB._as_numba, NB._stream
+    NC.MASK_BYTES = 64 * 8 * 2  # 64-row tiles of 2 words: tiling even at these sizes
+    K = NC
+
+    class HostFlags:
+        """The simulator's kernels, flags handed back as a host array for CPU tensors."""
+
+        @staticmethod
+        def nms_keep_segments(*a):
+            return K.nms_keep_segments(*a).copy_to_host()
+
+    try:
+        for dtype in ("float32", "float64"):
+            for what, b, s, c, k, sthr in _multi_cases(rng):
+                b, s = b.astype(dtype), s.astype(dtype)
+                want = _ref_multi(b, s, c, k, sthr)
+                got = NB.multi_image_nms(cuda.to_device(b), cuda.to_device(s),
+                                         None if c is None else cuda.to_device(c), 0.5, k, sthr)
+                for g, w, name in zip(got, want, ("indices", "classes", "counts")):
+                    assert (g is None) == (w is None), f"numba arrays {what} {name}"
+                    if w is not None:
+                        assert_bytes_equal(g.copy_to_host(), w, f"numba arrays {what} {dtype} {name}")
+                NB._as_numba = lambda cuda_, x: x if x is None else cuda.to_device(x.numpy())
+                NB._stream = lambda cuda_, x: cuda.stream()
+                try:
+                    got = NB._multi_torch_cuda(cuda, HostFlags, torch.from_numpy(b), torch.from_numpy(s),
+                                               None if c is None else torch.from_numpy(c), 0.5, k, sthr)
+                finally:
+                    NB._as_numba, NB._stream = saved[1], saved[2]
+                for g, w, name in zip(got, want, ("indices", "classes", "counts")):
+                    assert (g is None) == (w is None), f"torch plan {what} {name}"
+                    if w is not None:
+                        assert_bytes_equal(g.numpy(), w, f"torch plan {what} {dtype} {name}")
+                checks += 2
+    finally:
+        NC.MASK_BYTES = saved[0]
+    return checks
 
 
 if __name__ == "__main__":

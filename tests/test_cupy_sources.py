@@ -174,3 +174,56 @@ def test_roi_launch_arguments_match_the_kernels(monkeypatch):
         got = ["u64" if isinstance(a, np.ndarray) else ARG_TYPES[type(a)] for a in args]
         assert got == params, f"{name}: launched with {got}, kernel takes {params}"
         assert block == (C.ROI_THREADS,) and len(grid) == 1 and 0 < grid[0] <= 65535 * 16
+
+
+def _segments_greedy(boxes2d, rows, seg, valid, thr):
+    """Keep flags over sorted positions: greedy NMS within each segment (positions sharing
+    seg), visiting positions in plan order -- the reference's nms with descending ranks as
+    scores (so it visits them as given), IoU in the boxes' dtype."""
+    from detkernels.reference.nms import nms
+
+    keep = np.zeros(rows.shape[0], np.uint8)
+    for start in np.unique(seg):
+        p = np.flatnonzero(seg == start)
+        assert (np.diff(p) == 1).all() and p[0] == start, "a segment is not contiguous"
+        bx = boxes2d[rows[p]]
+        keep[p[nms(bx, (-np.arange(p.size)).astype(bx.dtype), thr)]] = 1
+    return keep
+
+
+@pytest.mark.parametrize("ncls,with_idxs,sthr", [(0, False, None), (0, True, None), (3, False, None),
+                                              (0, True, 0.3), (3, False, 0.3)])
+def test_multi_image_plan_logic(ncls, with_idxs, sthr):
+    """multi_image_nms's device plan and outputs (cupy.py _multi_plan, _multi_outputs), run with
+    NumPy standing in for CuPy and a greedy over the plan's segments standing in for the
+    NVRTC kernels, equal the reference on every NMS family, both dtypes, K below/above N."""
+    import _nms_families as NF
+
+    from detkernels.reference import nms as RN
+
+    for family in sorted(NF.FAMILIES):
+        boxes, scores, classes = NF.batch(family, 11, 3, 40, ncls)
+        B, N = boxes.shape[:2]
+        Cc = max(ncls, 1)
+        for dtype in (np.float32, np.float64):
+            b, s = boxes.astype(dtype), scores.astype(dtype)
+            c = classes if with_idxs else None
+            cls = np.broadcast_to(np.tile(np.arange(ncls), N), (B, N * ncls)) if ncls > 1 else c
+            o1, o, valid, seg, rows = C._multi_plan(np, s.reshape(B, N * Cc), cls, N, Cc, sthr)
+            keep = _segments_greedy(b.reshape(B * N, 4), rows, seg, valid, 0.5)
+            for K in (0, 9, 200):
+                got = C._multi_outputs(np, o1, o, keep, valid, K, Cc, ncls > 0)
+                want = RN.multi_image_nms(b, s, 0.5, K, idxs=c, score_threshold=sthr)
+                for g, w, name in zip(got, want, ("indices", "classes", "counts")):
+                    assert (g is None) == (w is None), name
+                    if w is not None:
+                        np.testing.assert_array_equal(g, w, err_msg=f"{family} {dtype} K={K} {name}")
+                        assert g.dtype == w.dtype
+
+
+def test_mask_tile_rows_matches_header():
+    """cupy.py's tile size is nms_bitmask.h's nms_tile_rows (a multiple of 64, capped)."""
+    assert C.mask_tile_rows(100000, 17, 1 << 20) == 120 * 64  # 2^20 B / (17 words * 8 B * 64 rows)
+    assert C.mask_tile_rows(1000, 17, 1 << 20) == 1024  # all 16 row blocks
+    assert C.mask_tile_rows(100, 3, 1) == 64
+    assert C.mask_tile_rows(100, 3, 1 << 30) == 128

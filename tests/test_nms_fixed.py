@@ -12,8 +12,9 @@ from detkernels.reference import nms as ref
 
 from _helpers import assert_bytes_equal
 from _nms_families import FAMILIES, batch
+from conftest import CPU_BACKENDS, backend_param
 
-BACKENDS = ("native", "numpy")
+BACKENDS = [backend_param(b, "multi_image_nms") for b in CPU_BACKENDS]
 
 
 def _check(got, want, what):
@@ -63,7 +64,7 @@ def test_per_class_scores_equal_expanded_batched_nms():
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_nms_padded_equals_nms_prefix(backend, family):
+def test_nms_padded_equals_nms_prefix(backend, family):  # nms_padded goes through multi_impl
     boxes, scores, _ = batch(family, 4, 1, 300)
     b, s = boxes[0].astype(np.float32), scores[0].astype(np.float32)
     full = ref.nms(b, s, 0.5)
@@ -128,6 +129,81 @@ def test_workspace_allocation_failure_is_a_memory_error():
     with pytest.raises(MemoryError, match=r"NMS of 1 x 1000000000000 candidates needs a "
                                           r"4611686018427387904 byte workspace on cpu"):
         native._workspace(np.empty(1), 1 << 62, "NMS of 1 x 1000000000000 candidates")
+
+
+# ---- GPU backends (skip without a GPU) ---------------------------------------------------------------
+
+GPU_BACKENDS = ("native", "numba", "cupy")
+GPU_LIBS = ("torch", "cupy", "numba")
+
+
+def _gpu_or_skip(backend: str, lib: str, dtype: str):
+    """The array module for ``lib`` on a usable GPU, or skip with the reason."""
+    import importlib
+
+    from detkernels import _registry
+
+    try:
+        mod = importlib.import_module("numba.cuda" if lib == "numba" else lib)
+    except ImportError as e:
+        pytest.skip(f"{lib} is not installed ({e})")
+    try:
+        ok = mod.cuda.is_available() if lib == "torch" else (
+            mod.is_available() if lib == "numba" else mod.cuda.runtime.getDeviceCount() > 0)
+    except Exception:  # no driver
+        ok = False
+    if not ok:
+        pytest.skip(f"no CUDA device usable by {lib} on this machine")
+    why = _registry.why_not(backend, "multi_image_nms", "cuda", dtype)
+    if why:
+        pytest.skip(f"backend {backend!r}: {why}")
+    return mod
+
+
+def _to(lib: str, mod, a: np.ndarray):
+    if lib == "torch":
+        return mod.from_numpy(np.ascontiguousarray(a)).cuda()
+    if lib == "cupy":
+        return mod.asarray(a)
+    return mod.to_device(np.ascontiguousarray(a))
+
+
+def _host(x):
+    if x is None or isinstance(x, np.ndarray):
+        return x
+    if hasattr(x, "copy_to_host"):
+        return x.copy_to_host()
+    if hasattr(x, "get"):
+        return x.get()
+    return x.cpu().numpy()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("lib", GPU_LIBS)
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_gpu_multi_image_nms_equals_reference(backend, lib, dtype):
+    """Every GPU backend, from every array library, on every family: byte-equal, fixed-size
+    outputs of the input's kind (torch / CuPy / Numba arrays)."""
+    mod = _gpu_or_skip(backend, lib, dtype)
+    for family in sorted(FAMILIES):
+        for C, with_idxs in ((0, False), (0, True), (4, False)):
+            boxes, scores, classes = batch(family, 5, 3, 300, C)
+            b, s = boxes.astype(dtype), scores.astype(dtype)
+            c = classes if with_idxs else None
+            for sthr in (None, 0.3):
+                for K in (0, 7, 1300):
+                    want = ref.multi_image_nms(b, s, 0.5, K, idxs=c, score_threshold=sthr)
+                    got = dk.multi_image_nms(_to(lib, mod, b), _to(lib, mod, s), 0.5, K,
+                                             idxs=None if c is None else _to(lib, mod, c),
+                                             score_threshold=sthr, backend=backend)
+                    assert all(dk._arrays.kind(x) == lib for x in got)
+                    _check(tuple(_host(x) for x in got), want, f"{backend} {lib} {family} C={C} K={K}")
+            if lib == "torch":
+                idx, count = dk.nms_padded(_to(lib, mod, b[0]), _to(lib, mod, s[0]), 0.5, 50,
+                                           backend=backend)
+                w_idx, w_count = ref.nms_padded(b[0], s[0], 0.5, 50)
+                assert_bytes_equal(_host(idx), w_idx, f"nms_padded {backend} {family}")
+                assert int(count) == int(w_count)
 
 
 # ---- torch integration -----------------------------------------------------------------------------

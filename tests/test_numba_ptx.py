@@ -44,3 +44,10 @@ def test_lint_sees_contraction(K):
     """Control: the same kernels with plain operators get FMAs from NVVM (even fastmath=False), so
     the lint above can fail."""
     assert FMA.findall(K.ptx("float32", plain_operators=True)["box_iou_kernel"])
+
+
+def test_scan_ors_are_atomic(K):
+    """The NMS scan runs one block per image and a removed-mask word can straddle two images:
+    its ORs must be atomic (atom.global.or.b64), never a plain load/or/store."""
+    src = K.ptx("float32")["nms_scan_kernel"]
+    assert re.search(r"\batom\.global\.or\.b64\b|\bred\.global\.or\.b64\b", src), "non-atomic OR"

@@ -14,6 +14,7 @@
 // NVRTC (the CuPy backend) has no <cstdint>: the fixed-width types the headers use (LP64).
 typedef long int64_t;
 typedef unsigned long uint64_t;
+typedef unsigned int uint32_t;
 typedef unsigned char uint8_t;
 #endif
 

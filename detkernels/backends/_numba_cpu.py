@@ -37,36 +37,59 @@ def box_iou_kernel(b1, b2, out, eps):
                                     box_area(c0, c1, c2, c3, FMT), FMT, KIND, eps)
 
 
-def nms_kernel(boxes, order, seg, thr, keep):
-    """Greedy NMS over boxes visited in ``order`` (class, then score rank); ``seg`` holds the
-    start of each class segment in ``order`` plus a final n. Candidate j is kept iff no box kept
-    before it in its segment suppresses it (torchvision's rule, visiting the same pairs).
-    Sets keep[p] = 1 for kept positions p of ``order``."""
-    n = order.shape[0]
-    x1 = np.empty(n, boxes.dtype)
-    y1 = np.empty(n, boxes.dtype)
-    x2 = np.empty(n, boxes.dtype)
-    y2 = np.empty(n, boxes.dtype)
-    ar = np.empty(n, boxes.dtype)
-    for p in range(n):
+def nms_gather(boxes, order, x1, y1, x2, y2, ar):
+    """Coordinates and area of box order[p] at position p."""
+    for p in range(order.shape[0]):
         q = order[p]
         x1[p], y1[p], x2[p], y2[p] = boxes[q, 0], boxes[q, 1], boxes[q, 2], boxes[q, 3]
         ar[p] = nms_area(x1[p], y1[p], x2[p], y2[p])
-    kept = np.empty(n, np.int64)  # positions of kept boxes in the current segment
+
+
+def nms_segment(x1, y1, x2, y2, ar, lo, hi, thr, kx1, ky1, kx2, ky2, ka, keep):
+    """Greedy NMS over positions lo..hi-1 (one class segment, visited in order): position j is
+    kept iff no position kept before it suppresses it (torchvision's rule, visiting the same
+    pairs). The kept boxes are copied to the columns kx1..ka (scratch of at least hi - lo
+    slots), so the inner loop reads memory in order."""
+    nk = 0
+    for j in range(lo, hi):
+        cx1, cy1, cx2, cy2, ca = x1[j], y1[j], x2[j], y2[j], ar[j]
+        alive = True
+        for t in range(nk):
+            if nms_suppresses(kx1[t], ky1[t], kx2[t], ky2[t], ka[t], cx1, cy1, cx2, cy2, ca, thr):
+                alive = False
+                break
+        if alive:
+            keep[j] = 1
+            kx1[nk], ky1[nk], kx2[nk], ky2[nk], ka[nk] = cx1, cy1, cx2, cy2, ca
+            nk += 1
+
+
+def _columns(n, dtype):
+    return (np.empty(n, dtype), np.empty(n, dtype), np.empty(n, dtype), np.empty(n, dtype),
+            np.empty(n, dtype))
+
+
+def nms_kernel(boxes, order, seg, thr, keep):
+    """Greedy NMS over boxes visited in ``order`` (class, then score rank); ``seg`` holds the
+    start of each class segment in ``order`` plus a final n. Sets keep[p] = 1 for kept
+    positions p of ``order``."""
+    n = order.shape[0]
+    x1, y1, x2, y2, ar = columns(n, boxes.dtype)
+    nms_gather(boxes, order, x1, y1, x2, y2, ar)
+    kx1, ky1, kx2, ky2, ka = columns(n, boxes.dtype)  # kept boxes of the current segment
     for s in range(seg.shape[0] - 1):
-        nk = 0
-        for j in range(seg[s], seg[s + 1]):
-            alive = True
-            for t in range(nk):
-                k = kept[t]
-                if nms_suppresses(x1[k], y1[k], x2[k], y2[k], ar[k], x1[j], y1[j], x2[j], y2[j],
-                                  ar[j], thr):
-                    alive = False
-                    break
-            if alive:
-                keep[j] = 1
-                kept[nk] = j
-                nk += 1
+        nms_segment(x1, y1, x2, y2, ar, seg[s], seg[s + 1], thr, kx1, ky1, kx2, ky2, ka, keep)
+
+
+def nms_parallel_kernel(boxes, order, seg, thr, keep):
+    """nms_kernel with the segments (independent: classes, images) spread over threads; each
+    segment is run by one thread, so the result does not depend on the thread count."""
+    n = order.shape[0]
+    x1, y1, x2, y2, ar = columns(n, boxes.dtype)
+    nms_gather(boxes, order, x1, y1, x2, y2, ar)
+    for s in prange(seg.shape[0] - 1):
+        kx1, ky1, kx2, ky2, ka = columns(seg[s + 1] - seg[s], boxes.dtype)  # per-thread scratch
+        nms_segment(x1, y1, x2, y2, ar, seg[s], seg[s + 1], thr, kx1, ky1, kx2, ky2, ka, keep)
 
 
 _OPS = dict(ADD=numba.njit(**_JIT)(_add), SUB=numba.njit(**_JIT)(_sub),
@@ -79,7 +102,11 @@ def kernels(dtype: str):
     """The compiled scalar functions and NMS kernel for ``dtype`` ('float32' or 'float64')."""
     k = _SPECS.get(dtype)
     if k is None:
-        extra = (("nms_kernel", nms_kernel, numba.njit(**_JIT)),)
+        jit = numba.njit(**_JIT)
+        extra = (("columns", _columns, jit), ("nms_gather", nms_gather, jit),
+                 ("nms_segment", nms_segment, jit),
+                 ("nms_kernel", nms_kernel, jit),
+                 ("nms_parallel_kernel", nms_parallel_kernel, numba.njit(parallel=True, **_JIT)))
         k = _SPECS[dtype] = M.specialise(np.dtype(dtype), _OPS, numba.njit(**_JIT), extra,
                                          env=dict(np=np, prange=prange))
     return k
@@ -104,8 +131,12 @@ def box_iou(b1: np.ndarray, b2: np.ndarray, kind: int, fmt: int, eps: float) -> 
     return out
 
 
-def nms_keep(boxes: np.ndarray, order: np.ndarray, seg: np.ndarray, thr: float) -> np.ndarray:
-    """uint8 flags over positions of ``order``: 1 where that box is kept."""
+def nms_keep(boxes: np.ndarray, order: np.ndarray, seg: np.ndarray, thr: float,
+             parallel: bool = False) -> np.ndarray:
+    """uint8 flags over positions of ``order``: 1 where that box is kept. ``parallel`` runs the
+    segments on numba's threads (worth it for many segments: classes x images)."""
     keep = np.zeros(order.shape[0], np.uint8)
-    kernels(boxes.dtype.name).nms_kernel(boxes, order, seg, M.nms_threshold(thr, boxes.dtype), keep)
+    k = kernels(boxes.dtype.name)
+    fn = k.nms_parallel_kernel if parallel and seg.shape[0] > 2 else k.nms_kernel
+    fn(boxes, order, seg, M.nms_threshold(thr, boxes.dtype), keep)
     return keep

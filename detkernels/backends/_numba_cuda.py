@@ -9,12 +9,18 @@ tests/test_numba_ptx.py compiles these kernels to PTX without a GPU and checks f
 In the CUDA simulator (NUMBA_ENABLE_CUDASIM=1) there is no libdevice: the operations are the
 plain operators on NumPy scalars of the working type, which are IEEE float32/float64 as well.
 
-NMS: the boxes are visited in (class, score rank, index) order computed by the caller; a bitmask
-kernel marks, for each box i and each 64-wide column block, which later boxes of the same class i
-suppresses; one block then scans the boxes in order, keeping a box iff no kept box has marked it.
+NMS: the boxes are visited in an order computed by the caller (class, score rank, index; for
+multi_image_nms image, class, score rank, candidate), gathered into columns; the bitmask
+(csrc/ops/nms/nms_bitmask.h's layout: W words per row from the row's own column block, built in
+row tiles of at most MASK_BYTES) marks, for each box i and 64-wide column block, which later boxes
+of i's class i suppresses; a scan keeps a box iff no kept box has marked it, one block per
+independent range of boxes (an image), its ORs atomic because a word can straddle two ranges.
+Column blocks whose first box's segment starts after a row block are dead: neither computed nor
+read.
 """
 from __future__ import annotations
 
+import os
 import types
 import warnings
 
@@ -30,6 +36,8 @@ WORD = 64  # boxes per mask word and per mask-kernel block
 # The simulator runs threads ~2.7k/s: 2 scan threads still exercise the strided word loop.
 SCAN_THREADS = 2 if SIM else 256
 ONE64 = np.int64(1)
+# Bytes of one bitmask tile (rows x words), as the native CUDA build's NMS_MASK_BYTES.
+MASK_BYTES = int(os.environ.get("DETKERNELS_NMS_MASK_BYTES", str(256 << 20)))
 
 
 _add, _sub, _mul, _div = M.plain_add, M.plain_sub, M.plain_mul, M.plain_div
@@ -77,52 +85,78 @@ def nms_gather_kernel(boxes, order, cls, has_cls, cols, scls):
         scls[p] = cls[q] if has_cls else 0
 
 
-def nms_mask_kernel(cols, scls, thr, mask):
-    """Block (cb, rb), thread t: bit c of mask[rb*64 + t, cb] is set iff box i = rb*64 + t
-    suppresses box j = cb*64 + c, for j > i of the same class. Blocks below the diagonal exit."""
+def nms_mask_kernel(cols, scls, seg, thr, mask, row0):
+    """One tile of the bitmask: rows row0 .. row0 + 64 * gridDim.y - 1, each storing W =
+    mask.shape[1] words, word cb of row i (row block rb) at mask[i - row0, cb - rb]
+    (csrc/ops/nms/nms_bitmask.h's layout). Block (x, y), thread t: row i = 64 rb + t,
+    rb = row0 / 64 + y, over column blocks cb = rb + x, rb + x + gridDim.x, ... (cb - rb < W),
+    stopping at the first dead one -- whose first box's segment starts after the block's last row
+    (``seg`` is non-decreasing) -- as the scan stops there too. Bit c of the word is set iff box i
+    suppresses box j = 64 cb + c, j > i, of i's class (equal ``scls``)."""
     n = cols.shape[1]
-    rb = cuda.blockIdx.y
-    cb = cuda.blockIdx.x
-    if cb < rb:
+    ncb = (n + WORD - 1) // WORD
+    W = mask.shape[1]
+    rb = row0 // WORD + cuda.blockIdx.y
+    if rb >= ncb:  # uniform over the block
         return
     t = cuda.threadIdx.x
     sh = cuda.shared.array((5, 64), SHARED_T)
     shc = cuda.shared.array(64, numba.int64)
-    j0 = cb * WORD
-    if j0 + t < n:
-        for k in range(5):
-            sh[k, t] = cols[k, j0 + t]
-        shc[t] = scls[j0 + t]
-    cuda.syncthreads()
     i = rb * WORD + t
-    if i < n:
-        ax1, ay1, ax2, ay2, aa, ci = cols[0, i], cols[1, i], cols[2, i], cols[3, i], cols[4, i], scls[i]
-        bits = np.int64(0)
-        start = t + 1 if cb == rb else 0
-        stop = n - j0 if n - j0 < WORD else WORD
-        for c in range(start, stop):
-            if shc[c] == ci and nms_suppresses(ax1, ay1, ax2, ay2, aa, sh[0, c], sh[1, c], sh[2, c],
-                                               sh[3, c], sh[4, c], thr):
-                bits |= ONE64 << c
-        mask[i, cb] = bits
+    row_ok = i < n
+    r = i if row_ok else n - 1  # rows past n load a valid box and store nothing
+    ax1, ay1, ax2, ay2, aa, ci = cols[0, r], cols[1, r], cols[2, r], cols[3, r], cols[4, r], scls[r]
+    last = rb * WORD + WORD - 1
+    if last > n - 1:
+        last = n - 1
+    cb = rb + cuda.blockIdx.x
+    while cb < ncb and cb - rb < W and seg[cb * WORD] <= last:  # uniform over the block
+        j0 = cb * WORD
+        cuda.syncthreads()  # the previous column block is no longer read
+        if j0 + t < n:
+            for k in range(5):
+                sh[k, t] = cols[k, j0 + t]
+            shc[t] = scls[j0 + t]
+        cuda.syncthreads()
+        if row_ok:
+            bits = np.int64(0)
+            start = t + 1 if cb == rb else 0
+            stop = n - j0 if n - j0 < WORD else WORD
+            for c in range(start, stop):
+                if shc[c] == ci and nms_suppresses(ax1, ay1, ax2, ay2, aa, sh[0, c], sh[1, c],
+                                                   sh[2, c], sh[3, c], sh[4, c], thr):
+                    bits |= ONE64 << c
+            mask[i - row0, cb - rb] = bits
+        cb += cuda.gridDim.x
 
 
-def nms_scan_kernel(mask, n, removed, keep):
-    """One block, boxes in order: keep[i] = 1 iff bit i of ``removed`` (zero-initialised) is
-    clear when box i is reached; a kept box ORs its mask row into ``removed``."""
+def nms_scan_kernel(mask, row0, row1, ranges, seg, removed, keep):
+    """Block b scans rows max(row0, ranges[b, 0]) .. min(row1, ranges[b, 1]) - 1 of the tile in
+    order (rows of different blocks never share a segment; rows outside every range are never
+    kept): keep[i] = 1 iff bit i of ``removed``
+    (zero-initialised, persisting over tiles) is clear when row i is reached; a kept row ORs its
+    live mask words into ``removed`` -- atomically, as a word may straddle two blocks' rows."""
     t = cuda.threadIdx.x
     nt = cuda.blockDim.x
-    ncb = mask.shape[1]
-    for i in range(n):
+    b = cuda.blockIdx.x
+    W = mask.shape[1]
+    n = seg.shape[0]
+    ncb = (n + WORD - 1) // WORD
+    lo = row0 if row0 > ranges[b, 0] else ranges[b, 0]
+    hi = row1 if row1 < ranges[b, 1] else ranges[b, 1]
+    for i in range(lo, hi):
         w = i // WORD
         alive = ((removed[w] >> (i % WORD)) & 1) == 0
         cuda.syncthreads()  # every thread has read word w before any writes it
         if alive:
             if t == 0:
                 keep[i] = 1
-            for x in range(w + t, ncb, nt):
-                removed[x] |= mask[i, x]
-        cuda.syncthreads()  # the ORs are visible before the next box is read
+            stop = w + W if w + W < ncb else ncb
+            x = w + t
+            while x < stop and seg[x * WORD] <= i:  # later words are dead (not even written)
+                cuda.atomic.or_(removed, x, mask[i - row0, x - w])
+                x += nt
+        cuda.syncthreads()  # the ORs are visible before the next row is read
 
 
 KERNELS = ("box_iou_kernel", "nms_gather_kernel", "nms_mask_kernel", "nms_scan_kernel")
@@ -153,8 +187,8 @@ def signatures(dtype) -> dict:
     return {
         "box_iou_kernel": (T[:, :, ::1], T[:, :, ::1], T[:, :, ::1], i64, i64, T),
         "nms_gather_kernel": (T[:, ::1], i64[::1], i64[::1], numba.boolean, T[:, ::1], i64[::1]),
-        "nms_mask_kernel": (T[:, ::1], i64[::1], T, i64[:, ::1]),
-        "nms_scan_kernel": (i64[:, ::1], i64, i64[::1], numba.uint8[::1]),
+        "nms_mask_kernel": (T[:, ::1], i64[::1], i64[::1], T, i64[:, ::1], i64),
+        "nms_scan_kernel": (i64[:, ::1], i64, i64, i64[:, ::1], i64[::1], i64[::1], numba.uint8[::1]),
     }
 
 
@@ -204,27 +238,94 @@ def box_iou(b1, b2, out, kind: int, fmt: int, eps: float, stream) -> None:
     _configure(kernels(dt).box_iou_kernel, grid, block, stream)(b1, b2, out, fmt, kind, dt.type(eps))
 
 
+def _tile_rows(n: int, width: int) -> int:
+    """Rows per mask tile: a multiple of 64, as many as MASK_BYTES holds (at least one row
+    block, at most all rows, at most 65535 row blocks: one grid dimension)."""
+    ncb = (n + WORD - 1) // WORD
+    blocks = max(1, min(MASK_BYTES // max(1, width * 8 * WORD), ncb, 65535))
+    return blocks * WORD
+
+
+def numba_alloc(stream):
+    """Scratch allocator of numba device arrays: alloc(shape, dtype, zero)."""
+    def alloc(shape, dtype, zero: bool):
+        if zero:
+            return cuda.to_device(np.zeros(shape, dtype), stream=stream)
+        return cuda.device_array(shape, dtype=dtype, stream=stream)
+
+    return alloc
+
+
+def _gather(k, boxes, order, cls, stream, alloc):
+    n = order.shape[0]
+    dt = np.dtype(boxes.dtype)
+    cols = alloc((5, n), dt, False)
+    scls = alloc((n,), np.dtype(np.int64), False)
+    has_cls = cls is not None
+    if not has_cls:
+        cls = alloc((1,), np.dtype(np.int64), False)
+    _configure(k.nms_gather_kernel, (n + 127) // 128, 128, stream)(
+        boxes, order, cls, has_cls, cols, scls)
+    return cols, scls
+
+
+def _suppress(k, cols, scls, seg, ranges, width: int, thr, stream, alloc):
+    """Keep flags (uint8 [n]) by the tiled bitmask and the per-block scan (see the kernels)."""
+    n = cols.shape[1]
+    ncb = (n + WORD - 1) // WORD
+    width = max(1, min(width, ncb))
+    R = _tile_rows(n, width)
+    try:
+        mask = alloc((R, width), np.dtype(np.int64), False)
+    except Exception as e:  # numba raises CudaAPIError for an out-of-memory allocation
+        raise MemoryError(f"nms (numba.cuda): a {R}x{width} suppression bitmask tile needs "
+                          f"{R * width * 8 / 2**30:.2f} GiB of GPU memory (lower "
+                          f"DETKERNELS_NMS_MASK_BYTES): {e}") from e
+    removed = alloc((ncb,), np.dtype(np.int64), True)
+    keep = alloc((n,), np.dtype(np.uint8), True)
+    nblocks = ranges.shape[0]
+    for row0 in range(0, n, R):
+        rb0 = row0 // WORD
+        nrb = min(ncb, (row0 + R) // WORD) - rb0
+        gx = max(1, min(width, ncb - rb0, 16384 // nrb))
+        _configure(k.nms_mask_kernel, (gx, nrb), WORD, stream)(cols, scls, seg, thr, mask, row0)
+        _configure(k.nms_scan_kernel, nblocks, SCAN_THREADS, stream)(
+            mask, row0, min(n, row0 + R), ranges, seg, removed, keep)
+    return keep
+
+
 def nms_keep(boxes, order, cls, thr: float, stream):
     """Flags (uint8 device array) over positions of ``order``: 1 where that box is kept.
     boxes [n, 4], order int64 [n] (visiting order: class, then score rank), cls int64 [n] or None."""
     n = order.shape[0]
+    if n == 0:
+        return cuda.device_array(0, dtype=np.uint8, stream=stream)
     dt = np.dtype(boxes.dtype)
     k = kernels(dt)
-    ncb = (n + WORD - 1) // WORD
-    cols = cuda.device_array((5, n), dtype=dt, stream=stream)
-    scls = cuda.device_array(n, dtype=np.int64, stream=stream)
-    has_cls = cls is not None
-    if not has_cls:
-        cls = cuda.device_array(1, dtype=np.int64, stream=stream)
-    _configure(k.nms_gather_kernel, (n + 127) // 128, 128, stream)(
-        boxes, order, cls, has_cls, cols, scls)
-    try:
-        mask = cuda.device_array((n, ncb), dtype=np.int64, stream=stream)
-    except Exception as e:  # numba raises CudaAPIError for an out-of-memory allocation
-        raise MemoryError(f"nms (numba.cuda): the {n}x{ncb} suppression bitmask needs "
-                          f"{n * ncb * 8 / 2**30:.2f} GiB of GPU memory: {e}") from e
-    _configure(k.nms_mask_kernel, (ncb, ncb), WORD, stream)(cols, scls, M.nms_threshold(thr, dt), mask)
-    removed = cuda.to_device(np.zeros(ncb, np.int64), stream=stream)
-    keep = cuda.to_device(np.zeros(n, np.uint8), stream=stream)
-    _configure(k.nms_scan_kernel, 1, SCAN_THREADS, stream)(mask, n, removed, keep)
-    return keep
+    alloc = numba_alloc(stream)
+    cols, scls = _gather(k, boxes, order, cls, stream, alloc)
+    # One scan block; every column block is live (seg all 0): full-width rows, as classes are
+    # told apart by scls alone.
+    seg = cuda.to_device(np.zeros(n, np.int64), stream=stream)
+    ranges = cuda.to_device(np.array([[0, n]], np.int64), stream=stream)
+    return _suppress(k, cols, scls, seg, ranges, (n + WORD - 1) // WORD, M.nms_threshold(thr, dt),
+                     stream, alloc)
+
+
+def nms_keep_segments(boxes, rows, seg, ranges, width: int, thr: float, stream, alloc=None):
+    """Flags (uint8 device array [n]) over positions p: 1 where the box visited at p is kept.
+    boxes [R, 4]; rows int64 [n]: box row visited at p; seg int64 [n]: start of p's segment
+    (non-decreasing; positions outside any segment are segments of their own, seg[p] = p);
+    ranges int64 [nb, 2]: the [start, end) position ranges scanned by separate blocks (images;
+    positions outside every range, such as an image's score-filtered tail, are never kept), no
+    segment straddling two; width: mask words per row, at least ceil(longest segment / 64) + 1.
+    alloc(shape, dtype, zero) makes the scratch arrays (default: numba's allocator; the torch
+    path passes torch's stream-ordered caching allocator, so nothing synchronises)."""
+    n = rows.shape[0]
+    alloc = alloc or numba_alloc(stream)
+    if n == 0:
+        return alloc((0,), np.dtype(np.uint8), True)
+    dt = np.dtype(boxes.dtype)
+    k = kernels(dt)
+    cols, _ = _gather(k, boxes, rows, None, stream, alloc)
+    return _suppress(k, cols, seg, seg, ranges, width, M.nms_threshold(thr, dt), stream, alloc)

@@ -6,6 +6,11 @@ that nvcc compiles into detkernels._C, with the same float flags (``--fmad=false
 and square root, no flush-to-zero). Compiled once per device on first use (CuPy also caches the
 binary on disk; the headers' hash is part of the source, so a changed header recompiles).
 
+multi_image_nms (and so nms_padded) runs nms_bitmask.h's algorithm -- the one the native CUDA build
+launches -- with CuPy's stable sorts for the visiting order and NVRTC kernels calling the header's
+steps (nms_block_live, nms_mask_word, nms_scan_rowblock) for the tiled mask and the per-image scan:
+no host synchronisation, outputs of fixed size.
+
 Inputs may be torch CUDA tensors, CuPy arrays or Numba device arrays (zero-copy views of their
 memory); kernels and CuPy ops run on the caller's current stream; outputs are the caller's kind.
 cupy is imported on the first call, never at ``import detkernels``.
@@ -51,13 +56,15 @@ C_TYPES = {"float32": "float", "float64": "double"}
 # The native build's CUDA float flags (CMakeLists.txt DK_CUDA_FLOAT_FLAGS), for NVRTC.
 NVRTC_FLOAT_OPTIONS = ("--fmad=false", "--prec-div=true", "--prec-sqrt=true", "--ftz=false")
 HEADERS = ("common/host_device.h", "ops/box_iou/box_iou.h", "ops/box_iou/box_iou_kernel.cuh",
-           "ops/nms/nms.h",
+           "ops/nms/nms.h", "ops/nms/nms_bitmask.h",
            # RoI ops (section at the end of this file)
            "ops/roi_align/roi_align.h", "ops/roi_align/roi_scatter.h",
            "ops/roi_align/roi_scatter_kernels.cuh", "ops/roi_align/roi_align_gpu.h",
            "ops/roi_align/roi_align_kernels.cuh", "ops/roi_pool/roi_pool.h",
            "ops/roi_pool/roi_pool_gpu.h", "ops/roi_pool/roi_pool_kernels.cuh")
 _MODULES: dict = {}
+# Bytes of one multi_image_nms bitmask tile, as the native CUDA build's (native.NMS_MASK_BYTES).
+MASK_BYTES = int(os.environ.get("DETKERNELS_NMS_MASK_BYTES", str(256 << 20)))
 
 
 def include_dir() -> Path:
@@ -93,8 +100,9 @@ def name_expressions() -> list[str]:
             for kind in KIND_CODES.values():
                 if kind == 0 or fmt == 0:
                     names.append(f"detkernels::box_iou_kernel<{t}, {fmt}, {kind}>")
-        names += [f"detkernels::cupy_nms::gather<{t}>", f"detkernels::cupy_nms::mask<{t}>"]
-    names.append("detkernels::cupy_nms::scan")
+        names += [f"detkernels::cupy_nms::gather<{t}>", f"detkernels::cupy_nms::mask<{t}>",
+                  f"detkernels::cupy_nms::multi_mask<{t}>"]
+    names += ["detkernels::cupy_nms::scan", "detkernels::cupy_nms::multi_scan"]
     names += roi_name_expressions()
     return names
 
@@ -185,13 +193,14 @@ def box_iou(b1: Any, b2: Any, kind: str, fmt: str, eps: float) -> Any:
     return out
 
 
-def _score_order(cp: Any, s: Any) -> Any:
-    """Stable descending order of ``s``, NaN first, -0.0 == +0.0 (reference.nms.score_order)."""
-    nan = cp.isnan(s)
+def _score_order(xp: Any, s: Any) -> Any:
+    """Stable descending order of ``s`` along its last axis, NaN first, -0.0 == +0.0
+    (reference.nms.score_order per row). ``xp``: cupy (or numpy, for the tests)."""
+    nan = xp.isnan(s)
     # Ascending stable sort of -(s + 0): + 0 maps -0.0 to +0.0, so a radix sort sees one zero;
     # NaN keys get a finite stand-in and are then moved to the front by a second stable sort.
-    o = cp.argsort(cp.where(nan, 0, -(s + 0)), kind="stable")
-    return o[cp.argsort(~nan[o], kind="stable")]
+    o = xp.argsort(xp.where(nan, 0, -(s + 0)), axis=-1, kind="stable")
+    return xp.take_along_axis(o, xp.argsort(~xp.take_along_axis(nan, o, -1), axis=-1, kind="stable"), -1)
 
 
 @register("nms", "cupy", devices=("cuda",))
@@ -235,6 +244,148 @@ def nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float) -> Any:
             kept[o[f]] = True
             r = o1[kept[o1]]
         return _as_kind(r, like=boxes)
+
+
+# ---- multi_image_nms: plan with CuPy sorts, suppression by nms_bitmask.h's steps ---------------------
+# The plan and the outputs are written against an array module ``xp`` (cupy here; numpy in
+# tests/test_cupy_sources.py, which checks them without a GPU).
+
+MULTI_SCAN_THREADS = 256
+
+
+def _multi_plan(xp: Any, s: Any, cls: Any, N: int, Cc: int, sthr: float | None) -> tuple:
+    """Visiting plan of multi_image_nms on ``xp`` arrays, no host sync. ``s`` [B, M] scores by
+    candidate q = n * Cc + c, ``cls`` [B, M] int64 classes or None.
+
+    Returns (o1, o, valid, seg, rows): o1 [B, M] each image's candidates by descending score (NaN
+    first, ties by q); o [B, M] them in (valid, class, score, q) order -- sorted position
+    p = b * M + j holds candidate o[b, j]; valid [B * M] bool per position (score filter);
+    seg [B * M] the start of p's segment (same image and class, both valid; a filtered candidate
+    is a segment of its own); rows [B * M] p's row of boxes [B * N, 4]."""
+    B, M = s.shape
+    o1 = _score_order(xp, s)
+    o = o1
+    if cls is not None:
+        o = xp.take_along_axis(o, xp.argsort(xp.take_along_axis(cls, o, 1), axis=1, kind="stable"), 1)
+    n = B * M
+    if sthr is not None:
+        v2 = s.astype(xp.float64) > sthr  # NaN fails
+        inval = (~xp.take_along_axis(v2, o, 1)).astype(xp.uint8)
+        o = xp.take_along_axis(o, xp.argsort(inval, axis=1, kind="stable"), 1)
+        valid = xp.take_along_axis(v2, o, 1).reshape(n)
+    else:
+        valid = xp.ones(n, dtype=bool)
+    pos = xp.arange(n, dtype=xp.int64)
+    head = (pos % M == 0) | ~valid
+    head[1:] |= ~valid[:-1]
+    if cls is not None:
+        c = xp.take_along_axis(cls, o, 1).reshape(n)
+        head[1:] |= c[1:] != c[:-1]
+    # seg = running max of (head ? p : 0), from segment ids (no max-scan needed): the head
+    # positions are scattered to their ids; non-heads write a dummy slot n.
+    sid = xp.cumsum(head.astype(xp.int64)) - 1
+    starts = xp.zeros(n + 1, dtype=xp.int64)
+    starts[xp.where(head, sid, n)] = pos
+    seg = starts[sid]
+    rows = (pos // M) * N + o.reshape(n) // Cc
+    return o1, o, valid, seg, rows
+
+
+def _multi_outputs(xp: Any, o1: Any, o: Any, keep: Any, valid: Any, max_output: int, Cc: int,
+                   per_class: bool) -> tuple:
+    """(indices [B, K], classes [B, K] or None, counts [B]) from keep flags over positions: each
+    image's kept candidates in o1's order, the first K, padded with -1. No host sync."""
+    B, M = o1.shape
+    n = B * M
+    kept = keep.astype(bool) & valid
+    by_cand = xp.zeros(n, dtype=bool)
+    by_cand[(xp.arange(n, dtype=xp.int64) // M) * M + o.reshape(n)] = kept
+    ko = xp.take_along_axis(by_cand.reshape(B, M), o1, 1)  # kept flags in score order
+    final = xp.take_along_axis(o1, xp.argsort((~ko).astype(xp.uint8), axis=1, kind="stable"), 1)
+    counts = xp.minimum(ko.sum(axis=1), max_output).astype(xp.int64)
+    take = min(max_output, M)
+    slot = xp.arange(take)[None, :] < counts[:, None]
+    out = xp.full((B, max_output), -1, dtype=xp.int64)
+    out[:, :take] = xp.where(slot, final[:, :take] // Cc, -1)
+    cls = None
+    if per_class:
+        cls = xp.full((B, max_output), -1, dtype=xp.int64)
+        cls[:, :take] = xp.where(slot, final[:, :take] % Cc, -1)
+    return out, cls, counts
+
+
+def mask_tile_rows(n: int, width: int, cap_bytes: int) -> int:
+    """nms_bitmask.h nms_tile_rows: rows per mask tile, a multiple of 64 (at least one row
+    block, at most all of them and 65535)."""
+    ncb = (n + 63) // 64
+    blocks = cap_bytes // (width * 8 * 64) if width > 0 else 1
+    return max(1, min(blocks, ncb, 65535)) * 64
+
+
+def _multi_suppress(cp: Any, mod: Any, boxes: Any, rows: Any, seg: Any, valid: Any, M: int,
+                    B: int, dt: str, thr: float) -> Any:
+    """Keep flags (uint8, per sorted position): columns gathered, then mask tiles and the
+    per-image scan of nms_bitmask.h, all enqueued on the current stream."""
+    T = C_TYPES[dt]
+    n = int(rows.shape[0])
+    ncb = (n + 63) // 64
+    W = min((M + 63) // 64 + 1, ncb)  # nms_mask_width
+    R = mask_tile_rows(n, W, MASK_BYTES)
+    cols = cp.empty((5, n), dtype=dt)
+    mod.get_function(f"detkernels::cupy_nms::gather<{T}>")(
+        ((n + 127) // 128,), (128,),
+        (_ptr(boxes), rows, rows, np.int32(0), np.int64(n), cols, cp.empty(n, dtype=cp.int64)))
+    try:
+        mask = cp.empty((R, W), dtype=cp.uint64)
+    except cp.cuda.memory.OutOfMemoryError as e:
+        raise MemoryError(f"multi_image_nms (cupy): a {R}x{W} bitmask tile needs "
+                          f"{R * W * 8 / 2**30:.2f} GiB of GPU memory (lower "
+                          f"DETKERNELS_NMS_MASK_BYTES): {e}") from e
+    removed = cp.zeros(ncb, dtype=cp.uint64)
+    keep = cp.zeros(n, dtype=cp.uint8)
+    valid8 = valid.astype(cp.uint8)
+    fmask = mod.get_function(f"detkernels::cupy_nms::multi_mask<{T}>")
+    fscan = mod.get_function("detkernels::cupy_nms::multi_scan")
+    t = nms_threshold(thr, dt)
+    for row0 in range(0, n, R):
+        nrb = min(ncb, (row0 + R) // 64) - row0 // 64
+        gx = max(1, min(ncb - row0 // 64, W, 16384 // nrb))
+        fmask((gx, nrb), (64,), (cols, seg, mask, np.int64(n), np.int64(ncb), np.int64(W),
+                                 np.int64(row0), t))
+        fscan((B,), (MULTI_SCAN_THREADS,), (np.int64(M), np.int64(R), np.int64(n), np.int64(row0),
+                                             mask, np.int64(W), np.int64(ncb), removed, seg, valid8,
+                                             keep))
+    return keep
+
+
+@register("multi_image_nms", "cupy", devices=("cuda",))
+def multi_image_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float, max_output: int,
+                    score_threshold: float | None) -> tuple[Any, Any, Any]:
+    """boxes [B, N, 4], scores [B, N] or [B, N, C] (same float dtype), classes int64 [B, N] or
+    None -> (indices [B, K] int64, classes [B, K] int64 or None, counts [B] int64).
+    CuPy sorts and the NVRTC kernels on the caller's stream: no host synchronisation, outputs of
+    fixed size."""
+    cp = _cupy()
+    B, N = int(boxes.shape[0]), int(boxes.shape[1])
+    C = int(scores.shape[2]) if scores.ndim == 3 else 0
+    Cc = max(C, 1)
+    M = N * Cc
+    per_class = scores.ndim == 3
+    dt = A.dtype_name(boxes)
+    with _On(cp, boxes):
+        if B * M == 0:
+            out = cp.full((B, max_output), -1, dtype=cp.int64)
+            outs = (out, out.copy() if per_class else None, cp.zeros(B, dtype=cp.int64))
+        else:
+            s = _view(cp, scores).reshape(B, M)
+            if C > 1:
+                cls = cp.broadcast_to(cp.tile(cp.arange(C, dtype=cp.int64), N), (B, M))
+            else:
+                cls = None if classes is None else _view(cp, classes).reshape(B, N)
+            o1, o, valid, seg, rows = _multi_plan(cp, s, cls, N, Cc, score_threshold)
+            keep = _multi_suppress(cp, _module(cp), boxes, rows, seg, valid, M, B, dt, iou_threshold)
+            outs = _multi_outputs(cp, o1, o, keep, valid, max_output, Cc, per_class)
+        return tuple(None if x is None else _as_kind(x, like=boxes) for x in outs)
 
 
 # ---- RoI ops --------------------------------------------------------------------------------------

@@ -14,6 +14,12 @@ batched_nms) is computed on the host with NumPy for NumPy, CuPy and Numba arrays
 scores and classes to the host), and with ``torch.sort(stable=True)`` on the device for torch
 tensors. The suppression itself runs in the kernels.
 
+multi_image_nms runs a batch as independent (image, class) segments through the same kernels. On
+the CPU the plan is made on the host and the segments are spread over numba's threads. With torch
+CUDA tensors the plan (per-image stable sorts, segments by a running max) and the padded outputs
+are torch ops on the device: no host synchronisation. With Numba or CuPy device arrays the plan is
+made on the host (the scores and classes are copied there and the keep flags back).
+
 RoI ops (roi_align, ps_roi_align, roi_pool, ps_roi_pool, forward and backward) run on the CPU only
 (_numba_roi.py), single-threaded, one kernel set per dtype (float32, float64; float16/bfloat16 are
 widened by the Python layer); strided inputs are copied to contiguous ones first.
@@ -185,6 +191,207 @@ def _nms_torch_cuda(cuda: Any, K: Any, boxes: Any, scores: Any, classes: Any, th
     kept = torch.zeros(o.shape[0], dtype=torch.bool, device=boxes.device)
     kept[o[f]] = True
     return o1[kept[o1]]
+
+
+# ---- multi_image_nms --------------------------------------------------------------------------
+# A batch is a set of independent segments -- (image, class), over the candidates (box n, class
+# column c) of an image, candidate q = n * Cc + c, that pass the score filter -- visited by
+# descending score (NaN first, ties by q): the nms kernels above run them as they run classes.
+
+def _multi_dims(boxes: Any, scores: Any) -> tuple[int, int, int, int]:
+    """(B, N, C, Cc): C = 0 for [B, N] scores, Cc = max(C, 1) candidates per box."""
+    B, N = int(boxes.shape[0]), int(boxes.shape[1])
+    C = int(scores.shape[2]) if scores.ndim == 3 else 0
+    return B, N, C, max(C, 1)
+
+
+def _multi_host_plan(s: np.ndarray, c: np.ndarray | None,
+                     sthr: float | None) -> tuple[list, np.ndarray, np.ndarray, np.ndarray]:
+    """Visiting plan on the host. ``s`` [B, M] scores by candidate, ``c`` [B, M] int64 classes or
+    None. Returns (o1s, o, seg): o1s[b] image b's candidates that pass the filter, as global ids
+    b * M + q, in the reference's order (descending score, NaN first, ties by q); o every image's
+    in visiting order (image, class, score rank); seg the (image, class) segment starts in o plus
+    len(o) (an image without candidates adds an empty segment); bounds[b] where image b starts in
+    o, plus len(o)."""
+    B, M = s.shape
+    o1s, orders, starts = [], [], []
+    bounds = np.zeros(B + 1, np.int64)
+    n = 0
+    for b in range(B):
+        bounds[b] = n
+        sb = s[b]
+        if sthr is None:
+            sel = np.arange(M, dtype=np.int64)
+        else:  # (double)score > score_threshold: NaN fails
+            sel = np.flatnonzero(sb.astype(np.float64) > sthr)
+        o1, o, seg = _host_order(sb[sel], None if c is None else c[b][sel])
+        o1s.append(sel[o1] + b * M)
+        orders.append(sel[o] + b * M)
+        starts.append(seg[:-1] + n)
+        n += o.shape[0]
+    o = np.concatenate(orders) if orders else np.empty(0, np.int64)
+    seg = np.concatenate(starts + [np.array([n], np.int64)])
+    bounds[B] = n
+    return o1s, o.astype(np.int64, copy=False), seg.astype(np.int64, copy=False), bounds
+
+
+def _multi_host_classes(scores: Any, classes: Any, B: int, N: int, C: int) -> np.ndarray | None:
+    """[B, M] int64 class of each candidate on the host (None: one class)."""
+    if C > 1:
+        return np.broadcast_to(np.tile(np.arange(C, dtype=np.int64), N), (B, N * C))
+    if classes is not None:
+        return _to_host(classes).reshape(B, N)
+    return None
+
+
+def _multi_host_outputs(o1s: list, kept_by_cand: np.ndarray, M: int, Cc: int, K: int,
+                        per_class: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Padded outputs: image b's kept candidates in o1s[b]'s order, the first K of them."""
+    B = len(o1s)
+    out = np.full((B, K), -1, np.int64)
+    cls = np.full((B, K), -1, np.int64) if per_class else None
+    counts = np.zeros(B, np.int64)
+    for b, o1 in enumerate(o1s):
+        q = o1[kept_by_cand[o1]][:K] - b * M
+        counts[b] = q.shape[0]
+        out[b, :q.shape[0]] = q // Cc
+        if per_class:
+            cls[b, :q.shape[0]] = q % Cc
+    return out, cls, counts
+
+
+@register("multi_image_nms", "numba", devices=("cpu", "cuda"))
+def multi_image_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float, max_output: int,
+                    score_threshold: float | None) -> tuple[Any, Any, Any]:
+    """boxes [B, N, 4], scores [B, N] or [B, N, C] (same float dtype), classes int64 [B, N] or
+    None -> (indices [B, K] int64, classes [B, K] int64 or None, counts [B] int64).
+
+    CPU: the visiting plan on the host (NumPy), the segments' suppression in numba threads.
+    CUDA with torch tensors: sorting, segmenting and the padded outputs are torch ops on the
+    current stream and the suppression numba.cuda kernels on it: no host synchronisation, outputs
+    of fixed size (CUDA-graph safe as far as numba's launches are). CUDA with other arrays (Numba,
+    CuPy): the plan is made on the host (one copy of the scores and classes to it, one of the keep
+    flags back), so those calls synchronise with the host."""
+    B, N, C, Cc = _multi_dims(boxes, scores)
+    M = N * Cc
+    per_class = scores.ndim == 3
+    if A.device(boxes) != "cpu" and A.kind(boxes) == "torch":
+        cuda, K = _cuda()
+        with cuda.gpus[_device_index(boxes)]:
+            return _multi_torch_cuda(cuda, K, boxes, scores, classes, iou_threshold, max_output,
+                                     score_threshold)
+    s = _to_host(scores).reshape(B, M)
+    o1s, o, seg, bounds = _multi_host_plan(s, _multi_host_classes(scores, classes, B, N, C),
+                                           score_threshold)
+    rows = (o // M) * N + (o % M) // Cc  # box row of each visited candidate in boxes [B * N, 4]
+    if A.device(boxes) == "cpu":
+        from . import _numba_cpu
+
+        flags = _numba_cpu.nms_keep(A.to_numpy_view(boxes).reshape(B * N, 4), rows, seg,
+                                    iou_threshold, parallel=True)
+    else:
+        flags = _multi_host_cuda(boxes, rows, seg, bounds, iou_threshold, B * N)
+    kept_by_cand = np.zeros(B * M, bool)
+    kept_by_cand[o[flags.astype(bool)]] = True
+    outs = _multi_host_outputs(o1s, kept_by_cand, M, Cc, max_output, per_class)
+    return tuple(None if x is None else A.from_numpy(x, like=boxes) for x in outs)
+
+
+def _multi_host_cuda(boxes: Any, rows: np.ndarray, seg: np.ndarray, bounds: np.ndarray, thr: float,
+                     nrows: int) -> np.ndarray:
+    """Keep flags (host) of a host plan, suppressed by the numba.cuda kernels; one block per
+    image scans it (segments never straddle images)."""
+    cuda, K = _cuda()
+    n = rows.shape[0]
+    if n == 0:
+        return np.zeros(0, np.uint8)
+    ranges = np.ascontiguousarray(np.stack([bounds[:-1], bounds[1:]], 1))  # one block per image
+    lengths = np.diff(seg)
+    seg_of = np.repeat(seg[:-1], lengths)  # the start of each position's segment
+    width = (int(lengths.max()) + 63) // 64 + 1
+    with cuda.gpus[_device_index(boxes)]:
+        stream = _stream(cuda, boxes)
+        b2 = _as_numba(cuda, boxes).reshape(nrows, 4)
+        flags = K.nms_keep_segments(b2, cuda.to_device(rows, stream=stream),
+                                    cuda.to_device(seg_of, stream=stream),
+                                    cuda.to_device(ranges, stream=stream), width, thr, stream)
+        out = flags.copy_to_host(stream=stream)
+        stream.synchronize()
+    return out
+
+
+def _multi_torch_cuda(cuda: Any, K: Any, boxes: Any, scores: Any, classes: Any, thr: float,
+                      max_output: int, sthr: float | None) -> tuple[Any, Any, Any]:
+    """torch CUDA tensors: the plan is torch ops on the device -- per-image stable sorts by
+    descending score, class, then validity (score filter) give positions p = b * M + j in
+    (image, valid, class, score, q) order; a candidate that fails the filter is a segment of its
+    own -- then the kernels flag kept positions and torch sorts/pads the outputs. No host sync."""
+    torch = sys.modules["torch"]
+    B, N, C, Cc = _multi_dims(boxes, scores)
+    M = N * Cc
+    dev = boxes.device
+    per_class = scores.ndim == 3
+    i64 = torch.int64
+    if B * M == 0:
+        out = torch.full((B, max_output), -1, dtype=i64, device=dev)
+        return out, out.clone() if per_class else None, torch.zeros(B, dtype=i64, device=dev)
+    s = scores.reshape(B, M)
+    # + 0 turns -0.0 into +0.0 (the reference treats them as equal); NaN ranks first.
+    o1 = torch.sort(s + 0, dim=1, descending=True, stable=True).indices  # [B, M] q by score
+    o = o1
+    if C > 1:
+        o = torch.gather(o, 1, torch.sort(o % Cc, dim=1, stable=True).indices)
+    elif classes is not None:
+        o = torch.gather(o, 1, torch.sort(torch.gather(classes, 1, o), dim=1, stable=True).indices)
+    if sthr is not None:
+        valid = s.double() > sthr  # NaN fails
+        o = torch.gather(o, 1, torch.sort((~torch.gather(valid, 1, o)).to(torch.uint8), dim=1,
+                                          stable=True).indices)
+        v = torch.gather(valid, 1, o).reshape(-1)
+    else:
+        v = torch.ones(B * M, dtype=torch.bool, device=dev)
+    of = o.reshape(-1)
+    pos = torch.arange(B * M, dtype=i64, device=dev)
+    if C > 1:
+        cl = of % Cc
+    elif classes is not None:
+        cl = torch.gather(classes, 1, o).reshape(-1)
+    else:
+        cl = torch.zeros(B * M, dtype=i64, device=dev)
+    head = (pos % M == 0) | ~v
+    head[1:] |= ~v[:-1] | (cl[1:] != cl[:-1])
+    seg = torch.cummax(torch.where(head, pos, 0), 0).values
+    rows = (pos // M) * N + of // Cc
+    # One scan block per image, over its valid positions only (they come first).
+    start = torch.arange(B, dtype=i64, device=dev) * M
+    ranges = torch.stack([start, start + v.reshape(B, M).sum(1)], 1).contiguous()
+    width = (M + 63) // 64 + 1
+    stream = _stream(cuda, boxes)
+    tdt = {"float32": torch.float32, "float64": torch.float64, "int64": i64, "uint8": torch.uint8}
+
+    def alloc(shape: tuple, dtype: np.dtype, zero: bool) -> Any:
+        """Scratch from torch's caching allocator on the current stream: no cudaMalloc/sync."""
+        make = torch.zeros if zero else torch.empty
+        return _as_numba(cuda, make(shape, dtype=tdt[np.dtype(dtype).name], device=dev))
+
+    flags = K.nms_keep_segments(_as_numba(cuda, boxes.reshape(B * N, 4)), _as_numba(cuda, rows),
+                                _as_numba(cuda, seg), _as_numba(cuda, ranges), width, thr, stream,
+                                alloc)
+    kept = torch.as_tensor(flags, device=dev).bool() & v
+    kept_by_cand = torch.zeros(B * M, dtype=torch.bool, device=dev)
+    kept_by_cand[(pos // M) * M + of] = kept
+    ko = torch.gather(kept_by_cand.reshape(B, M), 1, o1)  # kept flags in score order
+    final = torch.gather(o1, 1, torch.sort((~ko).to(torch.uint8), dim=1, stable=True).indices)
+    counts = ko.sum(1).clamp(max=max_output)
+    take = min(max_output, M)
+    slot = torch.arange(take, device=dev)[None, :] < counts[:, None]
+    out = torch.full((B, max_output), -1, dtype=i64, device=dev)
+    out[:, :take] = torch.where(slot, final[:, :take] // Cc, -1)
+    cls = None
+    if per_class:
+        cls = torch.full((B, max_output), -1, dtype=i64, device=dev)
+        cls[:, :take] = torch.where(slot, final[:, :take] % Cc, -1)
+    return out, cls, counts
 
 
 # ---- RoI ops (CPU) ---------------------------------------------------------------------------------

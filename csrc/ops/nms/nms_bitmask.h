@@ -57,7 +57,7 @@ DK_HD uint64_t nms_score_key(double v) {
   const uint64_t asc = (u & sign) ? ~u : (u | sign);
   return ~asc;
 }
-template <typename T> constexpr int nms_score_key_bits() { return sizeof(T) == 4 ? 32 : 64; }
+template <typename T> DK_HD constexpr int nms_score_key_bits() { return sizeof(T) == 4 ? 32 : 64; }
 // Sorts after every score key: marks candidates that were not kept in the final sort.
 template <typename T> DK_HD uint64_t nms_dropped_key() {
   return sizeof(T) == 4 ? uint64_t(0xFFFFFFFFu) : ~uint64_t(0);
