@@ -37,6 +37,14 @@ def constants(dtype) -> dict:
 
 # ---- shared ---------------------------------------------------------------------------------------
 
+def imin(a, b):  # integer min/max (numba.cuda cannot compile the builtins for two ints)
+    return b if b < a else a
+
+
+def imax(a, b):
+    return b if a < b else a
+
+
 def batch_index(v, n_images):
     """trunc(v) if -1 < v < N, else -1 (NaN, inf, out of range: the RoI reads nothing)."""
     if not (v > NEG1 and v < TT(n_images)):
@@ -145,7 +153,7 @@ def tap_span(start, bin_size, p, G, size, i0, i1):
     """(first, last) tap index touched by samples [i0, i1) (non-empty): taps are monotone in i."""
     a0, b0, l0, h0 = tap_at(start, bin_size, p, i0, G, size)
     a1, b1, l1, h1 = tap_at(start, bin_size, p, i1 - 1, G, size)
-    return min(a0, a1), max(b0, b1)
+    return imin(a0, a1), imax(b0, b1)
 
 
 def bilinear_weights(ly, hy, lx, hx):
@@ -201,8 +209,8 @@ def pool_geometry(r1, r2, r3, r4, ss, PH, PW, ps):
     if not (o1 and o2 and o3 and o4):
         return False, 0, 0, ZERO, ZERO
     extra = 0 if ps else 1
-    roi_w = max(ew - sw + extra, 1)
-    roi_h = max(eh - sh + extra, 1)
+    roi_w = imax(ew - sw + extra, 1)
+    roi_h = imax(eh - sh + extra, 1)
     return True, sw, sh, DIV(TT(roi_w), TT(PW)), DIV(TT(roi_h), TT(PH))
 
 
@@ -224,14 +232,14 @@ def pool_bin(start, bin_size, p, hi):
     """(begin, end) of bin p on one axis, clamped to [0, hi]."""
     a = _floor_int(MUL(TT(p), bin_size)) + start
     b = _ceil_int(MUL(TT(p + 1), bin_size)) + start
-    return min(max(a, 0), hi), min(max(b, 0), hi)
+    return imin(imax(a, 0), hi), imin(imax(b, 0), hi)
 
 
 def pool_area(h0, h1, w0, w1):
     return TT((h1 - h0) * (w1 - w0))
 
 
-SCALAR_FUNCS = (batch_index, grid_size, align_geometry, sample_pos, _first, sample_range, sample_taps,
+SCALAR_FUNCS = (imin, imax, batch_index, grid_size, align_geometry, sample_pos, _first, sample_range, sample_taps,
                 tap_at, tap_span, bilinear_weights, bilinear, accumulate, average, align_grad,
                 align_sample_count, round_coord, pool_geometry, _floor_int, _ceil_int, pool_bin,
                 pool_area)
