@@ -262,3 +262,61 @@ def test_probe_is_lazy_and_cached():
         b.probes.update(saved)
         _registry._CACHE.clear()
     assert _registry.why_not("numpy", "nms", "cpu") is None
+
+
+# ---- RoI ops: forward and backward of every backend's registry entries ----------------------------
+
+ROI_OPS = ("roi_align", "ps_roi_align", "roi_pool", "ps_roi_pool")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("device,lib", PLACEMENTS, ids=[f"{d}-{l}" for d, l in PLACEMENTS])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("op", ROI_OPS)
+def test_roi_matches_reference(op, backend, device, lib, dtype):
+    from _roi_inputs import boxes_adversarial, boxes_valid, features, grad_like
+
+    from detkernels import roi_ops
+    from detkernels.reference import roi_align as RA
+    from detkernels.reference import roi_pool as RP
+
+    mod = _library(lib)
+    if device == "cuda" and _cuda_device_present():
+        pytest.skip(_cuda_device_present())
+    reg = "roi_align" if "align" in op else "roi_pool"
+    for name in (reg, reg + "_backward"):
+        why = _registry.why_not(backend, name, device, dtype)
+        if why:
+            pytest.skip(f"backend {backend!r}: {why}")
+    ps = op.startswith("ps")
+    x = features(7, dtype, c=12 if ps else 4)
+    rois = np.concatenate([boxes_valid(7, 12, dtype), boxes_adversarial(7, dtype)])
+    N, C, H, W = x.shape
+
+    def put(a):
+        return _put(np.ascontiguousarray(a), lib, device, mod)
+
+    def host(a):
+        return a.copy_to_host() if hasattr(a, "copy_to_host") else to_numpy(a)
+
+    if reg == "roi_align":
+        out = roi_ops.roi_align_impl(put(x), put(rois), 0.75, 2, 3, 2, True, ps, backend=backend)
+        expect = RA.ps_roi_align(x, rois, 0.75, 2, 3, 2) if ps else RA.roi_align(x, rois, 0.75, 2, 3, 2, True)
+        g = grad_like(expect.shape, 7, dtype)
+        gi = roi_ops.roi_align_backward_impl(put(g), put(rois), 0.75, 2, 3, N, C, H, W, 2, True, ps,
+                                             backend=backend)
+        gexp = (RA.ps_roi_align_backward(g, rois, 0.75, 2, 3, 2, N, C, H, W) if ps
+                else RA.roi_align_backward(g, rois, 0.75, 2, 3, N, C, H, W, 2, True))
+    else:
+        out, idx = roi_ops.roi_pool_impl(put(x), put(rois), 0.75, 2, 3, ps, backend=backend)
+        expect, eidx = (RP.ps_roi_pool if ps else RP.roi_pool)(x, rois, 0.75, 2, 3)
+        assert_bytes_equal(host(idx), eidx, f"{op} index map")
+        g = grad_like(expect.shape, 7, dtype)
+        gi = roi_ops.roi_pool_backward_impl(put(g), put(rois), idx, 0.75, 2, 3, N, C, H, W, ps,
+                                            backend=backend)
+        gexp = (RP.ps_roi_pool_backward if ps else RP.roi_pool_backward)(g, rois, eidx, 0.75, 2, 3,
+                                                                          N, C, H, W)
+    _check_placement(out, lib, device)
+    _check_placement(gi, lib, device)
+    assert_bytes_equal(host(out), expect, f"{op} forward")
+    assert_bytes_equal(host(gi), gexp, f"{op} backward")
