@@ -129,7 +129,8 @@ def _cpu_cases(dtype):
         o = _numba_roi.roi_align(x, rois, 0.75, 2, 3, sr, aligned, ps)
         g = grad_like(o.shape, 5, dtype)
         out.append((o, [_numba_roi.roi_align_backward(g, rois, 0.75, 2, 3, (N, C, H, W), sr, aligned,
-                                                      ps, nchunks=k) for k in (1, 3, g.shape[1])]))
+                                                      ps, nchunks=k, nhwc=nhwc)
+                        for k in (1, 3, g.shape[1]) for nhwc in (False, True)]))
     for ps in (False, True):
         o, idx = _numba_roi.roi_pool(x, rois, 0.75, 3, 2, ps)
         g = grad_like(o.shape, 6, dtype)
@@ -159,3 +160,27 @@ def test_cpu_results_do_not_depend_on_threads_or_chunks(dtype):
             assert_bytes_equal(x, y, "forward, 1 vs 2 threads")
         for gi in a[-1] + b[-1]:
             assert_bytes_equal(gi, a[-1][0], "backward, threads x chunks")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("sampling_ratio", [-1, 2])
+def test_cpu_nchw_and_nhwc_kernels_match_reference(dtype, sampling_ratio):
+    """roi_align has an NCHW kernel and a channels-last one (chosen by size, see
+    _numba_roi._use_nhwc): both, forward and backward, give the reference's bytes."""
+    from detkernels.backends import _numba_roi
+    from detkernels.reference import roi_align as RA
+
+    x = features(8, dtype, c=6)
+    rois = np.concatenate([boxes_valid(8, 10, dtype), boxes_adversarial(8, dtype)])
+    N, C, H, W = x.shape
+    for aligned in (False, True):
+        ref = RA.roi_align(x, rois, 0.75, 3, 2, sampling_ratio, aligned)
+        g = grad_like(ref.shape, 8, dtype)
+        gref = RA.roi_align_backward(g, rois, 0.75, 3, 2, N, C, H, W, sampling_ratio, aligned)
+        for nhwc in (False, True):
+            what = f"aligned={aligned} nhwc={nhwc}"
+            assert_bytes_equal(_numba_roi.roi_align(x, rois, 0.75, 3, 2, sampling_ratio, aligned, False,
+                                                    nhwc=nhwc), ref, what + " forward")
+            assert_bytes_equal(_numba_roi.roi_align_backward(g, rois, 0.75, 3, 2, (N, C, H, W),
+                                                             sampling_ratio, aligned, False, nhwc=nhwc),
+                               gref, what + " backward")

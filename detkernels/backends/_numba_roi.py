@@ -117,6 +117,85 @@ def align_bwd(g, rois, ss, PH, PW, sampling_ratio, aligned, ps, nchunks, gi):
                                 gi[b, ci, y1, x1] = accumulate(gi[b, ci, y1, x1], align_grad(d, w4, count))
 
 
+def align_fwd_nhwc(xt, rois, ss, PH, PW, sampling_ratio, aligned, out):
+    """roi_align (not ps) on channels-last features xt [N, H, W, C]: the channel loop is innermost
+    and contiguous (LLVM vectorises it); each output element still sums its samples in order."""
+    N, H, W, C = xt.shape
+    K = out.shape[0]
+    for n in prange(K):
+        b = batch_index(rois[n, 0], N)
+        x1s, y1s, bin_w, bin_h, gh, gw = align_geometry(rois[n, 1], rois[n, 2], rois[n, 3], rois[n, 4],
+                                                        ss, PH, PW, sampling_ratio, aligned, False)
+        if b < 0 or gh == 0 or gw == 0:
+            for c in range(C):
+                for ph in range(PH):
+                    for pw in range(PW):
+                        out[n, c, ph, pw] = ZERO
+            continue
+        count = align_sample_count(gh, gw)
+        ny, ylo, yhi, ly, hy = axis_table(y1s, bin_h, PH, gh, H)
+        nx, xlo, xhi, lx, hx = axis_table(x1s, bin_w, PW, gw, W)
+        acc = np.empty(C, TT)
+        for ph in range(PH):
+            for pw in range(PW):
+                for c in range(C):
+                    acc[c] = ZERO
+                for a in range(ny[ph]):
+                    y0, y1 = ylo[ph, a], yhi[ph, a]
+                    for e in range(nx[pw]):
+                        x0, x1 = xlo[pw, e], xhi[pw, e]
+                        w1, w2, w3, w4 = bilinear_weights(ly[ph, a], hy[ph, a], lx[pw, e], hx[pw, e])
+                        p1, p2, p3, p4 = xt[b, y0, x0], xt[b, y0, x1], xt[b, y1, x0], xt[b, y1, x1]
+                        for c in range(C):
+                            acc[c] = accumulate(acc[c], bilinear(w1, w2, w3, w4, p1[c], p2[c], p3[c], p4[c]))
+                for c in range(C):
+                    out[n, c, ph, pw] = average(acc[c], count)
+
+
+def align_bwd_nhwc(g, rois, ss, PH, PW, sampling_ratio, aligned, nchunks, git):
+    """roi_align (not ps) backward into channels-last git [N, H, W, C] (zero-filled): channel
+    ranges in parallel, the contiguous channel loop innermost; order as align_bwd."""
+    N, H, W, C = git.shape
+    K = g.shape[0]
+    for j in prange(nchunks):
+        c0 = j * C // nchunks
+        c1 = (j + 1) * C // nchunks
+        if c0 == c1:
+            continue
+        gb = np.empty(c1 - c0, TT)
+        for n in range(K):
+            b = batch_index(rois[n, 0], N)
+            x1s, y1s, bin_w, bin_h, gh, gw = align_geometry(rois[n, 1], rois[n, 2], rois[n, 3],
+                                                            rois[n, 4], ss, PH, PW, sampling_ratio,
+                                                            aligned, False)
+            if b < 0 or gh == 0 or gw == 0:
+                continue
+            count = align_sample_count(gh, gw)
+            ny, ylo, yhi, ly, hy = axis_table(y1s, bin_h, PH, gh, H)
+            nx, xlo, xhi, lx, hx = axis_table(x1s, bin_w, PW, gw, W)
+            for ph in range(PH):
+                for pw in range(PW):
+                    for c in range(c0, c1):
+                        gb[c - c0] = g[n, c, ph, pw]
+                    for a in range(ny[ph]):
+                        y0, y1 = ylo[ph, a], yhi[ph, a]
+                        for e in range(nx[pw]):
+                            x0, x1 = xlo[pw, e], xhi[pw, e]
+                            w1, w2, w3, w4 = bilinear_weights(ly[ph, a], hy[ph, a], lx[pw, e], hx[pw, e])
+                            r = git[b, y0, x0, c0:c1]
+                            for c in range(c1 - c0):
+                                r[c] = accumulate(r[c], align_grad(gb[c], w1, count))
+                            r = git[b, y0, x1, c0:c1]
+                            for c in range(c1 - c0):
+                                r[c] = accumulate(r[c], align_grad(gb[c], w2, count))
+                            r = git[b, y1, x0, c0:c1]
+                            for c in range(c1 - c0):
+                                r[c] = accumulate(r[c], align_grad(gb[c], w3, count))
+                            r = git[b, y1, x1, c0:c1]
+                            for c in range(c1 - c0):
+                                r[c] = accumulate(r[c], align_grad(gb[c], w4, count))
+
+
 def pool_fwd(x, rois, ss, PH, PW, ps, out, idx):
     """Writes every element of out and idx (argmax or -1; ps: the input channel read)."""
     N, H, W = x.shape[0], x.shape[2], x.shape[3]
@@ -184,7 +263,7 @@ def pool_bwd(g, rois, am, ss, PH, PW, ps, nchunks, gi):
                                 gi[b, c, a // W, a % W] = accumulate(gi[b, c, a // W, a % W], g[n, c, ph, pw])
 
 
-KERNELS = ("align_fwd", "align_bwd", "pool_fwd", "pool_bwd")
+KERNELS = ("align_fwd", "align_bwd", "align_fwd_nhwc", "align_bwd_nhwc", "pool_fwd", "pool_bwd")
 
 
 def _build(dt: np.dtype):
@@ -212,24 +291,50 @@ def _nchunks(channels: int) -> int:
     return max(1, min(channels, 4 * numba.get_num_threads()))
 
 
+def _use_nhwc(x: np.ndarray, K: int, ph: int, pw: int) -> bool:
+    """Channels-last kernels when the features already are, or when the bins outnumber the map's
+    pixels enough to pay for the transposing copy (same bytes either way)."""
+    N, C, H, W = x.shape
+    return x.transpose(0, 2, 3, 1).flags.c_contiguous or 8 * K * ph * pw >= N * H * W
+
+
 def roi_align(x: np.ndarray, rois: np.ndarray, spatial_scale: float, ph: int, pw: int,
-              sampling_ratio: int, aligned: bool, ps: bool) -> np.ndarray:
-    """x [N, C, H, W], rois [K, 5] (contiguous, same float dtype) -> [K, Co, PH, PW]."""
+              sampling_ratio: int, aligned: bool, ps: bool, nhwc: bool | None = None) -> np.ndarray:
+    """x [N, C, H, W] (any strides), rois [K, 5] (same float dtype) -> [K, Co, PH, PW].
+    ``nhwc``: force the channels-last (True) or NCHW (False) kernel (roi_align only)."""
     T = x.dtype.type
+    rois = np.ascontiguousarray(rois)
     out = np.empty((rois.shape[0], x.shape[1] // (ph * pw) if ps else x.shape[1], ph, pw), x.dtype)
-    kernels(x.dtype).align_fwd(x, rois, T(spatial_scale), int(ph), int(pw), int(sampling_ratio),
-                               bool(aligned), bool(ps), out)
+    k = kernels(x.dtype)
+    if nhwc is None:
+        nhwc = _use_nhwc(x, rois.shape[0], ph, pw)
+    if nhwc and not ps:
+        k.align_fwd_nhwc(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), rois, T(spatial_scale), int(ph),
+                         int(pw), int(sampling_ratio), bool(aligned), out)
+    else:
+        k.align_fwd(np.ascontiguousarray(x), rois, T(spatial_scale), int(ph), int(pw),
+                    int(sampling_ratio), bool(aligned), bool(ps), out)
     return out
 
 
 def roi_align_backward(g: np.ndarray, rois: np.ndarray, spatial_scale: float, ph: int, pw: int,
                        shape: tuple, sampling_ratio: int, aligned: bool, ps: bool,
-                       nchunks: int | None = None) -> np.ndarray:
-    """g [K, Co, PH, PW] -> grad_input of ``shape`` [N, C, H, W]."""
+                       nchunks: int | None = None, nhwc: bool | None = None) -> np.ndarray:
+    """g [K, Co, PH, PW] -> grad_input of ``shape`` [N, C, H, W] (contiguous)."""
     T = g.dtype.type
+    g, rois = np.ascontiguousarray(g), np.ascontiguousarray(rois)
+    N, C, H, W = shape
+    k = kernels(g.dtype)
+    if nhwc is None:
+        nhwc = 8 * rois.shape[0] * ph * pw >= N * H * W
+    if nhwc and not ps:
+        git = np.zeros((N, H, W, C), g.dtype)
+        k.align_bwd_nhwc(g, rois, T(spatial_scale), int(ph), int(pw), int(sampling_ratio),
+                         bool(aligned), nchunks or _nchunks(C), git)
+        return np.ascontiguousarray(git.transpose(0, 3, 1, 2))
     gi = np.zeros(shape, g.dtype)
-    kernels(g.dtype).align_bwd(g, rois, T(spatial_scale), int(ph), int(pw), int(sampling_ratio),
-                               bool(aligned), bool(ps), nchunks or _nchunks(g.shape[1]), gi)
+    k.align_bwd(g, rois, T(spatial_scale), int(ph), int(pw), int(sampling_ratio), bool(aligned),
+                bool(ps), nchunks or _nchunks(g.shape[1]), gi)
     return gi
 
 

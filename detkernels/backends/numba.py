@@ -219,7 +219,7 @@ def roi_align(input: Any, rois: Any, spatial_scale: float, ph: int, pw: int, sam
     if A.device(input) == "cpu":
         from . import _numba_roi
 
-        out = _numba_roi.roi_align(_roi_np(input), _roi_np(rois), spatial_scale, ph, pw,
+        out = _numba_roi.roi_align(A.to_numpy_view(input), _roi_np(rois), spatial_scale, ph, pw,
                                    sampling_ratio, aligned, ps)
         return A.from_numpy(out, like=input)
     _, K = _roi_cuda()
