@@ -10,7 +10,9 @@ reference's order, so results do not depend on the thread count:
 
 * forward: RoIs in parallel; per RoI, the in-range samples of each bin are tabulated once
   (sample_range: only the in-range ones, so adaptive grids of up to 65536 samples cost nothing
-  outside the map) and shared by every channel.
+  outside the map) and shared by every channel. roi_align also has channels-last kernels (the
+  channel loop innermost and contiguous, so LLVM vectorises it), used when the features already
+  are channels-last or the bins outnumber the map's pixels (_use_nhwc); same bytes either way.
 * backward: output channels in parallel (``nchunks`` contiguous channel ranges). A channel's
   gradient goes to its own input channels only (ps: input channel (c*PH + ph)*PW + pw), so each
   thread owns whole input planes and visits the RoIs in index order, then bins, samples and taps

@@ -14,9 +14,18 @@ batched_nms) is computed on the host with NumPy for NumPy, CuPy and Numba arrays
 scores and classes to the host), and with ``torch.sort(stable=True)`` on the device for torch
 tensors. The suppression itself runs in the kernels.
 
-RoI ops (roi_align, ps_roi_align, roi_pool, ps_roi_pool, forward and backward) run on the CPU only
-(_numba_roi.py), single-threaded, one kernel set per dtype (float32, float64; float16/bfloat16 are
-widened by the Python layer); strided inputs are copied to contiguous ones first.
+RoI ops (roi_align, ps_roi_align, roi_pool, ps_roi_pool, forward and backward) run on the CPU
+(_numba_roi.py, ``parallel=True``) and on CUDA (_numba_roi_cuda.py); their arithmetic is written
+once (_numba_roi_math.py) and compiled for both targets, one kernel set per dtype (float32,
+float64; float16/bfloat16 are widened by the Python layer). No float atomics and no shared
+accumulators: every output element is owned by one thread (CPU: RoIs in parallel for the forward,
+channel ranges for the backward; CUDA: one thread per output element for the forwards, per input
+row or plane for the backwards), which sums its contributions in the reference's order, so the
+bytes do not depend on the thread count or launch configuration. In-range samples of adaptive
+grids (up to 65536 per axis and bin) are found by binary search, never by scanning the grid.
+On the CPU, roi_align uses channels-last kernels (the channel loop vectorises) when the features
+already are channels-last or the bins outnumber the map's pixels; strided inputs are copied to
+contiguous ones first (on CUDA too; Numba device arrays through the host).
 """
 from __future__ import annotations
 
@@ -197,6 +206,10 @@ def _roi_np(x: Any) -> np.ndarray:
     return np.ascontiguousarray(A.to_numpy_view(x))
 
 
+def _numel(x: Any) -> int:
+    return int(np.prod(x.shape))  # torch's .size is a method
+
+
 def _roi_cuda() -> tuple:
     """(numba.cuda, _numba_roi_cuda), with a clear error where numba.cuda cannot run."""
     cuda, _ = _cuda()
@@ -226,7 +239,7 @@ def roi_align(input: Any, rois: Any, spatial_scale: float, ph: int, pw: int, sam
     x, r = A.ascontig(input), A.ascontig(rois)
     out = A.empty((r.shape[0], x.shape[1] // (ph * pw) if ps else x.shape[1], ph, pw),
                   A.dtype_name(x), like=x)
-    if out.size:
+    if _numel(out):
         _roi_launch(K.roi_align, x, (x, r, out), spatial_scale, ph, pw, sampling_ratio, aligned, ps)
     return out
 
@@ -244,7 +257,7 @@ def roi_align_backward(grad: Any, rois: Any, spatial_scale: float, ph: int, pw: 
     _, K = _roi_cuda()
     g, r = A.ascontig(grad), A.ascontig(rois)
     gi = A.empty((n, c, h, w), A.dtype_name(g), like=g)
-    if gi.size:
+    if _numel(gi):
         _roi_launch(K.roi_align_backward, g, (g, r, gi), spatial_scale, ph, pw, sampling_ratio,
                     aligned, ps)
     return gi
@@ -263,7 +276,7 @@ def roi_pool(input: Any, rois: Any, spatial_scale: float, ph: int, pw: int, ps: 
     shape = (r.shape[0], x.shape[1] // (ph * pw) if ps else x.shape[1], ph, pw)
     out = A.empty(shape, A.dtype_name(x), like=x)
     idx = A.empty(shape, "int32", like=x)
-    if out.size:
+    if _numel(out):
         _roi_launch(K.roi_pool, x, (x, r, out, idx), spatial_scale, ph, pw, ps)
     return out, idx
 
@@ -281,6 +294,6 @@ def roi_pool_backward(grad: Any, rois: Any, idx: Any, spatial_scale: float, ph: 
     _, K = _roi_cuda()
     g, r, i = A.ascontig(grad), A.ascontig(rois), A.ascontig(idx)
     gi = A.empty((n, c, h, w), A.dtype_name(g), like=g)
-    if gi.size:
+    if _numel(gi):
         _roi_launch(K.roi_pool_backward, g, (g, r, i, gi), spatial_scale, ph, pw, ps)
     return gi
