@@ -1,6 +1,9 @@
-"""RoI ops on the numba backend (CPU @njit kernels) vs the NumPy reference backend, byte for byte:
-roi_align, ps_roi_align, roi_pool, ps_roi_pool, forward and backward (autograd), float32/float64
-(float16 widened by the Python layer), NCHW and channels-last, adversarial RoIs, K = 0."""
+"""RoI ops on the numba backend (CPU @njit(parallel=True) kernels) vs the NumPy reference backend,
+byte for byte: roi_align, ps_roi_align, roi_pool, ps_roi_pool, forward and backward (autograd),
+float32/float64 (float16 widened by the Python layer), NCHW and channels-last, adversarial RoIs,
+K = 0; both roi_align kernel layouts; the same bytes for 1 and 2 threads and any channel
+partition of the backward; the binary-searched sample ranges against a brute-force scan.
+The numba.cuda kernels are tested in test_numba_roi_cuda.py."""
 from __future__ import annotations
 
 import numpy as np
