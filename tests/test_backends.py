@@ -188,43 +188,54 @@ def test_half_precision_promotes(backend, torch, rng):
 
 # ---- RoI ops: forward and backward, every backend x placement (GPU rows skip without a device) ----
 ROI_OPS = ("roi_align", "ps_roi_align", "roi_pool", "ps_roi_pool")
+# (spatial_scale, PH, PW, sampling_ratio, valid boxes too): an adaptive grid over the adversarial
+# boxes (huge ones dropped: their grids are slow), and a fixed grid over valid + adversarial ones.
+ROI_CONFIGS = {"adaptive": (0.5, 2, 2, 0, False), "fixed": (0.75, 2, 3, 2, True)}
 
 
-def _roi_case(op: str, backend: str, lib: str, device: str, dtype: str, mod):
-    """(forward, backward) of `op` on `backend` for `lib` arrays, and the reference's."""
-    from _roi_inputs import boxes_adversarial, features, grad_like
+def _roi_case(op: str, backend: str, lib: str, device: str, dtype: str, mod, cfg: str):
+    """(forward[, index map], backward) of `op` on `backend` for `lib` arrays, and the reference's."""
+    from _roi_inputs import boxes_adversarial, boxes_valid, features, grad_like
     from detkernels import roi_ops
     from detkernels.reference import roi_align as RA, roi_pool as RP
 
+    ss, ph, pw, sr, valid = ROI_CONFIGS[cfg]
+    T = np.dtype(dtype).type
     ps = op.startswith("ps_")
-    x = features(0, np.dtype(dtype).type, c=8)
-    rois = boxes_adversarial(0, np.dtype(dtype).type)
-    rois = rois[np.all(np.abs(rois[:, 1:]) < 1e5, axis=1)]  # adaptive grids of huge boxes: slow
+    x = features(7, T, c=ph * pw * 2 if ps else 4)
+    rois = boxes_adversarial(7, T)
+    if valid:
+        rois = np.concatenate([boxes_valid(7, 12, T), rois])
+    else:
+        rois = rois[np.all(np.abs(rois[:, 1:]) < 1e5, axis=1)]
     n, c, h, w = x.shape
-    xx, rr = _put(x, lib, device, mod), _put(rois, lib, device, mod)
+
+    def put(a):
+        return _put(np.ascontiguousarray(a), lib, device, mod)
+
+    xx, rr = put(x), put(rois)
     if "align" in op:
-        out = roi_ops.roi_align_impl(xx, rr, 0.5, 2, 2, 0, True, ps, backend)
-        want = RA.ps_roi_align(x, rois, 0.5, 2, 2, 0) if ps else RA.roi_align(x, rois, 0.5, 2, 2, 0, True)
-        g = grad_like(want.shape, 0, np.dtype(dtype).type)
-        gi = roi_ops.roi_align_backward_impl(_put(g, lib, device, mod), rr, 0.5, 2, 2, n, c, h, w, 0,
-                                             True, ps, backend)
-        want_gi = (RA.ps_roi_align_backward(g, rois, 0.5, 2, 2, 0, n, c, h, w) if ps else
-                   RA.roi_align_backward(g, rois, 0.5, 2, 2, n, c, h, w, 0, True))
+        out = roi_ops.roi_align_impl(xx, rr, ss, ph, pw, sr, True, ps, backend)
+        want = RA.ps_roi_align(x, rois, ss, ph, pw, sr) if ps else RA.roi_align(x, rois, ss, ph, pw, sr, True)
+        g = grad_like(want.shape, 7, T)
+        gi = roi_ops.roi_align_backward_impl(put(g), rr, ss, ph, pw, n, c, h, w, sr, True, ps, backend)
+        want_gi = (RA.ps_roi_align_backward(g, rois, ss, ph, pw, sr, n, c, h, w) if ps else
+                   RA.roi_align_backward(g, rois, ss, ph, pw, n, c, h, w, sr, True))
         return (out, gi), (want, want_gi)
-    out, idx = roi_ops.roi_pool_impl(xx, rr, 0.5, 2, 2, ps, backend)
-    want, want_idx = (RP.ps_roi_pool if ps else RP.roi_pool)(x, rois, 0.5, 2, 2)
-    g = grad_like(want.shape, 0, np.dtype(dtype).type)
-    gi = roi_ops.roi_pool_backward_impl(_put(g, lib, device, mod), rr, idx, 0.5, 2, 2, n, c, h, w, ps,
-                                        backend)
+    out, idx = roi_ops.roi_pool_impl(xx, rr, ss, ph, pw, ps, backend)
+    want, want_idx = (RP.ps_roi_pool if ps else RP.roi_pool)(x, rois, ss, ph, pw)
+    g = grad_like(want.shape, 7, T)
+    gi = roi_ops.roi_pool_backward_impl(put(g), rr, idx, ss, ph, pw, n, c, h, w, ps, backend)
     rb = RP.ps_roi_pool_backward if ps else RP.roi_pool_backward
-    return (out, idx, gi), (want, want_idx, rb(g, rois, want_idx, 0.5, 2, 2, n, c, h, w))
+    return (out, idx, gi), (want, want_idx, rb(g, rois, want_idx, ss, ph, pw, n, c, h, w))
 
 
+@pytest.mark.parametrize("cfg", list(ROI_CONFIGS))
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("device,lib", PLACEMENTS, ids=[f"{d}-{l}" for d, l in PLACEMENTS])
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("op", ROI_OPS)
-def test_roi_matches_reference(op, backend, device, lib, dtype):
+def test_roi_matches_reference(op, backend, device, lib, dtype, cfg):
     mod = _library(lib)
     if device == "cuda" and (why := _cuda_device_present()):
         pytest.skip(why)
@@ -232,10 +243,11 @@ def test_roi_matches_reference(op, backend, device, lib, dtype):
     for r in (reg, f"{reg}_backward"):
         if why := _registry.why_not(backend, r, device, dtype):
             pytest.skip(f"backend {backend!r}: {why}")
-    got, want = _roi_case(op, backend, lib, device, dtype, mod)
+    got, want = _roi_case(op, backend, lib, device, dtype, mod, cfg)
     for k, (a, b) in enumerate(zip(got, want)):
         _check_placement(a, lib, device)
-        assert_bytes_equal(a, b, f"{op} output {k}")
+        a = a.copy_to_host() if hasattr(a, "copy_to_host") else a
+        assert_bytes_equal(a, b, f"{op} {cfg} output {k}")
 
 
 # ---- registry: selection, errors, laziness ---------------------------------------------------------

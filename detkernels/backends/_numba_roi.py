@@ -1,283 +1,360 @@
-"""Numba CPU (``@njit``) kernels of roi_align / ps_roi_align and roi_pool / ps_roi_pool, forward and
-backward, bit-exact with ``detkernels/reference/roi_align.py`` and ``roi_pool.py`` (their docstrings
-give the arithmetic; this file mirrors csrc/ops/roi_align and csrc/ops/roi_pool operation for
-operation).
+"""Numba CPU (``@njit(parallel=True)``) kernels of roi_align / ps_roi_align and roi_pool / ps_roi_pool,
+forward and backward, bit-exact with ``detkernels/reference/roi_align.py`` and ``roi_pool.py``.
 
-One kernel set per working type T (float32 or float64) built by ``kernels(T)``: T is a closure
-constant, so every literal is written ``T(...)`` and no float32 expression is silently promoted to
-float64. ``fastmath=False`` keeps IEEE rounding, no contraction; ``error_model="numpy"`` makes 0/0 NaN.
+The arithmetic is _numba_roi_math.py's (shared with the numba.cuda kernels of _numba_roi_cuda.py);
+this file holds only loops, tables and indexing. ``fastmath=False`` keeps IEEE rounding and no
+contraction; ``error_model="numpy"`` makes 0/0 NaN.
 
-Adaptive sampling grids can hold up to MAX_GRID (65536) samples per axis and bin; only the in-range
-samples are visited (per axis, per bin, in ascending order), which keeps the summation order of
-the reference while skipping the out-of-range ones (they contribute exactly 0).
+Threads (numba ``prange``); every element of an output is written by exactly one thread, in the
+reference's order, so results do not depend on the thread count:
+
+* forward: RoIs in parallel; per RoI, the in-range samples of each bin are tabulated once
+  (sample_range: only the in-range ones, so adaptive grids of up to 65536 samples cost nothing
+  outside the map) and shared by every channel. roi_align also has channels-last kernels (the
+  channel loop innermost and contiguous, so LLVM vectorises it), used when the features already
+  are channels-last or the bins outnumber the map's pixels (_use_nhwc); same bytes either way.
+* backward: output channels in parallel (``nchunks`` contiguous channel ranges). A channel's
+  gradient goes to its own input channels only (ps: input channel (c*PH + ph)*PW + pw), so each
+  thread owns whole input planes and visits the RoIs in index order, then bins, samples and taps
+  in the reference's order (n, ph, pw, iy, ix, k) -- the summation order of every element. The
+  per-RoI tables are rebuilt by each thread (cheap next to the scatter).
 """
 from __future__ import annotations
 
 import numba
 import numpy as np
+from numba import prange
 
-from ..reference.roi_align import MAX_GRID
+from . import _numba_cpu
+from . import _numba_math as M
+from . import _numba_roi_math as R
 
-_JIT = dict(fastmath=False, error_model="numpy", nogil=True, cache=False)
-_LIM = float(2**31)
+_JIT = dict(fastmath=False, error_model="numpy", nogil=True)
 _CACHE: dict = {}
 
 
-def kernels(T):
-    """(roi_align_fwd, roi_align_bwd, roi_pool_fwd, roi_pool_bwd) compiled for working type T."""
-    T = np.dtype(T).type
-    if T not in _CACHE:
-        _CACHE[T] = _build(T)
-    return _CACHE[T]
+def axis_table(start, bin_size, P, G, size):
+    """Per bin p: cnt[p] in-range samples and their taps lo/hi [P, max cnt], factors l/h."""
+    cnt = np.zeros(P, np.int64)
+    first = np.zeros(P, np.int64)
+    m = 0
+    for p in range(P):
+        i0, i1 = sample_range(start, bin_size, p, G, size)
+        first[p] = i0
+        cnt[p] = i1 - i0
+        m = max(m, i1 - i0)
+    lo = np.empty((P, m), np.int64)
+    hi = np.empty((P, m), np.int64)
+    l = np.empty((P, m), TT)
+    h = np.empty((P, m), TT)
+    for p in range(P):
+        for k in range(cnt[p]):
+            lo[p, k], hi[p, k], l[p, k], h[p, k] = tap_at(start, bin_size, p, first[p] + k, G, size)
+    return cnt, lo, hi, l, h
 
 
-def _build(T):
-    njit = numba.njit(**_JIT)
-    f32 = np.float32
-
-    @njit
-    def batch_index(v, n_images):
-        if not (v > T(-1) and v < T(n_images)):
-            return -1
-        return int(v)
-
-    @njit
-    def grid(bin_size, sampling_ratio):
-        if sampling_ratio > 0:
-            return sampling_ratio
-        v = np.ceil(bin_size)  # math.ceil would return an int (NaN/inf cannot be one)
-        if not v > T(0):
-            return 0
-        return int(min(v, T(MAX_GRID)))
-
-    @njit
-    def axis(start, bin_size, P, G, size, cnt, idx, lo, hi, l, h):
-        """Per bin p: cnt[p] in-range samples, idx[p, :cnt[p]] their i (ascending) and taps."""
-        for p in range(P):
-            k = 0
-            for i in range(G):
-                f = T(f32(i) + f32(0.5))
-                c = (start + T(p) * bin_size) + (f * bin_size) / T(G)
-                if not (c >= T(-1) and c <= T(size) and size > 0):
-                    continue
-                if c <= T(0):
-                    c = T(0)
-                a = int(c)
-                if a >= size - 1:
-                    a = size - 1
-                    b = size - 1
-                    c = T(a)
-                else:
-                    b = a + 1
-                ll = c - T(a)
-                idx[p, k] = i
-                lo[p, k] = a
-                hi[p, k] = b
-                l[p, k] = ll
-                h[p, k] = T(1) - ll
-                k += 1
-            cnt[p] = k
-
-    @njit
-    def geometry(roi, ss, PH, PW, sampling_ratio, aligned, ps):
-        off = T(0.5) if (aligned or ps) else T(0)
-        x1s = roi[1] * ss - off
-        y1s = roi[2] * ss - off
-        x2s = roi[3] * ss - off
-        y2s = roi[4] * ss - off
-        roi_w = x2s - x1s
-        roi_h = y2s - y1s
-        if not ps and not aligned:
-            roi_w = T(1) if roi_w < T(1) else roi_w  # std::max(roi_w, 1): NaN stays NaN
-            roi_h = T(1) if roi_h < T(1) else roi_h
-        bin_w = roi_w / T(PW)
-        bin_h = roi_h / T(PH)
-        return x1s, y1s, bin_w, bin_h, grid(bin_h, sampling_ratio), grid(bin_w, sampling_ratio)
-
-    @njit
-    def align_setup(roi, ss, N, H, W, PH, PW, sampling_ratio, aligned, ps):
-        x1s, y1s, bin_w, bin_h, gh, gw = geometry(roi, ss, PH, PW, sampling_ratio, aligned, ps)
-        b = batch_index(roi[0], N)
-        ycnt = np.zeros(PH, np.int64)
-        xcnt = np.zeros(PW, np.int64)
-        yl = np.zeros((PH, gh), np.int64)
-        yh = np.zeros((PH, gh), np.int64)
-        ly = np.zeros((PH, gh), T)
-        hy = np.zeros((PH, gh), T)
-        xl = np.zeros((PW, gw), np.int64)
-        xh = np.zeros((PW, gw), np.int64)
-        lx = np.zeros((PW, gw), T)
-        hx = np.zeros((PW, gw), T)
-        iy = np.zeros((PH, gh), np.int64)
-        ix = np.zeros((PW, gw), np.int64)
-        if b >= 0 and gh > 0 and gw > 0:
-            axis(y1s, bin_h, PH, gh, H, ycnt, iy, yl, yh, ly, hy)
-            axis(x1s, bin_w, PW, gw, W, xcnt, ix, xl, xh, lx, hx)
-        return b, gh, gw, ycnt, yl, yh, ly, hy, xcnt, xl, xh, lx, hx
-
-    @njit
-    def align_fwd(x, rois, ss, PH, PW, sampling_ratio, aligned, ps, out):
-        N, C, H, W = x.shape
-        K, Co = out.shape[0], out.shape[1]
-        for n in range(K):
-            b, gh, gw, ycnt, yl, yh, ly, hy, xcnt, xl, xh, lx, hx = align_setup(
-                rois[n], ss, N, H, W, PH, PW, sampling_ratio, aligned, ps)
-            if b < 0 or gh == 0 or gw == 0:
-                continue  # out is zero-filled
-            count = T(gh * gw)
+def align_fwd(x, rois, ss, PH, PW, sampling_ratio, aligned, ps, out):
+    N, H, W = x.shape[0], x.shape[2], x.shape[3]
+    K, Co = out.shape[0], out.shape[1]
+    for n in prange(K):
+        b = batch_index(rois[n, 0], N)
+        x1s, y1s, bin_w, bin_h, gh, gw = align_geometry(rois[n, 1], rois[n, 2], rois[n, 3], rois[n, 4],
+                                                        ss, PH, PW, sampling_ratio, aligned, ps)
+        if b < 0 or gh == 0 or gw == 0:
             for c in range(Co):
                 for ph in range(PH):
                     for pw in range(PW):
-                        ci = (c * PH + ph) * PW + pw if ps else c
-                        acc = T(0)
-                        for a in range(ycnt[ph]):
-                            for e in range(xcnt[pw]):
-                                w1 = hy[ph, a] * hx[pw, e]
-                                w2 = hy[ph, a] * lx[pw, e]
-                                w3 = ly[ph, a] * hx[pw, e]
-                                w4 = ly[ph, a] * lx[pw, e]
-                                s = (((w1 * x[b, ci, yl[ph, a], xl[pw, e]] + w2 * x[b, ci, yl[ph, a], xh[pw, e]])
-                                      + w3 * x[b, ci, yh[ph, a], xl[pw, e]]) + w4 * x[b, ci, yh[ph, a], xh[pw, e]])
-                                acc = acc + s
-                        out[n, c, ph, pw] = acc / count
-
-    @njit
-    def align_bwd(g, rois, ss, PH, PW, sampling_ratio, aligned, ps, gi):
-        """Sequential in the order (n, ph, pw, iy, ix, tap); channels inside (they never share a
-        target), so every element of gi sums its contributions in the reference's order."""
-        N, C, H, W = gi.shape
-        K, Co = g.shape[0], g.shape[1]
-        for n in range(K):
-            b, gh, gw, ycnt, yl, yh, ly, hy, xcnt, xl, xh, lx, hx = align_setup(
-                rois[n], ss, N, H, W, PH, PW, sampling_ratio, aligned, ps)
-            if b < 0 or gh == 0 or gw == 0:
-                continue
-            count = T(gh * gw)
+                        out[n, c, ph, pw] = ZERO
+            continue
+        count = align_sample_count(gh, gw)
+        ny, ylo, yhi, ly, hy = axis_table(y1s, bin_h, PH, gh, H)
+        nx, xlo, xhi, lx, hx = axis_table(x1s, bin_w, PW, gw, W)
+        for c in range(Co):
             for ph in range(PH):
                 for pw in range(PW):
-                    for a in range(ycnt[ph]):
-                        for e in range(xcnt[pw]):
-                            w1 = hy[ph, a] * hx[pw, e]
-                            w2 = hy[ph, a] * lx[pw, e]
-                            w3 = ly[ph, a] * hx[pw, e]
-                            w4 = ly[ph, a] * lx[pw, e]
-                            y0, y1, x0, x1 = yl[ph, a], yh[ph, a], xl[pw, e], xh[pw, e]
-                            for c in range(Co):
-                                ci = (c * PH + ph) * PW + pw if ps else c
-                                d = g[n, c, ph, pw]
-                                gi[b, ci, y0, x0] += (d * w1) / count
-                                gi[b, ci, y0, x1] += (d * w2) / count
-                                gi[b, ci, y1, x0] += (d * w3) / count
-                                gi[b, ci, y1, x1] += (d * w4) / count
+                    ci = (c * PH + ph) * PW + pw if ps else c
+                    acc = ZERO
+                    for a in range(ny[ph]):
+                        y0, y1 = ylo[ph, a], yhi[ph, a]
+                        for e in range(nx[pw]):
+                            x0, x1 = xlo[pw, e], xhi[pw, e]
+                            w1, w2, w3, w4 = bilinear_weights(ly[ph, a], hy[ph, a], lx[pw, e], hx[pw, e])
+                            acc = accumulate(acc, bilinear(w1, w2, w3, w4, x[b, ci, y0, x0], x[b, ci, y0, x1],
+                                                           x[b, ci, y1, x0], x[b, ci, y1, x1]))
+                    out[n, c, ph, pw] = average(acc, count)
 
-    @njit
-    def c_round(v):
-        t = np.trunc(v)  # math.trunc would return an int
-        if abs(v - t) >= T(0.5):
-            return t + (T(1) if v > T(0) else T(-1))
-        return t
 
-    @njit
-    def coord(v):
-        """(ok, int): C round, NaN -> not ok, clamped to [-2**31, 2**31]."""
-        r = c_round(v)
-        if r != r:
-            return False, 0
-        rf = min(max(float(r), -_LIM), _LIM)
-        return True, int(rf)
-
-    @njit
-    def pool_bins(roi, ss, PH, PW, H, W, ps, hs, ws):
-        """Fills hs [PH, 2], ws [PW, 2]; False when the RoI has no pixels (NaN coordinate)."""
-        o1, sw = coord(roi[1] * ss)
-        o2, sh = coord(roi[2] * ss)
-        o3, ew = coord(roi[3] * ss)
-        o4, eh = coord(roi[4] * ss)
-        if not (o1 and o2 and o3 and o4):
-            return False
-        extra = 0 if ps else 1
-        roi_w = max(ew - sw + extra, 1)
-        roi_h = max(eh - sh + extra, 1)
-        bin_h = T(roi_h) / T(PH)
-        bin_w = T(roi_w) / T(PW)
-        hi_h = H - 1 if ps else H
-        hi_w = W - 1 if ps else W
-        for p in range(PH):
-            hs[p, 0] = min(max(int(np.floor(T(p) * bin_h)) + sh, 0), hi_h)
-            hs[p, 1] = min(max(int(np.ceil(T(p + 1) * bin_h)) + sh, 0), hi_h)
-        for p in range(PW):
-            ws[p, 0] = min(max(int(np.floor(T(p) * bin_w)) + sw, 0), hi_w)
-            ws[p, 1] = min(max(int(np.ceil(T(p + 1) * bin_w)) + sw, 0), hi_w)
-        return True
-
-    @njit
-    def pool_fwd(x, rois, ss, PH, PW, ps, out, idx):
-        """out zero-filled; idx pre-filled (-1 for roi_pool, the channel map for ps_roi_pool)."""
-        N, C, H, W = x.shape
-        K, Co = out.shape[0], out.shape[1]
-        hs = np.zeros((PH, 2), np.int64)
-        ws = np.zeros((PW, 2), np.int64)
-        neg = -T(3.4028234663852886e38)  # T(-FLT_MAX)
+def align_bwd(g, rois, ss, PH, PW, sampling_ratio, aligned, ps, nchunks, gi):
+    """gi zero-filled; output channels [c0, c1) per chunk (see the module docstring)."""
+    N, H, W = gi.shape[0], gi.shape[2], gi.shape[3]
+    K, Co = g.shape[0], g.shape[1]
+    for j in prange(nchunks):
+        c0 = j * Co // nchunks
+        c1 = (j + 1) * Co // nchunks
+        if c0 == c1:
+            continue
         for n in range(K):
             b = batch_index(rois[n, 0], N)
-            if b < 0 or not pool_bins(rois[n], ss, PH, PW, H, W, ps, hs, ws):
+            x1s, y1s, bin_w, bin_h, gh, gw = align_geometry(rois[n, 1], rois[n, 2], rois[n, 3],
+                                                            rois[n, 4], ss, PH, PW, sampling_ratio,
+                                                            aligned, ps)
+            if b < 0 or gh == 0 or gw == 0:
                 continue
-            for c in range(Co):
+            count = align_sample_count(gh, gw)
+            ny, ylo, yhi, ly, hy = axis_table(y1s, bin_h, PH, gh, H)
+            nx, xlo, xhi, lx, hx = axis_table(x1s, bin_w, PW, gw, W)
+            for ph in range(PH):
+                for pw in range(PW):
+                    for a in range(ny[ph]):
+                        y0, y1 = ylo[ph, a], yhi[ph, a]
+                        for e in range(nx[pw]):
+                            x0, x1 = xlo[pw, e], xhi[pw, e]
+                            w1, w2, w3, w4 = bilinear_weights(ly[ph, a], hy[ph, a], lx[pw, e], hx[pw, e])
+                            for c in range(c0, c1):
+                                ci = (c * PH + ph) * PW + pw if ps else c
+                                d = g[n, c, ph, pw]
+                                gi[b, ci, y0, x0] = accumulate(gi[b, ci, y0, x0], align_grad(d, w1, count))
+                                gi[b, ci, y0, x1] = accumulate(gi[b, ci, y0, x1], align_grad(d, w2, count))
+                                gi[b, ci, y1, x0] = accumulate(gi[b, ci, y1, x0], align_grad(d, w3, count))
+                                gi[b, ci, y1, x1] = accumulate(gi[b, ci, y1, x1], align_grad(d, w4, count))
+
+
+def align_fwd_nhwc(xt, rois, ss, PH, PW, sampling_ratio, aligned, out):
+    """roi_align (not ps) on channels-last features xt [N, H, W, C]: the channel loop is innermost
+    and contiguous (LLVM vectorises it); each output element still sums its samples in order."""
+    N, H, W, C = xt.shape
+    K = out.shape[0]
+    for n in prange(K):
+        b = batch_index(rois[n, 0], N)
+        x1s, y1s, bin_w, bin_h, gh, gw = align_geometry(rois[n, 1], rois[n, 2], rois[n, 3], rois[n, 4],
+                                                        ss, PH, PW, sampling_ratio, aligned, False)
+        if b < 0 or gh == 0 or gw == 0:
+            for c in range(C):
                 for ph in range(PH):
                     for pw in range(PW):
-                        h0, h1, w0, w1 = hs[ph, 0], hs[ph, 1], ws[pw, 0], ws[pw, 1]
-                        if h1 <= h0 or w1 <= w0:
-                            continue
-                        if ps:
-                            ci = (c * PH + ph) * PW + pw
-                            s = T(0)
-                            for hh in range(h0, h1):
-                                for ww in range(w0, w1):
-                                    s = s + x[b, ci, hh, ww]
-                            out[n, c, ph, pw] = s / T((h1 - h0) * (w1 - w0))
-                        else:
-                            m = neg
-                            a = -1
-                            for hh in range(h0, h1):
-                                for ww in range(w0, w1):
-                                    v = x[b, c, hh, ww]
-                                    if v > m:
-                                        m = v
-                                        a = hh * W + ww
-                            out[n, c, ph, pw] = m
-                            idx[n, c, ph, pw] = a
+                        out[n, c, ph, pw] = ZERO
+            continue
+        count = align_sample_count(gh, gw)
+        ny, ylo, yhi, ly, hy = axis_table(y1s, bin_h, PH, gh, H)
+        nx, xlo, xhi, lx, hx = axis_table(x1s, bin_w, PW, gw, W)
+        acc = np.empty(C, TT)
+        for ph in range(PH):
+            for pw in range(PW):
+                for c in range(C):
+                    acc[c] = ZERO
+                for a in range(ny[ph]):
+                    y0, y1 = ylo[ph, a], yhi[ph, a]
+                    for e in range(nx[pw]):
+                        x0, x1 = xlo[pw, e], xhi[pw, e]
+                        w1, w2, w3, w4 = bilinear_weights(ly[ph, a], hy[ph, a], lx[pw, e], hx[pw, e])
+                        p1, p2, p3, p4 = xt[b, y0, x0], xt[b, y0, x1], xt[b, y1, x0], xt[b, y1, x1]
+                        for c in range(C):
+                            acc[c] = accumulate(acc[c], bilinear(w1, w2, w3, w4, p1[c], p2[c], p3[c], p4[c]))
+                for c in range(C):
+                    out[n, c, ph, pw] = average(acc[c], count)
 
-    @njit
-    def pool_bwd(g, rois, am, ss, PH, PW, ps, gi):
-        N, C, H, W = gi.shape
-        K, Co = g.shape[0], g.shape[1]
-        hs = np.zeros((PH, 2), np.int64)
-        ws = np.zeros((PW, 2), np.int64)
+
+def align_bwd_nhwc(g, rois, ss, PH, PW, sampling_ratio, aligned, nchunks, git):
+    """roi_align (not ps) backward into channels-last git [N, H, W, C] (zero-filled): channel
+    ranges in parallel, the contiguous channel loop innermost; order as align_bwd."""
+    N, H, W, C = git.shape
+    K = g.shape[0]
+    for j in prange(nchunks):
+        c0 = j * C // nchunks
+        c1 = (j + 1) * C // nchunks
+        if c0 == c1:
+            continue
+        gb = np.empty(c1 - c0, TT)
+        for n in range(K):
+            b = batch_index(rois[n, 0], N)
+            x1s, y1s, bin_w, bin_h, gh, gw = align_geometry(rois[n, 1], rois[n, 2], rois[n, 3],
+                                                            rois[n, 4], ss, PH, PW, sampling_ratio,
+                                                            aligned, False)
+            if b < 0 or gh == 0 or gw == 0:
+                continue
+            count = align_sample_count(gh, gw)
+            ny, ylo, yhi, ly, hy = axis_table(y1s, bin_h, PH, gh, H)
+            nx, xlo, xhi, lx, hx = axis_table(x1s, bin_w, PW, gw, W)
+            for ph in range(PH):
+                for pw in range(PW):
+                    for c in range(c0, c1):
+                        gb[c - c0] = g[n, c, ph, pw]
+                    for a in range(ny[ph]):
+                        y0, y1 = ylo[ph, a], yhi[ph, a]
+                        for e in range(nx[pw]):
+                            x0, x1 = xlo[pw, e], xhi[pw, e]
+                            w1, w2, w3, w4 = bilinear_weights(ly[ph, a], hy[ph, a], lx[pw, e], hx[pw, e])
+                            r = git[b, y0, x0, c0:c1]
+                            for c in range(c1 - c0):
+                                r[c] = accumulate(r[c], align_grad(gb[c], w1, count))
+                            r = git[b, y0, x1, c0:c1]
+                            for c in range(c1 - c0):
+                                r[c] = accumulate(r[c], align_grad(gb[c], w2, count))
+                            r = git[b, y1, x0, c0:c1]
+                            for c in range(c1 - c0):
+                                r[c] = accumulate(r[c], align_grad(gb[c], w3, count))
+                            r = git[b, y1, x1, c0:c1]
+                            for c in range(c1 - c0):
+                                r[c] = accumulate(r[c], align_grad(gb[c], w4, count))
+
+
+def pool_fwd(x, rois, ss, PH, PW, ps, out, idx):
+    """Writes every element of out and idx (argmax or -1; ps: the input channel read)."""
+    N, H, W = x.shape[0], x.shape[2], x.shape[3]
+    K, Co = out.shape[0], out.shape[1]
+    hi_h = H - 1 if ps else H
+    hi_w = W - 1 if ps else W
+    for n in prange(K):
+        b = batch_index(rois[n, 0], N)
+        ok, sw, sh, bin_w, bin_h = pool_geometry(rois[n, 1], rois[n, 2], rois[n, 3], rois[n, 4], ss,
+                                                 PH, PW, ps)
+        for ph in range(PH):
+            h0, h1 = pool_bin(sh, bin_h, ph, hi_h)
+            for pw in range(PW):
+                w0, w1 = pool_bin(sw, bin_w, pw, hi_w)
+                empty = b < 0 or not ok or h1 <= h0 or w1 <= w0
+                for c in range(Co):
+                    ci = (c * PH + ph) * PW + pw if ps else c
+                    if empty:
+                        out[n, c, ph, pw] = ZERO
+                        idx[n, c, ph, pw] = ci if ps else -1
+                    else:
+                        v, a = pool_element(x, b, ci, h0, h1, w0, w1, W, ps)
+                        out[n, c, ph, pw] = v
+                        idx[n, c, ph, pw] = a
+
+
+def pool_bwd(g, rois, am, ss, PH, PW, ps, nchunks, gi):
+    """gi zero-filled; output channels [c0, c1) per chunk. roi_pool: argmax entries outside the
+    map (not produced by the forward) are ignored rather than written out of bounds."""
+    N, H, W = gi.shape[0], gi.shape[2], gi.shape[3]
+    K, Co = g.shape[0], g.shape[1]
+    hi_h = H - 1 if ps else H
+    hi_w = W - 1 if ps else W
+    for j in prange(nchunks):
+        c0 = j * Co // nchunks
+        c1 = (j + 1) * Co // nchunks
+        if c0 == c1:
+            continue
         for n in range(K):
             b = batch_index(rois[n, 0], N)
             if b < 0:
                 continue
-            if not ps:
-                for ph in range(PH):
-                    for pw in range(PW):
-                        for c in range(Co):
-                            a = am[n, c, ph, pw]
-                            if a >= 0:
-                                gi[b, c, a // W, a % W] += g[n, c, ph, pw]
-                continue
-            if not pool_bins(rois[n], ss, PH, PW, H, W, ps, hs, ws):
+            ok, sw, sh, bin_w, bin_h = pool_geometry(rois[n, 1], rois[n, 2], rois[n, 3], rois[n, 4],
+                                                     ss, PH, PW, ps)
+            if ps and not ok:
                 continue
             for ph in range(PH):
                 for pw in range(PW):
-                    h0, h1, w0, w1 = hs[ph, 0], hs[ph, 1], ws[pw, 0], ws[pw, 1]
-                    if h1 <= h0 or w1 <= w0:
-                        continue
-                    area = T((h1 - h0) * (w1 - w0))
-                    for c in range(Co):
-                        ci = (c * PH + ph) * PW + pw
-                        d = g[n, c, ph, pw] / area
-                        for hh in range(h0, h1):
-                            for ww in range(w0, w1):
-                                gi[b, ci, hh, ww] += d
+                    if ps:
+                        h0, h1 = pool_bin(sh, bin_h, ph, hi_h)
+                        w0, w1 = pool_bin(sw, bin_w, pw, hi_w)
+                        if h1 <= h0 or w1 <= w0:
+                            continue
+                        area = pool_area(h0, h1, w0, w1)
+                        for c in range(c0, c1):
+                            ci = (c * PH + ph) * PW + pw
+                            d = average(g[n, c, ph, pw], area)
+                            for hh in range(h0, h1):
+                                for ww in range(w0, w1):
+                                    gi[b, ci, hh, ww] = accumulate(gi[b, ci, hh, ww], d)
+                    else:
+                        for c in range(c0, c1):
+                            a = am[n, c, ph, pw]
+                            if a >= 0 and a < H * W:
+                                gi[b, c, a // W, a % W] = accumulate(gi[b, c, a // W, a % W], g[n, c, ph, pw])
 
-    return align_fwd, align_bwd, pool_fwd, pool_bwd
+
+KERNELS = ("align_fwd", "align_bwd", "align_fwd_nhwc", "align_bwd_nhwc", "pool_fwd", "pool_bwd")
+
+
+def _build(dt: np.dtype):
+    njit = numba.njit(**_JIT)
+    extra = [(f.__name__, f, njit) for f in R.SCALAR_FUNCS + R.ELEMENT_FUNCS]
+    extra.append(("axis_table", axis_table, njit))
+    kern = numba.njit(parallel=True, **_JIT)
+    extra.extend((name, globals()[name], kern) for name in KERNELS)
+    env = dict(np=np, prange=prange, **R.constants(dt))
+    return M.specialise(dt, _numba_cpu._OPS, njit, tuple(extra), env)
+
+
+def kernels(dtype):
+    """The compiled (lazily, on first call) kernels for float32 or float64."""
+    dt = np.dtype(dtype)
+    k = _CACHE.get(dt.name)
+    if k is None:
+        k = _CACHE[dt.name] = _build(dt)
+    return k
+
+
+def _nchunks(channels: int) -> int:
+    """Channel ranges for the backward: a few per thread for balance (any count gives the same
+    bytes: each element is owned by one range)."""
+    return max(1, min(channels, 4 * numba.get_num_threads()))
+
+
+def _use_nhwc(x: np.ndarray, K: int, ph: int, pw: int) -> bool:
+    """Channels-last kernels when the features already are, or when the bins outnumber the map's
+    pixels enough to pay for the transposing copy (same bytes either way)."""
+    N, C, H, W = x.shape
+    return x.transpose(0, 2, 3, 1).flags.c_contiguous or 8 * K * ph * pw >= N * H * W
+
+
+def roi_align(x: np.ndarray, rois: np.ndarray, spatial_scale: float, ph: int, pw: int,
+              sampling_ratio: int, aligned: bool, ps: bool, nhwc: bool | None = None) -> np.ndarray:
+    """x [N, C, H, W] (any strides), rois [K, 5] (same float dtype) -> [K, Co, PH, PW].
+    ``nhwc``: force the channels-last (True) or NCHW (False) kernel (roi_align only)."""
+    T = x.dtype.type
+    rois = np.ascontiguousarray(rois)
+    out = np.empty((rois.shape[0], x.shape[1] // (ph * pw) if ps else x.shape[1], ph, pw), x.dtype)
+    k = kernels(x.dtype)
+    if nhwc is None:
+        nhwc = _use_nhwc(x, rois.shape[0], ph, pw)
+    if nhwc and not ps:
+        k.align_fwd_nhwc(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), rois, T(spatial_scale), int(ph),
+                         int(pw), int(sampling_ratio), bool(aligned), out)
+    else:
+        k.align_fwd(np.ascontiguousarray(x), rois, T(spatial_scale), int(ph), int(pw),
+                    int(sampling_ratio), bool(aligned), bool(ps), out)
+    return out
+
+
+def roi_align_backward(g: np.ndarray, rois: np.ndarray, spatial_scale: float, ph: int, pw: int,
+                       shape: tuple, sampling_ratio: int, aligned: bool, ps: bool,
+                       nchunks: int | None = None, nhwc: bool | None = None) -> np.ndarray:
+    """g [K, Co, PH, PW] -> grad_input of ``shape`` [N, C, H, W] (contiguous)."""
+    T = g.dtype.type
+    g, rois = np.ascontiguousarray(g), np.ascontiguousarray(rois)
+    N, C, H, W = shape
+    k = kernels(g.dtype)
+    if nhwc is None:
+        nhwc = 8 * rois.shape[0] * ph * pw >= N * H * W
+    if nhwc and not ps:
+        git = np.zeros((N, H, W, C), g.dtype)
+        k.align_bwd_nhwc(g, rois, T(spatial_scale), int(ph), int(pw), int(sampling_ratio),
+                         bool(aligned), nchunks or _nchunks(C), git)
+        return np.ascontiguousarray(git.transpose(0, 3, 1, 2))
+    gi = np.zeros(shape, g.dtype)
+    k.align_bwd(g, rois, T(spatial_scale), int(ph), int(pw), int(sampling_ratio), bool(aligned),
+                bool(ps), nchunks or _nchunks(g.shape[1]), gi)
+    return gi
+
+
+def roi_pool(x: np.ndarray, rois: np.ndarray, spatial_scale: float, ph: int, pw: int,
+             ps: bool) -> tuple:
+    """-> (out [K, Co, PH, PW], argmax / channel map int32 [K, Co, PH, PW])."""
+    T = x.dtype.type
+    shape = (rois.shape[0], x.shape[1] // (ph * pw) if ps else x.shape[1], ph, pw)
+    out = np.empty(shape, x.dtype)
+    idx = np.empty(shape, np.int32)
+    kernels(x.dtype).pool_fwd(x, rois, T(spatial_scale), int(ph), int(pw), bool(ps), out, idx)
+    return out, idx
+
+
+def roi_pool_backward(g: np.ndarray, rois: np.ndarray, idx: np.ndarray, spatial_scale: float, ph: int,
+                      pw: int, shape: tuple, ps: bool, nchunks: int | None = None) -> np.ndarray:
+    T = g.dtype.type
+    gi = np.zeros(shape, g.dtype)
+    kernels(g.dtype).pool_bwd(g, rois, idx, T(spatial_scale), int(ph), int(pw), bool(ps),
+                              nchunks or _nchunks(g.shape[1]), gi)
+    return gi

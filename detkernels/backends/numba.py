@@ -20,9 +20,18 @@ CUDA tensors the plan (per-image stable sorts, segments by a running max) and th
 are torch ops on the device: no host synchronisation. With Numba or CuPy device arrays the plan is
 made on the host (the scores and classes are copied there and the keep flags back).
 
-RoI ops (roi_align, ps_roi_align, roi_pool, ps_roi_pool, forward and backward) run on the CPU only
-(_numba_roi.py), single-threaded, one kernel set per dtype (float32, float64; float16/bfloat16 are
-widened by the Python layer); strided inputs are copied to contiguous ones first.
+RoI ops (roi_align, ps_roi_align, roi_pool, ps_roi_pool, forward and backward) run on the CPU
+(_numba_roi.py, ``parallel=True``) and on CUDA (_numba_roi_cuda.py); their arithmetic is written
+once (_numba_roi_math.py) and compiled for both targets, one kernel set per dtype (float32,
+float64; float16/bfloat16 are widened by the Python layer). No float atomics and no shared
+accumulators: every output element is owned by one thread (CPU: RoIs in parallel for the forward,
+channel ranges for the backward; CUDA: one thread per output element for the forwards, per input
+row or plane for the backwards), which sums its contributions in the reference's order, so the
+bytes do not depend on the thread count or launch configuration. In-range samples of adaptive
+grids (up to 65536 per axis and bin) are found by binary search, never by scanning the grid.
+On the CPU, roi_align uses channels-last kernels (the channel loop vectorises) when the features
+already are channels-last or the bins outnumber the map's pixels; strided inputs are copied to
+contiguous ones first (on CUDA too; Numba device arrays through the host).
 """
 from __future__ import annotations
 
@@ -394,71 +403,104 @@ def _multi_torch_cuda(cuda: Any, K: Any, boxes: Any, scores: Any, classes: Any, 
     return out, cls, counts
 
 
-# ---- RoI ops (CPU) ---------------------------------------------------------------------------------
-# Inputs arrive in the working dtype (float32/float64); strided (channels-last) features and grads
-# are made contiguous here (one copy), so each kernel compiles once per dtype.
+# ---- RoI ops (CPU and CUDA) ------------------------------------------------------------------------
+# Inputs arrive in the working dtype (float32/float64; float16/bfloat16 are widened by roi_ops.py).
+# Strided (channels-last) features and grads are made contiguous here (one copy), so each kernel
+# compiles once per dtype. CUDA: the kernels write every element of their outputs (no memset) on
+# the caller's stream, with no host synchronisation.
 
 def _roi_np(x: Any) -> np.ndarray:
     return np.ascontiguousarray(A.to_numpy_view(x))
 
 
-@register("roi_align", "numba", devices=("cpu",), dtypes=("float32", "float64"))
+def _numel(x: Any) -> int:
+    return int(np.prod(x.shape))  # torch's .size is a method
+
+
+def _roi_cuda() -> tuple:
+    """(numba.cuda, _numba_roi_cuda), with a clear error where numba.cuda cannot run."""
+    cuda, _ = _cuda()
+    from . import _numba_roi_cuda
+
+    return cuda, _numba_roi_cuda
+
+
+def _roi_launch(fn: Any, like: Any, arrays: tuple, *args: Any) -> None:
+    """fn(*numba views of arrays, *args, stream) on like's device and stream."""
+    cuda, _ = _roi_cuda()
+    with cuda.gpus[_device_index(like)]:
+        fn(*(_as_numba(cuda, a) for a in arrays), *args, _stream(cuda, like))
+
+
+@register("roi_align", "numba", devices=("cpu", "cuda"), dtypes=("float32", "float64"))
 def roi_align(input: Any, rois: Any, spatial_scale: float, ph: int, pw: int, sampling_ratio: int,
               aligned: bool, ps: bool) -> Any:
     """input [N, C, H, W] -> [K, Co, PH, PW] (Co = C, or C/(PH*PW) for ps)."""
-    from . import _numba_roi
+    if A.device(input) == "cpu":
+        from . import _numba_roi
 
-    x, r = _roi_np(input), _roi_np(rois)
-    T = x.dtype.type
-    out = np.zeros((r.shape[0], x.shape[1] // (ph * pw) if ps else x.shape[1], ph, pw), x.dtype)
-    _numba_roi.kernels(T)[0](x, r.astype(T, copy=False), T(spatial_scale), int(ph), int(pw),
-                             int(sampling_ratio), bool(aligned), bool(ps), out)
-    return A.from_numpy(out, like=input)
+        out = _numba_roi.roi_align(A.to_numpy_view(input), _roi_np(rois), spatial_scale, ph, pw,
+                                   sampling_ratio, aligned, ps)
+        return A.from_numpy(out, like=input)
+    _, K = _roi_cuda()
+    x, r = A.ascontig(input), A.ascontig(rois)
+    out = A.empty((r.shape[0], x.shape[1] // (ph * pw) if ps else x.shape[1], ph, pw),
+                  A.dtype_name(x), like=x)
+    if _numel(out):
+        _roi_launch(K.roi_align, x, (x, r, out), spatial_scale, ph, pw, sampling_ratio, aligned, ps)
+    return out
 
 
-@register("roi_align_backward", "numba", devices=("cpu",), dtypes=("float32", "float64"))
+@register("roi_align_backward", "numba", devices=("cpu", "cuda"), dtypes=("float32", "float64"))
 def roi_align_backward(grad: Any, rois: Any, spatial_scale: float, ph: int, pw: int, n: int, c: int,
                        h: int, w: int, sampling_ratio: int, aligned: bool, ps: bool) -> Any:
     """grad [K, Co, PH, PW] -> grad_input [N, C, H, W] (contiguous)."""
-    from . import _numba_roi
+    if A.device(grad) == "cpu":
+        from . import _numba_roi
 
-    g, r = _roi_np(grad), _roi_np(rois)
-    T = g.dtype.type
-    gi = np.zeros((n, c, h, w), g.dtype)
-    _numba_roi.kernels(T)[1](g, r.astype(T, copy=False), T(spatial_scale), int(ph), int(pw),
-                             int(sampling_ratio), bool(aligned), bool(ps), gi)
-    return A.from_numpy(gi, like=grad)
+        gi = _numba_roi.roi_align_backward(_roi_np(grad), _roi_np(rois), spatial_scale, ph, pw,
+                                           (n, c, h, w), sampling_ratio, aligned, ps)
+        return A.from_numpy(gi, like=grad)
+    _, K = _roi_cuda()
+    g, r = A.ascontig(grad), A.ascontig(rois)
+    gi = A.empty((n, c, h, w), A.dtype_name(g), like=g)
+    if _numel(gi):
+        _roi_launch(K.roi_align_backward, g, (g, r, gi), spatial_scale, ph, pw, sampling_ratio,
+                    aligned, ps)
+    return gi
 
 
-@register("roi_pool", "numba", devices=("cpu",), dtypes=("float32", "float64"))
+@register("roi_pool", "numba", devices=("cpu", "cuda"), dtypes=("float32", "float64"))
 def roi_pool(input: Any, rois: Any, spatial_scale: float, ph: int, pw: int, ps: bool) -> tuple:
     """input [N, C, H, W] -> (out [K, Co, PH, PW], argmax or channel map int32 [K, Co, PH, PW])."""
-    from . import _numba_roi
+    if A.device(input) == "cpu":
+        from . import _numba_roi
 
-    x, r = _roi_np(input), _roi_np(rois)
-    T = x.dtype.type
-    K, C = r.shape[0], x.shape[1]
-    shape = (K, C // (ph * pw) if ps else C, ph, pw)
-    out = np.zeros(shape, x.dtype)
-    if ps:  # ps_roi_pool's map is the fixed input channel of each output element
-        cin = (np.arange(shape[1])[:, None, None] * ph + np.arange(ph)[None, :, None]) * pw + np.arange(pw)
-        idx = np.ascontiguousarray(np.broadcast_to(cin.astype(np.int32), shape))
-    else:
-        idx = np.full(shape, -1, np.int32)
-    _numba_roi.kernels(T)[2](x, r.astype(T, copy=False), T(spatial_scale), int(ph), int(pw), bool(ps),
-                             out, idx)
-    return A.from_numpy(out, like=input), A.from_numpy(idx, like=input)
+        out, idx = _numba_roi.roi_pool(_roi_np(input), _roi_np(rois), spatial_scale, ph, pw, ps)
+        return A.from_numpy(out, like=input), A.from_numpy(idx, like=input)
+    _, K = _roi_cuda()
+    x, r = A.ascontig(input), A.ascontig(rois)
+    shape = (r.shape[0], x.shape[1] // (ph * pw) if ps else x.shape[1], ph, pw)
+    out = A.empty(shape, A.dtype_name(x), like=x)
+    idx = A.empty(shape, "int32", like=x)
+    if _numel(out):
+        _roi_launch(K.roi_pool, x, (x, r, out, idx), spatial_scale, ph, pw, ps)
+    return out, idx
 
 
-@register("roi_pool_backward", "numba", devices=("cpu",), dtypes=("float32", "float64"))
+@register("roi_pool_backward", "numba", devices=("cpu", "cuda"), dtypes=("float32", "float64"))
 def roi_pool_backward(grad: Any, rois: Any, idx: Any, spatial_scale: float, ph: int, pw: int, n: int,
                       c: int, h: int, w: int, ps: bool) -> Any:
     """grad [K, Co, PH, PW] (+ argmax int32 for roi_pool) -> grad_input [N, C, H, W]."""
-    from . import _numba_roi
+    if A.device(grad) == "cpu":
+        from . import _numba_roi
 
-    g, r, i = _roi_np(grad), _roi_np(rois), _roi_np(idx).astype(np.int32, copy=False)
-    T = g.dtype.type
-    gi = np.zeros((n, c, h, w), g.dtype)
-    _numba_roi.kernels(T)[3](g, r.astype(T, copy=False), i, T(spatial_scale), int(ph), int(pw),
-                             bool(ps), gi)
-    return A.from_numpy(gi, like=grad)
+        gi = _numba_roi.roi_pool_backward(_roi_np(grad), _roi_np(rois), _roi_np(idx), spatial_scale,
+                                          ph, pw, (n, c, h, w), ps)
+        return A.from_numpy(gi, like=grad)
+    _, K = _roi_cuda()
+    g, r, i = A.ascontig(grad), A.ascontig(rois), A.ascontig(idx)
+    gi = A.empty((n, c, h, w), A.dtype_name(g), like=g)
+    if _numel(gi):
+        _roi_launch(K.roi_pool_backward, g, (g, r, i, gi), spatial_scale, ph, pw, ps)
+    return gi
