@@ -410,6 +410,28 @@ def _infer_scale(feature: Tensor, original_size: tuple[int, int]) -> float:
     return 2 ** float(torch.tensor(approx).log2().round())
 
 
+def _pool_levels(feats: list[Tensor], scales: list[float], rois: Tensor, levels: Tensor,
+                 output_size: tuple[int, int], sampling_ratio: int, masked: bool) -> Tensor:
+    """RoIAlign of each RoI on its level. ``masked=False`` (torchvision's way): gather each level's
+    RoIs (``torch.where`` -> a host sync and data-dependent shapes). ``masked=True`` (GPU, tracing):
+    every level pools all RoIs, those of other levels with batch index -1, which reads nothing (no
+    output, no gradient), and ``torch.where`` picks each RoI's level -- no host sync, static shapes,
+    the same bytes, forward and backward."""
+    shape = (rois.shape[0], feats[0].shape[1]) + tuple(output_size)
+    result = torch.zeros(shape, dtype=feats[0].dtype, device=feats[0].device)
+    for level, (feat, scale) in enumerate(zip(feats, scales)):
+        on = levels == level
+        if masked:
+            r = torch.cat([torch.where(on, rois[:, 0], -1.0)[:, None], rois[:, 1:]], 1)
+            out = R.roi_align(feat, r, output_size, scale, sampling_ratio)
+            result = torch.where(on[:, None, None, None], out.to(result.dtype), result)
+        else:
+            idx = torch.where(on)[0]
+            out = R.roi_align(feat, rois[idx], output_size, scale, sampling_ratio)
+            result[idx] = out.to(result.dtype)
+    return result
+
+
 class MultiScaleRoIAlign(nn.Module):
     """``torchvision.ops.MultiScaleRoIAlign``: RoIAlign over FPN levels, each box pooled from the
     level chosen by its size. Scales are inferred on the first forward (from the largest image
@@ -453,14 +475,11 @@ class MultiScaleRoIAlign(nn.Module):
         rois = R.rois_from_boxes(boxes)
         if len(feats) == 1:
             return R.roi_align(feats[0], rois, self.output_size, scales[0], self.sampling_ratio)
+        from ._torch import _traced
+
         levels = mapper(boxes)
-        result = torch.zeros((rois.shape[0], feats[0].shape[1]) + self.output_size,
-                             dtype=feats[0].dtype, device=feats[0].device)
-        for level, (feat, scale) in enumerate(zip(feats, scales)):
-            idx = torch.where(levels == level)[0]
-            out = R.roi_align(feat, rois[idx], self.output_size, scale, self.sampling_ratio)
-            result[idx] = out.to(result.dtype)
-        return result
+        masked = feats[0].device.type != "cpu" or _traced(feats[0], rois)
+        return _pool_levels(feats, scales, rois, levels, self.output_size, self.sampling_ratio, masked)
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}(featmap_names={self.featmap_names}, "

@@ -368,6 +368,54 @@ def test_multiscale_matches_torchvision(seed):
         assert (ours.map_levels.k_min, ours.map_levels.k_max) == (theirs.map_levels.k_min, theirs.map_levels.k_max)
 
 
+@pytest.mark.parametrize("seed", SEEDS)
+def test_multiscale_masked_path_same_bytes(seed, monkeypatch):
+    """The GPU/tracing path of MultiScaleRoIAlign (no host sync: every level pools every RoI, the
+    others' with batch index -1) gives the gather path's bytes, forward and backward, also for
+    boxes whose level is NaN (they match no level: zeros)."""
+    from detkernels import roi_ops
+    from detkernels._torch_roi import _pool_levels
+
+    g = torch.Generator().manual_seed(seed)
+    feats = [torch.randn(2, 4, 32, 40, generator=g), torch.randn(2, 4, 16, 20, generator=g),
+             torch.randn(2, 4, 8, 10, generator=g)]
+    xy = torch.rand(30, 2, generator=g) * 150
+    wh = torch.rand(30, 2, generator=g) ** 2 * 200
+    rois = torch.cat([torch.randint(0, 2, (30, 1), generator=g).float(), xy, xy + wh], 1)
+    rois[3, 1] = float("nan")
+    levels = torch.randint(0, 3, (30,), generator=g)
+    levels[3] = torch.iinfo(torch.int64).min  # what a NaN level converts to
+    gout = torch.randn(30, 4, 3, 3, generator=g)
+    res, seen = [], []
+    impl = roi_ops.roi_align
+    monkeypatch.setattr(roi_ops, "roi_align", lambda x, r, *a: seen.append(r.detach()) or impl(x, r, *a))
+    for masked in (False, True):
+        fs = [f.clone().requires_grad_() for f in feats]
+        out = _pool_levels(fs, [1 / 4, 1 / 8, 1 / 16], rois, levels, (3, 3), 2, masked)
+        out.backward(gout)
+        res.append([out.detach()] + [f.grad for f in fs])
+    for k, (a, b) in enumerate(zip(*res)):
+        assert_bytes_equal(b, a, f"masked vs gather, tensor {k}")
+    assert torch.count_nonzero(res[0][0][3]) == 0
+    # The masked calls pool every RoI, those of other levels (and the NaN one) reading nothing.
+    for level, r in enumerate(seen[3:]):
+        assert r.shape == rois.shape
+        assert torch.equal(r[:, 0] == -1, levels != level)
+
+
+def test_multiscale_compiles_fullgraph():
+    """Under torch.compile the module takes the masked path: one graph, no data-dependent shapes."""
+    g = torch.Generator().manual_seed(0)
+    feats = {"0": torch.randn(2, 4, 32, 40, generator=g), "1": torch.randn(2, 4, 16, 20, generator=g)}
+    boxes = [torch.tensor([[0.0, 0.0, 30.0, 40.0], [10.0, 5.0, 150.0, 110.0]]),
+             torch.tensor([[3.0, 4.0, 60.0, 70.0]])]
+    m = detkernels.MultiScaleRoIAlign(["0", "1"], 3, 2)
+    want = m(feats, boxes, [(128, 160), (128, 160)])
+    torch._dynamo.reset()
+    got = torch.compile(m, fullgraph=True, backend="eager")(feats, boxes, [(128, 160), (128, 160)])
+    assert_bytes_equal(got, want, "compiled MultiScaleRoIAlign")
+
+
 # ---- bad inputs (SPEC.md §4) ----------------------------------------------------------------------------
 
 def test_bad_inputs():
