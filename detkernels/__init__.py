@@ -6,7 +6,10 @@ specification every backend is tested against, byte for byte.
 """
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
 import sys
+from typing import Any
 
 from ._registry import available_backends, explain, get_backend, set_backend
 from .backends.native import build_info
@@ -85,7 +88,34 @@ def patch_torchvision():
     return p()
 
 
-# With torch already imported, register the custom ops and TorchScript builtins now (cheap), so
-# torch.jit.script / torch.compile see them before the first eager call.
+class _AfterTorchImport(importlib.abc.MetaPathFinder):
+    """When torch is imported after detkernels: registers the custom ops and TorchScript builtins
+    right after torch's own import finishes (not at detkernels' first eager call)."""
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname != "torch":
+            return None
+        sys.meta_path.remove(self)  # once; and find_spec below must not find us again
+        spec = importlib.util.find_spec("torch")
+        loader = None if spec is None else spec.loader
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        exec_module = loader.exec_module
+
+        def exec_then_register(module: Any) -> None:
+            exec_module(module)
+            try:
+                from . import _torch  # noqa: F401
+            except Exception:  # never break `import torch`; the first call registers (and reports)
+                pass
+
+        loader.exec_module = exec_then_register
+        return spec
+
+
+# Register the custom ops and TorchScript builtins (cheap) before any eager call, so
+# torch.jit.script / torch.compile see them whichever of torch and detkernels is imported first.
 if "torch" in sys.modules:
     from . import _torch  # noqa: F401
+else:
+    sys.meta_path.insert(0, _AfterTorchImport())

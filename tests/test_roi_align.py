@@ -373,6 +373,7 @@ def test_multiscale_masked_path_same_bytes(seed, monkeypatch):
     """The GPU/tracing path of MultiScaleRoIAlign (no host sync: every level pools every RoI, the
     others' with batch index -1) gives the gather path's bytes, forward and backward, also for
     boxes whose level is NaN (they match no level: zeros)."""
+    import detkernels._torch  # noqa: F401  (registers builtins now, not while roi_align is patched)
     from detkernels import roi_ops
     from detkernels._torch_roi import _pool_levels
 

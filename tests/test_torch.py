@@ -201,6 +201,25 @@ def test_import_does_not_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_torch_imported_after_detkernels_still_scripts(tmp_path):
+    """Importing torch after detkernels registers the custom ops and TorchScript builtins at once,
+    so torch.jit.script works before any eager call."""
+    script = tmp_path / "order.py"
+    script.write_text(
+        "import sys, warnings, detkernels\n"
+        "assert 'torch' not in sys.modules\n"
+        "import torch\n"
+        "assert 'detkernels._torch' in sys.modules\n"
+        "warnings.simplefilter('ignore')\n"
+        "def f(b, s):\n"
+        "    return detkernels.nms(b, s, 0.5)\n"
+        "g = torch.jit.script(f)\n"
+        "assert 'detkernels::nms' in str(g.graph)\n"
+        "b = torch.tensor([[0., 0, 10, 10], [1, 1, 10, 10]])\n"
+        "assert g(b, torch.tensor([0.9, 0.8])).tolist() == [0]\n")
+    subprocess.run([sys.executable, str(script)], check=True, timeout=300)
+
+
 def test_build_info():
     info = detkernels.build_info()
     for key in ("cuda", "cuda_version", "cuda_architectures", "float_flags"):
