@@ -228,13 +228,14 @@ def _split(b1, b2):
 def _int_pairwise(b1, b2, kind: str, fmt: str):
     """torchvision's integer path: integer arithmetic (wrapping), float32 true division."""
     a, b = _split(b1, b2)
-    with np.errstate(over="ignore"):
-        area_a, area_b = _area(None, *a, fmt), _area(None, *b, fmt)
-        ax1, ay1, ax2, ay2 = _corners(None, *a, fmt) if fmt != "cxcywh" else (None,) * 4
-        if fmt == "cxcywh":  # wh / 2 is a true division: float32 from here on, as in torch
-            f = np.float32
+    if fmt == "cxcywh":  # wh / 2 is a true division: float32 from here on, as in torch
+        f = np.float32
+        with np.errstate(all="ignore"):
             return pairwise(_Ops(f), tuple(x.astype(f) for x in a), tuple(x.astype(f) for x in b),
                             kind, fmt)
+    with np.errstate(over="ignore"):
+        area_a, area_b = _area(None, *a, fmt), _area(None, *b, fmt)
+        ax1, ay1, ax2, ay2 = _corners(None, *a, fmt)
         bx1, by1, bx2, by2 = _corners(None, *b, fmt)
         w = np.maximum(np.minimum(ax2, bx2) - np.maximum(ax1, bx1), 0)
         h = np.maximum(np.minimum(ay2, by2) - np.maximum(ay1, by1), 0)
