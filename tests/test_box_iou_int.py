@@ -86,23 +86,33 @@ def test_wraparound_is_torch_arithmetic(dtype):
     assert np.isnan(detkernels.generalized_box_iou(b1[1:2], b1[1:2])[0, 0])
 
 
+def _to_float32(n: int) -> np.float32:
+    """A positive integer rounded to float32 to nearest, ties to even, in exact integer arithmetic."""
+    e = max(0, n.bit_length() - 24)
+    q, r = divmod(n, 1 << e)
+    if e and (r > 1 << (e - 1) or (r == 1 << (e - 1) and q & 1)):
+        q += 1
+    return np.float32(q << e)  # at most 25 significant bits: exact
+
+
 @pytest.mark.parametrize("dtype", ["int32", "int64"])
 def test_float32_conversion_rounds_to_nearest_even(dtype):
-    """inter / union with both above 2**24: each is rounded to float32 to nearest, ties to even,
-    as NumPy's astype (truncation or ties-away would give other quotients)."""
+    """inter / union with both above 2**24: each is rounded to float32 once, to nearest, ties to
+    even, as NumPy's astype (truncation, ties-away or rounding through float64 differ)."""
     widths = [(1 << 24) + 1, (1 << 24) + 3, (1 << 24) + 5, (1 << 25) - 1]
     w_big = 1 << 25  # the union
     if dtype == "int64":  # float32 spacing at 2**62 is 2**39: 2**62 + 2**38 is a tie
-        widths += [(1 << 62) + (1 << 38), (1 << 62) + 3 * (1 << 38), (1 << 62) + 1]
+        widths += [(1 << 62) + (1 << 38), (1 << 62) + 3 * (1 << 38), (1 << 62) + 1,
+                   (1 << 62) + (1 << 38) + 1]  # via float64 (a tie there): 2**62, not 2**62 + 2**39
         w_big = (1 << 63) - 1  # rounds up to 2**63
     b1 = np.array([[0, 0, w, 1] for w in widths], dtype)
     b2 = np.array([[0, 0, w_big, 1]], dtype)  # contains every b1 box: inter = w, union = w_big
     out = detkernels.box_iou(b1, b2)
     assert_bytes_equal(out, R.box_iou(b1, b2))
-    want = np.float32([np.float32(w) / np.float32(w_big) for w in widths])[:, None]
+    want = np.array([[_to_float32(w) / _to_float32(w_big)] for w in widths], np.float32)
     assert_bytes_equal(out, want)
-    # Against truncation: 2**24 + 3 must become 2**24 + 4, not 2**24 + 2.
-    assert out[1, 0] == np.float32((1 << 24) + 4) / np.float32(w_big)
+    assert _to_float32((1 << 24) + 3) == (1 << 24) + 4  # the helper itself
+    assert _to_float32((1 << 62) + (1 << 38) + 1) == (1 << 62) + (1 << 39)
 
 
 @pytest.mark.parametrize("dtype", ["int32", "int64", "int16", "uint8"])
@@ -244,7 +254,7 @@ def test_cuda_rounding_batched_and_torchvision(tv_ops, torch, dtype, rng):
     _cuda_or_skip(torch)
     widths = [(1 << 24) + 1, (1 << 24) + 3, (1 << 24) + 5]
     if dtype == "int64":
-        widths += [(1 << 62) + (1 << 38), (1 << 62) + 3 * (1 << 38)]
+        widths += [(1 << 62) + (1 << 38), (1 << 62) + 3 * (1 << 38), (1 << 62) + (1 << 38) + 1]
     r1 = np.array([[0, 0, w, 1] for w in widths], dtype)
     r2 = np.array([[0, 0, (1 << 25) if dtype == "int32" else (1 << 63) - 1, 1]], dtype)
     out = detkernels.box_iou(torch.from_numpy(r1).cuda(), torch.from_numpy(r2).cuda())
