@@ -195,7 +195,7 @@ def _tv_boxes(rng, n: int, dtype: str) -> np.ndarray:
 
 
 @pytest.mark.parametrize("dtype", ["int32", "int64", "int16", "int8", "uint8"])
-@pytest.mark.parametrize("kind,fmt", [("iou", "xyxy"), ("iou", "xywh"), ("giou", "xyxy")])
+@pytest.mark.parametrize("kind,fmt", CASES)
 def test_matches_torchvision(tv_ops, torch, dtype, kind, fmt, rng):
     """torchvision computes the same integer arithmetic (torch int ops wrap) and float32 division."""
     b1, b2 = _tv_boxes(rng, 40, dtype), _tv_boxes(rng, 25, dtype)
@@ -220,15 +220,16 @@ def test_narrow_ints_upcast_first(tv_ops, torch):
     assert tv_ops.box_iou(torch.from_numpy(a), torch.from_numpy(b))[0, 0] != 0
 
 
-def test_cxcywh_matches_torchvision_on_even_sizes(tv_ops, torch, rng):
-    """cxcywh: torchvision's w / 2 is a float32 division; with even sizes and small coordinates
-    every step is exact, so both agree (its areas stay integer, the reference's are float32)."""
-    b1 = rng.integers(-100, 100, (30, 4)).astype(np.int32)
-    b2 = rng.integers(-100, 100, (20, 4)).astype(np.int32)
-    b1[:, 2:] = np.abs(b1[:, 2:]) // 2 * 2
-    b2[:, 2:] = np.abs(b2[:, 2:]) // 2 * 2
-    tv = tv_ops.box_iou(torch.from_numpy(b1), torch.from_numpy(b2), fmt="cxcywh")
-    assert_values_equal(detkernels.box_iou(b1, b2, fmt="cxcywh"), tv)
+def test_cxcywh_areas_stay_integer(tv_ops, torch):
+    """cxcywh: corners and inter are float32 (torch's `w / 2`), the areas integer: with areas above
+    2**24 the union float32(area_a + area_b) - inter differs from float32 areas added."""
+    a = np.array([[5839, 6070, 7531, 8702]], np.int32)  # area 65534762: not a float32
+    b = np.array([[7042, 6682, 5253, 3231]], np.int32)
+    out = detkernels.box_iou(a, b, fmt="cxcywh")
+    assert_bytes_equal(out, R.box_iou(a, b, fmt="cxcywh"))
+    assert_values_equal(out, tv_ops.box_iou(torch.from_numpy(a), torch.from_numpy(b), fmt="cxcywh"))
+    all_float32 = R.box_iou(a.astype(np.float32), b.astype(np.float32), fmt="cxcywh")
+    assert out[0, 0] != all_float32[0, 0]
 
 
 def _cuda_or_skip(torch):

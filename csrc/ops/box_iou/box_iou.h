@@ -13,9 +13,10 @@
 // No epsilon in iou/giou: identical zero-area boxes give 0/0 = NaN, as in torchvision.
 // Integer boxes (int32/int64; IoU and GIoU only, as the reference's _int_pairwise): every + - *
 // in the integer type, wrapping on overflow like torch's integer ops, and each division
-// float32(numerator) / float32(denominator); the result is float32. cxcywh integer boxes are
-// converted to float32 first (torchvision's `w / 2` is a true division). DIoU/CIoU never see
-// integers: detkernels/ops.py converts them to float32.
+// float32(numerator) / float32(denominator); the result is float32. cxcywh integer boxes: as in
+// torch, `w / 2` is a true division, so corners, extents and inter are float32 (the integers
+// converted first) while the areas and area_a + area_b stay integer, converted for `- inter`.
+// DIoU/CIoU never see integers: detkernels/ops.py converts them to float32.
 // atan is detkernels' own (dk_atan below), built from + - * / only, so every backend and the
 // NumPy reference agree bit for bit (libm/SLEEF/CUDA atan differ in the last ulp).
 #pragma once
@@ -93,13 +94,6 @@ template <> struct IouTypes<int64_t> {
 };
 template <typename T> using iou_out_t = typename IouTypes<T>::out;
 
-// The type a kernel computes in for boxes of dtype T and format FMT: T, except integer cxcywh
-// boxes, which become float32 (the reference converts them before anything else).
-template <typename T, int FMT> struct IouWork { using type = T; };
-template <> struct IouWork<int32_t, kCXCYWH> { using type = float; };
-template <> struct IouWork<int64_t, kCXCYWH> { using type = float; };
-template <typename T, int FMT> using iou_work_t = typename IouWork<T, FMT>::type;
-
 // a + b, a - b, a * b; for integers two's-complement wrap-around as torch computes it. Signed
 // overflow is undefined in C++, so the operation runs in the unsigned type of the same width
 // (defined modulo 2^n) and converts back (modular on g++, nvcc and NVRTC; defined in C++20).
@@ -138,7 +132,7 @@ template <typename T> DK_HD void box_corners(const T* b, int fmt, T& x1, T& y1, 
     x1 = b[0]; y1 = b[1]; x2 = b[2]; y2 = b[3];
   } else if (fmt == kXYWH) {
     x1 = b[0]; y1 = b[1]; x2 = wrap_add(b[0], b[2]); y2 = wrap_add(b[1], b[3]);
-  } else {  // floating point only (integer cxcywh boxes are converted to float32 first)
+  } else {  // floating point only (integer cxcywh boxes: pair_iou's own branch)
     const T hw = b[2] / T(2), hh = b[3] / T(2);
     x1 = b[0] - hw; y1 = b[1] - hh; x2 = b[0] + hw; y2 = b[1] + hh;
   }
@@ -151,6 +145,19 @@ template <typename T>
 DK_HD iou_out_t<T> pair_iou(const T* a, const T* b, T area_a, T area_b, int fmt, int kind,
                             iou_out_t<T> eps) {
   using O = iou_out_t<T>;  // O == T for floating point: the conversions below are no-ops
+  if constexpr (IouTypes<T>::kInt) {
+    if (fmt == kCXCYWH) {  // kIoU only (GIoU takes xyxy)
+      const float fa[4] = {float(a[0]), float(a[1]), float(a[2]), float(a[3])};
+      const float fb[4] = {float(b[0]), float(b[1]), float(b[2]), float(b[3])};
+      float ax1, ay1, ax2, ay2, bx1, by1, bx2, by2;
+      box_corners(fa, fmt, ax1, ay1, ax2, ay2);
+      box_corners(fb, fmt, bx1, by1, bx2, by2);
+      const float w = clamp_min0(nan_min(ax2, bx2) - nan_max(ax1, bx1));
+      const float h = clamp_min0(nan_min(ay2, by2) - nan_max(ay1, by1));
+      const float inter = w * h;
+      return inter / (static_cast<float>(wrap_add(area_a, area_b)) - inter);
+    }
+  }
   T ax1, ay1, ax2, ay2, bx1, by1, bx2, by2;
   box_corners(a, fmt, ax1, ay1, ax2, ay2);
   box_corners(b, fmt, bx1, by1, bx2, by2);

@@ -12,27 +12,23 @@
 namespace detkernels {
 namespace {
 
-// T: the boxes' dtype; W: the type the maths runs in (iou_work_t: T, or float32 for integer
-// cxcywh boxes); the output is iou_out_t<T>.
+// T: the boxes' dtype; the output is iou_out_t<T> (T, or float32 for integer boxes).
 template <typename T, int FMT, int KIND>
 void box_iou_rows(const T* b1, const T* b2, iou_out_t<T>* out, int64_t M, iou_out_t<T> eps,
                   int64_t lo, int64_t hi) {
-  using W = iou_work_t<T, FMT>;
   // Column-major copy of boxes2 plus its areas, per chunk (cheap next to the N*M pairs).
-  std::vector<W> cols(5 * M);
-  W* c0 = cols.data();
+  std::vector<T> cols(5 * M);
+  T* c0 = cols.data();
   for (int64_t j = 0; j < M; ++j) {
-    W b[4];
-    for (int k = 0; k < 4; ++k) c0[k * M + j] = b[k] = static_cast<W>(b2[4 * j + k]);
-    c0[4 * M + j] = box_area(b, FMT);
+    for (int k = 0; k < 4; ++k) c0[k * M + j] = b2[4 * j + k];
+    c0[4 * M + j] = box_area(b2 + 4 * j, FMT);
   }
   for (int64_t i = lo; i < hi; ++i) {
-    const W a[4] = {static_cast<W>(b1[4 * i]), static_cast<W>(b1[4 * i + 1]),
-                    static_cast<W>(b1[4 * i + 2]), static_cast<W>(b1[4 * i + 3])};
-    const W area_a = box_area(a, FMT);
+    const T a[4] = {b1[4 * i], b1[4 * i + 1], b1[4 * i + 2], b1[4 * i + 3]};
+    const T area_a = box_area(a, FMT);
     iou_out_t<T>* row = out + i * M;
     for (int64_t j = 0; j < M; ++j) {
-      const W b[4] = {c0[j], c0[M + j], c0[2 * M + j], c0[3 * M + j]};
+      const T b[4] = {c0[j], c0[M + j], c0[2 * M + j], c0[3 * M + j]};
       row[j] = pair_iou(a, b, area_a, c0[4 * M + j], FMT, KIND, eps);
     }
   }
