@@ -146,7 +146,8 @@ def box_iou(boxes1: Any, boxes2: Any, fmt: str = "xyxy", *, backend: str | None 
     ``inter / ((area1 + area2) - inter)`` with no epsilon (0/0 = NaN for identical zero-area
     boxes), exactly as ``torchvision.ops.box_iou``; ``fmt`` is 'xyxy', 'xywh' or 'cxcywh'. Leading
     dimensions broadcast (one call for a batch). Output float64 for float64 input, else float32.
-    Differentiable for torch tensors.
+    Integer boxes follow torchvision: integer arithmetic wrapping on overflow (8/16-bit upcast to
+    int32 first), float32 divisions; on CPU and CUDA. Differentiable for torch tensors.
     """
     return _iou_entry("iou", boxes1, boxes2, fmt, 1e-7, backend)
 

@@ -195,4 +195,4 @@ def test_errors():
     with pytest.raises(ValueError, match="unknown backend"):
         detkernels.box_iou(good, good, backend="tensorrt")
     with pytest.raises(RuntimeError, match="cannot run box_iou"):
-        detkernels.box_iou(good.astype(np.int32), good.astype(np.int32), backend="native")
+        detkernels.box_iou(good.astype(np.int32), good.astype(np.int32), backend="numba")

@@ -227,3 +227,33 @@ def test_mask_tile_rows_matches_header():
     assert C.mask_tile_rows(1000, 17, 1 << 20) == 1024  # all 16 row blocks
     assert C.mask_tile_rows(100, 3, 1) == 64
     assert C.mask_tile_rows(100, 3, 1 << 30) == 128
+
+
+# ---- box_iou on integer boxes -----------------------------------------------------------------
+
+def test_box_iou_launch_arguments_match_the_kernels(monkeypatch):
+    """Every box_iou launch (float and integer boxes, every fmt/kind the backend accepts) names a
+    compiled kernel and passes the argument types of its entry (integer boxes: float32 eps/out);
+    the integer kernels convert with round-to-nearest (cvt.rn.f32.s32/s64) and never touch f64."""
+    rec = _Recorder()
+    monkeypatch.setattr(C, "_cupy", lambda: rec)
+    monkeypatch.setattr(C, "_module", lambda cp: rec)
+    monkeypatch.setattr(C, "_On", _NoStream)
+    b1, b2 = np.zeros((1, 3, 4)), np.zeros((1, 5, 4))
+    for dt in C.IOU_C_TYPES:
+        for fmt in C.FMT_CODES:
+            for kind in C.KIND_CODES:
+                if (kind == "iou" or fmt == "xyxy") and (dt.startswith("float") or kind in ("iou", "giou")):
+                    out = C.box_iou(b1.astype(dt), b2.astype(dt), kind, fmt, 1e-7)
+                    assert out.dtype == (np.float64 if dt == "float64" else np.float32)
+    entries, _ = _compile(C.nvrtc_options())
+    assert {name for name, *_ in rec.calls} == {n for n in entries if "box_iou_kernel" in n}
+    for name, grid, block, args in rec.calls:
+        params = PTX_PARAM.findall(entries[name].split(")")[0])
+        got = [ARG_TYPES[type(a)] for a in args]
+        assert got == params, f"{name}: launched with {got}, kernel takes {params}"
+    for t, cvt in (("int", "cvt.rn.f32.s32"), ("long", "cvt.rn.f32.s64")):
+        for fmt, kind in ((0, 0), (1, 0), (2, 0), (0, 1)):
+            body = entries[f"detkernels::box_iou_kernel<{t}, {fmt}, {kind}>"]
+            assert cvt in body and "div.rn.f32" in body
+            assert not re.search(r"\.f64\b", body)

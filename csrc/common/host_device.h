@@ -13,6 +13,7 @@
 #else
 // NVRTC (the CuPy backend) has no <cstdint>: the fixed-width types the headers use (LP64).
 typedef long int64_t;
+typedef int int32_t;
 typedef unsigned long uint64_t;
 typedef unsigned int uint32_t;
 typedef unsigned char uint8_t;
@@ -21,7 +22,7 @@ typedef unsigned char uint8_t;
 namespace detkernels {
 
 // Working-dtype codes shared with Python (detkernels/backends/native.py: _DTYPE_CODES).
-enum DType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
+enum DType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3, kInt32 = 4, kInt64 = 5 };
 
 // std::max / std::min written out, so that NaN and -0.0 follow the operand order on every
 // compiler and device: std_max(a, NaN) = a, std_max(NaN, b) = NaN (torchvision's CPU NMS).

@@ -53,6 +53,8 @@ probe("cupy", "cuda", _probe_cuda)
 FMT_CODES = {"xyxy": 0, "xywh": 1, "cxcywh": 2}
 KIND_CODES = {"iou": 0, "giou": 1, "diou": 2, "ciou": 3}
 C_TYPES = {"float32": "float", "float64": "double"}
+# box_iou also takes integer boxes (IoU/GIoU; float32 out). NVRTC's int64_t is long (host_device.h).
+IOU_C_TYPES = {**C_TYPES, "int32": "int", "int64": "long"}
 # The native build's CUDA float flags (CMakeLists.txt DK_CUDA_FLOAT_FLAGS), for NVRTC.
 NVRTC_FLOAT_OPTIONS = ("--fmad=false", "--prec-div=true", "--prec-sqrt=true", "--ftz=false")
 HEADERS = ("common/host_device.h", "ops/box_iou/box_iou.h", "ops/box_iou/box_iou_kernel.cuh",
@@ -95,11 +97,12 @@ def nvrtc_options() -> tuple:
 def name_expressions() -> list[str]:
     """Every kernel instantiation the backend launches (GIoU/DIoU/CIoU take xyxy only)."""
     names = []
-    for t in C_TYPES.values():
+    for dt, t in IOU_C_TYPES.items():
         for fmt in FMT_CODES.values():
             for kind in KIND_CODES.values():
-                if kind == 0 or fmt == 0:
+                if (kind == 0 or fmt == 0) and (dt in C_TYPES or kind <= 1):  # integers: IoU, GIoU
                     names.append(f"detkernels::box_iou_kernel<{t}, {fmt}, {kind}>")
+    for t in C_TYPES.values():
         names += [f"detkernels::cupy_nms::gather<{t}>", f"detkernels::cupy_nms::mask<{t}>",
                   f"detkernels::cupy_nms::multi_mask<{t}>"]
     names += ["detkernels::cupy_nms::scan", "detkernels::cupy_nms::multi_scan"]
@@ -177,19 +180,21 @@ def _ptr(x: Any) -> np.uint64:
     return np.uint64(A.data_ptr(x))
 
 
-@register("box_iou", "cupy", devices=("cuda",))
+@register("box_iou", "cupy", devices=("cuda",), dtypes=tuple(IOU_C_TYPES))
 def box_iou(b1: Any, b2: Any, kind: str, fmt: str, eps: float) -> Any:
-    """b1 [B, N, 4], b2 [B, M, 4]: contiguous, same float dtype and device -> out [B, N, M]."""
+    """b1 [B, N, 4], b2 [B, M, 4]: contiguous, same dtype and device -> out [B, N, M] (float32 for
+    int32/int64 boxes, which take kind 'iou' or 'giou')."""
     cp = _cupy()
     B, N, M = b1.shape[0], b1.shape[1], b2.shape[1]
     dt = A.dtype_name(b1)
-    out = A.empty((B, N, M), dt, like=b1)
+    out_dt = "float64" if dt == "float64" else "float32"
+    out = A.empty((B, N, M), out_dt, like=b1)
     with _On(cp, b1):
         fn = _module(cp).get_function(
-            f"detkernels::box_iou_kernel<{C_TYPES[dt]}, {FMT_CODES[fmt]}, {KIND_CODES[kind]}>")
+            f"detkernels::box_iou_kernel<{IOU_C_TYPES[dt]}, {FMT_CODES[fmt]}, {KIND_CODES[kind]}>")
         # The kernel strides over rows and batches: the grid's y/z extents are only capped.
         fn(((M + 31) // 32, min((N + 7) // 8, 65535), min(B, 65535)), (32, 8),
-           (_ptr(b1), _ptr(b2), _ptr(out), np.int64(B), np.int64(N), np.int64(M), np.dtype(dt).type(eps)))
+           (_ptr(b1), _ptr(b2), _ptr(out), np.int64(B), np.int64(N), np.int64(M), np.dtype(out_dt).type(eps)))
     return out
 
 

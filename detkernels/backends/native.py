@@ -20,7 +20,7 @@ except ImportError as e:  # built without the core (or a broken build): say why,
 else:
     declare("native", True)
 
-DTYPE_CODES = {"float32": 0, "float64": 1, "float16": 2, "bfloat16": 3}
+DTYPE_CODES = {"float32": 0, "float64": 1, "float16": 2, "bfloat16": 3, "int32": 4, "int64": 5}
 FMT_CODES = {"xyxy": 0, "xywh": 1, "cxcywh": 2}
 KIND_CODES = {"iou": 0, "giou": 1, "diou": 2, "ciou": 3}
 HAS_CUDA = bool(_C is not None and _C.build_info()["cuda"])
@@ -40,12 +40,13 @@ def build_info() -> dict:
     return info
 
 
-@register("box_iou", "native", devices=IOU_DEVICES)
+@register("box_iou", "native", devices=IOU_DEVICES, dtypes=("float32", "float64", "int32", "int64"))
 def box_iou(b1: Any, b2: Any, kind: str, fmt: str, eps: float) -> Any:
-    """b1 [B, N, 4], b2 [B, M, 4]: contiguous, same dtype and device -> out [B, N, M]."""
+    """b1 [B, N, 4], b2 [B, M, 4]: contiguous, same dtype and device -> out [B, N, M] (float32 for
+    int32/int64 boxes, which take kind 'iou' or 'giou': torchvision's integer arithmetic)."""
     B, N, M = b1.shape[0], b1.shape[1], b2.shape[1]
     dt = A.dtype_name(b1)
-    out = A.empty((B, N, M), dt, like=b1)
+    out = A.empty((B, N, M), "float64" if dt == "float64" else "float32", like=b1)
     args = (DTYPE_CODES[dt], FMT_CODES[fmt], KIND_CODES[kind], float(eps), B, N, M,
             A.data_ptr(b1), A.data_ptr(b2), A.data_ptr(out))
     if A.device(b1) == "cpu":

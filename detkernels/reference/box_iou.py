@@ -10,8 +10,11 @@ diverges on purpose:
 * ``complete_box_iou`` uses :func:`atan` below (Cephes' algorithm from + - * / only) instead of the
   platform's atan, so every backend agrees bit for bit; it is within 2 ulp of the true value.
 * Integer boxes follow torchvision for ``box_area``, ``box_iou`` and ``generalized_box_iou``
-  (integer arithmetic, wrapping on overflow, float32 true division); ``distance_box_iou`` and
-  ``complete_box_iou`` convert integer boxes to float32 first.
+  (integer arithmetic, wrapping on overflow, float32 true division; cxcywh: float32 corners from
+  ``w / 2``, integer areas); ``distance_box_iou`` and ``complete_box_iou`` convert integer boxes
+  to float32 first. 8/16-bit integer boxes are upcast to int32 before any operation
+  (torchvision's box_iou subtracts corners in the narrow type, which wraps: uint8 boxes that do
+  not overlap get a large positive intersection there).
 
 The formulas are written once, over a small array namespace (``_Ops``), so the same code runs on
 NumPy (the reference) and on torch tensors (the differentiable path of ``detkernels.ops``).
@@ -228,13 +231,22 @@ def _split(b1, b2):
 def _int_pairwise(b1, b2, kind: str, fmt: str):
     """torchvision's integer path: integer arithmetic (wrapping), float32 true division."""
     a, b = _split(b1, b2)
+    if fmt == "cxcywh":
+        # As torch: `wh / 2` is a true division, so corners, extents and inter are float32 (the
+        # integer operands converted first); the areas stay integer (wrapping), and so does
+        # area_a + area_b, converted to float32 only for `- inter`.
+        f, ops = np.float32, _Ops(np.float32)
+        with np.errstate(all="ignore"):
+            area_a, area_b = _area(None, *a, fmt), _area(None, *b, fmt)
+            ax1, ay1, ax2, ay2 = _corners(ops, *(x.astype(f) for x in a), fmt)
+            bx1, by1, bx2, by2 = _corners(ops, *(x.astype(f) for x in b), fmt)
+            w = ops.clamp_min0(ops.nan_min(ax2, bx2) - ops.nan_max(ax1, bx1))
+            h = ops.clamp_min0(ops.nan_min(ay2, by2) - ops.nan_max(ay1, by1))
+            inter = w * h
+            return inter / ((area_a + area_b).astype(f) - inter)
     with np.errstate(over="ignore"):
         area_a, area_b = _area(None, *a, fmt), _area(None, *b, fmt)
-        ax1, ay1, ax2, ay2 = _corners(None, *a, fmt) if fmt != "cxcywh" else (None,) * 4
-        if fmt == "cxcywh":  # wh / 2 is a true division: float32 from here on, as in torch
-            f = np.float32
-            return pairwise(_Ops(f), tuple(x.astype(f) for x in a), tuple(x.astype(f) for x in b),
-                            kind, fmt)
+        ax1, ay1, ax2, ay2 = _corners(None, *a, fmt)
         bx1, by1, bx2, by2 = _corners(None, *b, fmt)
         w = np.maximum(np.minimum(ax2, bx2) - np.maximum(ax1, bx1), 0)
         h = np.maximum(np.minimum(ay2, by2) - np.maximum(ay1, by1), 0)

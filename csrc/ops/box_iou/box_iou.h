@@ -11,6 +11,12 @@
 //   ciou  = diou - alpha * v,  v = T(4/pi^2) * (atan(wa/ha) - atan(wb/hb))^2,
 //           alpha = v / (((1 - iou) + v) + eps)
 // No epsilon in iou/giou: identical zero-area boxes give 0/0 = NaN, as in torchvision.
+// Integer boxes (int32/int64; IoU and GIoU only, as the reference's _int_pairwise): every + - *
+// in the integer type, wrapping on overflow like torch's integer ops, and each division
+// float32(numerator) / float32(denominator); the result is float32. cxcywh integer boxes: as in
+// torch, `w / 2` is a true division, so corners, extents and inter are float32 (the integers
+// converted first) while the areas and area_a + area_b stay integer, converted for `- inter`.
+// DIoU/CIoU never see integers: detkernels/ops.py converts them to float32.
 // atan is detkernels' own (dk_atan below), built from + - * / only, so every backend and the
 // NumPy reference agree bit for bit (libm/SLEEF/CUDA atan differ in the last ulp).
 #pragma once
@@ -71,8 +77,53 @@ template <typename T> DK_HD T dk_atan(T x) {
   return neg ? -r : r;
 }
 
+// Per box dtype T: the output type and, for integers, the unsigned type that wraps.
+template <typename T> struct IouTypes {  // float, double: computed and returned in T
+  using out = T;
+  static constexpr bool kInt = false;
+};
+template <> struct IouTypes<int32_t> {
+  using out = float;
+  using wrap = uint32_t;
+  static constexpr bool kInt = true;
+};
+template <> struct IouTypes<int64_t> {
+  using out = float;
+  using wrap = uint64_t;
+  static constexpr bool kInt = true;
+};
+template <typename T> using iou_out_t = typename IouTypes<T>::out;
+
+// a + b, a - b, a * b; for integers two's-complement wrap-around as torch computes it. Signed
+// overflow is undefined in C++, so the operation runs in the unsigned type of the same width
+// (defined modulo 2^n) and converts back (modular on g++, nvcc and NVRTC; defined in C++20).
+template <typename T> DK_HD T wrap_add(T a, T b) {
+  if constexpr (IouTypes<T>::kInt) {
+    using U = typename IouTypes<T>::wrap;
+    return static_cast<T>(static_cast<U>(static_cast<U>(a) + static_cast<U>(b)));
+  } else {
+    return a + b;
+  }
+}
+template <typename T> DK_HD T wrap_sub(T a, T b) {
+  if constexpr (IouTypes<T>::kInt) {
+    using U = typename IouTypes<T>::wrap;
+    return static_cast<T>(static_cast<U>(static_cast<U>(a) - static_cast<U>(b)));
+  } else {
+    return a - b;
+  }
+}
+template <typename T> DK_HD T wrap_mul(T a, T b) {
+  if constexpr (IouTypes<T>::kInt) {
+    using U = typename IouTypes<T>::wrap;
+    return static_cast<T>(static_cast<U>(static_cast<U>(a) * static_cast<U>(b)));
+  } else {
+    return a * b;
+  }
+}
+
 template <typename T> DK_HD T box_area(const T* b, int fmt) {
-  return fmt == kXYXY ? (b[2] - b[0]) * (b[3] - b[1]) : b[2] * b[3];
+  return fmt == kXYXY ? wrap_mul(wrap_sub(b[2], b[0]), wrap_sub(b[3], b[1])) : wrap_mul(b[2], b[3]);
 }
 
 // Corners as torchvision's box_iou derives them from each format (no prior conversion to xyxy).
@@ -80,47 +131,68 @@ template <typename T> DK_HD void box_corners(const T* b, int fmt, T& x1, T& y1, 
   if (fmt == kXYXY) {
     x1 = b[0]; y1 = b[1]; x2 = b[2]; y2 = b[3];
   } else if (fmt == kXYWH) {
-    x1 = b[0]; y1 = b[1]; x2 = b[0] + b[2]; y2 = b[1] + b[3];
-  } else {
+    x1 = b[0]; y1 = b[1]; x2 = wrap_add(b[0], b[2]); y2 = wrap_add(b[1], b[3]);
+  } else {  // floating point only (integer cxcywh boxes: pair_iou's own branch)
     const T hw = b[2] / T(2), hh = b[3] / T(2);
     x1 = b[0] - hw; y1 = b[1] - hh; x2 = b[0] + hw; y2 = b[1] + hh;
   }
 }
 
 // One entry of the pairwise matrix. `area_a`/`area_b` come from box_area (computed once per box).
-// GIoU/DIoU/CIoU are defined on xyxy boxes only (as in torchvision).
+// GIoU/DIoU/CIoU are defined on xyxy boxes only (as in torchvision). Integer T: kIoU/kGIoU only
+// (the entry points never pass others); the result is float32.
 template <typename T>
-DK_HD T pair_iou(const T* a, const T* b, T area_a, T area_b, int fmt, int kind, T eps) {
+DK_HD iou_out_t<T> pair_iou(const T* a, const T* b, T area_a, T area_b, int fmt, int kind,
+                            iou_out_t<T> eps) {
+  using O = iou_out_t<T>;  // O == T for floating point: the conversions below are no-ops
+  if constexpr (IouTypes<T>::kInt) {
+    if (fmt == kCXCYWH) {  // kIoU only (GIoU takes xyxy)
+      const float fa[4] = {float(a[0]), float(a[1]), float(a[2]), float(a[3])};
+      const float fb[4] = {float(b[0]), float(b[1]), float(b[2]), float(b[3])};
+      float ax1, ay1, ax2, ay2, bx1, by1, bx2, by2;
+      box_corners(fa, fmt, ax1, ay1, ax2, ay2);
+      box_corners(fb, fmt, bx1, by1, bx2, by2);
+      const float w = clamp_min0(nan_min(ax2, bx2) - nan_max(ax1, bx1));
+      const float h = clamp_min0(nan_min(ay2, by2) - nan_max(ay1, by1));
+      const float inter = w * h;
+      return inter / (static_cast<float>(wrap_add(area_a, area_b)) - inter);
+    }
+  }
   T ax1, ay1, ax2, ay2, bx1, by1, bx2, by2;
   box_corners(a, fmt, ax1, ay1, ax2, ay2);
   box_corners(b, fmt, bx1, by1, bx2, by2);
-  const T w = clamp_min0(nan_min(ax2, bx2) - nan_max(ax1, bx1));
-  const T h = clamp_min0(nan_min(ay2, by2) - nan_max(ay1, by1));
-  const T inter = w * h;
-  const T uni = (area_a + area_b) - inter;
-  const T iou = inter / uni;
+  const T w = clamp_min0(wrap_sub(nan_min(ax2, bx2), nan_max(ax1, bx1)));
+  const T h = clamp_min0(wrap_sub(nan_min(ay2, by2), nan_max(ay1, by1)));
+  const T inter = wrap_mul(w, h);
+  const T uni = wrap_sub(wrap_add(area_a, area_b), inter);
+  const O iou = static_cast<O>(inter) / static_cast<O>(uni);
   if (kind == kIoU) return iou;
-  const T wc = clamp_min0(nan_max(ax2, bx2) - nan_min(ax1, bx1));
-  const T hc = clamp_min0(nan_max(ay2, by2) - nan_min(ay1, by1));
+  const T wc = clamp_min0(wrap_sub(nan_max(ax2, bx2), nan_min(ax1, bx1)));
+  const T hc = clamp_min0(wrap_sub(nan_max(ay2, by2), nan_min(ay1, by1)));
   if (kind == kGIoU) {
-    const T area_c = wc * hc;
-    return iou - (area_c - uni) / area_c;
+    const T area_c = wrap_mul(wc, hc);
+    return iou - static_cast<O>(wrap_sub(area_c, uni)) / static_cast<O>(area_c);
   }
-  const T diag2 = (wc * wc + hc * hc) + eps;
-  const T dx = (a[0] + a[2]) / T(2) - (b[0] + b[2]) / T(2);
-  const T dy = (a[1] + a[3]) / T(2) - (b[1] + b[3]) / T(2);
-  const T diou = iou - (dx * dx + dy * dy) / diag2;
-  if (kind == kDIoU) return diou;
-  const T d = dk_atan((a[2] - a[0]) / (a[3] - a[1])) - dk_atan((b[2] - b[0]) / (b[3] - b[1]));
-  // 4 / pi**2 as Python computes it in double, then rounded to T (torch's scalar * tensor).
-  const T v = T(0x1.9f02f6222c720p-2) * (d * d);
-  const T alpha = v / (((T(1) - iou) + v) + eps);
-  return diou - alpha * v;
+  if constexpr (IouTypes<T>::kInt) {
+    return O(0) / O(0);  // not reached (see above): NaN rather than a plausible number
+  } else {
+    const T diag2 = (wc * wc + hc * hc) + eps;
+    const T dx = (a[0] + a[2]) / T(2) - (b[0] + b[2]) / T(2);
+    const T dy = (a[1] + a[3]) / T(2) - (b[1] + b[3]) / T(2);
+    const T diou = iou - (dx * dx + dy * dy) / diag2;
+    if (kind == kDIoU) return diou;
+    const T d = dk_atan((a[2] - a[0]) / (a[3] - a[1])) - dk_atan((b[2] - b[0]) / (b[3] - b[1]));
+    // 4 / pi**2 as Python computes it in double, then rounded to T (torch's scalar * tensor).
+    const T v = T(0x1.9f02f6222c720p-2) * (d * d);
+    const T alpha = v / (((T(1) - iou) + v) + eps);
+    return diou - alpha * v;
+  }
 }
 
 #ifndef __CUDACC_RTC__
 /// @brief out[b, i, j] = metric(boxes1[b, i], boxes2[b, j]) for contiguous boxes1 [B, N, 4],
-/// boxes2 [B, M, 4], out [B, N, M]; dtype kFloat32 or kFloat64 (boxes and out).
+/// boxes2 [B, M, 4], out [B, N, M]; dtype (of the boxes) kFloat32 or kFloat64 (out: the same), or
+/// kInt32 or kInt64 with kind kIoU/kGIoU (out: float32).
 void box_iou_cpu(int dtype, int fmt, int kind, double eps, int64_t B, int64_t N, int64_t M,
                  const void* boxes1, const void* boxes2, void* out);
 #ifdef DETKERNELS_WITH_CUDA

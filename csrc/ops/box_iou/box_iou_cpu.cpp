@@ -1,5 +1,6 @@
 // CPU loops over box_iou.h: rows of the [B, N, M] output split across threads; the inner loop
-// runs over boxes2 stored column-wise (one pass to transpose) so g++ can vectorise it.
+// runs over boxes2 stored column-wise (one pass to transpose) so g++ can vectorise it. Integer
+// boxes (int32/int64 in, float32 out) run through the same loops.
 #include "ops/box_iou/box_iou.h"
 
 #include <algorithm>
@@ -11,9 +12,10 @@
 namespace detkernels {
 namespace {
 
+// T: the boxes' dtype; the output is iou_out_t<T> (T, or float32 for integer boxes).
 template <typename T, int FMT, int KIND>
-void box_iou_rows(const T* b1, const T* b2, T* out, int64_t M, T eps, int64_t lo,
-                  int64_t hi) {
+void box_iou_rows(const T* b1, const T* b2, iou_out_t<T>* out, int64_t M, iou_out_t<T> eps,
+                  int64_t lo, int64_t hi) {
   // Column-major copy of boxes2 plus its areas, per chunk (cheap next to the N*M pairs).
   std::vector<T> cols(5 * M);
   T* c0 = cols.data();
@@ -24,7 +26,7 @@ void box_iou_rows(const T* b1, const T* b2, T* out, int64_t M, T eps, int64_t lo
   for (int64_t i = lo; i < hi; ++i) {
     const T a[4] = {b1[4 * i], b1[4 * i + 1], b1[4 * i + 2], b1[4 * i + 3]};
     const T area_a = box_area(a, FMT);
-    T* row = out + i * M;
+    iou_out_t<T>* row = out + i * M;
     for (int64_t j = 0; j < M; ++j) {
       const T b[4] = {c0[j], c0[M + j], c0[2 * M + j], c0[3 * M + j]};
       row[j] = pair_iou(a, b, area_a, c0[4 * M + j], FMT, KIND, eps);
@@ -33,7 +35,8 @@ void box_iou_rows(const T* b1, const T* b2, T* out, int64_t M, T eps, int64_t lo
 }
 
 template <typename T, int FMT, int KIND>
-void run(int64_t B, int64_t N, int64_t M, const T* b1, const T* b2, T* out, T eps) {
+void run(int64_t B, int64_t N, int64_t M, const T* b1, const T* b2, iou_out_t<T>* out,
+         iou_out_t<T> eps) {
   // Work items are rows (b, i); each thread transposes the boxes2 of the batches it touches.
   const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(M, 1));
   parallel_for(B * N, grain, [&](int64_t lo, int64_t hi) {
@@ -48,17 +51,22 @@ void run(int64_t B, int64_t N, int64_t M, const T* b1, const T* b2, T* out, T ep
 
 template <typename T, int FMT>
 void run_kind(int kind, int64_t B, int64_t N, int64_t M, const void* b1, const void* b2, void* out,
-              T eps) {
+              iou_out_t<T> eps) {
   auto p1 = static_cast<const T*>(b1);
   auto p2 = static_cast<const T*>(b2);
-  auto po = static_cast<T*>(out);
+  auto po = static_cast<iou_out_t<T>*>(out);
   switch (kind) {
     case kIoU: return run<T, FMT, kIoU>(B, N, M, p1, p2, po, eps);
     case kGIoU: return run<T, FMT, kGIoU>(B, N, M, p1, p2, po, eps);
-    case kDIoU: return run<T, FMT, kDIoU>(B, N, M, p1, p2, po, eps);
-    case kCIoU: return run<T, FMT, kCIoU>(B, N, M, p1, p2, po, eps);
   }
-  throw std::invalid_argument("box_iou: unknown kind");
+  if constexpr (!IouTypes<T>::kInt) {
+    switch (kind) {
+      case kDIoU: return run<T, FMT, kDIoU>(B, N, M, p1, p2, po, eps);
+      case kCIoU: return run<T, FMT, kCIoU>(B, N, M, p1, p2, po, eps);
+    }
+    throw std::invalid_argument("box_iou: unknown kind");
+  }
+  throw std::invalid_argument("box_iou: integer boxes take IoU or GIoU only");
 }
 
 template <typename T>
@@ -67,9 +75,9 @@ void run_fmt(int fmt, int kind, double eps, int64_t B, int64_t N, int64_t M, con
   if (kind != kIoU && fmt != kXYXY)
     throw std::invalid_argument("box_iou: GIoU/DIoU/CIoU take xyxy boxes");
   switch (fmt) {
-    case kXYXY: return run_kind<T, kXYXY>(kind, B, N, M, b1, b2, out, T(eps));
-    case kXYWH: return run_kind<T, kXYWH>(kind, B, N, M, b1, b2, out, T(eps));
-    case kCXCYWH: return run_kind<T, kCXCYWH>(kind, B, N, M, b1, b2, out, T(eps));
+    case kXYXY: return run_kind<T, kXYXY>(kind, B, N, M, b1, b2, out, iou_out_t<T>(eps));
+    case kXYWH: return run_kind<T, kXYWH>(kind, B, N, M, b1, b2, out, iou_out_t<T>(eps));
+    case kCXCYWH: return run_kind<T, kCXCYWH>(kind, B, N, M, b1, b2, out, iou_out_t<T>(eps));
   }
   throw std::invalid_argument("box_iou: unknown fmt");
 }
@@ -82,8 +90,10 @@ void box_iou_cpu(int dtype, int fmt, int kind, double eps, int64_t B, int64_t N,
   switch (dtype) {
     case kFloat32: return run_fmt<float>(fmt, kind, eps, B, N, M, boxes1, boxes2, out);
     case kFloat64: return run_fmt<double>(fmt, kind, eps, B, N, M, boxes1, boxes2, out);
+    case kInt32: return run_fmt<int32_t>(fmt, kind, eps, B, N, M, boxes1, boxes2, out);
+    case kInt64: return run_fmt<int64_t>(fmt, kind, eps, B, N, M, boxes1, boxes2, out);
   }
-  throw std::invalid_argument("box_iou: dtype must be float32 or float64");
+  throw std::invalid_argument("box_iou: dtype must be float32, float64, int32 or int64");
 }
 
 }  // namespace detkernels

@@ -11,8 +11,8 @@ namespace {
 constexpr int kTile = kBoxIouTile;
 
 template <typename T, int FMT, int KIND>
-void launch(int64_t B, int64_t N, int64_t M, const void* b1, const void* b2, void* out, T eps,
-            cudaStream_t stream) {
+void launch(int64_t B, int64_t N, int64_t M, const void* b1, const void* b2, void* out,
+            iou_out_t<T> eps, cudaStream_t stream) {
   const dim3 block(kTile, 8);
   const int64_t gx = ceil_div<int64_t>(M, kTile);
   if (gx > 0x7FFFFFFF) throw std::invalid_argument("box_iou (CUDA): too many boxes2");
@@ -20,20 +20,26 @@ void launch(int64_t B, int64_t N, int64_t M, const void* b1, const void* b2, voi
                   static_cast<unsigned>(std::min<int64_t>(ceil_div<int64_t>(N, 8), 65535)),
                   static_cast<unsigned>(std::min<int64_t>(B, 65535)));
   box_iou_kernel<T, FMT, KIND><<<grid, block, 0, stream>>>(
-      static_cast<const T*>(b1), static_cast<const T*>(b2), static_cast<T*>(out), B, N, M, eps);
+      static_cast<const T*>(b1), static_cast<const T*>(b2), static_cast<iou_out_t<T>*>(out), B, N, M,
+      eps);
   DK_CUDA_CHECK_LAUNCH("box_iou_kernel");
 }
 
 template <typename T, int FMT>
 void launch_kind(int kind, int64_t B, int64_t N, int64_t M, const void* b1, const void* b2,
-                 void* out, T eps, cudaStream_t s) {
+                 void* out, iou_out_t<T> eps, cudaStream_t s) {
   switch (kind) {
     case kIoU: return launch<T, FMT, kIoU>(B, N, M, b1, b2, out, eps, s);
     case kGIoU: return launch<T, FMT, kGIoU>(B, N, M, b1, b2, out, eps, s);
-    case kDIoU: return launch<T, FMT, kDIoU>(B, N, M, b1, b2, out, eps, s);
-    case kCIoU: return launch<T, FMT, kCIoU>(B, N, M, b1, b2, out, eps, s);
   }
-  throw std::invalid_argument("box_iou: unknown kind");
+  if constexpr (!IouTypes<T>::kInt) {
+    switch (kind) {
+      case kDIoU: return launch<T, FMT, kDIoU>(B, N, M, b1, b2, out, eps, s);
+      case kCIoU: return launch<T, FMT, kCIoU>(B, N, M, b1, b2, out, eps, s);
+    }
+    throw std::invalid_argument("box_iou: unknown kind");
+  }
+  throw std::invalid_argument("box_iou: integer boxes take IoU or GIoU only");
 }
 
 template <typename T>
@@ -42,9 +48,10 @@ void launch_fmt(int fmt, int kind, double eps, int64_t B, int64_t N, int64_t M, 
   if (kind != kIoU && fmt != kXYXY)
     throw std::invalid_argument("box_iou: GIoU/DIoU/CIoU take xyxy boxes");
   switch (fmt) {
-    case kXYXY: return launch_kind<T, kXYXY>(kind, B, N, M, b1, b2, out, T(eps), s);
-    case kXYWH: return launch_kind<T, kXYWH>(kind, B, N, M, b1, b2, out, T(eps), s);
-    case kCXCYWH: return launch_kind<T, kCXCYWH>(kind, B, N, M, b1, b2, out, T(eps), s);
+    case kXYXY: return launch_kind<T, kXYXY>(kind, B, N, M, b1, b2, out, iou_out_t<T>(eps), s);
+    case kXYWH: return launch_kind<T, kXYWH>(kind, B, N, M, b1, b2, out, iou_out_t<T>(eps), s);
+    case kCXCYWH:
+      return launch_kind<T, kCXCYWH>(kind, B, N, M, b1, b2, out, iou_out_t<T>(eps), s);
   }
   throw std::invalid_argument("box_iou: unknown fmt");
 }
@@ -59,8 +66,10 @@ void box_iou_cuda(int dtype, int fmt, int kind, double eps, int64_t B, int64_t N
   switch (dtype) {
     case kFloat32: return launch_fmt<float>(fmt, kind, eps, B, N, M, boxes1, boxes2, out, s);
     case kFloat64: return launch_fmt<double>(fmt, kind, eps, B, N, M, boxes1, boxes2, out, s);
+    case kInt32: return launch_fmt<int32_t>(fmt, kind, eps, B, N, M, boxes1, boxes2, out, s);
+    case kInt64: return launch_fmt<int64_t>(fmt, kind, eps, B, N, M, boxes1, boxes2, out, s);
   }
-  throw std::invalid_argument("box_iou: dtype must be float32 or float64");
+  throw std::invalid_argument("box_iou: dtype must be float32, float64, int32 or int64");
 }
 
 }  // namespace detkernels

@@ -2,6 +2,8 @@
 // the CuPy backend (NVRTC compiles it from detkernels/backends/cupy_kernels.cu, instantiated by
 // name): one copy of the GPU code. One thread per output element, a block's column boxes staged in
 // shared memory. Exactness comes from the compile flags (--fmad=false, IEEE division) of both.
+// T: the boxes' dtype (float, double, int32_t, int64_t); the output is iou_out_t<T> (T, or float
+// for integers).
 #pragma once
 #include "ops/box_iou/box_iou.h"
 
@@ -13,7 +15,8 @@ constexpr int kBoxIouTile = 32;  // block = (kBoxIouTile, 8) threads
 // are not limited by the 65535-block grid dimensions.
 template <typename T, int FMT, int KIND>
 __global__ void box_iou_kernel(const T* __restrict__ b1, const T* __restrict__ b2,
-                               T* __restrict__ out, int64_t B, int64_t N, int64_t M, T eps) {
+                               iou_out_t<T>* __restrict__ out, int64_t B, int64_t N, int64_t M,
+                               iou_out_t<T> eps) {
   __shared__ T cols[kBoxIouTile][4];
   __shared__ T col_area[kBoxIouTile];
   const int64_t j0 = static_cast<int64_t>(blockIdx.x) * kBoxIouTile;
