@@ -167,6 +167,42 @@ def test_concurrent_python_threads(threads):
     assert not failures, failures[:3]
 
 
+def test_set_num_threads_while_others_run():
+    """set_num_threads from one thread while four others run parallel loops: each call sees one
+    thread count (chunks in 1..8) and still covers every element exactly once."""
+    stop = threading.Event()
+    failures: list[str] = []
+
+    def toggle() -> None:
+        k = 0
+        while not stop.is_set():
+            detkernels.set_num_threads(1 + k % 8)
+            k += 1
+
+    def call(seed: int) -> None:
+        g = np.random.default_rng(seed)
+        try:
+            for _ in range(200):
+                n, grain = int(g.integers(1, 3000)), int(g.integers(1, 60))
+                r = _C._parallel_probe(n, grain, 4, -1, 0)
+                assert 1 <= r[0] <= min(8, -(-n // grain)) and r[2:4] == [r[0], 0], (n, grain, r[:5])
+                assert r[5:] == [1] * n, (n, grain)
+        except BaseException as e:  # reported below
+            failures.append(f"{type(e).__name__}: {e}")
+
+    t = threading.Thread(target=toggle)
+    ts = [threading.Thread(target=call, args=(k,)) for k in range(4)]
+    t.start()
+    for c in ts:
+        c.start()
+    for c in ts:
+        c.join(timeout=300)
+    stop.set()
+    t.join()
+    assert not any(c.is_alive() for c in ts), "a caller hung"
+    assert not failures, failures[:3]
+
+
 def test_chunks_follow_set_num_threads():
     """Grow, shrink, grow again in one process. The rendezvous makes every chunk wait until all
     have started, so it completes only if each chunk really has its own thread."""
