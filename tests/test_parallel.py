@@ -168,8 +168,8 @@ def test_concurrent_python_threads(threads):
 
 
 def test_set_num_threads_while_others_run():
-    """set_num_threads from one thread while four others run parallel loops: each call sees one
-    thread count (chunks in 1..8) and still covers every element exactly once."""
+    """set_num_threads from one thread while four others run (nested) parallel loops: each call
+    sees one thread count (chunks in 1..8) and still covers every element exactly once."""
     stop = threading.Event()
     failures: list[str] = []
 
@@ -185,7 +185,10 @@ def test_set_num_threads_while_others_run():
             for _ in range(200):
                 n, grain = int(g.integers(1, 3000)), int(g.integers(1, 60))
                 r = _C._parallel_probe(n, grain, 4, -1, 0)
-                assert 1 <= r[0] <= min(8, -(-n // grain)) and r[2:4] == [r[0], 0], (n, grain, r[:5])
+                assert 1 <= r[0] <= min(8, -(-n // grain)), (n, grain, r[:5])
+                # Nested loops of a split job run inline; one under an unsplit (inline) call
+                # may still use the pool.
+                assert (r[2:4] == [r[0], 0]) if r[0] > 1 else (1 <= r[2] + r[3] <= 4), r[:5]
                 assert r[5:] == [1] * n, (n, grain)
         except BaseException as e:  # reported below
             failures.append(f"{type(e).__name__}: {e}")

@@ -10,8 +10,8 @@
 // Concurrency policy: a second caller that finds the pool busy runs its loop inline rather than
 // queueing. The busy pool already occupies num_threads() cores, so queueing would only make the
 // second caller idle until the first job ends; inline it makes progress at once, cannot deadlock,
-// and its result is the same (independent of chunking by contract). Nested calls (from a chunk,
-// on a worker or on the caller) run inline for the same reason: every worker is already busy.
+// and its result is the same (independent of chunking by contract). Nested calls (from a chunk
+// of a split job, on a worker or on the caller) run inline: every worker is already busy.
 //
 // Idle workers sleep on a condition variable; nobody spins. (A 20 and a 100 us spin before
 // sleeping were measured on a shared 2-core machine: no faster than none, often slower, since the

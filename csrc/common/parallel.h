@@ -4,8 +4,9 @@
 //
 // The pool (parallel.cpp) starts lazily on the first parallel call and grows when num_threads()
 // grows; a smaller num_threads() just uses fewer of its workers. It runs one job at a time: a
-// call made while another thread's job holds the pool, or from inside a chunk (nesting), runs
-// inline on the calling thread instead of waiting. A forked child starts a fresh pool. Workers
+// call made while another thread's job holds the pool, or from inside a chunk of a split job
+// (nesting), runs inline on the calling thread instead of waiting. (A call made inside an unsplit
+// one -- too small, or inline because the pool was busy -- may use the pool itself.) A forked child starts a fresh pool. Workers
 // are detached and never torn down, so they neither delay nor crash process exit.
 #pragma once
 #include <cstdint>
