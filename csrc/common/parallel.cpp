@@ -163,11 +163,8 @@ struct Pool {
     j.run_chunks();
     t_in_parallel = false;
     {
-      std::lock_guard<std::mutex> lk(m);
-      job = nullptr;  // every chunk is claimed: no one else needs to enter
-    }
-    {
       std::unique_lock<std::mutex> lk(m);
+      job = nullptr;  // every chunk is claimed: no one else needs to enter
       done_cv.wait(lk, [&] { return j.inside.load(std::memory_order_acquire) == 0; });
     }
     for (auto& e : j.errors)
