@@ -53,6 +53,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("build_info", &build_info);
   m.def("num_threads", &detkernels::num_threads);
   m.def("set_num_threads", &detkernels::set_num_threads, py::arg("n"));
+  m.def("_parallel_probe", &detkernels::testing::parallel_probe, nogil);  // tests only
   m.def("cuda_device_count", [] {
 #ifdef DETKERNELS_WITH_CUDA
     return detkernels::cuda_device_count();

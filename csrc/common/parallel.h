@@ -1,8 +1,17 @@
-// CPU parallelism: contiguous chunks on std::threads. Every output element is computed by exactly
-// one chunk, so results never depend on the thread count.
+// CPU parallelism: contiguous chunks on a pool of persistent worker threads. Every output element
+// is computed by exactly one chunk, so results never depend on the thread count or on which
+// thread ran which chunk.
+//
+// The pool (parallel.cpp) starts lazily on the first parallel call and grows when num_threads()
+// grows; a smaller num_threads() just uses fewer of its workers. It runs one job at a time: a
+// call made while another thread's job holds the pool, or from inside a chunk of a split job
+// (nesting), runs inline on the calling thread instead of waiting. (A call made inside an unsplit
+// one -- too small, or inline because the pool was busy -- may use the pool itself.) A forked child starts a fresh pool. Workers
+// are detached and never torn down, so they neither delay nor crash process exit.
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <vector>
 
 namespace detkernels {
 
@@ -10,8 +19,20 @@ namespace detkernels {
 int num_threads();
 void set_num_threads(int n);
 
-// Calls f(lo, hi) over contiguous chunks covering [0, n), on at most num_threads() threads, each
-// chunk at least `grain` long (so small inputs run inline, without spawning anything).
+// Calls f(lo, hi) over contiguous chunks covering [0, n), at most num_threads() chunks of at
+// least `grain` each (so small inputs run inline); the calling thread runs chunks too. An
+// exception thrown by a chunk is rethrown here (the lowest chunk's, once all chunks finished).
 void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& f);
+
+namespace testing {
+// For tests/test_parallel.py (the kernels reach no nesting, exceptions or rendezvous): runs
+// parallel_for(n, grain) with chunks that count their visits to each element, optionally run a
+// nested parallel_for(nested_n, 1), throw std::runtime_error if they contain `throw_at`, and,
+// if rendezvous > 0, wait (up to 10 s) until that many chunks are running at once.
+// Returns {chunks, distinct threads, nested chunks run inline on the outer chunk's thread,
+// nested chunks elsewhere, rendezvous timed out (0/1), visits[0], ..., visits[n-1]}.
+std::vector<int64_t> parallel_probe(int64_t n, int64_t grain, int64_t nested_n, int64_t throw_at,
+                                    int64_t rendezvous);
+}  // namespace testing
 
 }  // namespace detkernels
