@@ -45,11 +45,23 @@ py::dict build_info() {
   return d;
 }
 
+// Releases the GIL around a kernel. Unlike py::gil_scoped_release, its destructor may throw: a
+// daemon thread that finishes a kernel while the interpreter shuts down is ended inside
+// PyEval_RestoreThread by a forced unwind, which must propagate (a noexcept destructor turns it
+// into std::terminate and aborts the whole process; pybind11 #2215).
+struct ReleaseGil {
+  PyThreadState* state = PyEval_SaveThread();
+  ReleaseGil() = default;
+  ReleaseGil(const ReleaseGil&) = delete;
+  ReleaseGil& operator=(const ReleaseGil&) = delete;
+  ~ReleaseGil() noexcept(false) { PyEval_RestoreThread(state); }
+};
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "detkernels compiled core (raw-buffer kernels; see detkernels/backends/native.py)";
-  auto nogil = py::call_guard<py::gil_scoped_release>();
+  auto nogil = py::call_guard<ReleaseGil>();
   m.def("build_info", &build_info);
   m.def("num_threads", &detkernels::num_threads);
   m.def("set_num_threads", &detkernels::set_num_threads, py::arg("n"));

@@ -320,12 +320,12 @@ def test_multiprocessing_fork_context():
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-@pytest.mark.parametrize("how", ["return", "sys.exit", "after-other-thread"])
+@pytest.mark.parametrize("how", ["return", "sys.exit", "after-other-thread", "daemon-in-kernel"])
 def test_interpreter_exits_cleanly(how):
     """Workers are detached and the pool is never torn down: an interpreter that used an 8-worker
-    pool exits 0 without waiting for them. (Not covered: a daemon Python thread still inside a
-    kernel at exit aborts the process in pybind11's gil_scoped_release destructor, pool or not --
-    pybind11 issue #2215.)"""
+    pool exits 0 without waiting for them -- also while a daemon thread is inside a kernel (its
+    GIL re-acquisition at shutdown ends the thread; with pybind11's noexcept gil_scoped_release
+    that aborted the process, pybind11 #2215)."""
     r = _run_script(f"""
     detkernels.set_num_threads(8)
     work()
@@ -333,6 +333,13 @@ def test_interpreter_exits_cleanly(how):
         t = threading.Thread(target=lambda: [work() for _ in range(3)])
         t.start()
         t.join()
+    if "{how}" == "daemon-in-kernel":
+        def spin():
+            while True:
+                work()
+        for _ in range(3):
+            threading.Thread(target=spin, daemon=True).start()
+        time.sleep(0.3)
     if "{how}" == "sys.exit":
         sys.exit(0)
     print("done")
