@@ -198,14 +198,22 @@ def box_iou(b1: Any, b2: Any, kind: str, fmt: str, eps: float) -> Any:
     return out
 
 
+def _argsort(xp: Any, a: Any, axis: int = -1) -> Any:
+    """Stable argsort on ``xp`` (cupy, or numpy in tests). CuPy's sorts are always stable and
+    older CuPy releases reject a ``kind`` argument, so it is passed to NumPy only."""
+    if xp is np:
+        return np.argsort(a, axis=axis, kind="stable")
+    return xp.argsort(a, axis=axis)
+
+
 def _score_order(xp: Any, s: Any) -> Any:
     """Stable descending order of ``s`` along its last axis, NaN first, -0.0 == +0.0
     (reference.nms.score_order per row). ``xp``: cupy (or numpy, for the tests)."""
     nan = xp.isnan(s)
     # Ascending stable sort of -(s + 0): + 0 maps -0.0 to +0.0, so a radix sort sees one zero;
     # NaN keys get a finite stand-in and are then moved to the front by a second stable sort.
-    o = xp.argsort(xp.where(nan, 0, -(s + 0)), axis=-1, kind="stable")
-    return xp.take_along_axis(o, xp.argsort(~xp.take_along_axis(nan, o, -1), axis=-1, kind="stable"), -1)
+    o = _argsort(xp, xp.where(nan, 0, -(s + 0)))
+    return xp.take_along_axis(o, _argsort(xp, (~xp.take_along_axis(nan, o, -1)).astype(xp.uint8)), -1)
 
 
 @register("nms", "cupy", devices=("cuda",))
@@ -220,7 +228,7 @@ def nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float) -> Any:
         mod = _module(cp)
         s, c = _view(cp, scores), _view(cp, classes)
         o1 = _score_order(cp, s)
-        o = o1 if c is None else o1[cp.argsort(c[o1], kind="stable")]
+        o = o1 if c is None else o1[_argsort(cp, c[o1])]
         cols = cp.empty((5, n), dtype=dt)
         scls = cp.empty(n, dtype=cp.int64)
         mod.get_function(f"detkernels::cupy_nms::gather<{T}>")(
@@ -271,12 +279,12 @@ def _multi_plan(xp: Any, s: Any, cls: Any, N: int, Cc: int, sthr: float | None) 
     o1 = _score_order(xp, s)
     o = o1
     if cls is not None:
-        o = xp.take_along_axis(o, xp.argsort(xp.take_along_axis(cls, o, 1), axis=1, kind="stable"), 1)
+        o = xp.take_along_axis(o, _argsort(xp, xp.take_along_axis(cls, o, 1), 1), 1)
     n = B * M
     if sthr is not None:
         v2 = s.astype(xp.float64) > sthr  # NaN fails
         inval = (~xp.take_along_axis(v2, o, 1)).astype(xp.uint8)
-        o = xp.take_along_axis(o, xp.argsort(inval, axis=1, kind="stable"), 1)
+        o = xp.take_along_axis(o, _argsort(xp, inval, 1), 1)
         valid = xp.take_along_axis(v2, o, 1).reshape(n)
     else:
         valid = xp.ones(n, dtype=bool)
@@ -306,7 +314,7 @@ def _multi_outputs(xp: Any, o1: Any, o: Any, keep: Any, valid: Any, max_output: 
     by_cand = xp.zeros(n, dtype=bool)
     by_cand[(xp.arange(n, dtype=xp.int64) // M) * M + o.reshape(n)] = kept
     ko = xp.take_along_axis(by_cand.reshape(B, M), o1, 1)  # kept flags in score order
-    final = xp.take_along_axis(o1, xp.argsort((~ko).astype(xp.uint8), axis=1, kind="stable"), 1)
+    final = xp.take_along_axis(o1, _argsort(xp, (~ko).astype(xp.uint8), 1), 1)
     counts = xp.minimum(ko.sum(axis=1), max_output).astype(xp.int64)
     take = min(max_output, M)
     slot = xp.arange(take)[None, :] < counts[:, None]
