@@ -142,6 +142,10 @@ def _numba_cuda():
     return numba.cuda
 
 
+_NP_BACKED = ("float32", "float64", "int32", "int64", "uint8")
+_HUGE_BYTES = 4 << 20
+
+
 def empty(shape: tuple, dtype: str, like: Any) -> Any:
     """An uninitialised array of ``like``'s kind and device."""
     k = kind(like)
@@ -149,6 +153,12 @@ def empty(shape: tuple, dtype: str, like: Any) -> Any:
         return np.empty(shape, dtype=dtype)
     if k == "torch":
         torch = sys.modules["torch"]
+        if like.device.type == "cpu" and dtype in _NP_BACKED and \
+                int(np.prod(shape)) * np.dtype(dtype).itemsize >= _HUGE_BYTES:
+            # NumPy advises the kernel to back large buffers with huge pages; torch's CPU
+            # allocator does not (unless THP_MEM_ALLOC_ENABLE=1), and first-touch page faults
+            # then cost as much as a large roi_align forward itself (~15 ms per 50 MB here).
+            return torch.from_numpy(np.empty(shape, dtype=dtype))
         return torch.empty(shape, dtype=getattr(torch, dtype), device=like.device)
     if k == "cupy":
         import cupy

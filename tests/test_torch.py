@@ -220,6 +220,19 @@ def test_torch_imported_after_detkernels_still_scripts(tmp_path):
     subprocess.run([sys.executable, str(script)], check=True, timeout=300)
 
 
+def test_large_cpu_outputs_are_ordinary_tensors(rng):
+    """Outputs of 4 MiB and more come from NumPy's allocator (huge-page advice, see
+    _arrays.empty): still plain CPU tensors of the right dtype that own their memory."""
+    b1 = torch.as_tensor(rng.uniform(0, 100, (1100, 4)).astype(np.float32)).sort(1).values
+    b2 = b1[:1000]
+    out = detkernels.box_iou(b1, b2)
+    assert out.shape == (1100, 1000) and out.dtype == torch.float32 and out.device.type == "cpu"
+    assert out.untyped_storage().nbytes() >= out.numel() * 4
+    assert_bytes_equal(out, detkernels.box_iou(b1.numpy(), b2.numpy()), "large box_iou")
+    out.add_(1)  # writable, in place
+    assert torch.equal(out[:5, :5], detkernels.box_iou(b1[:5], b2[:5]) + 1)
+
+
 def test_build_info():
     info = detkernels.build_info()
     for key in ("cuda", "cuda_version", "cuda_architectures", "float_flags"):
