@@ -98,18 +98,18 @@ _SPECS: dict = {}
 _IOU: dict = {}
 
 
+def _build(dt: np.dtype):
+    jit = numba.njit(**_JIT)
+    extra = (("columns", _columns, jit), ("nms_gather", nms_gather, jit),
+             ("nms_segment", nms_segment, jit),
+             ("nms_kernel", nms_kernel, jit),
+             ("nms_parallel_kernel", nms_parallel_kernel, numba.njit(parallel=True, **_JIT)))
+    return M.specialise(dt, _OPS, jit, extra, env=dict(np=np, prange=prange))
+
+
 def kernels(dtype: str):
     """The compiled scalar functions and NMS kernel for ``dtype`` ('float32' or 'float64')."""
-    k = _SPECS.get(dtype)
-    if k is None:
-        jit = numba.njit(**_JIT)
-        extra = (("columns", _columns, jit), ("nms_gather", nms_gather, jit),
-                 ("nms_segment", nms_segment, jit),
-                 ("nms_kernel", nms_kernel, jit),
-                 ("nms_parallel_kernel", nms_parallel_kernel, numba.njit(parallel=True, **_JIT)))
-        k = _SPECS[dtype] = M.specialise(np.dtype(dtype), _OPS, numba.njit(**_JIT), extra,
-                                         env=dict(np=np, prange=prange))
-    return k
+    return M.per_dtype(_SPECS, _build, dtype)
 
 
 def iou_kernel(dtype: str, kind: int, fmt: int):

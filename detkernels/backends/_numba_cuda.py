@@ -173,11 +173,7 @@ def _specialise(dt: np.dtype, ops: dict | None = None) -> object:
 
 def kernels(dtype) -> object:
     """The compiled (lazily, on first launch) kernels for float32 or float64."""
-    dt = np.dtype(dtype)
-    k = _SPECS.get(dt.name)
-    if k is None:
-        k = _SPECS[dt.name] = _specialise(dt)
-    return k
+    return M.per_dtype(_SPECS, _specialise, dtype)
 
 
 def signatures(dtype) -> dict:

@@ -199,6 +199,16 @@ def constants(dtype) -> dict:
     return c
 
 
+def per_dtype(cache: dict, build: Callable, dtype) -> types.SimpleNamespace:
+    """``build(np.dtype(dtype))`` once per dtype name (the backend modules' compiled kernel sets;
+    compilation itself is lazy, on first call or launch)."""
+    dt = np.dtype(dtype)
+    k = cache.get(dt.name)
+    if k is None:
+        k = cache[dt.name] = build(dt)
+    return k
+
+
 def specialise(dtype, ops: dict, compile_fn: Callable, extra: tuple = (),
                env: dict | None = None) -> types.SimpleNamespace:
     """Compile SCALAR_FUNCS (and ``extra`` functions, e.g. kernels written over them) for one

@@ -61,10 +61,7 @@ def align_fwd(x, rois, ss, PH, PW, sampling_ratio, aligned, ps, out):
         x1s, y1s, bin_w, bin_h, gh, gw = align_geometry(rois[n, 1], rois[n, 2], rois[n, 3], rois[n, 4],
                                                         ss, PH, PW, sampling_ratio, aligned, ps)
         if b < 0 or gh == 0 or gw == 0:
-            for c in range(Co):
-                for ph in range(PH):
-                    for pw in range(PW):
-                        out[n, c, ph, pw] = ZERO
+            out[n] = ZERO  # the RoI reads nothing
             continue
         count = align_sample_count(gh, gw)
         ny, ylo, yhi, ly, hy = axis_table(y1s, bin_h, PH, gh, H)
@@ -129,10 +126,7 @@ def align_fwd_nhwc(xt, rois, ss, PH, PW, sampling_ratio, aligned, out):
         x1s, y1s, bin_w, bin_h, gh, gw = align_geometry(rois[n, 1], rois[n, 2], rois[n, 3], rois[n, 4],
                                                         ss, PH, PW, sampling_ratio, aligned, False)
         if b < 0 or gh == 0 or gw == 0:
-            for c in range(C):
-                for ph in range(PH):
-                    for pw in range(PW):
-                        out[n, c, ph, pw] = ZERO
+            out[n] = ZERO  # the RoI reads nothing
             continue
         count = align_sample_count(gh, gw)
         ny, ylo, yhi, ly, hy = axis_table(y1s, bin_h, PH, gh, H)
@@ -280,11 +274,7 @@ def _build(dt: np.dtype):
 
 def kernels(dtype):
     """The compiled (lazily, on first call) kernels for float32 or float64."""
-    dt = np.dtype(dtype)
-    k = _CACHE.get(dt.name)
-    if k is None:
-        k = _CACHE[dt.name] = _build(dt)
-    return k
+    return M.per_dtype(_CACHE, _build, dtype)
 
 
 def _nchunks(channels: int) -> int:

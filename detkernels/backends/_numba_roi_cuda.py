@@ -37,17 +37,21 @@ _JIT = dict(fastmath=False)
 
 # ---- kernels (compiled per dtype; their globals are the specialisation's) -------------------------
 
+def out_index(t, Co, PH, PW):
+    """(n, c, ph, pw) of flat index t of a [K, Co, PH, PW] output."""
+    pw = t % PW
+    r = t // PW
+    ph = r % PH
+    r //= PH
+    return r // Co, r % Co, ph, pw
+
+
 def align_fwd_kernel(x, rois, ss, PH, PW, sampling_ratio, aligned, ps, out):
     N = x.shape[0]
     K, Co = out.shape[0], out.shape[1]
     total = K * Co * PH * PW
     for t in range(cuda.grid(1), total, cuda.gridsize(1)):
-        pw = t % PW
-        r = t // PW
-        ph = r % PH
-        r //= PH
-        c = r % Co
-        n = r // Co
+        n, c, ph, pw = out_index(t, Co, PH, PW)
         b = batch_index(rois[n, 0], N)
         x1s, y1s, bin_w, bin_h, gh, gw = align_geometry(rois[n, 1], rois[n, 2], rois[n, 3], rois[n, 4],
                                                         ss, PH, PW, sampling_ratio, aligned, ps)
@@ -125,12 +129,7 @@ def pool_fwd_kernel(x, rois, ss, PH, PW, ps, out, idx):
     hi_w = W - 1 if ps else W
     total = K * Co * PH * PW
     for t in range(cuda.grid(1), total, cuda.gridsize(1)):
-        pw = t % PW
-        r = t // PW
-        ph = r % PH
-        r //= PH
-        c = r % Co
-        n = r // Co
+        n, c, ph, pw = out_index(t, Co, PH, PW)
         ci = (c * PH + ph) * PW + pw if ps else c
         b = batch_index(rois[n, 0], N)
         ok, sw, sh, bin_w, bin_h = pool_geometry(rois[n, 1], rois[n, 2], rois[n, 3], rois[n, 4], ss,
@@ -204,6 +203,7 @@ _SPECS: dict = {}
 def _specialise(dt: np.dtype, ops: dict | None = None) -> object:
     dev = cuda.jit(device=True, **_JIT)
     extra = [(f.__name__, f, dev) for f in R.SCALAR_FUNCS + R.ELEMENT_FUNCS]
+    extra.append(("out_index", out_index, dev))
     kern = cuda.jit(**_JIT)
     extra.extend((name, globals()[name], kern) for name in KERNELS)
     env = dict(np=np, numba=numba, cuda=cuda, **R.constants(dt))
@@ -212,11 +212,7 @@ def _specialise(dt: np.dtype, ops: dict | None = None) -> object:
 
 def kernels(dtype) -> object:
     """The compiled (lazily, on first launch) kernels for float32 or float64."""
-    dt = np.dtype(dtype)
-    k = _SPECS.get(dt.name)
-    if k is None:
-        k = _SPECS[dt.name] = _specialise(dt)
-    return k
+    return M.per_dtype(_SPECS, _specialise, dtype)
 
 
 def signatures(dtype) -> dict:
