@@ -2,6 +2,8 @@
 +-0.0 included, byte for byte)."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 
@@ -44,3 +46,9 @@ def assert_values_equal(actual, expected, what: str = "") -> None:
         idx = np.argwhere(bad)[:5]
         detail = ", ".join(f"{tuple(i)}: {a[tuple(i)]!r} vs {e[tuple(i)]!r}" for i in idx)
         raise AssertionError(f"{what}: {int(bad.sum())} of {a.size} elements differ ({detail})")
+
+
+# PTX patterns the numba.cuda lints forbid (test_numba_ptx.py, test_numba_roi_cuda.py).
+PTX_FMA = re.compile(r"\bfma\.")
+PTX_F64 = re.compile(r"\.f64\b")
+PTX_APPROX = re.compile(r"\.(approx|full)\b|\.ftz\b")

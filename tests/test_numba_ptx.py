@@ -8,11 +8,10 @@ import re
 
 import pytest
 
+from _helpers import PTX_APPROX as APPROX, PTX_F64 as F64, PTX_FMA as FMA
+
 pytest.importorskip("numba", reason="numba is not installed (pip install 'detkernels[numba]')")
 
-FMA = re.compile(r"\bfma\.")
-F64 = re.compile(r"\.f64\b")
-APPROX = re.compile(r"\.(approx|full)\b|\.ftz\b")
 
 
 @pytest.fixture(scope="module")

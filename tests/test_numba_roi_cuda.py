@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _helpers import PTX_APPROX as APPROX, PTX_F64 as F64, PTX_FMA as FMA
+
 pytest.importorskip("numba", reason="numba is not installed (pip install 'detkernels[numba]')")
 
 HERE = Path(__file__).resolve().parent
@@ -151,9 +153,6 @@ def _simulate(op: str) -> None:
 
 # ---- PTX lint -------------------------------------------------------------------------------------
 
-FMA = re.compile(r"\bfma\.")
-F64 = re.compile(r"\.f64\b")
-APPROX = re.compile(r"\.(approx|full)\b|\.ftz\b")
 ATOMIC = re.compile(r"\b(atom|red)\.")
 
 
