@@ -6,10 +6,11 @@ import numpy as np
 N, C, H, W = 2, 8, 11, 13
 
 
-def features(seed: int, dtype=np.float32, c: int = C) -> np.ndarray:
-    """[N, c, H, W] standard normal features, with exact ties in one channel (for RoIPool)."""
+def features(seed: int, dtype=np.float32, c: int = C, n: int = N) -> np.ndarray:
+    """[n, c, H, W] standard normal features, with exact ties in one channel (for RoIPool).
+    ``n = 0`` is the empty-batch family: every RoI, batch index -0.5 included, reads nothing."""
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((N, c, H, W)).astype(dtype)
+    x = rng.standard_normal((n, c, H, W)).astype(dtype)
     x[:, 0, 3:6, :] = 1.0
     return x
 

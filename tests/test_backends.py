@@ -188,9 +188,11 @@ def test_half_precision_promotes(backend, torch, rng):
 
 # ---- RoI ops: forward and backward, every backend x placement (GPU rows skip without a device) ----
 ROI_OPS = ("roi_align", "ps_roi_align", "roi_pool", "ps_roi_pool")
-# (spatial_scale, PH, PW, sampling_ratio, valid boxes too): an adaptive grid over the adversarial
-# boxes (huge ones dropped: their grids are slow), and a fixed grid over valid + adversarial ones.
-ROI_CONFIGS = {"adaptive": (0.5, 2, 2, 0, False), "fixed": (0.75, 2, 3, 2, True)}
+# (spatial_scale, PH, PW, sampling_ratio, valid boxes too, images): an adaptive grid over the
+# adversarial boxes (huge ones dropped: their grids are slow), a fixed grid over valid +
+# adversarial ones, and the same over an empty batch (N = 0: batch index -0.5 must not read image 0).
+ROI_CONFIGS = {"adaptive": (0.5, 2, 2, 0, False, 2), "fixed": (0.75, 2, 3, 2, True, 2),
+               "empty_batch": (0.75, 2, 3, 2, True, 0)}
 
 
 def _roi_case(op: str, backend: str, lib: str, device: str, dtype: str, mod, cfg: str):
@@ -199,10 +201,10 @@ def _roi_case(op: str, backend: str, lib: str, device: str, dtype: str, mod, cfg
     from detkernels import roi_ops
     from detkernels.reference import roi_align as RA, roi_pool as RP
 
-    ss, ph, pw, sr, valid = ROI_CONFIGS[cfg]
+    ss, ph, pw, sr, valid, images = ROI_CONFIGS[cfg]
     T = np.dtype(dtype).type
     ps = op.startswith("ps_")
-    x = features(7, T, c=ph * pw * 2 if ps else 4)
+    x = features(7, T, c=ph * pw * 2 if ps else 4, n=images)
     rois = boxes_adversarial(7, T)
     if valid:
         rois = np.concatenate([boxes_valid(7, 12, T), rois])

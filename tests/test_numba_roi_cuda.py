@@ -148,6 +148,24 @@ def _simulate(op: str) -> None:
         assert out.shape[0] == 0
         assert_bytes_equal(gi.copy_to_host(), np.zeros((N, C, H, W), dtype), f"{op} K=0 backward")
         checks += 1
+        # An empty batch (N = 0) with RoIs, batch index -0.5 among them: every RoI reads nothing.
+        x0 = features(4, dtype, c=12, n=0)
+        ps = op.startswith("ps")
+        g1 = grad_like((len(rois), 2 if ps else 12, 2, 3), 2, dtype)
+        if "align" in op:
+            out = NB.roi_align(d(x0), d(rois), 1.0, 2, 3, 2, True, ps).copy_to_host()
+            gi = NB.roi_align_backward(d(g1), d(rois), 1.0, 2, 3, 0, 12, H, W, 2, True, ps)
+            ref = (RA.ps_roi_align(x0, rois, 1.0, 2, 3, 2) if ps
+                   else RA.roi_align(x0, rois, 1.0, 2, 3, 2, True))
+        else:
+            out, idx = NB.roi_pool(d(x0), d(rois), 1.0, 2, 3, ps)
+            out, idx = out.copy_to_host(), idx.copy_to_host()
+            ref, ridx = (RP.ps_roi_pool if ps else RP.roi_pool)(x0, rois, 1.0, 2, 3)
+            assert_bytes_equal(idx, ridx, f"{op} N=0 index map")
+            gi = NB.roi_pool_backward(d(g1), d(rois), d(ridx), 1.0, 2, 3, 0, 12, H, W, ps)
+        assert_bytes_equal(out, ref, f"{op} N=0 forward")
+        assert not out.any() and gi.copy_to_host().shape == (0, 12, H, W)
+        checks += 1
     print(f"{op}: {checks} checks passed in {time.time() - t0:.1f} s")
 
 

@@ -201,6 +201,24 @@ def test_batch_index_rule():
     assert_bytes_equal(gi, torch.zeros_like(gi), "no gradient from bad batch indices")
 
 
+@pytest.mark.parametrize("backend", ["native", "numba", "numpy"])
+@pytest.mark.parametrize("op", ["roi_align", "ps_roi_align", "roi_pool", "ps_roi_pool"])
+def test_empty_batch_reads_nothing(op, backend):
+    """Issue 19.1: N = 0 feature maps with a batch index in (-1, 0) segfaulted (native), returned
+    garbage (numba) or raised IndexError (reference): trunc(-0.5) = 0 is no image of an empty batch."""
+    if why := detkernels._registry.why_not(backend, op.removeprefix("ps_"), "cpu", "float32"):
+        pytest.skip(why)
+    x = torch.empty(0, 4, 8, 8, requires_grad=True)
+    rois = torch.tensor([[-0.5, 0.0, 0.0, 4.0, 4.0], [0.0, 1, 1, 5, 5], [-0.0, 2, 2, 3, 3]])
+    args = (2, 1.0, 2) if op.endswith("align") else (2, 1.0)
+    out = getattr(detkernels, op)(x, rois, *args, backend=backend)
+    assert_bytes_equal(out, torch.zeros(3, 1 if op.startswith("ps") else 4, 2, 2), "forward")
+    (gi,) = torch.autograd.grad(out, x, torch.ones_like(out))
+    assert gi.shape == x.shape
+    np_out = getattr(detkernels, op)(x.detach().numpy(), rois.numpy(), *args, backend=backend)
+    assert_bytes_equal(np_out, out.detach().numpy(), "numpy arrays")
+
+
 def test_out_of_range_samples_contribute_exactly_zero():
     """SPEC.md §1.3: torchvision CPU adds 0 * input[b, c, 0, 0] for out-of-range samples."""
     x = torch.zeros(1, 2, 8, 8)

@@ -48,16 +48,21 @@ def _rois(family: str, seed: int, dtype, sr: int) -> np.ndarray:
     return np.ascontiguousarray(b)
 
 
+def _images(family: str) -> int:
+    """The empty_batch family: the adversarial RoIs (batch index -0.5 among them) over N = 0."""
+    return 0 if family == "empty_batch" else N
+
+
 CASES = [(seed, fam, dt, sr, al)
          for seed in (0, 1)
-         for fam in ("valid", "adversarial")
+         for fam in ("valid", "adversarial", "empty_batch")
          for dt in (np.float32, np.float64)
          for sr, al in ((0, False), (2, True), (-1, True), (3, False))]
 
 
 @pytest.mark.parametrize("seed,family,dtype,sr,aligned", CASES)
 def test_emulated_roi_align_matches_reference(seed, family, dtype, sr, aligned):
-    x = features(seed, dtype)
+    x = features(seed, dtype, n=_images(family))
     rois = _rois(family, seed, dtype, sr)
     for scale, ph, pw in ((1.0, 2, 3), (0.5, 3, 2)):
         out = _emulate_forward(x, rois, scale, ph, pw, sr, aligned, False)
@@ -70,7 +75,7 @@ def test_emulated_roi_align_matches_reference(seed, family, dtype, sr, aligned):
 @pytest.mark.parametrize("seed,family,dtype,sr", [(s, f, d, r) for s, f, d, r, a in CASES if a])
 def test_emulated_ps_roi_align_matches_reference(seed, family, dtype, sr):
     ph, pw = 2, 2
-    x = features(seed, dtype, c=2 * ph * pw)
+    x = features(seed, dtype, c=2 * ph * pw, n=_images(family))
     rois = _rois(family, seed, dtype, sr)
     out = _emulate_forward(x, rois, 0.75, ph, pw, sr, True, True)
     assert_bytes_equal(out, ref.ps_roi_align(x, rois, 0.75, ph, pw, sr))

@@ -44,14 +44,19 @@ def _rois(family: str, seed: int, dtype) -> np.ndarray:
                                 else boxes_adversarial(seed, dtype))
 
 
-CASES = [(seed, fam, dt) for seed in (0, 1, 2) for fam in ("valid", "adversarial")
+def _images(family: str) -> int:
+    """The empty_batch family: the adversarial RoIs (batch index -0.5 among them) over N = 0."""
+    return 0 if family == "empty_batch" else N
+
+
+CASES = [(seed, fam, dt) for seed in (0, 1, 2) for fam in ("valid", "adversarial", "empty_batch")
          for dt in (np.float32, np.float64)]
 SIZES = ((1.0, 2, 3), (0.5, 3, 2), (0.75, 1, 1), (2.0, 4, 4))
 
 
 @pytest.mark.parametrize("seed,family,dtype", CASES)
 def test_emulated_roi_pool_matches_reference(seed, family, dtype):
-    x = features(seed, dtype)
+    x = features(seed, dtype, n=_images(family))
     rois = _rois(family, seed, dtype)
     for scale, ph, pw in SIZES:
         out, am = _forward(x, rois, scale, ph, pw, False)
@@ -66,7 +71,7 @@ def test_emulated_roi_pool_matches_reference(seed, family, dtype):
 @pytest.mark.parametrize("seed,family,dtype", CASES)
 def test_emulated_ps_roi_pool_matches_reference(seed, family, dtype):
     for scale, ph, pw in SIZES:
-        x = features(seed, dtype, c=2 * ph * pw)
+        x = features(seed, dtype, c=2 * ph * pw, n=_images(family))
         rois = _rois(family, seed, dtype)
         out, cmap = _forward(x, rois, scale, ph, pw, True)
         r_out, r_cmap = ref.ps_roi_pool(x, rois, scale, ph, pw)

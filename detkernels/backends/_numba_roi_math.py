@@ -46,8 +46,9 @@ def imax(a, b):
 
 
 def batch_index(v, n_images):
-    """trunc(v) if -1 < v < N, else -1 (NaN, inf, out of range: the RoI reads nothing)."""
-    if not (v > NEG1 and v < TT(n_images)):
+    """trunc(v) if N > 0 and -1 < v < N, else -1 (NaN, inf, out of range, empty batch: the RoI
+    reads nothing; with N = 0, v in (-1, 0) would truncate to image 0)."""
+    if not (n_images > 0 and v > NEG1 and v < TT(n_images)):
         return -1
     return int(v)
 

@@ -31,8 +31,8 @@ adds ``0 * v[0, 0]`` instead, which is NaN when that element is not finite (SPEC
 
 Divergences from torchvision, all where torchvision crashes, reads out of bounds or never finishes:
 
-* batch index: ``b = trunc(rois[n, 0])`` when ``-1 < rois[n, 0] < N``; otherwise (NaN, inf, out of
-  range) RoI ``n`` reads nothing: output 0 and no gradient. Same on every backend.
+* batch index: ``b = trunc(rois[n, 0])`` when ``N > 0`` and ``-1 < rois[n, 0] < N``; otherwise (NaN,
+  inf, out of range, empty batch) RoI ``n`` reads nothing: output 0 and no gradient. Same on every backend.
 * zero samples (``gh == 0`` or ``gw == 0``: NaN or non-positive size with adaptive sampling, or an
   empty map) give 0 (torchvision's ps_roi_align gives 0/0 = NaN).
 * adaptive grids are capped at ``MAX_GRID = 65536`` samples per axis and bin (torchvision would
@@ -74,8 +74,9 @@ def working_dtype(dtype) -> np.dtype:
 
 
 def batch_index(v, n_images: int) -> int | None:
-    """``trunc(v)`` if ``-1 < v < N`` else None (NaN, inf and out-of-range indices read nothing)."""
-    if not (v > -1 and v < n_images):
+    """``trunc(v)`` if ``N > 0`` and ``-1 < v < N``, else None (NaN, inf, out-of-range indices and
+    every index of an empty batch read nothing: ``v`` in (-1, 0) would truncate to image 0)."""
+    if not (n_images > 0 and v > -1 and v < n_images):
         return None
     return int(v)
 

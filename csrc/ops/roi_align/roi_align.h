@@ -25,9 +25,10 @@ namespace detkernels {
 
 constexpr int64_t kRoiMaxGrid = int64_t(1) << 16;
 
-// trunc(v) when -1 < v < n (NaN fails both tests), else -1: that RoI reads nothing.
+// trunc(v) when -1 < v < n (NaN fails both tests), else -1: that RoI reads nothing. n > 0 is
+// tested first: with no images, v in (-1, 0) would truncate to image 0 of an empty batch.
 template <typename T> DK_HD int64_t roi_batch_index(T v, int64_t n) {
-  return (v > T(-1) && v < T(n)) ? static_cast<int64_t>(v) : int64_t(-1);
+  return (n > 0 && v > T(-1) && v < T(n)) ? static_cast<int64_t>(v) : int64_t(-1);
 }
 
 // Samples per axis and bin from the bin size (adaptive sampling): 0 for NaN or <= 0.
