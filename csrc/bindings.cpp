@@ -95,7 +95,7 @@ PYBIND11_MODULE(_C, m) {
            uintptr_t out_cls, uintptr_t counts) {
           const bool has = !score_thr.is_none();
           const double st = has ? score_thr.cast<double>() : 0.0;
-          py::gil_scoped_release release;
+          ReleaseGil release;  // not py::gil_scoped_release: see ReleaseGil
           detkernels::nms_multi_cpu(dtype, ptr(boxes), ptr(scores), ptr<const int64_t>(classes),
                                     B, N, C, thr, has, st, max_output, ptr<int64_t>(out_idx),
                                     ptr<int64_t>(out_cls), ptr<int64_t>(counts));
@@ -107,7 +107,7 @@ PYBIND11_MODULE(_C, m) {
            int scan_threads) {
           const bool has = !score_thr.is_none();
           const double st = has ? score_thr.cast<double>() : 0.0;
-          py::gil_scoped_release release;
+          ReleaseGil release;  // not py::gil_scoped_release: see ReleaseGil
           detkernels::nms_multi_emulate_cpu(
               dtype, ptr(boxes), ptr(scores), ptr<const int64_t>(classes), B, N, C, thr, has, st,
               max_output, ptr<int64_t>(out_idx), ptr<int64_t>(out_cls), ptr<int64_t>(counts),
@@ -203,7 +203,7 @@ PYBIND11_MODULE(_C, m) {
            int64_t mask_cap_bytes, int device, uintptr_t stream) {
           const bool has = !score_thr.is_none();
           const double st = has ? score_thr.cast<double>() : 0.0;
-          py::gil_scoped_release release;
+          ReleaseGil release;  // not py::gil_scoped_release: see ReleaseGil
           detkernels::nms_multi_cuda(dtype, ptr(boxes), ptr(scores), ptr<const int64_t>(classes),
                                      B, N, C, thr, has, st, max_output, ptr<int64_t>(out_idx),
                                      ptr<int64_t>(out_cls), ptr<int64_t>(counts), ptr(workspace),

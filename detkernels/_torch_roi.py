@@ -4,9 +4,13 @@ ps_roi_pool}`` and their ``_*_backward`` ops (torchvision's schemas), with fake 
 ``RoIAlign``, ``RoIPool``, ``PSRoIAlign``, ``PSRoIPool``, ``MultiScaleRoIAlign``; and the
 torchvision attributes ``patch_torchvision`` reroutes. Loaded by detkernels/_torch.py.
 
-Every torch call goes through the custom op, also in eager mode: its 20-35 us dispatch cost is
-small next to a RoI op, and it keeps one path for autograd. An explicit ``backend=`` reaches the
-op's kernel (and the backward recorded with it) through a context variable.
+Eager calls run the kernel outside torch's dispatcher (``_EagerRoi`` records the same backward
+when the input requires grad); under torch.compile/export, jit tracing or with fake/meta tensors
+they go through the custom op. Not (only) for speed: the dispatcher's Python-kernel call releases
+the GIL with pybind11's ``gil_scoped_release``, whose destructor is noexcept, so a daemon thread
+inside it when the interpreter exits is ended by a forced unwind that becomes std::terminate
+(issue 19.2); the compiled core's own GIL guard lets that unwind through. An explicit ``backend=``
+reaches the op's kernel (and the backward recorded with it) through a context variable.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from . import roi_ops as R
+from ._torch import _traced
 
 _BACKEND: contextvars.ContextVar = contextvars.ContextVar("detkernels_roi_backend", default=None)
 
@@ -258,31 +263,60 @@ def _check_torch(input: Any, rois: Any, ph: int, pw: int, ps: bool) -> None:
         raise RuntimeError(f"input is on {input.device} but rois are on {rois.device}; move them to one device")
 
 
+# name -> (kernel, backward formula): the custom op's own pair, for the eager path.
+_EAGER = {"roi_align": (_roi_align_k, _roi_align_bw), "ps_roi_align": (_ps_roi_align_k, _ps_roi_align_bw),
+          "roi_pool": (_roi_pool_k, _roi_pool_bw), "ps_roi_pool": (_ps_roi_pool_k, _ps_roi_pool_bw)}
+
+
+class _EagerRoi(torch.autograd.Function):
+    """An eager RoI op with autograd: the custom op's kernel, setup_context and backward, called
+    without the dispatcher (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, name: str, input: Tensor, rois: Tensor, *args: Any) -> Any:
+        out = _EAGER[name][0](input, rois, *args)
+        _setup(ctx, (input, rois, *args), out)
+        ctx.name = name
+        if isinstance(out, tuple):
+            ctx.mark_non_differentiable(out[1])
+        return out
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor) -> tuple:
+        gi = _EAGER[ctx.name][1](ctx, *grads)[0]
+        return (None, gi, None) + (None,) * len(ctx.args)
+
+
+def _call(name: str, input: Tensor, rois: Tensor, args: tuple, backend: str | None) -> Any:
+    with _use_backend(backend):
+        if _traced(input, rois):
+            return getattr(torch.ops.detkernels, name)(input, rois, *args)
+        if torch.is_grad_enabled() and input.requires_grad:
+            return _EagerRoi.apply(name, input, rois, *args)
+        return _EAGER[name][0](input, rois, *args)
+
+
 def roi_align(input: Tensor, rois: Tensor, spatial_scale: float, ph: int, pw: int, sampling_ratio: int,
               aligned: bool, backend: str | None) -> Tensor:
     _check_torch(input, rois, ph, pw, False)
-    with _use_backend(backend):
-        return torch.ops.detkernels.roi_align(input, rois, float(spatial_scale), ph, pw,
-                                              int(sampling_ratio), bool(aligned))
+    return _call("roi_align", input, rois, (float(spatial_scale), ph, pw, int(sampling_ratio), bool(aligned)),
+                 backend)
 
 
 def ps_roi_align(input: Tensor, rois: Tensor, spatial_scale: float, ph: int, pw: int, sampling_ratio: int,
                  backend: str | None) -> Tensor:
     _check_torch(input, rois, ph, pw, True)
-    with _use_backend(backend):
-        return torch.ops.detkernels.ps_roi_align(input, rois, float(spatial_scale), ph, pw, int(sampling_ratio))[0]
+    return _call("ps_roi_align", input, rois, (float(spatial_scale), ph, pw, int(sampling_ratio)), backend)[0]
 
 
 def roi_pool(input: Tensor, rois: Tensor, spatial_scale: float, ph: int, pw: int, backend: str | None) -> Tensor:
     _check_torch(input, rois, ph, pw, False)
-    with _use_backend(backend):
-        return torch.ops.detkernels.roi_pool(input, rois, float(spatial_scale), ph, pw)[0]
+    return _call("roi_pool", input, rois, (float(spatial_scale), ph, pw), backend)[0]
 
 
 def ps_roi_pool(input: Tensor, rois: Tensor, spatial_scale: float, ph: int, pw: int, backend: str | None) -> Tensor:
     _check_torch(input, rois, ph, pw, True)
-    with _use_backend(backend):
-        return torch.ops.detkernels.ps_roi_pool(input, rois, float(spatial_scale), ph, pw)[0]
+    return _call("ps_roi_pool", input, rois, (float(spatial_scale), ph, pw), backend)[0]
 
 
 # ---- TorchScript: calls to the public functions compile to these ops ---------------------------------

@@ -345,3 +345,65 @@ def test_interpreter_exits_cleanly(how):
     print("done")
     """, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("lib", ["numpy", "torch", "torch-grad"])
+def test_exit_while_daemon_threads_are_inside_every_op(lib):
+    """Issue 19.2: one daemon thread per public op is inside its kernel when the interpreter exits.
+    Its GIL re-acquisition then ends the thread with a forced unwind, which must pass every frame
+    between the kernel and the thread's start. Torch RoI calls went through torch's dispatcher,
+    whose noexcept pybind11 GIL guard turned that unwind into std::terminate (SIGABRT in 13 of 13
+    runs); the multi-image NMS bindings had the same guard. The calls are long (12 threads share
+    2 cores) and the main thread exits 0.15 s after all have entered them, so each thread is still
+    in its kernel then (asserted); results are kept, so no torch tensor is freed during the exit
+    (torch's own frames have the same noexcept guard: a torch op or tensor free in a daemon thread
+    at exit aborts with torch alone)."""
+    if lib != "numpy":
+        pytest.importorskip("torch")
+    r = _run_script(f"""
+    lib = "{lib}"
+    if lib != "numpy":
+        import torch
+    def arr(a, grad=False):
+        if lib == "numpy":
+            return a
+        t = torch.from_numpy(np.ascontiguousarray(a))
+        return t.requires_grad_() if grad and lib == "torch-grad" else t
+    def boxes(n, span):
+        xy = g.uniform(0, span, (n, 2)); wh = g.uniform(2, 20, (n, 2))
+        return np.concatenate([xy, xy + wh], 1).astype(np.float32)
+    b, b64 = arr(boxes(4000, 1000)), arr(boxes(6000, 1000).astype(np.float64))
+    bn = arr(boxes(24000, 20000))
+    s = arr(g.uniform(0, 1, 24000).astype(np.float32))
+    labels = arr(np.arange(24000) % 2)
+    b3, s3 = arr(boxes(24000, 20000).reshape(2, 12000, 4)), arr(g.uniform(0, 1, (2, 12000)).astype(np.float32))
+    x = arr(g.standard_normal((1, 256, 64, 64)).astype(np.float32), grad=True)
+    xp = arr(g.standard_normal((1, 16 * 49, 64, 64)).astype(np.float32), grad=True)
+    rr = g.uniform(0, 40, (6000, 5)).astype(np.float32)
+    rr[:, 0] = 0; rr[:, 3:] += rr[:, 1:3]
+    rois, rois_pool = arr(rr), arr(rr[:1000])
+    ops = {{"box_iou": lambda: detkernels.box_iou(b64, b64), "giou": lambda: detkernels.generalized_box_iou(b64, b64),
+           "diou": lambda: detkernels.distance_box_iou(b, b), "ciou": lambda: detkernels.complete_box_iou(b, b),
+           "nms": lambda: detkernels.nms(bn, s, 0.5), "batched_nms": lambda: detkernels.batched_nms(bn, s, labels, 0.5),
+           "nms_padded": lambda: detkernels.nms_padded(bn, s, 0.5, 24000),
+           "multi_image_nms": lambda: detkernels.multi_image_nms(b3, s3, 0.5, 12000),
+           "roi_align": lambda: detkernels.roi_align(x, rois, 7, 1.0, 2),
+           "ps_roi_align": lambda: detkernels.ps_roi_align(xp, rois, 7, 1.0, 4),
+           "roi_pool": lambda: detkernels.roi_pool(x, rois_pool, 7, 1.0),
+           "ps_roi_pool": lambda: detkernels.ps_roi_pool(xp, rois, 7, 1.0)}}
+    entered, done, keep = set(), set(), []
+    def call(name):
+        entered.add(name)
+        keep.append(ops[name]())
+        done.add(name)
+        threading.Event().wait()
+    for name in reversed(ops):  # the shortest calls (box_iou, giou) start last
+        threading.Thread(target=call, args=(name,), daemon=True).start()
+    while len(entered) < len(ops):
+        time.sleep(0.001)
+    time.sleep(0.15)
+    print("still inside:", sorted(set(ops) - done))
+    """, timeout=180)
+    assert r.returncode == 0, (r.returncode, r.stdout + r.stderr)
+    assert "still inside: ['batched_nms', 'box_iou', 'ciou', 'diou', 'giou', 'multi_image_nms', 'nms', " \
+           "'nms_padded', 'ps_roi_align', 'ps_roi_pool', 'roi_align', 'roi_pool']" in r.stdout, r.stdout
