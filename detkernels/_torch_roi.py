@@ -24,6 +24,8 @@ from torch import Tensor, nn
 
 from . import roi_ops as R
 from ._torch import _traced
+from .reference.roi_align import check_sampling_ratio
+from .reference.roi_pool import check_plane
 
 _BACKEND: contextvars.ContextVar = contextvars.ContextVar("detkernels_roi_backend", default=None)
 
@@ -142,12 +144,14 @@ def _fake_check(input: Tensor, rois: Tensor, ph, pw, ps: bool) -> int:
 
 @torch.library.register_fake("detkernels::roi_align")
 def _(input, rois, spatial_scale, ph, pw, sampling_ratio, aligned):
+    check_sampling_ratio(sampling_ratio)
     c = _fake_check(input, rois, ph, pw, False)
     return input.new_empty((rois.shape[0], c, ph, pw))
 
 
 @torch.library.register_fake("detkernels::ps_roi_align")
 def _(input, rois, spatial_scale, ph, pw, sampling_ratio):
+    check_sampling_ratio(sampling_ratio)
     c = _fake_check(input, rois, ph, pw, True)
     shape = (rois.shape[0], c, ph, pw)
     return input.new_empty(shape), input.new_empty(shape, dtype=torch.int32)
@@ -156,6 +160,8 @@ def _(input, rois, spatial_scale, ph, pw, sampling_ratio):
 @torch.library.register_fake("detkernels::roi_pool")
 def _(input, rois, spatial_scale, ph, pw):
     c = _fake_check(input, rois, ph, pw, False)
+    if isinstance(input.shape[2] * input.shape[3], int):  # static sizes (a symbolic one is checked at run time)
+        check_plane(input.shape[2], input.shape[3])
     shape = (rois.shape[0], c, ph, pw)
     return input.new_empty(shape), input.new_empty(shape, dtype=torch.int32)
 
@@ -299,14 +305,15 @@ def _call(name: str, input: Tensor, rois: Tensor, args: tuple, backend: str | No
 def roi_align(input: Tensor, rois: Tensor, spatial_scale: float, ph: int, pw: int, sampling_ratio: int,
               aligned: bool, backend: str | None) -> Tensor:
     _check_torch(input, rois, ph, pw, False)
-    return _call("roi_align", input, rois, (float(spatial_scale), ph, pw, int(sampling_ratio), bool(aligned)),
-                 backend)
+    sr = check_sampling_ratio(sampling_ratio)
+    return _call("roi_align", input, rois, (float(spatial_scale), ph, pw, sr, bool(aligned)), backend)
 
 
 def ps_roi_align(input: Tensor, rois: Tensor, spatial_scale: float, ph: int, pw: int, sampling_ratio: int,
                  backend: str | None) -> Tensor:
     _check_torch(input, rois, ph, pw, True)
-    return _call("ps_roi_align", input, rois, (float(spatial_scale), ph, pw, int(sampling_ratio)), backend)[0]
+    sr = check_sampling_ratio(sampling_ratio)
+    return _call("ps_roi_align", input, rois, (float(spatial_scale), ph, pw, sr), backend)[0]
 
 
 def roi_pool(input: Tensor, rois: Tensor, spatial_scale: float, ph: int, pw: int, backend: str | None) -> Tensor:
@@ -509,8 +516,6 @@ class MultiScaleRoIAlign(nn.Module):
         rois = R.rois_from_boxes(boxes)
         if len(feats) == 1:
             return R.roi_align(feats[0], rois, self.output_size, scales[0], self.sampling_ratio)
-        from ._torch import _traced
-
         levels = mapper(boxes)
         masked = feats[0].device.type != "cpu" or _traced(feats[0], rois)
         return _pool_levels(feats, scales, rois, levels, self.output_size, self.sampling_ratio, masked)

@@ -21,6 +21,8 @@ import numpy as np
 from . import _arrays as A
 from . import _registry
 from .ops import _public
+from .reference.roi_align import check_sampling_ratio
+from .reference.roi_pool import check_plane
 
 __all__ = ["roi_align", "roi_pool", "ps_roi_align", "ps_roi_pool"]
 
@@ -122,8 +124,9 @@ def roi_align_impl(input: Any, rois: Any, spatial_scale: float, ph: int, pw: int
                    aligned: bool, ps: bool, backend: str | None = None) -> Any:
     """RoIAlign / PSRoIAlign forward on arrays of one kind (no autograd): [K, Co, PH, PW]."""
     w = check_args(input, rois, ph, pw, ps)
+    sampling_ratio = check_sampling_ratio(sampling_ratio)
     fn, x, r = _prep(input, rois, w, backend, "roi_align")
-    out = fn(x, r, float(spatial_scale), int(ph), int(pw), int(sampling_ratio), bool(aligned), ps)
+    out = fn(x, r, float(spatial_scale), int(ph), int(pw), sampling_ratio, bool(aligned), ps)
     return _narrow(out, A.dtype_name(input))
 
 
@@ -134,10 +137,11 @@ def roi_align_backward_impl(grad: Any, rois: Any, spatial_scale: float, ph: int,
     dg = A.dtype_name(grad)
     w = _working(dg, A.dtype_name(rois))
     _check_grad(grad, rois, ph, pw, c, ps)
+    sampling_ratio = check_sampling_ratio(sampling_ratio)
     dev = A.same_placement(grad=grad, rois=rois)
     _, fn = _registry.select("roi_align_backward", dev, w, backend)
     gi = fn(_widen(grad, w), A.ascontig(_widen(rois, w)), float(spatial_scale), int(ph), int(pw),
-            int(n), int(c), int(h), int(w_), int(sampling_ratio), bool(aligned), ps)
+            int(n), int(c), int(h), int(w_), sampling_ratio, bool(aligned), ps)
     return _narrow(gi, dg)
 
 
@@ -145,6 +149,8 @@ def roi_pool_impl(input: Any, rois: Any, spatial_scale: float, ph: int, pw: int,
                   backend: str | None = None) -> tuple:
     """RoIPool / PSRoIPool forward on arrays of one kind: (out, argmax or channel map, int32)."""
     w = check_args(input, rois, ph, pw, ps)
+    if not ps:
+        check_plane(int(input.shape[2]), int(input.shape[3]))
     fn, x, r = _prep(input, rois, w, backend, "roi_pool")
     out, idx = fn(x, r, float(spatial_scale), int(ph), int(pw), ps)
     return _narrow(out, A.dtype_name(input)), idx
@@ -155,6 +161,8 @@ def roi_pool_backward_impl(grad: Any, rois: Any, idx: Any, spatial_scale: float,
     dg = A.dtype_name(grad)
     w = _working(dg, A.dtype_name(rois))
     _check_grad(grad, rois, ph, pw, c, ps)
+    if not ps:
+        check_plane(int(h), int(w_))
     dev = A.same_placement(grad=grad, rois=rois, idx=idx)
     if A.dtype_name(idx) != "int32" or tuple(idx.shape) != tuple(grad.shape):
         raise ValueError(f"argmax/channel_mapping must be int32 of shape {tuple(grad.shape)}, got "
@@ -182,7 +190,8 @@ def roi_align(input: Any, boxes: Any, output_size: Any, spatial_scale: float = 1
             image. Same dtype as ``input`` (float32 rois are also accepted for half features).
         output_size: ``(PH, PW)`` or an int.
         spatial_scale: factor from box coordinates to feature coordinates (e.g. 1/16).
-        sampling_ratio: samples per bin and axis; <= 0 means ``ceil(roi_size / output_size)``.
+        sampling_ratio: samples per bin and axis (an int, at most 256); <= 0 means
+            ``ceil(roi_size / output_size)`` (capped at 65536).
         aligned: shift the box by -0.5 pixel (pixel-centre alignment).
 
     Returns:

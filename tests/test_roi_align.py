@@ -461,6 +461,50 @@ def test_bad_inputs():
         torch.ops.detkernels._roi_align_backward(torch.zeros(2, C, 2, 2), torch.zeros(3, 5), 1.0, 2, 2, N, C, H, W, 2, False)
 
 
+@pytest.mark.parametrize("backend", ["native", "numba", "numpy"])
+def test_sampling_ratio_is_checked_before_any_kernel(backend):
+    """Issue 19.4: sampling_ratio = 3000, 10**5, 10**9 ended in std::bad_alloc inside the native
+    kernel (its per-RoI tap list held bins x ratio**2 entries) and kept the reference busy for
+    minutes; 2.7 was truncated to 2 (torchvision's int schema refuses it). Every backend, every
+    entry (NumPy arrays, torch eager, the custom ops and their backward, torch.compile)."""
+    if why := detkernels._registry.why_not(backend, "roi_align", "cpu", "float32"):
+        pytest.skip(why)
+    x, r = _t(features(0)), _t(boxes_valid(0, 6))
+    for sr in (3000, 10**5, 10**9):
+        for f in (detkernels.roi_align, detkernels.ps_roi_align):
+            xx = x[:, :4] if f is detkernels.roi_align else _t(features(0, c=8))
+            with pytest.raises(ValueError, match=rf"sampling_ratio must be <= 256 .*got {sr}"):
+                f(xx, r, 2, 1.0, sr, backend=backend)
+            with pytest.raises(ValueError, match="sampling_ratio must be <= 256"):
+                f(xx.numpy(), r.numpy(), 2, 1.0, sr, backend=backend)
+    with pytest.raises(TypeError, match="sampling_ratio must be an int, got float 2.7"):
+        detkernels.roi_align(x, r, 2, 1.0, 2.7, backend=backend)
+    with pytest.raises(ValueError, match="sampling_ratio must be <= 256"):
+        torch.ops.detkernels.roi_align(x, r, 1.0, 2, 2, 10**9, False)
+    with pytest.raises(ValueError, match="sampling_ratio must be <= 256"):
+        torch.ops.detkernels._roi_align_backward(torch.zeros(6, C, 2, 2), r, 1.0, 2, 2, N, C, H, W, 3000, False)
+    with pytest.raises(ValueError, match="sampling_ratio must be <= 256"):
+        ref.roi_align(features(0), boxes_valid(0, 6), 1.0, 2, 2, 10**9, False)  # refused, not spun
+
+
+def test_sampling_ratio_limit_itself_works():
+    """The largest explicit ratio (256**2 = 65536 samples per bin): same bytes as the reference,
+    forward and backward, on every CPU backend; the native kernel's memory does not grow with it."""
+    x = features(1, np.float64, c=3)
+    rois = np.array([[0, -2, -1, 9, 8], [1, 3, 2, 12, 10]], np.float64)
+    want = ref.roi_align(x, rois, 1.0, 1, 2, 256, True)
+    g = grad_like(want.shape, 1, np.float64)
+    want_gi = ref.roi_align_backward(g, rois, 1.0, 1, 2, *x.shape, 256, True)
+    for backend in ("native", "numba"):
+        if detkernels._registry.why_not(backend, "roi_align", "cpu", "float64"):
+            continue
+        xt = _t(x).requires_grad_()
+        out = detkernels.roi_align(xt, _t(rois), (1, 2), 1.0, 256, True, backend=backend)
+        assert_bytes_equal(out, want, backend)
+        (gi,) = torch.autograd.grad(out, xt, _t(g))
+        assert_bytes_equal(gi, want_gi, backend + " backward")
+
+
 @pytest.mark.parametrize("shape", [(0, 4, 8, 8), (1, 0, 8, 8), (1, 4, 0, 8), (1, 4, 8, 0), (2, 1, 1, 1)])
 @pytest.mark.parametrize("fn", ["roi_align", "roi_pool", "ps_roi_align", "ps_roi_pool"])
 def test_degenerate_shapes(shape, fn):

@@ -208,3 +208,34 @@ def test_ops_equal_torchvision_ops(dtype, channels_last):
         theirs = theirs if isinstance(theirs, tuple) else (theirs,)
         for a, b in zip(ours, theirs):
             assert_bytes_equal(a, b, name)
+
+
+@pytest.mark.parametrize("backend", ["native", "numba", "numpy"])
+def test_argmax_beyond_int32_is_refused(backend):
+    """Issue 19.3: with H*W > 2**31 (no memory needed: a zero-stride view) the native argmax wrapped
+    (e.g. -1795417306) and the backward silently dropped the gradient. roi_pool's argmax is int32
+    (torchvision's schema), so such maps are refused before any kernel, on every backend and entry;
+    ps_roi_pool (whose index map holds channels) and the largest allowed plane still work."""
+    if why := detkernels._registry.why_not(backend, "roi_pool", "cpu", "float32"):
+        pytest.skip(why)
+    big = torch.rand(1, 1, 1, 1).expand(1, 1, 50000, 50000)
+    rois = torch.tensor([[0.0, 0, 0, 49999, 49999]])
+    msg = r"height \* width = 50000 \* 50000 = 2500000000 exceeds 2147483647"
+    with pytest.raises(ValueError, match=msg):
+        detkernels.roi_pool(big, rois, 2, 1.0, backend=backend)
+    with pytest.raises(ValueError, match=msg):
+        detkernels.roi_pool(big.numpy(), rois.numpy(), 2, 1.0, backend=backend)
+    with pytest.raises(ValueError, match=msg):
+        torch.ops.detkernels._roi_pool_backward(torch.zeros(1, 1, 2, 2), rois, torch.zeros(1, 1, 2, 2, dtype=torch.int32),
+                                                1.0, 2, 2, 1, 1, 50000, 50000)
+    with pytest.raises(ValueError, match=msg):
+        ref.roi_pool(big.numpy(), rois.numpy(), 1.0, 2, 2)
+    # 46340**2 < 2**31 - 1: allowed, and the argmax of the last pixel is exact (a zero-stride map
+    # is constant, so the first pixel of each bin wins: check the bin starting at the bottom right).
+    # Not on numba: its kernels take contiguous maps, and this view would become an 8.6 GB copy.
+    if backend == "numba":
+        return
+    edge = torch.rand(1, 1, 1, 1).expand(1, 1, 46340, 46340)
+    out, am = detkernels.roi_ops.roi_pool_impl(edge, torch.tensor([[0.0, 46339, 46339, 46339, 46339]]), 1.0, 1, 1,
+                                               False, backend)
+    assert int(am.reshape(-1)[0]) == 46340 * 46340 - 1

@@ -37,6 +37,9 @@ Divergences from torchvision, all where torchvision crashes, reads out of bounds
   empty map) give 0 (torchvision's ps_roi_align gives 0/0 = NaN).
 * adaptive grids are capped at ``MAX_GRID = 65536`` samples per axis and bin (torchvision would
   need > 4e9 samples per bin there, and overflows its ``int`` sample count from 46341 on).
+* an explicit ``sampling_ratio`` above ``MAX_SAMPLING_RATIO = 256`` (over 65536 = MAX_GRID samples
+  per bin, all of them possibly in range) raises ValueError before any work (torchvision runs
+  ``sampling_ratio**2`` samples per bin and output element, for minutes or until memory runs out).
 
 Channels: ``roi_align`` output channel ``c`` reads input channel ``c``; ``ps_roi_align`` output
 ``[n, c, ph, pw]`` reads input channel ``(c*PH + ph)*PW + pw`` (C must be a multiple of PH*PW).
@@ -51,12 +54,15 @@ reference does exactly that (``_scatter_in_order``).
 """
 from __future__ import annotations
 
+import operator
 from typing import NamedTuple
 
 import numpy as np
 
 __all__ = [
     "MAX_GRID",
+    "MAX_SAMPLING_RATIO",
+    "check_sampling_ratio",
     "roi_align",
     "roi_align_backward",
     "ps_roi_align",
@@ -66,6 +72,21 @@ __all__ = [
 ]
 
 MAX_GRID = 1 << 16
+MAX_SAMPLING_RATIO = 1 << 8  # explicit ratios: at most MAX_GRID samples per bin
+
+
+def check_sampling_ratio(sampling_ratio) -> int:
+    """``sampling_ratio`` as an int (<= 0: adaptive). TypeError for a non-integer (torchvision's
+    schema is ``int``: 2.7 is refused, not truncated); ValueError above MAX_SAMPLING_RATIO."""
+    try:
+        v = operator.index(sampling_ratio)
+    except TypeError:
+        raise TypeError(f"sampling_ratio must be an int, got {type(sampling_ratio).__name__} "
+                        f"{sampling_ratio!r}") from None
+    if v > MAX_SAMPLING_RATIO:
+        raise ValueError(f"sampling_ratio must be <= {MAX_SAMPLING_RATIO} (samples per bin and axis; "
+                         f"<= 0 samples adaptively), got {v}")
+    return v
 
 
 def working_dtype(dtype) -> np.dtype:
@@ -171,6 +192,7 @@ def _prepare(input, rois):
 
 
 def _forward(input, rois, spatial_scale, PH, PW, sampling_ratio, aligned, ps):
+    sampling_ratio = check_sampling_ratio(sampling_ratio)
     out_dtype = np.asarray(input).dtype
     x, r, T = _prepare(input, rois)
     N, C, H, W = x.shape
@@ -220,6 +242,7 @@ def _scatter_in_order(keys: np.ndarray, values: np.ndarray, n_keys: int) -> np.n
 
 def _backward(grad, rois, spatial_scale, PH, PW, batch_size, channels, height, width,
               sampling_ratio, aligned, ps):
+    sampling_ratio = check_sampling_ratio(sampling_ratio)
     out_dtype = np.asarray(grad).dtype
     T = working_dtype(out_dtype).type
     gr = np.asarray(grad).astype(T, copy=False)

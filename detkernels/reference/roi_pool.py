@@ -30,7 +30,9 @@ match its forward), summed in the order (n, h, w).
 Divergences where torchvision has undefined behaviour: the batch index rule of
 ``reference.roi_align.batch_index`` (NaN/inf/out of range: output 0, argmax -1, no gradient); a
 NaN rounded coordinate makes every bin empty; rounded coordinates are clamped to [-2**31, 2**31]
-(torchvision converts them to ``int``).
+(torchvision converts them to ``int``); ``roi_pool`` refuses maps of more than ``MAX_PLANE =
+2**31 - 1`` pixels with ValueError, since its int32 argmax ``h*W + w`` would wrap (torchvision's
+does, and its backward then drops or misplaces the gradient).
 """
 from __future__ import annotations
 
@@ -38,10 +40,19 @@ import numpy as np
 
 from .roi_align import batch_index, working_dtype
 
-__all__ = ["roi_pool", "roi_pool_backward", "ps_roi_pool", "ps_roi_pool_backward", "c_round"]
+__all__ = ["roi_pool", "roi_pool_backward", "ps_roi_pool", "ps_roi_pool_backward", "c_round",
+           "MAX_PLANE", "check_plane"]
 
 FLT_MAX = np.float32(np.finfo(np.float32).max)
 _LIM = float(2**31)
+MAX_PLANE = 2**31 - 1  # roi_pool's argmax h*W + w is int32
+
+
+def check_plane(height: int, width: int) -> None:
+    """ValueError when roi_pool's int32 argmax cannot index an ``height x width`` map."""
+    if height * width > MAX_PLANE:
+        raise ValueError(f"roi_pool: input height * width = {height} * {width} = {height * width} "
+                         f"exceeds {MAX_PLANE}, the largest int32 argmax index")
 
 
 def c_round(v):
@@ -109,6 +120,7 @@ def roi_pool(input, rois, spatial_scale: float, pooled_height: int, pooled_width
     out_dtype = np.asarray(input).dtype
     x, r, T = _prep(input, rois)
     N, C, H, W = x.shape
+    check_plane(H, W)
     PH, PW = pooled_height, pooled_width
     out = np.zeros((r.shape[0], C, PH, PW), T)
     arg = np.full((r.shape[0], C, PH, PW), -1, np.int32)
@@ -132,6 +144,7 @@ def roi_pool(input, rois, spatial_scale: float, pooled_height: int, pooled_width
 def roi_pool_backward(grad, rois, argmax, spatial_scale: float, pooled_height: int, pooled_width: int,
                       batch_size: int, channels: int, height: int, width: int) -> np.ndarray:
     """``grad`` [K, C, PH, PW] -> grad_input [N, C, H, W] (``rois`` only give the batch index)."""
+    check_plane(height, width)
     out_dtype = np.asarray(grad).dtype
     T = working_dtype(out_dtype).type
     g = np.asarray(grad).astype(T, copy=False)

@@ -1,7 +1,7 @@
 // CPU loops over roi_align.h (RoIAlign and PSRoIAlign, forward and backward).
 //
-// Per RoI the in-range samples of every bin are listed once (offsets and bilinear weights do not
-// depend on the channel), then applied to each channel. Forward: RoIs split across threads.
+// Per RoI the in-range samples of each axis are listed once (they do not depend on the channel);
+// each bin's taps are their cross product, applied to each channel. Forward: RoIs split across threads.
 // roi_align works on channels-last data (the input as given, or a transposed copy when there is
 // enough work): its inner loops then run over contiguous channels and vectorise, with the
 // reference's operations and order per channel. Backward: channels split across threads; each
@@ -24,35 +24,37 @@ template <typename T> struct Taps {
   T w[4];
 };
 
-// In-range samples of one RoI, bin-major (ph, pw), then iy, ix: bin k owns taps[start[k], start[k+1]).
+// In-range samples of one RoI along each axis, bin-major: bin row ph owns ys[ystart[ph],
+// ystart[ph + 1]), bin column pw owns xs[xstart[pw], xstart[pw + 1]). A bin's taps are the cross
+// product of its two lists, made where they are used (for_each_tap): the tap list itself, bins x
+// samples per bin, is never stored, so memory grows with PH*grid + PW*grid only (a stored list
+// asked for 21 GB at sampling_ratio = 3000, issue 19.4).
 template <typename T> struct RoiSamples {
   std::vector<AxisSample<T>> ys, xs;
   std::vector<int64_t> ystart, xstart;
-  std::vector<Taps<T>> taps;
-  std::vector<int64_t> start;
 
-  void build(const RoiAlignBox<T>& g, int64_t PH, int64_t PW, int64_t H, int64_t W, int64_t sH,
-             int64_t sW) {
+  void build(const RoiAlignBox<T>& g, int64_t PH, int64_t PW, int64_t H, int64_t W) {
     axis(g.y0, g.bin_h, PH, g.gh, H, ys, ystart);
     axis(g.x0, g.bin_w, PW, g.gw, W, xs, xstart);
-    taps.clear();
-    start.assign(1, 0);
-    for (int64_t ph = 0; ph < PH; ++ph)
-      for (int64_t pw = 0; pw < PW; ++pw) {
-        for (int64_t a = ystart[ph]; a < ystart[ph + 1]; ++a)
-          for (int64_t b = xstart[pw]; b < xstart[pw + 1]; ++b) {
-            const AxisSample<T>& y = ys[a];
-            const AxisSample<T>& x = xs[b];
-            Taps<T> t;
-            roi_weights(y, x, t.w);
-            t.o[0] = y.lo * sH + x.lo * sW;
-            t.o[1] = y.lo * sH + x.hi * sW;
-            t.o[2] = y.hi * sH + x.lo * sW;
-            t.o[3] = y.hi * sH + x.hi * sW;
-            taps.push_back(t);
-          }
-        start.push_back(static_cast<int64_t>(taps.size()));
+  }
+
+  // f(taps) for every in-range sample of bin (ph, pw), iy outer, ix inner (the reference order);
+  // offsets through the element strides sH, sW.
+  template <typename F> void for_each_tap(int64_t ph, int64_t pw, int64_t sH, int64_t sW, F&& f) const {
+    for (int64_t a = ystart[ph]; a < ystart[ph + 1]; ++a) {
+      const AxisSample<T>& y = ys[a];
+      const int64_t ylo = y.lo * sH, yhi = y.hi * sH;
+      for (int64_t b = xstart[pw]; b < xstart[pw + 1]; ++b) {
+        const AxisSample<T>& x = xs[b];
+        Taps<T> t;
+        roi_weights(y, x, t.w);
+        t.o[0] = ylo + x.lo * sW;
+        t.o[1] = ylo + x.hi * sW;
+        t.o[2] = yhi + x.lo * sW;
+        t.o[3] = yhi + x.hi * sW;
+        f(static_cast<const Taps<T>&>(t));
       }
+    }
   }
 
  private:
@@ -136,16 +138,15 @@ void forward_cl(const Nhwc<T>& in, int64_t N, int64_t C, int64_t H, int64_t W, c
         std::fill(o, o + C * nb, T(0));
         continue;
       }
-      S.build(g, PH, PW, H, W, in.sH, in.sW);
+      S.build(g, PH, PW, H, W);
       const T* base = in.p + g.batch * in.sN;
       for (int64_t k = 0; k < nb; ++k) {
         T* a = acc.data() + k * C;
         std::fill(a, a + C, T(0));
-        for (int64_t t = S.start[k]; t < S.start[k + 1]; ++t) {
-          const Taps<T>& tp = S.taps[t];
+        S.for_each_tap(k / PW, k % PW, in.sH, in.sW, [&](const Taps<T>& tp) {
           accumulate_sample(a, base + tp.o[0], base + tp.o[1], base + tp.o[2], base + tp.o[3],
                             tp.w, C);
-        }
+        });
         average_bin(a, g.count, C);
       }
       for (int64_t c0 = 0; c0 < C; c0 += 8) {
@@ -183,16 +184,15 @@ void forward(bool ps, const T* in, const int64_t* st, int64_t N, int64_t C, int6
         std::fill(o, o + Co * nb, T(0));
         continue;
       }
-      S.build(g, PH, PW, H, W, sH, sW);
+      S.build(g, PH, PW, H, W);
       const T* base = in + g.batch * sN;
       for (int64_t c = 0; c < Co; ++c)
         for (int64_t k = 0; k < nb; ++k) {
           const T* p = base + (ps ? c * nb + k : c) * sC;
           T a = T(0);
-          for (int64_t t = S.start[k]; t < S.start[k + 1]; ++t) {
-            const Taps<T>& tp = S.taps[t];
+          S.for_each_tap(k / PW, k % PW, sH, sW, [&](const Taps<T>& tp) {
             a += roi_bilinear(tp.w, p[tp.o[0]], p[tp.o[1]], p[tp.o[2]], p[tp.o[3]]);
-          }
+          });
           o[c * nb + k] = a / g.count;
         }
     }
@@ -222,7 +222,7 @@ void backward_cl(const T* grad, const int64_t* gs, const T* rois, int64_t K, T s
     for (int64_t n = 0; n < K; ++n) {
       const RoiAlignBox<T> g = roi_align_box(rois + 5 * n, ss, PH, PW, sr, aligned, false, N);
       if (g.batch < 0 || g.gh == 0 || g.gw == 0) continue;
-      S.build(g, PH, PW, H, W, W * C, C);
+      S.build(g, PH, PW, H, W);
       T* base = ws.data() + g.batch * H * W * C + c_lo;
       const T* gn = grad + n * gs[0] + c_lo * gs[1];
       for (int64_t c0 = 0; c0 < nc; c0 += 8) {
@@ -234,10 +234,9 @@ void backward_cl(const T* grad, const int64_t* gs, const T* rois, int64_t K, T s
       }
       for (int64_t k = 0; k < nb; ++k) {
         const T* gb = gt.data() + k * nc;
-        for (int64_t t = S.start[k]; t < S.start[k + 1]; ++t) {
-          const Taps<T>& tp = S.taps[t];
+        S.for_each_tap(k / PW, k % PW, W * C, C, [&](const Taps<T>& tp) {
           for (int j = 0; j < 4; ++j) scatter_tap(base + tp.o[j], gb, tp.w[j], g.count, nc);
-        }
+        });
       }
     }
   });
@@ -271,7 +270,7 @@ void backward(bool ps, const T* grad, const int64_t* gs, const T* rois, int64_t 
     for (int64_t n = 0; n < K; ++n) {
       const RoiAlignBox<T> g = roi_align_box(rois + 5 * n, ss, PH, PW, sr, aligned, ps, N);
       if (g.batch < 0 || g.gh == 0 || g.gw == 0) continue;
-      S.build(g, PH, PW, H, W, W, 1);
+      S.build(g, PH, PW, H, W);
       const T* gn = grad + n * gs[0];
       for (int64_t c = c_lo; c < c_hi; ++c) {
         T* p = gi + (g.batch * C + c) * HW;
@@ -280,10 +279,9 @@ void backward(bool ps, const T* grad, const int64_t* gs, const T* rois, int64_t 
         const int64_t co = ps ? c / nb : c;
         for (int64_t k = k0; k < k1; ++k) {
           const T gv = gn[co * gs[1] + (k / PW) * gs[2] + (k % PW) * gs[3]];
-          for (int64_t t = S.start[k]; t < S.start[k + 1]; ++t) {
-            const Taps<T>& tp = S.taps[t];
+          S.for_each_tap(k / PW, k % PW, W, 1, [&](const Taps<T>& tp) {
             for (int j = 0; j < 4; ++j) p[tp.o[j]] += (gv * tp.w[j]) / g.count;
-          }
+          });
         }
       }
     }
