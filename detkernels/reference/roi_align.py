@@ -76,13 +76,14 @@ MAX_SAMPLING_RATIO = 1 << 8  # explicit ratios: at most MAX_GRID samples per bin
 
 
 def check_sampling_ratio(sampling_ratio) -> int:
-    """``sampling_ratio`` as an int (<= 0: adaptive). TypeError for a non-integer (torchvision's
-    schema is ``int``: 2.7 is refused, not truncated); ValueError above MAX_SAMPLING_RATIO."""
+    """``sampling_ratio`` as an int (<= 0: adaptive). RuntimeError for a non-integer, as
+    torchvision's ``int`` schema raises (2.7 is refused, not truncated); ValueError above
+    MAX_SAMPLING_RATIO."""
     try:
         v = operator.index(sampling_ratio)
     except TypeError:
-        raise TypeError(f"sampling_ratio must be an int, got {type(sampling_ratio).__name__} "
-                        f"{sampling_ratio!r}") from None
+        raise RuntimeError(f"sampling_ratio must be an int, got {type(sampling_ratio).__name__} "
+                           f"{sampling_ratio!r}") from None
     if v > MAX_SAMPLING_RATIO:
         raise ValueError(f"sampling_ratio must be <= {MAX_SAMPLING_RATIO} (samples per bin and axis; "
                          f"<= 0 samples adaptively), got {v}")
