@@ -12,18 +12,10 @@ import sys
 from typing import Any
 
 from ._registry import available_backends, explain, get_backend, set_backend
+from .api.boxes import box_area, box_iou, complete_box_iou, distance_box_iou, generalized_box_iou
+from .api.nms import batched_nms, multi_image_nms, nms, nms_padded
+from .api.roi import ps_roi_align, ps_roi_pool, roi_align, roi_pool
 from .backends.native import build_info
-from .ops import (
-    batched_nms,
-    box_area,
-    box_iou,
-    complete_box_iou,
-    distance_box_iou,
-    generalized_box_iou,
-    nms,
-)
-from .nms_ops import multi_image_nms, nms_padded
-from .roi_ops import ps_roi_align, ps_roi_pool, roi_align, roi_pool
 
 __version__ = "0.1.0"
 
@@ -74,16 +66,17 @@ def get_num_threads() -> int:
 def __getattr__(name: str):
     # The RoI nn.Modules need torch: created on first access, not at `import detkernels`.
     if name in ("RoIAlign", "RoIPool", "PSRoIAlign", "PSRoIPool", "MultiScaleRoIAlign"):
-        from . import _torch_roi
+        from .api import roi_modules
 
-        return getattr(_torch_roi, name)
+        return getattr(roi_modules, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def patch_torchvision():
     """Make ``torchvision.ops`` call detkernels (also usable as a context manager that restores
-    torchvision's functions on exit). See ``detkernels._torch.patch_torchvision``."""
-    from ._torch import patch_torchvision as p
+    torchvision's functions on exit; ``.restore()`` undoes a global patch). See
+    ``detkernels._torch.patch.patch_torchvision``."""
+    from ._torch.patch import patch_torchvision as p
 
     return p()
 
@@ -105,7 +98,7 @@ class _AfterTorchImport(importlib.abc.MetaPathFinder):
         def exec_then_register(module: Any) -> None:
             exec_module(module)
             try:
-                from . import _torch  # noqa: F401
+                from ._torch import script  # noqa: F401
             except Exception:  # never break `import torch`; the first call registers (and reports)
                 pass
 
@@ -116,6 +109,6 @@ class _AfterTorchImport(importlib.abc.MetaPathFinder):
 # Register the custom ops and TorchScript builtins (cheap) before any eager call, so
 # torch.jit.script / torch.compile see them whichever of torch and detkernels is imported first.
 if "torch" in sys.modules:
-    from . import _torch  # noqa: F401
+    from ._torch import script  # noqa: F401
 else:
     sys.meta_path.insert(0, _AfterTorchImport())

@@ -198,7 +198,7 @@ ROI_CONFIGS = {"adaptive": (0.5, 2, 2, 0, False, 2), "fixed": (0.75, 2, 3, 2, Tr
 def _roi_case(op: str, backend: str, lib: str, device: str, dtype: str, mod, cfg: str):
     """(forward[, index map], backward) of `op` on `backend` for `lib` arrays, and the reference's."""
     from _roi_inputs import boxes_adversarial, boxes_valid, features, grad_like
-    from detkernels import roi_ops
+    from detkernels import _checks, _dispatch
     from detkernels.reference import roi_align as RA, roi_pool as RP
 
     ss, ph, pw, sr, valid, images = ROI_CONFIGS[cfg]
@@ -217,17 +217,19 @@ def _roi_case(op: str, backend: str, lib: str, device: str, dtype: str, mod, cfg
 
     xx, rr = put(x), put(rois)
     if "align" in op:
-        out = roi_ops.roi_align_impl(xx, rr, ss, ph, pw, sr, True, ps, backend)
+        wd = _checks.roi_check(xx, rr, ph, pw, ps, pool=False)
+        out = _dispatch.roi_align(xx, rr, ss, ph, pw, sr, True, ps, wd, backend)
         want = RA.ps_roi_align(x, rois, ss, ph, pw, sr) if ps else RA.roi_align(x, rois, ss, ph, pw, sr, True)
         g = grad_like(want.shape, 7, T)
-        gi = roi_ops.roi_align_backward_impl(put(g), rr, ss, ph, pw, n, c, h, w, sr, True, ps, backend)
+        gi = _dispatch.roi_align_backward(put(g), rr, ss, ph, pw, n, c, h, w, sr, True, ps, wd, backend)
         want_gi = (RA.ps_roi_align_backward(g, rois, ss, ph, pw, sr, n, c, h, w) if ps else
                    RA.roi_align_backward(g, rois, ss, ph, pw, n, c, h, w, sr, True))
         return (out, gi), (want, want_gi)
-    out, idx = roi_ops.roi_pool_impl(xx, rr, ss, ph, pw, ps, backend)
+    wd = _checks.roi_check(xx, rr, ph, pw, ps, pool=True)
+    out, idx = _dispatch.roi_pool(xx, rr, ss, ph, pw, ps, wd, backend)
     want, want_idx = (RP.ps_roi_pool if ps else RP.roi_pool)(x, rois, ss, ph, pw)
     g = grad_like(want.shape, 7, T)
-    gi = roi_ops.roi_pool_backward_impl(put(g), rr, idx, ss, ph, pw, n, c, h, w, ps, backend)
+    gi = _dispatch.roi_pool_backward(put(g), rr, idx, ss, ph, pw, n, c, h, w, ps, wd, backend)
     rb = RP.ps_roi_pool_backward if ps else RP.roi_pool_backward
     return (out, idx, gi), (want, want_idx, rb(g, rois, want_idx, ss, ph, pw, n, c, h, w))
 

@@ -391,9 +391,9 @@ def test_multiscale_masked_path_same_bytes(seed, monkeypatch):
     """The GPU/tracing path of MultiScaleRoIAlign (no host sync: every level pools every RoI, the
     others' with batch index -1) gives the gather path's bytes, forward and backward, also for
     boxes whose level is NaN (they match no level: zeros)."""
-    import detkernels._torch  # noqa: F401  (registers builtins now, not while roi_align is patched)
-    from detkernels import roi_ops
-    from detkernels._torch_roi import _pool_levels
+    import detkernels._torch.script  # noqa: F401  (registers builtins now, not while roi_align is patched)
+    from detkernels.api import roi_modules
+    from detkernels.api.roi_modules import _pool_levels
 
     g = torch.Generator().manual_seed(seed)
     feats = [torch.randn(2, 4, 32, 40, generator=g), torch.randn(2, 4, 16, 20, generator=g),
@@ -406,8 +406,8 @@ def test_multiscale_masked_path_same_bytes(seed, monkeypatch):
     levels[3] = torch.iinfo(torch.int64).min  # what a NaN level converts to
     gout = torch.randn(30, 4, 3, 3, generator=g)
     res, seen = [], []
-    impl = roi_ops.roi_align
-    monkeypatch.setattr(roi_ops, "roi_align", lambda x, r, *a: seen.append(r.detach()) or impl(x, r, *a))
+    impl = roi_modules.roi_align
+    monkeypatch.setattr(roi_modules, "roi_align", lambda x, r, *a: seen.append(r.detach()) or impl(x, r, *a))
     for masked in (False, True):
         fs = [f.clone().requires_grad_() for f in feats]
         out = _pool_levels(fs, [1 / 4, 1 / 8, 1 / 16], rois, levels, (3, 3), 2, masked)

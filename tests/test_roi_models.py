@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 tv = pytest.importorskip("torchvision")
 
 import detkernels  # noqa: E402
-from detkernels import roi_ops  # noqa: E402
+from detkernels import _dispatch  # noqa: E402
 
 pytestmark = pytest.mark.torchvision
 
@@ -32,13 +32,13 @@ def test_detection_model_same_detections(name, monkeypatch):
     with torch.no_grad():
         want = model(images)
     calls = []
-    impl = roi_ops.roi_align_impl
-    monkeypatch.setattr(roi_ops, "roi_align_impl", lambda *a, **k: calls.append(1) or impl(*a, **k))
+    impl = _dispatch.roi_align
+    monkeypatch.setattr(_dispatch, "roi_align", lambda *a, **k: calls.append(1) or impl(*a, **k))
     with detkernels.patch_torchvision():
-        assert tv.ops.roi_align is roi_ops.roi_align
+        assert tv.ops.roi_align is detkernels.roi_align
         with torch.no_grad():
             got = model(images)
-    assert tv.ops.roi_align is not roi_ops.roi_align  # restored
+    assert tv.ops.roi_align is not detkernels.roi_align  # restored
     assert len(calls) >= 4  # one per FPN level (twice with the mask head)
     assert all(len(d["boxes"]) > 0 for d in want)
     for d_got, d_want in zip(got, want):
@@ -50,8 +50,8 @@ def test_detection_model_same_detections(name, monkeypatch):
 def test_patched_modules_route_to_detkernels():
     with detkernels.patch_torchvision():
         assert tv.ops.RoIAlign is detkernels.RoIAlign
-        assert tv.ops.poolers.roi_align is roi_ops.roi_align
-        assert tv.ops.ps_roi_pool is roi_ops.ps_roi_pool
+        assert tv.ops.poolers.roi_align is detkernels.roi_align
+        assert tv.ops.ps_roi_pool is detkernels.ps_roi_pool
         m = tv.ops.MultiScaleRoIAlign(["0"], 2, 2)
         assert isinstance(m, detkernels.MultiScaleRoIAlign)
     assert tv.ops.RoIAlign is not detkernels.RoIAlign

@@ -236,6 +236,6 @@ def test_argmax_beyond_int32_is_refused(backend):
     if backend == "numba":
         return
     edge = torch.rand(1, 1, 1, 1).expand(1, 1, 46340, 46340)
-    out, am = detkernels.roi_ops.roi_pool_impl(edge, torch.tensor([[0.0, 46339, 46339, 46339, 46339]]), 1.0, 1, 1,
-                                               False, backend)
+    out, am = detkernels._dispatch.roi_pool(edge, torch.tensor([[0.0, 46339, 46339, 46339, 46339]]), 1.0, 1, 1,
+                                            False, "float32", backend)
     assert int(am.reshape(-1)[0]) == 46340 * 46340 - 1

@@ -59,6 +59,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .._constants import MAX_GRID, MAX_SAMPLING_RATIO
+
 __all__ = [
     "MAX_GRID",
     "MAX_SAMPLING_RATIO",
@@ -71,8 +73,6 @@ __all__ = [
     "batch_index",
 ]
 
-MAX_GRID = 1 << 16
-MAX_SAMPLING_RATIO = 1 << 8  # explicit ratios: at most MAX_GRID samples per bin
 
 
 def check_sampling_ratio(sampling_ratio) -> int:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._constants import MAX_PLANE
 from .roi_align import batch_index, working_dtype
 
 __all__ = ["roi_pool", "roi_pool_backward", "ps_roi_pool", "ps_roi_pool_backward", "c_round",
@@ -45,7 +46,6 @@ __all__ = ["roi_pool", "roi_pool_backward", "ps_roi_pool", "ps_roi_pool_backward
 
 FLT_MAX = np.float32(np.finfo(np.float32).max)
 _LIM = float(2**31)
-MAX_PLANE = 2**31 - 1  # roi_pool's argmax h*W + w is int32
 
 
 def check_plane(height: int, width: int) -> None:

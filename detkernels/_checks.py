@@ -1,0 +1,255 @@
+"""Validation and normalisation of every public argument, in one place.
+
+Each public entry (the functions of detkernels/api/, the torch custom ops and their fake kernels)
+calls these once; what comes out is normalised (Python floats and ints, [K, 5] rois, the working
+dtype named) and everything below (detkernels/_dispatch.py, the backends) assumes it. Error types
+follow torchvision where it raises (RuntimeError for NMS shapes, AssertionError for RoI box shapes,
+RuntimeError for an ``int`` schema argument given a float); other bad arguments get a ValueError
+or TypeError naming the argument, its value and what is allowed.
+"""
+from __future__ import annotations
+
+import numbers
+import sys
+from typing import Any
+
+import numpy as np
+
+from . import _arrays as A
+from .reference.box_iou import FORMATS
+from .reference.roi_align import check_sampling_ratio
+from .reference.roi_pool import check_plane
+
+__all__ = [
+    "FLOATS", "INTS", "iou_check", "nms_check", "multi_check", "padded_check", "threshold_value",
+    "non_negative_int", "score_threshold_value", "pair", "rois_from_boxes", "roi_check",
+    "roi_grad_check", "roi_pool_index_check", "check_sampling_ratio", "check_plane",
+]
+
+ROTATED = ("cxcywhr", "xywhr", "xyxyxyxy")
+FLOATS = ("float16", "bfloat16", "float32", "float64")
+INTS = ("bool", "uint8", "int8", "int16", "int32", "int64")
+HALF = ("float16", "bfloat16")
+
+
+# ---- scalars -----------------------------------------------------------------------------------------
+
+def threshold_value(v: Any, name: str = "iou_threshold") -> float:
+    """A real number as a Python float; TypeError naming the argument otherwise (a string, None)."""
+    if isinstance(v, (str, bytes)) or not hasattr(v, "__float__"):
+        raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
+    return float(v)
+
+
+def score_threshold_value(v: Any) -> float | None:
+    """None (no score filter) or a real number as a float."""
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(f"score_threshold must be a float or None, got {type(v).__name__}")
+    return float(v)
+
+
+def non_negative_int(name: str, v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or int(v) < 0:
+        raise ValueError(f"{name} must be a non-negative int, got {v!r}")
+    return int(v)
+
+
+def _float_dtypes(**named: Any) -> str:
+    """The working float dtype of float arrays: float64 if any is, else float32."""
+    ds = []
+    for name, x in named.items():
+        d = A.dtype_name(x)
+        if d not in FLOATS:
+            raise TypeError(f"{name} must be a floating point array (float16/bfloat16/float32/float64), got {d}")
+        ds.append(d)
+    return "float64" if "float64" in ds else "float32"
+
+
+def _numeric_ids(idxs: Any) -> None:
+    if A.dtype_name(idxs) not in FLOATS + INTS:
+        raise TypeError(f"idxs must be a numeric array, got {A.dtype_name(idxs)}")
+
+
+# ---- IoU family --------------------------------------------------------------------------------------
+
+def _iou_dtype(d1: str, d2: str, kind: str) -> str:
+    """Working dtype: float64 if either is; other floats -> float32 (SPEC.md §1.5); integer pairs
+    keep torchvision's integer arithmetic (8/16-bit -> int32) for iou/giou, else float32."""
+    for name, d in (("boxes1", d1), ("boxes2", d2)):
+        if d not in FLOATS and d not in INTS:
+            raise TypeError(f"{name} must be a float or integer array, got {d}")
+    if "float64" in (d1, d2):
+        return "float64"
+    if d1 in FLOATS or d2 in FLOATS or kind in ("diou", "ciou"):
+        return "float32"
+    return "int64" if "int64" in (d1, d2) else "int32"
+
+
+def iou_check(b1: Any, b2: Any, kind: str, fmt: str) -> tuple[tuple, Any, Any, str]:
+    """Validate; return (batch shape, N, M, working dtype). Sizes may be symbolic (torch.compile)."""
+    A.same_placement(boxes1=b1, boxes2=b2)
+    if fmt in ROTATED:
+        raise NotImplementedError(f"fmt={fmt!r}: rotated boxes are not supported by detkernels yet")
+    if fmt not in FORMATS:
+        raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
+    if kind != "iou" and fmt != "xyxy":
+        raise ValueError(f"{kind} takes xyxy boxes")
+    for name, b in (("boxes1", b1), ("boxes2", b2)):
+        if b.ndim < 2:
+            raise IndexError(f"{name} must have shape [..., N, 4], got {tuple(b.shape)}")
+        if b.shape[-1] != 4:
+            raise ValueError(f"{name} must have shape [..., N, 4], got {tuple(b.shape)}")
+    # Broadcast the leading dimensions by hand: sizes may be symbolic under torch.compile.
+    s1, s2 = tuple(b1.shape[:-2]), tuple(b2.shape[:-2])
+    n = max(len(s1), len(s2))
+    s1, s2 = (1,) * (n - len(s1)) + s1, (1,) * (n - len(s2)) + s2
+    batch = []
+    for x, y in zip(s1, s2):
+        if x != y and x != 1 and y != 1:
+            raise ValueError(f"the leading dimensions of boxes1 {tuple(b1.shape)} and boxes2 "
+                             f"{tuple(b2.shape)} do not broadcast")
+        batch.append(y if x == 1 else x)
+    return tuple(batch), b1.shape[-2], b2.shape[-2], _iou_dtype(A.dtype_name(b1), A.dtype_name(b2), kind)
+
+
+def box_area_check(boxes: Any, fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
+    if boxes.ndim < 1 or boxes.shape[-1] != 4:
+        raise ValueError(f"boxes must have shape [..., 4], got {tuple(boxes.shape)}")
+
+
+# ---- NMS ---------------------------------------------------------------------------------------------
+
+def nms_check(boxes: Any, scores: Any, idxs: Any = None) -> str:
+    """Validate nms/batched_nms (RuntimeError for shapes, as torchvision); return the working dtype."""
+    A.same_placement(boxes=boxes, scores=scores, idxs=idxs)
+    if boxes.ndim != 2 or boxes.shape[-1] != 4:
+        raise RuntimeError(f"boxes should be a 2d tensor of shape [N, 4], got {tuple(boxes.shape)}")
+    if scores.ndim != 1:
+        raise RuntimeError(f"scores should be a 1d tensor, got {scores.ndim}d of shape {tuple(scores.shape)}")
+    if boxes.shape[0] != scores.shape[0]:
+        raise RuntimeError(f"boxes and scores should have the same number of elements in dimension 0, "
+                           f"got {boxes.shape[0]} and {scores.shape[0]}")
+    if idxs is not None and (idxs.ndim != 1 or idxs.shape[0] != boxes.shape[0]):
+        raise RuntimeError(f"idxs should be a 1d tensor of shape [{boxes.shape[0]}], got {tuple(idxs.shape)}")
+    w = _float_dtypes(boxes=boxes, scores=scores)
+    if idxs is not None:
+        _numeric_ids(idxs)
+    return w
+
+
+def padded_check(boxes: Any, scores: Any, max_output: Any) -> str:
+    """Validate nms_padded (one image: nms's shapes and errors, plus max_output)."""
+    A.same_placement(boxes=boxes, scores=scores)
+    if boxes.ndim != 2 or boxes.shape[-1] != 4:
+        raise RuntimeError(f"boxes should be a 2d tensor of shape [N, 4], got {tuple(boxes.shape)}")
+    if scores.ndim != 1 or scores.shape[0] != boxes.shape[0]:
+        raise RuntimeError(f"scores should be a 1d tensor of shape [{boxes.shape[0]}], got {tuple(scores.shape)}")
+    non_negative_int("max_output", max_output)
+    return _float_dtypes(boxes=boxes, scores=scores)
+
+
+def multi_check(boxes: Any, scores: Any, idxs: Any, max_output: Any) -> str:
+    """Validate multi_image_nms's arrays and max_output; return the working float dtype."""
+    A.same_placement(boxes=boxes, scores=scores, idxs=idxs)
+    if boxes.ndim != 3 or boxes.shape[-1] != 4:
+        raise ValueError(f"boxes must have shape [B, N, 4], got {tuple(boxes.shape)}")
+    B, N = boxes.shape[0], boxes.shape[1]
+    if scores.ndim not in (2, 3) or tuple(scores.shape[:2]) != (B, N):
+        raise ValueError(f"scores must have shape [{B}, {N}] or [{B}, {N}, C], got {tuple(scores.shape)}")
+    if idxs is not None:
+        if scores.ndim == 3:
+            raise ValueError("idxs cannot be combined with [B, N, C] scores (the class is the score column)")
+        if tuple(idxs.shape) != (B, N):
+            raise ValueError(f"idxs must have shape [{B}, {N}], got {tuple(idxs.shape)}")
+        _numeric_ids(idxs)
+    non_negative_int("max_output", max_output)
+    return _float_dtypes(boxes=boxes, scores=scores)
+
+
+# ---- RoI ops -----------------------------------------------------------------------------------------
+
+def pair(output_size: Any) -> tuple[int, int]:
+    """``output_size`` as (PH, PW): an int, or a pair of ints (torchvision's ``_pair``)."""
+    if isinstance(output_size, (list, tuple)):
+        if len(output_size) != 2:
+            raise ValueError(f"output_size must be an int or a pair of ints, got {output_size!r}")
+        ph, pw = output_size
+    else:
+        ph = pw = output_size
+    return ph, pw
+
+
+def rois_from_boxes(boxes: Any) -> Any:
+    """``Tensor[K, 5]`` as given, or a list of ``Tensor[L, 4]`` (one per image) -> ``[K, 5]`` with
+    the image index (in the boxes' dtype) as first column (torchvision's convert_boxes_to_roi_format)."""
+    if isinstance(boxes, (list, tuple)):
+        for b in boxes:
+            if b.ndim != 2 or b.shape[1] != 4:
+                raise AssertionError("The shape of the tensor in the boxes list is not correct as "
+                                     f"List[Tensor[L, 4]], got {tuple(b.shape)}")
+        if boxes and A.is_torch(boxes[0]):
+            torch = sys.modules["torch"]
+            ids = [torch.full_like(b[:, :1], i) for i, b in enumerate(boxes)]
+            return torch.cat([torch.cat(ids, 0), torch.cat(list(boxes), 0)], 1)
+        if not boxes:
+            return np.zeros((0, 5), np.float32)
+        arrs = [np.asarray(b) for b in boxes]
+        ids = [np.full((a.shape[0], 1), i, a.dtype) for i, a in enumerate(arrs)]
+        return np.concatenate([np.concatenate(ids, 0), np.concatenate(arrs, 0)], 1)
+    if boxes.ndim != 2 or boxes.shape[1] != 5:
+        raise AssertionError(f"The boxes tensor shape is not correct as Tensor[K, 5], got {tuple(boxes.shape)}")
+    return boxes
+
+
+def _working(di: str, dr: str) -> str:
+    if di not in FLOATS:
+        raise RuntimeError(f"input must be a floating point tensor (float16/bfloat16/float32/float64), got {di}")
+    # rois may stay float32 for half features (SPEC.md §1.5); otherwise no implicit cast.
+    if dr != di and not (di in HALF and dr == "float32"):
+        raise RuntimeError(f"input should have the same type as rois: input is {di}, rois are {dr}")
+    return "float64" if di == "float64" else "float32"
+
+
+def roi_check(input: Any, rois: Any, ph: Any, pw: Any, ps: bool, pool: bool) -> str:
+    """Validate a RoI forward (rois already [K, 5]); return the working dtype name. Errors as
+    torchvision raises them: AssertionError for the RoI box shape, RuntimeError for dtypes and
+    channel counts; ValueError for other shapes and sizes."""
+    if rois.ndim != 2 or rois.shape[1] != 5:
+        raise AssertionError(f"The boxes tensor shape is not correct as Tensor[K, 5], got {tuple(rois.shape)}")
+    if input.ndim != 4:
+        raise ValueError(f"input must have shape [N, C, H, W], got {tuple(input.shape)}")
+    if ph <= 0 or pw <= 0:
+        raise ValueError(f"output_size must be positive, got ({ph}, {pw})")
+    w = _working(A.dtype_name(input), A.dtype_name(rois))
+    if ps and input.shape[1] % (ph * pw) != 0:
+        raise RuntimeError("input channels must be a multiple of pooling height * pooling width, "
+                           f"got {input.shape[1]} channels for output size ({ph}, {pw})")
+    if pool and not ps and isinstance(input.shape[2] * input.shape[3], int):  # symbolic: at run time
+        check_plane(input.shape[2], input.shape[3])
+    return w
+
+
+def roi_grad_check(grad: Any, rois: Any, ph: int, pw: int, c: int, h: int, w: int, ps: bool,
+                   pool: bool) -> str:
+    """The backward ops are public (torch.ops.detkernels._*_backward): shapes must agree."""
+    wd = _working(A.dtype_name(grad), A.dtype_name(rois))
+    if rois.ndim != 2 or rois.shape[1] != 5:
+        raise AssertionError(f"The boxes tensor shape is not correct as Tensor[K, 5], got {tuple(rois.shape)}")
+    if ph <= 0 or pw <= 0 or (ps and c % (ph * pw) != 0):
+        raise ValueError(f"bad pooled size ({ph}, {pw}) for {c} channels")
+    want = (rois.shape[0], c // (ph * pw) if ps else c, ph, pw)
+    if tuple(grad.shape) != tuple(want):
+        raise ValueError(f"grad must have shape {want}, got {tuple(grad.shape)}")
+    if pool and not ps:
+        check_plane(int(h), int(w))
+    return wd
+
+
+def roi_pool_index_check(idx: Any, grad: Any) -> None:
+    if A.dtype_name(idx) != "int32" or tuple(idx.shape) != tuple(grad.shape):
+        raise ValueError(f"argmax/channel_mapping must be int32 of shape {tuple(grad.shape)}, got "
+                         f"{A.dtype_name(idx)} {tuple(idx.shape)}")

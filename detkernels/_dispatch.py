@@ -1,0 +1,126 @@
+"""From validated arguments to a backend: placement, the registry's choice, the working dtype
+(widen half inputs, round the result once), contiguous buffers, empty shortcuts.
+
+Inputs come from detkernels/_checks.py (normalised: Python scalars, [K, 5] rois, the working
+dtype named); nothing here validates again. Arrays are of one kind (NumPy, torch, CuPy, Numba
+device arrays) and results are of that kind, on the same device. No autograd here: the torch
+integration (detkernels/_torch/) wraps these.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+
+from . import _arrays as A
+from . import _registry
+from ._checks import HALF, INTS
+
+__all__ = ["iou", "nms", "multi_image_nms", "nms_padded", "roi_align", "roi_align_backward",
+           "roi_pool", "roi_pool_backward"]
+
+
+def _class_ids(idxs: Any) -> Any:
+    """int64 class ids; equal values of `idxs` <-> equal ids (exact grouping, any numeric dtype)."""
+    d = A.dtype_name(idxs)
+    if d in INTS:
+        return A.ascontig(A.astype(idxs, "int64"))
+    if A.is_torch(idxs):
+        return sys.modules["torch"].unique(idxs, return_inverse=True)[1].contiguous()
+    return np.unique(np.asarray(idxs), return_inverse=True)[1].astype(np.int64).reshape(-1)
+
+
+def _as(x: Any, w: str) -> Any:
+    return A.ascontig(A.astype(x, w))
+
+
+# ---- IoU family --------------------------------------------------------------------------------------
+
+def iou(kind: str, b1: Any, b2: Any, fmt: str, eps: float, checked: tuple, backend: str | None) -> Any:
+    """``checked`` = _checks.iou_check(b1, b2, kind, fmt): (batch, N, M, working dtype)."""
+    dev = A.same_placement(boxes1=b1, boxes2=b2)
+    batch, N, M, w = checked
+    batch, N, M = tuple(int(x) for x in batch), int(N), int(M)
+    B = int(np.prod(batch, dtype=np.int64))
+    out_dtype = "float64" if w == "float64" else "float32"
+    if B == 0 or N == 0 or M == 0:
+        return A.empty(batch + (N, M), out_dtype, like=b1)
+    _, fn = _registry.select("box_iou", dev, w, backend)
+    x1 = A.ascontig(A.astype(A.broadcast_to(b1, batch + (N, 4)), w).reshape(B, N, 4))
+    x2 = A.ascontig(A.astype(A.broadcast_to(b2, batch + (M, 4)), w).reshape(B, M, 4))
+    return fn(x1, x2, kind, fmt, eps).reshape(batch + (N, M))
+
+
+# ---- NMS ---------------------------------------------------------------------------------------------
+
+def nms(boxes: Any, scores: Any, idxs: Any, thr: float, w: str, backend: str | None) -> Any:
+    """NMS (per class when ``idxs`` is given): int64 kept indices by descending score."""
+    dev = A.same_placement(boxes=boxes, scores=scores, idxs=idxs)
+    if boxes.shape[0] == 0:
+        return A.empty((0,), "int64", like=boxes)
+    _, fn = _registry.select("nms", dev, w, backend)
+    return fn(_as(boxes, w), _as(scores, w), None if idxs is None else _class_ids(idxs), thr)
+
+
+def multi_image_nms(boxes: Any, scores: Any, idxs: Any, thr: float, max_output: int,
+                    score_threshold: float | None, w: str, backend: str | None) -> tuple[Any, Any, Any]:
+    """(indices [B, K], classes [B, K] or None, counts [B])."""
+    dev = A.same_placement(boxes=boxes, scores=scores, idxs=idxs)
+    _, fn = _registry.select("multi_image_nms", dev, w, backend)
+    c = None if idxs is None else _class_ids(idxs).reshape(idxs.shape)
+    return fn(_as(boxes, w), _as(scores, w), c, thr, max_output, score_threshold)
+
+
+def nms_padded(boxes: Any, scores: Any, thr: float, max_output: int, w: str,
+               backend: str | None) -> tuple[Any, Any]:
+    """One image through the multi-image path: (indices [max_output], count 0-d)."""
+    idx, _, counts = multi_image_nms(boxes[None], scores[None], None, thr, max_output, None, w, backend)
+    return idx[0], counts.reshape(())
+
+
+# ---- RoI ops -----------------------------------------------------------------------------------------
+
+def _narrow(x: Any, dtype: str) -> Any:
+    """One rounding of the float32 result to the caller's half dtype (round to nearest even)."""
+    if dtype in HALF and A.kind(x) == "numpy":
+        with np.errstate(over="ignore"):
+            return x.astype(dtype)
+    return A.astype(x, dtype)
+
+
+def roi_align(input: Any, rois: Any, spatial_scale: float, ph: int, pw: int, sampling_ratio: int,
+              aligned: bool, ps: bool, w: str, backend: str | None) -> Any:
+    """RoIAlign / PSRoIAlign forward: [K, Co, PH, PW] in the input's dtype."""
+    dev = A.same_placement(input=input, rois=rois)
+    _, fn = _registry.select("roi_align", dev, w, backend)
+    out = fn(A.astype(input, w), _as(rois, w), spatial_scale, ph, pw, sampling_ratio, aligned, ps)
+    return _narrow(out, A.dtype_name(input))
+
+
+def roi_align_backward(grad: Any, rois: Any, spatial_scale: float, ph: int, pw: int, n: int, c: int,
+                       h: int, w_: int, sampling_ratio: int, aligned: bool, ps: bool, w: str,
+                       backend: str | None) -> Any:
+    """Gradient w.r.t. the features: [N, C, H, W] in grad's dtype, contiguous."""
+    dev = A.same_placement(grad=grad, rois=rois)
+    _, fn = _registry.select("roi_align_backward", dev, w, backend)
+    gi = fn(A.astype(grad, w), _as(rois, w), spatial_scale, ph, pw, n, c, h, w_, sampling_ratio,
+            aligned, ps)
+    return _narrow(gi, A.dtype_name(grad))
+
+
+def roi_pool(input: Any, rois: Any, spatial_scale: float, ph: int, pw: int, ps: bool, w: str,
+             backend: str | None) -> tuple:
+    """RoIPool / PSRoIPool forward: (out, argmax or channel map, int32)."""
+    dev = A.same_placement(input=input, rois=rois)
+    _, fn = _registry.select("roi_pool", dev, w, backend)
+    out, idx = fn(A.astype(input, w), _as(rois, w), spatial_scale, ph, pw, ps)
+    return _narrow(out, A.dtype_name(input)), idx
+
+
+def roi_pool_backward(grad: Any, rois: Any, idx: Any, spatial_scale: float, ph: int, pw: int, n: int,
+                      c: int, h: int, w_: int, ps: bool, w: str, backend: str | None) -> Any:
+    dev = A.same_placement(grad=grad, rois=rois, idx=idx)
+    _, fn = _registry.select("roi_pool_backward", dev, w, backend)
+    gi = fn(A.astype(grad, w), _as(rois, w), A.ascontig(idx), spatial_scale, ph, pw, n, c, h, w_, ps)
+    return _narrow(gi, A.dtype_name(grad))

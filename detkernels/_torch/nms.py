@@ -1,0 +1,123 @@
+"""NMS on torch tensors: the custom ops ``nms``, ``batched_nms`` (data-dependent output size),
+``nms_padded`` and ``multi_image_nms`` (fixed-size outputs: traceable with static shapes) with
+their fake kernels, and the eager entries of detkernels/api/nms.py (arguments validated there)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .. import _checks, _dispatch, _registry
+from .common import traced
+
+# ---- custom ops --------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("detkernels::nms", mutates_args=())
+def nms_op(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+    w = _checks.nms_check(boxes, scores)
+    return _dispatch.nms(boxes, scores, None, iou_threshold, w, None).clone()
+
+
+@nms_op.register_fake
+def _(boxes, scores, iou_threshold):
+    _checks.nms_check(boxes, scores)
+    return boxes.new_empty((torch.library.get_ctx().new_dynamic_size(),), dtype=torch.int64)
+
+
+@torch.library.custom_op("detkernels::batched_nms", mutates_args=())
+def batched_nms_op(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+    if boxes.numel() == 0:
+        return boxes.new_empty((0,), dtype=torch.int64)
+    w = _checks.nms_check(boxes, scores, idxs)
+    return _dispatch.nms(boxes, scores, idxs, iou_threshold, w, None).clone()
+
+
+@batched_nms_op.register_fake
+def _(boxes, scores, idxs, iou_threshold):
+    _checks.nms_check(boxes, scores, idxs)
+    return boxes.new_empty((torch.library.get_ctx().new_dynamic_size(),), dtype=torch.int64)
+
+
+@torch.library.custom_op("detkernels::nms_padded", mutates_args=())
+def nms_padded_op(boxes: Tensor, scores: Tensor, iou_threshold: float,
+                  max_output: int) -> tuple[Tensor, Tensor]:
+    w = _checks.padded_check(boxes, scores, max_output)
+    idx, count = _dispatch.nms_padded(boxes, scores, iou_threshold, max_output, w, None)
+    return idx.clone(), count.clone()
+
+
+@nms_padded_op.register_fake
+def _(boxes, scores, iou_threshold, max_output):
+    _checks.padded_check(boxes, scores, max_output)
+    return (boxes.new_empty((max_output,), dtype=torch.int64),
+            boxes.new_empty((), dtype=torch.int64))
+
+
+@torch.library.custom_op("detkernels::multi_image_nms", mutates_args=())
+def multi_image_nms_op(boxes: Tensor, scores: Tensor, idxs: Optional[Tensor], iou_threshold: float,
+                       max_output: int, score_threshold: Optional[float]) -> tuple[Tensor, Tensor, Tensor]:
+    w = _checks.multi_check(boxes, scores, idxs, max_output)
+    idx, cls, counts = _dispatch.multi_image_nms(boxes, scores, idxs, iou_threshold, max_output,
+                                                 score_threshold, w, None)
+    if cls is None:  # [B, N] scores: no class column; keep the schema's fixed arity
+        cls = torch.full_like(idx, -1)
+    return idx.clone(), cls.clone(), counts.clone()
+
+
+@multi_image_nms_op.register_fake
+def _(boxes, scores, idxs, iou_threshold, max_output, score_threshold):
+    _checks.multi_check(boxes, scores, idxs, max_output)
+    B = boxes.shape[0]
+    return (boxes.new_empty((B, max_output), dtype=torch.int64),
+            boxes.new_empty((B, max_output), dtype=torch.int64),
+            boxes.new_empty((B,), dtype=torch.int64))
+
+
+# ---- eager entries -----------------------------------------------------------------------------------
+
+_FAST = {torch.float32: "float32", torch.float64: "float64"}
+
+
+def fast_cpu_nms(boxes: Tensor, scores: Tensor, thr: float) -> Tensor | None:
+    """The common eager call (plain CPU float32/float64 tensors of one dtype, valid shapes, no
+    tracing) with the least Python work -- a deployment NMS of a few hundred boxes takes a few
+    microseconds: the registry's choice called on the tensors as they are (the checks they would
+    pass, the conversions they do not need, skipped). None: take the general path, which also
+    raises the errors."""
+    w = _FAST.get(boxes.dtype)
+    if (w is None or type(boxes) is not Tensor or type(scores) is not Tensor
+            or scores.dtype != boxes.dtype or boxes.device.type != "cpu" or scores.device.type != "cpu"
+            or boxes.dim() != 2 or boxes.shape[1] != 4 or scores.dim() != 1
+            or scores.shape[0] != boxes.shape[0] or boxes.shape[0] == 0
+            or torch.compiler.is_compiling() or torch.jit.is_tracing()):
+        return None
+    _, fn = _registry.select("nms", "cpu", w)
+    return fn(boxes.contiguous(), scores.contiguous(), None, thr)
+
+
+def nms(boxes: Tensor, scores: Tensor, idxs: Tensor | None, thr: float, w: str,
+        backend: str | None) -> Tensor:
+    if backend is None and traced(boxes, scores, idxs):
+        if idxs is None:
+            return torch.ops.detkernels.nms(boxes, scores, thr)
+        return torch.ops.detkernels.batched_nms(boxes, scores, idxs, thr)
+    return _dispatch.nms(boxes, scores, idxs, thr, w, backend)
+
+
+def nms_padded(boxes: Tensor, scores: Tensor, thr: float, max_output: int, w: str,
+               backend: str | None) -> tuple[Tensor, Tensor]:
+    if backend is None and traced(boxes, scores):
+        return torch.ops.detkernels.nms_padded(boxes, scores, thr, max_output)
+    return _dispatch.nms_padded(boxes, scores, thr, max_output, w, backend)
+
+
+def multi_image_nms(boxes: Tensor, scores: Tensor, idxs: Tensor | None, thr: float, max_output: int,
+                    score_threshold: float | None, w: str,
+                    backend: str | None) -> tuple[Tensor, Tensor | None, Tensor]:
+    if backend is None and traced(boxes, scores, idxs):
+        idx, cls, counts = torch.ops.detkernels.multi_image_nms(boxes, scores, idxs, thr, max_output,
+                                                                score_threshold)
+        return idx, (cls if scores.ndim == 3 else None), counts
+    return _dispatch.multi_image_nms(boxes, scores, idxs, thr, max_output, score_threshold, w, backend)

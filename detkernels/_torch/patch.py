@@ -1,0 +1,72 @@
+"""``patch_torchvision``: route torchvision.ops (and the places its modules and detection models
+look the ops up) to detkernels' public functions and modules."""
+from __future__ import annotations
+
+import contextlib
+import importlib
+from typing import Any
+
+from ..api import boxes as _boxes
+from ..api import nms as _nms
+from ..api import roi as _roi
+from ..api import roi_modules as _modules
+
+PATCHED = {"nms": _nms.nms, "batched_nms": _nms.batched_nms, "box_area": _boxes.box_area,
+           "box_iou": _boxes.box_iou, "generalized_box_iou": _boxes.generalized_box_iou,
+           "distance_box_iou": _boxes.distance_box_iou, "complete_box_iou": _boxes.complete_box_iou}
+ROI_FUNCTIONS = {name: getattr(_roi, name) for name in ("roi_align", "roi_pool", "ps_roi_align", "ps_roi_pool")}
+ROI_CLASSES = {name: getattr(_modules, name) for name in _modules.__all__}
+
+
+def patch_targets() -> list[tuple[Any, str, Any]]:
+    """(module, attribute, replacement) for every place torchvision looks the ops up: the
+    ``torchvision.ops`` and ``torchvision.ops.boxes`` namespaces, the globals the torchvision RoI
+    module classes call (so existing RoIAlign/MultiScaleRoIAlign instances, e.g. inside a built
+    detection model, reroute too), and the roi_align used by the Mask R-CNN loss."""
+    out: list[tuple[Any, str, Any]] = []
+    for modname in ("torchvision.ops", "torchvision.ops.boxes"):
+        mod = importlib.import_module(modname)
+        out += [(mod, name, new) for name, new in PATCHED.items() if hasattr(mod, name)]
+    tv_ops = importlib.import_module("torchvision.ops")
+    out += [(tv_ops, name, new) for name, new in {**ROI_FUNCTIONS, **ROI_CLASSES}.items() if hasattr(tv_ops, name)]
+    for modname, name in (("torchvision.ops.roi_align", "roi_align"), ("torchvision.ops.roi_pool", "roi_pool"),
+                          ("torchvision.ops.ps_roi_align", "ps_roi_align"),
+                          ("torchvision.ops.ps_roi_pool", "ps_roi_pool"), ("torchvision.ops.poolers", "roi_align"),
+                          ("torchvision.models.detection.roi_heads", "roi_align")):
+        try:
+            mod = importlib.import_module(modname)
+        except ImportError:
+            continue
+        if hasattr(mod, name):
+            out.append((mod, name, ROI_FUNCTIONS[name]))
+    return out
+
+
+class patch_torchvision(contextlib.AbstractContextManager):
+    """Route ``torchvision.ops`` functions to detkernels, so an existing torchvision model uses it
+    without code changes. Patches at construction; as a context manager, restores on exit::
+
+        detkernels.patch_torchvision()            # for the rest of the process
+        with detkernels.patch_torchvision(): ...  # for a block
+        p = detkernels.patch_torchvision(); ...; p.restore()   # undo a global patch
+
+    Patched: nms, batched_nms, box_area, box_iou, generalized/distance/complete_box_iou in
+    ``torchvision.ops`` and ``torchvision.ops.boxes`` (which the detection models call); the RoI
+    ops, their modules, and the globals torchvision's RoI modules and detection heads call
+    (``patch_targets``).
+    """
+
+    def __init__(self) -> None:
+        self._saved: list[tuple[Any, str, Any]] = []
+        for mod, name, new in patch_targets():
+            self._saved.append((mod, name, getattr(mod, name)))
+            setattr(mod, name, new)
+
+    def restore(self) -> None:
+        """Put torchvision's own functions back."""
+        for mod, name, fn in reversed(self._saved):
+            setattr(mod, name, fn)
+        self._saved.clear()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.restore()
