@@ -63,7 +63,7 @@ class BuildPy(build_py):
     """Also ship the shared CUDA headers as detkernels/_csrc/: the CuPy backend compiles them at
     run time with NVRTC (detkernels/backends/cupy.py). A source checkout uses csrc/ directly."""
 
-    HEADERS = ("common/*.h", "ops/*/*.h", "ops/*/*.cuh")
+    HEADERS = ("common/*.h", "common/*.cuh", "ops/*/*.h", "ops/*/*.cuh")
 
     def run(self) -> None:
         super().run()

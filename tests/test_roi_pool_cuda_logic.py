@@ -1,5 +1,5 @@
 """The CUDA RoIPool / PSRoIPool kernels' logic (csrc/ops/roi_pool/roi_pool_gpu.h and the generic
-scatter of csrc/ops/roi_align/roi_scatter.h), byte-for-byte against the reference: on the CPU
+scatter of csrc/common/roi_scatter.h), byte-for-byte against the reference: on the CPU
 through the sequential emulation of the kernels' steps (always runs), and on a GPU through the
 real kernels, native and CuPy (skipped without a CUDA device)."""
 from __future__ import annotations

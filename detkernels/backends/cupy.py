@@ -58,10 +58,10 @@ IOU_C_TYPES = {**C_TYPES, "int32": "int", "int64": "long"}
 # The native build's CUDA float flags (CMakeLists.txt DK_CUDA_FLOAT_FLAGS), for NVRTC.
 NVRTC_FLOAT_OPTIONS = ("--fmad=false", "--prec-div=true", "--prec-sqrt=true", "--ftz=false")
 HEADERS = ("common/host_device.h", "ops/box_iou/box_iou.h", "ops/box_iou/box_iou_kernel.cuh",
-           "ops/nms/nms.h", "ops/nms/nms_bitmask.h",
+           "common/grid_stride.cuh", "ops/nms/nms.h", "ops/nms/nms_bitmask.h",
            # RoI ops (section at the end of this file)
-           "ops/roi_align/roi_align.h", "ops/roi_align/roi_scatter.h",
-           "ops/roi_align/roi_scatter_kernels.cuh", "ops/roi_align/roi_align_gpu.h",
+           "ops/roi_align/roi_align.h", "common/roi_scatter.h",
+           "common/roi_scatter_kernels.cuh", "ops/roi_align/roi_align_gpu.h",
            "ops/roi_align/roi_align_kernels.cuh", "ops/roi_pool/roi_pool.h",
            "ops/roi_pool/roi_pool_gpu.h", "ops/roi_pool/roi_pool_kernels.cuh")
 _MODULES: dict = {}
@@ -404,7 +404,7 @@ def multi_image_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float,
 # ---- RoI ops --------------------------------------------------------------------------------------
 # roi_align / ps_roi_align and roi_pool / ps_roi_pool, forward and backward, launching the native
 # build's kernels (csrc/ops/roi_align/roi_align_kernels.cuh, csrc/ops/roi_pool/roi_pool_kernels.cuh,
-# csrc/ops/roi_align/roi_scatter_kernels.cuh). Inputs arrive as for the native backend (working
+# csrc/common/roi_scatter_kernels.cuh). Inputs arrive as for the native backend (working
 # dtype, rois and argmax contiguous, features and grads in any layout: element strides are passed);
 # outputs are allocated in the caller's array kind. The backward is the deterministic atomic-free
 # scatter of roi_scatter.h: where the nvcc build runs CUB (radix sort, scan) this runs

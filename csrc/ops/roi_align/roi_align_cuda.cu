@@ -3,7 +3,7 @@
 // scatter (roi_scatter_launch.cuh: counts + scan -> keys -> CUB stable radix sort -> decode ->
 // ordered per-(run, channel) sums; no atomics) with the RoiAlignScatter policy.
 #include "ops/roi_align/roi_align_kernels.cuh"
-#include "ops/roi_align/roi_scatter_launch.cuh"
+#include "common/roi_scatter_launch.cuh"
 
 namespace detkernels {
 namespace {
@@ -20,7 +20,7 @@ void roi_align_forward_cuda(int dtype, bool ps, const void* input, const int64_t
                             int64_t C, int64_t H, int64_t W, const void* rois, int64_t K,
                             double scale, int64_t PH, int64_t PW, int64_t sr, bool aligned,
                             void* out, int device, void* stream) {
-  roi_dispatch(dtype, "roi_align", [&](auto t) {
+  dispatch_float(dtype, "roi_align", [&](auto t) {
     using T = decltype(t);
     const int64_t Co = ps ? C / (PH * PW) : C;
     const int64_t total = K * Co * PH * PW;
@@ -38,7 +38,7 @@ void roi_align_forward_cuda(int dtype, bool ps, const void* input, const int64_t
 int64_t roi_align_backward_cuda_prepare(int dtype, bool ps, const void* rois, int64_t K,
                                         double scale, int64_t PH, int64_t PW, int64_t N, int64_t sr,
                                         bool aligned, void* pre, int device, void* stream) {
-  return roi_dispatch(dtype, "roi_align", [&](auto t) -> int64_t {
+  return dispatch_float(dtype, "roi_align", [&](auto t) -> int64_t {
     using T = decltype(t);
     if (K == 0) return 0;
     DeviceGuard guard(device);
@@ -61,7 +61,7 @@ void roi_align_backward_cuda(int dtype, bool ps, const void* grad, const int64_t
                              int64_t N, int64_t C, int64_t H, int64_t W, int64_t sr, bool aligned,
                              const void* pre, int64_t M, void* ws, int64_t ws_bytes, void* gi,
                              int device, void* stream) {
-  roi_dispatch(dtype, "roi_align", [&](auto t) {
+  dispatch_float(dtype, "roi_align", [&](auto t) {
     using T = decltype(t);
     DeviceGuard guard(device);
     roi_scatter_backward<RoiAlignScatter<T>>(

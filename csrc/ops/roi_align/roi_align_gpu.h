@@ -7,7 +7,7 @@
 // and adds (grad * w) / T(gh*gw).
 #pragma once
 #include "ops/roi_align/roi_align.h"
-#include "ops/roi_align/roi_scatter.h"
+#include "common/roi_scatter.h"
 
 namespace detkernels {
 

@@ -14,7 +14,7 @@
 //    (grad * 1) / T(area) (= grad / T(area) exactly); channel c only receives bin c % (PH*PW).
 #pragma once
 #include "ops/roi_align/roi_align.h"  // roi_batch_index
-#include "ops/roi_align/roi_scatter.h"
+#include "common/roi_scatter.h"
 #include "ops/roi_pool/roi_pool.h"
 
 namespace detkernels {
