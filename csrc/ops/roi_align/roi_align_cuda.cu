@@ -16,7 +16,7 @@ RoiGeom<T> geom(const void* rois, int64_t K, double scale, int64_t PH, int64_t P
 
 }  // namespace
 
-void roi_align_forward_cuda(int dtype, bool ps, const void* input, const int64_t* st, int64_t N,
+void roi_align_forward_cuda(int dtype, bool ps, const void* input, const Strides4& st, int64_t N,
                             int64_t C, int64_t H, int64_t W, const void* rois, int64_t K,
                             double scale, int64_t PH, int64_t PW, int64_t sr, bool aligned,
                             void* out, int device, void* stream) {
@@ -56,7 +56,7 @@ int64_t roi_align_backward_cuda_workspace_bytes(int64_t M, int64_t N, int64_t H,
   return roi_sort_workspace_bytes(M, N * H * W);
 }
 
-void roi_align_backward_cuda(int dtype, bool ps, const void* grad, const int64_t* gst,
+void roi_align_backward_cuda(int dtype, bool ps, const void* grad, const Strides4& gst,
                              const void* rois, int64_t K, double scale, int64_t PH, int64_t PW,
                              int64_t N, int64_t C, int64_t H, int64_t W, int64_t sr, bool aligned,
                              const void* pre, int64_t M, void* ws, int64_t ws_bytes, void* gi,
@@ -66,8 +66,8 @@ void roi_align_backward_cuda(int dtype, bool ps, const void* grad, const int64_t
     DeviceGuard guard(device);
     roi_scatter_backward<RoiAlignScatter<T>>(
         geom<T>(rois, K, scale, PH, PW, N, H, W, sr, aligned, ps), static_cast<const T*>(grad),
-        gst, C, pre, M, ws, ws_bytes, static_cast<T*>(gi), static_cast<cudaStream_t>(stream),
-        "roi_align backward");
+        gst.data(), C, pre, M, ws, ws_bytes, static_cast<T*>(gi),
+        static_cast<cudaStream_t>(stream), "roi_align backward");
   });
 }
 

@@ -18,7 +18,7 @@ RoiGeom<T> ps_geom(const void* rois, int64_t K, double scale, int64_t PH, int64_
 
 }  // namespace
 
-void roi_pool_forward_cuda(int dtype, bool ps, const void* input, const int64_t* st, int64_t N,
+void roi_pool_forward_cuda(int dtype, bool ps, const void* input, const Strides4& st, int64_t N,
                            int64_t C, int64_t H, int64_t W, const void* rois, int64_t K,
                            double scale, int64_t PH, int64_t PW, void* out, int32_t* idx,
                            int device, void* stream) {
@@ -61,7 +61,7 @@ int64_t roi_pool_backward_cuda_workspace_bytes(bool ps, int64_t M, int64_t N, in
   return roi_sort_workspace_bytes(M, ps ? N * H * W : N * C * H * W);
 }
 
-void roi_pool_backward_cuda(int dtype, bool ps, const void* grad, const int64_t* gst,
+void roi_pool_backward_cuda(int dtype, bool ps, const void* grad, const Strides4& gst,
                             const void* rois, const int32_t* argmax, int64_t K, double scale,
                             int64_t PH, int64_t PW, int64_t N, int64_t C, int64_t H, int64_t W,
                             const void* pre, int64_t M, void* ws, int64_t ws_bytes, void* gi,
@@ -74,8 +74,8 @@ void roi_pool_backward_cuda(int dtype, bool ps, const void* grad, const int64_t*
     T* out = static_cast<T*>(gi);
     if (ps)
       return roi_scatter_backward<PsRoiPoolScatter<T>>(ps_geom<T>(rois, K, scale, PH, PW, N, H, W),
-                                                       g, gst, C, pre, M, ws, ws_bytes, out, s,
-                                                       "ps_roi_pool backward");
+                                                       g, gst.data(), C, pre, M, ws, ws_bytes, out,
+                                                       s, "ps_roi_pool backward");
     const int64_t HW = H * W, none = N * C * HW;
     if (none > 0) DK_CUDA_CHECK(cudaMemsetAsync(out, 0, sizeof(T) * none, s));
     if (M != K * C * PH * PW)

@@ -45,24 +45,24 @@ void backward(bool ps, const T* grad, const int64_t* gs, const T* rois, const in
 
 }  // namespace
 
-void roi_pool_forward_emulate_cpu(int dtype, bool ps, const void* input, const int64_t* st,
+void roi_pool_forward_emulate_cpu(int dtype, bool ps, const void* input, const Strides4& st,
                                   int64_t N, int64_t C, int64_t H, int64_t W, const void* rois,
                                   int64_t K, double scale, int64_t PH, int64_t PW, void* out,
                                   int32_t* idx) {
   dispatch_float(dtype, "roi_pool", [&](auto t) {
     using T = decltype(t);
-    forward(ps, static_cast<const T*>(input), st, N, C, H, W, static_cast<const T*>(rois), K,
+    forward(ps, static_cast<const T*>(input), st.data(), N, C, H, W, static_cast<const T*>(rois), K,
             static_cast<T>(scale), PH, PW, static_cast<T*>(out), idx);
   });
 }
 
-void roi_pool_backward_emulate_cpu(int dtype, bool ps, const void* grad, const int64_t* gs,
+void roi_pool_backward_emulate_cpu(int dtype, bool ps, const void* grad, const Strides4& gs,
                                    const void* rois, const int32_t* argmax, int64_t K, double scale,
                                    int64_t PH, int64_t PW, int64_t N, int64_t C, int64_t H,
                                    int64_t W, void* gi) {
   dispatch_float(dtype, "roi_pool", [&](auto t) {
     using T = decltype(t);
-    backward(ps, static_cast<const T*>(grad), gs, static_cast<const T*>(rois), argmax, K,
+    backward(ps, static_cast<const T*>(grad), gs.data(), static_cast<const T*>(rois), argmax, K,
              static_cast<T>(scale), PH, PW, N, C, H, W, static_cast<T*>(gi));
   });
 }
