@@ -61,9 +61,9 @@ class CMakeBuild(build_ext):
 
 class BuildPy(build_py):
     """Also ship the shared CUDA headers as detkernels/_csrc/: the CuPy backend compiles them at
-    run time with NVRTC (detkernels/backends/cupy.py). A source checkout uses csrc/ directly."""
+    run time with NVRTC (detkernels/backends/cupy/). A source checkout uses csrc/ directly."""
 
-    HEADERS = ("common/*.h", "ops/*/*.h", "ops/*/*.cuh")
+    HEADERS = ("common/*.h", "common/*.cuh", "ops/*/*.h", "ops/*/*.cuh")
 
     def run(self) -> None:
         super().run()
@@ -77,8 +77,9 @@ class BuildPy(build_py):
 
 
 setup(
-    packages=["detkernels", "detkernels.reference", "detkernels.backends", "detkernels.bench"],
-    package_data={"detkernels.backends": ["*.cu"]},
+    packages=["detkernels", "detkernels.reference", "detkernels.backends",
+              "detkernels.backends.cupy", "detkernels.bench"],
+    package_data={"detkernels.backends.cupy": ["*.cu"]},
     ext_modules=[CMakeExtension("detkernels._C")],
     cmdclass={"build_ext": CMakeBuild, "build_py": BuildPy},
     zip_safe=False,

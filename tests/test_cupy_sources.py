@@ -30,7 +30,7 @@ def _nvrtc():
 def _compile(options: tuple) -> tuple[dict, str]:
     """({name expression: PTX of its entry}, log) for the backend's source."""
     nvrtc = _nvrtc()
-    err, prog = nvrtc.nvrtcCreateProgram(C.source().encode(), b"cupy_kernels.cu", 0, [], [])
+    err, prog = nvrtc.nvrtcCreateProgram(C.source().encode(), b"kernels.cu", 0, [], [])
     for n in C.name_expressions():
         nvrtc.nvrtcAddNameExpression(prog, n.encode())
     opts = [o.encode() for o in (*options, "--gpu-architecture=compute_90")]
@@ -55,6 +55,22 @@ def _compile(options: tuple) -> tuple[dict, str]:
     return out, log.decode(errors="replace")
 
 
+# NMS's score filter is a double compare by definition ((double)score > score_threshold,
+# nms_bitmask.h nms_cand_valid, as torchvision's detection heads): the only float64 instructions a
+# float32 kernel may hold, and only the NMS gather, which applies that filter.
+SCORE_FILTER_F64 = {"ld.param.f64", "cvt.f64.f32", "setp.gt.f64"}
+
+
+def _f64_ops(body: str) -> set[str]:
+    """The opcodes of a PTX body's float64 instructions (declarations, .reg/.param, excluded)."""
+    ops = set()
+    for line in body.splitlines():
+        words = [w for w in line.split() if not w.startswith("@")]  # drop predicate guards
+        if words and not words[0].startswith(".") and re.search(r"\.f64\b", line):
+            ops.add(words[0])
+    return ops
+
+
 def test_nvrtc_source_is_exact():
     entries, _ = _compile(C.nvrtc_options())
     assert len(entries) == len(C.name_expressions())
@@ -62,7 +78,9 @@ def test_nvrtc_source_is_exact():
         assert not re.search(r"\bfma\.", body), f"{name}: fused multiply-add"
         assert not re.search(r"\.(approx|full)\b|\.ftz\b", body), f"{name}: approximate/FTZ op"
         if "<float" in name:
-            assert not re.search(r"\.f64\b", body), f"{name}: float64 arithmetic in a float32 kernel"
+            allowed = SCORE_FILTER_F64 if name.startswith("detkernels::nms_gather_kernel<") else set()
+            assert _f64_ops(body) <= allowed, f"{name}: float64 arithmetic in a float32 kernel"
+    assert _f64_ops(entries["detkernels::nms_gather_kernel<float>"]) == SCORE_FILTER_F64
 
 
 def test_lint_sees_contraction():
@@ -194,7 +212,7 @@ def _segments_greedy(boxes2d, rows, seg, valid, thr):
 @pytest.mark.parametrize("ncls,with_idxs,sthr", [(0, False, None), (0, True, None), (3, False, None),
                                               (0, True, 0.3), (3, False, 0.3)])
 def test_multi_image_plan_logic(ncls, with_idxs, sthr):
-    """multi_image_nms's device plan and outputs (cupy.py _multi_plan, _multi_outputs), run with
+    """multi_image_nms's device plan and outputs (cupy/__init__.py _multi_plan, _multi_outputs), run with
     NumPy standing in for CuPy and a greedy over the plan's segments standing in for the
     NVRTC kernels, equal the reference on every NMS family, both dtypes, K below/above N."""
     import _nms_families as NF
@@ -222,11 +240,117 @@ def test_multi_image_plan_logic(ncls, with_idxs, sthr):
 
 
 def test_mask_tile_rows_matches_header():
-    """cupy.py's tile size is nms_bitmask.h's nms_tile_rows (a multiple of 64, capped)."""
-    assert C.mask_tile_rows(100000, 17, 1 << 20) == 120 * 64  # 2^20 B / (17 words * 8 B * 64 rows)
-    assert C.mask_tile_rows(1000, 17, 1 << 20) == 1024  # all 16 row blocks
-    assert C.mask_tile_rows(100, 3, 1) == 64
-    assert C.mask_tile_rows(100, 3, 1 << 30) == 128
+    """The backend's tile size is nms_bitmask.h's nms_tile_rows (a multiple of 64, capped), taken
+    from detkernels._constants (checked against the C++ in tests/test_constants.py)."""
+    from detkernels import _constants
+
+    assert C.nms_tile_rows is _constants.nms_tile_rows
+    assert C.nms_tile_rows(100000, 17, 1 << 20) == 120 * 64  # 2^20 B / (17 words * 8 B * 64 rows)
+    assert C.nms_tile_rows(1000, 17, 1 << 20) == 1024  # all 16 row blocks
+    assert C.nms_tile_rows(100, 3, 1) == 64
+    assert C.nms_tile_rows(100, 3, 1 << 30) == 128
+
+
+def test_nms_kernels_are_the_native_ones():
+    """The CuPy source defines no kernel of its own: the NMS kernels are nms_kernels.cuh's, which
+    nms_cuda.cu launches, and no other copy of them is left."""
+    root = Path(__file__).resolve().parents[1]
+    cuh = "ops/nms/nms_kernels.cuh"
+    assert f'#include "{cuh}"' in C.source()
+    assert f'#include "{cuh}"' in (root / "csrc/ops/nms/nms_cuda.cu").read_text()
+    assert cuh in C.HEADERS
+    assert "__global__" not in (root / "detkernels/backends/cupy/kernels.cu").read_text()
+    assert "__global__" not in (root / "csrc/ops/nms/nms_cuda.cu").read_text()
+    assert set(C.nms_name_expressions()) <= set(C.name_expressions())
+
+
+class _NumpyCupy(_Recorder):
+    """NumPy standing in for the whole of cupy (stable argsort, as CuPy's), and a module whose NMS
+    kernels are emulated: the gather maps its candidate ids to box rows as nms_cand_box does, the
+    scan keeps greedily within each of the plan's segments (_segments_greedy). The mask kernel
+    only records its launch."""
+
+    class cuda:  # noqa: N801 -- cupy.cuda.memory.OutOfMemoryError
+        class memory:  # noqa: N801
+            OutOfMemoryError = MemoryError
+
+    def __init__(self, boxes, thr):
+        super().__init__()
+        self.boxes2d, self.thr = boxes.reshape(-1, 4), thr
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    @staticmethod
+    def argsort(a, axis=-1):
+        return np.argsort(a, axis=axis, kind="stable")
+
+    def get_function(self, name):
+        record = super().get_function(name)
+
+        def launch(grid, block, args):
+            record(grid, block, args)
+            if "nms_gather_kernel" in name:
+                cand, M, N, Cc = args[0], int(args[10]), int(args[11]), int(args[12])
+                self.rows = (cand // M) * N + (cand % M) // Cc
+            elif "nms_scan_kernel" in name:
+                seg, valid, keep = args[8], args[9], args[10]
+                keep[:] = _segments_greedy(self.boxes2d, self.rows, seg, valid, self.thr)
+
+        return launch
+
+
+def _numpy_cupy(monkeypatch, boxes, thr):
+    rec = _NumpyCupy(boxes, thr)
+    monkeypatch.setattr(C, "_cupy", lambda: rec)
+    monkeypatch.setattr(C, "_module", lambda cp: rec)
+    monkeypatch.setattr(C, "_On", _NoStream)
+    monkeypatch.setattr(C, "_view", lambda cp, x: x)
+    monkeypatch.setattr(C, "_as_kind", lambda r, like: r)
+    return rec
+
+
+@pytest.mark.parametrize("with_idxs,sthr,ncls", [(False, None, 0), (True, None, 0), (True, 0.3, 0),
+                                                  (False, 0.3, 3)])
+def test_nms_launches_match_the_kernels(monkeypatch, with_idxs, sthr, ncls):
+    """Without a GPU: nms (as one image) and multi_image_nms launch nms_kernels.cuh's entries with
+    exactly their PTX argument types, tiles included (a tiny DETKERNELS_NMS_MASK_BYTES), and -- the
+    kernels emulated over the launch arguments -- equal the reference."""
+    import _nms_families as NF
+
+    from detkernels.reference import nms as RN
+
+    entries, _ = _compile(C.nvrtc_options())
+    monkeypatch.setattr(C, "NMS_MASK_BYTES", 1)  # one row block per tile: several tiles
+    for family in ("uniform", "ties", "at_threshold"):
+        boxes, scores, classes = NF.batch(family, 5, 2, 150, ncls)
+        for dtype in (np.float32, np.float64):
+            b, sc = boxes.astype(dtype), scores.astype(dtype)
+            c = classes if with_idxs else None
+            rec = _numpy_cupy(monkeypatch, b, 0.5)
+            got = C.multi_image_nms(b, sc, c, 0.5, 40, sthr)
+            want = RN.multi_image_nms(b, sc, 0.5, 40, idxs=c, score_threshold=sthr)
+            for g, w in zip(got, want):
+                assert (g is None) == (w is None)
+                if w is not None:
+                    np.testing.assert_array_equal(g, w, err_msg=f"{family} {dtype}")
+            if ncls == 0 and sthr is None:  # nms: one image, through the same path
+                rec = _numpy_cupy(monkeypatch, b[0], 0.5)
+                got = C.nms(b[0], sc[0], None if c is None else c[0], 0.5)
+                want = (RN.nms(b[0], sc[0], 0.5) if c is None
+                        else RN.batched_nms(b[0], sc[0], c[0], 0.5))
+                np.testing.assert_array_equal(got, want, err_msg=f"nms {family} {dtype}")
+            launched = [name for name, *_ in rec.calls]
+            assert set(launched) == {n for n in C.nms_name_expressions()
+                                     if "<" not in n or f"<{C.C_TYPES[np.dtype(dtype).name]}>" in n}
+            assert launched.count("detkernels::nms_scan_kernel") > 1, "one tile only"
+            for name, grid, block, args in rec.calls:
+                params = PTX_PARAM.findall(entries[name].split(")")[0])
+                got_t = ["u64" if isinstance(a, np.ndarray) else ARG_TYPES[type(a)] for a in args]
+                assert got_t == params, f"{name}: launched with {got_t}, kernel takes {params}"
+                assert all(0 < g <= 65535 for g in grid)
+                if "scan" in name:
+                    assert block == (C.NMS_SCAN_THREADS,)
 
 
 # ---- box_iou on integer boxes -----------------------------------------------------------------

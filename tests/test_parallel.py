@@ -2,8 +2,8 @@
 results byte-identical for any thread count, concurrent Python callers (the bindings release the
 GIL), nesting, exceptions, set_num_threads mid-process, fork and interpreter exit.
 
-`_C._parallel_probe` reaches what no kernel does (nesting, a throwing chunk, a rendezvous that
-proves chunks really run on distinct threads); see its comment in csrc/common/parallel.h."""
+`_C.testing.parallel_probe` reaches what no kernel does (nesting, a throwing chunk, a rendezvous
+that proves chunks really run on distinct threads); see its comment in csrc/common/parallel.h."""
 from __future__ import annotations
 
 import os
@@ -153,7 +153,7 @@ def test_concurrent_python_threads(threads):
             for it in range(2):
                 for n in names[k % len(names):] + names[:k % len(names)]:
                     _assert_same(WORKLOADS[n](), expected[n], f"thread {k} iteration {it} {n}")
-                r = _C._parallel_probe(1000, 10, 0, -1, 0)
+                r = _C.testing.parallel_probe(1000, 10, 0, -1, 0)
                 assert r[0] in (1, min(threads, 100)) and r[5:] == [1] * 1000, r[:5]
         except BaseException as e:  # reported below, with the thread that saw it
             failures.append(f"{type(e).__name__}: {e}")
@@ -184,7 +184,7 @@ def test_set_num_threads_while_others_run():
         try:
             for _ in range(200):
                 n, grain = int(g.integers(1, 3000)), int(g.integers(1, 60))
-                r = _C._parallel_probe(n, grain, 4, -1, 0)
+                r = _C.testing.parallel_probe(n, grain, 4, -1, 0)
                 assert 1 <= r[0] <= min(8, -(-n // grain)), (n, grain, r[:5])
                 # Nested loops of a split job run inline; one under an unsplit (inline) call
                 # may still use the pool.
@@ -212,21 +212,21 @@ def test_chunks_follow_set_num_threads():
     for t, n, chunks in [(2, 100, 2), (5, 100, 5), (3, 100, 3), (1, 100, 1), (8, 100, 8),
                          (4, 100, 4), (8, 9, 5), (8, 3, 3)]:
         detkernels.set_num_threads(t)
-        r = _C._parallel_probe(n, 1, 0, -1, chunks)
+        r = _C.testing.parallel_probe(n, 1, 0, -1, chunks)
         assert r[:5] == [chunks, chunks, 0, 0, 0], (t, n, r[:5])
         assert r[5:] == [1] * n
 
 
 def test_grain_bounds_chunks():
     detkernels.set_num_threads(8)
-    assert _C._parallel_probe(100, 40, 0, -1, 0)[0] == 3  # ceil(100 / 40)
-    assert _C._parallel_probe(100, 100, 0, -1, 0)[:2] == [1, 1]  # inline
-    assert _C._parallel_probe(0, 1, 0, -1, 0)[0] == 0
+    assert _C.testing.parallel_probe(100, 40, 0, -1, 0)[0] == 3  # ceil(100 / 40)
+    assert _C.testing.parallel_probe(100, 100, 0, -1, 0)[:2] == [1, 1]  # inline
+    assert _C.testing.parallel_probe(0, 1, 0, -1, 0)[0] == 0
 
 
 def test_nested_runs_inline():
     detkernels.set_num_threads(4)
-    r = _C._parallel_probe(400, 1, 16, -1, 4)
+    r = _C.testing.parallel_probe(400, 1, 16, -1, 4)
     # 4 chunks on 4 threads; each nested loop is one chunk on its outer chunk's thread.
     assert r[:5] == [4, 4, 4, 0, 0]
     assert r[5:] == [1] * 400
@@ -236,8 +236,8 @@ def test_exception_propagates_and_pool_survives():
     detkernels.set_num_threads(4)
     for at in (0, 150, 399):  # the caller's chunk, a worker's chunk, the last chunk
         with pytest.raises(RuntimeError, match=r"parallel_probe: chunk \[\d+, \d+\) threw"):
-            _C._parallel_probe(400, 1, 0, at, 0)
-    r = _C._parallel_probe(400, 1, 0, -1, 4)
+            _C.testing.parallel_probe(400, 1, 0, at, 0)
+    r = _C.testing.parallel_probe(400, 1, 0, -1, 4)
     assert r[:5] == [4, 4, 0, 0, 0] and r[5:] == [1] * 400
 
 
@@ -258,7 +258,7 @@ S = g.uniform(0, 1, 3000).astype(np.float32)
 def work():
     return (detkernels.nms(B, S, 0.5, backend="native"),
             detkernels.box_iou(B[:300], B, backend="native"),
-            detkernels._C._parallel_probe(64, 1, 0, -1, 3))  # 3 chunks on 3 threads at once
+            detkernels._C.testing.parallel_probe(64, 1, 0, -1, 3))  # 3 chunks on 3 threads at once
 detkernels.set_num_threads(3)
 expected = work()
 def same(r):
@@ -294,7 +294,7 @@ def test_fork_child_gets_a_fresh_pool():
         if pid == 0:
             ok = all(same(work()) for _ in range(2))
             detkernels.set_num_threads(5)  # the child's pool grows too
-            r = detkernels._C._parallel_probe(50, 1, 0, -1, 5)
+            r = detkernels._C.testing.parallel_probe(50, 1, 0, -1, 5)
             os._exit(0 if ok and r[:5] == [5, 5, 0, 0, 0] else 1)
         codes.append(wait_child(pid))
         if codes[-1] != 0:

@@ -23,17 +23,17 @@ def _strides(a: np.ndarray) -> list[int]:
 def _emulate_forward(x, rois, scale, ph, pw, sr, aligned, ps):
     n, c, h, w = x.shape
     out = np.empty((rois.shape[0], c // (ph * pw) if ps else c, ph, pw), x.dtype)
-    _C.roi_align_forward_emulate_cpu(CODES[x.dtype.type], ps, x.ctypes.data, _strides(x), n, c, h, w,
-                                     rois.ctypes.data, rois.shape[0], scale, ph, pw, sr, aligned,
-                                     out.ctypes.data)
+    _C.testing.roi_align_forward_emulate_cpu(CODES[x.dtype.type], ps, x.ctypes.data, _strides(x),
+                                             n, c, h, w, rois.ctypes.data, rois.shape[0], scale,
+                                             ph, pw, sr, aligned, out.ctypes.data)
     return out
 
 
 def _emulate_backward(g, rois, scale, ph, pw, shape, sr, aligned, ps):
     gi = np.empty(shape, g.dtype)
-    _C.roi_align_backward_emulate_cpu(CODES[g.dtype.type], ps, g.ctypes.data, _strides(g),
-                                      rois.ctypes.data, rois.shape[0], scale, ph, pw, *shape, sr,
-                                      aligned, gi.ctypes.data)
+    _C.testing.roi_align_backward_emulate_cpu(CODES[g.dtype.type], ps, g.ctypes.data, _strides(g),
+                                              rois.ctypes.data, rois.shape[0], scale, ph, pw,
+                                              *shape, sr, aligned, gi.ctypes.data)
     return gi
 
 

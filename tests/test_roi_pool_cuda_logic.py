@@ -1,5 +1,5 @@
 """The CUDA RoIPool / PSRoIPool kernels' logic (csrc/ops/roi_pool/roi_pool_gpu.h and the generic
-scatter of csrc/ops/roi_align/roi_scatter.h), byte-for-byte against the reference: on the CPU
+scatter of csrc/common/roi_scatter.h), byte-for-byte against the reference: on the CPU
 through the sequential emulation of the kernels' steps (always runs), and on a GPU through the
 real kernels, native and CuPy (skipped without a CUDA device)."""
 from __future__ import annotations
@@ -21,21 +21,26 @@ def _strides(a: np.ndarray) -> list[int]:
     return [s // a.itemsize for s in a.strides]
 
 
+def _entry(fn: str):
+    """An entry point of _C; the emulations are test-only, in _C.testing."""
+    return getattr(_C.testing if "emulate" in fn else _C, fn)
+
+
 def _forward(x, rois, scale, ph, pw, ps, fn="roi_pool_forward_emulate_cpu"):
     n, c, h, w = x.shape
     shape = (rois.shape[0], c // (ph * pw) if ps else c, ph, pw)
     out = np.full(shape, 7, x.dtype)  # poison: every element must be written
     idx = np.full(shape, 7, np.int32)
-    getattr(_C, fn)(CODES[x.dtype.type], ps, x.ctypes.data, _strides(x), n, c, h, w, rois.ctypes.data,
-                    rois.shape[0], scale, ph, pw, out.ctypes.data, idx.ctypes.data)
+    _entry(fn)(CODES[x.dtype.type], ps, x.ctypes.data, _strides(x), n, c, h, w, rois.ctypes.data,
+               rois.shape[0], scale, ph, pw, out.ctypes.data, idx.ctypes.data)
     return out, idx
 
 
 def _backward(g, rois, idx, scale, ph, pw, shape, ps, fn="roi_pool_backward_emulate_cpu"):
     gi = np.full(shape, 7, g.dtype)
     idx = np.ascontiguousarray(idx, np.int32)
-    getattr(_C, fn)(CODES[g.dtype.type], ps, g.ctypes.data, _strides(g), rois.ctypes.data,
-                    idx.ctypes.data, rois.shape[0], scale, ph, pw, *shape, gi.ctypes.data)
+    _entry(fn)(CODES[g.dtype.type], ps, g.ctypes.data, _strides(g), rois.ctypes.data,
+               idx.ctypes.data, rois.shape[0], scale, ph, pw, *shape, gi.ctypes.data)
     return gi
 
 

@@ -9,6 +9,7 @@
 #endif
 
 #ifndef __CUDACC_RTC__
+#include <array>
 #include <cstdint>
 #else
 // NVRTC (the CuPy backend) has no <cstdint>: the fixed-width types the headers use (LP64).
@@ -20,6 +21,12 @@ typedef unsigned char uint8_t;
 #endif
 
 namespace detkernels {
+
+#ifndef __CUDACC_RTC__
+// Element strides of a 4-d operand (the RoI ops' input or grad): entry points take them by value
+// (Python passes a list of 4 ints), kernels and loops as a pointer to 4 int64.
+using Strides4 = std::array<int64_t, 4>;
+#endif
 
 // Working-dtype codes shared with Python (detkernels/backends/native.py: _DTYPE_CODES).
 enum DType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3, kInt32 = 4, kInt64 = 5 };

@@ -151,7 +151,7 @@ def multi_image_nms_emulated(boxes: Any, scores: Any, classes: Any, iou_threshol
     out = np.empty((B, max_output), np.int64)
     cls = np.empty((B, max_output), np.int64) if scores.ndim == 3 else None
     counts = np.empty((B,), np.int64)
-    _C.nms_multi_emulate_cpu(dt, A.data_ptr(boxes), A.data_ptr(scores),
+    _C.testing.nms_multi_emulate_cpu(dt, A.data_ptr(boxes), A.data_ptr(scores),
                              0 if classes is None else A.data_ptr(classes), B, N, C,
                              float(iou_threshold), score_threshold, max_output, A.data_ptr(out),
                              0 if cls is None else A.data_ptr(cls), A.data_ptr(counts),

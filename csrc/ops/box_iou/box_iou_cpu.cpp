@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <vector>
 
+#include "common/dispatch.h"
 #include "common/parallel.h"
 
 namespace detkernels {
@@ -87,13 +88,9 @@ void run_fmt(int fmt, int kind, double eps, int64_t B, int64_t N, int64_t M, con
 void box_iou_cpu(int dtype, int fmt, int kind, double eps, int64_t B, int64_t N, int64_t M,
                  const void* boxes1, const void* boxes2, void* out) {
   if (B == 0 || N == 0 || M == 0) return;
-  switch (dtype) {
-    case kFloat32: return run_fmt<float>(fmt, kind, eps, B, N, M, boxes1, boxes2, out);
-    case kFloat64: return run_fmt<double>(fmt, kind, eps, B, N, M, boxes1, boxes2, out);
-    case kInt32: return run_fmt<int32_t>(fmt, kind, eps, B, N, M, boxes1, boxes2, out);
-    case kInt64: return run_fmt<int64_t>(fmt, kind, eps, B, N, M, boxes1, boxes2, out);
-  }
-  throw std::invalid_argument("box_iou: dtype must be float32, float64, int32 or int64");
+  dispatch_float_int(dtype, "box_iou", [&](auto t) {
+    run_fmt<decltype(t)>(fmt, kind, eps, B, N, M, boxes1, boxes2, out);
+  });
 }
 
 }  // namespace detkernels

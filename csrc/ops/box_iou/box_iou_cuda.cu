@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <stdexcept>
 
+#include "common/dispatch.h"
 #include "common/cuda_check.h"
 #include "ops/box_iou/box_iou_kernel.cuh"
 
@@ -63,13 +64,9 @@ void box_iou_cuda(int dtype, int fmt, int kind, double eps, int64_t B, int64_t N
   if (B == 0 || N == 0 || M == 0) return;
   DeviceGuard guard(device);
   auto s = static_cast<cudaStream_t>(stream);
-  switch (dtype) {
-    case kFloat32: return launch_fmt<float>(fmt, kind, eps, B, N, M, boxes1, boxes2, out, s);
-    case kFloat64: return launch_fmt<double>(fmt, kind, eps, B, N, M, boxes1, boxes2, out, s);
-    case kInt32: return launch_fmt<int32_t>(fmt, kind, eps, B, N, M, boxes1, boxes2, out, s);
-    case kInt64: return launch_fmt<int64_t>(fmt, kind, eps, B, N, M, boxes1, boxes2, out, s);
-  }
-  throw std::invalid_argument("box_iou: dtype must be float32, float64, int32 or int64");
+  dispatch_float_int(dtype, "box_iou", [&](auto t) {
+    launch_fmt<decltype(t)>(fmt, kind, eps, B, N, M, boxes1, boxes2, out, s);
+  });
 }
 
 }  // namespace detkernels

@@ -1,5 +1,5 @@
 // The box_iou CUDA kernel, shared by the nvcc build (box_iou_cuda.cu launches it with <<<>>>) and
-// the CuPy backend (NVRTC compiles it from detkernels/backends/cupy_kernels.cu, instantiated by
+// the CuPy backend (NVRTC compiles it from detkernels/backends/cupy/kernels.cu, instantiated by
 // name): one copy of the GPU code. One thread per output element, a block's column boxes staged in
 // shared memory. Exactness comes from the compile flags (--fmad=false, IEEE division) of both.
 // T: the boxes' dtype (float, double, int32_t, int64_t); the output is iou_out_t<T> (T, or float

@@ -15,6 +15,7 @@
 #include <stdexcept>
 #include <vector>
 
+#include "common/dispatch.h"
 #include "common/parallel.h"
 
 namespace detkernels {
@@ -218,31 +219,21 @@ void nms_multi_cpu(int dtype, const void* boxes, const void* scores, const int64
                    int64_t B, int64_t N, int64_t C, double iou_threshold, bool has_score_thr,
                    double score_thr, int64_t max_output, int64_t* out_idx, int64_t* out_cls,
                    int64_t* counts) {
-  switch (dtype) {
-    case kFloat32:
-      return run_multi(static_cast<const float*>(boxes), static_cast<const float*>(scores),
-                       classes, B, N, C, iou_threshold, has_score_thr, score_thr, max_output,
-                       out_idx, out_cls, counts);
-    case kFloat64:
-      return run_multi(static_cast<const double*>(boxes), static_cast<const double*>(scores),
-                       classes, B, N, C, iou_threshold, has_score_thr, score_thr, max_output,
-                       out_idx, out_cls, counts);
-  }
-  throw std::invalid_argument("nms: dtype must be float32 or float64");
+  dispatch_float(dtype, "nms", [&](auto t) {
+    using T = decltype(t);
+    run_multi(static_cast<const T*>(boxes), static_cast<const T*>(scores), classes, B, N, C,
+              iou_threshold, has_score_thr, score_thr, max_output, out_idx, out_cls, counts);
+  });
 }
 
 int64_t nms_cpu(int dtype, const void* boxes, const void* scores, const int64_t* classes,
                 int64_t n, double iou_threshold, int64_t* keep) {
   if (n <= 0) return 0;
-  switch (dtype) {
-    case kFloat32:
-      return run(static_cast<const float*>(boxes), static_cast<const float*>(scores), classes, n,
-                 iou_threshold, keep);
-    case kFloat64:
-      return run(static_cast<const double*>(boxes), static_cast<const double*>(scores), classes, n,
-                 iou_threshold, keep);
-  }
-  throw std::invalid_argument("nms: dtype must be float32 or float64");
+  return dispatch_float(dtype, "nms", [&](auto t) {
+    using T = decltype(t);
+    return run(static_cast<const T*>(boxes), static_cast<const T*>(scores), classes, n,
+               iou_threshold, keep);
+  });
 }
 
 }  // namespace detkernels

@@ -1,5 +1,6 @@
-// CUDA multi-image / per-class NMS: launches over nms_bitmask.h (the algorithm, step by step, is
-// described there; nms_emulate.cpp runs the same steps on the CPU for the tests).
+// CUDA multi-image / per-class NMS: launches the kernels of nms_kernels.cuh (shared with the CuPy
+// backend) over nms_bitmask.h's steps (the algorithm, step by step, is described there;
+// nms_emulate.cpp runs the same steps on the CPU for the tests), with CUB sorts and scan between.
 //
 // Everything is enqueued on the caller's stream, on the caller's device, in a workspace the caller
 // allocated (nms_multi_cuda_workspace_bytes): no host synchronisation, no allocation, no global
@@ -13,154 +14,18 @@
 #include <stdexcept>
 
 #include "common/cuda_check.h"
+#include "common/dispatch.h"
 #include "ops/nms/nms.h"
-#include "ops/nms/nms_bitmask.h"
+#include "ops/nms/nms_kernels.cuh"
 
 namespace detkernels {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kScanThreads = 256;
-static_assert(kScanThreads >= kNmsWordBits, "scan_kernel stages one row block per barrier");
 constexpr int64_t kAlign = 256;
 
 unsigned grid_1d(int64_t n) {
   return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(ceil_div<int64_t>(n, kThreads), 1 << 16)));
-}
-
-#define DK_GRID_STRIDE(i, n) \
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < (n); i += int64_t(gridDim.x) * blockDim.x)
-
-template <typename T>
-__global__ void score_key_kernel(const T* scores, uint64_t* keys, int64_t* vals, int64_t total) {
-  DK_GRID_STRIDE(q, total) {
-    keys[q] = nms_score_key(scores[q]);
-    vals[q] = q;
-  }
-}
-
-__global__ void class_key_kernel(const int64_t* order, uint64_t* keys, int64_t total, int64_t M,
-                                 int64_t C, const int64_t* classes) {
-  DK_GRID_STRIDE(p, total) keys[p] = nms_class_key(nms_cand_class(order[p], M, C, classes));
-}
-
-template <typename T>
-__global__ void image_key_kernel(const int64_t* order, const T* scores, uint64_t* keys,
-                                 int64_t total, int64_t M, bool has_sthr, double sthr) {
-  DK_GRID_STRIDE(p, total) {
-    const int64_t q = order[p];
-    keys[p] = nms_image_key(q, M, nms_cand_valid(scores[q], has_sthr, sthr));
-  }
-}
-
-template <typename T>
-__global__ void gather_kernel(const int64_t* order, const T* boxes, const T* scores, T* x1, T* y1,
-                              T* x2, T* y2, T* area, uint8_t* valid, int64_t total, int64_t M,
-                              int64_t N, int64_t Cc, bool has_sthr, double sthr) {
-  DK_GRID_STRIDE(p, total) {
-    const int64_t q = order[p];
-    const T* b = boxes + 4 * nms_cand_box(q, M, N, Cc);
-    const T bx1 = b[0], by1 = b[1], bx2 = b[2], by2 = b[3];
-    x1[p] = bx1; y1[p] = by1; x2[p] = bx2; y2[p] = by2;
-    area[p] = nms_area(bx1, by1, bx2, by2);
-    valid[p] = nms_cand_valid(scores[q], has_sthr, sthr);
-  }
-}
-
-__global__ void head_kernel(const int64_t* order, int64_t M, int64_t C, const int64_t* classes,
-                            const uint8_t* valid, int64_t* head, int64_t total) {
-  DK_GRID_STRIDE(p, total) head[p] = nms_head(p, order, M, C, classes, valid);
-}
-
-// blockIdx.y: row block of the tile; blockIdx.x strides over column blocks cb >= rb until the
-// first dead one. One thread per row; the 64 column boxes are staged in shared memory.
-template <typename T>
-__global__ void __launch_bounds__(kNmsWordBits)
-    mask_kernel(const T* x1, const T* y1, const T* x2, const T* y2, const T* area,
-                const int64_t* seg, uint64_t* mask, int64_t total, int64_t ncb, int64_t W,
-                int64_t row0, T thr) {
-  __shared__ T sx1[kNmsWordBits], sy1[kNmsWordBits], sx2[kNmsWordBits], sy2[kNmsWordBits],
-      sa[kNmsWordBits];
-  __shared__ int64_t sseg[kNmsWordBits];
-  const int64_t rb = row0 / kNmsWordBits + blockIdx.y;
-  if (rb >= ncb) return;
-  const int t = threadIdx.x;
-  const int64_t i = rb * kNmsWordBits + t;
-  const bool row_ok = i < total;
-  T ax1 = T(0), ay1 = T(0), ax2 = T(0), ay2 = T(0), aa = T(0);
-  if (row_ok) {
-    ax1 = x1[i]; ay1 = y1[i]; ax2 = x2[i]; ay2 = y2[i]; aa = area[i];
-  }
-  for (int64_t cb = rb + blockIdx.x; cb < ncb; cb += gridDim.x) {
-    if (!nms_block_live(seg[cb * kNmsWordBits], rb, total)) break;  // uniform over the block
-    const int64_t c0 = cb * kNmsWordBits;
-    const int nc = static_cast<int>(min(int64_t(kNmsWordBits), total - c0));
-    __syncthreads();  // the previous column block is no longer read
-    if (t < nc) {
-      sx1[t] = x1[c0 + t]; sy1[t] = y1[c0 + t]; sx2[t] = x2[c0 + t]; sy2[t] = y2[c0 + t];
-      sa[t] = area[c0 + t]; sseg[t] = seg[c0 + t];
-    }
-    __syncthreads();
-    if (row_ok)
-      mask[(i - row0) * W + (cb - rb)] =
-          nms_mask_word(i, ax1, ay1, ax2, ay2, aa, sx1, sy1, sx2, sy2, sa, sseg, c0, nc, thr);
-  }
-}
-
-// Block b scans image b's rows of the tile [row0, row0 + R) row block by row block
-// (nms_scan_rowblock; images are independent, see nms_bitmask.h). Each row block's diagonal words
-// and validity (rows outside the image: invalid) are staged in shared memory first; a barrier
-// closes each row block.
-__global__ void __launch_bounds__(kScanThreads)
-    scan_kernel(int64_t M, int64_t R, int64_t total, int64_t row0, const uint64_t* mask,
-                int64_t W, int64_t ncb, uint64_t* removed, const int64_t* seg,
-                const uint8_t* valid, uint8_t* keep) {
-  __shared__ uint64_t s_diag[kNmsWordBits];
-  __shared__ uint8_t s_valid[kNmsWordBits];
-  const int t = threadIdx.x;
-  const int64_t b = blockIdx.x;
-  const int64_t lo = max(row0, b * M), hi = min(min(total, row0 + R), (b + 1) * M);
-  for (int64_t rb = lo / kNmsWordBits; lo < hi && rb * kNmsWordBits < hi; ++rb) {
-    const int64_t i = rb * kNmsWordBits + t;
-    if (t < kNmsWordBits) {
-      const bool in = i >= lo && i < hi;
-      s_diag[t] = in ? mask[(i - row0) * W] : 0;
-      s_valid[t] = in ? valid[i] : 0;
-    }
-    __syncthreads();
-    nms_scan_rowblock(rb, t, blockDim.x, total, row0, mask, W, ncb, s_diag, 1, s_valid, removed,
-                      seg, keep);
-    __syncthreads();
-  }
-}
-
-__global__ void scatter_kernel(const int64_t* order, const uint8_t* keep, uint8_t* kept_by_cand,
-                               int64_t total) {
-  DK_GRID_STRIDE(p, total) kept_by_cand[order[p]] = keep[p];
-}
-
-template <typename T>
-__global__ void final_key_kernel(const uint8_t* kept_by_cand, const T* scores, uint64_t* keys,
-                                 int64_t* vals, int64_t total) {
-  DK_GRID_STRIDE(q, total) {
-    keys[q] = nms_final_key<T>(kept_by_cand[q] != 0, scores[q]);
-    vals[q] = q;
-  }
-}
-
-__global__ void final_image_key_kernel(const int64_t* order, uint64_t* keys, int64_t total,
-                                       int64_t M) {
-  DK_GRID_STRIDE(p, total) keys[p] = nms_image_key(order[p], M, true);
-}
-
-__global__ void count_kernel(const int64_t* order, const uint8_t* kept_by_cand, int64_t* counts,
-                             int64_t B, int64_t M, int64_t K) {
-  DK_GRID_STRIDE(b, B) counts[b] = nms_count_kept(order, kept_by_cand, b * M, (b + 1) * M, K);
-}
-
-__global__ void output_kernel(int64_t B, int64_t K, int64_t M, int64_t C, const int64_t* order,
-                              const int64_t* counts, int64_t* out_idx, int64_t* out_cls) {
-  DK_GRID_STRIDE(s, B * K) nms_gather_slot(s / K, s % K, K, M, C, order, counts, out_idx, out_cls);
 }
 
 // ---- workspace --------------------------------------------------------------------------------
@@ -248,18 +113,19 @@ void run(const T* boxes, const T* scores, const int64_t* classes, int64_t B, int
   const int img_bits = nms_key_bits(uint64_t(2 * B - 1));
 
   // 1. order by (image, valid, class, score desc, q)
-  score_key_kernel<<<g, kThreads, 0, st>>>(scores, keys.Current(), vals.Current(), total);
-  DK_CUDA_CHECK_LAUNCH("score_key_kernel");
+  nms_score_key_kernel<<<g, kThreads, 0, st>>>(scores, keys.Current(), vals.Current(), total);
+  DK_CUDA_CHECK_LAUNCH("nms_score_key_kernel");
   sort(nms_score_key_bits<T>());
   if (has_cls) {
-    class_key_kernel<<<g, kThreads, 0, st>>>(vals.Current(), keys.Current(), total, M, C, classes);
-    DK_CUDA_CHECK_LAUNCH("class_key_kernel");
+    nms_class_key_kernel<<<g, kThreads, 0, st>>>(vals.Current(), keys.Current(), total, M, C,
+                                                 classes);
+    DK_CUDA_CHECK_LAUNCH("nms_class_key_kernel");
     sort(C > 0 ? nms_key_bits(uint64_t(C - 1)) : 64);
   }
   if (has_img) {
-    image_key_kernel<<<g, kThreads, 0, st>>>(vals.Current(), scores, keys.Current(), total, M,
-                                             has_sthr, sthr);
-    DK_CUDA_CHECK_LAUNCH("image_key_kernel");
+    nms_image_key_kernel<<<g, kThreads, 0, st>>>(vals.Current(), scores, keys.Current(), total,
+                                                 M, has_sthr, sthr);
+    DK_CUDA_CHECK_LAUNCH("nms_image_key_kernel");
     sort(img_bits);
   }
   const int64_t* order = vals.Current();
@@ -274,11 +140,11 @@ void run(const T* boxes, const T* scores, const int64_t* classes, int64_t B, int
   auto* removed = reinterpret_cast<uint64_t*>(ws + L.removed);
   auto* mask = reinterpret_cast<uint64_t*>(ws + L.mask);
   int64_t* head = vals.Alternate();  // free until the final sorts
-  gather_kernel<<<g, kThreads, 0, st>>>(order, boxes, scores, x1, y1, x2, y2, area, valid, total,
-                                        M, N, Cc, has_sthr, sthr);
-  DK_CUDA_CHECK_LAUNCH("gather_kernel");
-  head_kernel<<<g, kThreads, 0, st>>>(order, M, C, classes, valid, head, total);
-  DK_CUDA_CHECK_LAUNCH("head_kernel");
+  nms_gather_kernel<<<g, kThreads, 0, st>>>(order, boxes, scores, x1, y1, x2, y2, area, valid,
+                                            total, M, N, Cc, has_sthr, sthr);
+  DK_CUDA_CHECK_LAUNCH("nms_gather_kernel");
+  nms_head_kernel<<<g, kThreads, 0, st>>>(order, M, C, classes, valid, head, total);
+  DK_CUDA_CHECK_LAUNCH("nms_head_kernel");
   {
     size_t bytes = static_cast<size_t>(L.temp_bytes);
     DK_CUDA_CHECK(cub::DeviceScan::InclusiveScan(temp, bytes, static_cast<const int64_t*>(head),
@@ -293,31 +159,32 @@ void run(const T* boxes, const T* scores, const int64_t* classes, int64_t B, int
     const int64_t rb0 = row0 / kNmsWordBits, rb1 = std::min(ncb, (row0 + L.R) / kNmsWordBits);
     const int64_t nrb = rb1 - rb0;
     const int64_t gx = std::max<int64_t>(1, std::min<int64_t>({ncb - rb0, L.W, 16384 / nrb}));
-    mask_kernel<T><<<dim3(static_cast<unsigned>(gx), static_cast<unsigned>(nrb)), kNmsWordBits, 0,
-                     st>>>(x1, y1, x2, y2, area, seg, mask, total, ncb, L.W, row0, thr);
-    DK_CUDA_CHECK_LAUNCH("mask_kernel");
-    scan_kernel<<<static_cast<unsigned>(B), kScanThreads, 0, st>>>(M, L.R, total, row0, mask, L.W,
-                                                                   ncb, removed, seg, valid, keep);
-    DK_CUDA_CHECK_LAUNCH("scan_kernel");
+    nms_mask_kernel<T><<<dim3(static_cast<unsigned>(gx), static_cast<unsigned>(nrb)), kNmsWordBits,
+                         0, st>>>(x1, y1, x2, y2, area, seg, mask, total, ncb, L.W, row0, thr);
+    DK_CUDA_CHECK_LAUNCH("nms_mask_kernel");
+    nms_scan_kernel<<<static_cast<unsigned>(B), kNmsScanThreads, 0, st>>>(
+        M, L.R, total, row0, mask, L.W, ncb, removed, seg, valid, keep);
+    DK_CUDA_CHECK_LAUNCH("nms_scan_kernel");
   }
 
   // 5. kept candidates by (image, score desc, q), counts, padded outputs
-  scatter_kernel<<<g, kThreads, 0, st>>>(order, keep, kept, total);
-  DK_CUDA_CHECK_LAUNCH("scatter_kernel");
-  final_key_kernel<T><<<g, kThreads, 0, st>>>(kept, scores, keys.Current(), vals.Current(), total);
-  DK_CUDA_CHECK_LAUNCH("final_key_kernel");
+  nms_scatter_kernel<<<g, kThreads, 0, st>>>(order, keep, kept, total);
+  DK_CUDA_CHECK_LAUNCH("nms_scatter_kernel");
+  nms_final_key_kernel<T><<<g, kThreads, 0, st>>>(kept, scores, keys.Current(), vals.Current(),
+                                                  total);
+  DK_CUDA_CHECK_LAUNCH("nms_final_key_kernel");
   sort(nms_score_key_bits<T>());
   if (B > 1) {
-    final_image_key_kernel<<<g, kThreads, 0, st>>>(vals.Current(), keys.Current(), total, M);
-    DK_CUDA_CHECK_LAUNCH("final_image_key_kernel");
+    nms_final_image_key_kernel<<<g, kThreads, 0, st>>>(vals.Current(), keys.Current(), total, M);
+    DK_CUDA_CHECK_LAUNCH("nms_final_image_key_kernel");
     sort(img_bits);
   }
-  count_kernel<<<grid_1d(B), kThreads, 0, st>>>(vals.Current(), kept, counts, B, M, K);
-  DK_CUDA_CHECK_LAUNCH("count_kernel");
+  nms_count_kernel<<<grid_1d(B), kThreads, 0, st>>>(vals.Current(), kept, counts, B, M, K);
+  DK_CUDA_CHECK_LAUNCH("nms_count_kernel");
   if (B * K > 0) {
-    output_kernel<<<grid_1d(B * K), kThreads, 0, st>>>(B, K, M, C, vals.Current(), counts, out_idx,
-                                                       out_cls);
-    DK_CUDA_CHECK_LAUNCH("output_kernel");
+    nms_output_kernel<<<grid_1d(B * K), kThreads, 0, st>>>(B, K, M, C, vals.Current(), counts,
+                                                           out_idx, out_cls);
+    DK_CUDA_CHECK_LAUNCH("nms_output_kernel");
   }
 }
 
@@ -334,29 +201,27 @@ void nms_multi_cuda(int dtype, const void* boxes, const void* scores, const int6
                     double score_thr, int64_t max_output, int64_t* out_idx, int64_t* out_cls,
                     int64_t* counts, void* workspace, int64_t workspace_bytes,
                     int64_t mask_cap_bytes, int device, void* stream) {
-  if (dtype != kFloat32 && dtype != kFloat64)
-    throw std::invalid_argument("nms: dtype must be float32 or float64");
-  DeviceGuard guard(device);
-  auto st = static_cast<cudaStream_t>(stream);
-  const Layout L = make_layout(dtype, B, N, C, mask_cap_bytes);
-  if (L.total == 0) {  // nothing to sort: all padding
-    if (B * max_output > 0) {
-      DK_CUDA_CHECK(cudaMemsetAsync(out_idx, 0xFF, 8 * B * max_output, st));
-      if (out_cls) DK_CUDA_CHECK(cudaMemsetAsync(out_cls, 0xFF, 8 * B * max_output, st));
+  dispatch_float(dtype, "nms", [&](auto t) {
+    using T = decltype(t);
+    DeviceGuard guard(device);
+    auto st = static_cast<cudaStream_t>(stream);
+    const Layout L = make_layout(dtype, B, N, C, mask_cap_bytes);
+    if (L.total == 0) {  // nothing to sort: all padding
+      if (B * max_output > 0) {
+        DK_CUDA_CHECK(cudaMemsetAsync(out_idx, 0xFF, 8 * B * max_output, st));
+        if (out_cls) DK_CUDA_CHECK(cudaMemsetAsync(out_cls, 0xFF, 8 * B * max_output, st));
+      }
+      if (B > 0) DK_CUDA_CHECK(cudaMemsetAsync(counts, 0, 8 * B, st));
+      return;
     }
-    if (B > 0) DK_CUDA_CHECK(cudaMemsetAsync(counts, 0, 8 * B, st));
-    return;
-  }
-  if (workspace_bytes < L.bytes)
-    throw std::invalid_argument("nms (CUDA): workspace of " + std::to_string(workspace_bytes) +
-                                " bytes is smaller than the " + std::to_string(L.bytes) + " needed");
-  char* ws = static_cast<char*>(workspace);
-  if (dtype == kFloat32)
-    run(static_cast<const float*>(boxes), static_cast<const float*>(scores), classes, B, N, C,
-        iou_threshold, has_score_thr, score_thr, max_output, out_idx, out_cls, counts, ws, L, st);
-  else
-    run(static_cast<const double*>(boxes), static_cast<const double*>(scores), classes, B, N, C,
-        iou_threshold, has_score_thr, score_thr, max_output, out_idx, out_cls, counts, ws, L, st);
+    if (workspace_bytes < L.bytes)
+      throw std::invalid_argument("nms (CUDA): workspace of " + std::to_string(workspace_bytes) +
+                                  " bytes is smaller than the " + std::to_string(L.bytes) +
+                                  " needed");
+    run(static_cast<const T*>(boxes), static_cast<const T*>(scores), classes, B, N, C,
+        iou_threshold, has_score_thr, score_thr, max_output, out_idx, out_cls, counts,
+        static_cast<char*>(workspace), L, st);
+  });
 }
 
 }  // namespace detkernels

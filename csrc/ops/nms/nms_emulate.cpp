@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <vector>
 
+#include "common/dispatch.h"
 #include "ops/nms/nms.h"
 #include "ops/nms/nms_bitmask.h"
 
@@ -142,17 +143,12 @@ void nms_multi_emulate_cpu(int dtype, const void* boxes, const void* scores,
                            int64_t* counts, int64_t tile_rows, int64_t mask_cap_bytes,
                            int scan_threads) {
   if (scan_threads < 1) throw std::invalid_argument("scan_threads must be >= 1");
-  switch (dtype) {
-    case kFloat32:
-      return run(static_cast<const float*>(boxes), static_cast<const float*>(scores), classes, B,
-                 N, C, iou_threshold, has_score_thr, score_thr, max_output, out_idx, out_cls,
-                 counts, tile_rows, mask_cap_bytes, scan_threads);
-    case kFloat64:
-      return run(static_cast<const double*>(boxes), static_cast<const double*>(scores), classes,
-                 B, N, C, iou_threshold, has_score_thr, score_thr, max_output, out_idx, out_cls,
-                 counts, tile_rows, mask_cap_bytes, scan_threads);
-  }
-  throw std::invalid_argument("nms: dtype must be float32 or float64");
+  dispatch_float(dtype, "nms", [&](auto t) {
+    using T = decltype(t);
+    run(static_cast<const T*>(boxes), static_cast<const T*>(scores), classes, B, N, C,
+        iou_threshold, has_score_thr, score_thr, max_output, out_idx, out_cls, counts, tile_rows,
+        mask_cap_bytes, scan_threads);
+  });
 }
 
 }  // namespace detkernels

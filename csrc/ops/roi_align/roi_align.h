@@ -119,7 +119,7 @@ template <typename T> DK_HD T roi_bilinear(const T* w, T v1, T v2, T v3, T v4) {
 /// @param input   [N, C, H, W] read through element strides `in_strides` (NCHW, NHWC, any)
 /// @param rois    contiguous [K, 5]
 /// @param out     contiguous [K, Co, PH, PW]; Co = C (roi_align) or C/(PH*PW) (ps)
-void roi_align_forward_cpu(int dtype, bool ps, const void* input, const int64_t* in_strides,
+void roi_align_forward_cpu(int dtype, bool ps, const void* input, const Strides4& in_strides,
                            int64_t N, int64_t C, int64_t H, int64_t W, const void* rois, int64_t K,
                            double spatial_scale, int64_t PH, int64_t PW, int64_t sampling_ratio,
                            bool aligned, void* out);
@@ -127,7 +127,7 @@ void roi_align_forward_cpu(int dtype, bool ps, const void* input, const int64_t*
 /// @brief RoIAlign / PSRoIAlign backward on the CPU, summing in the documented order.
 /// @param grad        [K, Co, PH, PW] read through element strides `grad_strides`
 /// @param grad_input  contiguous [N, C, H, W], overwritten
-void roi_align_backward_cpu(int dtype, bool ps, const void* grad, const int64_t* grad_strides,
+void roi_align_backward_cpu(int dtype, bool ps, const void* grad, const Strides4& grad_strides,
                             const void* rois, int64_t K, double spatial_scale, int64_t PH,
                             int64_t PW, int64_t N, int64_t C, int64_t H, int64_t W,
                             int64_t sampling_ratio, bool aligned, void* grad_input);

@@ -13,6 +13,7 @@
 #include <stdexcept>
 #include <vector>
 
+#include "common/dispatch.h"
 #include "common/parallel.h"
 
 namespace detkernels {
@@ -290,39 +291,29 @@ void backward(bool ps, const T* grad, const int64_t* gs, const T* rois, int64_t 
 
 }  // namespace
 
-void roi_align_forward_cpu(int dtype, bool ps, const void* input, const int64_t* in_strides,
+void roi_align_forward_cpu(int dtype, bool ps, const void* input, const Strides4& in_strides,
                            int64_t N, int64_t C, int64_t H, int64_t W, const void* rois, int64_t K,
                            double spatial_scale, int64_t PH, int64_t PW, int64_t sampling_ratio,
                            bool aligned, void* out) {
   if (K == 0) return;
-  switch (dtype) {
-    case kFloat32:
-      return forward(ps, static_cast<const float*>(input), in_strides, N, C, H, W,
-                     static_cast<const float*>(rois), K, static_cast<float>(spatial_scale), PH, PW,
-                     sampling_ratio, aligned, static_cast<float*>(out));
-    case kFloat64:
-      return forward(ps, static_cast<const double*>(input), in_strides, N, C, H, W,
-                     static_cast<const double*>(rois), K, spatial_scale, PH, PW, sampling_ratio,
-                     aligned, static_cast<double*>(out));
-  }
-  throw std::invalid_argument("roi_align: dtype must be float32 or float64");
+  dispatch_float(dtype, "roi_align", [&](auto t) {
+    using T = decltype(t);
+    forward(ps, static_cast<const T*>(input), in_strides.data(), N, C, H, W,
+            static_cast<const T*>(rois), K, static_cast<T>(spatial_scale), PH, PW, sampling_ratio, aligned,
+            static_cast<T*>(out));
+  });
 }
 
-void roi_align_backward_cpu(int dtype, bool ps, const void* grad, const int64_t* grad_strides,
+void roi_align_backward_cpu(int dtype, bool ps, const void* grad, const Strides4& grad_strides,
                             const void* rois, int64_t K, double spatial_scale, int64_t PH,
                             int64_t PW, int64_t N, int64_t C, int64_t H, int64_t W,
                             int64_t sampling_ratio, bool aligned, void* grad_input) {
-  switch (dtype) {
-    case kFloat32:
-      return backward(ps, static_cast<const float*>(grad), grad_strides,
-                      static_cast<const float*>(rois), K, static_cast<float>(spatial_scale), PH, PW,
-                      N, C, H, W, sampling_ratio, aligned, static_cast<float*>(grad_input));
-    case kFloat64:
-      return backward(ps, static_cast<const double*>(grad), grad_strides,
-                      static_cast<const double*>(rois), K, spatial_scale, PH, PW, N, C, H, W,
-                      sampling_ratio, aligned, static_cast<double*>(grad_input));
-  }
-  throw std::invalid_argument("roi_align: dtype must be float32 or float64");
+  dispatch_float(dtype, "roi_align", [&](auto t) {
+    using T = decltype(t);
+    backward(ps, static_cast<const T*>(grad), grad_strides.data(), static_cast<const T*>(rois), K,
+             static_cast<T>(spatial_scale), PH, PW, N, C, H, W, sampling_ratio, aligned,
+             static_cast<T*>(grad_input));
+  });
 }
 
 }  // namespace detkernels

@@ -3,7 +3,7 @@
 // scatter (roi_scatter_launch.cuh: counts + scan -> keys -> CUB stable radix sort -> decode ->
 // ordered per-(run, channel) sums; no atomics) with the RoiAlignScatter policy.
 #include "ops/roi_align/roi_align_kernels.cuh"
-#include "ops/roi_align/roi_scatter_launch.cuh"
+#include "common/roi_scatter_launch.cuh"
 
 namespace detkernels {
 namespace {
@@ -16,11 +16,11 @@ RoiGeom<T> geom(const void* rois, int64_t K, double scale, int64_t PH, int64_t P
 
 }  // namespace
 
-void roi_align_forward_cuda(int dtype, bool ps, const void* input, const int64_t* st, int64_t N,
+void roi_align_forward_cuda(int dtype, bool ps, const void* input, const Strides4& st, int64_t N,
                             int64_t C, int64_t H, int64_t W, const void* rois, int64_t K,
                             double scale, int64_t PH, int64_t PW, int64_t sr, bool aligned,
                             void* out, int device, void* stream) {
-  roi_dispatch(dtype, "roi_align", [&](auto t) {
+  dispatch_float(dtype, "roi_align", [&](auto t) {
     using T = decltype(t);
     const int64_t Co = ps ? C / (PH * PW) : C;
     const int64_t total = K * Co * PH * PW;
@@ -38,7 +38,7 @@ void roi_align_forward_cuda(int dtype, bool ps, const void* input, const int64_t
 int64_t roi_align_backward_cuda_prepare(int dtype, bool ps, const void* rois, int64_t K,
                                         double scale, int64_t PH, int64_t PW, int64_t N, int64_t sr,
                                         bool aligned, void* pre, int device, void* stream) {
-  return roi_dispatch(dtype, "roi_align", [&](auto t) -> int64_t {
+  return dispatch_float(dtype, "roi_align", [&](auto t) -> int64_t {
     using T = decltype(t);
     if (K == 0) return 0;
     DeviceGuard guard(device);
@@ -56,18 +56,18 @@ int64_t roi_align_backward_cuda_workspace_bytes(int64_t M, int64_t N, int64_t H,
   return roi_sort_workspace_bytes(M, N * H * W);
 }
 
-void roi_align_backward_cuda(int dtype, bool ps, const void* grad, const int64_t* gst,
+void roi_align_backward_cuda(int dtype, bool ps, const void* grad, const Strides4& gst,
                              const void* rois, int64_t K, double scale, int64_t PH, int64_t PW,
                              int64_t N, int64_t C, int64_t H, int64_t W, int64_t sr, bool aligned,
                              const void* pre, int64_t M, void* ws, int64_t ws_bytes, void* gi,
                              int device, void* stream) {
-  roi_dispatch(dtype, "roi_align", [&](auto t) {
+  dispatch_float(dtype, "roi_align", [&](auto t) {
     using T = decltype(t);
     DeviceGuard guard(device);
     roi_scatter_backward<RoiAlignScatter<T>>(
         geom<T>(rois, K, scale, PH, PW, N, H, W, sr, aligned, ps), static_cast<const T*>(grad),
-        gst, C, pre, M, ws, ws_bytes, static_cast<T*>(gi), static_cast<cudaStream_t>(stream),
-        "roi_align backward");
+        gst.data(), C, pre, M, ws, ws_bytes, static_cast<T*>(gi),
+        static_cast<cudaStream_t>(stream), "roi_align backward");
   });
 }
 

@@ -2,8 +2,9 @@
 // per-thread functions; the backward through the generic scatter emulation (roi_scatter_emulate.h).
 #include <stdexcept>
 
+#include "common/dispatch.h"
+#include "common/roi_scatter_emulate.h"
 #include "ops/roi_align/roi_align_gpu.h"
-#include "ops/roi_align/roi_scatter_emulate.h"
 
 namespace detkernels {
 namespace {
@@ -30,33 +31,26 @@ void forward(bool ps, const T* in, const int64_t* st, int64_t N, int64_t C, int6
 
 }  // namespace
 
-void roi_align_backward_emulate_cpu(int dtype, bool ps, const void* grad, const int64_t* gs,
+void roi_align_backward_emulate_cpu(int dtype, bool ps, const void* grad, const Strides4& gs,
                                     const void* rois, int64_t K, double scale, int64_t PH,
                                     int64_t PW, int64_t N, int64_t C, int64_t H, int64_t W,
                                     int64_t sr, bool aligned, void* gi) {
-  if (dtype == kFloat32)
-    return backward(ps, static_cast<const float*>(grad), gs, static_cast<const float*>(rois), K,
-                    static_cast<float>(scale), PH, PW, N, C, H, W, sr, aligned,
-                    static_cast<float*>(gi));
-  if (dtype == kFloat64)
-    return backward(ps, static_cast<const double*>(grad), gs, static_cast<const double*>(rois), K,
-                    scale, PH, PW, N, C, H, W, sr, aligned, static_cast<double*>(gi));
-  throw std::invalid_argument("roi_align: dtype must be float32 or float64");
+  dispatch_float(dtype, "roi_align", [&](auto t) {
+    using T = decltype(t);
+    backward(ps, static_cast<const T*>(grad), gs.data(), static_cast<const T*>(rois), K,
+             static_cast<T>(scale), PH, PW, N, C, H, W, sr, aligned, static_cast<T*>(gi));
+  });
 }
 
-void roi_align_forward_emulate_cpu(int dtype, bool ps, const void* input, const int64_t* st,
+void roi_align_forward_emulate_cpu(int dtype, bool ps, const void* input, const Strides4& st,
                                    int64_t N, int64_t C, int64_t H, int64_t W, const void* rois,
                                    int64_t K, double scale, int64_t PH, int64_t PW, int64_t sr,
                                    bool aligned, void* out) {
-  if (dtype == kFloat32)
-    return forward(ps, static_cast<const float*>(input), st, N, C, H, W,
-                   static_cast<const float*>(rois), K, static_cast<float>(scale), PH, PW, sr,
-                   aligned, static_cast<float*>(out));
-  if (dtype == kFloat64)
-    return forward(ps, static_cast<const double*>(input), st, N, C, H, W,
-                   static_cast<const double*>(rois), K, scale, PH, PW, sr, aligned,
-                   static_cast<double*>(out));
-  throw std::invalid_argument("roi_align: dtype must be float32 or float64");
+  dispatch_float(dtype, "roi_align", [&](auto t) {
+    using T = decltype(t);
+    forward(ps, static_cast<const T*>(input), st.data(), N, C, H, W, static_cast<const T*>(rois), K,
+            static_cast<T>(scale), PH, PW, sr, aligned, static_cast<T*>(out));
+  });
 }
 
 }  // namespace detkernels

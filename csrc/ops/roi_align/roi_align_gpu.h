@@ -7,7 +7,7 @@
 // and adds (grad * w) / T(gh*gw).
 #pragma once
 #include "ops/roi_align/roi_align.h"
-#include "ops/roi_align/roi_scatter.h"
+#include "common/roi_scatter.h"
 
 namespace detkernels {
 
@@ -86,20 +86,20 @@ DK_HD T roi_align_output(const T* in, const int64_t* st, int64_t N, int64_t H, i
 #ifndef __CUDACC_RTC__
 /// @brief Runs the GPU backward's steps sequentially on the CPU (std::stable_sort for the radix
 /// sort); grad_input contiguous [N, C, H, W], overwritten. For testing the GPU logic.
-void roi_align_backward_emulate_cpu(int dtype, bool ps, const void* grad, const int64_t* grad_strides,
+void roi_align_backward_emulate_cpu(int dtype, bool ps, const void* grad, const Strides4& grad_strides,
                                     const void* rois, int64_t K, double spatial_scale, int64_t PH,
                                     int64_t PW, int64_t N, int64_t C, int64_t H, int64_t W,
                                     int64_t sampling_ratio, bool aligned, void* grad_input);
 
 /// @brief Forward on the CPU through roi_align_output (the CUDA forward's per-thread function).
-void roi_align_forward_emulate_cpu(int dtype, bool ps, const void* input, const int64_t* in_strides,
+void roi_align_forward_emulate_cpu(int dtype, bool ps, const void* input, const Strides4& in_strides,
                                    int64_t N, int64_t C, int64_t H, int64_t W, const void* rois,
                                    int64_t K, double spatial_scale, int64_t PH, int64_t PW,
                                    int64_t sampling_ratio, bool aligned, void* out);
 
 #ifdef DETKERNELS_WITH_CUDA
 /// @brief Forward on device `device`, enqueued on `stream`; out contiguous [K, Co, PH, PW].
-void roi_align_forward_cuda(int dtype, bool ps, const void* input, const int64_t* in_strides,
+void roi_align_forward_cuda(int dtype, bool ps, const void* input, const Strides4& in_strides,
                             int64_t N, int64_t C, int64_t H, int64_t W, const void* rois, int64_t K,
                             double spatial_scale, int64_t PH, int64_t PW, int64_t sampling_ratio,
                             bool aligned, void* out, int device, void* stream);
@@ -116,7 +116,7 @@ int64_t roi_align_backward_cuda_workspace_bytes(int64_t M, int64_t N, int64_t H,
                                                 int device);
 
 /// @brief Backward steps 2-4; grad_input contiguous [N, C, H, W], overwritten.
-void roi_align_backward_cuda(int dtype, bool ps, const void* grad, const int64_t* grad_strides,
+void roi_align_backward_cuda(int dtype, bool ps, const void* grad, const Strides4& grad_strides,
                              const void* rois, int64_t K, double spatial_scale, int64_t PH,
                              int64_t PW, int64_t N, int64_t C, int64_t H, int64_t W,
                              int64_t sampling_ratio, bool aligned, const void* pre, int64_t M,

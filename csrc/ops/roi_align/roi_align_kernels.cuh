@@ -1,10 +1,10 @@
 // The CUDA RoIAlign / PSRoIAlign kernels, shared by the nvcc build (roi_align_cuda.cu launches
 // them, with a CUB sort in the backward) and the CuPy backend (NVRTC compiles them from
-// detkernels/backends/cupy_kernels.cu): one copy of the GPU code. The forward is below; the
+// detkernels/backends/cupy/kernels.cu): one copy of the GPU code. The forward is below; the
 // backward is the generic scatter of roi_scatter_kernels.cuh instantiated with RoiAlignScatter.
 #pragma once
 #include "ops/roi_align/roi_align_gpu.h"
-#include "ops/roi_align/roi_scatter_kernels.cuh"
+#include "common/roi_scatter_kernels.cuh"
 
 namespace detkernels {
 

@@ -103,13 +103,13 @@ DK_HD T roi_pool_bin_value(const T* p, int64_t sH, int64_t sW, const RoiPoolBox<
 /// @brief RoIPool (ps=false: max, argmax int32) / PSRoIPool (ps=true: mean, channel map int32).
 /// @param input [N, C, H, W] through element strides; rois contiguous [K, 5];
 ///              out and idx contiguous [K, Co, PH, PW]
-void roi_pool_forward_cpu(int dtype, bool ps, const void* input, const int64_t* in_strides,
+void roi_pool_forward_cpu(int dtype, bool ps, const void* input, const Strides4& in_strides,
                           int64_t N, int64_t C, int64_t H, int64_t W, const void* rois, int64_t K,
                           double spatial_scale, int64_t PH, int64_t PW, void* out, int32_t* idx);
 
 /// @brief Backward; grad [K, Co, PH, PW] through strides; argmax (roi_pool) contiguous int32;
 /// grad_input contiguous [N, C, H, W], overwritten.
-void roi_pool_backward_cpu(int dtype, bool ps, const void* grad, const int64_t* grad_strides,
+void roi_pool_backward_cpu(int dtype, bool ps, const void* grad, const Strides4& grad_strides,
                            const void* rois, const int32_t* argmax, int64_t K, double spatial_scale,
                            int64_t PH, int64_t PW, int64_t N, int64_t C, int64_t H, int64_t W,
                            void* grad_input);

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <stdexcept>
 
+#include "common/dispatch.h"
 #include "common/parallel.h"
 #include "ops/roi_align/roi_align.h"  // roi_batch_index
 
@@ -76,38 +77,26 @@ void backward(bool ps, const T* grad, const int64_t* gs, const T* rois, const in
 
 }  // namespace
 
-void roi_pool_forward_cpu(int dtype, bool ps, const void* input, const int64_t* in_strides,
+void roi_pool_forward_cpu(int dtype, bool ps, const void* input, const Strides4& in_strides,
                           int64_t N, int64_t C, int64_t H, int64_t W, const void* rois, int64_t K,
                           double spatial_scale, int64_t PH, int64_t PW, void* out, int32_t* idx) {
   if (K == 0) return;
-  switch (dtype) {
-    case kFloat32:
-      return forward(ps, static_cast<const float*>(input), in_strides, N, C, H, W,
-                     static_cast<const float*>(rois), K, static_cast<float>(spatial_scale), PH, PW,
-                     static_cast<float*>(out), idx);
-    case kFloat64:
-      return forward(ps, static_cast<const double*>(input), in_strides, N, C, H, W,
-                     static_cast<const double*>(rois), K, spatial_scale, PH, PW,
-                     static_cast<double*>(out), idx);
-  }
-  throw std::invalid_argument("roi_pool: dtype must be float32 or float64");
+  dispatch_float(dtype, "roi_pool", [&](auto t) {
+    using T = decltype(t);
+    forward(ps, static_cast<const T*>(input), in_strides.data(), N, C, H, W,
+            static_cast<const T*>(rois), K, static_cast<T>(spatial_scale), PH, PW, static_cast<T*>(out), idx);
+  });
 }
 
-void roi_pool_backward_cpu(int dtype, bool ps, const void* grad, const int64_t* grad_strides,
+void roi_pool_backward_cpu(int dtype, bool ps, const void* grad, const Strides4& grad_strides,
                            const void* rois, const int32_t* argmax, int64_t K, double spatial_scale,
                            int64_t PH, int64_t PW, int64_t N, int64_t C, int64_t H, int64_t W,
                            void* grad_input) {
-  switch (dtype) {
-    case kFloat32:
-      return backward(ps, static_cast<const float*>(grad), grad_strides,
-                      static_cast<const float*>(rois), argmax, K, static_cast<float>(spatial_scale),
-                      PH, PW, N, C, H, W, static_cast<float*>(grad_input));
-    case kFloat64:
-      return backward(ps, static_cast<const double*>(grad), grad_strides,
-                      static_cast<const double*>(rois), argmax, K, spatial_scale, PH, PW, N, C, H,
-                      W, static_cast<double*>(grad_input));
-  }
-  throw std::invalid_argument("roi_pool: dtype must be float32 or float64");
+  dispatch_float(dtype, "roi_pool", [&](auto t) {
+    using T = decltype(t);
+    backward(ps, static_cast<const T*>(grad), grad_strides.data(), static_cast<const T*>(rois),
+             argmax, K, static_cast<T>(spatial_scale), PH, PW, N, C, H, W, static_cast<T*>(grad_input));
+  });
 }
 
 }  // namespace detkernels

@@ -4,7 +4,7 @@
 // elements by argmax target, CUB-sorts them stably and sums each run (no host sync);
 // ps_roi_pool runs the generic scatter of roi_scatter_launch.cuh, whose prepare step syncs once
 // to size the workspace.
-#include "ops/roi_align/roi_scatter_launch.cuh"
+#include "common/roi_scatter_launch.cuh"
 #include "ops/roi_pool/roi_pool_kernels.cuh"
 
 namespace detkernels {
@@ -18,11 +18,11 @@ RoiGeom<T> ps_geom(const void* rois, int64_t K, double scale, int64_t PH, int64_
 
 }  // namespace
 
-void roi_pool_forward_cuda(int dtype, bool ps, const void* input, const int64_t* st, int64_t N,
+void roi_pool_forward_cuda(int dtype, bool ps, const void* input, const Strides4& st, int64_t N,
                            int64_t C, int64_t H, int64_t W, const void* rois, int64_t K,
                            double scale, int64_t PH, int64_t PW, void* out, int32_t* idx,
                            int device, void* stream) {
-  roi_dispatch(dtype, "roi_pool", [&](auto t) {
+  dispatch_float(dtype, "roi_pool", [&](auto t) {
     using T = decltype(t);
     const int64_t Co = ps ? C / (PH * PW) : C;
     const int64_t total = K * Co * PH * PW;
@@ -44,7 +44,7 @@ int64_t ps_roi_pool_backward_cuda_pre_bytes(int64_t K, int64_t PH, int64_t PW) {
 int64_t ps_roi_pool_backward_cuda_prepare(int dtype, const void* rois, int64_t K, double scale,
                                           int64_t PH, int64_t PW, int64_t N, int64_t H, int64_t W,
                                           void* pre, int device, void* stream) {
-  return roi_dispatch(dtype, "ps_roi_pool", [&](auto t) -> int64_t {
+  return dispatch_float(dtype, "ps_roi_pool", [&](auto t) -> int64_t {
     using T = decltype(t);
     if (K == 0) return 0;
     DeviceGuard guard(device);
@@ -61,12 +61,12 @@ int64_t roi_pool_backward_cuda_workspace_bytes(bool ps, int64_t M, int64_t N, in
   return roi_sort_workspace_bytes(M, ps ? N * H * W : N * C * H * W);
 }
 
-void roi_pool_backward_cuda(int dtype, bool ps, const void* grad, const int64_t* gst,
+void roi_pool_backward_cuda(int dtype, bool ps, const void* grad, const Strides4& gst,
                             const void* rois, const int32_t* argmax, int64_t K, double scale,
                             int64_t PH, int64_t PW, int64_t N, int64_t C, int64_t H, int64_t W,
                             const void* pre, int64_t M, void* ws, int64_t ws_bytes, void* gi,
                             int device, void* stream) {
-  roi_dispatch(dtype, "roi_pool", [&](auto t) {
+  dispatch_float(dtype, "roi_pool", [&](auto t) {
     using T = decltype(t);
     DeviceGuard guard(device);
     auto s = static_cast<cudaStream_t>(stream);
@@ -74,8 +74,8 @@ void roi_pool_backward_cuda(int dtype, bool ps, const void* grad, const int64_t*
     T* out = static_cast<T*>(gi);
     if (ps)
       return roi_scatter_backward<PsRoiPoolScatter<T>>(ps_geom<T>(rois, K, scale, PH, PW, N, H, W),
-                                                       g, gst, C, pre, M, ws, ws_bytes, out, s,
-                                                       "ps_roi_pool backward");
+                                                       g, gst.data(), C, pre, M, ws, ws_bytes, out,
+                                                       s, "ps_roi_pool backward");
     const int64_t HW = H * W, none = N * C * HW;
     if (none > 0) DK_CUDA_CHECK(cudaMemsetAsync(out, 0, sizeof(T) * none, s));
     if (M != K * C * PH * PW)

@@ -2,7 +2,8 @@
 // same per-item functions, std::stable_sort in place of the (stable) radix sort. Tests only.
 #include <stdexcept>
 
-#include "ops/roi_align/roi_scatter_emulate.h"
+#include "common/dispatch.h"
+#include "common/roi_scatter_emulate.h"
 #include "ops/roi_pool/roi_pool_gpu.h"
 
 namespace detkernels {
@@ -44,33 +45,26 @@ void backward(bool ps, const T* grad, const int64_t* gs, const T* rois, const in
 
 }  // namespace
 
-void roi_pool_forward_emulate_cpu(int dtype, bool ps, const void* input, const int64_t* st,
+void roi_pool_forward_emulate_cpu(int dtype, bool ps, const void* input, const Strides4& st,
                                   int64_t N, int64_t C, int64_t H, int64_t W, const void* rois,
                                   int64_t K, double scale, int64_t PH, int64_t PW, void* out,
                                   int32_t* idx) {
-  if (dtype == kFloat32)
-    return forward(ps, static_cast<const float*>(input), st, N, C, H, W,
-                   static_cast<const float*>(rois), K, static_cast<float>(scale), PH, PW,
-                   static_cast<float*>(out), idx);
-  if (dtype == kFloat64)
-    return forward(ps, static_cast<const double*>(input), st, N, C, H, W,
-                   static_cast<const double*>(rois), K, scale, PH, PW, static_cast<double*>(out),
-                   idx);
-  throw std::invalid_argument("roi_pool: dtype must be float32 or float64");
+  dispatch_float(dtype, "roi_pool", [&](auto t) {
+    using T = decltype(t);
+    forward(ps, static_cast<const T*>(input), st.data(), N, C, H, W, static_cast<const T*>(rois), K,
+            static_cast<T>(scale), PH, PW, static_cast<T*>(out), idx);
+  });
 }
 
-void roi_pool_backward_emulate_cpu(int dtype, bool ps, const void* grad, const int64_t* gs,
+void roi_pool_backward_emulate_cpu(int dtype, bool ps, const void* grad, const Strides4& gs,
                                    const void* rois, const int32_t* argmax, int64_t K, double scale,
                                    int64_t PH, int64_t PW, int64_t N, int64_t C, int64_t H,
                                    int64_t W, void* gi) {
-  if (dtype == kFloat32)
-    return backward(ps, static_cast<const float*>(grad), gs, static_cast<const float*>(rois),
-                    argmax, K, static_cast<float>(scale), PH, PW, N, C, H, W,
-                    static_cast<float*>(gi));
-  if (dtype == kFloat64)
-    return backward(ps, static_cast<const double*>(grad), gs, static_cast<const double*>(rois),
-                    argmax, K, scale, PH, PW, N, C, H, W, static_cast<double*>(gi));
-  throw std::invalid_argument("roi_pool: dtype must be float32 or float64");
+  dispatch_float(dtype, "roi_pool", [&](auto t) {
+    using T = decltype(t);
+    backward(ps, static_cast<const T*>(grad), gs.data(), static_cast<const T*>(rois), argmax, K,
+             static_cast<T>(scale), PH, PW, N, C, H, W, static_cast<T*>(gi));
+  });
 }
 
 }  // namespace detkernels

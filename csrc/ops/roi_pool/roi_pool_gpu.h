@@ -14,7 +14,7 @@
 //    (grad * 1) / T(area) (= grad / T(area) exactly); channel c only receives bin c % (PH*PW).
 #pragma once
 #include "ops/roi_align/roi_align.h"  // roi_batch_index
-#include "ops/roi_align/roi_scatter.h"
+#include "common/roi_scatter.h"
 #include "ops/roi_pool/roi_pool.h"
 
 namespace detkernels {
@@ -116,14 +116,14 @@ template <typename T> struct PsRoiPoolScatter {
 #ifndef __CUDACC_RTC__
 /// @brief Forward through roi_pool_output (the CUDA forward's per-thread function), sequentially
 /// on the CPU; arguments as roi_pool_forward_cpu. For testing the GPU logic.
-void roi_pool_forward_emulate_cpu(int dtype, bool ps, const void* input, const int64_t* in_strides,
+void roi_pool_forward_emulate_cpu(int dtype, bool ps, const void* input, const Strides4& in_strides,
                                   int64_t N, int64_t C, int64_t H, int64_t W, const void* rois,
                                   int64_t K, double spatial_scale, int64_t PH, int64_t PW, void* out,
                                   int32_t* idx);
 
 /// @brief The CUDA backward's steps run sequentially on the CPU (std::stable_sort for the radix
 /// sort); arguments as roi_pool_backward_cpu. For testing the GPU logic.
-void roi_pool_backward_emulate_cpu(int dtype, bool ps, const void* grad, const int64_t* grad_strides,
+void roi_pool_backward_emulate_cpu(int dtype, bool ps, const void* grad, const Strides4& grad_strides,
                                    const void* rois, const int32_t* argmax, int64_t K,
                                    double spatial_scale, int64_t PH, int64_t PW, int64_t N,
                                    int64_t C, int64_t H, int64_t W, void* grad_input);
@@ -131,7 +131,7 @@ void roi_pool_backward_emulate_cpu(int dtype, bool ps, const void* grad, const i
 #ifdef DETKERNELS_WITH_CUDA
 /// @brief Forward on device `device`, enqueued on `stream` (no host sync); arguments as
 /// roi_pool_forward_cpu (out and idx device buffers).
-void roi_pool_forward_cuda(int dtype, bool ps, const void* input, const int64_t* in_strides,
+void roi_pool_forward_cuda(int dtype, bool ps, const void* input, const Strides4& in_strides,
                            int64_t N, int64_t C, int64_t H, int64_t W, const void* rois, int64_t K,
                            double spatial_scale, int64_t PH, int64_t PW, void* out, int32_t* idx,
                            int device, void* stream);
@@ -152,7 +152,7 @@ int64_t roi_pool_backward_cuda_workspace_bytes(bool ps, int64_t M, int64_t N, in
 
 /// @brief Backward; grad [K, Co, PH, PW] through strides; argmax int32 (roi_pool; ignored for
 /// ps); pre/M from the prepare step (ps only); grad_input contiguous [N, C, H, W], overwritten.
-void roi_pool_backward_cuda(int dtype, bool ps, const void* grad, const int64_t* grad_strides,
+void roi_pool_backward_cuda(int dtype, bool ps, const void* grad, const Strides4& grad_strides,
                             const void* rois, const int32_t* argmax, int64_t K,
                             double spatial_scale, int64_t PH, int64_t PW, int64_t N, int64_t C,
                             int64_t H, int64_t W, const void* pre, int64_t M, void* workspace,

@@ -1,9 +1,9 @@
 // The CUDA RoIPool / PSRoIPool kernels, shared by the nvcc build (roi_pool_cuda.cu launches them,
 // with a CUB sort in the backward) and the CuPy backend (NVRTC compiles them from
-// detkernels/backends/cupy_kernels.cu; CuPy sorts): one copy of the GPU code. Per-item logic in
+// detkernels/backends/cupy/kernels.cu; CuPy sorts): one copy of the GPU code. Per-item logic in
 // roi_pool_gpu.h; the PSRoIPool backward is roi_scatter_kernels.cuh with PsRoiPoolScatter.
 #pragma once
-#include "ops/roi_align/roi_scatter_kernels.cuh"
+#include "common/roi_scatter_kernels.cuh"
 #include "ops/roi_pool/roi_pool_gpu.h"
 
 namespace detkernels {

@@ -1,11 +1,12 @@
 // CUDA kernels of the deterministic RoI backward scatter (roi_scatter.h), generic over the policy
 // P (RoiAlignScatter, PsRoiPoolScatter). Shared by the nvcc build (roi_align_cuda.cu,
 // roi_pool_cuda.cu launch them and run the CUB sort between) and the CuPy backend (NVRTC compiles
-// them from detkernels/backends/cupy_kernels.cu; CuPy sorts): one copy of the GPU code. No CUB and
+// them from detkernels/backends/cupy/kernels.cu; CuPy sorts): one copy of the GPU code. No CUB and
 // no std headers here. Kernel arguments are scalars and pointers only (CuPy passes no structs);
 // every kernel is a grid-stride loop, so any grid size is correct.
 #pragma once
-#include "ops/roi_align/roi_scatter.h"
+#include "common/grid_stride.cuh"
+#include "common/roi_scatter.h"
 
 namespace detkernels {
 
@@ -14,9 +15,6 @@ namespace detkernels {
       int64_t N, int64_t H, int64_t W, int64_t sr, int aligned, int ps
 #define DK_ROI_GEOM_POLICY \
   const P pol { { rois, ss, K, PH, PW, N, H, W, sr, aligned != 0, ps != 0 } }
-#define DK_GRID_STRIDE(i, total)                                                                 \
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < (total);   \
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
 
 // Step 1a: off[n + 1] = slots of RoI n (off[0] = 0); the policy writes its divisors into div.
 template <class P>

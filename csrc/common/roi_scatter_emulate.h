@@ -7,7 +7,7 @@
 #include <numeric>
 #include <vector>
 
-#include "ops/roi_align/roi_scatter.h"
+#include "common/roi_scatter.h"
 
 namespace detkernels {
 

@@ -9,7 +9,8 @@
 #include <string>
 
 #include "common/cuda_check.h"
-#include "ops/roi_align/roi_scatter_kernels.cuh"
+#include "common/dispatch.h"
+#include "common/roi_scatter_kernels.cuh"
 
 namespace detkernels {
 
@@ -123,13 +124,6 @@ void roi_scatter_backward(const RoiGeom<typename P::Scalar>& g, const typename P
       b.key_out, bins, w, div, int(P::kDivPerBin), M, grad, gst[0], gst[1], gst[2], gst[3], C,
       HW, none, int(g.ps), g.PH, g.PW, gi);
   DK_CUDA_CHECK_LAUNCH(what);
-}
-
-// Runs f(T()) with T = float or double for the dtype code.
-template <class F> auto roi_dispatch(int dtype, const char* op, F&& f) -> decltype(f(float())) {
-  if (dtype == kFloat32) return f(float());
-  if (dtype == kFloat64) return f(double());
-  throw std::invalid_argument(std::string(op) + ": dtype must be float32 or float64");
 }
 
 }  // namespace detkernels

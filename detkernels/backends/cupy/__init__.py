@@ -1,15 +1,16 @@
 """CuPy backend: the native build's CUDA sources, compiled at run time by NVRTC (``cupy.RawModule``).
 
-One source of truth for GPU maths: ``cupy_kernels.cu`` includes the same ``__host__ __device__``
-headers (csrc/common, csrc/ops/*/) and the very box_iou kernel (csrc/ops/box_iou/box_iou_kernel.cuh)
-that nvcc compiles into detkernels._C, with the same float flags (``--fmad=false``, IEEE division
+One source of truth for GPU maths: ``kernels.cu`` (next to this file) includes the same
+``__host__ __device__`` headers (csrc/common, csrc/ops/*/) and the very kernels (box_iou_kernel.cuh,
+nms_kernels.cuh, roi_align_kernels.cuh, roi_pool_kernels.cuh, roi_scatter_kernels.cuh) that nvcc
+compiles into detkernels._C, with the same float flags (``--fmad=false``, IEEE division
 and square root, no flush-to-zero). Compiled once per device on first use (CuPy also caches the
 binary on disk; the headers' hash is part of the source, so a changed header recompiles).
 
-multi_image_nms (and so nms_padded) runs nms_bitmask.h's algorithm -- the one the native CUDA build
-launches -- with CuPy's stable sorts for the visiting order and NVRTC kernels calling the header's
-steps (nms_block_live, nms_mask_word, nms_scan_rowblock) for the tiled mask and the per-image scan:
-no host synchronisation, outputs of fixed size.
+multi_image_nms (and so nms_padded, and nms as one image) runs nms_bitmask.h's algorithm with the
+native CUDA build's own kernels (nms_kernels.cuh: nms_gather_kernel, nms_mask_kernel,
+nms_scan_kernel) for the tiled mask and the per-image scan, and CuPy's stable sorts for the
+visiting order: no host synchronisation, outputs of fixed size.
 
 Inputs may be torch CUDA tensors, CuPy arrays or Numba device arrays (zero-copy views of their
 memory); kernels and CuPy ops run on the caller's current stream; outputs are the caller's kind.
@@ -20,16 +21,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.util
-import os
 import sys
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
-from .. import _arrays as A
-from .._registry import declare, probe, register
-from ._numba_math import nms_threshold
+from ... import _arrays as A
+from ..._constants import (FMT_CODES, KIND_CODES, NMS_MASK_BYTES, ROI_ALIGN_MAX_SLOTS,
+                           ROI_POOL_MAX_SLOTS, nms_threshold, nms_tile_rows)
+from ..._registry import declare, probe, register
 
 if importlib.util.find_spec("cupy") is None:
     declare("cupy", False, "cupy is not installed (pip install 'detkernels[cupy]', e.g. cupy-cuda13x)")
@@ -50,29 +51,27 @@ def _probe_cuda() -> str | None:
 
 probe("cupy", "cuda", _probe_cuda)
 
-FMT_CODES = {"xyxy": 0, "xywh": 1, "cxcywh": 2}
-KIND_CODES = {"iou": 0, "giou": 1, "diou": 2, "ciou": 3}
 C_TYPES = {"float32": "float", "float64": "double"}
 # box_iou also takes integer boxes (IoU/GIoU; float32 out). NVRTC's int64_t is long (host_device.h).
 IOU_C_TYPES = {**C_TYPES, "int32": "int", "int64": "long"}
 # The native build's CUDA float flags (CMakeLists.txt DK_CUDA_FLOAT_FLAGS), for NVRTC.
 NVRTC_FLOAT_OPTIONS = ("--fmad=false", "--prec-div=true", "--prec-sqrt=true", "--ftz=false")
+# Every header kernels.cu includes, directly or not (their hash tags the source, see source()).
 HEADERS = ("common/host_device.h", "ops/box_iou/box_iou.h", "ops/box_iou/box_iou_kernel.cuh",
-           "ops/nms/nms.h", "ops/nms/nms_bitmask.h",
+           "common/grid_stride.cuh", "ops/nms/nms.h", "ops/nms/nms_bitmask.h",
+           "ops/nms/nms_kernels.cuh",
            # RoI ops (section at the end of this file)
-           "ops/roi_align/roi_align.h", "ops/roi_align/roi_scatter.h",
-           "ops/roi_align/roi_scatter_kernels.cuh", "ops/roi_align/roi_align_gpu.h",
+           "ops/roi_align/roi_align.h", "common/roi_scatter.h",
+           "common/roi_scatter_kernels.cuh", "ops/roi_align/roi_align_gpu.h",
            "ops/roi_align/roi_align_kernels.cuh", "ops/roi_pool/roi_pool.h",
            "ops/roi_pool/roi_pool_gpu.h", "ops/roi_pool/roi_pool_kernels.cuh")
 _MODULES: dict = {}
-# Bytes of one multi_image_nms bitmask tile, as the native CUDA build's (native.NMS_MASK_BYTES).
-MASK_BYTES = int(os.environ.get("DETKERNELS_NMS_MASK_BYTES", str(256 << 20)))
 
 
 def include_dir() -> Path:
     """Where the shared CUDA headers are: shipped in the package (detkernels/_csrc, copied there
     by setup.py) or, in a source checkout, the repository's csrc/."""
-    pkg = Path(__file__).resolve().parents[1]
+    pkg = Path(__file__).resolve().parents[2]
     for d in (pkg / "_csrc", pkg.parent / "csrc"):
         if (d / HEADERS[1]).is_file():
             return d
@@ -81,12 +80,12 @@ def include_dir() -> Path:
 
 
 def source() -> str:
-    """The NVRTC source: cupy_kernels.cu, tagged with a hash of the headers it includes."""
+    """The NVRTC source: kernels.cu, tagged with a hash of the headers it includes."""
     inc = include_dir()
     h = hashlib.sha256()
     for name in HEADERS:
         h.update((inc / name).read_bytes())
-    text = (Path(__file__).with_name("cupy_kernels.cu")).read_text()
+    text = (Path(__file__).with_name("kernels.cu")).read_text()
     return f"// detkernels headers sha256 {h.hexdigest()}\n{text}"
 
 
@@ -102,10 +101,7 @@ def name_expressions() -> list[str]:
             for kind in KIND_CODES.values():
                 if (kind == 0 or fmt == 0) and (dt in C_TYPES or kind <= 1):  # integers: IoU, GIoU
                     names.append(f"detkernels::box_iou_kernel<{t}, {fmt}, {kind}>")
-    for t in C_TYPES.values():
-        names += [f"detkernels::cupy_nms::gather<{t}>", f"detkernels::cupy_nms::mask<{t}>",
-                  f"detkernels::cupy_nms::multi_mask<{t}>"]
-    names += ["detkernels::cupy_nms::scan", "detkernels::cupy_nms::multi_scan"]
+    names += nms_name_expressions()
     names += roi_name_expressions()
     return names
 
@@ -219,51 +215,29 @@ def _score_order(xp: Any, s: Any) -> Any:
 @register("nms", "cupy", devices=("cuda",))
 def nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float) -> Any:
     """boxes [N, 4], scores [N] (same float dtype), classes int64 [N] or None -> kept indices.
-    Sorting and compaction are CuPy ops on the device; the one host sync is the output length."""
+    multi_image_nms with one image and max_output = N, as the native CUDA build's nms: the same
+    plan and kernels; the one host sync is the output length."""
     cp = _cupy()
-    n = boxes.shape[0]
-    dt = A.dtype_name(boxes)
-    T = C_TYPES[dt]
+    n = int(boxes.shape[0])
     with _On(cp, boxes):
-        mod = _module(cp)
-        s, c = _view(cp, scores), _view(cp, classes)
-        o1 = _score_order(cp, s)
-        o = o1 if c is None else o1[_argsort(cp, c[o1])]
-        cols = cp.empty((5, n), dtype=dt)
-        scls = cp.empty(n, dtype=cp.int64)
-        mod.get_function(f"detkernels::cupy_nms::gather<{T}>")(
-            ((n + 127) // 128,), (128,),
-            (_ptr(boxes), o, o if c is None else c, np.int32(c is not None), np.int64(n), cols, scls))
-        ncb = (n + 63) // 64
-        if ncb > 65535:
-            raise ValueError(f"nms (cupy): at most {65535 * 64} boxes, got {n}")
-        try:
-            mask = cp.empty((n, ncb), dtype=cp.uint64)
-        except cp.cuda.memory.OutOfMemoryError as e:
-            raise MemoryError(f"nms (cupy): the {n}x{ncb} suppression bitmask needs "
-                              f"{n * ncb * 8 / 2**30:.2f} GiB of GPU memory: {e}") from e
-        mod.get_function(f"detkernels::cupy_nms::mask<{T}>")(
-            (ncb, ncb), (64,),
-            (cols, scls, np.int64(n), np.int64(ncb), nms_threshold(iou_threshold, dt), mask))
-        removed = cp.zeros(ncb, dtype=cp.uint64)
-        keep = cp.zeros(n, dtype=cp.uint8)
-        mod.get_function("detkernels::cupy_nms::scan")(
-            (1,), (256,), (mask, np.int64(n), np.int64(ncb), removed, keep))
-        f = keep.astype(bool)
-        if c is None:
-            r = o1[f]
-        else:
-            kept = cp.zeros(n, dtype=bool)
-            kept[o[f]] = True
-            r = o1[kept[o1]]
-        return _as_kind(r, like=boxes)
+        b, s = _view(cp, boxes).reshape(1, n, 4), _view(cp, scores).reshape(1, n)
+        c = None if classes is None else _view(cp, classes).reshape(1, n)
+        idx, _, counts = _multi_image_nms(cp, b, s, c, iou_threshold, n, None)
+        return _as_kind(idx[0, :int(counts[0])], like=boxes)
 
 
 # ---- multi_image_nms: plan with CuPy sorts, suppression by nms_bitmask.h's steps ---------------------
 # The plan and the outputs are written against an array module ``xp`` (cupy here; numpy in
 # tests/test_cupy_sources.py, which checks them without a GPU).
 
-MULTI_SCAN_THREADS = 256
+NMS_THREADS = 256
+NMS_SCAN_THREADS = 256  # nms_kernels.cuh kNmsScanThreads (its __launch_bounds__)
+
+
+def nms_name_expressions() -> list[str]:
+    """The NMS kernel instantiations the backend launches (nms_kernels.cuh)."""
+    names = [f"detkernels::nms_{k}_kernel<{t}>" for t in C_TYPES.values() for k in ("gather", "mask")]
+    return names + ["detkernels::nms_scan_kernel"]
 
 
 def _multi_plan(xp: Any, s: Any, cls: Any, N: int, Cc: int, sthr: float | None) -> tuple:
@@ -327,27 +301,27 @@ def _multi_outputs(xp: Any, o1: Any, o: Any, keep: Any, valid: Any, max_output: 
     return out, cls, counts
 
 
-def mask_tile_rows(n: int, width: int, cap_bytes: int) -> int:
-    """nms_bitmask.h nms_tile_rows: rows per mask tile, a multiple of 64 (at least one row
-    block, at most all of them and 65535)."""
-    ncb = (n + 63) // 64
-    blocks = cap_bytes // (width * 8 * 64) if width > 0 else 1
-    return max(1, min(blocks, ncb, 65535)) * 64
-
-
-def _multi_suppress(cp: Any, mod: Any, boxes: Any, rows: Any, seg: Any, valid: Any, M: int,
-                    B: int, dt: str, thr: float) -> Any:
-    """Keep flags (uint8, per sorted position): columns gathered, then mask tiles and the
-    per-image scan of nms_bitmask.h, all enqueued on the current stream."""
+def _multi_suppress(cp: Any, mod: Any, boxes: Any, scores: Any, o: Any, seg: Any, N: int, M: int,
+                    B: int, dt: str, thr: float, sthr: float | None) -> Any:
+    """Keep flags (uint8, per sorted position) for the plan ``o`` (its ``seg``): columns gathered,
+    then mask tiles and the per-image scan of nms_bitmask.h -- the native build's kernels
+    (nms_kernels.cuh) -- all enqueued on the current stream."""
     T = C_TYPES[dt]
-    n = int(rows.shape[0])
+    n = B * M
     ncb = (n + 63) // 64
     W = min((M + 63) // 64 + 1, ncb)  # nms_mask_width
-    R = mask_tile_rows(n, W, MASK_BYTES)
+    R = nms_tile_rows(n, W, NMS_MASK_BYTES)
+    # nms_gather_kernel takes candidate ids q = b * M + o[b, j] (it finds their boxes itself, as
+    # the plan's rows) and writes the validity of the score filter the plan applied.
+    cand = (cp.arange(n, dtype=cp.int64) // M) * M + o.reshape(n)
     cols = cp.empty((5, n), dtype=dt)
-    mod.get_function(f"detkernels::cupy_nms::gather<{T}>")(
-        ((n + 127) // 128,), (128,),
-        (_ptr(boxes), rows, rows, np.int32(0), np.int64(n), cols, cp.empty(n, dtype=cp.int64)))
+    valid8 = cp.empty(n, dtype=cp.uint8)
+    has_sthr = sthr is not None
+    mod.get_function(f"detkernels::nms_gather_kernel<{T}>")(
+        (max(1, min((n + NMS_THREADS - 1) // NMS_THREADS, 1 << 16)),), (NMS_THREADS,),  # grid_1d
+        (cand, _ptr(boxes), scores, cols[0], cols[1], cols[2], cols[3], cols[4], valid8,
+         np.int64(n), np.int64(M), np.int64(N), np.int64(M // N), np.int32(has_sthr),
+         np.float64(sthr if has_sthr else 0.0)))
     try:
         mask = cp.empty((R, W), dtype=cp.uint64)
     except cp.cuda.memory.OutOfMemoryError as e:
@@ -356,18 +330,17 @@ def _multi_suppress(cp: Any, mod: Any, boxes: Any, rows: Any, seg: Any, valid: A
                           f"DETKERNELS_NMS_MASK_BYTES): {e}") from e
     removed = cp.zeros(ncb, dtype=cp.uint64)
     keep = cp.zeros(n, dtype=cp.uint8)
-    valid8 = valid.astype(cp.uint8)
-    fmask = mod.get_function(f"detkernels::cupy_nms::multi_mask<{T}>")
-    fscan = mod.get_function("detkernels::cupy_nms::multi_scan")
+    fmask = mod.get_function(f"detkernels::nms_mask_kernel<{T}>")
+    fscan = mod.get_function("detkernels::nms_scan_kernel")
     t = nms_threshold(thr, dt)
-    for row0 in range(0, n, R):
+    for row0 in range(0, n, R):  # nms_cuda.cu's grid for each tile
         nrb = min(ncb, (row0 + R) // 64) - row0 // 64
         gx = max(1, min(ncb - row0 // 64, W, 16384 // nrb))
-        fmask((gx, nrb), (64,), (cols, seg, mask, np.int64(n), np.int64(ncb), np.int64(W),
-                                 np.int64(row0), t))
-        fscan((B,), (MULTI_SCAN_THREADS,), (np.int64(M), np.int64(R), np.int64(n), np.int64(row0),
-                                             mask, np.int64(W), np.int64(ncb), removed, seg, valid8,
-                                             keep))
+        fmask((gx, nrb), (64,), (cols[0], cols[1], cols[2], cols[3], cols[4], seg, mask,
+                                 np.int64(n), np.int64(ncb), np.int64(W), np.int64(row0), t))
+        fscan((B,), (NMS_SCAN_THREADS,), (np.int64(M), np.int64(R), np.int64(n), np.int64(row0),
+                                           mask, np.int64(W), np.int64(ncb), removed, seg, valid8,
+                                           keep))
     return keep
 
 
@@ -379,41 +352,48 @@ def multi_image_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float,
     CuPy sorts and the NVRTC kernels on the caller's stream: no host synchronisation, outputs of
     fixed size."""
     cp = _cupy()
+    with _On(cp, boxes):
+        outs = _multi_image_nms(cp, boxes, _view(cp, scores), _view(cp, classes), iou_threshold,
+                                max_output, score_threshold)
+        return tuple(None if x is None else _as_kind(x, like=boxes) for x in outs)
+
+
+def _multi_image_nms(cp: Any, boxes: Any, scores: Any, classes: Any, iou_threshold: float,
+                     max_output: int, score_threshold: float | None) -> tuple[Any, Any, Any]:
+    """multi_image_nms on CuPy views of scores and classes (boxes: any contiguous device array),
+    inside _On; returns CuPy arrays."""
     B, N = int(boxes.shape[0]), int(boxes.shape[1])
     C = int(scores.shape[2]) if scores.ndim == 3 else 0
     Cc = max(C, 1)
     M = N * Cc
     per_class = scores.ndim == 3
     dt = A.dtype_name(boxes)
-    with _On(cp, boxes):
-        if B * M == 0:
-            out = cp.full((B, max_output), -1, dtype=cp.int64)
-            outs = (out, out.copy() if per_class else None, cp.zeros(B, dtype=cp.int64))
-        else:
-            s = _view(cp, scores).reshape(B, M)
-            if C > 1:
-                cls = cp.broadcast_to(cp.tile(cp.arange(C, dtype=cp.int64), N), (B, M))
-            else:
-                cls = None if classes is None else _view(cp, classes).reshape(B, N)
-            o1, o, valid, seg, rows = _multi_plan(cp, s, cls, N, Cc, score_threshold)
-            keep = _multi_suppress(cp, _module(cp), boxes, rows, seg, valid, M, B, dt, iou_threshold)
-            outs = _multi_outputs(cp, o1, o, keep, valid, max_output, Cc, per_class)
-        return tuple(None if x is None else _as_kind(x, like=boxes) for x in outs)
+    if B * M == 0:
+        out = cp.full((B, max_output), -1, dtype=cp.int64)
+        return out, out.copy() if per_class else None, cp.zeros(B, dtype=cp.int64)
+    s = scores.reshape(B, M)
+    if C > 1:
+        cls = cp.broadcast_to(cp.tile(cp.arange(C, dtype=cp.int64), N), (B, M))
+    else:
+        cls = None if classes is None else classes.reshape(B, N)
+    o1, o, valid, seg, _ = _multi_plan(cp, s, cls, N, Cc, score_threshold)
+    keep = _multi_suppress(cp, _module(cp), boxes, s, o, seg, N, M, B, dt, iou_threshold,
+                           score_threshold)
+    return _multi_outputs(cp, o1, o, keep, valid, max_output, Cc, per_class)
 
 
 # ---- RoI ops --------------------------------------------------------------------------------------
 # roi_align / ps_roi_align and roi_pool / ps_roi_pool, forward and backward, launching the native
 # build's kernels (csrc/ops/roi_align/roi_align_kernels.cuh, csrc/ops/roi_pool/roi_pool_kernels.cuh,
-# csrc/ops/roi_align/roi_scatter_kernels.cuh). Inputs arrive as for the native backend (working
+# csrc/common/roi_scatter_kernels.cuh). Inputs arrive as for the native backend (working
 # dtype, rois and argmax contiguous, features and grads in any layout: element strides are passed);
 # outputs are allocated in the caller's array kind. The backward is the deterministic atomic-free
 # scatter of roi_scatter.h: where the nvcc build runs CUB (radix sort, scan) this runs
 # cupy.argsort (stable: CuPy's sorts are stable, kind=None means 'stable') and cupy.cumsum.
 
 ROI_THREADS = 256
-# The same caps (and environment variables) as the native backend: slots of the backward sort.
-ROI_ALIGN_MAX_SLOTS = int(os.environ.get("DETKERNELS_ROI_ALIGN_MAX_SLOTS", str(1 << 26)))
-ROI_POOL_MAX_SLOTS = int(os.environ.get("DETKERNELS_ROI_POOL_MAX_SLOTS", str(1 << 26)))
+# The caps on the slots of the backward sort (ROI_ALIGN_MAX_SLOTS, ROI_POOL_MAX_SLOTS) are
+# detkernels._constants', shared with the native backend (and read from the same variables).
 _SCATTER = {False: "RoiAlignScatter", True: "PsRoiPoolScatter"}  # key: is it ps_roi_pool
 
 

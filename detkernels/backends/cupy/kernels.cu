@@ -1,0 +1,14 @@
+// The CuPy backend's NVRTC source (detkernels/backends/cupy/__init__.py), compiled at run time
+// with the native build's float flags (--fmad=false, IEEE division and sqrt, no FTZ). It holds no
+// kernel of its own: every kernel is the very one the nvcc build launches, from the headers the
+// nvcc sources include, instantiated by name (RawModule name_expressions).
+//   box_iou:  box_iou_kernel.cuh
+//   NMS:      nms_kernels.cuh (gather, mask tiles, per-image keep scan over nms_bitmask.h's steps;
+//             the visiting plan between them is made with CuPy's stable sorts)
+//   RoI ops:  roi_align_kernels.cuh, roi_pool_kernels.cuh and the generic deterministic backward
+//             scatter (common/roi_scatter_kernels.cuh); the sorts between the backward's steps
+//             are CuPy's (stable) argsort, the scan cupy.cumsum.
+#include "ops/box_iou/box_iou_kernel.cuh"
+#include "ops/nms/nms_kernels.cuh"
+#include "ops/roi_align/roi_align_kernels.cuh"
+#include "ops/roi_pool/roi_pool_kernels.cuh"
