@@ -1,10 +1,11 @@
 """Backend table and dispatch.
 
-Each backend module (detkernels/backends/<name>.py) registers, per op, an implementation and the
-devices and dtypes it serves, and records whether it is usable here (`available`, `reason`).
+Each backend module (detkernels/backends/<name>) registers, per op, an implementation and the
+devices and dtypes it serves, and records whether it is usable here (`available`, `reason`), in
+the table of detkernels/backends/_table.py.
 Backend modules never raise at import; they are imported on first dispatch.
 
-Implementations take normalised inputs (validated, promoted, contiguous; see detkernels/ops.py)
+Implementations take normalised inputs (validated, promoted, contiguous; see detkernels/_dispatch.py)
 as arrays of the caller's kind, and return arrays of that kind on the same device.
 """
 from __future__ import annotations
@@ -12,8 +13,9 @@ from __future__ import annotations
 import importlib
 import os
 import warnings
-from dataclasses import dataclass, field
 from typing import Callable
+
+from .backends._table import BACKENDS, TABLE as _TABLE, Backend, _probed, declare, probe, register  # noqa: F401
 
 __all__ = [
     "BACKENDS",
@@ -27,7 +29,6 @@ __all__ = [
     "why_not",
 ]
 
-BACKENDS = ("native", "cupy", "numba", "numpy")
 # Dispatch rule: an explicit `backend=` argument, else the process-wide choice (set_backend(), or
 # the DETKERNELS_BACKEND environment variable), else the first available backend in this order for
 # the input's device type. An explicit choice that cannot serve the call is an error, never a
@@ -35,56 +36,10 @@ BACKENDS = ("native", "cupy", "numba", "numpy")
 AUTO_ORDER = {"cpu": ("native", "numba", "numpy"), "cuda": ("native", "cupy", "numba")}
 
 
-@dataclass
-class Backend:
-    name: str
-    available: bool = False
-    reason: str = "not loaded"
-    impls: dict = field(default_factory=dict)  # op -> (fn, devices, dtypes)
-    probes: dict = field(default_factory=dict)  # device type -> () -> reason or None (run once)
-
-
-_TABLE: dict[str, Backend] = {n: Backend(n) for n in BACKENDS}
 _LOADED = False
 _CHOICE: str | None = None
 _WARNED: set = set()
 _CACHE: dict = {}
-
-
-def declare(name: str, available: bool, reason: str = "") -> None:
-    """Called by a backend module at import: whether it can run here, and why not."""
-    b = _TABLE[name]
-    b.available, b.reason = available, reason
-
-
-def probe(name: str, device: str, check: Callable[[], str | None]) -> None:
-    """A lazy availability check of backend ``name`` on a device type, run (once) the first time
-    that backend is considered for that device: ``check()`` returns None, or why it cannot run
-    there. For checks too costly for import time (e.g. importing numba to ask for a driver)."""
-    _TABLE[name].probes[device] = check
-
-
-def _probed(b: Backend, dev: str) -> str | None:
-    check = b.probes.get(dev)
-    if check is None:
-        return None
-    if not isinstance(check, str) and callable(check):
-        try:
-            why = check()
-        except Exception as e:  # a probe must never break dispatch
-            why = f"{type(e).__name__}: {e}"
-        b.probes[dev] = check = why or ""
-    return check or None
-
-
-def register(op: str, backend: str, devices: tuple = ("cpu",), dtypes: tuple = ("float32", "float64")):
-    """Decorator: ``fn`` implements ``op`` on ``backend`` for these device types and dtypes."""
-
-    def deco(fn: Callable) -> Callable:
-        _TABLE[backend].impls[op] = (fn, tuple(devices), tuple(dtypes))
-        return fn
-
-    return deco
 
 
 def _load() -> None:

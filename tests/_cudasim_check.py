@@ -116,7 +116,7 @@ def multi_image_checks(rng) -> int:
     simulator's kernels for the suppression), with small mask tiles so rows span several."""
     import torch
 
-    from detkernels.backends import _numba_cuda as NC
+    from detkernels.backends.numba import cuda as NC
 
     checks = 0
     saved = NC.MASK_BYTES, NB._as_numba, NB._stream

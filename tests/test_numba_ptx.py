@@ -16,7 +16,7 @@ pytest.importorskip("numba", reason="numba is not installed (pip install 'detker
 
 @pytest.fixture(scope="module")
 def K():
-    from detkernels.backends import _numba_cuda
+    from detkernels.backends.numba import cuda as _numba_cuda
 
     try:
         _numba_cuda.ptx("float32")["nms_scan_kernel"]

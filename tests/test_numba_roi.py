@@ -100,7 +100,7 @@ def _brute_range(T, start, bin_size, p, G, size):
 def test_sample_range_is_the_in_range_run(dtype):
     """sample_range (binary search over the monotone sample positions) selects exactly the samples
     the reference finds in range, for ascending, descending, zero, NaN and infinite bins."""
-    from detkernels.backends import _numba_roi
+    from detkernels.backends.numba import roi_cpu as _numba_roi
 
     T = np.dtype(dtype).type
     sr = _numba_roi.kernels(dtype).sample_range
@@ -122,7 +122,7 @@ def test_sample_range_is_the_in_range_run(dtype):
 
 
 def _cpu_cases(dtype):
-    from detkernels.backends import _numba_roi
+    from detkernels.backends.numba import roi_cpu as _numba_roi
 
     x = features(5, dtype, c=24)
     rois = np.concatenate([boxes_valid(5, 30, dtype), boxes_adversarial(5, dtype)])
@@ -170,7 +170,7 @@ def test_cpu_results_do_not_depend_on_threads_or_chunks(dtype):
 def test_cpu_nchw_and_nhwc_kernels_match_reference(dtype, sampling_ratio):
     """roi_align has an NCHW kernel and a channels-last one (chosen by size, see
     _numba_roi._use_nhwc): both, forward and backward, give the reference's bytes."""
-    from detkernels.backends import _numba_roi
+    from detkernels.backends.numba import roi_cpu as _numba_roi
     from detkernels.reference import roi_align as RA
 
     x = features(8, dtype, c=6)

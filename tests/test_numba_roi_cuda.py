@@ -176,7 +176,7 @@ ATOMIC = re.compile(r"\b(atom|red)\.")
 
 @pytest.fixture(scope="module")
 def K():
-    from detkernels.backends import _numba_roi_cuda
+    from detkernels.backends.numba import roi_cuda as _numba_roi_cuda
 
     try:
         _numba_roi_cuda.ptx("float32")

@@ -1,16 +1,17 @@
 """The compiled core, detkernels._C: C++ CPU kernels and (when built with nvcc) CUDA kernels.
 
 Only loops, launches and memory here: inputs arrive validated, promoted and contiguous from
-detkernels/ops.py; outputs are allocated in the caller's array library, on its device, and the
+detkernels/_dispatch.py; outputs are allocated in the caller's array library, on its device, and the
 kernel is enqueued on the caller's current CUDA stream.
 """
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from .. import _arrays as A
-from .._registry import declare, register
+from .._constants import (DTYPE_CODES, FMT_CODES, KIND_CODES, NMS_MASK_BYTES, ROI_ALIGN_MAX_SLOTS,
+                          ROI_POOL_MAX_SLOTS)
+from ._table import declare, register
 
 try:
     from .. import _C
@@ -20,9 +21,6 @@ except ImportError as e:  # built without the core (or a broken build): say why,
 else:
     declare("native", True)
 
-DTYPE_CODES = {"float32": 0, "float64": 1, "float16": 2, "bfloat16": 3, "int32": 4, "int64": 5}
-FMT_CODES = {"xyxy": 0, "xywh": 1, "cxcywh": 2}
-KIND_CODES = {"iou": 0, "giou": 1, "diou": 2, "ciou": 3}
 HAS_CUDA = bool(_C is not None and _C.build_info()["cuda"])
 IOU_DEVICES = ("cpu", "cuda") if HAS_CUDA else ("cpu",)
 
@@ -61,9 +59,8 @@ def _device_index(x: Any) -> int:
     return int(dev.split(":")[1]) if ":" in dev else 0
 
 
-# The CUDA NMS builds its N x N/64 bitmask in row tiles of at most this many bytes (at least 64
+# The CUDA NMS builds its N x N/64 bitmask in row tiles of at most NMS_MASK_BYTES (at least 64
 # rows): bounded workspace for any N (10^6 boxes: ~8 MB per 64-row tile).
-NMS_MASK_BYTES = int(os.environ.get("DETKERNELS_NMS_MASK_BYTES", str(256 << 20)))
 
 
 def _workspace(like: Any, nbytes: int, what: str) -> Any:
@@ -160,7 +157,7 @@ def multi_image_nms_emulated(boxes: Any, scores: Any, classes: Any, iou_threshol
 
 
 # ---- RoI ops (CPU and CUDA) ---------------------------------------------------------------------------------
-# Inputs arrive in the working dtype (float32/float64, see detkernels/roi_ops.py); features and
+# Inputs arrive in the working dtype (float32/float64, see detkernels/_dispatch.py); features and
 # grads in any layout (element strides are passed), rois contiguous [K, 5].
 
 def _strides(x: Any) -> list[int]:
@@ -182,8 +179,7 @@ def _roi_workspace(like: Any, nbytes: int, what: str, env: str) -> Any:
 
 
 # The CUDA RoIAlign backward sorts one slot per (roi, ph, pw, iy, ix, tap) -- 32 bytes each plus
-# the sort's scratch -- so its workspace is bounded by refusing more slots than this.
-ROI_ALIGN_MAX_SLOTS = int(os.environ.get("DETKERNELS_ROI_ALIGN_MAX_SLOTS", str(1 << 26)))
+# the sort's scratch -- so its workspace is bounded by refusing more than ROI_ALIGN_MAX_SLOTS.
 
 
 @register("roi_align", "native", devices=IOU_DEVICES)
@@ -246,8 +242,7 @@ def roi_align_backward(grad: Any, rois: Any, spatial_scale: float, ph: int, pw: 
 
 
 # The CUDA RoIPool backward sorts one slot per output element (roi_pool: K*C*PH*PW) or per bin
-# pixel (ps_roi_pool), 32 bytes each plus the sort's scratch: refused above this many slots.
-ROI_POOL_MAX_SLOTS = int(os.environ.get("DETKERNELS_ROI_POOL_MAX_SLOTS", str(1 << 26)))
+# pixel (ps_roi_pool), 32 bytes each plus the sort's scratch: refused above ROI_POOL_MAX_SLOTS.
 
 
 @register("roi_pool", "native", devices=IOU_DEVICES)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import _arrays as A
-from .._registry import declare, register
+from ._table import declare, register
 from ..reference import box_iou as ref_iou
 from ..reference import nms as ref_nms
 

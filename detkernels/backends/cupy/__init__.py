@@ -30,7 +30,7 @@ import numpy as np
 from ... import _arrays as A
 from ..._constants import (FMT_CODES, KIND_CODES, NMS_MASK_BYTES, ROI_ALIGN_MAX_SLOTS,
                            ROI_POOL_MAX_SLOTS, nms_threshold, nms_tile_rows)
-from ..._registry import declare, probe, register
+from .._table import declare, probe, register
 
 if importlib.util.find_spec("cupy") is None:
     declare("cupy", False, "cupy is not installed (pip install 'detkernels[cupy]', e.g. cupy-cuda13x)")

@@ -1,5 +1,5 @@
-"""Numba backend: CPU ``@njit`` kernels (_numba_cpu.py) and ``numba.cuda`` kernels (_numba_cuda.py)
-compiled from one copy of the scalar maths (_numba_math.py), bit-exact with the NumPy reference.
+"""Numba backend: CPU ``@njit`` kernels (numba/cpu.py) and ``numba.cuda`` kernels (numba/cuda.py)
+compiled from one copy of the scalar maths (numba/box_math.py), bit-exact with the NumPy reference.
 
 numba is imported on the first call of a Numba kernel, not when the registry loads this module
 (importing numba takes ~0.5 s). Kernels compile on first use in each process: NMS per dtype, CPU
@@ -21,8 +21,8 @@ are torch ops on the device: no host synchronisation. With Numba or CuPy device 
 made on the host (the scores and classes are copied there and the keep flags back).
 
 RoI ops (roi_align, ps_roi_align, roi_pool, ps_roi_pool, forward and backward) run on the CPU
-(_numba_roi.py, ``parallel=True``) and on CUDA (_numba_roi_cuda.py); their arithmetic is written
-once (_numba_roi_math.py) and compiled for both targets, one kernel set per dtype (float32,
+(numba/roi_cpu.py, ``parallel=True``) and on CUDA (numba/roi_cuda.py); their arithmetic is written
+once (numba/roi_math.py) and compiled for both targets, one kernel set per dtype (float32,
 float64; float16/bfloat16 are widened by the Python layer). No float atomics and no shared
 accumulators: every output element is owned by one thread (CPU: RoIs in parallel for the forward,
 channel ranges for the backward; CUDA: one thread per output element for the forwards, per input
@@ -41,9 +41,10 @@ from typing import Any
 
 import numpy as np
 
-from .. import _arrays as A
-from .._registry import declare, probe, register
-from ..reference.nms import score_order
+from ... import _arrays as A
+from ..._constants import FMT_CODES, KIND_CODES
+from .._table import declare, probe, register
+from ...reference.nms import score_order
 
 if importlib.util.find_spec("numba") is None:
     declare("numba", False, "numba is not installed (pip install 'detkernels[numba]')")
@@ -63,8 +64,6 @@ def _probe_cuda() -> str | None:
 
 probe("numba", "cuda", _probe_cuda)
 
-FMT_CODES = {"xyxy": 0, "xywh": 1, "cxcywh": 2}
-KIND_CODES = {"iou": 0, "giou": 1, "diou": 2, "ciou": 3}
 
 
 def _cuda():
@@ -74,9 +73,9 @@ def _cuda():
     if not cuda.is_available():
         raise RuntimeError("detkernels: the numba backend cannot run on CUDA here: numba.cuda finds "
                            "no usable GPU/driver (numba.cuda.detect() says why)")
-    from . import _numba_cuda
+    from . import cuda as _cuda
 
-    return cuda, _numba_cuda
+    return cuda, _cuda
 
 
 def _device_index(x: Any) -> int:
@@ -144,9 +143,9 @@ def _keep_from_flags(o1: np.ndarray, o: np.ndarray, flags: np.ndarray) -> np.nda
 def box_iou(b1: Any, b2: Any, kind: str, fmt: str, eps: float) -> Any:
     """b1 [B, N, 4], b2 [B, M, 4]: contiguous, same float dtype and device -> out [B, N, M]."""
     if A.device(b1) == "cpu":
-        from . import _numba_cpu
+        from . import cpu as _cpu
 
-        out = _numba_cpu.box_iou(A.to_numpy_view(b1), A.to_numpy_view(b2), KIND_CODES[kind],
+        out = _cpu.box_iou(A.to_numpy_view(b1), A.to_numpy_view(b2), KIND_CODES[kind],
                                  FMT_CODES[fmt], eps)
         return A.from_numpy(out, like=b1)
     cuda, K = _cuda()
@@ -161,12 +160,12 @@ def box_iou(b1: Any, b2: Any, kind: str, fmt: str, eps: float) -> Any:
 def nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float) -> Any:
     """boxes [N, 4], scores [N] (same float dtype), classes int64 [N] or None -> kept indices."""
     if A.device(boxes) == "cpu":
-        from . import _numba_cpu
+        from . import cpu as _cpu
 
         s = A.to_numpy_view(scores)
         c = None if classes is None else A.to_numpy_view(classes)
         o1, o, seg = _host_order(s, c)
-        flags = _numba_cpu.nms_keep(A.to_numpy_view(boxes), o, seg, iou_threshold)
+        flags = _cpu.nms_keep(A.to_numpy_view(boxes), o, seg, iou_threshold)
         return A.from_numpy(_keep_from_flags(o1, o, flags), like=boxes)
     cuda, K = _cuda()
     with cuda.gpus[_device_index(boxes)]:
@@ -294,9 +293,9 @@ def multi_image_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float,
                                            score_threshold)
     rows = (o // M) * N + (o % M) // Cc  # box row of each visited candidate in boxes [B * N, 4]
     if A.device(boxes) == "cpu":
-        from . import _numba_cpu
+        from . import cpu as _cpu
 
-        flags = _numba_cpu.nms_keep(A.to_numpy_view(boxes).reshape(B * N, 4), rows, seg,
+        flags = _cpu.nms_keep(A.to_numpy_view(boxes).reshape(B * N, 4), rows, seg,
                                     iou_threshold, parallel=True)
     else:
         flags = _multi_host_cuda(boxes, rows, seg, bounds, iou_threshold, B * N)
@@ -418,11 +417,11 @@ def _numel(x: Any) -> int:
 
 
 def _roi_cuda() -> tuple:
-    """(numba.cuda, _numba_roi_cuda), with a clear error where numba.cuda cannot run."""
+    """(numba.cuda, _roi_cuda), with a clear error where numba.cuda cannot run."""
     cuda, _ = _cuda()
-    from . import _numba_roi_cuda
+    from . import roi_cuda as _roi_cuda
 
-    return cuda, _numba_roi_cuda
+    return cuda, _roi_cuda
 
 
 def _roi_launch(fn: Any, like: Any, arrays: tuple, *args: Any) -> None:
@@ -437,9 +436,9 @@ def roi_align(input: Any, rois: Any, spatial_scale: float, ph: int, pw: int, sam
               aligned: bool, ps: bool) -> Any:
     """input [N, C, H, W] -> [K, Co, PH, PW] (Co = C, or C/(PH*PW) for ps)."""
     if A.device(input) == "cpu":
-        from . import _numba_roi
+        from . import roi_cpu as _roi_cpu
 
-        out = _numba_roi.roi_align(A.to_numpy_view(input), _roi_np(rois), spatial_scale, ph, pw,
+        out = _roi_cpu.roi_align(A.to_numpy_view(input), _roi_np(rois), spatial_scale, ph, pw,
                                    sampling_ratio, aligned, ps)
         return A.from_numpy(out, like=input)
     _, K = _roi_cuda()
@@ -456,9 +455,9 @@ def roi_align_backward(grad: Any, rois: Any, spatial_scale: float, ph: int, pw: 
                        h: int, w: int, sampling_ratio: int, aligned: bool, ps: bool) -> Any:
     """grad [K, Co, PH, PW] -> grad_input [N, C, H, W] (contiguous)."""
     if A.device(grad) == "cpu":
-        from . import _numba_roi
+        from . import roi_cpu as _roi_cpu
 
-        gi = _numba_roi.roi_align_backward(_roi_np(grad), _roi_np(rois), spatial_scale, ph, pw,
+        gi = _roi_cpu.roi_align_backward(_roi_np(grad), _roi_np(rois), spatial_scale, ph, pw,
                                            (n, c, h, w), sampling_ratio, aligned, ps)
         return A.from_numpy(gi, like=grad)
     _, K = _roi_cuda()
@@ -474,9 +473,9 @@ def roi_align_backward(grad: Any, rois: Any, spatial_scale: float, ph: int, pw: 
 def roi_pool(input: Any, rois: Any, spatial_scale: float, ph: int, pw: int, ps: bool) -> tuple:
     """input [N, C, H, W] -> (out [K, Co, PH, PW], argmax or channel map int32 [K, Co, PH, PW])."""
     if A.device(input) == "cpu":
-        from . import _numba_roi
+        from . import roi_cpu as _roi_cpu
 
-        out, idx = _numba_roi.roi_pool(_roi_np(input), _roi_np(rois), spatial_scale, ph, pw, ps)
+        out, idx = _roi_cpu.roi_pool(_roi_np(input), _roi_np(rois), spatial_scale, ph, pw, ps)
         return A.from_numpy(out, like=input), A.from_numpy(idx, like=input)
     _, K = _roi_cuda()
     x, r = A.ascontig(input), A.ascontig(rois)
@@ -493,9 +492,9 @@ def roi_pool_backward(grad: Any, rois: Any, idx: Any, spatial_scale: float, ph: 
                       c: int, h: int, w: int, ps: bool) -> Any:
     """grad [K, Co, PH, PW] (+ argmax int32 for roi_pool) -> grad_input [N, C, H, W]."""
     if A.device(grad) == "cpu":
-        from . import _numba_roi
+        from . import roi_cpu as _roi_cpu
 
-        gi = _numba_roi.roi_pool_backward(_roi_np(grad), _roi_np(rois), _roi_np(idx), spatial_scale,
+        gi = _roi_cpu.roi_pool_backward(_roi_np(grad), _roi_np(rois), _roi_np(idx), spatial_scale,
                                           ph, pw, (n, c, h, w), ps)
         return A.from_numpy(gi, like=grad)
     _, K = _roi_cuda()

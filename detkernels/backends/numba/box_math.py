@@ -19,7 +19,8 @@ from typing import Callable
 
 import numpy as np
 
-from ..reference.box_iou import _ATAN32, _ATAN64, FOUR_OVER_PI2
+from ..._constants import nms_threshold  # noqa: F401  (used as M.nms_threshold)
+from ...reference.box_iou import _ATAN32, _ATAN64, FOUR_OVER_PI2
 
 # Injected per specialisation (see specialise): ADD, SUB, MUL, DIV and the constants below.
 ADD = SUB = MUL = DIV = None
@@ -159,16 +160,6 @@ def nms_suppresses(ax1, ay1, ax2, ay2, area_a, bx1, by1, bx2, by2, area_b, thr):
     h = std_max(ZERO, SUB(std_min(ay2, by2), std_max(ay1, by1)))
     inter = MUL(w, h)
     return DIV(inter, SUB(ADD(area_a, area_b), inter)) > thr
-
-
-def nms_threshold(thr: float, dtype) -> np.generic:
-    """Largest value of ``dtype`` <= thr (csrc/ops/nms/nms_cpu.cpp nms_threshold): for any x of
-    that dtype, ``x > result`` iff ``float(x) > thr``."""
-    T = np.dtype(dtype).type
-    t = T(thr)
-    if float(t) > thr:
-        t = np.nextafter(t, T(-np.inf))
-    return t
 
 
 # ---- compilation ----------------------------------------------------------------------------------

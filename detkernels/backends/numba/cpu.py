@@ -1,4 +1,4 @@
-"""Numba CPU kernels (``@njit``): loops over the scalar maths of _numba_math.py.
+"""Numba CPU kernels (``@njit``): loops over the scalar maths of box_math.py.
 
 ``fastmath=False`` (no contraction, IEEE division) and ``error_model="numpy"`` (0/0 is NaN, not a
 ZeroDivisionError) make them bit-exact with the NumPy reference. Imported (and so numba imported)
@@ -12,7 +12,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from . import _numba_math as M
+from . import box_math as M
 
 _JIT = dict(fastmath=False, error_model="numpy", nogil=True)
 

@@ -1,7 +1,7 @@
 """Numba CPU (``@njit(parallel=True)``) kernels of roi_align / ps_roi_align and roi_pool / ps_roi_pool,
 forward and backward, bit-exact with ``detkernels/reference/roi_align.py`` and ``roi_pool.py``.
 
-The arithmetic is _numba_roi_math.py's (shared with the numba.cuda kernels of _numba_roi_cuda.py);
+The arithmetic is roi_math.py's (shared with the numba.cuda kernels of roi_cuda.py);
 this file holds only loops, tables and indexing. ``fastmath=False`` keeps IEEE rounding and no
 contraction; ``error_model="numpy"`` makes 0/0 NaN.
 
@@ -25,9 +25,9 @@ import numba
 import numpy as np
 from numba import prange
 
-from . import _numba_cpu
-from . import _numba_math as M
-from . import _numba_roi_math as R
+from . import cpu as _cpu
+from . import box_math as M
+from . import roi_math as R
 
 _JIT = dict(fastmath=False, error_model="numpy", nogil=True)
 _CACHE: dict = {}
@@ -269,7 +269,7 @@ def _build(dt: np.dtype):
     kern = numba.njit(parallel=True, **_JIT)
     extra.extend((name, globals()[name], kern) for name in KERNELS)
     env = dict(np=np, prange=prange, **R.constants(dt))
-    return M.specialise(dt, _numba_cpu._OPS, njit, tuple(extra), env)
+    return M.specialise(dt, _cpu._OPS, njit, tuple(extra), env)
 
 
 def kernels(dtype):

@@ -1,6 +1,6 @@
 """numba.cuda kernels of roi_align / ps_roi_align and roi_pool / ps_roi_pool, forward and backward,
-bit-exact with the NumPy reference. The arithmetic is _numba_roi_math.py's (the same source as the
-CPU kernels), compiled with the libdevice ``*_rn`` operators of _numba_cuda._ops (never fused into
+bit-exact with the NumPy reference. The arithmetic is roi_math.py's (the same source as the
+CPU kernels), compiled with the libdevice ``*_rn`` operators of _cuda._ops (never fused into
 FMAs; plain operators in the CUDA simulator). tests/test_numba_ptx.py lints their PTX.
 
 Parallelism (grid-stride loops; no atomics, no shared accumulators, so the bytes do not depend on
@@ -27,9 +27,9 @@ import numba
 import numpy as np
 from numba import cuda
 
-from . import _numba_cuda as NC
-from . import _numba_math as M
-from . import _numba_roi_math as R
+from . import cuda as NC
+from . import box_math as M
+from . import roi_math as R
 
 SIM = NC.SIM
 _JIT = dict(fastmath=False)
@@ -230,7 +230,7 @@ def signatures(dtype) -> dict:
 
 
 def ptx(dtype, cc: tuple = (9, 0), plain_operators: bool = False) -> dict:
-    """PTX of every RoI kernel for ``dtype``, compiled without a GPU (see _numba_cuda.ptx)."""
+    """PTX of every RoI kernel for ``dtype``, compiled without a GPU (see _cuda.ptx)."""
     import numba.cuda.dispatcher as D
 
     plain = {n: cuda.jit(device=True, **_JIT)(f)

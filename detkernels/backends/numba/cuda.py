@@ -1,4 +1,4 @@
-"""numba.cuda kernels over the scalar maths of _numba_math.py.
+"""numba.cuda kernels over the scalar maths of box_math.py.
 
 NVVM contracts ``a * b + c`` into an FMA even with ``fastmath=False`` (shared/BUILD-NOTES.md), so
 every float operation is a libdevice ``*_rn`` intrinsic (never fused; IEEE rounding, IEEE
@@ -20,7 +20,6 @@ read.
 """
 from __future__ import annotations
 
-import os
 import types
 import warnings
 
@@ -28,7 +27,8 @@ import numba
 import numpy as np
 from numba import cuda
 
-from . import _numba_math as M
+from ..._constants import NMS_MASK_BYTES, nms_tile_rows
+from . import box_math as M
 
 SIM = bool(numba.config.ENABLE_CUDASIM)
 _JIT = dict(fastmath=False)
@@ -36,8 +36,8 @@ WORD = 64  # boxes per mask word and per mask-kernel block
 # The simulator runs threads ~2.7k/s: 2 scan threads still exercise the strided word loop.
 SCAN_THREADS = 2 if SIM else 256
 ONE64 = np.int64(1)
-# Bytes of one bitmask tile (rows x words), as the native CUDA build's NMS_MASK_BYTES.
-MASK_BYTES = int(os.environ.get("DETKERNELS_NMS_MASK_BYTES", str(256 << 20)))
+# Bytes of one bitmask tile (rows x words): the native CUDA build's cap.
+MASK_BYTES = NMS_MASK_BYTES
 
 
 _add, _sub, _mul, _div = M.plain_add, M.plain_sub, M.plain_mul, M.plain_div
@@ -58,7 +58,7 @@ def _ops(dtype: np.dtype) -> dict:
     return dict(ADD=dadd_rn, SUB=cuda.jit(device=True, **_JIT)(dsub_rn), MUL=ld.dmul_rn, DIV=ld.ddiv_rn)
 
 
-# ---- kernels (compiled per dtype by _numba_math.specialise) ---------------------------------------
+# ---- kernels (compiled per dtype by _box_math.specialise) ---------------------------------------
 
 def box_iou_kernel(b1, b2, out, fmt, kind, eps):
     """out[b, i, j] = metric(b1[b, i], b2[b, j]); grid x over j, y over i, z over b."""
@@ -234,14 +234,6 @@ def box_iou(b1, b2, out, kind: int, fmt: int, eps: float, stream) -> None:
     _configure(kernels(dt).box_iou_kernel, grid, block, stream)(b1, b2, out, fmt, kind, dt.type(eps))
 
 
-def _tile_rows(n: int, width: int) -> int:
-    """Rows per mask tile: a multiple of 64, as many as MASK_BYTES holds (at least one row
-    block, at most all rows, at most 65535 row blocks: one grid dimension)."""
-    ncb = (n + WORD - 1) // WORD
-    blocks = max(1, min(MASK_BYTES // max(1, width * 8 * WORD), ncb, 65535))
-    return blocks * WORD
-
-
 def numba_alloc(stream):
     """Scratch allocator of numba device arrays: alloc(shape, dtype, zero)."""
     def alloc(shape, dtype, zero: bool):
@@ -270,7 +262,7 @@ def _suppress(k, cols, scls, seg, ranges, width: int, thr, stream, alloc):
     n = cols.shape[1]
     ncb = (n + WORD - 1) // WORD
     width = max(1, min(width, ncb))
-    R = _tile_rows(n, width)
+    R = max(nms_tile_rows(n, width, MASK_BYTES), WORD)  # one row block even for n = 0
     try:
         mask = alloc((R, width), np.dtype(np.int64), False)
     except Exception as e:  # numba raises CudaAPIError for an out-of-memory allocation

@@ -1,8 +1,8 @@
 """The scalar RoI maths of reference/roi_align.py and reference/roi_pool.py (and so of csrc/ops/roi_*),
 written once as plain Python over ADD/SUB/MUL/DIV and typed constants, and compiled per (target,
-dtype) by _numba_math.specialise: ``@njit`` for the CPU kernels (_numba_roi.py) and
-``cuda.jit(device=True)`` for the numba.cuda kernels (_numba_roi_cuda.py), which contain only loops,
-indexing and calls of these functions. See _numba_math.py for why every float operation is a call.
+dtype) by _box_math.specialise: ``@njit`` for the CPU kernels (roi_cpu.py) and
+``cuda.jit(device=True)`` for the numba.cuda kernels (roi_cuda.py), which contain only loops,
+indexing and calls of these functions. See box_math.py for why every float operation is a call.
 
 Sampling grids: sample i of bin p sits at ``(start + T(p)*bin) + (T(f32(i) + 0.5f)*bin) / T(G)``,
 which is monotone in i (non-decreasing for bin > 0, non-increasing for bin < 0: IEEE rounding is
@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..reference.roi_align import MAX_GRID
+from ..._constants import MAX_GRID
 
-ADD = SUB = MUL = DIV = None  # injected per target (see _numba_math)
+ADD = SUB = MUL = DIV = None  # injected per target (see _box_math)
 TT = None  # np.float32 or np.float64: int -> T conversion (round to nearest, as NumPy's)
 F32 = np.float32
 F32_HALF = np.float32(0.5)
@@ -28,7 +28,7 @@ LIM = 1 << 31  # rounded RoIPool coordinates are clamped to [-LIM, LIM] (referen
 
 
 def constants(dtype) -> dict:
-    """Typed constants of the RoI maths for ``dtype`` (on top of _numba_math.constants)."""
+    """Typed constants of the RoI maths for ``dtype`` (on top of _box_math.constants)."""
     T = np.dtype(dtype).type
     return dict(TT=T, F32=np.float32, F32_HALF=np.float32(0.5), LIM=LIM, MAX_GRID=MAX_GRID,
                 HALF=T(0.5), NEG_HALF=T(-0.5), NEG1=T(-1), MAXG_1=T(MAX_GRID - 1), LIM_T=T(LIM),
