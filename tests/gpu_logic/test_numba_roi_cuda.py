@@ -24,7 +24,7 @@ from _helpers import PTX_APPROX as APPROX, PTX_F64 as F64, PTX_FMA as FMA
 
 pytest.importorskip("numba", reason="numba is not installed (pip install 'detkernels[numba]')")
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # tests/: the shared input families
 SIM_OPS = ("roi_align", "ps_roi_align", "roi_pool", "ps_roi_pool")
 
 

@@ -28,7 +28,7 @@ from detkernels.backends import numba as NB  # noqa: E402
 from detkernels.reference import box_iou as R  # noqa: E402
 from detkernels.reference import nms as RN  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: the shared input families
 import families as F  # noqa: E402
 from _helpers import assert_bytes_equal  # noqa: E402
 

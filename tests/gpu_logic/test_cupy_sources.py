@@ -93,7 +93,7 @@ def test_lint_sees_contraction():
 def test_one_source_of_truth():
     """The CuPy source includes the kernel header the nvcc build compiles."""
     inc = C.include_dir()
-    cu = Path(__file__).resolve().parents[1] / "csrc/ops/box_iou/box_iou_cuda.cu"
+    cu = Path(__file__).resolve().parents[2] / "csrc/ops/box_iou/box_iou_cuda.cu"
     assert '#include "ops/box_iou/box_iou_kernel.cuh"' in C.source()
     assert '#include "ops/box_iou/box_iou_kernel.cuh"' in cu.read_text()
     for h in C.HEADERS:
@@ -116,7 +116,7 @@ def test_device_score_order_logic(seed):
 def test_roi_kernels_are_the_native_ones():
     """The CuPy source includes the RoI kernel headers the nvcc build compiles, and every RoI
     kernel the backend launches is among the compiled name expressions."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     for cu, cuh in (("csrc/ops/roi_align/roi_align_cuda.cu", "ops/roi_align/roi_align_kernels.cuh"),
                     ("csrc/ops/roi_pool/roi_pool_cuda.cu", "ops/roi_pool/roi_pool_kernels.cuh")):
         assert f'#include "{cuh}"' in C.source()
@@ -254,7 +254,7 @@ def test_mask_tile_rows_matches_header():
 def test_nms_kernels_are_the_native_ones():
     """The CuPy source defines no kernel of its own: the NMS kernels are nms_kernels.cuh's, which
     nms_cuda.cu launches, and no other copy of them is left."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     cuh = "ops/nms/nms_kernels.cuh"
     assert f'#include "{cuh}"' in C.source()
     assert f'#include "{cuh}"' in (root / "csrc/ops/nms/nms_cuda.cu").read_text()

@@ -28,7 +28,7 @@ if _registry.available_backends().get("native") != "available":
 from detkernels import _C  # noqa: E402
 
 THREADS = [1, 2, 3, 8]  # 8 > the cores of a small CI machine on purpose
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(autouse=True)

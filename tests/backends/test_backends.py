@@ -9,8 +9,6 @@ are also run in the CUDA simulator (tests/test_numba_cudasim.py) and their PTX i
 from __future__ import annotations
 
 import importlib
-import os
-import subprocess
 import sys
 
 import numpy as np
@@ -29,7 +27,7 @@ BACKENDS = ("native", "numba", "cupy", "numpy")
 PLACEMENTS = (("cpu", "numpy"), ("cpu", "torch"), ("cuda", "torch"), ("cuda", "cupy"), ("cuda", "numba"))
 IOU_OPS = {"iou": "box_iou", "giou": "generalized_box_iou", "diou": "distance_box_iou",
            "ciou": "complete_box_iou"}
-OPS = (*IOU_OPS, "nms", "batched_nms")
+OPS = (*IOU_OPS, "nms", "batched_nms", "multi_image_nms")
 SIZES = {"cpu": (0, 1, 7, 90), "cuda": (0, 1, 7, 130)}
 
 
@@ -117,6 +115,20 @@ def test_matches_reference(op, backend, device, lib, dtype, rng):
                     out = getattr(detkernels, IOU_OPS[op])(xb, _put(b2, lib, device, mod),
                                                            backend=backend)
                     expect = R._matrix(b, b2, op)
+                elif op == "multi_image_nms":
+                    # two images (the boxes, and the same boxes reversed), [B, N] and [B, N, 3]
+                    # scores, with and without a score filter
+                    bb = np.stack([b, b[::-1]])
+                    for ss in (np.stack([s, s[::-1]]), rng.random((2, n, 3)).astype(dtype)):
+                        for sthr in (None, 0.3):
+                            got = detkernels.multi_image_nms(_put(bb, lib, device, mod), _put(ss, lib, device, mod),
+                                                             0.5, 9, score_threshold=sthr, backend=backend)
+                            want = [w for w in RN.multi_image_nms(bb, ss, 0.5, 9, score_threshold=sthr) if w is not None]
+                            assert len(got) == len(want)
+                            for k, (g, w) in enumerate(zip(got, want)):
+                                _check_placement(g, lib, device)
+                                assert_bytes_equal(g, w, f"{what} scores{ss.shape} sthr={sthr} output {k}")
+                    continue
                 else:
                     xs = _put(s, lib, device, mod, strided)
                     for thr in (0.0, 0.3, 0.5, 0.7, 1.0):
@@ -254,79 +266,23 @@ def test_roi_matches_reference(op, backend, device, lib, dtype, cfg):
         assert_bytes_equal(a, b, f"{op} {cfg} output {k}")
 
 
-# ---- registry: selection, errors, laziness ---------------------------------------------------------
-
-def test_missing_backend_error_names_what_is_missing():
-    for name, reason in detkernels.available_backends().items():
-        if reason == "available":
-            continue
-        with pytest.raises(RuntimeError, match=f"backend {name!r} cannot run"):
-            detkernels.box_iou(np.zeros((1, 4), np.float32), np.zeros((1, 4), np.float32), backend=name)
-        assert reason in detkernels.explain("box_iou", backend=name)
+# ---- the matrix covers the registry -----------------------------------------------------------------
+# Registered op -> the matrix test(s) above that run it on every backend and placement.
+COVERED = {"box_iou": "test_matches_reference (iou, giou, diou, ciou), test_formats_and_batches",
+           "nms": "test_matches_reference (nms, batched_nms), test_nms_threshold_ulps",
+           "multi_image_nms": "test_matches_reference (multi_image_nms)",
+           "roi_align": "test_roi_matches_reference", "roi_align_backward": "test_roi_matches_reference",
+           "roi_pool": "test_roi_matches_reference", "roi_pool_backward": "test_roi_matches_reference"}
 
 
-def test_explain_lists_every_backend():
-    text = detkernels.explain("nms", "cuda", "float32")
-    for name in BACKENDS:
-        assert name in text
-
-
-def test_why_not():
-    assert _registry.why_not("numpy", "nms", "cpu", "float32") is None
-    assert "cuda" in _registry.why_not("numpy", "nms", "cuda", "float32")
-    with pytest.raises(ValueError, match="unknown backend"):
-        _registry.why_not("tensorrt", "nms")
-
-
-def test_process_wide_choice(monkeypatch):
-    b = np.array([[0, 0, 1, 1]], np.float32)
-    try:
-        detkernels.set_backend("numpy")
-        assert "runs on 'numpy'" in detkernels.explain("box_iou")
-        assert_bytes_equal(detkernels.box_iou(b, b), R.box_iou(b, b))
-    finally:
-        detkernels.set_backend(None)
-    monkeypatch.setenv("DETKERNELS_BACKEND", "numpy")
-    assert "runs on 'numpy'" in detkernels.explain("nms")
-    monkeypatch.setenv("DETKERNELS_BACKEND", "nonsense")
-    with pytest.raises(ValueError, match="unknown backend"):
-        detkernels.nms(b, np.ones(1, np.float32), 0.5)
-
-
-def test_import_and_native_dispatch_do_not_import_numba_or_cupy():
-    code = ("import sys, numpy as np, detkernels\n"
-            "b = np.array([[0, 0, 1, 1]], np.float32)\n"
-            "detkernels.nms(b, np.ones(1, np.float32), 0.5)\n"
-            "detkernels.available_backends()\n"
-            "print(sorted(m for m in ('numba', 'cupy', 'torch') if m in sys.modules))\n")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                         timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"
-
-
-def test_probe_is_lazy_and_cached():
-    """A backend's device probe runs once, on first consideration, and its reason is reported."""
-    calls = []
-
-    def check():
-        calls.append(1)
-        return "no such device here"
-
+def test_matrix_covers_every_registered_op_backend_and_device():
+    """Driven by the registry: a new (op, backend, device) registration fails here until the
+    matrix runs it (an op missing from COVERED, a backend or device missing from the axes)."""
     _registry._load()
-    b = _registry._TABLE["numpy"]
-    saved = dict(b.probes)
-    try:
-        _registry.probe("numpy", "cpu", check)
-        assert calls == []
-        assert _registry.why_not("numpy", "nms", "cpu") == "no such device here"
-        assert _registry.why_not("numpy", "box_iou", "cpu") == "no such device here"
-        assert calls == [1]
-        with pytest.raises(RuntimeError, match="no such device here"):
-            detkernels.nms(np.zeros((1, 4), np.float32), np.ones(1, np.float32), 0.5, backend="numpy")
-    finally:
-        b.probes.clear()
-        b.probes.update(saved)
-        _registry._CACHE.clear()
-    assert _registry.why_not("numpy", "nms", "cpu") is None
+    devices = {d for d, _ in PLACEMENTS}
+    for name, b in _registry._TABLE.items():
+        assert name in BACKENDS, f"backend {name!r} is not an axis of the matrix"
+        for op, (_, devs, _) in b.impls.items():
+            assert op in COVERED, f"{name} registers {op!r}, which no matrix test runs"
+            assert set(devs) <= devices, f"{name} serves {op} on {devs}; the matrix places arrays on {devices}"
+    assert set(_registry.BACKENDS) == set(BACKENDS)

@@ -1,0 +1,181 @@
+"""The package's shape: imports inside detkernels run one way (no cycle, counting imports inside
+functions too), and every ``DK_HD`` function of the op headers has its Numba twin."""
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PKG = ROOT / "detkernels"
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _modules() -> dict[str, Path]:
+    mods = {_module_name(p): p for p in PKG.rglob("*.py")}
+    mods["detkernels._C"] = PKG / "_C"  # the compiled core: a leaf
+    return mods
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the detkernels modules it imports (every import statement, at any depth)."""
+    mods = _modules()
+    graph: dict[str, set[str]] = {}
+    for name, path in mods.items():
+        if name == "detkernels._C":
+            graph[name] = set()
+            continue
+        is_pkg = path.name == "__init__.py"
+        pkg = name if is_pkg else name.rpartition(".")[0]
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = pkg.split(".")
+                    base = base[: len(base) - (node.level - 1)]
+                    base = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    base = node.module or ""
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base for a in node.names]
+            else:
+                continue
+            deps |= {t for t in targets if t in mods and t != name}
+        graph[name] = deps
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycle():
+    graph = import_graph()
+    assert "detkernels.api.nms" in graph and "detkernels._dispatch" in graph["detkernels.api.nms"]
+    assert _cycles(graph) == []
+
+
+def test_cycle_detection_sees_a_cycle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_layers_run_downward():
+    """Below the public API nothing imports it; backends never import the registry or above."""
+    graph = import_graph()
+    above_backends = ("detkernels._registry", "detkernels._dispatch", "detkernels._checks", "detkernels.api")
+    for mod, deps in graph.items():
+        if mod.startswith(("detkernels.backends", "detkernels.reference", "detkernels._constants",
+                           "detkernels._arrays")):
+            bad = [d for d in deps if d.startswith(above_backends) or d.startswith("detkernels._torch")]
+            assert not bad, f"{mod} imports {bad}"
+        if mod in ("detkernels._dispatch", "detkernels._checks", "detkernels._registry") or \
+                mod in ("detkernels._torch.common", "detkernels._torch.iou", "detkernels._torch.nms",
+                        "detkernels._torch.roi"):
+            bad = [d for d in deps if d.startswith("detkernels.api")]
+            assert not bad, f"{mod} imports the public API: {bad}"
+
+
+# ---- Numba twins of the C++ maths ----------------------------------------------------------------
+# The numba backend cannot compile C++, so each __host__ __device__ function of csrc/ops/*/*.h
+# that holds maths has a Python twin in detkernels/backends/numba/ (compiled for @njit and
+# numba.cuda), tested byte for byte against the reference like every backend. A DK_HD function
+# with no twin must be listed here with the reason.
+NB = "detkernels.backends.numba."
+TWINS = {  # C++ function -> "module:function" of its twin
+    # box_iou.h
+    "eval": NB + "box_math:atan_eval_f32", "dk_atan": NB + "box_math:dk_atan",
+    "box_area": NB + "box_math:box_area", "box_corners": NB + "box_math:box_corners",
+    "pair_iou": NB + "box_math:pair_iou",
+    # nms.h (nms_iou is inlined in nms_suppresses on both sides)
+    "nms_area": NB + "box_math:nms_area", "nms_iou": NB + "box_math:nms_suppresses",
+    "nms_suppresses": NB + "box_math:nms_suppresses",
+    # nms_bitmask.h: the bitmask and its scan, as numba.cuda kernels
+    "nms_mask_word": NB + "cuda:nms_mask_kernel", "nms_block_live": NB + "cuda:nms_mask_kernel",
+    "nms_scan_rowblock": NB + "cuda:nms_scan_kernel", "nms_mask_width": NB + "cuda:_suppress",
+    "nms_tile_rows": "detkernels._constants:nms_tile_rows",
+    # roi_align.h / roi_align_gpu.h forward
+    "roi_batch_index": NB + "roi_math:batch_index", "roi_grid": NB + "roi_math:grid_size",
+    "roi_align_box": NB + "roi_math:align_geometry", "roi_axis_sample": NB + "roi_math:sample_pos",
+    "roi_weights": NB + "roi_math:bilinear_weights", "roi_bilinear": NB + "roi_math:bilinear",
+    "roi_align_output": NB + "roi_math:align_element",
+    # roi_pool.h / roi_pool_gpu.h forward
+    "c_round": NB + "roi_math:round_coord", "roi_pool_coord": NB + "roi_math:round_coord",
+    "roi_pool_box": NB + "roi_math:pool_geometry", "roi_pool_bin": NB + "roi_math:pool_bin",
+    "roi_pool_lowest": NB + "roi_math:constants", "roi_pool_bin_value": NB + "roi_math:pool_element",
+    "roi_pool_output": NB + "roi_math:pool_element",
+}
+_SORT_KEYS = "radix-sort key packing of the native/CuPy CUDA plan; numba plans with stable torch/NumPy sorts"
+_PLAN = "candidate planning of the native/CuPy CUDA plan; numba's is torch/NumPy array code (numba/__init__.py)"
+_SCATTER = ("a step of the native/CuPy sort-based RoI backward; numba's backwards are owner-computes "
+            "(roi_math.align_grad, roi_cpu/roi_cuda pool kernels)")
+NOT_NEEDED = {
+    "wrap_add": "integer boxes: the numba backend serves float boxes only (README status)",
+    "wrap_sub": "integer boxes: the numba backend serves float boxes only (README status)",
+    "wrap_mul": "integer boxes: the numba backend serves float boxes only (README status)",
+    "score_before": "numba orders candidates with reference.nms.score_order (a host/torch stable sort)",
+    **{f: _SORT_KEYS for f in ("nms_bits_of", "nms_score_key", "nms_score_key_bits", "nms_dropped_key",
+                               "nms_class_key", "nms_image_key", "nms_key_bits", "nms_final_key")},
+    **{f: _PLAN for f in ("nms_cand_box", "nms_cand_class", "nms_cand_valid", "nms_head", "nms_count_kept",
+                          "nms_gather_slot")},
+    **{f: _SCATTER for f in ("roi_contrib_count", "roi_contrib", "box", "slots", "contrib", "roi_pool_max_key",
+                             "roi_pool_max_run_sum", "ps_roi_pool_len")},
+}
+
+
+def _dk_hd_functions() -> set[str]:
+    names = set()
+    for h in (ROOT / "csrc" / "ops").glob("*/*.h"):
+        for m in re.finditer(r"DK_HD\s+(?:inline\s+)?[\w:<>,\s\*&]+?\b(\w+)\s*\(", h.read_text()):
+            names.add(m.group(1))
+    return names
+
+
+def test_every_device_function_has_its_numba_twin():
+    import importlib
+
+    funcs = _dk_hd_functions()
+    assert "roi_batch_index" in funcs and "nms_suppresses" in funcs  # the scan sees them
+    missing = sorted(funcs - TWINS.keys() - NOT_NEEDED.keys())
+    assert not missing, f"DK_HD functions without a Numba twin (add one, or list it in NOT_NEEDED with why): {missing}"
+    for cpp, twin in TWINS.items():
+        mod, fn = twin.split(":")
+        assert hasattr(importlib.import_module(mod), fn), (cpp, twin)
