@@ -29,7 +29,7 @@ class CMakeBuild(build_ext):
         cuda = os.environ.get("DETKERNELS_CUDA", "auto").strip().lower()
         mode = {"0": "OFF", "off": "OFF", "1": "ON", "on": "ON"}.get(cuda, "AUTO")
         # One build folder per CUDA mode: a cached CPU-only configuration must never be reused
-        # for a CUDA build (shared/BUILD-NOTES.md, "Pitfall seen").
+        # for a CUDA build (docs/BUILD-NOTES.md, "Pitfall seen").
         build_dir = Path(self.build_temp).resolve() / f"cmake-cuda-{mode.lower()}"
         build_dir.mkdir(parents=True, exist_ok=True)
         args = [

@@ -6,7 +6,7 @@
 Each bench sweeps one axis with the others at the defaults below, is parametrised by device and
 contender (the detkernels backends serving the op there, torchvision if installed, the NumPy
 reference where small), and is grouped by (op, size). Before it is timed, each contender's output
-is checked once against the NumPy reference (STYLE.md §7, §9). The inputs and checks are those of
+is checked once against the NumPy reference. The inputs and checks are those of
 ``python -m detkernels.bench`` (detkernels/bench/scenarios.py).
 """
 from __future__ import annotations

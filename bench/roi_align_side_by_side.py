@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python bench/roi_align_side_by_side.py [--rois 1000] [--repeat 5] [--backend numba]
 
-Default case (shared/ANCHORS.md): P = 1000 RoIs, C = 256, 7x7, sampling_ratio = 2 on a
+Default case (the README's RoIAlign side-by-side numbers): P = 1000 RoIs, C = 256, 7x7, sampling_ratio = 2 on a
 1x256x100x152 float32 map, boxes uniform in an 800x1216 image at spatial_scale 1/8. Reports the
 median of `repeat` runs, forward and forward+backward, for NCHW and channels-last input. Checks
 detkernels' output against torchvision's once before timing (values equal; both are bit-exact

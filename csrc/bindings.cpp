@@ -44,7 +44,7 @@ py::dict build_info() {
   return d;
 }
 
-// The codes and caps the Python side mirrors (detkernels/_constants.py; tests/test_constants.py
+// The codes and caps the Python side mirrors (detkernels/_constants.py; tests/support/test_constants.py
 // checks that the two agree).
 py::dict constants() {
   using namespace detkernels;

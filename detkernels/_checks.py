@@ -75,7 +75,7 @@ def _numeric_ids(idxs: Any) -> None:
 # ---- IoU family --------------------------------------------------------------------------------------
 
 def _iou_dtype(d1: str, d2: str, kind: str) -> str:
-    """Working dtype: float64 if either is; other floats -> float32 (SPEC.md §1.5); integer pairs
+    """Working dtype: float64 if either is; other floats -> float32 (docs/SPEC.md §1.5); integer pairs
     keep torchvision's integer arithmetic (8/16-bit -> int32) for iou/giou, else float32."""
     for name, d in (("boxes1", d1), ("boxes2", d2)):
         if d not in FLOATS and d not in INTS:
@@ -208,7 +208,7 @@ def rois_from_boxes(boxes: Any) -> Any:
 def _working(di: str, dr: str) -> str:
     if di not in FLOATS:
         raise RuntimeError(f"input must be a floating point tensor (float16/bfloat16/float32/float64), got {di}")
-    # rois may stay float32 for half features (SPEC.md §1.5); otherwise no implicit cast.
+    # rois may stay float32 for half features (docs/SPEC.md §1.5); otherwise no implicit cast.
     if dr != di and not (di in HALF and dr == "float32"):
         raise RuntimeError(f"input should have the same type as rois: input is {di}, rois are {dr}")
     return "float64" if di == "float64" else "float32"

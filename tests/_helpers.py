@@ -1,4 +1,4 @@
-"""Comparison helpers shared by the tests (SPEC.md §2: NaN compares as a class, everything else,
+"""Comparison helpers shared by the tests (docs/SPEC.md §2: NaN compares as a class, everything else,
 +-0.0 included, byte for byte)."""
 from __future__ import annotations
 

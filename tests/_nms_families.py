@@ -1,4 +1,4 @@
-"""Adversarial NMS inputs (SPEC.md §3), shared by the fixed-size / multi-image NMS tests.
+"""Adversarial NMS inputs (docs/SPEC.md §3), shared by the fixed-size / multi-image NMS tests.
 
 Each family returns (boxes [N, 4], scores [N], classes int64 [N]) in float64; tests cast to the
 dtype under test (the casts keep the properties that matter: exact ties, dyadic IoUs at the

@@ -1,4 +1,4 @@
-"""Seeded RoI test inputs shared by test_roi_align.py and test_roi_pool.py (SPEC.md §3 families)."""
+"""Seeded RoI test inputs shared by test_roi_align.py and test_roi_pool.py (docs/SPEC.md §3 families)."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Input families of SPEC.md §3 for box ops: every test matrix draws from these.
+"""Input families of docs/SPEC.md §3 for box ops: every test matrix draws from these.
 
 Each generator takes a NumPy Generator, a size and a dtype and returns float arrays
 ``boxes [n, 4]`` (x1, y1, x2, y2) and ``scores [n]``.

@@ -25,7 +25,7 @@ void set_num_threads(int n);
 void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& f);
 
 namespace testing {
-// For tests/test_parallel.py (the kernels reach no nesting, exceptions or rendezvous): runs
+// For tests/backends/test_parallel.py (the kernels reach no nesting, exceptions or rendezvous): runs
 // parallel_for(n, grain) with chunks that count their visits to each element, optionally run a
 // nested parallel_for(nested_n, 1), throw std::runtime_error if they contain `throw_at`, and,
 // if rendezvous > 0, wait (up to 10 s) until that many chunks are running at once.

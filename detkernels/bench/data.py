@@ -1,7 +1,7 @@
 """Benchmark inputs, generated with NumPy from a seed (identical on every host) and then moved to
 the array library and device under test.
 
-Two box families (SPEC.md §3): *uniform* boxes scattered over the image, and *clustered*,
+Two box families (docs/SPEC.md §3): *uniform* boxes scattered over the image, and *clustered*,
 detector-like boxes: many candidates jittered around a few objects, with scores that grow with the
 candidate's IoU to its object, plus low-scoring background boxes. Clustered inputs are what NMS
 sees in a real detector (long suppression chains inside a cluster, little work across clusters);

@@ -81,7 +81,7 @@ def _cpu(x: Any) -> Any:
 
 
 def _bytes_equal(a: np.ndarray, e: np.ndarray) -> bool:
-    """SPEC.md §2: same dtype and shape, NaN at the same places, all other bytes equal."""
+    """docs/SPEC.md §2: same dtype and shape, NaN at the same places, all other bytes equal."""
     if a.dtype != e.dtype or a.shape != e.shape:
         return False
     if a.dtype.kind == "f":
@@ -305,7 +305,7 @@ class Nms(Family):
 
     def torchvision_parity(self, p, device):
         # CPU: float16 is cast exactly to float32 on both sides. CUDA: torchvision narrows the
-        # threshold to float and rounds float16 widths in half (SPEC.md divergences 1 and 5).
+        # threshold to float and rounds float16 widths in half (docs/SPEC.md divergences 1 and 5).
         return device == "cpu"
 
     def same_set(self, got, exp):
@@ -352,7 +352,7 @@ class BatchedNms(Nms):
 
     def torchvision_parity(self, p, device):
         # torchvision offsets coordinates by class below 4 000 (CPU) / 100 000 (CUDA) box
-        # coordinates, which changes IoUs (SPEC.md divergence 2); on CUDA, divergence 1 too.
+        # coordinates, which changes IoUs (docs/SPEC.md divergence 2); on CUDA, divergence 1 too.
         return device == "cpu" and 4 * p["N"] > 4000
 
 
@@ -559,7 +559,7 @@ class Detect(Family):
 
     def torchvision_parity(self, p, device):
         # Per image, torchvision's batched_nms offsets coordinates by class for up to 1 000
-        # candidates (SPEC.md divergence 2); NMS parity itself is checked by batched_nms.
+        # candidates (docs/SPEC.md divergence 2); NMS parity itself is checked by batched_nms.
         return False
 
     def same_set(self, got, exp):
@@ -641,7 +641,7 @@ class RoiAlign(Family):
         return super().check(row, out[: self.check_rois], expected, p, device)
 
     def torchvision_parity(self, p, device):
-        # float16: SPEC.md divergence 5. CUDA: torchvision's kernel is compiled with FMA
+        # float16: docs/SPEC.md divergence 5. CUDA: torchvision's kernel is compiled with FMA
         # contraction, so its last bits follow the GPU's fused arithmetic, not the CPU kernel's.
         return device == "cpu" and p["dtype"] != "float16"
 

@@ -2,7 +2,7 @@
 generalized_box_iou, distance_box_iou, complete_box_iou.
 
 Semantics are torchvision 0.29.1's ``ops/boxes.py`` with its exact operation order, so float32 and
-float64 results equal torchvision's CPU results bit for bit, except where ``shared/SPEC.md``
+float64 results equal torchvision's CPU results bit for bit, except where ``docs/SPEC.md``
 diverges on purpose:
 
 * float16/bfloat16 boxes are converted to float32 first and every operation runs in float32
@@ -189,7 +189,7 @@ _HALF = ("float16", "bfloat16")
 
 def working_dtype(*arrays_and_names, integer_ok: bool = True) -> np.dtype:
     """Validate ``(name, array)`` pairs of ``[..., 4]`` boxes and return the working dtype: torch's
-    promotion, then SPEC.md §1.5 (halves -> float32) and torchvision's _upcast for integers
+    promotion, then docs/SPEC.md §1.5 (halves -> float32) and torchvision's _upcast for integers
     (8/16-bit -> int32); integers become float32 where ``integer_ok`` is false."""
     dts = []
     for name, b in arrays_and_names:

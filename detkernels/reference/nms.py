@@ -1,14 +1,14 @@
 """NumPy reference (the specification) of greedy non-maximum suppression: ``nms`` and the exact
 per-class ``batched_nms``.
 
-Semantics (torchvision 0.29.1's CPU kernel, ``shared/spec/torchvision-semantics.md`` §1-2):
+Semantics (torchvision 0.29.1's CPU kernel, ``docs/torchvision-semantics.md`` §1-2):
 
 * Boxes are visited by descending score; NaN ranks above +inf; equal scores keep ascending index
   order (a stable sort). A visited box that is not suppressed is kept, and suppresses every later
   box ``j`` with ``(double)iou > (double)iou_threshold`` -- strictly greater: an IoU equal to the
   threshold is kept.
 * The IoU is computed in the working type T (float32 or float64; float16/bfloat16 are computed in
-  float32, SPEC.md §1.5) with the kept box first::
+  float32, docs/SPEC.md §1.5) with the kept box first::
 
       area  = (x2 - x1) * (y2 - y1)
       w     = std::max(0, std::min(a.x2, b.x2) - std::max(a.x1, b.x1))     h likewise
@@ -16,9 +16,9 @@ Semantics (torchvision 0.29.1's CPU kernel, ``shared/spec/torchvision-semantics.
 
   where ``std::max(x, y) = y if x < y else x`` (so NaN handling follows the operand order).
   0/0 = NaN never suppresses; a negative threshold suppresses every later box.
-* The comparison is in float64 on every backend (SPEC.md divergence 1: torchvision's CUDA kernel
+* The comparison is in float64 on every backend (docs/SPEC.md divergence 1: torchvision's CUDA kernel
   narrows the threshold to float32).
-* ``batched_nms`` runs that rule within each class only (SPEC.md divergence 2: no coordinate
+* ``batched_nms`` runs that rule within each class only (docs/SPEC.md divergence 2: no coordinate
   offsets); the result is ordered by descending score, ties by ascending index.
 
 Returns int64 indices into the input.

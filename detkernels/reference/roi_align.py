@@ -1,7 +1,7 @@
 """NumPy reference (the specification) of ``roi_align`` and ``ps_roi_align``, forward and backward.
 
-Semantics: torchvision 0.29.1's CPU kernels (``shared/spec/torchvision-semantics.md`` §4, §6),
-operation for operation, with the fixes of SPEC.md §1.3/§1.5. Everything is computed in the
+Semantics: torchvision 0.29.1's CPU kernels (``docs/torchvision-semantics.md`` §4, §6),
+operation for operation, with the fixes of docs/SPEC.md §1.3/§1.5. Everything is computed in the
 working type T: float64 for float64 features, float32 otherwise (float16/bfloat16 features are
 widened to float32 and the result is rounded once, at the output).
 
@@ -27,7 +27,7 @@ is not empty. An in-range sample is the bilinear value::
 ``out[n, c, ph, pw] = acc / T(gh*gw)`` where ``acc = T(0) + sample + sample + ...`` over the
 in-range samples, ``iy`` outer, ``ix`` inner. An out-of-range sample contributes exactly 0 (it is
 skipped: ``acc`` starts at +0 and can never be -0, so ``acc + 0 == acc``); torchvision's CPU kernel
-adds ``0 * v[0, 0]`` instead, which is NaN when that element is not finite (SPEC.md §1.3).
+adds ``0 * v[0, 0]`` instead, which is NaN when that element is not finite (docs/SPEC.md §1.3).
 
 Divergences from torchvision, all where torchvision crashes, reads out of bounds or never finishes:
 
@@ -91,7 +91,7 @@ def check_sampling_ratio(sampling_ratio) -> int:
 
 
 def working_dtype(dtype) -> np.dtype:
-    """T: float64 for float64 features, float32 for every other float (SPEC.md §1.5)."""
+    """T: float64 for float64 features, float32 for every other float (docs/SPEC.md §1.5)."""
     return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
 
 

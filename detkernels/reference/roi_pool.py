@@ -1,7 +1,7 @@
 """NumPy reference (the specification) of ``roi_pool`` and ``ps_roi_pool``, forward and backward.
 
-Semantics: torchvision 0.29.1's CPU kernels (``shared/spec/torchvision-semantics.md`` §5, §7), with
-the fixes of SPEC.md §1.3-1.5. Working type T: float64 for float64 features, float32 otherwise
+Semantics: torchvision 0.29.1's CPU kernels (``docs/torchvision-semantics.md`` §5, §7), with
+the fixes of docs/SPEC.md §1.3-1.5. Working type T: float64 for float64 features, float32 otherwise
 (float16/bfloat16 widened, result rounded once).
 
 Geometry of RoI ``n`` (``ss = T(spatial_scale)``; ``round`` is C's: half away from zero)::
@@ -24,7 +24,7 @@ argmax != -1, summed in the order (n, ph, pw).
 ``ps_roi_pool``: output ``[n, c, ph, pw]`` averages input channel ``(c*PH + ph)*PW + pw``:
 ``out = 0`` if empty, else ``(T(0) + v + v + ...) / T(area)`` row-major, ``area =
 (hend-hstart)*(wend-wstart)``. Backward sends ``grad / T(area)`` to every pixel of **the same**
-region (SPEC.md §1.4: torchvision's backward clips to [0, H] instead, so its gradient does not
+region (docs/SPEC.md §1.4: torchvision's backward clips to [0, H] instead, so its gradient does not
 match its forward), summed in the order (n, h, w).
 
 Divergences where torchvision has undefined behaviour: the batch index rule of

@@ -1,10 +1,10 @@
 """Every op on every backend, from every array library, byte-for-byte against the NumPy reference.
 
-One matrix: (op, backend, dtype, array library) x every input family of SPEC.md §3. A backend, a
+One matrix: (op, backend, dtype, array library) x every input family of docs/SPEC.md §3. A backend, a
 device or an array library that is not usable on this machine makes the case skip with the reason
 (the registry's reason for a backend), never pass. CUDA cases need a GPU; the numba.cuda kernels
-are also run in the CUDA simulator (tests/test_numba_cudasim.py) and their PTX is linted
-(tests/test_numba_ptx.py), which needs no GPU.
+are also run in the CUDA simulator (tests/gpu_logic/test_numba_cudasim.py) and their PTX is linted
+(tests/gpu_logic/test_numba_ptx.py), which needs no GPU.
 """
 from __future__ import annotations
 
@@ -166,7 +166,7 @@ def test_formats_and_batches(backend, device, lib, fmt, rng):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_nms_threshold_ulps(backend, device, lib):
     """IoU exactly at the threshold is kept; the threshold one double ulp below suppresses; the
-    float32 rounding of a threshold never changes the answer (SPEC.md divergence 1)."""
+    float32 rounding of a threshold never changes the answer (docs/SPEC.md divergence 1)."""
     mod = _skip_unless_runnable(backend, "nms", device, lib, "float32")
     for dtype in (np.float32, np.float64):
         for h in (dtype(0.375), dtype(0.3)):
@@ -188,7 +188,7 @@ def test_nms_threshold_ulps(backend, device, lib):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_half_precision_promotes(backend, torch, rng):
-    """float16/bfloat16 tensors are computed in float32 (SPEC.md §1.5) on every backend."""
+    """float16/bfloat16 tensors are computed in float32 (docs/SPEC.md §1.5) on every backend."""
     mod = _skip_unless_runnable(backend, "nms", "cpu", "torch", "float32")
     b, s = F.make("clustered", rng, 60, "float32")
     for half in (mod.float16, mod.bfloat16):

@@ -1,10 +1,10 @@
-"""Run by tests/test_numba_cudasim.py in a subprocess with NUMBA_ENABLE_CUDASIM=1 (which must be
+"""Run by tests/gpu_logic/test_numba_cudasim.py in a subprocess with NUMBA_ENABLE_CUDASIM=1 (which must be
 set before numba is imported): the numba.cuda kernels of the Numba backend, executed by the CUDA
 simulator on small inputs of every family, byte-for-byte against the NumPy reference.
 
 The simulator computes with NumPy scalars (no libdevice, so plain operators stand in for the
 *_rn intrinsics): it checks indexing, the bitmask/scan logic and the operation order, not FMA
-contraction (tests/test_numba_ptx.py does that). The public API is not used here because the
+contraction (tests/gpu_logic/test_numba_ptx.py does that). The public API is not used here because the
 simulator's arrays do not support negative shape indices; the backend functions are called with
 the normalised inputs ops.py would pass.
 """

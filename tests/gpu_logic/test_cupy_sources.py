@@ -1,7 +1,7 @@
 """The CuPy backend without a GPU: its NVRTC source (the shared csrc headers and kernels) compiles
 with the backend's own options, every kernel it launches exists, and the PTX has no FMA, no
 approximate/flush-to-zero op and no float64 arithmetic in the float32 kernels. Running the kernels
-needs a GPU (tests/test_backends.py). Uses NVRTC through cuda-bindings (cuda.bindings.nvrtc) and
+needs a GPU (tests/backends/test_backends.py). Uses NVRTC through cuda-bindings (cuda.bindings.nvrtc) and
 the nvidia-cuda-nvrtc wheel; skips with the reason where they are missing."""
 from __future__ import annotations
 
@@ -241,7 +241,7 @@ def test_multi_image_plan_logic(ncls, with_idxs, sthr):
 
 def test_mask_tile_rows_matches_header():
     """The backend's tile size is nms_bitmask.h's nms_tile_rows (a multiple of 64, capped), taken
-    from detkernels._constants (checked against the C++ in tests/test_constants.py)."""
+    from detkernels._constants (checked against the C++ in tests/support/test_constants.py)."""
     from detkernels import _constants
 
     assert C.nms_tile_rows is _constants.nms_tile_rows

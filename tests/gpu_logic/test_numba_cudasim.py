@@ -1,5 +1,5 @@
 """The numba.cuda kernels of the Numba backend, run by the CUDA simulator (no GPU needed), against
-the reference: tests/_cudasim_check.py in a subprocess, because NUMBA_ENABLE_CUDASIM must be set
+the reference: tests/gpu_logic/_cudasim_check.py in a subprocess, because NUMBA_ENABLE_CUDASIM must be set
 before numba is imported and this process may already have imported it."""
 from __future__ import annotations
 

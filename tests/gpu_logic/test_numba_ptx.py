@@ -1,6 +1,6 @@
 """PTX lint of the numba.cuda kernels, compiled for sm_90 without a GPU: no FMA contraction, no
 float64 arithmetic in the float32 kernels, no approximate division or square root. The simulator
-(tests/test_numba_cudasim.py) cannot see either problem. Needs NVVM and libdevice (a CUDA toolkit:
+(tests/gpu_logic/test_numba_cudasim.py) cannot see either problem. Needs NVVM and libdevice (a CUDA toolkit:
 CUDA_HOME or /usr/local/cuda); skips with the reason where they are missing."""
 from __future__ import annotations
 

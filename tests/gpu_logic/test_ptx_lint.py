@@ -1,7 +1,7 @@
 """PTX lint of the CUDA kernels, runnable without a GPU: compiled with the build's float flags
 (CMakeLists.txt DK_CUDA_FLOAT_FLAGS), the PTX must contain no fused multiply-add (fma.rn.f32/f64),
 no approximate division and no flush-to-zero (.ftz) -- any of them breaks bit-exactness with the
-NumPy reference (SPEC.md §2). The lint itself is checked: default nvcc flags do produce an FMA."""
+NumPy reference (docs/SPEC.md §2). The lint itself is checked: default nvcc flags do produce an FMA."""
 from __future__ import annotations
 
 import re

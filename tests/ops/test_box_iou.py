@@ -103,7 +103,7 @@ def test_dtypes(rng):
     b2, _ = make("uniform", rng, 4, "float64")
     assert detkernels.box_iou(b1, b2).dtype == np.float64  # promotion
     h1, h2 = b1.astype(np.float16), b2.astype(np.float16)
-    out = detkernels.box_iou(h1, h2)  # SPEC.md §1.5: all arithmetic in float32
+    out = detkernels.box_iou(h1, h2)  # docs/SPEC.md §1.5: all arithmetic in float32
     assert_bytes_equal(out, R.box_iou(h1.astype(np.float32), h2.astype(np.float32)))
     i1, i2 = (b1 * 4).astype(np.int16), (b2 * 4).astype(np.int16)
     assert_bytes_equal(detkernels.box_iou(i1, i2), R.box_iou(i1, i2))

@@ -67,7 +67,7 @@ def test_many_classes(rng):
 def test_threshold_semantics():
     """IoU exactly at the threshold is kept (strict >), and the compare is in double: a float32
     IoU equal to float32(0.3) = 0.300000012 is suppressed at thr=0.3 but float32(0.7) = 0.69999999
-    is kept at thr=0.7 (torchvision CPU; SPEC.md divergence 1 for CUDA)."""
+    is kept at thr=0.7 (torchvision CPU; docs/SPEC.md divergence 1 for CUDA)."""
     a = np.array([[0, 0, 2, 1], [0, 0, 1, 1]], np.float32)   # IoU 0.5
     s = np.array([0.9, 0.8], np.float32)
     _eq(detkernels.nms(a, s, 0.5), [0, 1])
@@ -141,7 +141,7 @@ def test_reference_matches_torchvision(tv_ops, torch, family, dtype, rng):
 def test_batched_reference_matches_torchvision(tv_ops, torch, family, rng):
     """Equal to torchvision up to the order among equal scores: torchvision's per-class path
     (> 1000 boxes on CPU) sorts its result with an unstable sort; detkernels orders ties by index
-    (SPEC.md divergence 2)."""
+    (docs/SPEC.md divergence 2)."""
     for n in (50, 1500):
         b, s = make(family, rng, n, "float32")
         c = rng.integers(0, 5, n)
@@ -152,7 +152,7 @@ def test_batched_reference_matches_torchvision(tv_ops, torch, family, rng):
 
 
 def test_batched_divergence_offset_trick(tv_ops, torch):
-    """SPEC.md divergence 2, pinned: the coordinate-offset trick leaks across classes for
+    """docs/SPEC.md divergence 2, pinned: the coordinate-offset trick leaks across classes for
     coordinates < -1 and loses precision for big ids; detkernels stays exact per class."""
     # max coordinate -1: the trick's offset idx * (max + 1) is 0, so classes share one space.
     b = np.array([[-10, -10, -1, -1], [-10, -10, -1, -1], [-9, -9, -2, -2]], np.float32)

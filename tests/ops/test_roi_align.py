@@ -1,6 +1,6 @@
 """roi_align and ps_roi_align: reference vs torchvision, native vs reference (byte for byte, every
 dtype and layout, forward and backward), autograd/compile/opcheck integration, divergences from
-torchvision (SPEC.md §1.3-1.5), bad inputs (SPEC.md §4)."""
+torchvision (docs/SPEC.md §1.3-1.5), bad inputs (docs/SPEC.md §4)."""
 from __future__ import annotations
 
 import numpy as np
@@ -137,7 +137,7 @@ def test_numpy_arrays_and_non_contiguous():
 
 
 def test_half_is_float32_rounded_once():
-    """SPEC.md §1.5: float32 arithmetic, one rounding; rois may stay float32."""
+    """docs/SPEC.md §1.5: float32 arithmetic, one rounding; rois may stay float32."""
     x, rois = features(1), boxes_valid(1)
     want = ref.roi_align(x.astype(np.float16).astype(np.float32), rois, 0.75, 3, 3, 2, True)
     for dt in ("float16", "bfloat16"):
@@ -220,7 +220,7 @@ def test_empty_batch_reads_nothing(op, backend):
 
 
 def test_out_of_range_samples_contribute_exactly_zero():
-    """SPEC.md §1.3: torchvision CPU adds 0 * input[b, c, 0, 0] for out-of-range samples."""
+    """docs/SPEC.md §1.3: torchvision CPU adds 0 * input[b, c, 0, 0] for out-of-range samples."""
     x = torch.zeros(1, 2, 8, 8)
     x[0, 0, 0, 0] = float("inf")
     x[0, 1, 0, 0] = float("nan")
@@ -435,7 +435,7 @@ def test_multiscale_compiles_fullgraph():
     assert_bytes_equal(got, want, "compiled MultiScaleRoIAlign")
 
 
-# ---- bad inputs (SPEC.md §4) ----------------------------------------------------------------------------
+# ---- bad inputs (docs/SPEC.md §4) ----------------------------------------------------------------------------
 
 def test_bad_inputs():
     x = _t(features(0))
@@ -523,7 +523,7 @@ def test_degenerate_shapes(shape, fn):
 
 @pytest.mark.torchvision
 def test_half_divergence_from_torchvision():
-    """SPEC.md §1.5: torchvision CPU rounds every float16 operation; ours rounds once, so it is
+    """docs/SPEC.md §1.5: torchvision CPU rounds every float16 operation; ours rounds once, so it is
     never further from the float64 result than torchvision's."""
     tv = pytest.importorskip("torchvision")
     x, rois = _t(features(8)).half(), _t(boxes_valid(8)).half()

@@ -1,5 +1,5 @@
 """roi_pool and ps_roi_pool: reference vs torchvision, native vs reference (byte for byte, every
-dtype and layout, forward and backward), autograd integration, divergences (SPEC.md §1.3-1.5)."""
+dtype and layout, forward and backward), autograd integration, divergences (docs/SPEC.md §1.3-1.5)."""
 from __future__ import annotations
 
 import numpy as np
@@ -99,7 +99,7 @@ def test_numpy_arrays():
 
 @pytest.mark.torchvision
 def test_ps_roi_pool_gradient_matches_forward():
-    """SPEC.md §1.4: the forward averages rows/cols [0, H-1); torchvision's backward spreads over
+    """docs/SPEC.md §1.4: the forward averages rows/cols [0, H-1); torchvision's backward spreads over
     [0, H) with a different area. Ours passes gradcheck for a box reaching the border."""
     tv = pytest.importorskip("torchvision")
     x = _t(features(0, np.float64, c=8)).requires_grad_()

@@ -50,7 +50,7 @@ def test_nms_tensors_match_reference(family, dtype, rng):
 
 
 def test_half_types(rng):
-    """SPEC.md §1.5: bfloat16/float16 accepted natively; all arithmetic in float32."""
+    """docs/SPEC.md §1.5: bfloat16/float16 accepted natively; all arithmetic in float32."""
     b, s = make("clustered", rng, 80, "float32")
     for dt in (torch.float16, torch.bfloat16):
         bt, st = _t(b).to(dt), _t(s).to(dt)
@@ -151,7 +151,7 @@ def test_fx_leaf(rng):
 
 def _canonical(det):
     """Detections as rows sorted by (score desc, label, box): torchvision's per-class NMS orders
-    equal scores with an unstable sort, detkernels by index (SPEC.md divergence 2)."""
+    equal scores with an unstable sort, detkernels by index (docs/SPEC.md divergence 2)."""
     rows = torch.cat([det["scores"][:, None], det["labels"][:, None].to(det["boxes"]), det["boxes"]], 1)
     keys = [rows[:, k].numpy() for k in range(rows.shape[1] - 1, 0, -1)] + [-rows[:, 0].numpy()]
     return rows[np.lexsort(keys)]

@@ -9,7 +9,7 @@
 //   b is suppressed iff (double)iou > iou_threshold   -- strictly greater (IoU == thr is kept)
 // std::max/min order matters: std::max(0, NaN) = 0, std::max(a.x1, NaN) = a.x1. Identical
 // zero-area boxes give 0/0 = NaN, and NaN never suppresses. Same-class tests for batched NMS live
-// in the drivers (segments of one class), never as coordinate offsets (shared/SPEC.md §1.2).
+// in the drivers (segments of one class), never as coordinate offsets (docs/SPEC.md §1.2).
 #pragma once
 #include "common/host_device.h"
 
@@ -26,7 +26,7 @@ DK_HD T nms_iou(T ax1, T ay1, T ax2, T ay2, T area_a, T bx1, T by1, T bx2, T by2
 }
 
 // `thr` is the threshold already rounded down to T (nms_threshold below), so this float compare
-// equals torchvision CPU's `(double)iou > (double)iou_threshold` (SPEC.md divergence 1).
+// equals torchvision CPU's `(double)iou > (double)iou_threshold` (docs/SPEC.md divergence 1).
 template <typename T>
 DK_HD bool nms_suppresses(T ax1, T ay1, T ax2, T ay2, T area_a, T bx1, T by1, T bx2, T by2,
                           T area_b, T thr) {

@@ -11,7 +11,7 @@
 // A sample is in range iff -1 <= y <= H and -1 <= x <= W (NaN never is); out-of-range samples are
 // skipped, i.e. contribute exactly 0 (torchvision CPU adds 0*v[0,0], NaN for non-finite v[0,0]).
 //   sample = ((w1*v[yl,xl] + w2*v[yl,xh]) + w3*v[yh,xl]) + w4*v[yh,xh];  out = acc / T(gh*gw)
-// Fixes of SPEC.md §1.3: a batch index outside (-1, N) or NaN reads nothing (output 0, no
+// Fixes of docs/SPEC.md §1.3: a batch index outside (-1, N) or NaN reads nothing (output 0, no
 // gradient); zero samples give 0; adaptive grids are capped at kMaxGrid per axis.
 // Backward: contributions (grad*w_k)/T(gh*gw) are summed into grad_input in the order
 // (roi, ph, pw, iy, ix, tap), taps (yl,xl), (yl,xh), (yh,xl), (yh,xh).

@@ -9,7 +9,7 @@
 //   clamped to [0, H] (ps: [0, H-1], torchvision's forward region; its backward used [0, H]).
 //   roi_pool: max over the bin, row-major, strict '>' from T(-FLT_MAX); argmax = h*W + w or -1.
 //   ps_roi_pool: (T(0) + v + ...) / T(area), row-major; empty bins give 0.
-// Fixes: batch index outside (-1, N) or NaN reads nothing (SPEC.md §1.3); a NaN rounded
+// Fixes: batch index outside (-1, N) or NaN reads nothing (docs/SPEC.md §1.3); a NaN rounded
 // coordinate empties the RoI; rounded coordinates are clamped to [-2^31, 2^31].
 #pragma once
 #include "common/host_device.h"

@@ -228,7 +228,7 @@ def nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float) -> Any:
 
 # ---- multi_image_nms: plan with CuPy sorts, suppression by nms_bitmask.h's steps ---------------------
 # The plan and the outputs are written against an array module ``xp`` (cupy here; numpy in
-# tests/test_cupy_sources.py, which checks them without a GPU).
+# tests/gpu_logic/test_cupy_sources.py, which checks them without a GPU).
 
 NMS_THREADS = 256
 NMS_SCAN_THREADS = 256  # nms_kernels.cuh kNmsScanThreads (its __launch_bounds__)

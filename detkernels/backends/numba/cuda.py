@@ -1,9 +1,9 @@
 """numba.cuda kernels over the scalar maths of box_math.py.
 
-NVVM contracts ``a * b + c`` into an FMA even with ``fastmath=False`` (shared/BUILD-NOTES.md), so
+NVVM contracts ``a * b + c`` into an FMA even with ``fastmath=False`` (docs/BUILD-NOTES.md), so
 every float operation is a libdevice ``*_rn`` intrinsic (never fused; IEEE rounding, IEEE
 division). libdevice has no ``dsub_rn``: ``a - b`` is ``dadd_rn(a, -b)``, the same IEEE result.
-tests/test_numba_ptx.py compiles these kernels to PTX without a GPU and checks for ``fma``,
+tests/gpu_logic/test_numba_ptx.py compiles these kernels to PTX without a GPU and checks for ``fma``,
 ``.f64`` in float32 kernels and approximate division.
 
 In the CUDA simulator (NUMBA_ENABLE_CUDASIM=1) there is no libdevice: the operations are the

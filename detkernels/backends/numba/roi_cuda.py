@@ -1,7 +1,7 @@
 """numba.cuda kernels of roi_align / ps_roi_align and roi_pool / ps_roi_pool, forward and backward,
 bit-exact with the NumPy reference. The arithmetic is roi_math.py's (the same source as the
 CPU kernels), compiled with the libdevice ``*_rn`` operators of _cuda._ops (never fused into
-FMAs; plain operators in the CUDA simulator). tests/test_numba_ptx.py lints their PTX.
+FMAs; plain operators in the CUDA simulator). tests/gpu_logic/test_numba_ptx.py lints their PTX.
 
 Parallelism (grid-stride loops; no atomics, no shared accumulators, so the bytes do not depend on
 the launch configuration or on scheduling):
