@@ -262,3 +262,16 @@ def test_opcheck_custom_ops():
     torch.library.opcheck(torch.ops.detkernels.multi_image_nms.default, (b, s, c, 0.5, 30, 0.1))
     torch.library.opcheck(torch.ops.detkernels.multi_image_nms.default, (b, s, None, 0.5, 30, None))
     torch.library.opcheck(torch.ops.detkernels.nms_padded.default, (b[0], s[0], 0.5, 30))
+
+
+@pytest.mark.parametrize("bad", ["0.5", None, b"0.5"])
+def test_threshold_is_validated_alike_everywhere(bad):
+    """Every NMS entry validates iou_threshold the same way, at the public entry (nms_padded and
+    multi_image_nms accepted the string "0.5" before the validation moved to detkernels/_checks.py)."""
+    b = np.array([[0, 0, 1, 1], [0, 0, 1, 1]], np.float32)
+    s = np.array([0.9, 0.8], np.float32)
+    calls = [lambda: dk.nms(b, s, bad), lambda: dk.batched_nms(b, s, np.zeros(2, np.int64), bad),
+             lambda: dk.nms_padded(b, s, bad, 2), lambda: dk.multi_image_nms(b[None], s[None], bad, 2)]
+    for call in calls:
+        with pytest.raises(TypeError, match="iou_threshold must be a real number"):
+            call()
