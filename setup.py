@@ -77,8 +77,9 @@ class BuildPy(build_py):
 
 
 setup(
-    packages=["detkernels", "detkernels.reference", "detkernels.backends",
-              "detkernels.backends.cupy", "detkernels.bench"],
+    packages=["detkernels", "detkernels.api", "detkernels._torch", "detkernels.reference",
+              "detkernels.backends", "detkernels.backends.cupy", "detkernels.backends.numba",
+              "detkernels.bench"],
     package_data={"detkernels.backends.cupy": ["*.cu"]},
     ext_modules=[CMakeExtension("detkernels._C")],
     cmdclass={"build_ext": CMakeBuild, "build_py": BuildPy},

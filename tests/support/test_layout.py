@@ -179,3 +179,15 @@ def test_every_device_function_has_its_numba_twin():
     for cpp, twin in TWINS.items():
         mod, fn = twin.split(":")
         assert hasattr(importlib.import_module(mod), fn), (cpp, twin)
+
+
+def test_setup_ships_every_package():
+    """setup.py lists packages by hand: a new sub-package missing there would install broken
+    (a checkout still imports it, so no other test would notice)."""
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    listed = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.keyword) and node.arg == "packages":
+            listed = {ast.literal_eval(e) for e in node.value.elts}
+    on_disk = {_module_name(p) for p in PKG.rglob("__init__.py")}
+    assert listed == on_disk
