@@ -6,7 +6,7 @@ The simulator computes with NumPy scalars (no libdevice, so plain operators stan
 *_rn intrinsics): it checks indexing, the bitmask/scan logic and the operation order, not FMA
 contraction (tests/gpu_logic/test_numba_ptx.py does that). The public API is not used here because the
 simulator's arrays do not support negative shape indices; the backend functions are called with
-the normalised inputs ops.py would pass.
+the normalised inputs detkernels/_dispatch.py would pass.
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@
 // float32(numerator) / float32(denominator); the result is float32. cxcywh integer boxes: as in
 // torch, `w / 2` is a true division, so corners, extents and inter are float32 (the integers
 // converted first) while the areas and area_a + area_b stay integer, converted for `- inter`.
-// DIoU/CIoU never see integers: detkernels/ops.py converts them to float32.
+// DIoU/CIoU never see integers: their working dtype is float32 (detkernels/_checks.py).
 // atan is detkernels' own (dk_atan below), built from + - * / only, so every backend and the
 // NumPy reference agree bit for bit (libm/SLEEF/CUDA atan differ in the last ulp).
 #pragma once

@@ -403,7 +403,7 @@ def _multi_torch_cuda(cuda: Any, K: Any, boxes: Any, scores: Any, classes: Any, 
 
 
 # ---- RoI ops (CPU and CUDA) ------------------------------------------------------------------------
-# Inputs arrive in the working dtype (float32/float64; float16/bfloat16 are widened by roi_ops.py).
+# Inputs arrive in the working dtype (float32/float64; float16/bfloat16 are widened by detkernels/_dispatch.py).
 # Strided (channels-last) features and grads are made contiguous here (one copy), so each kernel
 # compiles once per dtype. CUDA: the kernels write every element of their outputs (no memset) on
 # the caller's stream, with no host synchronisation.
