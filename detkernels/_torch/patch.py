@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import sys
 from typing import Any
 
 from ..api import boxes as _boxes
@@ -11,7 +12,30 @@ from ..api import nms as _nms
 from ..api import roi as _roi
 from ..api import roi_modules as _modules
 
-PATCHED = {"nms": _nms.nms, "batched_nms": _nms.batched_nms, "box_area": _boxes.box_area,
+def torchvision_batched_nms(boxes: Any, scores: Any, idxs: Any, iou_threshold: float) -> Any:
+    """``torchvision.ops.batched_nms`` as ``patch_torchvision`` installs it: detkernels' exact
+    per-class kept set, in the order torchvision returns it, so a swapped-in model is bit-identical
+    (its RoI sampler draws proposals by position; SSD keeps the first ``detections_per_img``).
+
+    torchvision has two paths. At most 1 000 boxes on the CPU (25 000 elsewhere), or while jit
+    tracing, the coordinate-offset trick: its order is ``nms``'s, descending score with ties by
+    ascending index -- detkernels' own order. Above, one ``nms`` per class and then
+    ``keep[scores[keep].sort(descending=True)[1]]`` over the kept indices in ascending order, whose
+    tie order is whatever torch's (unstable) sort gives: reproduced by running that same sort on the
+    same values. The kept set stays exact per class (no offset trick, docs/SPEC.md §1.2)."""
+    keep = _nms.batched_nms(boxes, scores, idxs, iou_threshold)
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(boxes, torch.Tensor):
+        return keep
+    if boxes.numel() > (4000 if boxes.device.type == "cpu" else 100_000) and not torch._C._get_tracing_state():
+        mask = torch.zeros_like(scores, dtype=torch.bool)
+        mask[keep] = True
+        keep = torch.where(mask)[0]  # ascending, as torchvision's keep_mask gives them
+        keep = keep[scores[keep].sort(descending=True)[1]]
+    return keep
+
+
+PATCHED = {"nms": _nms.nms, "batched_nms": torchvision_batched_nms, "box_area": _boxes.box_area,
            "box_iou": _boxes.box_iou, "generalized_box_iou": _boxes.generalized_box_iou,
            "distance_box_iou": _boxes.distance_box_iou, "complete_box_iou": _boxes.complete_box_iou}
 ROI_FUNCTIONS = {name: getattr(_roi, name) for name in ("roi_align", "roi_pool", "ps_roi_align", "ps_roi_pool")}
@@ -50,7 +74,7 @@ class patch_torchvision(contextlib.AbstractContextManager):
         with detkernels.patch_torchvision(): ...  # for a block
         p = detkernels.patch_torchvision(); ...; p.restore()   # undo a global patch
 
-    Patched: nms, batched_nms, box_area, box_iou, generalized/distance/complete_box_iou in
+    Patched: nms, batched_nms (in torchvision's result order: ``torchvision_batched_nms``), box_area, box_iou, generalized/distance/complete_box_iou in
     ``torchvision.ops`` and ``torchvision.ops.boxes`` (which the detection models call); the RoI
     ops, their modules, and the globals torchvision's RoI modules and detection heads call
     (``patch_targets``).

@@ -183,11 +183,11 @@ def test_patch_torchvision_detection_model(tv_ops):
         detkernels._dispatch.nms = spy
         try:
             with detkernels.patch_torchvision():
-                assert torchvision.ops.boxes.batched_nms is detkernels.batched_nms
+                assert torchvision.ops.boxes.batched_nms is detkernels._torch.patch.torchvision_batched_nms
                 got = model(images)
         finally:
             detkernels._dispatch.nms = orig
-    assert torchvision.ops.boxes.batched_nms is not detkernels.batched_nms  # restored
+    assert torchvision.ops.boxes.batched_nms is not detkernels._torch.patch.torchvision_batched_nms  # restored
     assert calls, "detkernels was not called"
     for r, g in zip(ref, got):
         assert r["boxes"].shape[0] > 0
