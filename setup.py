@@ -18,6 +18,25 @@ from setuptools.command.build_py import build_py
 ROOT = Path(__file__).resolve().parent
 
 
+def _find_nvcc() -> str | None:
+    """The CUDA compiler CMake would find: $CUDACXX, nvcc on PATH, the default toolkit path."""
+    for cand in (os.environ.get("CUDACXX"), shutil.which("nvcc"), "/usr/local/cuda/bin/nvcc"):
+        if cand and Path(cand).exists():
+            return cand
+    return None
+
+
+def _cuda_plan(mode: str) -> str:
+    """What this build will do about CUDA, in words (pip shows it with -v; build_info() after)."""
+    if mode == "OFF":
+        return "off (DETKERNELS_CUDA=0): a CPU-only build"
+    nvcc = _find_nvcc()
+    archs = os.environ.get("DETKERNELS_CUDA_ARCHITECTURES", "80-real;90-real;90-virtual")
+    if nvcc:
+        return f"on ({nvcc}; architectures {archs}; most of the build time)"
+    return "off (no nvcc found; DETKERNELS_CUDA=1 would make that an error)"
+
+
 class CMakeExtension(Extension):
     def __init__(self, name: str) -> None:
         super().__init__(name, sources=[])
@@ -30,6 +49,14 @@ class CMakeBuild(build_ext):
         mode = {"0": "OFF", "off": "OFF", "1": "ON", "on": "ON"}.get(cuda, "AUTO")
         # One build folder per CUDA mode: a cached CPU-only configuration must never be reused
         # for a CUDA build (docs/BUILD-NOTES.md, "Pitfall seen").
+        if mode == "ON" and not _find_nvcc():
+            # Fail before CMake: its message would sit mid-way through a long pip traceback.
+            raise SystemExit(
+                "\ndetkernels: DETKERNELS_CUDA=1 asks for the CUDA kernels, but no CUDA compiler was "
+                "found (nvcc on PATH, $CUDACXX, or /usr/local/cuda/bin/nvcc).\n"
+                "  - install the CUDA toolkit, or point CUDACXX at nvcc; or\n"
+                "  - build the CPU kernels only: DETKERNELS_CUDA=0 pip install .\n")
+        print(f"detkernels: building the compiled core, CUDA kernels {_cuda_plan(mode)}", flush=True)
         build_dir = Path(self.build_temp).resolve() / f"cmake-cuda-{mode.lower()}"
         build_dir.mkdir(parents=True, exist_ok=True)
         args = [

@@ -41,6 +41,7 @@ py::dict build_info() {
   d["float_flags"] = DK_FLOAT_FLAGS;
   d["cxx_compiler"] = DK_CXX_COMPILER;
   d["build_type"] = DK_BUILD_TYPE;
+  d["cuda_why"] = DK_CUDA_WHY;  // why CUDA kernels were (not) built: DETKERNELS_CUDA and nvcc
   return d;
 }
 

@@ -143,7 +143,15 @@ def select(op: str, device: str, dtype: str, backend: str | None = None) -> tupl
     return hit
 
 
-def explain(op: str, device: str = "cpu", dtype: str = "float32", backend: str | None = None) -> str:
+class Explanation(str):
+    """explain()'s text: a str (search it, print it) whose repr is the text itself, so it reads
+    as lines at an interactive prompt instead of one quoted string with \\n."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def explain(op: str, device: str = "cpu", dtype: str = "float32", backend: str | None = None) -> Explanation:
     """Which backend would run ``op`` for this device and dtype, and why the others would not."""
     _load()
     lines = []
@@ -156,4 +164,4 @@ def explain(op: str, device: str = "cpu", dtype: str = "float32", backend: str |
     for n, b in _TABLE.items():
         why = _why_not(b, op, dev, dtype)
         lines.append(f"  {n:7s} {'serves it' if why is None else why}")
-    return "\n".join(lines)
+    return Explanation("\n".join(lines))

@@ -11,7 +11,7 @@ from typing import Any
 from .. import _arrays as A
 from .._constants import (DTYPE_CODES, FMT_CODES, KIND_CODES, NMS_MASK_BYTES, ROI_ALIGN_MAX_SLOTS,
                           ROI_POOL_MAX_SLOTS)
-from ._table import declare, register
+from ._table import declare, probe, register
 
 try:
     from .. import _C
@@ -22,7 +22,11 @@ else:
     declare("native", True)
 
 HAS_CUDA = bool(_C is not None and _C.build_info()["cuda"])
-IOU_DEVICES = ("cpu", "cuda") if HAS_CUDA else ("cpu",)
+IOU_DEVICES = ("cpu", "cuda")
+if _C is not None and not HAS_CUDA:  # say why native serves no CUDA array, not just that it does not
+    probe("native", "cuda", lambda: f"detkernels._C was built without CUDA kernels "
+                                    f"({_C.build_info().get('cuda_why', 'no nvcc')}); rebuild with "
+                                    f"DETKERNELS_CUDA=1 for the native CUDA backend")
 
 
 def build_info() -> dict:
@@ -35,7 +39,17 @@ def build_info() -> dict:
         info["cuda_version"] = info["cuda_architectures"] = None
     info["cuda_devices"] = _C.cuda_device_count()
     info["num_threads"] = _C.num_threads()
+    info["summary"] = build_summary(info)
     return info
+
+
+def build_summary(info: dict) -> str:
+    """One line: what the compiled core was built for, and why (shown by the benchmark)."""
+    why = info.get("cuda_why", "")
+    if info.get("cuda"):
+        return (f"detkernels._C: CPU + CUDA {info['cuda_version']} kernels for {info['cuda_architectures']} "
+                f"({why}); {info['cuda_devices']} CUDA device(s) visible; {info['num_threads']} CPU threads")
+    return f"detkernels._C: CPU kernels only ({why}); {info['num_threads']} CPU threads"
 
 
 @register("box_iou", "native", devices=IOU_DEVICES, dtypes=("float32", "float64", "int32", "int64"))

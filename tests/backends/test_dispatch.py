@@ -154,3 +154,28 @@ def test_probe_is_lazy_and_cached():
         b.probes.update(saved)
         _registry._CACHE.clear()
     assert _registry.why_not("numpy", "nms", "cpu") is None
+
+
+def test_explain_reads_as_lines():
+    """At a prompt, explain()'s value shows as its lines (not a quoted string with \\n)."""
+    e = detkernels.explain("nms", "cpu", "float32")
+    assert repr(e) == str(e) and "\n" in e and "native" in e
+
+
+def test_build_summary_says_what_and_why():
+    from detkernels.backends import native
+
+    info = detkernels.build_info()
+    assert info["summary"] == native.build_summary(info)
+    assert info["cuda_why"] in info["summary"]
+    cpu = native.build_summary({"cuda": False, "cuda_why": "DETKERNELS_CUDA=OFF", "num_threads": 2})
+    assert cpu == "detkernels._C: CPU kernels only (DETKERNELS_CUDA=OFF); 2 CPU threads"
+    gpu = native.build_summary({"cuda": True, "cuda_version": "13.0", "cuda_architectures": "90-real",
+                                "cuda_why": "nvcc found at /x/nvcc", "cuda_devices": 1, "num_threads": 16})
+    assert "CUDA 13.0 kernels for 90-real (nvcc found at /x/nvcc); 1 CUDA device(s)" in gpu
+
+
+def test_cpu_only_build_explains_why_native_serves_no_cuda():
+    if detkernels.build_info()["cuda"]:
+        pytest.skip("this core was built with CUDA kernels")
+    assert "built without CUDA kernels" in detkernels.explain("nms", "cuda", "float32")
