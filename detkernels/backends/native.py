@@ -44,12 +44,12 @@ def build_info() -> dict:
 
 
 def build_summary(info: dict) -> str:
-    """One line: what the compiled core was built for, and why (shown by the benchmark)."""
-    why = info.get("cuda_why", "")
+    """One line (for a terminal): what the compiled core was built for, and why not CUDA when it
+    was not (shown by the benchmark; ``cuda_why`` has the nvcc path of a CUDA build)."""
     if info.get("cuda"):
-        return (f"detkernels._C: CPU + CUDA {info['cuda_version']} kernels for {info['cuda_architectures']} "
-                f"({why}); {info['cuda_devices']} CUDA device(s) visible; {info['num_threads']} CPU threads")
-    return f"detkernels._C: CPU kernels only ({why}); {info['num_threads']} CPU threads"
+        return (f"detkernels._C: CPU + CUDA {info['cuda_version']} kernels ({info['cuda_architectures']}); "
+                f"{info['cuda_devices']} CUDA device(s) visible; {info['num_threads']} CPU threads")
+    return f"detkernels._C: CPU kernels only ({info.get('cuda_why', '')}); {info['num_threads']} CPU threads"
 
 
 @register("box_iou", "native", devices=IOU_DEVICES, dtypes=("float32", "float64", "int32", "int64"))

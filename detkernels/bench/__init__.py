@@ -4,10 +4,10 @@ Detects the devices (CPU; CUDA GPUs through torch) and the contenders present (t
 backends that serve each op there, torchvision.ops if installed, the NumPy reference on small
 sizes), runs the scenario table (``detkernels/bench/scenarios.py``) on the same inputs in one
 process, checks every contender's output against the reference once, times them alternating,
-and prints a table and a recommendation per op. Writes ``results.json``, ``results.md`` and PNG
+and prints a table (at most 120 columns; ``--wide``: every column) and a recommendation per op. Writes ``results.json``, ``results.md`` and PNG
 plots into ``--out`` (default: ``./bench-out/<host>-<mode>-<UTC time>/``).
 
-Modes: ``--quick`` (a couple of minutes on a 2-core CPU), the default full sweep, and
+Modes: ``--quick`` (well under a minute on a 2-core CPU), the default full sweep, and
 ``--smoke`` (toy sizes, seconds; for tests). Needs NumPy; uses torch/torchvision when installed
 (without torch, detkernels runs on NumPy arrays and there is no torchvision column) and
 matplotlib for the plots (``pip install detkernels[bench]``).
@@ -35,9 +35,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m detkernels.bench",
         description="Benchmark detkernels against torchvision.ops and the NumPy reference on every "
                     "device of this host, check their outputs, and say which kernels to run here.",
-        epilog="Modes: --quick (about a minute on 2 CPU cores), default full sweep, --smoke (toy "
-               "sizes). Writes results.json, results.md and plots/*.png into --out.")
-    ap.add_argument("--quick", action="store_true", help="fewer sizes and repeats (minutes on 2 CPU cores)")
+        epilog="Modes: --quick (well under a minute on a 2-core CPU), default full sweep, --smoke "
+               "(toy sizes). Writes results.json, results.md and plots/*.png into --out.")
+    ap.add_argument("--quick", action="store_true",
+                    help="fewer sizes and repeats (well under a minute on a 2-core CPU)")
     ap.add_argument("--smoke", action="store_true", help="toy sizes, 2 repeats: checks the harness (seconds)")
     ap.add_argument("--out", type=Path, default=None,
                     help="output folder (default ./bench-out/<host>-<mode>-<UTC time>)")
@@ -48,6 +49,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=None,
                     help="CPU threads for detkernels and torch (default: their own defaults)")
     ap.add_argument("--seed", type=int, default=0, help="input seed (default 0)")
+    ap.add_argument("--wide", action="store_true",
+                    help="print the table with every column, as in results.md (default: at most "
+                         "120 columns: case, contender, median, x torchvision, check)")
     ap.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     ap.add_argument("--numpy-only", action="store_true",
                     help="pass NumPy arrays even when torch is installed (no torchvision, CPU only)")
@@ -100,8 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     env = environment(devices)
     families = [FAMILIES[o] for o in args.ops.split(",") if o]
-    print(f"detkernels bench ({mode}) on {', '.join(devices)} with {lib} arrays; writing to {out}",
+    names = [d if d == "cpu" else f"{d} ({env['devices'][d]['name']})" for d in devices]
+    print(f"detkernels bench ({mode}) on {', '.join(names)} with {lib} arrays; writing to {out}",
           file=sys.stderr, flush=True)
+    for line in report.screen_header(env):
+        print(line, file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     records, notes = run(families, mode, devices, lib, args.seed)
     elapsed = time.perf_counter() - t0
@@ -126,8 +133,15 @@ def main(argv: list[str] | None = None) -> int:
     report.write_json(out / "results.json", env, records, notes, meta)
     report.write_markdown(out / "results.md", env, records, notes, meta, plots)
 
-    print(report.LEGEND)
-    print(report.table(records))
+    if args.wide:
+        print(report.LEGEND)
+        for t in report.case_terms(list(dict.fromkeys(r["family"] for r in records))):
+            print(t)
+        print(report.table(records))
+    else:
+        print("\n".join(report.wrap(report.SCREEN_LEGEND)))
+        print()
+        print(report.screen_table(records))
     print()
     ws = report.workspace_table(records)
     if ws:

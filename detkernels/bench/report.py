@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from .timing import HOST_PEAK_METHOD
 
-__all__ = ["fmt_time", "fmt_bytes", "table", "summary", "workspace_table", "write_json", "write_markdown"]
+__all__ = ["fmt_time", "fmt_bytes", "table", "screen_table", "screen_header", "case_terms", "wrap",
+           "summary", "workspace_table", "write_json", "write_markdown"]
 
 SCHEMA = 1
 LEGEND = ("median, IQR (interquartile range) and minimum of the time per call (on a busy host the "
@@ -18,6 +20,12 @@ LEGEND = ("median, IQR (interquartile range) and minimum of the time per call (o
           "memory one call touched (see the methods in results.json); check = output vs the NumPy "
           "reference (exact: byte-identical; equal: same values; same set: same detections, tied "
           "scores in another order; differs: a divergence SPEC.md documents).")
+SCREEN_WIDTH = 120  # columns of the on-screen table (results.md keeps the wide one)
+SCREEN_LEGEND = ("median = median time per call; 'x tv' = torchvision's median / this contender's "
+                 "median (> 1: faster than torchvision); check = output vs the NumPy reference "
+                 "(exact: byte-identical; equal: same values; same set: same detections, tied scores "
+                 "in another order; differs: a divergence SPEC.md documents); [n] = a note below the "
+                 "table. IQR, minimum and peak memory: results.md, or --wide.")
 
 
 def _num(v: float) -> str:
@@ -69,6 +77,88 @@ def table(records: list[dict]) -> str:
             r["status"] + (f" ({r['note']})" if r["note"] else ""),
         ])
     return _grid(header, body)
+
+
+def wrap(text: str, width: int = SCREEN_WIDTH, indent: str = "") -> list[str]:
+    """``text`` as lines of at most ``width`` columns, continuation lines indented by ``indent``."""
+    return textwrap.wrap(text, width, subsequent_indent=indent, break_on_hyphens=False) or [""]
+
+
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: max(n - 2, 0)] + ".."
+
+
+def _short_status(status: str) -> str:
+    """The check on screen: the legend explains the parenthesised parts of the common statuses."""
+    if status.startswith(("same set", "differs (documented")):
+        return status.split(" (")[0]
+    if status.startswith("baseline"):
+        return "baseline (no NMS)"
+    return status
+
+
+def case_terms(families: list[str]) -> list[str]:
+    """'<family> cases: <what the letters of a case name mean>', for the families given."""
+    from .scenarios import FAMILIES
+
+    return [f"{f} cases: {FAMILIES[f].case_terms}" for f in families
+            if f in FAMILIES and FAMILIES[f].case_terms]
+
+
+def screen_table(records: list[dict], width: int = SCREEN_WIDTH) -> str:
+    """The table for the terminal: one block per (op, device), titled with the op and what its case
+    names mean, rows of case, contender, median, x torchvision and check (notes as [n] below the
+    block), every line at most ``width`` columns (free text is clipped with '..'; results.md and
+    --wide have it in full)."""
+    from .scenarios import FAMILIES
+
+    blocks: dict[tuple, list[dict]] = defaultdict(list)
+    for r in records:
+        blocks[(r["family"], r["device"])].append(r)
+    out: list[str] = []
+    for (fam, dev), rs in blocks.items():
+        f = FAMILIES.get(fam)
+        out += wrap(f"{fam} on {dev}" + (f": {f.title}" if f is not None and f.title else ""), width)
+        if f is not None and f.case_terms:
+            out += wrap("  case: " + f.case_terms, width, "    ")
+        notes: list[str] = []
+        body = []
+        for r in rs:
+            sp = r.get("speedup_vs_torchvision")
+            check = _short_status(r["status"])
+            if r["note"]:
+                if r["note"] not in notes:
+                    notes.append(r["note"])
+                check += f" [{notes.index(r['note']) + 1}]"
+            body.append([r["case"], r["row"], fmt_time(r["median_s"]) if r["timed"] else "not timed",
+                         f"{sp:.2f}" if sp is not None else "-", check])
+        header = ["case", "contender", "median", "x tv", "check"]
+        w = [max(len(c) for c in col) for col in zip(header, *body)]
+        # "| " + " | ".join(cells) + " |": 3 columns per cell plus one; clip check, then contender, then case
+        for i, floor in ((4, 12), (1, 20), (0, 20)):
+            over = sum(w) + 3 * len(w) + 1 - width
+            if over > 0:
+                w[i] = max(floor, w[i] - over)
+        body = [[_clip(c, n) for c, n in zip(row, w)] for row in body]
+        line = lambda cells: "| " + " | ".join(c.ljust(n) for c, n in zip(cells, w)) + " |"  # noqa: E731
+        out += [line(header), "|" + "|".join("-" * (n + 2) for n in w) + "|", *map(line, body)]
+        for i, n in enumerate(notes, 1):
+            out += wrap(f"  [{i}] {n}", width, "      ")
+        out.append("")
+    return "\n".join(out).rstrip("\n")
+
+
+def screen_header(env: dict) -> list[str]:
+    """Short lines for the start of a run: what the compiled core was built for, CPU model and
+    CPUs; threads and machine load."""
+    t, load = env["threads"], env.get("load_average_1_5_15")
+    omp = f" (OMP_NUM_THREADS={t['OMP_NUM_THREADS']})" if t.get("OMP_NUM_THREADS") else ""
+    build = env.get("detkernels_build", {}).get("summary")
+    return ([build] if build else []) + [
+            f"CPU: {env['cpu']}; {env['usable_cpus']} usable of {env['logical_cpus']} logical CPUs",
+            f"threads: detkernels {t['detkernels']}, torch {t['torch']}{omp}; load average "
+            + (f"{' / '.join(f'{x:.2f}' for x in load)} (1 / 5 / 15 min)" if load else "unknown")
+            + " at start"]
 
 
 def summary(records: list[dict]) -> list[str]:
@@ -179,7 +269,12 @@ def write_markdown(path: Path, env: dict, records: list[dict], notes: list[str],
              *_env_lines(env), "", "## Summary", "", *[f"    {s}" for s in summary(records)], ""]
     if notes:
         parts += ["## Notes", "", *[f"- {n}" for n in notes], ""]
-    parts += ["## Results", "", LEGEND, "", table(records), ""]
+    fams = list(dict.fromkeys(r["family"] for r in records))
+    terms = case_terms(fams)
+    parts += ["## Results", "", LEGEND, ""]
+    if terms:
+        parts += ["Case names:", "", *[f"- {t}" for t in terms], ""]
+    parts += [table(records), ""]
     ws = workspace_table(records)
     if ws:
         parts += ["## NMS peak memory vs N", "", ws, "", HOST_PEAK_METHOD, ""]

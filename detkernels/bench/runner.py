@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, TextIO
 
-from .report import fmt_time
+from .report import fmt_time, wrap
 from .scenarios import Case, Family, Row, plan
 from .timing import Clock, alternate, device_peak_bytes, host_peak_bytes, stats
 
@@ -122,7 +122,12 @@ def run(families: list[Family], mode: str, devices: list[str], lib: str, seed: i
             work.extend((dev, c) for c in plan(fam, mode))
     records: list[dict] = []
     t_start = time.perf_counter()
+    explained: set[str] = set()
     for i, (dev, case) in enumerate(work, 1):
+        if case.family.case_terms and case.family.name not in explained:
+            explained.add(case.family.name)
+            for line in wrap(f"{case.family.name} cases: {case.family.case_terms}", indent="    "):
+                print(line, file=log, flush=True)
         head = f"[{i}/{len(work)}] {case.family.name} {case.describe()} on {dev}"
         print(head + " ...", file=log, flush=True)
         try:

@@ -142,6 +142,8 @@ class Family:
     mode_defaults: dict = {}  # mode -> overrides of `defaults` (smoke uses toy sizes)
     sweeps: dict = {}  # mode -> {axis: values}
     numeric_axes: tuple = ()
+    # What the letters of a case name (``describe``) stand for, in this module's terms.
+    case_terms = ""
     # Largest work() for which the NumPy reference is also *timed* (it is always run once to check).
     reference_timing_cap = 0.0
 
@@ -227,6 +229,7 @@ class Family:
 
 class BoxIou(Family):
     name, title, registry_op, unit = "box_iou", "box_iou (N x N)", "box_iou", "pairs"
+    case_terms = "N = boxes (N x N IoU pairs), then the dtype and the box distribution"
     defaults = {"N": 1000, "dtype": "float32", "dist": "uniform"}
     mode_defaults = {"smoke": {"N": 64}}
     sweeps = {
@@ -269,6 +272,7 @@ def _nms_boxes(p: dict, seed: int, num_classes: int) -> tuple[np.ndarray, np.nda
 
 class Nms(Family):
     name, title, registry_op, unit = "nms", "nms (one class)", "nms", "boxes"
+    case_terms = "N = boxes, then the dtype and the box distribution"
     defaults = {"N": 1000, "dtype": "float32", "dist": "clustered", "iou": 0.5}
     mode_defaults = {"smoke": {"N": 64}}
     sweeps = {
@@ -318,6 +322,7 @@ class Nms(Family):
 
 class BatchedNms(Nms):
     name, title, registry_op, unit = "batched_nms", "batched_nms (80 classes)", "nms", "boxes"
+    case_terms = "N = boxes, C = classes, then the dtype and the box distribution"
     defaults = {"N": 5000, "classes": 80, "dtype": "float32", "dist": "clustered", "iou": 0.5}
     mode_defaults = {"smoke": {"N": 100}}
     sweeps = {
@@ -498,6 +503,10 @@ MULTI_IMAGE_ROWS: list[Callable[..., list[Row]]] = [_one_call_rows, _multi_image
 class Detect(Family):
     name, registry_op, unit = "detect", "nms", "images"
     title = "YOLO post-process: conf -> top-k -> batched NMS"
+    case_terms = ("A = head candidates (anchors) per image (25 200 at 640 px, 100 800 at 1280 px), "
+                  "B = images per batch, k = top-k candidates kept per image after the score "
+                  "threshold (conf > 0.05), before batched NMS over C = 80 classes; then the dtype "
+                  "and the box distribution")
     defaults = {"A": 25200, "B": 1, "k": 1000, "classes": 80, "dtype": "float32",
                 "dist": "clustered", "conf": 0.05, "iou": 0.45}
     mode_defaults = {"smoke": {"A": 2000, "k": 100}}
@@ -586,6 +595,8 @@ class Detect(Family):
 
 class RoiAlign(Family):
     name, title, registry_op, unit = "roi_align", "roi_align (C=256, stride 8)", "roi_align", "RoIs"
+    case_terms = ("P = RoIs (proposals), C = feature-map channels, 7x7 / 14x14 = output size, then "
+                  "the dtype and the RoI distribution")
     # A stride-8 FPN level of an 800 x 1216 image: 100 x 152; torchvision's (input, boxes[K, 5],
     # output_size, spatial_scale, sampling_ratio, aligned) signature.
     defaults = {"P": 1000, "C": 256, "H": 100, "W": 152, "out": 7, "scale": 0.125, "sr": 2,

@@ -24,7 +24,7 @@ def test_smoke_writes_table_json_and_plots(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["--quick", "--smoke", "--device", "cpu", "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "| op " in text and "| contender " in text
+    assert "| case " in text and "| contender " in text  # the 120-column screen table
     assert "Summary (which kernels to run here):" in text
     assert "NMS peak memory vs N" in text
 
