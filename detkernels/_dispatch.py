@@ -2,7 +2,9 @@
 (widen half inputs, round the result once), contiguous buffers, empty shortcuts.
 
 Inputs come from detkernels/_checks.py (normalised: Python scalars, [K, 5] rois, the working
-dtype named); nothing here validates again. Arrays are of one kind (NumPy, torch, CuPy, Numba
+dtype named, the placement of the IoU and NMS arrays checked); nothing here validates again, except
+the RoI ops' placement (their checks leave it to this module and to the torch entry, whose errors
+differ: RuntimeError as torchvision's for torch tensors). Arrays are of one kind (NumPy, torch, CuPy, Numba
 device arrays) and results are of that kind, on the same device. No autograd here: the torch
 integration (detkernels/_torch/) wraps these.
 """
@@ -38,8 +40,9 @@ def _as(x: Any, w: str) -> Any:
 # ---- IoU family --------------------------------------------------------------------------------------
 
 def iou(kind: str, b1: Any, b2: Any, fmt: str, eps: float, checked: tuple, backend: str | None) -> Any:
-    """``checked`` = _checks.iou_check(b1, b2, kind, fmt): (batch, N, M, working dtype)."""
-    dev = A.same_placement(boxes1=b1, boxes2=b2)
+    """``checked`` = _checks.iou_check(b1, b2, kind, fmt): (batch, N, M, working dtype); the
+    placement was checked there too."""
+    dev = A.device(b1)
     batch, N, M, w = checked
     batch, N, M = tuple(int(x) for x in batch), int(N), int(M)
     B = int(np.prod(batch, dtype=np.int64))
@@ -56,7 +59,7 @@ def iou(kind: str, b1: Any, b2: Any, fmt: str, eps: float, checked: tuple, backe
 
 def nms(boxes: Any, scores: Any, idxs: Any, thr: float, w: str, backend: str | None) -> Any:
     """NMS (per class when ``idxs`` is given): int64 kept indices by descending score."""
-    dev = A.same_placement(boxes=boxes, scores=scores, idxs=idxs)
+    dev = A.device(boxes)  # placement: checked by _checks.nms_check
     if boxes.shape[0] == 0:
         return A.empty((0,), "int64", like=boxes)
     _, fn = _registry.select("nms", dev, w, backend)
@@ -66,7 +69,7 @@ def nms(boxes: Any, scores: Any, idxs: Any, thr: float, w: str, backend: str | N
 def multi_image_nms(boxes: Any, scores: Any, idxs: Any, thr: float, max_output: int,
                     score_threshold: float | None, w: str, backend: str | None) -> tuple[Any, Any, Any]:
     """(indices [B, K], classes [B, K] or None, counts [B])."""
-    dev = A.same_placement(boxes=boxes, scores=scores, idxs=idxs)
+    dev = A.device(boxes)  # placement: checked by _checks.multi_check / padded_check
     _, fn = _registry.select("multi_image_nms", dev, w, backend)
     c = None if idxs is None else _class_ids(idxs).reshape(idxs.shape)
     return fn(_as(boxes, w), _as(scores, w), c, thr, max_output, score_threshold)

@@ -57,8 +57,11 @@ def batched_nms(boxes: Any, scores: Any, idxs: Any, iou_threshold: float, *,
     coordinates/class ids and leak across classes for coordinates < -1). Returns int64 indices by
     descending score, ties by ascending index."""
     torch_in = A.is_torch(boxes)
-    if (boxes.size == 0 if not torch_in else (boxes.numel() == 0 and not _torch_traced(boxes))):
-        return A.empty((0,), "int64", like=boxes)  # before touching scores/idxs, as torchvision
+    # No boxes: an empty result before scores/idxs are looked at, as torchvision (a traced call
+    # keeps the custom op, whose sizes are symbolic).
+    empty = boxes.numel() == 0 and not _torch_traced(boxes) if torch_in else boxes.size == 0
+    if empty:
+        return A.empty((0,), "int64", like=boxes)
     thr = _checks.threshold_value(iou_threshold)
     w = _checks.nms_check(boxes, scores, idxs)
     if torch_in:

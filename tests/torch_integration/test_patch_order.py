@@ -7,7 +7,6 @@ per-class loop above it, which orders the kept indices with torch's unstable sor
 function reproduces both; the generic detkernels.batched_nms keeps its documented stable order."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from _helpers import assert_bytes_equal
