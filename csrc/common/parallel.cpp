@@ -17,6 +17,18 @@
 // sleeping were measured on a shared 2-core machine: no faster than none, often slower, since the
 // spinning thread takes the core the working one needs.)
 //
+// Busy cores (issue 21): a split job is only as fast as its slowest chunk, and a worker that the
+// scheduler preempts in the middle of a chunk (another process wants its core) holds the caller
+// until it runs again -- a time slice, milliseconds, for a job of 100 us. So the pool watches its
+// own jobs: when the caller waited for the workers longer than it worked itself (t_wait > t_own:
+// the split took more than twice the caller's share, so it lost to running inline), or no worker
+// came at all before the caller had claimed every chunk, the job counts as contended and the
+// next `backoff` parallel calls run inline (1, 2, 4, ... up to kMaxBackoff after consecutive
+// contended jobs; one job that paid resets it). On a quiet machine t_wait is a few us against
+// t_own of tens of us or more (kernels split only above their measured break-even), so the rule
+// never fires there. Measured on this shared 2-core machine with one competing busy process
+// (bench --load 1, batched_nms, 80 classes, N = 25 200): see the kMaxBackoff comment.
+//
 // Lifetime: the pool is heap-allocated and never destroyed, its workers detached. At process exit
 // they are still asleep on the pool's condition variable (or finishing a chunk of a daemon
 // thread's job) and simply vanish with the process; no static destructor joins or frees anything
@@ -58,6 +70,11 @@ int default_threads() {
 std::atomic<int> g_threads{default_threads()};
 
 using Fn = std::function<void(int64_t, int64_t)>;
+using Clock = std::chrono::steady_clock;
+
+// Parallel calls run inline after a contended job: at most this many in a row, then the pool tries
+// a split again (a busy process may have ended). 64 calls of a 1-3 ms job: a probe every ~0.1 s.
+constexpr int kMaxBackoff = 64;
 
 // True on pool workers always, and on a caller while it runs chunks: parallel_for runs inline.
 thread_local bool t_in_parallel = false;
@@ -92,6 +109,10 @@ struct Pool {
   Job* job = nullptr;
   std::atomic<uint64_t> gen{0};  // bumped per published job
   int workers = 0;  // started so far; changed under run_m
+  // Contention backoff (see the top comment): calls still to run inline, and the next penalty.
+  // Read without run_m as a hint (a stale value only shifts one call), written under run_m.
+  std::atomic<int> skip{0};
+  int penalty = 1;
 
   void worker_main(uint64_t seen) {
     t_in_parallel = true;
@@ -159,13 +180,23 @@ struct Pool {
       work_cv.notify_all();
     else
       for (int i = 0; i < j.wanted; ++i) work_cv.notify_one();
+    const Clock::time_point t0 = Clock::now();
     t_in_parallel = true;
     j.run_chunks();
     t_in_parallel = false;
+    const Clock::time_point t1 = Clock::now();
+    bool nobody;
     {
       std::unique_lock<std::mutex> lk(m);
       job = nullptr;  // every chunk is claimed: no one else needs to enter
+      nobody = j.entered == 0;
       done_cv.wait(lk, [&] { return j.inside.load(std::memory_order_acquire) == 0; });
+    }
+    if (nobody || Clock::now() - t1 > t1 - t0) {  // contended: the split did not pay
+      skip.store(penalty, std::memory_order_relaxed);
+      penalty = std::min(2 * penalty, kMaxBackoff);
+    } else {
+      penalty = 1;
     }
     for (auto& e : j.errors)
       if (e) std::rethrow_exception(e);
@@ -202,6 +233,15 @@ Pool* pool() {
 
 }  // namespace
 
+namespace testing {
+void reset_backoff() {
+  Pool* p = pool();
+  std::lock_guard<std::mutex> lk(p->run_m);
+  p->skip.store(0, std::memory_order_relaxed);
+  p->penalty = 1;
+}
+}  // namespace testing
+
 int num_threads() { return g_threads.load(std::memory_order_relaxed); }
 
 void set_num_threads(int n) { g_threads.store(n < 1 ? 1 : n, std::memory_order_relaxed); }
@@ -215,6 +255,11 @@ void parallel_for(int64_t n, int64_t grain, const Fn& f) {
     return;
   }
   Pool* p = pool();
+  if (p->skip.load(std::memory_order_relaxed) > 0) {  // backing off after a contended job
+    p->skip.fetch_sub(1, std::memory_order_relaxed);
+    f(0, n);
+    return;
+  }
   std::unique_lock<std::mutex> lk(p->run_m, std::try_to_lock);
   if (!lk.owns_lock()) {  // another thread's job holds the pool
     f(0, n);
@@ -232,6 +277,7 @@ namespace testing {
 
 std::vector<int64_t> parallel_probe(int64_t n, int64_t grain, int64_t nested_n, int64_t throw_at,
                                     int64_t rendezvous) {
+  reset_backoff();  // a probe of the pool's splitting, not of its contention backoff
   std::vector<std::atomic<int64_t>> visits(static_cast<size_t>(std::max<int64_t>(n, 0)));
   std::atomic<int64_t> chunks{0}, started{0}, nested_here{0}, nested_away{0}, timed_out{0};
   std::mutex tm;
@@ -269,6 +315,28 @@ std::vector<int64_t> parallel_probe(int64_t n, int64_t grain, int64_t nested_n, 
                          nested_away.load(), timed_out.load()};
   for (auto& v : visits) r.push_back(v.load());
   return r;
+}
+
+std::vector<int64_t> parallel_backoff_probe(int64_t hold_us) {
+  reset_backoff();
+  const auto caller = std::this_thread::get_id();
+  // Two chunks; the one a worker runs (if any comes) sleeps hold_us: the caller waits longer
+  // than it worked, or ran both chunks itself -- a contended job either way.
+  parallel_for(2, 1, [&](int64_t, int64_t) {
+    if (std::this_thread::get_id() != caller)
+      std::this_thread::sleep_for(std::chrono::microseconds(hold_us));
+  });
+  int64_t skip = pool()->skip.load();
+  std::mutex tm;
+  std::vector<std::thread::id> threads;
+  parallel_for(2, 1, [&](int64_t, int64_t) {
+    std::lock_guard<std::mutex> lk(tm);
+    if (std::find(threads.begin(), threads.end(), std::this_thread::get_id()) == threads.end())
+      threads.push_back(std::this_thread::get_id());
+  });
+  const int64_t after = pool()->skip.load();
+  reset_backoff();
+  return {skip, static_cast<int64_t>(threads.size()), after};
 }
 
 }  // namespace testing

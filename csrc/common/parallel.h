@@ -5,7 +5,9 @@
 // The pool (parallel.cpp) starts lazily on the first parallel call and grows when num_threads()
 // grows; a smaller num_threads() just uses fewer of its workers. It runs one job at a time: a
 // call made while another thread's job holds the pool, or from inside a chunk of a split job
-// (nesting), runs inline on the calling thread instead of waiting. (A call made inside an unsplit
+// (nesting), runs inline on the calling thread instead of waiting; so do the next few calls after
+// a job that lost to running inline (its caller waited on the workers longer than it worked:
+// busy cores; a doubling backoff, parallel.cpp). (A call made inside an unsplit
 // one -- too small, or inline because the pool was busy -- may use the pool itself.) A forked child starts a fresh pool. Workers
 // are detached and never torn down, so they neither delay nor crash process exit.
 #pragma once
@@ -33,6 +35,12 @@ namespace testing {
 // nested chunks elsewhere, rendezvous timed out (0/1), visits[0], ..., visits[n-1]}.
 std::vector<int64_t> parallel_probe(int64_t n, int64_t grain, int64_t nested_n, int64_t throw_at,
                                     int64_t rendezvous);
+// Clears the contention backoff (parallel.cpp): the next parallel calls may split again.
+void reset_backoff();
+// A contended job (the chunk a worker takes sleeps hold_us), then one more parallel call.
+// Returns {inline calls owed after the contended job, distinct threads of the next call, inline
+// calls owed after it}: with the backoff working, {1, 1, 0}.
+std::vector<int64_t> parallel_backoff_probe(int64_t hold_us);
 }  // namespace testing
 
 }  // namespace detkernels

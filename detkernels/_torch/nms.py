@@ -80,12 +80,14 @@ def _(boxes, scores, idxs, iou_threshold, max_output, score_threshold):
 _FAST = {torch.float32: "float32", torch.float64: "float64"}
 
 
-def fast_cpu_nms(boxes: Tensor, scores: Tensor, thr: float) -> Tensor | None:
-    """The common eager call (plain CPU float32/float64 tensors of one dtype, valid shapes, no
-    tracing) with the least Python work -- a deployment NMS of a few hundred boxes takes a few
-    microseconds: the registry's choice called on the tensors as they are (the checks they would
-    pass, the conversions they do not need, skipped). None: take the general path, which also
-    raises the errors."""
+def fast_cpu_nms(boxes: Tensor, scores: Tensor, thr: float, idxs: Tensor | None = None,
+                 backend: str | None = None) -> Tensor | None:
+    """The common eager call (plain CPU float32/float64 tensors of one dtype, valid shapes, int64
+    ``idxs`` for batched_nms, no tracing) with the least Python work -- a deployment NMS of a few
+    hundred boxes takes a few microseconds, and the general path's checks and conversions cost
+    about 20 us (measured, issue 21): the registry's choice called on the tensors as they are (the
+    checks they would pass, the conversions they do not need, skipped). None: take the general
+    path, which also raises the errors."""
     w = _FAST.get(boxes.dtype)
     if (w is None or type(boxes) is not Tensor or type(scores) is not Tensor
             or scores.dtype != boxes.dtype or boxes.device.type != "cpu" or scores.device.type != "cpu"
@@ -93,8 +95,12 @@ def fast_cpu_nms(boxes: Tensor, scores: Tensor, thr: float) -> Tensor | None:
             or scores.shape[0] != boxes.shape[0] or boxes.shape[0] == 0
             or torch.compiler.is_compiling() or torch.jit.is_tracing()):
         return None
-    _, fn = _registry.select("nms", "cpu", w)
-    return fn(boxes.contiguous(), scores.contiguous(), None, thr)
+    if idxs is not None and (type(idxs) is not Tensor or idxs.dtype != torch.int64
+                             or idxs.device.type != "cpu" or idxs.dim() != 1
+                             or idxs.shape[0] != boxes.shape[0]):
+        return None
+    _, fn = _registry.select("nms", "cpu", w, backend)
+    return fn(boxes.contiguous(), scores.contiguous(), None if idxs is None else idxs.contiguous(), thr)
 
 
 def nms(boxes: Tensor, scores: Tensor, idxs: Tensor | None, thr: float, w: str,

@@ -39,8 +39,8 @@ def nms(boxes: Any, scores: Any, iou_threshold: float, *, backend: str | None = 
     """
     thr = _checks.threshold_value(iou_threshold)
     torch_in = A.is_torch(boxes)
-    if torch_in and backend is None:
-        keep = _torch().fast_cpu_nms(boxes, scores, thr)
+    if torch_in:
+        keep = _torch().fast_cpu_nms(boxes, scores, thr, None, backend)
         if keep is not None:
             return keep
     w = _checks.nms_check(boxes, scores)
@@ -63,6 +63,10 @@ def batched_nms(boxes: Any, scores: Any, idxs: Any, iou_threshold: float, *,
     if empty:
         return A.empty((0,), "int64", like=boxes)
     thr = _checks.threshold_value(iou_threshold)
+    if torch_in:
+        keep = _torch().fast_cpu_nms(boxes, scores, thr, idxs, backend)
+        if keep is not None:
+            return keep
     w = _checks.nms_check(boxes, scores, idxs)
     if torch_in:
         return _torch().nms(boxes, scores, idxs, thr, w, backend)

@@ -53,6 +53,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                     help="print the table with every column, as in results.md (default: at most "
                          "120 columns: case, contender, median, x torchvision, check)")
     ap.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    ap.add_argument("--load", type=int, default=0, metavar="K",
+                    help="also time every case with K competing busy processes (started and "
+                         "stopped by the harness) and report each contender's slowdown")
     ap.add_argument("--numpy-only", action="store_true",
                     help="pass NumPy arrays even when torch is installed (no torchvision, CPU only)")
     args = ap.parse_args(argv)
@@ -70,6 +73,21 @@ def _lib(numpy_only: bool) -> str:
     except ImportError:
         return "numpy"
     return "torch"
+
+
+def _load_sections(records: list[dict], load: int) -> str:
+    """The NMS ratios to the peers (and, with --load, the slowdown per contender) as markdown."""
+    from .load import SLOWDOWN_NOTE, ratio_table, slowdown_table
+
+    parts = []
+    rt = ratio_table(records)
+    if rt:
+        parts += ["NMS: peer median / detkernels[native] median (> 1: detkernels faster)"
+                  + (f", quiet and with {load} busy process(es)" if load else ""), "", rt]
+    sd = slowdown_table(records) if load else ""
+    if sd:
+        parts += ["", f"Slowdown with {load} competing busy process(es) ({SLOWDOWN_NOTE})", "", sd]
+    return "\n".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     for line in report.screen_header(env):
         print(line, file=sys.stderr, flush=True)
     t0 = time.perf_counter()
-    records, notes = run(families, mode, devices, lib, args.seed)
+    records, notes = run(families, mode, devices, lib, args.seed, load=args.load)
     elapsed = time.perf_counter() - t0
     env["load_average_end"] = load_average()
     if lib == "numpy":
@@ -132,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
                 notes.append(f"no plots: {e} (pip install matplotlib)")
     report.write_json(out / "results.json", env, records, notes, meta)
     report.write_markdown(out / "results.md", env, records, notes, meta, plots)
+    extra = _load_sections(records, args.load)
+    if extra:
+        with open(out / "results.md", "a") as f:
+            f.write("\n" + extra + "\n")
 
     if args.wide:
         print(report.LEGEND)
@@ -143,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(report.screen_table(records))
     print()
+    if extra:
+        print(extra)
+        print()
     ws = report.workspace_table(records)
     if ws:
         print("NMS peak memory vs N (see results.md for what 'peak' means)")

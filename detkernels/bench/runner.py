@@ -40,7 +40,8 @@ def _synced(fn: Callable[[Any], Any], clock: Clock) -> Callable[[Any], Any]:
     return run
 
 
-def _run_case(case: Case, device: str, lib: str, seed: int, s: Settings, log: TextIO) -> list[dict]:
+def _run_case(case: Case, device: str, lib: str, seed: int, s: Settings, log: TextIO,
+              load: Any = None) -> list[dict]:
     fam, p = case.family, case.params
     clock = Clock(device)
     n_sets = 1 if fam.input_bytes(p) > s.large_input_bytes else s.input_sets
@@ -68,6 +69,8 @@ def _run_case(case: Case, device: str, lib: str, seed: int, s: Settings, log: Te
             status[row.label] = "reference (spec)" if ref_error is None else ref_error
         elif ref_error is not None:
             status[row.label] = "unchecked: " + ref_error
+        elif row.kind == "peer":
+            status[row.label] = fam.check_peer(row, out, inputs[0], expected, p)
         else:
             status[row.label] = fam.check(row, out, expected, p, device)
 
@@ -76,6 +79,14 @@ def _run_case(case: Case, device: str, lib: str, seed: int, s: Settings, log: Te
     tick = (lambda i, n: print(f"\r    repeat {i}/{n}", end="", file=log, flush=True)) if tty else None
     samples = alternate(timed, inputs, clock, warmup=s.warmup, budget_s=s.budget_s,
                         min_repeats=s.min_repeats, max_repeats=s.max_repeats, on_repeat=tick) if timed else {}
+    loaded: dict[str, list[float]] = {}
+    if load is not None and timed:  # --load: the same timing again with the busy processes running
+        load.on()
+        try:
+            loaded = alternate(timed, inputs, clock, warmup=s.warmup, budget_s=s.budget_s,
+                               min_repeats=s.min_repeats, max_repeats=s.max_repeats, on_repeat=tick)
+        finally:
+            load.off()
     if tty:
         print("\r", end="", file=log)
     records = []
@@ -91,6 +102,10 @@ def _run_case(case: Case, device: str, lib: str, seed: int, s: Settings, log: Te
             rec.update(samples_s=samples[row.label], median_s=st.median, q1_s=st.q1, q3_s=st.q3,
                        min_s=st.min, max_s=st.max, repeats=st.n,
                        throughput_per_s=fam.work(p) / st.median if st.median > 0 else None)
+            if row.label in loaded:
+                lm = stats(loaded[row.label]).median
+                rec.update(loaded_samples_s=loaded[row.label], loaded_median_s=lm,
+                           slowdown=lm / st.median if st.median > 0 else None)
             fn = _synced(row.fn, clock)
             rec["host_peak_bytes"] = host_peak_bytes(fn, inputs[0])
             rec["device_peak_bytes"] = device_peak_bytes(fn, inputs[0], device)
@@ -105,9 +120,20 @@ def _run_case(case: Case, device: str, lib: str, seed: int, s: Settings, log: Te
 
 
 def run(families: list[Family], mode: str, devices: list[str], lib: str, seed: int = 0,
-        log: TextIO | None = None) -> tuple[list[dict], list[str]]:
+        log: TextIO | None = None, load: int = 0) -> tuple[list[dict], list[str]]:
     """Every case of every family on every device; returns (records, notes). Progress goes to
-    ``log`` (default: sys.stderr at call time)."""
+    ``log`` (default: sys.stderr at call time). ``load`` > 0: every case is timed again with that
+    many competing busy processes (detkernels/bench/load.py)."""
+    if load > 0:
+        from .load import BusyLoad
+
+        with BusyLoad(load) as busy:
+            return _run(families, mode, devices, lib, seed, log, busy)
+    return _run(families, mode, devices, lib, seed, log, None)
+
+
+def _run(families: list[Family], mode: str, devices: list[str], lib: str, seed: int,
+         log: TextIO | None, busy: Any) -> tuple[list[dict], list[str]]:
     log = sys.stderr if log is None else log
     s = SETTINGS[mode]
     notes: list[str] = []
@@ -131,7 +157,7 @@ def run(families: list[Family], mode: str, devices: list[str], lib: str, seed: i
         head = f"[{i}/{len(work)}] {case.family.name} {case.describe()} on {dev}"
         print(head + " ...", file=log, flush=True)
         try:
-            recs = _run_case(case, dev, lib, seed, s, log)
+            recs = _run_case(case, dev, lib, seed, s, log, busy)
         except Exception as e:  # e.g. out of memory for one size: report it, keep going
             msg = f"{case.family.name} {case.describe()} on {dev} failed: {type(e).__name__}: {e}"
             notes.append(msg)

@@ -37,11 +37,16 @@ DK_BACKENDS = ("native", "cupy", "numba")  # timed as detkernels[...]; "numpy" i
 class Row:
     """One contender in one case: ``fn(inputs) -> output``."""
 
-    label: str  # "detkernels[native]", "torchvision", "reference"
-    kind: str  # "detkernels" | "torchvision" | "reference" | "baseline" (a part of the work, unchecked)
+    label: str  # "detkernels[native]", "torchvision", "onnxruntime", "reference"
+    # "detkernels" | "torchvision" | "peer" | "reference" | "baseline" (a part of the work, unchecked)
+    kind: str
     fn: Callable[[Any], Any]
     timed: bool = True
     note: str = ""
+    # kind "peer" (another library, its own semantics; detkernels/bench/peers.py): its output ->
+    # kept indices in the reference's order, and the candidates it considers (None: all).
+    canon: Callable[[Any, Any], np.ndarray] | None = None
+    subset: Callable[[Any], np.ndarray] | None = None
 
 
 @dataclass
@@ -116,6 +121,12 @@ def _torchvision_ops() -> Any | None:
     except ImportError:
         return None
     return tvo
+
+
+def _torch_index(idx: np.ndarray) -> Any:
+    import torch
+
+    return torch.from_numpy(idx)
 
 
 def _dk() -> Any:
@@ -307,6 +318,30 @@ class Nms(Family):
             return (lambda inp: tvo.nms(inp[0].float(), inp[1].float(), thr)), "fp16 cast to fp32"
         return (lambda inp: tvo.nms(inp[0], inp[1], thr)), ""
 
+    batched = False
+
+    def contenders(self, p, device, lib):
+        from .peers import peer_rows
+
+        rows = super().contenders(p, device, lib)
+        return rows[:-1] + peer_rows(p, device, self.batched, Row) + rows[-1:] if (
+            rows and rows[-1].kind == "reference") else rows + peer_rows(p, device, self.batched, Row)
+
+    def check_peer(self, row, out, inp, expected, p):
+        """A peer's kept indices against the reference, on the candidates it considers."""
+        got = row.canon(out, inp)
+        exp = to_numpy(expected).astype(np.int64)
+        if row.subset is not None:
+            idx = np.flatnonzero(row.subset(inp))
+            sub = tuple(x[idx] if isinstance(x, np.ndarray) else x[_torch_index(idx)] for x in inp)
+            exp = idx[to_numpy(self.detkernels_fn(_dk(), p, "numpy")(sub)).astype(np.int64)]
+        if got.shape == exp.shape and np.array_equal(got, exp):
+            return "equal"
+        if got.shape == exp.shape and np.array_equal(np.sort(got), np.sort(exp)):
+            return "same set (tie order)"
+        diff = len(set(got.tolist()) ^ set(exp.tolist()))
+        return f"differs ({diff} of {len(exp)} kept; peer semantics, see peers.py)"
+
     def torchvision_parity(self, p, device):
         # CPU: float16 is cast exactly to float32 on both sides. CUDA: torchvision narrows the
         # threshold to float and rounds float16 widths in half (docs/SPEC.md divergences 1 and 5).
@@ -322,6 +357,7 @@ class Nms(Family):
 
 class BatchedNms(Nms):
     name, title, registry_op, unit = "batched_nms", "batched_nms (80 classes)", "nms", "boxes"
+    batched = True
     case_terms = "N = boxes, C = classes, then the dtype and the box distribution"
     defaults = {"N": 5000, "classes": 80, "dtype": "float32", "dist": "clustered", "iou": 0.5}
     mode_defaults = {"smoke": {"N": 100}}

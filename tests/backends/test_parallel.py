@@ -407,3 +407,13 @@ def test_exit_while_daemon_threads_are_inside_every_op(lib):
     assert r.returncode == 0, (r.returncode, r.stdout + r.stderr)
     assert "still inside: ['batched_nms', 'box_iou', 'ciou', 'diou', 'giou', 'multi_image_nms', 'nms', " \
            "'nms_padded', 'ps_roi_align', 'ps_roi_pool', 'roi_align', 'roi_pool']" in r.stdout, r.stdout
+
+
+def test_contended_job_backs_off_to_inline():
+    """Busy cores (issue 21): after a split job whose caller waited on a worker longer than it
+    worked (here the worker's chunk sleeps 5 ms), the next parallel call runs inline on the
+    caller's thread, and the backoff is then spent."""
+    detkernels.set_num_threads(2)
+    assert _C.testing.parallel_backoff_probe(5000) == [1, 1, 0]
+    # The probes of the pool itself reset the backoff: splitting works again at once.
+    assert _C.testing.parallel_probe(2, 1, 0, -1, 2)[:5] == [2, 2, 0, 0, 0]
