@@ -16,9 +16,8 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any
 
-__all__ = ["BusyLoad", "slowdown_table", "ratio_table", "SLOWDOWN_NOTE"]
+__all__ = ["SLOWDOWN_NOTE", "BusyLoad", "ratio_table", "slowdown_table"]
 
 SLOWDOWN_NOTE = ("slowdown = median with the competing busy processes / quiet median, per "
                  "contender, timed in the same case on the same inputs (1.00 = unaffected)")
@@ -54,10 +53,10 @@ class BusyLoad:
                 p.wait()
         self.procs = []
 
-    def __enter__(self) -> "BusyLoad":
+    def __enter__(self) -> BusyLoad:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 

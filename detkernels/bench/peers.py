@@ -21,11 +21,12 @@ torchvision does.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
-__all__ = ["peer_rows", "peer_notes"]
+__all__ = ["peer_notes", "peer_rows"]
 
 ORT_THREADS = 2
 
@@ -134,10 +135,10 @@ def peer_rows(p: dict, device: str, batched: bool, row_cls: type) -> list:
 
         conv = _cached(xywh)
         if batched:
-            fn = lambda inp: cv2.dnn.NMSBoxesBatched(*conv(inp), 0.0, thr)  # noqa: E731
+            fn = lambda inp: cv2.dnn.NMSBoxesBatched(*conv(inp), 0.0, thr)
             label, what = "opencv", "dnn.NMSBoxesBatched (class offsets)"
         else:
-            fn = lambda inp: cv2.dnn.NMSBoxes(*conv(inp), 0.0, thr)  # noqa: E731
+            fn = lambda inp: cv2.dnn.NMSBoxes(*conv(inp), 0.0, thr)
             label, what = "opencv", "dnn.NMSBoxes"
         rows.append(row_cls(
             label, "peer", fn, note=f"{what}, scores > 0 only{cast}",

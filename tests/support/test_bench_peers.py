@@ -11,10 +11,10 @@ import pytest
 
 pytest.importorskip("torch")
 
-from detkernels.bench import main  # noqa: E402
-from detkernels.bench import load as L  # noqa: E402
-from detkernels.bench.runner import run  # noqa: E402
-from detkernels.bench.scenarios import FAMILIES  # noqa: E402
+from detkernels.bench import load as L
+from detkernels.bench import main
+from detkernels.bench.runner import run
+from detkernels.bench.scenarios import FAMILIES
 
 PEERS = [p for p, mod in (("onnxruntime", "onnxruntime"), ("opencv", "cv2"))
          if __import__("importlib").util.find_spec(mod) is not None]
