@@ -101,7 +101,8 @@ def run(benchmark: Any, family: str, device: str, p: dict, label: str, group_axi
     def check(out: Any) -> str:
         if row.kind == "baseline":  # a part of the work (e.g. preprocessing only): nothing to check
             return "baseline"
-        status = fam.check(row, out, expected, p, device)
+        status = (fam.check_peer(row, out, sets[0], expected, p) if row.kind == "peer"
+                  else fam.check(row, out, expected, p, device))
         assert not status.startswith(("MISMATCH", "DIFFERS")), f"{label}: {status}"
         return status
 

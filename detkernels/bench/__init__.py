@@ -12,6 +12,11 @@ Modes: ``--quick`` (well under a minute on a 2-core CPU), the default full sweep
 (without torch, detkernels runs on NumPy arrays and there is no torchvision column) and
 matplotlib for the plots (``pip install detkernels[bench]``).
 
+``--load K`` times every case a second time with K competing busy processes (started, paused and
+killed by the harness; ``load.py``) and reports each contender's slowdown factor. The nms and
+batched_nms families also time ONNX Runtime's NonMaxSuppression and OpenCV's dnn.NMSBoxes /
+NMSBoxesBatched when installed (``peers.py``), and print their ratios to detkernels.
+
 Exit status: 0, or 1 when a detkernels backend's output differed from the reference or raised.
 """
 from __future__ import annotations

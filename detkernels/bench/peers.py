@@ -29,6 +29,9 @@ import numpy as np
 __all__ = ["peer_notes", "peer_rows"]
 
 ORT_THREADS = 2
+# OpenCV's NMS is quadratic in the candidates (NMSBoxesBatched: ~1 s at 25 200 boxes here), so
+# larger cases leave it out (peer_notes says so) rather than spend minutes on it.
+OPENCV_MAX_N = 25200
 
 
 def _np(x: Any) -> np.ndarray:
@@ -90,6 +93,8 @@ def peer_notes() -> list[str]:
         import cv2  # noqa: F401
     except ImportError as e:
         notes.append(f"OpenCV not benchmarked ({e}; pip install detkernels[bench])")
+    else:
+        notes.append(f"OpenCV NMS is left out above N = {OPENCV_MAX_N} (quadratic: ~1 s at that N)")
     return notes
 
 
@@ -126,7 +131,7 @@ def peer_rows(p: dict, device: str, batched: bool, row_cls: type) -> list:
         import cv2
     except ImportError:
         cv2 = None
-    if cv2 is not None:
+    if cv2 is not None and p["N"] <= OPENCV_MAX_N:
         def xywh(inp: Any) -> tuple:
             b = _np(inp[0]).astype(np.float32)
             r = np.stack([b[:, 0], b[:, 1], b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], axis=1)

@@ -137,6 +137,10 @@ def _run(families: list[Family], mode: str, devices: list[str], lib: str, seed: 
     log = sys.stderr if log is None else log
     s = SETTINGS[mode]
     notes: list[str] = []
+    if any(f.name in ("nms", "batched_nms") for f in families):
+        from .peers import peer_notes
+
+        notes.extend(peer_notes())
     work: list[tuple[str, Case]] = []
     for fam in families:
         why = fam.available()

@@ -11,6 +11,7 @@ Families:
   box_iou      pairwise IoU, N x N boxes
   nms          single-class NMS of N boxes
   batched_nms  per-class NMS of N boxes over 80 classes
+               (both also against ONNX Runtime and OpenCV when installed: peers.py)
   detect       a YOLO-style post-process per image: class max -> score threshold -> top-k ->
                batched NMS, for 25 200 (640 px) / 100 800 (1280 px) candidates, batches of images
                (per-image loop, one batched_nms call, one fixed-size multi_image_nms call)

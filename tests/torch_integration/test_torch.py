@@ -172,21 +172,21 @@ def test_patch_torchvision_detection_model(tv_ops):
                 p.normal_(0, 0.3)
     images = [torch.rand(3, 200, 260), torch.rand(3, 180, 240)]
     calls = []
-    orig = detkernels._dispatch.nms
+    orig = detkernels._registry.select  # both the eager fast path and _dispatch choose here
 
-    def spy(*a, **k):
-        calls.append(1)
-        return orig(*a, **k)
+    def spy(op, *a, **k):
+        calls.extend([1] if op == "nms" else [])
+        return orig(op, *a, **k)
 
     with torch.no_grad():
         ref = model(images)
-        detkernels._dispatch.nms = spy
+        detkernels._registry.select = spy
         try:
             with detkernels.patch_torchvision():
                 assert torchvision.ops.boxes.batched_nms is detkernels._torch.patch.torchvision_batched_nms
                 got = model(images)
         finally:
-            detkernels._dispatch.nms = orig
+            detkernels._registry.select = orig
     assert torchvision.ops.boxes.batched_nms is not detkernels._torch.patch.torchvision_batched_nms  # restored
     assert calls, "detkernels was not called"
     for r, g in zip(ref, got):

@@ -78,23 +78,12 @@ template <typename T> Key<T> score_key(T s) {
   return ~asc;  // >= ~(bits of +inf | sign) > 0 for every non-NaN
 }
 
-// Indices [0, n) by (score_key asc, index asc): a stable LSD radix sort, 11-bit digits, passes
-// whose digit is the same for every key skipped (scores in [0, 1) share their top bits).
-template <typename T>
-void score_order(const T* scores, int64_t n, std::vector<int64_t>& idx) {
-  using K = Key<T>;
-  std::vector<K> key(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) key[i] = score_key(scores[i]);
-  idx.resize(static_cast<size_t>(n));
-  std::iota(idx.begin(), idx.end(), int64_t{0});
-  if (n < kRadixMin) {
-    std::sort(idx.begin(), idx.end(), [&](int64_t a, int64_t b) {
-      return key[a] < key[b] || (key[a] == key[b] && a < b);
-    });
-    return;
-  }
-  constexpr int kBits = 11, kBins = 1 << kBits;
-  constexpr int kPasses = (8 * sizeof(K) + kBits - 1) / kBits;
+// Stable LSD radix sort of (key, idx) by key, kBits-bit digits; a pass whose digit is the same
+// for every key is skipped (scores in [0, 1) share their top bits).
+template <int kBits, typename K>
+void radix_sort(std::vector<K>& key, std::vector<int64_t>& idx) {
+  constexpr int kBins = 1 << kBits, kPasses = (8 * sizeof(K) + kBits - 1) / kBits;
+  const int64_t n = static_cast<int64_t>(key.size());
   std::vector<int64_t> hist(static_cast<size_t>(kPasses) * kBins, 0);
   for (int64_t i = 0; i < n; ++i)
     for (int d = 0; d < kPasses; ++d) ++hist[d * kBins + ((key[i] >> (d * kBits)) & (kBins - 1))];
@@ -118,6 +107,26 @@ void score_order(const T* scores, int64_t n, std::vector<int64_t>& idx) {
     key.swap(key2);
     idx.swap(idx2);
   }
+}
+
+// Indices [0, n) by (score_key asc, index asc): the radix sort (ties keep index order, the passes
+// being stable), or a comparison sort below kRadixMin boxes. 8-bit digits below 8 192 boxes
+// (clearing and scanning 2 048 bins per pass costs more than the extra pass there), else 11-bit.
+template <typename T>
+void score_order(const T* scores, int64_t n, std::vector<int64_t>& idx) {
+  using K = Key<T>;
+  std::vector<K> key(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) key[i] = score_key(scores[i]);
+  idx.resize(static_cast<size_t>(n));
+  std::iota(idx.begin(), idx.end(), int64_t{0});
+  if (n < kRadixMin)
+    std::sort(idx.begin(), idx.end(), [&](int64_t a, int64_t b) {
+      return key[a] < key[b] || (key[a] == key[b] && a < b);
+    });
+  else if (n < 8192)
+    radix_sort<8>(key, idx);
+  else
+    radix_sort<11>(key, idx);
 }
 
 // `by_score` (the score order) regrouped stably by class into `order` (class asc, then score
