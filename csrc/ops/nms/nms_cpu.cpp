@@ -7,6 +7,7 @@
 // tested against the kept list in parallel and with a vectorisable inner loop; only pairs inside a
 // block are resolved sequentially. Segments (classes) are independent and also run in parallel.
 #include "ops/nms/nms.h"
+#include "ops/nms/nms_sparse.h"  // issue 16: the pruned path
 
 #include <algorithm>
 #include <cmath>
@@ -62,6 +63,10 @@ bool suppressed_by(const Columns<T>& k, int64_t lo, int64_t hi, T cx1, T cy1, T 
 // Greedy NMS of sorted boxes [s, e) of `b`; sets keep[j] for kept sorted positions j.
 template <typename T>
 void nms_segment(const Columns<T>& b, int64_t s, int64_t e, T thr, uint8_t* keep, bool inner_par) {
+  // issue 16: the pruned path (nms_sparse.cpp) where its rule says it pays; else the loop below.
+  if (nms_sparse_segment(b.x1.data() + s, b.y1.data() + s, b.x2.data() + s, b.y2.data() + s,
+                         b.area.data() + s, e - s, thr, keep + s))
+    return;
   Columns<T> kept;
   kept.resize(static_cast<size_t>(e - s));
   int64_t nk = 0;
