@@ -132,7 +132,7 @@ def large_nms_boxes(rng: np.random.Generator, n: int, dist: str = "sparse"
 
     * sparse: uniform boxes with sides uniform in [1, 61] px (about 95 % are kept at IoU 0.5);
     * clustered: merged tiles / crowds: objects of 8-64 px, each seen about 8 times with a 10 %
-      jitter and a score that falls with the jitter (most of each group is suppressed);
+      jitter and a score in (0, 1] that falls with the jitter (most of each group is suppressed);
     * one_cluster: the worst case for any spatial index: all n boxes jittered around one 100 px
       object (every pair overlaps, few are kept).
     """
@@ -149,7 +149,7 @@ def large_nms_boxes(rng: np.random.Generator, n: int, dist: str = "sparse"
         jitter = rng.normal(0, 0.1, (n, 4))
         c = centre[which] + jitter[:, :2] * size[which]
         wh = size[which] * np.exp(jitter[:, 2:])
-        scores = np.clip(1 - np.abs(jitter).mean(1) * 4 + rng.normal(0, 0.02, n), 0, 1)
+        scores = np.clip(1 - np.abs(jitter).mean(1) * 4 + rng.normal(0, 0.02, n), 1e-3, 1)
         return np.concatenate([c - wh / 2, c + wh / 2], 1), scores
     if dist == "one_cluster":
         c = side / 2 + rng.normal(0, 10, (n, 2))
