@@ -34,8 +34,8 @@
 // The index. Regular boxes are put in levels of square-ish cells, sizes sx * 2^k by sy * 2^k
 // (k < kLevels, sx, sy the median width and height of a sample): a box goes to the first level
 // whose cell is at least its width and height (boxes larger than the last level are treated like
-// wild ones), into the one cell holding its corner (x1, y1), cells hashed per level into buckets
-// whose slots are reserved up front (counted over all boxes, filled as boxes are kept). Kept box
+// wild ones), into the one cell holding its corner (x1, y1); a level's cells are a dense row-major grid
+// when about as many as its boxes, else hashed into buckets (collisions only merge cells); slots are reserved up front (counted over all boxes, filled as boxes are kept). Kept box
 // a of level k can overlap b only if b.x1 - Wk < a.x1 < b.x2, Wk >= every exact width of level k
 // (the double width rounded, inflated by 2^-40 so that it bounds the exact one); cell() is a
 // monotone map (round-to-nearest subtraction and a positive scale, then clamping), so a.x1's cell
@@ -63,14 +63,25 @@ constexpr double kCellScale = 2.0;      // level-0 cell: this times the median b
 constexpr int64_t kSample = 128;        // boxes sampled for the cell size and the density rule
 constexpr int64_t kCellCap = int64_t{1} << 40;  // cell coordinates are clamped to [0, 2^40]
 
-// The rule (nms_sparse_segment, kNmsPathAuto), measured with `python -m detkernels.bench
-// --scenario nms_large` and the existing nms scenarios on the 2-core dev machine (see
-// docs/SPEC.md "NMS at scale" for the table):
-//  * below kMinBoxes boxes in a segment the plain loop is as fast (its blocks are vectorised and
-//    run on two threads) and the index costs its setup: plain;
+// The rule (nms_sparse_segment, kNmsPathAuto). Measured on the 2-core dev machine (busy: other
+// builds running), float32, IoU 0.5, ms, plain / pruned (forced with _C.testing.nms_set_path),
+// and query_share of the input:
+//   existing nms scenarios (640 px image, data.uniform_boxes / clustered_boxes):
+//     uniform   N=4096  3.1 / 4.8  (0.12)   N=25200  50 / 98  (0.12)
+//     clustered N=4096  2.0 / 3.2  (0.22)   N=25200  30 / 75  (0.20)
+//     clustered, 80 classes (segments of ~300): N=25200  4.0 / 7.9
+//   data.large_nms_boxes (issue 16's density):
+//     sparse    N=2048  0.98 / 0.51  N=4096  3.7 / 1.1 (0.014)  N=25200  132 / 7.6 (0.002)
+//     clustered N=2048  0.29 / 0.30  N=4096  0.81 / 0.62 (0.019) N=25200  20 / 4.5 (0.003)
+//     one big cluster   N=4096  0.26 / 0.30 (1.0)  N=25200  1.9 / 2.3 (1.0)
+// Hence:
+//  * below kMinBoxes boxes in a segment the gain is small (clustered: none at 2048) and the
+//    existing N = 2000 cases then never pay for the rule's sample: plain;
 //  * more than n / kWildShare wild boxes: they are tested exhaustively anyway: plain;
 //  * query_share of a kRuleSample-box sample above kQueryShare: the queries would visit a large
-//    share of the boxes (one big cluster, boxes large for their image): plain.
+//    share of the boxes (one big cluster, boxes large for their image: the pruned loop is
+//    sequential, the plain one vectorised and on two threads): plain. Wins were seen at <= 0.02,
+//    losses at >= 0.12; 0.05 splits them.
 constexpr int64_t kMinBoxes = 4096;
 constexpr int64_t kWildShare = 16;
 constexpr size_t kRuleSample = 64;
