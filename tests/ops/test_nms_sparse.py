@@ -50,7 +50,7 @@ def test_pruned_nms_equals_reference(family, dtype, rng, path):
             b, s = b.astype(dtype), s.astype(dtype)
         for thr in THRESHOLDS:
             want = R.nms(b, s, thr)
-            plain, pruned = _both(lambda: detkernels.nms(b, s, thr, backend="native"), path)
+            plain, pruned = _both(lambda b=b, s=s, thr=thr: detkernels.nms(b, s, thr, backend="native"), path)
             assert_bytes_equal(pruned, want, f"pruned n={n} thr={thr}")
             assert_bytes_equal(plain, want, f"plain n={n} thr={thr}")
 
@@ -70,7 +70,7 @@ def test_pruned_batched_nms(family, rng, path):
     b, s = make(family, rng, 600, "float32")
     c = rng.integers(0, 3, 600)
     for thr in (0.0, 0.5, -0.1):
-        plain, pruned = _both(lambda: detkernels.batched_nms(b, s, c, thr, backend="native"), path)
+        plain, pruned = _both(lambda thr=thr: detkernels.batched_nms(b, s, c, thr, backend="native"), path)
         assert_bytes_equal(pruned, R.batched_nms(b, s, c, thr), f"thr={thr}")
         assert_bytes_equal(plain, pruned)
 
@@ -104,7 +104,7 @@ def test_index_corner_cases(path):
         with np.errstate(over="ignore"):  # in float32 the 1e300 box becomes a +-inf one
             bb, ss = b.astype(dtype), s.astype(dtype)
         for thr in (0.0, 1e-9, 0.5):
-            plain, pruned = _both(lambda: detkernels.nms(bb, ss, thr, backend="native"), path)
+            plain, pruned = _both(lambda bb=bb, ss=ss, thr=thr: detkernels.nms(bb, ss, thr, backend="native"), path)
             assert_bytes_equal(pruned, plain, f"{dtype} thr={thr}")
     assert_bytes_equal(pruned, R.nms(bb, ss, 0.5))
 
