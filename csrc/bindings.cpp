@@ -13,6 +13,7 @@
 #include "ops/box_iou/box_iou.h"
 #include "ops/nms/nms.h"
 #include "ops/nms/nms_bitmask.h"
+#include "ops/nms/nms_sparse.h"
 #include "ops/roi_align/roi_align.h"
 #include "ops/roi_align/roi_align_gpu.h"
 #include "ops/roi_pool/roi_pool.h"
@@ -201,6 +202,7 @@ PYBIND11_MODULE(_C, m) {
   def(t, "roi_align_backward_emulate_cpu", &roi_align_backward_emulate_cpu);
   def(t, "roi_pool_forward_emulate_cpu", &roi_pool_forward_emulate_cpu);
   def(t, "roi_pool_backward_emulate_cpu", &roi_pool_backward_emulate_cpu);
+  def(t, "nms_set_path", &nms_set_path);  // issue 16: force the pruned/plain CPU NMS path
   t.def("nms_tile_rows", [](int64_t total, int64_t W, int64_t cap_bytes) {
     return nms_tile_rows(total, W, cap_bytes);
   });

@@ -118,3 +118,41 @@ def proposals(rng: np.random.Generator, p: int, img_w: float, img_h: float,
 def feature_map(rng: np.random.Generator, n: int, c: int, h: int, w: int) -> np.ndarray:
     """[n, c, h, w] float32 activations (standard normal: never zeros, METHOD.md)."""
     return rng.standard_normal((n, c, h, w), dtype=np.float32)
+
+
+# ---- large-N NMS (issue 16): sliced inference, crowds, cells -----------------------------------------
+
+LARGE_DISTS = ("sparse", "clustered", "one_cluster")
+
+
+def large_nms_boxes(rng: np.random.Generator, n: int, dist: str = "sparse"
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """(boxes [n, 4], scores [n]) float64 for NMS at 10^4 - 10^6 boxes, at the density of issue 16's
+    case (10^6 boxes on a 20 000 px canvas; the canvas side grows as sqrt(n)).
+
+    * sparse: uniform boxes with sides uniform in [1, 61] px (about 95 % are kept at IoU 0.5);
+    * clustered: merged tiles / crowds: objects of 8-64 px, each seen about 8 times with a 10 %
+      jitter and a score in (0, 1] that falls with the jitter (most of each group is suppressed);
+    * one_cluster: the worst case for any spatial index: all n boxes jittered around one 100 px
+      object (every pair overlaps, few are kept).
+    """
+    side = 20000.0 * np.sqrt(n / 1e6)
+    if dist == "sparse":
+        xy = rng.uniform(0, side, (n, 2))
+        wh = rng.uniform(1, 61, (n, 2))
+        return np.concatenate([xy, xy + wh], 1), rng.random(n)
+    if dist == "clustered":
+        k = max(1, n // 8)
+        size = rng.uniform(8, 64, (k, 2))
+        centre = rng.uniform(0, side, (k, 2))
+        which = rng.integers(0, k, n)
+        jitter = rng.normal(0, 0.1, (n, 4))
+        c = centre[which] + jitter[:, :2] * size[which]
+        wh = size[which] * np.exp(jitter[:, 2:])
+        scores = np.clip(1 - np.abs(jitter).mean(1) * 4 + rng.normal(0, 0.02, n), 1e-3, 1)
+        return np.concatenate([c - wh / 2, c + wh / 2], 1), scores
+    if dist == "one_cluster":
+        c = side / 2 + rng.normal(0, 10, (n, 2))
+        wh = 100 * np.exp(rng.normal(0, 0.1, (n, 2)))
+        return np.concatenate([c - wh / 2, c + wh / 2], 1), rng.random(n)
+    raise ValueError(f"dist must be one of {LARGE_DISTS}, got {dist!r}")

@@ -17,6 +17,9 @@ Families:
                (per-image loop, one batched_nms call, one fixed-size multi_image_nms call)
   roi_align    RoIAlign of P proposals on a C=256 stride-8 feature map, 7x7 / 14x14 (included when
                this build of detkernels has roi_align)
+  nms_large_*  NMS at 10^4 - 10^6 boxes (issue 16; sparse, clustered, one big cluster) against lsnms
+               (`pip install --no-deps lsnms`: 0.5.0 works with numba 0.68.1 although its metadata
+               asks for numba < 0.64) and time-limited torchvision / numba rows (NmsLarge)
 """
 from __future__ import annotations
 
@@ -697,7 +700,141 @@ class RoiAlign(Family):
         return float(p["P"])
 
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (BoxIou(), Nms(), BatchedNms(), Detect(), RoiAlign())}
+# ---- nms at scale (issue 16) -------------------------------------------------------------------------
+
+PEER_LIMIT_S = 20.0  # one call of a peer (torchvision, lsnms, detkernels[numba]) beyond 10^4 boxes
+
+
+def _pilot_s(call: str, p: dict, limit_s: float) -> float | None:
+    """Seconds of one ``call`` (Python source over b, s, thr; torch tensors) on the case's inputs
+    (seed 0) in a fresh interpreter, after a warm-up on 100 boxes (JIT, imports); None when it
+    runs past ``limit_s`` (the process is killed) or fails."""
+    import subprocess
+
+    code = (
+        "import time, numpy as np, torch\n"
+        "from detkernels.bench import data\n"
+        f"b, s = data.large_nms_boxes(np.random.default_rng(0), {p['N']}, {p['dist']!r})\n"
+        f"b, s = torch.from_numpy(b.astype({p['dtype']!r})), torch.from_numpy(s.astype({p['dtype']!r}))\n"
+        f"thr = {p['iou']!r}\n"
+        "full = (b, s); b, s = b[:100], s[:100]\n"
+        f"{call}\n"
+        "b, s = full; t = time.perf_counter()\n"
+        f"{call}\n"
+        "print(time.perf_counter() - t)\n")
+    try:
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
+                           timeout=limit_s + 60)  # + imports and the warm-up
+        t = float(r.stdout.split()[-1])
+    except (subprocess.TimeoutExpired, ValueError, IndexError):
+        return None
+    return t if t <= limit_s else None
+
+
+def _lsnms(backend: str) -> Callable | None:
+    try:
+        import lsnms  # pip install --no-deps lsnms (0.5.0; its metadata pins numba < 0.64)
+    except ImportError:
+        return None
+    # score_threshold must lie in [0, 1]; lsnms keeps scores > 0 (the inputs' scores all are).
+    return lambda b, s, thr: lsnms.nms(b, s, thr, score_threshold=0.0, backend=backend)
+
+
+class NmsLarge(Nms):
+    """NMS of 10^4 - 10^6 boxes on a large canvas (data.large_nms_boxes), one family per
+    distribution. Peers: lsnms (R-tree; both of its backends), torchvision and the numba backend
+    (both plain O(kept x N)) -- beyond 10^4 boxes each peer first runs once in a subprocess and is
+    timed only if that call ends within PEER_LIMIT_S. Checks: the reference up to 10^4 boxes;
+    above, the plain native path (forced through _C.testing) where it takes seconds (N <= 10^5 or
+    one cluster), else the row is unchecked and the peers are compared with detkernels' output.
+    Peers are checked as kept sets (lsnms returns its own order)."""
+
+    registry_op, unit = "nms", "boxes"
+    case_terms = "N = boxes (canvas side 20 000 px x sqrt(N / 10^6)), then the dtype"
+    mode_defaults = {"smoke": {"N": 2000}, "quick": {"N": 10 ** 4}}
+    sweeps = {"smoke": {"N": [2000]}, "quick": {"N": [10 ** 4]},
+              "full": {"N": [10 ** 4, 10 ** 5, 10 ** 6]}}
+    reference_timing_cap = 0
+
+    def __init__(self, dist: str, what: str) -> None:
+        self.name = f"nms_large_{dist}"
+        self.title = f"nms at scale ({what})"
+        self.defaults = {"N": 10 ** 5, "dtype": "float32", "dist": dist, "iou": 0.5}
+
+    def inputs(self, p, device, lib, seed):
+        b, s = data.large_nms_boxes(np.random.default_rng(seed), p["N"], p["dist"])
+        return _put(b, lib, device, p["dtype"]), _put(s, lib, device, p["dtype"])
+
+    def _limited(self, label: str, kind: str, fn: Callable, call: str, p: dict, lib: str) -> Row:
+        if p["N"] <= 10 ** 4 or lib != "torch":
+            return Row(label, kind, fn)
+        t = _pilot_s(call, p, PEER_LIMIT_S)
+        if t is None:
+            return Row(label, kind, lambda inp: None, timed=False,
+                       note=f"not run: one call > {PEER_LIMIT_S:.0f} s")
+        return Row(label, kind, fn, note=f"pilot call {t:.1f} s")
+
+    def contenders(self, p, device, lib):
+        dk = _dk()
+        thr = p["iou"]
+        rows = [Row("detkernels[native]", "detkernels", self.detkernels_fn(dk, p, "native"))]
+        if device != "cpu":
+            return rows
+        rows.append(self._limited("detkernels[numba]", "detkernels", self.detkernels_fn(dk, p, "numba"),
+                                  "import detkernels; detkernels.nms(b, s, thr, backend='numba')", p, lib))
+        for be in ("rust", "numba"):
+            fn = _lsnms(be)
+            if fn is not None:
+                rows.append(self._limited(
+                    f"lsnms[{be}]", "peer", lambda inp, fn=fn: fn(to_numpy(inp[0]), to_numpy(inp[1]), thr),
+                    f"import lsnms; lsnms.nms(b.numpy(), s.numpy(), thr, score_threshold=0.0, backend={be!r})",
+                    p, lib))
+        tvo = _torchvision_ops() if lib == "torch" else None
+        if tvo is not None:
+            rows.append(self._limited("torchvision", "torchvision", lambda inp: tvo.nms(inp[0], inp[1], thr),
+                                      "import torchvision; torchvision.ops.nms(b, s, thr)", p, lib))
+        return rows
+
+    def expected(self, p, inp, device):
+        from .. import _C
+
+        b, s = self.to_cpu(inp)
+        if p["N"] <= 10 ** 4:
+            return "reference", to_numpy(self.detkernels_fn(_dk(), p, "numpy")((b, s)))
+        if p["N"] <= 10 ** 5 or p["dist"] == "one_cluster":
+            old = _C.testing.nms_set_path(1)  # NmsPath kNmsPathPlain (csrc/ops/nms/nms_sparse.h)
+            try:
+                return "plain path", to_numpy(_dk().nms(b, s, p["iou"], backend="native"))
+            finally:
+                _C.testing.nms_set_path(old)
+        return "detkernels[native] (unverified)", to_numpy(_dk().nms(b, s, p["iou"], backend="native"))
+
+    def check(self, row, out, expected, p, device):
+        source, want = expected
+        if row.note.startswith("not run"):
+            return "not run (time limit)"
+        got = to_numpy(out).astype(np.int64)
+        if row.kind == "detkernels":
+            if source.endswith("(unverified)"):
+                return "unchecked (no reference at this size)"
+            return "exact" if _bytes_equal(got, want) else f"MISMATCH vs {source}"
+        if got.shape == want.shape and np.array_equal(got, want):
+            return f"equal ({source})"
+        if got.size == want.size and np.array_equal(np.sort(got), np.sort(want)):
+            return f"same set ({source})"
+        extra, missing = np.setdiff1d(got, want).size, np.setdiff1d(want, got).size
+        return f"differs ({source}): {got.size} vs {want.size} kept, +{extra} -{missing}"
+
+    def check_peer(self, row, out, inp, expected, p):
+        # lsnms and torchvision here are checked as kept sets by `check` (not Nms.check_peer, whose
+        # rows carry a canonical-order function).
+        return self.check(row, out, expected, p, "cpu")
+
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (BoxIou(), Nms(), BatchedNms(), Detect(), RoiAlign(),
+                                                   NmsLarge("sparse", "uniform sparse"),
+                                                   NmsLarge("clustered", "merged tiles, groups of ~8"),
+                                                   NmsLarge("one_cluster", "one big cluster"))}
 
 
 def plan(family: Family, mode: str) -> list[Case]:

@@ -15,6 +15,7 @@
 // global order by walking the score order once, so there is no second sort.
 
 #include "ops/nms/nms.h"
+#include "ops/nms/nms_sparse.h"  // issue 16: the pruned path
 
 #include <algorithm>
 #include <cmath>
@@ -185,6 +186,10 @@ bool suppressed_by(const Columns<T>& k, int64_t lo, int64_t hi, T cx1, T cy1, T 
 template <typename T>
 void nms_segment(const Columns<T>& b, int64_t s, int64_t e, T thr, uint8_t* keep, bool inner_par,
                  Columns<T>& kept, uint8_t* sup) {
+  // issue 16: the pruned path (nms_sparse.cpp) where its rule says it pays; else the loop below.
+  if (nms_sparse_segment(b.x1.data() + s, b.y1.data() + s, b.x2.data() + s, b.y2.data() + s,
+                         b.area.data() + s, e - s, thr, keep + s))
+    return;
   int64_t nk = s;
   for (int64_t blk = s; blk < e; blk += kBlock) {
     const int64_t hi = std::min(e, blk + kBlock), nb = hi - blk, nk0 = nk;
