@@ -11,6 +11,7 @@
 #include "ops/detect/detect.h"
 
 #include <algorithm>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -41,58 +42,168 @@ struct Params {
   int64_t top_k;
 };
 
+// The row scans use GCC/Clang vector extensions (16-byte vectors: SSE2/NEON baseline). g++ does
+// not auto-vectorise a max/argmax with IEEE semantics; these compute exactly what the scalar
+// strict `>` scan computes (each lane scans its own columns; lanes merge by value, then index).
+template <typename T> struct Vec;
+template <> struct Vec<float> {
+  typedef float v __attribute__((vector_size(16)));
+  typedef int32_t m __attribute__((vector_size(16)));
+  static constexpr int n = 4;
+};
+template <> struct Vec<double> {
+  typedef double v __attribute__((vector_size(16)));
+  typedef int64_t m __attribute__((vector_size(16)));
+  static constexpr int n = 2;
+};
+
+template <typename T, bool Obj> typename Vec<T>::v load(const T* r, T o) {
+  typename Vec<T>::v v;
+  __builtin_memcpy(&v, r, sizeof(v));
+  if constexpr (Obj) v = v * o;  // elementwise, one rounding each: the scalar product
+  return v;
+}
+
+template <typename T, bool Obj> T at(const T* r, int64_t c, T o) { return Obj ? r[c] * o : r[c]; }
+
+// Single label over one row of C > 0 values (times o): `bi` = the lowest column holding the row
+// maximum (a strict `>` scan: -0 == +0), `best` its value. Returns whether the row holds a NaN
+// (then best/bi are meaningless: the caller takes the first NaN). kAcc independent accumulators
+// (each a vector of lanes) so the compare/select chains overlap.
+constexpr int kAcc = 4;
+constexpr int64_t kSpan = 16;  // multi-label: columns tested together
+
+template <typename T, bool Obj> bool row_argmax(const T* r, int64_t C, T o, T& best, int64_t& bi) {
+  using V = typename Vec<T>::v;
+  using M = typename Vec<T>::m;
+  constexpr int L = Vec<T>::n, W = kAcc * L;
+  int64_t c = 0;
+  int nan = 0;
+  best = at<T, Obj>(r, 0, o);
+  bi = 0;
+  if (C >= W && C < (int64_t{1} << 31)) {  // column indices fit the mask type
+    V m[kAcc];
+    M idx[kAcc], cur[kAcc], any_nan = {}, lane = {};
+    for (int l = 0; l < L; ++l) lane[l] = l;
+    for (int k = 0; k < kAcc; ++k) {
+      m[k] = load<T, Obj>(r + k * L, o);
+      any_nan |= m[k] != m[k];
+      idx[k] = lane + k * L;
+      cur[k] = idx[k];
+    }
+    for (c = W; c + W <= C; c += W) {
+      for (int k = 0; k < kAcc; ++k) {
+        const V v = load<T, Obj>(r + c + k * L, o);
+        cur[k] += W;
+        any_nan |= v != v;
+        const M gt = v > m[k];
+        m[k] = gt ? v : m[k];
+        idx[k] = gt ? cur[k] : idx[k];
+      }
+    }
+    // Merge the accumulators (vectors of lanes), then the lanes: by value, ties by column.
+    for (int k = 1; k < kAcc; ++k) {
+      const M take = (m[k] > m[0]) | ((m[k] == m[0]) & (idx[k] < idx[0]));
+      m[0] = take ? m[k] : m[0];
+      idx[0] = take ? idx[k] : idx[0];
+    }
+    for (int l = 0; l < L; ++l) nan |= any_nan[l] != 0;
+    best = m[0][0];
+    bi = idx[0][0];
+    for (int l = 1; l < L; ++l)
+      if (m[0][l] > best || (m[0][l] == best && idx[0][l] < bi)) { best = m[0][l]; bi = idx[0][l]; }
+  } else {
+    c = 1;
+    nan = best != best;
+  }
+  for (; c < C; ++c) {  // the tail: columns after every lane's, so strict > keeps the first
+    const T v = at<T, Obj>(r, c, o);
+    nan |= v != v;
+    if (v > best) { best = v; bi = c; }
+  }
+  return nan != 0;
+}
+
+// Whether any value of the row (times o) is > thr, or (with `nan`) is NaN: the cheap pre-test
+// (OR-reductions only) that rejects most rows of a thresholded call.
+template <typename T, bool Obj, bool Nan> bool row_any_above(const T* r, int64_t C, T o, T thr) {
+  using V = typename Vec<T>::v;
+  using M = typename Vec<T>::m;
+  constexpr int L = Vec<T>::n;
+  int64_t c = 0;
+  M hit0 = {}, hit1 = {};
+  for (; c + 2 * L <= C; c += 2 * L) {
+    const V v0 = load<T, Obj>(r + c, o), v1 = load<T, Obj>(r + c + L, o);
+    hit0 |= v0 > thr;
+    hit1 |= v1 > thr;
+    if constexpr (Nan) {
+      hit0 |= v0 != v0;
+      hit1 |= v1 != v1;
+    }
+  }
+  hit0 |= hit1;
+  int any = 0;
+  for (int l = 0; l < L; ++l) any |= hit0[l] != 0;
+  for (; c < C; ++c) {
+    const T v = at<T, Obj>(r, c, o);
+    any |= v > thr || (Nan && v != v);
+  }
+  return any != 0;
+}
+
+template <typename T, bool Obj>
+void collect_rows(const T* s, const T* obj, const Params& p, T thr, int64_t lo, int64_t hi,
+                  std::vector<Cand<T>>& out) {
+  const int64_t C = p.C;
+  for (int64_t a = lo; a < hi; ++a) {
+    const T* r = s + a * C;
+    const T o = Obj ? obj[a] : T(1);
+    if (p.multi) {
+      // Rows are mostly below the threshold: test the whole row vectorised first.
+      if (!p.has_thr) {
+        for (int64_t c = 0; c < C; ++c) out.push_back({at<T, Obj>(r, c, o), a * C + c});
+        continue;
+      }
+      // Rows are mostly below the threshold: test spans of kSpan columns vectorised, and look
+      // at the columns of a span only when one of them passes.
+      for (int64_t c0 = 0; c0 < C; c0 += kSpan) {
+        const int64_t n = std::min(kSpan, C - c0);
+        if (!row_any_above<T, Obj, false>(r + c0, n, o, thr)) continue;
+        for (int64_t c = c0; c < c0 + n; ++c) {
+          const T v = at<T, Obj>(r, c, o);
+          if (v > thr) out.push_back({v, a * C + c});
+        }
+      }
+      continue;
+    }
+    // Single label: the first NaN, else the first maximum. A row with a NaN fails any threshold.
+    if (p.has_thr && !row_any_above<T, Obj, true>(r, C, o, thr)) continue;
+    T best;
+    int64_t bc;
+    if (row_argmax<T, Obj>(r, C, o, best, bc)) {
+      if (p.has_thr) continue;
+      for (bc = 0; at<T, Obj>(r, bc, o) == at<T, Obj>(r, bc, o); ++bc) {}
+      best = at<T, Obj>(r, bc, o);
+    } else if (p.has_thr && !(best > thr)) {
+      continue;
+    }
+    out.push_back({best, a * C + bc});  // q = a * C + c: the order of a
+  }
+}
+
 // Candidates of anchors [lo, hi) of one image, appended in ascending q.
 template <typename T>
 void collect(const T* s, const T* obj, const Params& p, T thr, int64_t lo, int64_t hi,
              std::vector<Cand<T>>& out) {
-  const int64_t C = p.C;
-  if (C == 0) {  // [A] scores: one candidate per anchor
+  if (p.C == 0) {  // [A] scores: one candidate per anchor
     for (int64_t a = lo; a < hi; ++a) {
       const T v = obj ? s[a] * obj[a] : s[a];
       if (!p.has_thr || v > thr) out.push_back({v, a});
     }
-    return;
-  }
-  for (int64_t a = lo; a < hi; ++a) {
-    const T* r = s + a * C;
-    const T o = obj ? obj[a] : T(1);
-    // Rows are mostly below the threshold: test the whole row first with a loop that vectorises
-    // (int OR-reductions, no early exit), then do the exact scan only on rows that pass.
-    if (p.has_thr) {
-      int hit = 0, nan = 0;
-      if (obj) {
-        for (int64_t c = 0; c < C; ++c) {
-          const T v = r[c] * o;
-          hit |= v > thr ? 1 : 0;
-          nan |= v != v ? 1 : 0;
-        }
-      } else {
-        for (int64_t c = 0; c < C; ++c) {
-          hit |= r[c] > thr ? 1 : 0;
-          nan |= r[c] != r[c] ? 1 : 0;
-        }
-      }
-      if (!hit) continue;
-      if (nan && !p.multi) continue;  // the best class is the NaN one, which fails the filter
-    }
-    if (p.multi) {
-      for (int64_t c = 0; c < C; ++c) {
-        const T v = obj ? r[c] * o : r[c];
-        if (!p.has_thr || v > thr) out.push_back({v, a * C + c});
-      }
-      continue;
-    }
-    // Single label: first NaN, else the first maximum (strict > scan).
-    T best = obj ? r[0] * o : r[0];
-    int64_t bc = 0;
-    if (best == best) {
-      for (int64_t c = 1; c < C; ++c) {
-        const T v = obj ? r[c] * o : r[c];
-        if (v != v) { best = v; bc = c; break; }
-        if (v > best) { best = v; bc = c; }
-      }
-    }
-    if (!p.has_thr || best > thr) out.push_back({best, a * C + bc});  // q = a * C + c for now
+  } else if (obj) {
+    collect_rows<T, true>(s, obj, p, thr, lo, hi, out);
+  } else {
+    collect_rows<T, false>(s, obj, p, thr, lo, hi, out);
   }
 }
 
