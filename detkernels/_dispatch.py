@@ -91,7 +91,10 @@ def detect(boxes: Any, scores: Any, objectness: Any, idxs: Any, thr: float, max_
     ``checked`` by _checks.detect_check (placement included)."""
     dev = A.device(boxes)
     _, fn = _registry.select("detect", dev, w, backend)
-    return fn(_as(boxes, w), _as(scores, w), None if objectness is None else _as(objectness, w),
+    # Float inputs keep their layout (a sliced or transposed head output is read in place: the
+    # backends take strides); the small idxs are made contiguous int64.
+    return fn(A.astype(boxes, w), A.astype(scores, w),
+              None if objectness is None else A.astype(objectness, w),
               None if idxs is None else _as(idxs, "int64"), thr, max_det, score_threshold, top_k,
               fmt, multi_label, class_agnostic)
 

@@ -246,3 +246,22 @@ def test_bad_arguments_name_the_argument(kwargs, exc, name):
     args.update(kwargs)
     with pytest.raises(exc, match=name):
         dk.detect(args.pop("boxes"), args.pop("scores"), args.pop("iou_threshold"), args.pop("max_det"), **args)
+
+
+@pytest.mark.parametrize("family", ["clusters", "ties", "nonfinite"])
+def test_strided_layouts_read_in_place(family):
+    """Views of a head output, read with their strides: YOLOv5's [B, A, 5 + C] (row scans on a
+    sliced row), ultralytics' [B, 4 + C, A] transposed (column scans), reversed NumPy views."""
+    for C in (3, 37):
+        boxes, scores, _, obj = _inputs(family, C, 2, 300, C)
+        v5 = np.concatenate([boxes, obj[..., None], scores], -1)              # [B, A, 5 + C]
+        u8 = np.ascontiguousarray(np.concatenate([boxes, scores], -1).transpose(0, 2, 1))  # [B, 4+C, A]
+        cases = [(v5[..., :4], v5[..., 5:], dict(objectness=v5[..., 4])),
+                 (u8[:, :4].transpose(0, 2, 1), u8[:, 4:].transpose(0, 2, 1), {}),
+                 (u8[:, :4].transpose(0, 2, 1), u8[:, 4:].transpose(0, 2, 1), dict(objectness=obj)),
+                 (boxes[:, ::-1], scores[:, ::-1, ::-1], {})]
+        for b, s, kw in cases:
+            for extra in ({}, {"score_threshold": 0.3, "pre_nms_top_k": 50}, {"multi_label": True}):
+                want = ref.detect(np.ascontiguousarray(b), np.ascontiguousarray(s), 0.5, 40, **kw, **extra)
+                got = dk.detect(b, s, 0.5, 40, backend="native", **kw, **extra)
+                _check(got, want, f"C={C} strides={s.strides} {sorted(kw)} {sorted(extra)}")

@@ -13,11 +13,20 @@
 
 namespace detkernels {
 
+/// Element strides of the inputs (any layout: a YOLOv5 [B, A, 85] head sliced, ultralytics'
+/// [B, 4 + C, A] transposed). Fast paths: classes contiguous (row scans) and, single-label,
+/// anchors contiguous (column scans); other layouts gather each row.
+struct DetectStrides {
+  int64_t box_image, box_anchor, box_coord;
+  int64_t score_image, score_anchor, score_class;  // score_class unused when C == 0
+  int64_t obj_image, obj_anchor;
+};
+
 /// @brief Fused post-process of B images on the CPU (images on the thread pool).
-/// @param dtype      kFloat32 or kFloat64: boxes [B, A, 4], scores, objectness (contiguous)
+/// @param dtype      kFloat32 or kFloat64: boxes [B, A, 4], scores, objectness (strides `st`)
 /// @param scores     [B, A, C], or [B, A] when C == 0
 /// @param objectness [B, A] or nullptr
-/// @param idxs       int64 [B, A] class ids (only with C == 0) or nullptr
+/// @param idxs       int64 [B, A] class ids (only with C == 0, contiguous) or nullptr
 /// @param fmt        box format (box_iou.h BoxFmt) of `boxes`
 /// @param top_k      pre-NMS candidates kept per image; < 0: all
 /// @param class_agnostic one NMS over all classes (C == 0 without idxs is always agnostic)
@@ -25,9 +34,10 @@ namespace detkernels {
 /// @param out_cls    int64 [B, max_det]; out_idx int64 [B, max_det] anchor index (-1 padded)
 /// @param counts     int64 [B]
 void detect_cpu(int dtype, const void* boxes, const void* scores, const void* objectness,
-                const int64_t* idxs, int64_t B, int64_t A, int64_t C, int fmt,
-                double iou_threshold, bool has_score_thr, double score_thr, int64_t top_k,
-                int64_t max_det, bool multi_label, bool class_agnostic, void* out_boxes,
-                void* out_scores, int64_t* out_cls, int64_t* out_idx, int64_t* counts);
+                const int64_t* idxs, int64_t B, int64_t A, int64_t C, const DetectStrides& st,
+                int fmt, double iou_threshold, bool has_score_thr, double score_thr,
+                int64_t top_k, int64_t max_det, bool multi_label, bool class_agnostic,
+                void* out_boxes, void* out_scores, int64_t* out_cls, int64_t* out_idx,
+                int64_t* counts);
 
 }  // namespace detkernels

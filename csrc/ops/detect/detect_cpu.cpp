@@ -40,6 +40,7 @@ struct Params {
   int64_t A, C;
   bool has_thr, multi, agnostic;
   int64_t top_k;
+  DetectStrides st;  // element strides (image, anchor, coordinate / class)
 };
 
 // The row scans use GCC/Clang vector extensions (16-byte vectors: SSE2/NEON baseline). g++ does
@@ -154,10 +155,15 @@ template <typename T, bool Obj, bool Nan> bool row_any_above(const T* r, int64_t
 template <typename T, bool Obj>
 void collect_rows(const T* s, const T* obj, const Params& p, T thr, int64_t lo, int64_t hi,
                   std::vector<Cand<T>>& out) {
-  const int64_t C = p.C;
+  const int64_t C = p.C, sa = p.st.score_anchor, sc = p.st.score_class;
+  std::vector<T> row(sc == 1 ? 0 : static_cast<size_t>(C));  // a strided row, gathered
   for (int64_t a = lo; a < hi; ++a) {
-    const T* r = s + a * C;
-    const T o = Obj ? obj[a] : T(1);
+    const T* r = s + a * sa;
+    if (sc != 1) {
+      for (int64_t c = 0; c < C; ++c) row[c] = r[c * sc];
+      r = row.data();
+    }
+    const T o = Obj ? obj[a * p.st.obj_anchor] : T(1);
     if (p.multi) {
       // Rows are mostly below the threshold: test the whole row vectorised first.
       if (!p.has_thr) {
@@ -191,15 +197,88 @@ void collect_rows(const T* s, const T* obj, const Params& p, T thr, int64_t lo, 
   }
 }
 
+// Single label with anchors contiguous and classes strided (ultralytics' [B, 4 + C, A] head
+// output): the strict `>` scan runs over classes for a block of anchors at once, vectorised over
+// the anchors (running maximum, its class, the first NaN class per anchor). Same result as the
+// row scan: first NaN, else the lowest class holding the maximum.
+constexpr int64_t kColBlock = 256;
+
+template <typename T, bool Obj>
+void collect_columns(const T* s, const T* obj, const Params& p, T thr, int64_t lo, int64_t hi,
+                     std::vector<Cand<T>>& out) {
+  using V = typename Vec<T>::v;
+  using M = typename Vec<T>::m;
+  using I = std::remove_reference_t<decltype(M()[0])>;
+  constexpr int L = Vec<T>::n;
+  const int64_t C = p.C, sc = p.st.score_class;
+  alignas(16) T m[kColBlock], o[kColBlock];
+  alignas(16) I id[kColBlock], first_nan[kColBlock];
+  for (int64_t blk = lo; blk < hi; blk += kColBlock) {
+    const int64_t n = std::min(kColBlock, hi - blk), nv = n - n % L;
+    for (int64_t j = 0; j < n; ++j) {
+      o[j] = Obj ? obj[(blk + j) * p.st.obj_anchor] : T(1);
+      m[j] = Obj ? s[blk + j] * o[j] : s[blk + j];
+      id[j] = 0;
+      first_nan[j] = m[j] != m[j] ? 0 : -1;
+    }
+    for (int64_t c = 1; c < C; ++c) {
+      const T* col = s + c * sc + blk;
+      const I ci = static_cast<I>(c);
+      for (int64_t j = 0; j < nv; j += L) {
+        V v, mv, ov;
+        M iv, fv;
+        __builtin_memcpy(&v, col + j, sizeof(v));
+        __builtin_memcpy(&mv, m + j, sizeof(mv));
+        __builtin_memcpy(&iv, id + j, sizeof(iv));
+        __builtin_memcpy(&fv, first_nan + j, sizeof(fv));
+        if constexpr (Obj) {
+          __builtin_memcpy(&ov, o + j, sizeof(ov));
+          v = v * ov;
+        }
+        const M gt = v > mv;
+        mv = gt ? v : mv;
+        iv = gt ? ci : iv;
+        fv = ((v != v) & (fv < 0)) ? ci : fv;
+        __builtin_memcpy(m + j, &mv, sizeof(mv));
+        __builtin_memcpy(id + j, &iv, sizeof(iv));
+        __builtin_memcpy(first_nan + j, &fv, sizeof(fv));
+      }
+      for (int64_t j = nv; j < n; ++j) {
+        const T v = Obj ? col[j] * o[j] : col[j];
+        if (v > m[j]) { m[j] = v; id[j] = ci; }
+        if (v != v && first_nan[j] < 0) first_nan[j] = ci;
+      }
+    }
+    for (int64_t j = 0; j < n; ++j) {
+      const int64_t a = blk + j;
+      if (first_nan[j] >= 0) {  // the best class is the first NaN one: it fails any threshold
+        if (p.has_thr) continue;
+        const int64_t c = first_nan[j];
+        out.push_back({Obj ? s[c * sc + a] * o[j] : s[c * sc + a], a * C + c});
+      } else if (!p.has_thr || m[j] > thr) {
+        out.push_back({m[j], a * C + id[j]});
+      }
+    }
+  }
+}
+
 // Candidates of anchors [lo, hi) of one image, appended in ascending q.
 template <typename T>
 void collect(const T* s, const T* obj, const Params& p, T thr, int64_t lo, int64_t hi,
              std::vector<Cand<T>>& out) {
+  const bool columns = p.C > 1 && !p.multi && p.st.score_anchor == 1 && p.st.score_class != 1 &&
+                       p.C < (int64_t{1} << 31);  // class ids fit the mask type
   if (p.C == 0) {  // [A] scores: one candidate per anchor
+    const int64_t sa = p.st.score_anchor, oa = p.st.obj_anchor;
     for (int64_t a = lo; a < hi; ++a) {
-      const T v = obj ? s[a] * obj[a] : s[a];
+      const T v = obj ? s[a * sa] * obj[a * oa] : s[a * sa];
       if (!p.has_thr || v > thr) out.push_back({v, a});
     }
+  } else if (columns) {
+    if (obj)
+      collect_columns<T, true>(s, obj, p, thr, lo, hi, out);
+    else
+      collect_columns<T, false>(s, obj, p, thr, lo, hi, out);
   } else if (obj) {
     collect_rows<T, true>(s, obj, p, thr, lo, hi, out);
   } else {
@@ -241,7 +320,9 @@ void run_image(const T* boxes, const T* s, const T* obj, const int64_t* idxs, co
     const int64_t q = cand[j].q, a = pairs ? q / C : q;
     cls[j] = pairs ? q % C : (idxs ? idxs[a] : 0);
     sc[j] = cand[j].s;
-    box_corners(boxes + 4 * a, fmt, xyxy[4 * j], xyxy[4 * j + 1], xyxy[4 * j + 2], xyxy[4 * j + 3]);
+    const T* bp = boxes + a * p.st.box_anchor;
+    const T b4[4] = {bp[0], bp[p.st.box_coord], bp[2 * p.st.box_coord], bp[3 * p.st.box_coord]};
+    box_corners(b4, fmt, xyxy[4 * j], xyxy[4 * j + 1], xyxy[4 * j + 2], xyxy[4 * j + 3]);
   }
   const bool per_class = !p.agnostic && (pairs || idxs);
   const int64_t kept = n ? nms_cpu(std::is_same_v<T, float> ? kFloat32 : kFloat64, xyxy.data(),
@@ -262,27 +343,29 @@ void run_image(const T* boxes, const T* s, const T* obj, const int64_t* idxs, co
 }  // namespace
 
 void detect_cpu(int dtype, const void* boxes, const void* scores, const void* objectness,
-                const int64_t* idxs, int64_t B, int64_t A, int64_t C, int fmt,
-                double iou_threshold, bool has_score_thr, double score_thr, int64_t top_k,
-                int64_t max_det, bool multi_label, bool class_agnostic, void* out_boxes,
-                void* out_scores, int64_t* out_cls, int64_t* out_idx, int64_t* counts) {
+                const int64_t* idxs, int64_t B, int64_t A, int64_t C, const DetectStrides& st,
+                int fmt, double iou_threshold, bool has_score_thr, double score_thr,
+                int64_t top_k, int64_t max_det, bool multi_label, bool class_agnostic,
+                void* out_boxes, void* out_scores, int64_t* out_cls, int64_t* out_idx,
+                int64_t* counts) {
   dispatch_float(dtype, "detect", [&](auto t) {
     using T = decltype(t);
-    const Params p{A, C, has_score_thr, multi_label && C > 0, class_agnostic, top_k};
+    const Params p{A, C, has_score_thr, multi_label && C > 0, class_agnostic, top_k, st};
     const T thr = has_score_thr ? nms_threshold<T>(score_thr) : T(0);
     const T* b = static_cast<const T*>(boxes);
     const T* s = static_cast<const T*>(scores);
     const T* o = static_cast<const T*>(objectness);
     T* ob = static_cast<T*>(out_boxes);
     T* os = static_cast<T*>(out_scores);
-    const int64_t per = A * (C > 0 ? C : 1), K = max_det;
+    const int64_t K = max_det;
     // Fewer images than threads: split each image's score pass instead of the images.
     const bool split = B < num_threads();
     parallel_for(B, 1, [&](int64_t lo, int64_t hi) {
       for (int64_t im = lo; im < hi; ++im)
-        run_image(b + im * A * 4, s + im * per, o ? o + im * A : nullptr,
-                  idxs ? idxs + im * A : nullptr, p, fmt, iou_threshold, thr, K, split,
-                  ob + im * K * 4, os + im * K, out_cls + im * K, out_idx + im * K, counts + im);
+        run_image(b + im * st.box_image, s + im * st.score_image,
+                  o ? o + im * st.obj_image : nullptr, idxs ? idxs + im * A : nullptr, p, fmt,
+                  iou_threshold, thr, K, split, ob + im * K * 4, os + im * K, out_cls + im * K,
+                  out_idx + im * K, counts + im);
     });
   });
 }
