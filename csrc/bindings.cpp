@@ -5,12 +5,15 @@
 #include <pybind11/stl.h>
 
 #include <cstdint>
+#include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "common/dispatch.h"
 #include "common/parallel.h"
 #include "dk_build_info.h"
 #include "ops/box_iou/box_iou.h"
+#include "ops/detect/detect.h"
 #include "ops/nms/nms.h"
 #include "ops/nms/nms_bitmask.h"
 #include "ops/nms/nms_sparse.h"
@@ -146,6 +149,23 @@ PYBIND11_MODULE(_C, m) {
     nms_multi_cpu(dtype, ptr(boxes), ptr(scores), ptr<const int64_t>(classes), B, N, C, thr,
                   st.has, st.value, max_output, ptr<int64_t>(out_idx), ptr<int64_t>(out_cls),
                   ptr<int64_t>(counts));
+  });
+  // detect: objectness / idxs 0 = none; top_k < 0 = all; strides: the 8 DetectStrides fields.
+  m.def("detect_cpu", [](int dtype, uintptr_t boxes, uintptr_t scores, uintptr_t objectness,
+                         uintptr_t idxs, int64_t B, int64_t A, int64_t C,
+                         const std::vector<int64_t>& strides, int fmt, double thr,
+                         py::object score_thr, int64_t top_k, int64_t max_det, bool multi_label,
+                         bool class_agnostic, uintptr_t out_boxes, uintptr_t out_scores,
+                         uintptr_t out_cls, uintptr_t out_idx, uintptr_t counts) {
+    if (strides.size() != 8) throw std::invalid_argument("detect_cpu: strides must have 8 entries");
+    const DetectStrides ds{strides[0], strides[1], strides[2], strides[3],
+                           strides[4], strides[5], strides[6], strides[7]};
+    const ScoreThr st(score_thr);
+    ReleaseGil release;
+    detect_cpu(dtype, ptr(boxes), ptr(scores), ptr(objectness), ptr<const int64_t>(idxs), B, A, C,
+               ds, fmt, thr, st.has, st.value, top_k, max_det, multi_label, class_agnostic,
+               ptr(out_boxes), ptr(out_scores), ptr<int64_t>(out_cls), ptr<int64_t>(out_idx),
+               ptr<int64_t>(counts));
   });
   // RoI ops: strides are the element strides [4] of the strided operand (input, or grad).
   def(m, "roi_align_forward_cpu", &roi_align_forward_cpu);

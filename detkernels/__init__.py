@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from ._registry import available_backends, explain, get_backend, set_backend
+from .api.detect import Detections, detect
 from .api.boxes import box_area, box_iou, complete_box_iou, distance_box_iou, generalized_box_iou
 from .api.nms import batched_nms, multi_image_nms, nms, nms_padded
 from .api.roi import ps_roi_align, ps_roi_pool, roi_align, roi_pool
@@ -26,6 +27,8 @@ __all__ = [
     "box_iou",
     "build_info",
     "complete_box_iou",
+    "detect",
+    "Detections",
     "distance_box_iou",
     "explain",
     "generalized_box_iou",

@@ -21,7 +21,7 @@ from .reference.roi_align import check_sampling_ratio
 from .reference.roi_pool import check_plane
 
 __all__ = [
-    "FLOATS", "INTS", "iou_check", "nms_check", "multi_check", "padded_check", "threshold_value",
+    "FLOATS", "INTS", "iou_check", "nms_check", "multi_check", "padded_check", "detect_check", "threshold_value",
     "non_negative_int", "score_threshold_value", "pair", "rois_from_boxes", "roi_check",
     "roi_grad_check", "roi_pool_index_check", "check_sampling_ratio", "check_plane",
 ]
@@ -168,6 +168,45 @@ def multi_check(boxes: Any, scores: Any, idxs: Any, max_output: Any) -> str:
         _numeric_ids(idxs)
     non_negative_int("max_output", max_output)
     return _float_dtypes(boxes=boxes, scores=scores)
+
+
+# ---- detect ------------------------------------------------------------------------------------------
+
+def _flag(name: str, v: Any) -> bool:
+    if not isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(v).__name__}")
+    return bool(v)
+
+
+def detect_check(boxes: Any, scores: Any, objectness: Any, idxs: Any, max_det: Any,
+                 pre_nms_top_k: Any, fmt: Any, multi_label: Any, class_agnostic: Any) -> tuple:
+    """Validate detect's arrays and options (reference: detkernels/reference/detect.py); return
+    ``(working dtype, max_det, pre_nms_top_k or None, multi_label, class_agnostic)``."""
+    A.same_placement(boxes=boxes, scores=scores, objectness=objectness, idxs=idxs)
+    if boxes.ndim != 3 or boxes.shape[-1] != 4:
+        raise ValueError(f"boxes must have shape [B, A, 4], got {tuple(boxes.shape)}")
+    B, N = boxes.shape[0], boxes.shape[1]
+    if scores.ndim not in (2, 3) or tuple(scores.shape[:2]) != (B, N):
+        raise ValueError(f"scores must have shape [{B}, {N}] or [{B}, {N}, C], got {tuple(scores.shape)}")
+    if objectness is not None and tuple(objectness.shape) != (B, N):
+        raise ValueError(f"objectness must have shape [{B}, {N}], got {tuple(objectness.shape)}")
+    multi_label, class_agnostic = _flag("multi_label", multi_label), _flag("class_agnostic", class_agnostic)
+    if multi_label and scores.ndim != 3:
+        raise ValueError(f"multi_label=True needs scores of shape [B, A, C], got {tuple(scores.shape)}")
+    if idxs is not None:
+        if scores.ndim == 3:
+            raise ValueError("idxs cannot be combined with [B, A, C] scores (the class is the score column)")
+        if tuple(idxs.shape) != (B, N):
+            raise ValueError(f"idxs must have shape [{B}, {N}], got {tuple(idxs.shape)}")
+        if A.dtype_name(idxs) not in INTS:
+            raise TypeError(f"idxs must be an integer array (class ids), got {A.dtype_name(idxs)}")
+    if fmt not in FORMATS:
+        raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
+    k = None if pre_nms_top_k is None else non_negative_int("pre_nms_top_k", pre_nms_top_k)
+    named = {"boxes": boxes, "scores": scores}
+    if objectness is not None:
+        named["objectness"] = objectness
+    return _float_dtypes(**named), non_negative_int("max_det", max_det), k, multi_label, class_agnostic
 
 
 # ---- RoI ops -----------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from . import _arrays as A
 from . import _registry
 from ._checks import HALF, INTS
 
-__all__ = ["iou", "nms", "multi_image_nms", "nms_padded", "roi_align", "roi_align_backward",
+__all__ = ["iou", "nms", "multi_image_nms", "nms_padded", "detect", "roi_align", "roi_align_backward",
            "roi_pool", "roi_pool_backward"]
 
 
@@ -80,6 +80,23 @@ def nms_padded(boxes: Any, scores: Any, thr: float, max_output: int, w: str,
     """One image through the multi-image path: (indices [max_output], count 0-d)."""
     idx, _, counts = multi_image_nms(boxes[None], scores[None], None, thr, max_output, None, w, backend)
     return idx[0], counts.reshape(())
+
+
+# ---- detect ------------------------------------------------------------------------------------------
+
+def detect(boxes: Any, scores: Any, objectness: Any, idxs: Any, thr: float, max_det: int,
+           score_threshold: float | None, top_k: int | None, fmt: str, multi_label: bool,
+           class_agnostic: bool, w: str, backend: str | None) -> tuple:
+    """(boxes [B, K, 4] w, scores [B, K] w, classes [B, K], indices [B, K], counts [B]);
+    ``checked`` by _checks.detect_check (placement included)."""
+    dev = A.device(boxes)
+    _, fn = _registry.select("detect", dev, w, backend)
+    # Float inputs keep their layout (a sliced or transposed head output is read in place: the
+    # backends take strides); the small idxs are made contiguous int64.
+    return fn(A.astype(boxes, w), A.astype(scores, w),
+              None if objectness is None else A.astype(objectness, w),
+              None if idxs is None else _as(idxs, "int64"), thr, max_det, score_threshold, top_k,
+              fmt, multi_label, class_agnostic)
 
 
 # ---- RoI ops -----------------------------------------------------------------------------------------

@@ -18,7 +18,8 @@ from .. import _checks
 from ..api import boxes as _boxes
 from ..api import nms as _nms
 from ..api import roi as _roi
-from . import iou as _iou_ops  # noqa: F401  (custom ops)
+from . import detect as _detect_ops  # noqa: F401  (custom ops)
+from . import iou as _iou_ops  # noqa: F401
 from . import nms as _nms_ops  # noqa: F401
 from . import roi as _roi_ops  # noqa: F401
 

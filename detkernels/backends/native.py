@@ -150,6 +150,43 @@ def multi_image_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float,
     return out, cls, counts
 
 
+@register("detect", "native")
+def detect(boxes: Any, scores: Any, objectness: Any, idxs: Any, iou_threshold: float, max_det: int,
+           score_threshold: float | None, top_k: int | None, fmt: str, multi_label: bool,
+           class_agnostic: bool) -> tuple:
+    """boxes [B, A, 4], scores [B, A] or [B, A, C], objectness [B, A] or None (one float dtype,
+    any strides), idxs int64 [B, A] contiguous or None -> (boxes [B, K, 4], scores [B, K],
+    classes, indices [B, K], counts [B])."""
+    boxes, scores, objectness = (_element_strided(x) for x in (boxes, scores, objectness))
+    B, N = boxes.shape[0], boxes.shape[1]
+    C = scores.shape[2] if scores.ndim == 3 else 0  # C = 0 means [B, A] scores to the core
+    if scores.ndim == 3 and C == 0:  # [B, A, 0]: no candidates at all
+        N = 0
+    dt = A.dtype_name(boxes)
+    ob = A.empty((B, max_det, 4), dt, like=boxes)
+    os_ = A.empty((B, max_det), dt, like=boxes)
+    oc = A.empty((B, max_det), "int64", like=boxes)
+    oi = A.empty((B, max_det), "int64", like=boxes)
+    counts = A.empty((B,), "int64", like=boxes)
+    bst, sst = _strides(boxes), _strides(scores)
+    ost = [0, 0] if objectness is None else _strides(objectness)
+    strides = bst + sst[:2] + [sst[2] if C else 0] + ost
+    _C.detect_cpu(DTYPE_CODES[dt], A.data_ptr(boxes), A.data_ptr(scores),
+                  0 if objectness is None else A.data_ptr(objectness),
+                  0 if idxs is None else A.data_ptr(idxs), B, N, C, strides, FMT_CODES[fmt],
+                  float(iou_threshold), score_threshold, -1 if top_k is None else int(top_k),
+                  max_det, bool(multi_label), bool(class_agnostic), A.data_ptr(ob),
+                  A.data_ptr(os_), A.data_ptr(oc), A.data_ptr(oi), A.data_ptr(counts))
+    return ob, os_, oc, oi, counts
+
+
+def _element_strided(x: Any) -> Any:
+    """``x`` itself when its strides are whole elements (always for torch), else a contiguous copy."""
+    if x is None or A.kind(x) != "numpy" or all(st % x.itemsize == 0 for st in x.strides):
+        return x
+    return A.ascontig(x)
+
+
 def multi_image_nms_emulated(boxes: Any, scores: Any, classes: Any, iou_threshold: float,
                              max_output: int, score_threshold: float | None, *, tile_rows: int = 0,
                              mask_cap_bytes: int = NMS_MASK_BYTES,

@@ -40,6 +40,20 @@ def multi_image_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float,
             A.from_numpy(counts, like=boxes))
 
 
+from ..reference import detect as ref_detect  # noqa: E402
+
+
+@register("detect", "numpy")
+def detect(boxes: Any, scores: Any, objectness: Any, idxs: Any, iou_threshold: float, max_det: int,
+           score_threshold: float | None, top_k: int | None, fmt: str, multi_label: bool,
+           class_agnostic: bool) -> tuple:
+    v = (lambda x: None if x is None else A.to_numpy_view(x))
+    out = ref_detect.detect(v(boxes), v(scores), iou_threshold, max_det, score_threshold=score_threshold,
+                            pre_nms_top_k=top_k, fmt=fmt, objectness=v(objectness),
+                            multi_label=multi_label, class_agnostic=class_agnostic, idxs=v(idxs))
+    return tuple(A.from_numpy(x, like=boxes) for x in out)
+
+
 # ---- RoI ops ---------------------------------------------------------------------------------------
 
 from ..reference import roi_align as ref_roi_align  # noqa: E402

@@ -13,8 +13,9 @@ Families:
   batched_nms  per-class NMS of N boxes over 80 classes
                (both also against ONNX Runtime and OpenCV when installed: peers.py)
   detect       a YOLO-style post-process per image: class max -> score threshold -> top-k ->
-               batched NMS, for 25 200 (640 px) / 100 800 (1280 px) candidates, batches of images
-               (per-image loop, one batched_nms call, one fixed-size multi_image_nms call)
+               batched NMS, for 8 400 / 25 200 (640 px) / 100 800 (1280 px) candidates, batches of
+               images (per-image loop, one batched_nms call, one fixed-size multi_image_nms call,
+               the fused detect op, ultralytics' non_max_suppression when installed)
   roi_align    RoIAlign of P proposals on a C=256 stride-8 feature map, 7x7 / 14x14 (included when
                this build of detkernels has roi_align)
   nms_large_*  NMS at 10^4 - 10^6 boxes (issue 16; sparse, clustered, one big cluster) against lsnms
@@ -534,10 +535,96 @@ def _multi_image_rows(fam: "Detect", p: dict, device: str, lib: str) -> list[Row
     return rows
 
 
+def _batched(to: Callable[[Any, Any], tuple]) -> Callable[[Any], tuple]:
+    """The batch as the head emits it (``to(boxes [B, A, 4], scores [B, A, C])``), built once per
+    input set outside the timed call: the per-image rows get the images as views of such tensors."""
+    cache: dict = {}
+
+    def get(images: Any) -> tuple:
+        if cache.get("key") is not images:
+            lib = sys.modules.get("torch") if not isinstance(images[0][0], np.ndarray) else None
+            stack = lib.stack if lib is not None else np.stack
+            cache["key"] = images
+            cache["val"] = to(stack([b for b, _ in images]), stack([s for _, s in images]))
+        return cache["val"]
+
+    return get
+
+
+def _fused_rows(fam: "Detect", p: dict, device: str, lib: str) -> list[Row]:
+    """The whole post-process as one ``detkernels.detect`` call on the batch (fixed-size outputs,
+    then split per image for the check): max_det = k, so it keeps what the NMS rows keep."""
+    from .. import _registry
+
+    dk, rows, k = _dk(), [], p["k"]
+    for be in DK_BACKENDS:
+        try:
+            _registry.select("detect", device, _working(p["dtype"]), be)
+        except RuntimeError:
+            continue
+        batch = _batched(lambda b, s: (b, s))
+
+        def run(images: Any, be: str = be, batch: Callable = batch) -> list:
+            b, s = batch(images)
+            r = dk.detect(b, s, p["iou"], k, score_threshold=p["conf"], pre_nms_top_k=k, backend=be)
+            n = to_numpy(r.counts).tolist()
+            return [(r.boxes[i, :n[i]], r.scores[i, :n[i]], r.classes[i, :n[i]]) for i in range(len(n))]
+
+        rows.append(Row(f"detkernels[{be}] detect", "detkernels", run,
+                        note="fused: class max, threshold, top-k, NMS, max_det in one call"))
+    return rows
+
+
+def _ultralytics_rows(fam: "Detect", p: dict, device: str, lib: str) -> list[Row]:
+    """ultralytics' ``non_max_suppression`` (when installed) on the same batch in its own layout,
+    ``[B, 4 + C, A]`` with cxcywh boxes; max_nms = max_det = k (the other rows' top-k, no cap)."""
+    import importlib.util
+
+    if lib != "torch" or importlib.util.find_spec("ultralytics") is None:
+        return []
+    from ultralytics.utils.nms import non_max_suppression
+
+    def to(b: Any, s: Any) -> tuple:
+        cxcywh = sys.modules["torch"].cat([(b[..., :2] + b[..., 2:]) / 2, b[..., 2:] - b[..., :2]], -1)
+        return (sys.modules["torch"].cat([cxcywh, s], -1).transpose(1, 2).contiguous(),)
+
+    batch = _batched(to)
+
+    def run(images: Any) -> list:
+        out = non_max_suppression(batch(images)[0], p["conf"], p["iou"], max_det=p["k"], max_nms=p["k"])
+        return [(x[:, :4], x[:, 4], x[:, 5].long()) for x in out]
+
+    return [Row("ultralytics non_max_suppression", "peer", run,
+                note="ultralytics 8.x: per-image Python loop, class offsets + torchvision nms")]
+
+
 # Rows that run a whole batch of images in one call. Each entry maps (family, params, device, lib)
 # to a list of Rows whose fn takes the list of images and returns, per image, (boxes, scores,
-# labels) as `_detect` does; a dedicated multi-image NMS op joins here as another entry.
-MULTI_IMAGE_ROWS: list[Callable[..., list[Row]]] = [_one_call_rows, _multi_image_rows]
+# labels) as `_detect` does.
+MULTI_IMAGE_ROWS: list[Callable[..., list[Row]]] = [_one_call_rows, _multi_image_rows, _fused_rows,
+                                                    _ultralytics_rows]
+
+
+class _Expected(list):
+    """The NMS rows' expected per-image outputs, plus (lazily) the fused op's reference for image 0
+    (``reference/detect.py``: its top-k and output order break ties by anchor index, which the
+    torch-preprocessed rows do not fix). Images are independent: one is checked, as roi_align
+    checks its first RoIs."""
+
+    def __init__(self, items: list, image0: tuple, p: dict) -> None:
+        super().__init__(items)
+        self._image0, self._p, self._fused = image0, p, None
+
+    def fused(self) -> list:
+        if self._fused is None:
+            from ..reference.detect import detect as ref_detect
+
+            b, s = (to_numpy(x)[None] for x in self._image0)
+            k = self._p["k"]
+            r = ref_detect(b, s, self._p["iou"], k, score_threshold=self._p["conf"], pre_nms_top_k=k)
+            n = int(r[4][0])
+            self._fused = [r[0][0, :n], r[1][0, :n], r[2][0, :n]]
+        return self._fused
 
 
 class Detect(Family):
@@ -552,9 +639,9 @@ class Detect(Family):
     mode_defaults = {"smoke": {"A": 2000, "k": 100}}
     sweeps = {
         "smoke": {"B": [1, 2]},
-        "quick": {"k": [300, 1000, 2000], "B": [1, 8], "A": [25200, 100800],
+        "quick": {"k": [300, 1000, 2000], "B": [1, 8], "A": [8400, 25200, 100800],
                   "dtype": ["float32", "float16"], "dist": ["clustered", "uniform"]},
-        "full": {"k": [300, 1000, 2000], "B": [1, 8, 32], "A": [25200, 100800],
+        "full": {"k": [300, 1000, 2000], "B": [1, 8, 32], "A": [8400, 25200, 100800],
                  "dtype": ["float32", "float16"], "dist": ["clustered", "uniform"]},
     }
     numeric_axes = ("k", "B", "A")
@@ -604,7 +691,24 @@ class Detect(Family):
             b, s, c = (_cpu(x) for x in _preprocess(boxes, cls_scores, p["conf"], p["k"]))
             keep = dk.batched_nms(b, s, c, p["iou"], backend="numpy")
             out.append((b[keep], s[keep], c[keep]))
-        return out
+        return _Expected(out, tuple(_cpu(x) for x in inp[0]), p)
+
+    def check(self, row, out, expected, p, device):
+        if row.label.endswith(" detect"):  # the fused op: bytes of image 0 vs reference/detect.py
+            got, exp = _flat(out[0]), expected.fused()
+            ok = len(got) == 3 and all(_bytes_equal(a, e) for a, e in zip(got, exp))
+            return "exact" if ok else "MISMATCH vs reference"
+        if row.kind == "peer":  # ultralytics: the same detections (its boxes round-trip cxcywh)?
+            got, exp = _flat(out), _flat(list(expected))
+
+            def pairs(x: list, i: int) -> np.ndarray:  # image i's (score, label) rows, sorted
+                return np.unique(np.stack([x[i + 1].astype(np.float64), x[i + 2].astype(np.float64)], 1), axis=0)
+
+            if len(got) == len(exp) and all(np.array_equal(pairs(got, i), pairs(exp, i))
+                                            for i in range(0, len(got), 3)):
+                return "same detections (scores, labels)"
+            return "differs (class-offset NMS on cxcywh round-tripped boxes)"
+        return super().check(row, out, expected, p, device)
 
     def torchvision_parity(self, p, device):
         # Per image, torchvision's batched_nms offsets coordinates by class for up to 1 000

@@ -31,6 +31,7 @@ __all__ = [
     "FORMATS",
     "KINDS",
     "atan",
+    "to_xyxy",
     "box_area",
     "box_iou",
     "generalized_box_iou",
@@ -146,6 +147,17 @@ def _corners(ops: _Ops, b0, b1, b2, b3, fmt: str):
     two = ops.scalar(2.0)
     hw, hh = b2 / two, b3 / two
     return b0 - hw, b1 - hh, b0 + hw, b1 + hh
+
+
+def to_xyxy(boxes, fmt: str = "xyxy") -> np.ndarray:
+    """``[..., 4]`` float boxes in ``fmt`` as ``(x1, y1, x2, y2)`` corners, in their own dtype, by
+    the IoU functions' rule (``_corners``; box_iou.h ``box_corners``): xywh ``x2 = x + w``;
+    cxcywh ``x1 = cx - w / 2``, ``x2 = cx + w / 2`` (each a single rounding)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
+    b = np.asarray(boxes)
+    with np.errstate(all="ignore"):
+        return np.stack(_corners(_Ops(b.dtype), *(b[..., k] for k in range(4)), fmt), axis=-1)
 
 
 def pairwise(ops: _Ops, a, b, kind: str, fmt: str = "xyxy", eps: float = 1e-7):

@@ -198,6 +198,38 @@ def test_half_precision_promotes(backend, torch, rng):
         assert_bytes_equal(detkernels.box_iou(tb, tb[:7], backend=backend), R.box_iou(b32, b32[:7]))
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("device,lib", PLACEMENTS, ids=[f"{d}-{l}" for d, l in PLACEMENTS])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_detect_matches_reference(backend, device, lib, dtype, rng):
+    """detect: two images (the family's boxes, and reversed), [B, N, 3] scores with the family's
+    special values in column 0, single/multi-label, with objectness, thresholded and top-k."""
+    from detkernels.reference import detect as RD
+
+    mod = _library(lib)
+    if device == "cuda" and (why := _cuda_device_present()):
+        pytest.skip(why)
+    if why := _registry.why_not(backend, "detect", device, dtype):
+        pytest.skip(f"backend {backend!r}: {why}")
+    for family in F.FAMILIES:
+        for n in SIZES[device]:
+            b, s = F.make(family, rng, n, dtype)
+            bb = np.stack([b, b[::-1]])
+            ss = rng.random((2, n, 3)).astype(dtype)
+            ss[:, :, 0] = np.stack([s, s[::-1]])
+            obj = rng.random((2, n)).astype(dtype)
+            for kw in (dict(score_threshold=0.3, pre_nms_top_k=5), dict(multi_label=True),
+                       dict(objectness=obj, fmt="cxcywh", class_agnostic=True)):
+                want = RD.detect(bb, ss, 0.5, 6, **kw)
+                if "objectness" in kw:
+                    kw = dict(kw, objectness=_put(obj, lib, device, mod))
+                got = detkernels.detect(_put(bb, lib, device, mod), _put(ss, lib, device, mod), 0.5, 6,
+                                        backend=backend, **kw)
+                for k, (g, w) in enumerate(zip(got, want)):
+                    _check_placement(g, lib, device)
+                    assert_bytes_equal(g, w, f"detect {family} n={n} {sorted(kw)} output {k}")
+
+
 # ---- RoI ops: forward and backward, every backend x placement (GPU rows skip without a device) ----
 ROI_OPS = ("roi_align", "ps_roi_align", "roi_pool", "ps_roi_pool")
 # (spatial_scale, PH, PW, sampling_ratio, valid boxes too, images): an adaptive grid over the
@@ -271,6 +303,7 @@ def test_roi_matches_reference(op, backend, device, lib, dtype, cfg):
 COVERED = {"box_iou": "test_matches_reference (iou, giou, diou, ciou), test_formats_and_batches",
            "nms": "test_matches_reference (nms, batched_nms), test_nms_threshold_ulps",
            "multi_image_nms": "test_matches_reference (multi_image_nms)",
+           "detect": "test_detect_matches_reference",
            "roi_align": "test_roi_matches_reference", "roi_align_backward": "test_roi_matches_reference",
            "roi_pool": "test_roi_matches_reference", "roi_pool_backward": "test_roi_matches_reference"}
 

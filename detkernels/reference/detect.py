@@ -1,0 +1,125 @@
+"""NumPy reference (the specification) of ``detect``: the fused detection post-process of a
+one-stage head -- score threshold, pre-NMS top-k, exact per-class (or class-agnostic) NMS,
+``max_det`` -- with fixed-size outputs. It composes the NMS reference (``nms``,
+``batched_nms``, ``score_order``) and the IoU functions' box formats (``to_xyxy``).
+
+Inputs: ``boxes [B, A, 4]`` in ``fmt``; ``scores [B, A, C]`` (a class column per anchor) or
+``[B, A]`` (one score per anchor, classes from ``idxs [B, A]`` integer ids, else one class);
+``objectness [B, A]`` optional. The working type T is float64 if any of boxes, scores,
+objectness is float64, else float32 (float16/bfloat16 are computed in float32, docs/SPEC.md §1.5).
+
+Per image, in this order (docs/SPEC.md §7):
+
+1. Scores in T; with objectness, ``s = score * objectness`` (one product in T, before anything
+   else: YOLOv5's ``conf = obj * cls``).
+2. Candidates. ``[B, A, C]`` single-label: one per anchor ``a``, its best class ``c``: the first
+   NaN column if the row has one (NaN ranks above +inf, as ``torch.max``), else the lowest
+   column holding the row's maximum (a strict ``>`` scan: ties -> lowest class; -0.0 == +0.0);
+   candidate index ``q = a``. ``[B, A, C]`` multi-label: every (anchor, class) pair, candidate index
+   ``q = a * C + c``. ``[B, A]``: one per anchor, ``q = a``, class ``idxs[b, a]`` (0 without idxs).
+3. Score filter (when ``score_threshold`` is given): keep candidates with
+   ``(double)s > score_threshold`` -- strictly greater; NaN fails (so a single-label row holding a
+   NaN never passes). Without a threshold every candidate (NaN included) stays.
+4. Pre-NMS top-k (when ``pre_nms_top_k`` is given): the ``k`` first candidates by descending
+   score, NaN first, ties by ascending candidate index (``score_order``); all if fewer.
+5. Exact NMS (``batched_nms`` rules) on the selected candidates in ascending candidate index,
+   boxes converted to xyxy in T: per class, or over all candidates with ``class_agnostic`` (or
+   ``[B, A]`` scores without idxs). IoU ``>`` iou_threshold suppresses, compared in float64.
+6. The kept candidates by descending score (NaN first), ties by ascending candidate index, the
+   first ``max_det`` of them fill the outputs.
+
+Outputs (fixed shapes): ``boxes [B, max_det, 4]`` xyxy in T, ``scores [B, max_det]`` in T (the
+product with objectness), ``classes [B, max_det]`` int64, ``indices [B, max_det]`` int64 (anchor
+index), ``counts [B]`` int64. Slots past ``counts[b]`` hold 0 (boxes, scores) and -1 (classes,
+indices).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .box_iou import FORMATS, to_xyxy
+from .nms import batched_nms, nms, score_order
+
+__all__ = ["detect", "best_class"]
+
+
+def best_class(scores) -> np.ndarray:
+    """``[..., C]`` -> ``[...]`` int64: the first NaN column of each row if it has one, else the
+    lowest column holding the row's maximum (``torch.max(dim=-1)``'s index for untied rows; ties
+    -> lowest class). ``C`` must be > 0."""
+    s = np.asarray(scores)
+    isnan = np.isnan(s)
+    first_nan = np.argmax(isnan, axis=-1)
+    # With NaN masked to -inf, the first maximum: argmax returns the first occurrence.
+    first_max = np.argmax(np.where(isnan, -np.inf, s), axis=-1)
+    return np.where(isnan.any(axis=-1), first_nan, first_max).astype(np.int64)
+
+
+def detect(boxes, scores, iou_threshold: float, max_det: int, *, score_threshold: float | None = None,
+           pre_nms_top_k: int | None = None, fmt: str = "xyxy", objectness=None,
+           multi_label: bool = False, class_agnostic: bool = False, idxs=None):
+    """The fused post-process (module docstring). Returns ``(boxes, scores, classes, indices,
+    counts)`` as NumPy arrays."""
+    b, s = np.asarray(boxes), np.asarray(scores)
+    if b.ndim != 3 or b.shape[2] != 4:
+        raise ValueError(f"boxes must have shape [B, A, 4], got {tuple(b.shape)}")
+    if s.ndim not in (2, 3) or s.shape[:2] != b.shape[:2]:
+        raise ValueError(f"scores must have shape [B, A] or [B, A, C] with [B, A] = "
+                         f"{list(b.shape[:2])}, got {tuple(s.shape)}")
+    if fmt not in FORMATS:
+        raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
+    per_column = s.ndim == 3
+    if multi_label and not per_column:
+        raise ValueError("multi_label needs [B, A, C] scores")
+    if idxs is not None and per_column:
+        raise ValueError("idxs cannot be combined with [B, A, C] scores (the class is the score column)")
+    arrays = [b, s] + ([] if objectness is None else [np.asarray(objectness)])
+    dt = np.result_type(*(x.dtype for x in arrays), np.float32)
+    b, s = b.astype(dt, copy=False), s.astype(dt, copy=False)
+    B, A = b.shape[:2]
+    C = s.shape[2] if per_column else 1
+    K = int(max_det)
+    with np.errstate(all="ignore"):
+        if objectness is not None:  # [B, A]: one product in T per score
+            o = np.asarray(objectness).astype(dt, copy=False)
+            s = s * (o[:, :, None] if per_column else o)
+        xyxy = to_xyxy(b, fmt)                                          # [B, A, 4] in T
+    out_b = np.zeros((B, K, 4), dt)
+    out_s = np.zeros((B, K), dt)
+    out_c = np.full((B, K), -1, np.int64)
+    out_i = np.full((B, K), -1, np.int64)
+    counts = np.zeros(B, np.int64)
+    for i in range(B):
+        # Candidates in ascending candidate index q: anchor, class, score.
+        if per_column and multi_label:
+            anchor = np.repeat(np.arange(A, dtype=np.int64), C)          # [A*C], q = a*C + c
+            cls = np.tile(np.arange(C, dtype=np.int64), A)
+            cs = s[i].reshape(-1)
+        elif per_column:
+            anchor = np.arange(A if C > 0 else 0, dtype=np.int64)        # [A], q = a (C = 0: none)
+            cls = best_class(s[i]) if C > 0 else anchor
+            cs = s[i][anchor, cls]
+        else:
+            anchor = np.arange(A, dtype=np.int64)
+            cls = np.zeros(A, np.int64) if idxs is None else np.asarray(idxs)[i].astype(np.int64)
+            cs = s[i]
+        sel = np.arange(anchor.size, dtype=np.int64)
+        if score_threshold is not None:
+            sel = sel[cs.astype(np.float64) > float(score_threshold)]
+        if pre_nms_top_k is not None and sel.size > int(pre_nms_top_k):
+            sel = np.sort(sel[score_order(cs[sel])[:int(pre_nms_top_k)]])
+        if sel.size == 0:
+            continue
+        bb, ss = xyxy[i][anchor[sel]], cs[sel]
+        if class_agnostic or (not per_column and idxs is None):
+            keep = nms(bb, ss, iou_threshold)
+        else:
+            keep = batched_nms(bb, ss, cls[sel], iou_threshold)
+        q = sel[keep[:K]]
+        n = q.size
+        counts[i] = n
+        out_b[i, :n] = xyxy[i][anchor[q]]
+        out_s[i, :n] = cs[q]
+        out_c[i, :n] = cls[q]
+        out_i[i, :n] = anchor[q]
+    return out_b, out_s, out_c, out_i, counts
