@@ -234,6 +234,12 @@ class Family:
             return "DIFFERS (parity expected)"
         return "differs (documented divergence)"
 
+    def check_peer(self, row: Row, out: Any, inp: Any, expected: Any, p: dict) -> str:
+        """A peer row (kind "peer": ONNX Runtime, OpenCV, lsnms, ultralytics) against the expected
+        result; by default the family's own check (families whose peers need a canonical order
+        or a subset, as Nms, override it)."""
+        return self.check(row, out, expected, p, "cpu")
+
     def same_set(self, got: list, exp: list) -> bool:
         return False
 
@@ -929,10 +935,7 @@ class NmsLarge(Nms):
         extra, missing = np.setdiff1d(got, want).size, np.setdiff1d(want, got).size
         return f"differs ({source}): {got.size} vs {want.size} kept, +{extra} -{missing}"
 
-    def check_peer(self, row, out, inp, expected, p):
-        # lsnms and torchvision here are checked as kept sets by `check` (not Nms.check_peer, whose
-        # rows carry a canonical-order function).
-        return self.check(row, out, expected, p, "cpu")
+    check_peer = Family.check_peer  # lsnms: a kept set, by `check` (Nms's needs a canonical order)
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (BoxIou(), Nms(), BatchedNms(), Detect(), RoiAlign(),
