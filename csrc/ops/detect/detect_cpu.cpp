@@ -11,6 +11,9 @@
 #include "ops/detect/detect.h"
 
 #include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <functional>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -67,67 +70,78 @@ template <typename T, bool Obj> typename Vec<T>::v load(const T* r, T o) {
 
 template <typename T, bool Obj> T at(const T* r, int64_t c, T o) { return Obj ? r[c] * o : r[c]; }
 
-// Single label over one row of C > 0 values (times o): `bi` = the lowest column holding the row
-// maximum (a strict `>` scan: -0 == +0), `best` its value. Returns whether the row holds a NaN
-// (then best/bi are meaningless: the caller takes the first NaN). kAcc independent accumulators
-// (each a vector of lanes) so the compare/select chains overlap.
+// Single label over one row of C > 0 values (times o): `best` = the row maximum (a max
+// reduction: lanes and kAcc independent accumulators, so the compare/select chains overlap; the
+// maximum of NaN-free values is one value up to the sign of zero). Returns whether the row holds
+// a NaN (then `best` is meaningless: the caller takes the first NaN). The caller finds the class
+// as the first column equal to `best` -- what a strict `>` scan keeps (-0 == +0), and the value
+// there is the scan's `best` -- only for rows that pass the threshold: one vector pass per row
+// instead of a threshold pre-test plus an index-tracking argmax (measured at A = 25 200, C = 80,
+// two thirds of the rows above 0.05: whole call 0.95 -> 0.88 ms with first_equal and top_k below).
 constexpr int kAcc = 4;
 constexpr int64_t kSpan = 16;  // multi-label: columns tested together
 
-template <typename T, bool Obj> bool row_argmax(const T* r, int64_t C, T o, T& best, int64_t& bi) {
+template <typename T, bool Obj> bool row_max(const T* r, int64_t C, T o, T& best) {
   using V = typename Vec<T>::v;
   using M = typename Vec<T>::m;
   constexpr int L = Vec<T>::n, W = kAcc * L;
   int64_t c = 0;
   int nan = 0;
   best = at<T, Obj>(r, 0, o);
-  bi = 0;
-  if (C >= W && C < (int64_t{1} << 31)) {  // column indices fit the mask type
+  if (C >= W) {
     V m[kAcc];
-    M idx[kAcc], cur[kAcc], any_nan = {}, lane = {};
-    for (int l = 0; l < L; ++l) lane[l] = l;
+    M any_nan = {};
     for (int k = 0; k < kAcc; ++k) {
       m[k] = load<T, Obj>(r + k * L, o);
       any_nan |= m[k] != m[k];
-      idx[k] = lane + k * L;
-      cur[k] = idx[k];
     }
     for (c = W; c + W <= C; c += W) {
       for (int k = 0; k < kAcc; ++k) {
         const V v = load<T, Obj>(r + c + k * L, o);
-        cur[k] += W;
         any_nan |= v != v;
-        const M gt = v > m[k];
-        m[k] = gt ? v : m[k];
-        idx[k] = gt ? cur[k] : idx[k];
+        m[k] = v > m[k] ? v : m[k];
       }
     }
-    // Merge the accumulators (vectors of lanes), then the lanes: by value, ties by column.
-    for (int k = 1; k < kAcc; ++k) {
-      const M take = (m[k] > m[0]) | ((m[k] == m[0]) & (idx[k] < idx[0]));
-      m[0] = take ? m[k] : m[0];
-      idx[0] = take ? idx[k] : idx[0];
-    }
+    for (int k = 1; k < kAcc; ++k) m[0] = m[k] > m[0] ? m[k] : m[0];
     for (int l = 0; l < L; ++l) nan |= any_nan[l] != 0;
     best = m[0][0];
-    bi = idx[0][0];
-    for (int l = 1; l < L; ++l)
-      if (m[0][l] > best || (m[0][l] == best && idx[0][l] < bi)) { best = m[0][l]; bi = idx[0][l]; }
+    for (int l = 1; l < L; ++l) best = m[0][l] > best ? m[0][l] : best;
   } else {
     c = 1;
     nan = best != best;
   }
-  for (; c < C; ++c) {  // the tail: columns after every lane's, so strict > keeps the first
+  for (; c < C; ++c) {
     const T v = at<T, Obj>(r, c, o);
     nan |= v != v;
-    if (v > best) { best = v; bi = c; }
+    best = v > best ? v : best;
   }
   return nan != 0;
 }
 
-// Whether any value of the row (times o) is > thr, or (with `nan`) is NaN: the cheap pre-test
-// (OR-reductions only) that rejects most rows of a thresholded call.
-template <typename T, bool Obj, bool Nan> bool row_any_above(const T* r, int64_t C, T o, T thr) {
+// The first column of a NaN-free row (times o) equal to `v`, which the row holds: vector
+// compares, then the lanes of the first hit (a scalar search costs about as much as the whole
+// max pass for C = 80).
+template <typename T, bool Obj> int64_t first_equal(const T* r, int64_t C, T o, T v) {
+  using V = typename Vec<T>::v;
+  using M = typename Vec<T>::m;
+  constexpr int L = Vec<T>::n;
+  constexpr int W = kAcc * L;  // columns per horizontal test (the test costs more than a compare)
+  const V b = V{} + v;
+  int64_t c = 0;
+  for (; c + W <= C; c += W) {
+    M eq = load<T, Obj>(r + c, o) == b;
+    for (int k = 1; k < kAcc; ++k) eq |= load<T, Obj>(r + c + k * L, o) == b;
+    int any = 0;
+    for (int l = 0; l < L; ++l) any |= eq[l] != 0;
+    if (any) break;
+  }
+  for (; !(at<T, Obj>(r, c, o) == v); ++c) {}
+  return c;
+}
+
+// Whether any value of a multi-label span (times o) is > thr: the cheap pre-test (OR-reductions
+// only) that rejects most spans of a thresholded call.
+template <typename T, bool Obj> bool row_any_above(const T* r, int64_t C, T o, T thr) {
   using V = typename Vec<T>::v;
   using M = typename Vec<T>::m;
   constexpr int L = Vec<T>::n;
@@ -137,17 +151,13 @@ template <typename T, bool Obj, bool Nan> bool row_any_above(const T* r, int64_t
     const V v0 = load<T, Obj>(r + c, o), v1 = load<T, Obj>(r + c + L, o);
     hit0 |= v0 > thr;
     hit1 |= v1 > thr;
-    if constexpr (Nan) {
-      hit0 |= v0 != v0;
-      hit1 |= v1 != v1;
-    }
   }
   hit0 |= hit1;
   int any = 0;
   for (int l = 0; l < L; ++l) any |= hit0[l] != 0;
   for (; c < C; ++c) {
     const T v = at<T, Obj>(r, c, o);
-    any |= v > thr || (Nan && v != v);
+    any |= v > thr;
   }
   return any != 0;
 }
@@ -174,7 +184,7 @@ void collect_rows(const T* s, const T* obj, const Params& p, T thr, int64_t lo, 
       // at the columns of a span only when one of them passes.
       for (int64_t c0 = 0; c0 < C; c0 += kSpan) {
         const int64_t n = std::min(kSpan, C - c0);
-        if (!row_any_above<T, Obj, false>(r + c0, n, o, thr)) continue;
+        if (!row_any_above<T, Obj>(r + c0, n, o, thr)) continue;
         for (int64_t c = c0; c < c0 + n; ++c) {
           const T v = at<T, Obj>(r, c, o);
           if (v > thr) out.push_back({v, a * C + c});
@@ -183,16 +193,16 @@ void collect_rows(const T* s, const T* obj, const Params& p, T thr, int64_t lo, 
       continue;
     }
     // Single label: the first NaN, else the first maximum. A row with a NaN fails any threshold.
-    if (p.has_thr && !row_any_above<T, Obj, true>(r, C, o, thr)) continue;
     T best;
-    int64_t bc;
-    if (row_argmax<T, Obj>(r, C, o, best, bc)) {
+    int64_t bc = 0;
+    if (row_max<T, Obj>(r, C, o, best)) {
       if (p.has_thr) continue;
-      for (bc = 0; at<T, Obj>(r, bc, o) == at<T, Obj>(r, bc, o); ++bc) {}
-      best = at<T, Obj>(r, bc, o);
-    } else if (p.has_thr && !(best > thr)) {
-      continue;
+      for (; at<T, Obj>(r, bc, o) == at<T, Obj>(r, bc, o); ++bc) {}
+    } else {
+      if (p.has_thr && !(best > thr)) continue;
+      bc = first_equal<T, Obj>(r, C, o, best);
     }
+    best = at<T, Obj>(r, bc, o);
     out.push_back({best, a * C + bc});  // q = a * C + c: the order of a
   }
 }
@@ -268,6 +278,9 @@ void collect(const T* s, const T* obj, const Params& p, T thr, int64_t lo, int64
              std::vector<Cand<T>>& out) {
   const bool columns = p.C > 1 && !p.multi && p.st.score_anchor == 1 && p.st.score_class != 1 &&
                        p.C < (int64_t{1} << 31);  // class ids fit the mask type
+  // At most one candidate per anchor without multi-label: no regrowth (measured: growing from
+  // empty cost ~25% of the score pass when two thirds of the anchors pass).
+  if (!p.multi) out.reserve(out.size() + static_cast<size_t>(hi - lo));
   if (p.C == 0) {  // [A] scores: one candidate per anchor
     const int64_t sa = p.st.score_anchor, oa = p.st.obj_anchor;
     for (int64_t a = lo; a < hi; ++a) {
@@ -284,6 +297,44 @@ void collect(const T* s, const T* obj, const Params& p, T thr, int64_t lo, int64
   } else {
     collect_rows<T, false>(s, obj, p, thr, lo, hi, out);
   }
+}
+
+// float32 rank key: higher key = ranks before (NaN first, then descending score with -0 == +0,
+// then ascending q); exact for q < 2^32. One integer compare instead of score_before's NaN tests.
+inline uint64_t rank_key(float s, int64_t q) {
+  uint32_t u = 0xFFFFFFFFu;  // NaN (every NaN ties: by q)
+  if (s == s) {
+    const float z = s == 0.0f ? 0.0f : s;  // -0 -> +0
+    std::memcpy(&u, &z, sizeof(u));
+    u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);  // IEEE order as unsigned order
+  }
+  return (uint64_t{u} << 32) | (0xFFFFFFFFu - static_cast<uint32_t>(q));
+}
+
+// Keeps the k < cand.size() best candidates (ranks_before), still in ascending q.
+template <typename T> void top_k(std::vector<Cand<T>>& cand, int64_t k) {
+  if (k == 0) {
+    cand.clear();
+    return;
+  }
+  if constexpr (std::is_same_v<T, float>) {
+    if (cand.back().q < (int64_t{1} << 32)) {  // q ascends: the last is the largest
+      // Keys are distinct, so the k-th largest key splits the set exactly; filtering keeps the
+      // ascending q order (no sort of the k). Measured 175 -> 140 us at 16 287 candidates, k = 1000.
+      std::vector<uint64_t> key(cand.size());
+      for (size_t j = 0; j < cand.size(); ++j) key[j] = rank_key(cand[j].s, cand[j].q);
+      std::nth_element(key.begin(), key.begin() + (k - 1), key.end(), std::greater<uint64_t>());
+      const uint64_t kth = key[static_cast<size_t>(k - 1)];
+      size_t w = 0;
+      for (size_t j = 0; j < cand.size(); ++j)
+        if (rank_key(cand[j].s, cand[j].q) >= kth) cand[w++] = cand[j];
+      cand.resize(w);
+      return;
+    }
+  }
+  std::nth_element(cand.begin(), cand.begin() + k, cand.end(), ranks_before<T>);
+  cand.resize(static_cast<size_t>(k));
+  std::sort(cand.begin(), cand.end(), [](const Cand<T>& a, const Cand<T>& b) { return a.q < b.q; });
 }
 
 template <typename T>
@@ -306,11 +357,7 @@ void run_image(const T* boxes, const T* s, const T* obj, const int64_t* idxs, co
   } else {
     collect(s, obj, p, thr, 0, A, cand);
   }
-  if (p.top_k >= 0 && static_cast<int64_t>(cand.size()) > p.top_k) {
-    std::nth_element(cand.begin(), cand.begin() + p.top_k, cand.end(), ranks_before<T>);
-    cand.resize(static_cast<size_t>(p.top_k));
-    std::sort(cand.begin(), cand.end(), [](const Cand<T>& a, const Cand<T>& b) { return a.q < b.q; });
-  }
+  if (p.top_k >= 0 && static_cast<int64_t>(cand.size()) > p.top_k) top_k(cand, p.top_k);
   const int64_t n = static_cast<int64_t>(cand.size());
   // Anchor and class of a candidate (single label stored q = a * C + c; the output q is a).
   const bool pairs = C > 0;
