@@ -14,8 +14,8 @@ from torch import Tensor
 
 from .. import _checks, _dispatch
 from ..reference import box_iou as _ref_iou
-from .onnx import exporting
 from .common import traced
+from .onnx import exporting
 
 KIND_OP = {"iou": "box_iou", "giou": "generalized_box_iou", "diou": "distance_box_iou",
            "ciou": "complete_box_iou"}

@@ -32,7 +32,8 @@ from __future__ import annotations
 import importlib.abc
 import importlib.util
 import sys
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -54,7 +55,7 @@ def exporting() -> bool:
 
 @torch.library.custom_op("detkernels::onnx_nms", mutates_args=())
 def onnx_nms(boxes: Tensor, scores: Tensor, max_output_boxes_per_class: int, iou_threshold: float,
-             score_threshold: Optional[float] = None) -> Tensor:
+             score_threshold: float | None = None) -> Tensor:
     """ONNX ``NonMaxSuppression`` (center_point_box=0) with detkernels' NMS: ``[B, N, 4]`` boxes,
     ``[B, C, N]`` scores -> int64 ``[S, 3]`` rows ``(batch, class, box)``, per batch and class in
     selection order (descending score), at most ``max_output_boxes_per_class`` per class,
@@ -170,8 +171,7 @@ def nms_padded(boxes: Tensor, scores: Tensor, thr: float, max_output: int) -> tu
 # ---- the TorchScript-based exporter: symbolics -------------------------------------------------------
 
 def _register_symbolics() -> None:
-    from torch.onnx import register_custom_op_symbolic
-    from torch.onnx import symbolic_helper
+    from torch.onnx import register_custom_op_symbolic, symbolic_helper
     from torch.onnx.symbolic_helper import parse_args
 
     @parse_args("v", "v", "i", "f", "v")
@@ -235,7 +235,7 @@ def _register_translations() -> None:
 
     @torch_op("detkernels::onnx_nms", trace_only=True)
     def nms_tr(boxes, scores, max_output_boxes_per_class: int, iou_threshold: float,
-               score_threshold: Optional[float] = None):
+               score_threshold: float | None = None):
         if score_threshold is None:
             return op.NonMaxSuppression(boxes, scores, max_output_boxes_per_class, iou_threshold)
         return op.NonMaxSuppression(boxes, scores, max_output_boxes_per_class, iou_threshold,

@@ -6,7 +6,6 @@ public functions keep ``backend=``.
 
 No ``from __future__ import annotations`` here: TorchScript reads these annotations.
 """
-from typing import List, Union
 
 import torch
 from torch import Tensor
@@ -45,7 +44,7 @@ def complete_box_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7) -> Tenso
     return torch.ops.detkernels.complete_box_iou(boxes1, boxes2, eps)
 
 
-def roi_align(input: Tensor, boxes: Union[Tensor, List[Tensor]], output_size: BroadcastingList2[int],
+def roi_align(input: Tensor, boxes: Tensor | list[Tensor], output_size: BroadcastingList2[int],
               spatial_scale: float = 1.0, sampling_ratio: int = -1, aligned: bool = False) -> Tensor:
     if isinstance(boxes, Tensor):
         return torch.ops.detkernels.roi_align_script(input, boxes, output_size, spatial_scale, sampling_ratio,
@@ -53,21 +52,21 @@ def roi_align(input: Tensor, boxes: Union[Tensor, List[Tensor]], output_size: Br
     return torch.ops.detkernels.roi_align_script(input, boxes, output_size, spatial_scale, sampling_ratio, aligned)
 
 
-def ps_roi_align(input: Tensor, boxes: Union[Tensor, List[Tensor]], output_size: BroadcastingList2[int],
+def ps_roi_align(input: Tensor, boxes: Tensor | list[Tensor], output_size: BroadcastingList2[int],
                  spatial_scale: float = 1.0, sampling_ratio: int = -1) -> Tensor:
     if isinstance(boxes, Tensor):
         return torch.ops.detkernels.ps_roi_align_script(input, boxes, output_size, spatial_scale, sampling_ratio)
     return torch.ops.detkernels.ps_roi_align_script(input, boxes, output_size, spatial_scale, sampling_ratio)
 
 
-def roi_pool(input: Tensor, boxes: Union[Tensor, List[Tensor]], output_size: BroadcastingList2[int],
+def roi_pool(input: Tensor, boxes: Tensor | list[Tensor], output_size: BroadcastingList2[int],
              spatial_scale: float = 1.0) -> Tensor:
     if isinstance(boxes, Tensor):
         return torch.ops.detkernels.roi_pool_script(input, boxes, output_size, spatial_scale)
     return torch.ops.detkernels.roi_pool_script(input, boxes, output_size, spatial_scale)
 
 
-def ps_roi_pool(input: Tensor, boxes: Union[Tensor, List[Tensor]], output_size: BroadcastingList2[int],
+def ps_roi_pool(input: Tensor, boxes: Tensor | list[Tensor], output_size: BroadcastingList2[int],
                 spatial_scale: float = 1.0) -> Tensor:
     if isinstance(boxes, Tensor):
         return torch.ops.detkernels.ps_roi_pool_script(input, boxes, output_size, spatial_scale)

@@ -3,7 +3,7 @@
 and scale inference). Need torch; loaded on first access of ``detkernels.RoIAlign`` & co."""
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
@@ -93,21 +93,21 @@ class _LevelMapper:
         self.k_min, self.k_max = k_min, k_max
         self.s0, self.lvl0, self.eps = canonical_scale, canonical_level, eps
 
-    def __call__(self, boxlists: List[Tensor]) -> Tensor:
+    def __call__(self, boxlists: list[Tensor]) -> Tensor:
         s = torch.sqrt(torch.cat([_box_area(b) for b in boxlists]))
         lvl = torch.floor(self.lvl0 + torch.log2(s / self.s0) + torch.tensor(self.eps, dtype=s.dtype))
         lvl = torch.clamp(lvl, min=self.k_min, max=self.k_max)
         return (lvl.to(torch.int64) - self.k_min).to(torch.int64)
 
 
-def _infer_scale(feature: Tensor, original_size: List[int]) -> float:
+def _infer_scale(feature: Tensor, original_size: list[int]) -> float:
     # Scales are powers of two, 2 ** round(log2(feature / image)); the height decides (torchvision).
     approx = float(feature.shape[-2]) / float(original_size[0])
     return 2 ** float(torch.tensor(approx).log2().round())
 
 
-def _setup_scales(features: List[Tensor], image_shapes: List[Tuple[int, int]], canonical_scale: int,
-                  canonical_level: int) -> Tuple[List[float], _LevelMapper]:
+def _setup_scales(features: list[Tensor], image_shapes: list[tuple[int, int]], canonical_scale: int,
+                  canonical_level: int) -> tuple[list[float], _LevelMapper]:
     if len(image_shapes) == 0:
         raise ValueError("images list should not be empty")
     h, w = 0, 0
@@ -119,21 +119,21 @@ def _setup_scales(features: List[Tensor], image_shapes: List[Tuple[int, int]], c
     return scales, _LevelMapper(int(lvl_min), int(lvl_max), canonical_scale, canonical_level)
 
 
-def _rois_scripted(boxes: List[Tensor]) -> Tensor:
+def _rois_scripted(boxes: list[Tensor]) -> Tensor:
     """rois_from_boxes for TorchScript (which cannot compile _checks)."""
     ids = [torch.full_like(b[:, :1], i) for i, b in enumerate(boxes)]
     return torch.cat([torch.cat(ids, 0), torch.cat(boxes, 0)], 1)
 
 
 @torch.jit.unused
-def _rois_eager(feat: Tensor, boxes: List[Tensor]) -> Tuple[Tensor, bool]:
+def _rois_eager(feat: Tensor, boxes: list[Tensor]) -> tuple[Tensor, bool]:
     """Validated rois, and whether to pool masked (GPU, tracing)."""
     rois = rois_from_boxes(boxes)
     return rois, feat.device.type != "cpu" or traced(feat, rois)
 
 
-def _pool_levels(feats: List[Tensor], scales: List[float], rois: Tensor, levels: Tensor,
-                 output_size: List[int], sampling_ratio: int, masked: bool) -> Tensor:
+def _pool_levels(feats: list[Tensor], scales: list[float], rois: Tensor, levels: Tensor,
+                 output_size: list[int], sampling_ratio: int, masked: bool) -> Tensor:
     """RoIAlign of each RoI on its level. ``masked=False`` (torchvision's way): gather each level's
     RoIs (``torch.where`` -> a host sync and data-dependent shapes). ``masked=True`` (GPU, tracing):
     every level pools all RoIs, those of other levels with batch index -1, which reads nothing (no
@@ -167,7 +167,8 @@ class MultiScaleRoIAlign(nn.Module):
         canonical_scale, canonical_level: the LevelMapper's ``s0`` and ``lvl0``.
     """
 
-    __annotations__ = {"scales": Optional[List[float]], "map_levels": Optional[_LevelMapper]}
+    # Evaluated at runtime by TorchScript, which reads typing.Optional.
+    __annotations__ = {"scales": Optional[list[float]], "map_levels": Optional[_LevelMapper]}  # noqa: UP045
 
     def __init__(self, featmap_names: list[str], output_size: Any, sampling_ratio: int, *,
                  canonical_scale: int = 224, canonical_level: int = 4):
@@ -182,8 +183,8 @@ class MultiScaleRoIAlign(nn.Module):
         self.canonical_scale = canonical_scale
         self.canonical_level = canonical_level
 
-    def forward(self, x: Dict[str, Tensor], boxes: List[Tensor], image_shapes: List[Tuple[int, int]]) -> Tensor:
-        feats: List[Tensor] = []
+    def forward(self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]) -> Tensor:
+        feats: list[Tensor] = []
         for k, v in x.items():
             if k in self.featmap_names:
                 feats.append(v)

@@ -19,10 +19,11 @@ ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
 
-import detkernels as dk  # noqa: E402
-from _helpers import assert_bytes_equal  # noqa: E402
-from _nms_families import FAMILIES  # noqa: E402
-from _roi_inputs import boxes_adversarial, boxes_valid, features  # noqa: E402
+from _helpers import assert_bytes_equal
+from _nms_families import FAMILIES
+from _roi_inputs import boxes_adversarial, boxes_valid, features
+
+import detkernels as dk
 
 EXPORTERS = {"dynamo": True, "legacy": False}
 N, B, C, M = 48, 2, 3, 7  # boxes per image, images, classes, max_output
@@ -39,7 +40,7 @@ class _Fn(torch.nn.Module):
         return self.fn(*args)
 
 
-def export(fn, args, exporter: str, path) -> "ort.InferenceSession":
+def export(fn, args, exporter: str, path) -> ort.InferenceSession:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporters' deprecation / tracer notes
         torch.onnx.export(_Fn(fn), args, str(path), dynamo=EXPORTERS[exporter], opset_version=18,
@@ -254,7 +255,7 @@ class _TvHead(torch.nn.Module):
         self.with_roi_pool = with_roi_pool
 
     def forward(self, feats, rois, boxes, scores):
-        import torchvision.ops as ops
+        from torchvision import ops
 
         out = (ops.nms(boxes, scores, 0.5), ops.roi_align(feats, rois, (3, 3), 0.5, 2, True),
                ops.box_iou(boxes[:8], boxes))

@@ -12,10 +12,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import detkernels as dk  # noqa: E402
-from _helpers import assert_bytes_equal  # noqa: E402
-from _roi_inputs import boxes_valid, features  # noqa: E402
-from detkernels._torch.patch import PATCHED, ROI_FUNCTIONS  # noqa: E402
+from _helpers import assert_bytes_equal
+from _roi_inputs import boxes_valid, features
+
+import detkernels as dk
+from detkernels._torch.patch import PATCHED, ROI_FUNCTIONS
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning",
                                         "ignore:`torch.jit.save` is deprecated:FutureWarning",
