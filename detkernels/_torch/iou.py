@@ -15,6 +15,7 @@ from torch import Tensor
 from .. import _checks, _dispatch
 from ..reference import box_iou as _ref_iou
 from .common import traced
+from .onnx import exporting
 
 KIND_OP = {"iou": "box_iou", "giou": "generalized_box_iou", "diou": "distance_box_iou",
            "ciou": "complete_box_iou"}
@@ -69,7 +70,8 @@ def _formula(kind: str, b1: Tensor, b2: Tensor, fmt: str, eps: float, checked: t
 def iou(kind: str, b1: Tensor, b2: Tensor, fmt: str, eps: float, checked: tuple,
         backend: str | None) -> Tensor:
     """Eager entry (arguments validated by detkernels/api/boxes.py)."""
-    if torch.is_grad_enabled() and (b1.requires_grad or b2.requires_grad):
+    # ONNX export: the formulas on torch ops export as elementwise ONNX operators.
+    if torch.is_grad_enabled() and (b1.requires_grad or b2.requires_grad) or backend is None and exporting():
         return _formula(kind, b1, b2, fmt, eps, checked)
     if backend is None and traced(b1, b2):
         op = getattr(torch.ops.detkernels, KIND_OP[kind])

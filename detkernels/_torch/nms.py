@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from .. import _checks, _dispatch, _registry
+from . import onnx as _onnx
 from .common import traced
 
 # ---- custom ops --------------------------------------------------------------------------------------
@@ -105,6 +106,8 @@ def fast_cpu_nms(boxes: Tensor, scores: Tensor, thr: float, idxs: Tensor | None 
 
 def nms(boxes: Tensor, scores: Tensor, idxs: Tensor | None, thr: float, w: str,
         backend: str | None) -> Tensor:
+    if backend is None and _onnx.exporting():
+        return _onnx.nms(boxes, scores, thr) if idxs is None else _onnx.batched_nms(boxes, scores, idxs, thr)
     if backend is None and traced(boxes, scores, idxs):
         if idxs is None:
             return torch.ops.detkernels.nms(boxes, scores, thr)
@@ -114,6 +117,8 @@ def nms(boxes: Tensor, scores: Tensor, idxs: Tensor | None, thr: float, w: str,
 
 def nms_padded(boxes: Tensor, scores: Tensor, thr: float, max_output: int, w: str,
                backend: str | None) -> tuple[Tensor, Tensor]:
+    if backend is None and _onnx.exporting():
+        return _onnx.nms_padded(boxes, scores, thr, max_output)
     if backend is None and traced(boxes, scores):
         return torch.ops.detkernels.nms_padded(boxes, scores, thr, max_output)
     return _dispatch.nms_padded(boxes, scores, thr, max_output, w, backend)
@@ -122,6 +127,8 @@ def nms_padded(boxes: Tensor, scores: Tensor, thr: float, max_output: int, w: st
 def multi_image_nms(boxes: Tensor, scores: Tensor, idxs: Tensor | None, thr: float, max_output: int,
                     score_threshold: float | None, w: str,
                     backend: str | None) -> tuple[Tensor, Tensor | None, Tensor]:
+    if backend is None and _onnx.exporting():
+        return _onnx.multi_image_nms(boxes, scores, idxs, thr, max_output, score_threshold)
     if backend is None and traced(boxes, scores, idxs):
         idx, cls, counts = torch.ops.detkernels.multi_image_nms(boxes, scores, idxs, thr, max_output,
                                                                 score_threshold)

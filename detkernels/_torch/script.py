@@ -3,13 +3,19 @@
 torch is (it imports every custom op on the way).
 
 The RoI functions take ``boxes`` as ``Tensor[K, 5]`` or ``List[Tensor[L, 4]]`` and
-``output_size`` as an int or a pair, which no single schema expresses: they compile to
-``detkernels::<name>_script`` with two overloads. Overloads can only be declared with
+``output_size`` as an int or a pair, which no single schema expresses: they compile (through
+their twins in ``script_fns``) to ``detkernels::<name>_script`` with two overloads. Overloads can only be declared with
 ``torch.library.Library.define`` (``custom_op`` takes one schema per name), so these schema-only
 entry points -- composite, no kernel of their own: they call the public function -- are the one
-place that mechanism is used.
+place that mechanism is used. ``box_area`` (no custom op: torch ops) and ``patch_torchvision``'s
+``torchvision_batched_nms`` get one such entry each too.
+
+``torch.jit.script(f)`` of a public function itself compiles its twin in ``script_fns``
+(torchvision's signature, no ``backend=``), put in TorchScript's function cache here.
 """
 from __future__ import annotations
+
+import warnings
 
 import torch
 from torch.jit import _builtins
@@ -22,6 +28,8 @@ from . import detect as _detect_ops  # noqa: F401  (custom ops)
 from . import iou as _iou_ops  # noqa: F401
 from . import nms as _nms_ops  # noqa: F401
 from . import roi as _roi_ops  # noqa: F401
+from . import script_fns as _fns
+from .patch import torchvision_batched_nms
 
 _lib = torch.library.Library("detkernels", "FRAGMENT")
 
@@ -42,10 +50,30 @@ def _script_impl(name: str) -> None:
         _lib.impl(f"{name}_script{overload}", impl, "CompositeImplicitAutograd")
 
 
+# The RoI functions are no builtins: a call in scripted code compiles their twin (below), which
+# picks the overload from a Union[Tensor, List[Tensor]] argument -- as a module's forward passes it.
 for _name in ("roi_align", "ps_roi_align", "roi_pool", "ps_roi_pool"):
     _script_impl(_name)
-    _builtins._register_builtin(getattr(_roi, _name), f"detkernels::{_name}_script")
 for _mod, _names in ((_nms, ("nms", "batched_nms")),
                      (_boxes, ("box_iou", "generalized_box_iou", "distance_box_iou", "complete_box_iou"))):
     for _name in _names:
         _builtins._register_builtin(getattr(_mod, _name), f"detkernels::{_name}")
+
+_lib.define("box_area_script(Tensor boxes, str fmt='xyxy') -> Tensor")
+_lib.impl("box_area_script", lambda boxes, fmt="xyxy": _boxes.box_area(boxes, fmt), "CompositeImplicitAutograd")
+_lib.define("torchvision_batched_nms(Tensor boxes, Tensor scores, Tensor idxs, float iou_threshold) -> Tensor")
+_lib.impl("torchvision_batched_nms", torchvision_batched_nms, "CompositeImplicitAutograd")
+_builtins._register_builtin(_boxes.box_area, "detkernels::box_area_script")
+_builtins._register_builtin(torchvision_batched_nms, "detkernels::torchvision_batched_nms")
+
+# torch.jit.script(f) -> the compiled twin (TorchScript looks its cache up before parsing f).
+# Compiled here, quietly: torch.jit.script warns that TorchScript is deprecated on every call.
+_TWINS = [(_nms.nms, _fns.nms), (_nms.batched_nms, _fns.batched_nms),
+          (torchvision_batched_nms, _fns.torchvision_batched_nms), (_boxes.box_area, _fns.box_area)]
+_TWINS += [(getattr(_boxes, n), getattr(_fns, n))
+           for n in ("box_iou", "generalized_box_iou", "distance_box_iou", "complete_box_iou")]
+_TWINS += [(getattr(_roi, n), getattr(_fns, n)) for n in ("roi_align", "ps_roi_align", "roi_pool", "ps_roi_pool")]
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", FutureWarning)
+    for _fn, _twin in _TWINS:
+        torch.jit._state._set_jit_function_cache(_fn, torch.jit.script(_twin))

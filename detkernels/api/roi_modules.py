@@ -3,7 +3,7 @@
 and scale inference). Need torch; loaded on first access of ``detkernels.RoIAlign`` & co."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
@@ -100,22 +100,49 @@ class _LevelMapper:
         return (lvl.to(torch.int64) - self.k_min).to(torch.int64)
 
 
-def _infer_scale(feature: Tensor, original_size: tuple[int, int]) -> float:
+def _infer_scale(feature: Tensor, original_size: list[int]) -> float:
     # Scales are powers of two, 2 ** round(log2(feature / image)); the height decides (torchvision).
     approx = float(feature.shape[-2]) / float(original_size[0])
     return 2 ** float(torch.tensor(approx).log2().round())
 
 
+def _setup_scales(features: list[Tensor], image_shapes: list[tuple[int, int]], canonical_scale: int,
+                  canonical_level: int) -> tuple[list[float], _LevelMapper]:
+    if len(image_shapes) == 0:
+        raise ValueError("images list should not be empty")
+    h, w = 0, 0
+    for s in image_shapes:
+        h, w = max(h, s[0]), max(w, s[1])
+    scales = [_infer_scale(f, [h, w]) for f in features]
+    lvl_min = -torch.log2(torch.tensor(scales[0], dtype=torch.float32)).item()
+    lvl_max = -torch.log2(torch.tensor(scales[-1], dtype=torch.float32)).item()
+    return scales, _LevelMapper(int(lvl_min), int(lvl_max), canonical_scale, canonical_level)
+
+
+def _rois_scripted(boxes: list[Tensor]) -> Tensor:
+    """rois_from_boxes for TorchScript (which cannot compile _checks)."""
+    ids = [torch.full_like(b[:, :1], i) for i, b in enumerate(boxes)]
+    return torch.cat([torch.cat(ids, 0), torch.cat(boxes, 0)], 1)
+
+
+@torch.jit.unused
+def _rois_eager(feat: Tensor, boxes: list[Tensor]) -> tuple[Tensor, bool]:
+    """Validated rois, and whether to pool masked (GPU, tracing)."""
+    rois = rois_from_boxes(boxes)
+    return rois, feat.device.type != "cpu" or traced(feat, rois)
+
+
 def _pool_levels(feats: list[Tensor], scales: list[float], rois: Tensor, levels: Tensor,
-                 output_size: tuple[int, int], sampling_ratio: int, masked: bool) -> Tensor:
+                 output_size: list[int], sampling_ratio: int, masked: bool) -> Tensor:
     """RoIAlign of each RoI on its level. ``masked=False`` (torchvision's way): gather each level's
     RoIs (``torch.where`` -> a host sync and data-dependent shapes). ``masked=True`` (GPU, tracing):
     every level pools all RoIs, those of other levels with batch index -1, which reads nothing (no
     output, no gradient), and ``torch.where`` picks each RoI's level -- no host sync, static shapes,
     the same bytes, forward and backward."""
-    shape = (rois.shape[0], feats[0].shape[1]) + tuple(output_size)
+    shape = [rois.shape[0], feats[0].shape[1], output_size[0], output_size[1]]
     result = torch.zeros(shape, dtype=feats[0].dtype, device=feats[0].device)
-    for level, (feat, scale) in enumerate(zip(feats, scales)):
+    for level, feat in enumerate(feats):
+        scale = scales[level]
         on = levels == level
         if masked:
             r = torch.cat([torch.where(on, rois[:, 0], -1.0)[:, None], rois[:, 1:]], 1)
@@ -131,7 +158,7 @@ def _pool_levels(feats: list[Tensor], scales: list[float], rois: Tensor, levels:
 class MultiScaleRoIAlign(nn.Module):
     """``torchvision.ops.MultiScaleRoIAlign``: RoIAlign over FPN levels, each box pooled from the
     level chosen by its size. Scales are inferred on the first forward (from the largest image
-    size) and cached; ``aligned=False`` as in torchvision.
+    size) and cached; ``aligned=False`` as in torchvision. Scriptable (``torch.jit.script``).
 
     Args:
         featmap_names: the keys of the feature dict to pool from (dict order is used).
@@ -139,6 +166,9 @@ class MultiScaleRoIAlign(nn.Module):
         sampling_ratio: as in roi_align.
         canonical_scale, canonical_level: the LevelMapper's ``s0`` and ``lvl0``.
     """
+
+    # Evaluated at runtime by TorchScript, which reads typing.Optional.
+    __annotations__ = {"scales": Optional[list[float]], "map_levels": Optional[_LevelMapper]}  # noqa: UP045
 
     def __init__(self, featmap_names: list[str], output_size: Any, sampling_ratio: int, *,
                  canonical_scale: int = 224, canonical_level: int = 4):
@@ -148,32 +178,29 @@ class MultiScaleRoIAlign(nn.Module):
         self.featmap_names = featmap_names
         self.sampling_ratio = sampling_ratio
         self.output_size = tuple(output_size)
-        self.scales: list[float] | None = None
-        self.map_levels: _LevelMapper | None = None
+        self.scales = None
+        self.map_levels = None
         self.canonical_scale = canonical_scale
         self.canonical_level = canonical_level
 
-    def _setup_scales(self, features: list[Tensor], image_shapes: list[tuple[int, int]]) -> None:
-        if not image_shapes:
-            raise ValueError("images list should not be empty")
-        size = (max(s[0] for s in image_shapes), max(s[1] for s in image_shapes))
-        scales = [_infer_scale(f, size) for f in features]
-        lvl_min = -torch.log2(torch.tensor(scales[0], dtype=torch.float32)).item()
-        lvl_max = -torch.log2(torch.tensor(scales[-1], dtype=torch.float32)).item()
-        self.scales = scales
-        self.map_levels = _LevelMapper(int(lvl_min), int(lvl_max), self.canonical_scale, self.canonical_level)
-
     def forward(self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]) -> Tensor:
-        feats = [v for k, v in x.items() if k in self.featmap_names]
-        if self.scales is None or self.map_levels is None:
-            self._setup_scales(feats, image_shapes)
+        feats: list[Tensor] = []
+        for k, v in x.items():
+            if k in self.featmap_names:
+                feats.append(v)
         scales, mapper = self.scales, self.map_levels
-        rois = rois_from_boxes(boxes)
+        if scales is None or mapper is None:
+            scales, mapper = _setup_scales(feats, image_shapes, self.canonical_scale, self.canonical_level)
+            self.scales, self.map_levels = scales, mapper
+        if torch.jit.is_scripting():
+            rois, masked = _rois_scripted(boxes), feats[0].device.type != "cpu"
+        else:
+            rois, masked = _rois_eager(feats[0], boxes)
+        output_size = [self.output_size[0], self.output_size[1]]
         if len(feats) == 1:
-            return roi_align(feats[0], rois, self.output_size, scales[0], self.sampling_ratio)
+            return roi_align(feats[0], rois, output_size, scales[0], self.sampling_ratio)
         levels = mapper(boxes)
-        masked = feats[0].device.type != "cpu" or traced(feats[0], rois)
-        return _pool_levels(feats, scales, rois, levels, self.output_size, self.sampling_ratio, masked)
+        return _pool_levels(feats, scales, rois, levels, output_size, self.sampling_ratio, masked)
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}(featmap_names={self.featmap_names}, "

@@ -1,0 +1,326 @@
+"""ONNX export: the detkernels ops as standard ONNX operators, with both exporters.
+
+How each op exports (``exporting()`` is true under either exporter):
+
+* ``nms``, ``batched_nms``, ``nms_padded``, ``multi_image_nms``: written here as torch
+  compositions around one custom op, ``detkernels::onnx_nms`` -- exactly ONNX
+  ``NonMaxSuppression`` (``[B, N, 4]`` boxes, ``[B, C, N]`` scores, selected ``[S, 3]`` rows
+  ``(batch, class, box)``), whose eager kernel runs detkernels' NMS per (image, class). Per-class
+  NMS without a score threshold gives each class its own batch row and zeroes the boxes of other
+  classes there (a zero-area box never suppresses, in ONNX Runtime as in detkernels; its selections
+  are dropped): exact for every score, -inf and NaN included. The kept rows are ordered
+  (image, descending score, ascending candidate index) with three stable ``TopK`` passes and
+  scattered into the ``-1``-padded fixed-size outputs.
+* ``roi_align`` -> ``RoiAlign`` (opset 16: ``coordinate_transformation_mode`` carries
+  ``aligned``), ``roi_pool`` -> ``MaxRoiPool`` (its argmax output, used only by the backward, is
+  exported as -1s).
+* ``ps_roi_align`` / ``ps_roi_pool``: no ONNX operator; custom-domain nodes
+  ``detkernels.PSRoIAlign`` / ``detkernels.PSRoIPool`` (version 1) with torchvision's attributes
+  (``spatial_scale``, ``pooled_height``, ``pooled_width``, ``sampling_ratio``). ONNX Runtime has no
+  kernel for them: a runtime that serves them must register one.
+* The IoU family: the reference formulas on torch ops (detkernels/_torch/iou.py), i.e.
+  elementwise ONNX operators.
+
+Registration happens on import, with no user step: the TorchScript-based exporter's symbolics
+(``torch.onnx.register_custom_op_symbolic``) now; the ``dynamo=True`` exporter's onnxscript
+translations when onnxscript is imported (it costs ~1 s, so not at ``import detkernels``; the
+exporter imports it before it builds its registry). docs/DEPLOY.md lists where ONNX Runtime's
+arithmetic differs from detkernels'.
+"""
+from __future__ import annotations
+
+import importlib.abc
+import importlib.util
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .. import _checks, _dispatch
+
+INT64_MAX = 2**63 - 1  # max_output_boxes_per_class "no limit", as torchvision's translation
+DOMAIN = "detkernels"  # custom domain of the ps ops' nodes
+ROI_OPSET = 16  # RoiAlign-16: coordinate_transformation_mode (aligned)
+
+
+def exporting() -> bool:
+    """True under ``torch.onnx.export`` (either exporter)."""
+    onnx = sys.modules.get("torch.onnx")
+    return onnx is not None and onnx.is_in_onnx_export()
+
+
+# ---- detkernels::onnx_nms: ONNX NonMaxSuppression ----------------------------------------------------
+
+@torch.library.custom_op("detkernels::onnx_nms", mutates_args=())
+def onnx_nms(boxes: Tensor, scores: Tensor, max_output_boxes_per_class: int, iou_threshold: float,
+             score_threshold: float | None = None) -> Tensor:
+    """ONNX ``NonMaxSuppression`` (center_point_box=0) with detkernels' NMS: ``[B, N, 4]`` boxes,
+    ``[B, C, N]`` scores -> int64 ``[S, 3]`` rows ``(batch, class, box)``, per batch and class in
+    selection order (descending score), at most ``max_output_boxes_per_class`` per class,
+    candidates with ``score > score_threshold`` only (if given)."""
+    B, C, N = scores.shape
+    rows = []
+    for b in range(B):
+        for c in range(C):
+            s = scores[b, c]
+            cand = torch.arange(N, device=s.device) if score_threshold is None else \
+                torch.nonzero(s > score_threshold)[:, 0]
+            if cand.numel() == 0 or max_output_boxes_per_class <= 0:
+                continue
+            bx, sc = boxes[b, cand].contiguous(), s[cand].contiguous()
+            keep = cand[_dispatch.nms(bx, sc, None, iou_threshold, _checks.nms_check(bx, sc), None)]
+            keep = keep[:max_output_boxes_per_class]
+            rows.append(torch.stack([torch.full_like(keep, b), torch.full_like(keep, c), keep], 1))
+    return torch.cat(rows) if rows else torch.empty((0, 3), dtype=torch.int64, device=boxes.device)
+
+
+@onnx_nms.register_fake
+def _(boxes, scores, max_output_boxes_per_class, iou_threshold, score_threshold=None):
+    return boxes.new_empty((torch.library.get_ctx().new_dynamic_size(), 3), dtype=torch.int64)
+
+
+# ---- the NMS forms as compositions (traced by both exporters) ----------------------------------------
+
+def _f32(t: Tensor) -> Tensor:
+    # NonMaxSuppression takes float32 only: other dtypes are rounded to it (docs/DEPLOY.md).
+    return t if t.dtype == torch.float32 else t.float()
+
+
+def _stable_order(keys: list[tuple[Tensor, bool]]) -> Tensor:
+    """Permutation sorting by ``keys`` (most significant first; True = descending): one stable
+    ``TopK`` per key, least significant first (ONNX TopK breaks ties by lower index)."""
+    n = keys[0][0].shape[0]
+    perm = torch.arange(n, device=keys[0][0].device)
+    for key, descending in reversed(keys):
+        perm = perm[torch.topk(key[perm], n, largest=descending, sorted=True)[1]]
+    return perm
+
+
+def _class_exclusive(boxes: Tensor, scores: Tensor, idxs: Tensor, thr: float,
+                     sthr: float | None) -> tuple[Tensor, Tensor]:
+    """Per-class NMS of ``[B, N, 4]`` boxes, ``[B, N]`` scores and class ids: one NMS row per
+    (image, class), the boxes of other classes (and, with a threshold, of failing candidates)
+    zeroed there and their selections dropped. Returns (image, box) of the kept candidates."""
+    B, N = scores.shape
+    classes = torch.unique(idxs.reshape(-1))
+    K = classes.shape[0]
+    member = idxs[:, None, :] == classes[None, :, None]  # [B, K, N]
+    if sthr is not None:
+        member = member & (scores > sthr)[:, None, :]
+    bx = torch.where(member[..., None], boxes[:, None], torch.zeros_like(boxes[:, None]))
+    sel = onnx_nms(bx.reshape(-1, N, 4), scores[:, None, :].expand(B, K, N).reshape(-1, 1, N),
+                   INT64_MAX, thr)
+    bk, n = sel[:, 0], sel[:, 2]
+    ok = member.reshape(-1, N)[bk, n]
+    return torch.div(bk[ok], K, rounding_mode="floor"), n[ok]
+
+
+def _candidates(boxes: Tensor, scores: Tensor, idxs: Tensor | None, thr: float,
+                sthr: float | None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The kept candidates of multi_image_nms: (image, box, class column or -1, score, candidate
+    index), unordered."""
+    boxes, scores = _f32(boxes), _f32(scores)
+    if scores.ndim == 3:  # [B, N, C]: NonMaxSuppression's own per-class layout
+        C = scores.shape[2]
+        sel = onnx_nms(boxes, scores.transpose(1, 2), INT64_MAX, thr, sthr)
+        b, c, n = sel[:, 0], sel[:, 1], sel[:, 2]
+        return b, n, c, scores[b, n, c], n * C + c
+    if idxs is None:
+        sel = onnx_nms(boxes, scores[:, None, :], INT64_MAX, thr, sthr)
+        b, n = sel[:, 0], sel[:, 2]
+    else:
+        b, n = _class_exclusive(boxes, scores, idxs, thr, sthr)
+    return b, n, torch.full_like(n, -1), scores[b, n], n
+
+
+def nms(boxes: Tensor, scores: Tensor, thr: float) -> Tensor:
+    return onnx_nms(_f32(boxes)[None], _f32(scores)[None, None], INT64_MAX, thr)[:, 2]
+
+
+def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, thr: float) -> Tensor:
+    boxes, scores = _f32(boxes), _f32(scores)
+    _, n = _class_exclusive(boxes[None], scores[None], idxs[None], thr, None)
+    return n[_stable_order([(scores[n], True), (n, False)])]
+
+
+def multi_image_nms(boxes: Tensor, scores: Tensor, idxs: Tensor | None, thr: float, max_output: int,
+                    sthr: float | None) -> tuple[Tensor, Tensor | None, Tensor]:
+    B = boxes.shape[0]
+    b, n, c, s, key = _candidates(boxes, scores, idxs, thr, sthr)
+    order = _stable_order([(b, False), (s, True), (key, False)])
+    b, n, c = b[order], n[order], c[order]
+    per_image = (b[:, None] == torch.arange(B, device=b.device)[None, :]).sum(0)  # [B]
+    start = torch.cumsum(per_image, 0) - per_image
+    rank = torch.arange(b.shape[0], device=b.device) - start[b]
+    # Slot b * max_output + rank; candidates past max_output go to one extra slot, then dropped.
+    slot = torch.where(rank < max_output, b * max_output + rank, torch.full_like(rank, B * max_output))
+    pad = torch.full((B * max_output + 1,), -1, dtype=torch.int64, device=b.device)
+    idx = pad.scatter(0, slot, n)[:-1].reshape(B, max_output)
+    cls = pad.scatter(0, slot, c)[:-1].reshape(B, max_output)
+    counts = torch.clamp(per_image, max=max_output)
+    return idx, (cls if scores.ndim == 3 else None), counts
+
+
+def nms_padded(boxes: Tensor, scores: Tensor, thr: float, max_output: int) -> tuple[Tensor, Tensor]:
+    idx, _, counts = multi_image_nms(boxes[None], scores[None], None, thr, max_output, None)
+    return idx[0], counts[0]
+
+
+# ---- the TorchScript-based exporter: symbolics -------------------------------------------------------
+
+def _register_symbolics() -> None:
+    from torch.onnx import register_custom_op_symbolic, symbolic_helper
+    from torch.onnx.symbolic_helper import parse_args
+
+    @parse_args("v", "v", "i", "f", "v")
+    def nms_sym(g, boxes, scores, max_out, thr, sthr):
+        args = [boxes, scores, g.op("Constant", value_t=torch.tensor([max_out], dtype=torch.int64)),
+                g.op("Constant", value_t=torch.tensor([thr], dtype=torch.float32))]
+        if not symbolic_helper._is_none(sthr):
+            args.append(g.op("Cast", g.op("Reshape", sthr, _consts(g, [1])[0]), to_i=1))  # FLOAT
+        return g.op("NonMaxSuppression", *args)
+
+    def rois_split(g, rois):
+        idx = g.op("Squeeze", g.op("Slice", rois, *_consts(g, [0], [1], [1])), _consts(g, [1])[0])
+        return g.op("Slice", rois, *_consts(g, [1], [5], [1])), g.op("Cast", idx, to_i=7)  # INT64
+
+    @parse_args("v", "v", "f", "i", "i", "i", "b")
+    def roi_align_sym(g, input, rois, ss, ph, pw, sr, aligned):
+        coords, idx = rois_split(g, rois)
+        return g.op("RoiAlign", input, coords, idx, spatial_scale_f=ss, output_height_i=ph,
+                    output_width_i=pw, sampling_ratio_i=max(sr, 0),
+                    coordinate_transformation_mode_s="half_pixel" if aligned else "output_half_pixel")
+
+    @parse_args("v", "v", "f", "i", "i")
+    def roi_pool_sym(g, input, rois, ss, ph, pw):
+        y = g.op("MaxRoiPool", input, rois, pooled_shape_i=[ph, pw], spatial_scale_f=ss)
+        return y, _minus_ones_like(g, y)
+
+    @parse_args("v", "v", "f", "i", "i", "i")
+    def ps_roi_align_sym(g, input, rois, ss, ph, pw, sr):
+        return g.op(f"{DOMAIN}::PSRoIAlign", input, rois, spatial_scale_f=ss, pooled_height_i=ph,
+                    pooled_width_i=pw, sampling_ratio_i=sr, outputs=2)
+
+    @parse_args("v", "v", "f", "i", "i")
+    def ps_roi_pool_sym(g, input, rois, ss, ph, pw):
+        return g.op(f"{DOMAIN}::PSRoIPool", input, rois, spatial_scale_f=ss, pooled_height_i=ph,
+                    pooled_width_i=pw, outputs=2)
+
+    register_custom_op_symbolic("detkernels::onnx_nms", nms_sym, 11)
+    for name, fn in (("roi_align", roi_align_sym), ("roi_pool", roi_pool_sym),
+                     ("ps_roi_align", ps_roi_align_sym), ("ps_roi_pool", ps_roi_pool_sym)):
+        register_custom_op_symbolic(f"detkernels::{name}", fn, ROI_OPSET)
+
+
+def _consts(g: Any, *lists: list[int]) -> list[Any]:
+    return [g.op("Constant", value_t=torch.tensor(v, dtype=torch.int64)) for v in lists]
+
+
+def _minus_ones_like(g: Any, y: Any) -> Any:
+    return g.op("ConstantOfShape", g.op("Shape", y), value_t=torch.tensor([-1], dtype=torch.int32))
+
+
+# ---- the dynamo exporter: onnxscript translations ----------------------------------------------------
+
+def _register_translations() -> None:
+    import onnx
+    import onnxscript
+    from onnxscript.function_libs.torch_lib.registration import torch_op
+    from onnxscript.onnx_opset import opset18 as op
+
+    dk_ps_align, dk_ps_pool = (onnxscript.values.Op(onnxscript.values.Opset(DOMAIN, 1), name, _ps_schema(name))
+                               for name in ("PSRoIAlign", "PSRoIPool"))
+
+    @torch_op("detkernels::onnx_nms", trace_only=True)
+    def nms_tr(boxes, scores, max_output_boxes_per_class: int, iou_threshold: float,
+               score_threshold: float | None = None):
+        if score_threshold is None:
+            return op.NonMaxSuppression(boxes, scores, max_output_boxes_per_class, iou_threshold)
+        return op.NonMaxSuppression(boxes, scores, max_output_boxes_per_class, iou_threshold,
+                                    score_threshold)
+
+    def rois_split(rois):
+        idx = op.Cast(op.Squeeze(op.Slice(rois, [0], [1], [1]), [1]), to=onnx.TensorProto.INT64)
+        return op.Slice(rois, [1], [5], [1]), idx
+
+    @torch_op("detkernels::roi_align", trace_only=True)
+    def roi_align_tr(input, rois, spatial_scale: float, pooled_height: int, pooled_width: int,
+                     sampling_ratio: int, aligned: bool):
+        coords, idx = rois_split(rois)
+        return op.RoiAlign(input, coords, idx, spatial_scale=spatial_scale, output_height=pooled_height,
+                           output_width=pooled_width, sampling_ratio=max(sampling_ratio, 0),
+                           coordinate_transformation_mode="half_pixel" if aligned else "output_half_pixel")
+
+    @torch_op("detkernels::roi_pool", trace_only=True)
+    def roi_pool_tr(input, rois, spatial_scale: float, pooled_height: int, pooled_width: int):
+        y = op.MaxRoiPool(input, rois, pooled_shape=(pooled_height, pooled_width), spatial_scale=spatial_scale)
+        return y, op.ConstantOfShape(op.Shape(y), value=onnx.helper.make_tensor("v", onnx.TensorProto.INT32, [1], [-1]))
+
+    @torch_op("detkernels::ps_roi_align", trace_only=True)
+    def ps_roi_align_tr(input, rois, spatial_scale: float, pooled_height: int, pooled_width: int,
+                        sampling_ratio: int):
+        return dk_ps_align(input, rois, spatial_scale=spatial_scale, pooled_height=pooled_height,
+                             pooled_width=pooled_width, sampling_ratio=sampling_ratio, _num_outputs=2)
+
+    @torch_op("detkernels::ps_roi_pool", trace_only=True)
+    def ps_roi_pool_tr(input, rois, spatial_scale: float, pooled_height: int, pooled_width: int):
+        return dk_ps_pool(input, rois, spatial_scale=spatial_scale, pooled_height=pooled_height,
+                            pooled_width=pooled_width, _num_outputs=2)
+
+
+def _ps_schema(name: str) -> Any:
+    """The ONNX schema of the custom-domain ps nodes (for onnxscript; not registered with onnx)."""
+    from onnx.defs import OpSchema
+
+    attrs = [OpSchema.Attribute("spatial_scale", OpSchema.AttrType.FLOAT, ""),
+             OpSchema.Attribute("pooled_height", OpSchema.AttrType.INT, ""),
+             OpSchema.Attribute("pooled_width", OpSchema.AttrType.INT, "")]
+    if name == "PSRoIAlign":
+        attrs.append(OpSchema.Attribute("sampling_ratio", OpSchema.AttrType.INT, ""))
+    return OpSchema(name, DOMAIN, 1,
+                    inputs=[OpSchema.FormalParameter("input", "T"), OpSchema.FormalParameter("rois", "T")],
+                    outputs=[OpSchema.FormalParameter("output", "T"),
+                             OpSchema.FormalParameter("channel_mapping", "tensor(int32)")],
+                    type_constraints=[("T", ["tensor(float16)", "tensor(bfloat16)", "tensor(float)",
+                                             "tensor(double)"], "")],
+                    attributes=attrs)
+
+
+# ---- registration on import --------------------------------------------------------------------------
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Runs ``fn`` right after module ``name`` has been imported (once)."""
+
+    def __init__(self, name: str, fn: Callable[[], None]) -> None:
+        self.name, self.fn = name, fn
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        loader = None if spec is None else spec.loader
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        exec_module, fn = loader.exec_module, self.fn
+
+        def exec_then(module: Any) -> None:
+            exec_module(module)
+            fn()
+
+        loader.exec_module = exec_then
+        return spec
+
+
+def _when_imported(name: str, fn: Callable[[], None]) -> None:
+    if name in sys.modules:
+        fn()
+    else:
+        sys.meta_path.insert(0, _AfterImport(name, fn))
+
+
+_register_symbolics()
+# The translations need onnxscript's torch_lib registry, created at the end of its own import.
+_when_imported("onnxscript", _register_translations)

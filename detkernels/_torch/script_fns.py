@@ -1,0 +1,73 @@
+"""What ``torch.jit.script(f)`` compiles for each public function ``f`` that patch_torchvision()
+installs: a twin with torchvision's signature (no ``backend=``: TorchScript compiles no
+keyword-only arguments) calling the same ``torch.ops.detkernels`` builtin that a call to ``f``
+inside scripted code compiles to (detkernels/_torch/script.py registers both). Eager calls of the
+public functions keep ``backend=``.
+
+No ``from __future__ import annotations`` here: TorchScript reads these annotations.
+"""
+
+import torch
+from torch import Tensor
+from torch.jit.annotations import BroadcastingList2
+
+
+def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+    return torch.ops.detkernels.nms(boxes, scores, iou_threshold)
+
+
+def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+    return torch.ops.detkernels.batched_nms(boxes, scores, idxs, iou_threshold)
+
+
+def torchvision_batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+    return torch.ops.detkernels.torchvision_batched_nms(boxes, scores, idxs, iou_threshold)
+
+
+def box_area(boxes: Tensor, fmt: str = "xyxy") -> Tensor:
+    return torch.ops.detkernels.box_area_script(boxes, fmt)
+
+
+def box_iou(boxes1: Tensor, boxes2: Tensor, fmt: str = "xyxy") -> Tensor:
+    return torch.ops.detkernels.box_iou(boxes1, boxes2, fmt)
+
+
+def generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    return torch.ops.detkernels.generalized_box_iou(boxes1, boxes2)
+
+
+def distance_box_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7) -> Tensor:
+    return torch.ops.detkernels.distance_box_iou(boxes1, boxes2, eps)
+
+
+def complete_box_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7) -> Tensor:
+    return torch.ops.detkernels.complete_box_iou(boxes1, boxes2, eps)
+
+
+def roi_align(input: Tensor, boxes: Tensor | list[Tensor], output_size: BroadcastingList2[int],
+              spatial_scale: float = 1.0, sampling_ratio: int = -1, aligned: bool = False) -> Tensor:
+    if isinstance(boxes, Tensor):
+        return torch.ops.detkernels.roi_align_script(input, boxes, output_size, spatial_scale, sampling_ratio,
+                                                     aligned)
+    return torch.ops.detkernels.roi_align_script(input, boxes, output_size, spatial_scale, sampling_ratio, aligned)
+
+
+def ps_roi_align(input: Tensor, boxes: Tensor | list[Tensor], output_size: BroadcastingList2[int],
+                 spatial_scale: float = 1.0, sampling_ratio: int = -1) -> Tensor:
+    if isinstance(boxes, Tensor):
+        return torch.ops.detkernels.ps_roi_align_script(input, boxes, output_size, spatial_scale, sampling_ratio)
+    return torch.ops.detkernels.ps_roi_align_script(input, boxes, output_size, spatial_scale, sampling_ratio)
+
+
+def roi_pool(input: Tensor, boxes: Tensor | list[Tensor], output_size: BroadcastingList2[int],
+             spatial_scale: float = 1.0) -> Tensor:
+    if isinstance(boxes, Tensor):
+        return torch.ops.detkernels.roi_pool_script(input, boxes, output_size, spatial_scale)
+    return torch.ops.detkernels.roi_pool_script(input, boxes, output_size, spatial_scale)
+
+
+def ps_roi_pool(input: Tensor, boxes: Tensor | list[Tensor], output_size: BroadcastingList2[int],
+                spatial_scale: float = 1.0) -> Tensor:
+    if isinstance(boxes, Tensor):
+        return torch.ops.detkernels.ps_roi_pool_script(input, boxes, output_size, spatial_scale)
+    return torch.ops.detkernels.ps_roi_pool_script(input, boxes, output_size, spatial_scale)

@@ -1,0 +1,282 @@
+"""ONNX export of every op with both exporters, run in ONNX Runtime on the input families and
+compared with detkernels (docs/DEPLOY.md has the rules pinned here).
+
+Each case is exported once per exporter (fixed shapes: every family is drawn at the same size)
+and the session is reused across families and seeds. Where ONNX Runtime's arithmetic differs,
+the comparison states the exact rule: NonMaxSuppression equals detkernels on min/max-normalised
+float32 boxes with the threshold rounded to float32 (NaN scores are outside it: ORT's priority
+queue has no order for them).
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+ort = pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxscript")
+
+from _helpers import assert_bytes_equal
+from _nms_families import FAMILIES
+from _roi_inputs import boxes_adversarial, boxes_valid, features
+
+import detkernels as dk
+
+EXPORTERS = {"dynamo": True, "legacy": False}
+N, B, C, M = 48, 2, 3, 7  # boxes per image, images, classes, max_output
+K = 24  # rois
+SEEDS = range(2)
+
+
+class _Fn(torch.nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, *args):
+        return self.fn(*args)
+
+
+def export(fn, args, exporter: str, path) -> ort.InferenceSession:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporters' deprecation / tracer notes
+        torch.onnx.export(_Fn(fn), args, str(path), dynamo=EXPORTERS[exporter], opset_version=18,
+                          verbose=False)
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model)
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def run(sess, *args):
+    names = [i.name for i in sess.get_inputs()]
+    return sess.run(None, {n: a.numpy() for n, a in zip(names, args)})
+
+
+def op_types(path) -> list[str]:
+    return [n.op_type for n in onnx.load(str(path)).graph.node]
+
+
+# ---- NMS forms ---------------------------------------------------------------------------------------
+
+def ort_view(boxes, scores, thr):
+    """The inputs on which detkernels reproduces ONNX Runtime's NonMaxSuppression: corners sorted
+    (ORT takes any diagonal pair), the threshold rounded to float32 (ORT compares float32s)."""
+    lo, hi = torch.minimum(boxes[..., :2], boxes[..., 2:]), torch.maximum(boxes[..., :2], boxes[..., 2:])
+    return torch.cat([lo, hi], -1), scores, float(np.float32(thr))
+
+
+def family(name, seed, b=1, c=0):
+    rng = np.random.default_rng(seed)
+    bs, ss, cs = zip(*(FAMILIES[name](rng, N) for _ in range(b)))
+    boxes, scores, idxs = (torch.from_numpy(np.stack(x)) for x in (bs, ss, cs))
+    boxes, scores = boxes.float(), scores.float()
+    scores = torch.where(scores.isnan(), torch.tensor(float("inf")), scores)  # see the docstring
+    if c:
+        g = torch.Generator().manual_seed(seed)
+        scores = torch.stack([scores] + [scores[:, torch.randperm(N, generator=g)] for _ in range(c - 1)], -1)
+    return boxes, scores, idxs
+
+
+NMS_CASES = {
+    # name: (fn(boxes, scores, idxs, thr) -> outputs, images, classes, uses idxs)
+    "nms": (lambda b, s, i, t: dk.nms(b[0], s[0], t), 1, 0, False),
+    "batched_nms": (lambda b, s, i, t: dk.batched_nms(b[0], s[0], i[0], t), 1, 0, True),
+    "nms_padded": (lambda b, s, i, t: dk.nms_padded(b[0], s[0], t, M), 1, 0, False),
+    "multi_image_nms": (lambda b, s, i, t: dk.multi_image_nms(b, s, t, M), B, 0, False),
+    "multi_image_nms_idxs": (lambda b, s, i, t: dk.multi_image_nms(b, s, t, M, idxs=i), B, 0, True),
+    "multi_image_nms_classes": (lambda b, s, i, t: dk.multi_image_nms(b, s, t, M, score_threshold=0.25),
+                                B, C, False),
+    "multi_image_nms_idxs_score": (lambda b, s, i, t: dk.multi_image_nms(b, s, t, M, idxs=i, score_threshold=0.25),
+                                   B, 0, True),
+}
+_sessions: dict = {}
+
+
+def nms_session(case, exporter, thr, tmp_path_factory):
+    key = (case, exporter, thr)
+    if key not in _sessions:
+        fn, b, c, with_idxs = NMS_CASES[case]
+        boxes, scores, idxs = family("uniform", 0, b, c)
+        path = tmp_path_factory.mktemp("onnx") / f"{case}.onnx"
+        if with_idxs:
+            sess = export(lambda x, s, i: fn(x, s, i, thr), (boxes, scores, idxs), exporter, path)
+        else:
+            sess = export(lambda x, s: fn(x, s, None, thr), (boxes, scores), exporter, path)
+        _sessions[key] = (sess, path)
+    return _sessions[key]
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize("case", NMS_CASES)
+def test_nms_forms_in_onnxruntime(case, exporter, tmp_path_factory):
+    thr = 0.3  # float32(0.3) > 0.3: the at_threshold family meets the float32 rounding
+    sess, path = nms_session(case, exporter, thr, tmp_path_factory)
+    assert "NonMaxSuppression" in op_types(path)
+    fn, b, c, with_idxs = NMS_CASES[case]
+    for fam in FAMILIES:
+        for seed in SEEDS:
+            boxes, scores, idxs = family(fam, seed, b, c)
+            got = run(sess, boxes, scores, *([idxs] if with_idxs else []))
+            want = fn(*ort_view(boxes, scores, thr)[:2], idxs, ort_view(boxes, scores, thr)[2])
+            want = want if isinstance(want, tuple) else (want,)
+            assert len(got) == len(want)
+            for g, w in zip(got, want):
+                assert_bytes_equal(torch.from_numpy(np.asarray(g)), w, f"{case} {exporter} {fam} seed {seed}")
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_nms_threshold_rounding_at_the_threshold(exporter, tmp_path_factory):
+    """IoU = fl(3 / 10) = float32(0.3) > 0.3: detkernels compares the float32 IoU with 0.3 in
+    float64 and suppresses; ONNX Runtime compares it with float32(0.3) and keeps the box."""
+    sess, _ = nms_session("nms", exporter, 0.3, tmp_path_factory)
+    far = [[100.0 + 3 * k, 100.0, 101.0 + 3 * k, 101.0] for k in range(N - 2)]
+    boxes = torch.tensor([[[0.0, 0.0, 5.0, 1.0], [2.0, 0.0, 10.0, 1.0]] + far])  # inter 3, union 10
+    scores = torch.linspace(1.0, 0.5, N)[None]
+    got = torch.from_numpy(run(sess, boxes, scores)[0])
+    assert dk.nms(boxes[0], scores[0], 0.3).tolist() == [0] + list(range(2, N))
+    assert got.tolist() == list(range(N))
+    assert torch.equal(got, dk.nms(boxes[0], scores[0], float(np.float32(0.3))))
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_nms_inverted_boxes_are_normalised_by_onnxruntime(exporter, tmp_path_factory):
+    """ONNX Runtime takes (x1, y1, x2, y2) as any diagonal pair; detkernels (torchvision) takes the
+    corners as given, so an inverted box has a negative area and suppresses nothing."""
+    sess, _ = nms_session("nms", exporter, 0.3, tmp_path_factory)
+    boxes = torch.tensor([[[0.0, 0.0, 10.0, 10.0], [10.0, 10.0, 0.0, 0.0]] + [[100.0, 100, 101, 101]] * (N - 2)])
+    scores = torch.cat([torch.tensor([[1.0, 0.9]]), torch.zeros(1, N - 2)], 1)
+    got = run(sess, boxes, scores)[0]
+    assert got[:2].tolist() == [0, 2]  # the inverted copy of box 0 is suppressed
+    assert dk.nms(boxes[0], scores[0], 0.3)[:3].tolist() == [0, 1, 2]
+
+
+# ---- RoI ops -----------------------------------------------------------------------------------------
+
+def adversarial_rois(seed):
+    """boxes_adversarial's rows that ONNX Runtime accepts: finite (it raises on NaN/inf rois, see
+    test_roi_align_nonfinite_rois_raise), |coordinates| < 1e3 (its adaptive sampling grid for a
+    1e6 box does not fit in memory) and batch indices naming an image."""
+    b = boxes_adversarial(seed)
+    b = b[np.isfinite(b).all(1) & (np.abs(b).max(1) < 1e3) & (b[:, 0] >= 0) & (b[:, 0] < 2)]
+    return np.resize(b, (K, 5))
+
+
+ROI_FAMILIES = {"valid": lambda seed: boxes_valid(seed, K), "adversarial": adversarial_rois}
+ROI_CASES = {
+    "roi_align_aligned": (lambda x, r: dk.roi_align(x, r, (3, 3), 0.5, -1, True), "RoiAlign"),
+    "roi_align": (lambda x, r: dk.roi_align(x, r, (2, 3), 1.0, 2, False), "RoiAlign"),
+    "roi_pool": (lambda x, r: dk.roi_pool(x, r, (3, 2), 0.5), "MaxRoiPool"),
+}
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize("case", ROI_CASES)
+def test_roi_ops_in_onnxruntime(case, exporter, tmp_path):
+    fn, onnx_op = ROI_CASES[case]
+    x, r = torch.from_numpy(features(0)), torch.from_numpy(boxes_valid(0, K))
+    sess = export(fn, (x, r), exporter, tmp_path / "m.onnx")
+    assert onnx_op in op_types(tmp_path / "m.onnx")
+    for fam, rois in ROI_FAMILIES.items():
+        for seed in SEEDS:
+            x, r = torch.from_numpy(features(seed)), torch.from_numpy(rois(seed))
+            assert_bytes_equal(torch.from_numpy(run(sess, x, r)[0]), fn(x, r), f"{case} {exporter} {fam} {seed}")
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_roi_align_nonfinite_rois_raise_in_onnxruntime(exporter, tmp_path):
+    """detkernels gives 0 for a RoI with a NaN/inf coordinate; ONNX Runtime refuses the input."""
+    fn = ROI_CASES["roi_align"][0]
+    x, r = torch.from_numpy(features(0)), torch.from_numpy(boxes_valid(0, K))
+    sess = export(fn, (x, r), exporter, tmp_path / "m.onnx")
+    r[3, 2] = float("nan")
+    assert fn(x, r)[3].abs().sum() == 0
+    with pytest.raises(Exception, match="must be finite"):
+        run(sess, x, r)
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize("name", ["ps_roi_align", "ps_roi_pool"])
+def test_ps_ops_export_as_custom_domain_nodes(name, exporter, tmp_path):
+    """No ONNX operator: a ``detkernels.PSRoIAlign`` / ``PSRoIPool`` node (docs/DEPLOY.md)."""
+    fn = getattr(dk, name)
+    x, r = torch.from_numpy(features(0, c=18)), torch.from_numpy(boxes_valid(0, K))
+    path = tmp_path / "m.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_Fn(lambda x, r: fn(x, r, (3, 3), 0.5)), (x, r), str(path),
+                          dynamo=EXPORTERS[exporter], opset_version=18)
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model)
+    nodes = [n for n in model.graph.node if n.domain == "detkernels"]
+    assert [n.op_type for n in nodes] == ["PSRoIAlign" if name == "ps_roi_align" else "PSRoIPool"]
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in nodes[0].attribute}
+    assert attrs["pooled_height"] == 3 and attrs["pooled_width"] == 3 and attrs["spatial_scale"] == 0.5
+    assert any(o.domain == "detkernels" and o.version == 1 for o in model.opset_import)
+
+
+# ---- IoU family --------------------------------------------------------------------------------------
+
+IOU = {"box_iou": dk.box_iou, "generalized_box_iou": dk.generalized_box_iou,
+       "distance_box_iou": dk.distance_box_iou, "complete_box_iou": dk.complete_box_iou,
+       "box_area": dk.box_area}
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize("name", IOU)
+def test_iou_family_in_onnxruntime(name, exporter, tmp_path):
+    fn = IOU[name]
+    args = (lambda a, b: fn(a)) if name == "box_area" else fn
+    a, b = family("uniform", 0)[0][0, :16], family("uniform", 1)[0][0, :20]
+    path = tmp_path / "m.onnx"
+    sess = export(args, (a, b), exporter, path) if name != "box_area" else export(fn, (a,), exporter, path)
+    assert not [t for t in op_types(path) if t in ("NonMaxSuppression",) or "detkernels" in t]
+    for fam in FAMILIES:
+        for seed in SEEDS:
+            x = family(fam, seed)[0][0]
+            a, b = x[:16], x[16:36]
+            got = run(sess, a, b)[0] if name != "box_area" else run(sess, x[:16])[0]
+            want = fn(a, b) if name != "box_area" else fn(x[:16])
+            assert_bytes_equal(torch.from_numpy(got), want, f"{name} {exporter} {fam} {seed}")
+
+
+# ---- a torchvision model exports the same under patch_torchvision() ----------------------------------
+
+class _TvHead(torch.nn.Module):
+    """The torchvision.ops calls of a detection head, looked up at call time (as the models do).
+    roi_pool only for the legacy exporter: onnxscript 0.7.2's translation of torchvision::roi_pool
+    takes the wrong arguments, so plain torchvision cannot export it with dynamo=True (detkernels'
+    roi_pool can: test_roi_ops_in_onnxruntime)."""
+
+    def __init__(self, with_roi_pool: bool):
+        super().__init__()
+        self.with_roi_pool = with_roi_pool
+
+    def forward(self, feats, rois, boxes, scores):
+        from torchvision import ops
+
+        out = (ops.nms(boxes, scores, 0.5), ops.roi_align(feats, rois, (3, 3), 0.5, 2, True),
+               ops.box_iou(boxes[:8], boxes))
+        return out + (ops.roi_pool(feats, rois, (2, 2), 0.5),) if self.with_roi_pool else out
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_torchvision_module_exports_the_same_under_patch(exporter, tmp_path):
+    pytest.importorskip("torchvision")
+    feats, rois = torch.from_numpy(features(0)), torch.from_numpy(boxes_valid(0, K))
+    boxes, scores, _ = family("clusters", 0)
+    args = (feats, rois, boxes[0], scores[0])
+    head = _TvHead(with_roi_pool=exporter == "legacy")
+    plain = export(head, args, exporter, tmp_path / "tv.onnx")
+    with dk.patch_torchvision():
+        patched = export(head, args, exporter, tmp_path / "dk.onnx")
+    kinds = {"NonMaxSuppression", "RoiAlign", "MaxRoiPool"}
+    assert [t for t in op_types(tmp_path / "tv.onnx") if t in kinds] == \
+        [t for t in op_types(tmp_path / "dk.onnx") if t in kinds]
+    for seed in SEEDS:
+        boxes, scores, _ = family("uniform", seed)
+        args = (torch.from_numpy(features(seed)), torch.from_numpy(boxes_valid(seed, K)), boxes[0], scores[0])
+        for g, w in zip(run(patched, *args), run(plain, *args)):
+            assert_bytes_equal(g, w, f"{exporter} seed {seed}")
