@@ -152,19 +152,27 @@ def padded_check(boxes: Any, scores: Any, max_output: Any) -> str:
     return _float_dtypes(boxes=boxes, scores=scores)
 
 
-def multi_check(boxes: Any, scores: Any, idxs: Any, max_output: Any) -> str:
-    """Validate multi_image_nms's arrays and max_output; return the working float dtype."""
-    A.same_placement(boxes=boxes, scores=scores, idxs=idxs)
+def _batch_shapes(boxes: Any, scores: Any, idxs: Any, n: str) -> tuple[int, int]:
+    """The shapes shared by multi_image_nms and detect: boxes [B, n, 4], scores [B, n] or
+    [B, n, C], idxs [B, n] only with [B, n] scores. Returns (B, n)."""
     if boxes.ndim != 3 or boxes.shape[-1] != 4:
-        raise ValueError(f"boxes must have shape [B, N, 4], got {tuple(boxes.shape)}")
+        raise ValueError(f"boxes must have shape [B, {n}, 4], got {tuple(boxes.shape)}")
     B, N = boxes.shape[0], boxes.shape[1]
     if scores.ndim not in (2, 3) or tuple(scores.shape[:2]) != (B, N):
         raise ValueError(f"scores must have shape [{B}, {N}] or [{B}, {N}, C], got {tuple(scores.shape)}")
     if idxs is not None:
         if scores.ndim == 3:
-            raise ValueError("idxs cannot be combined with [B, N, C] scores (the class is the score column)")
+            raise ValueError(f"idxs cannot be combined with [B, {n}, C] scores (the class is the score column)")
         if tuple(idxs.shape) != (B, N):
             raise ValueError(f"idxs must have shape [{B}, {N}], got {tuple(idxs.shape)}")
+    return B, N
+
+
+def multi_check(boxes: Any, scores: Any, idxs: Any, max_output: Any) -> str:
+    """Validate multi_image_nms's arrays and max_output; return the working float dtype."""
+    A.same_placement(boxes=boxes, scores=scores, idxs=idxs)
+    _batch_shapes(boxes, scores, idxs, "N")
+    if idxs is not None:
         _numeric_ids(idxs)
     non_negative_int("max_output", max_output)
     return _float_dtypes(boxes=boxes, scores=scores)
@@ -183,21 +191,13 @@ def detect_check(boxes: Any, scores: Any, objectness: Any, idxs: Any, max_det: A
     """Validate detect's arrays and options (reference: detkernels/reference/detect.py); return
     ``(working dtype, max_det, pre_nms_top_k or None, multi_label, class_agnostic)``."""
     A.same_placement(boxes=boxes, scores=scores, objectness=objectness, idxs=idxs)
-    if boxes.ndim != 3 or boxes.shape[-1] != 4:
-        raise ValueError(f"boxes must have shape [B, A, 4], got {tuple(boxes.shape)}")
-    B, N = boxes.shape[0], boxes.shape[1]
-    if scores.ndim not in (2, 3) or tuple(scores.shape[:2]) != (B, N):
-        raise ValueError(f"scores must have shape [{B}, {N}] or [{B}, {N}, C], got {tuple(scores.shape)}")
+    B, N = _batch_shapes(boxes, scores, idxs, "A")
     if objectness is not None and tuple(objectness.shape) != (B, N):
         raise ValueError(f"objectness must have shape [{B}, {N}], got {tuple(objectness.shape)}")
     multi_label, class_agnostic = _flag("multi_label", multi_label), _flag("class_agnostic", class_agnostic)
     if multi_label and scores.ndim != 3:
         raise ValueError(f"multi_label=True needs scores of shape [B, A, C], got {tuple(scores.shape)}")
     if idxs is not None:
-        if scores.ndim == 3:
-            raise ValueError("idxs cannot be combined with [B, A, C] scores (the class is the score column)")
-        if tuple(idxs.shape) != (B, N):
-            raise ValueError(f"idxs must have shape [{B}, {N}], got {tuple(idxs.shape)}")
         if A.dtype_name(idxs) not in INTS:
             raise TypeError(f"idxs must be an integer array (class ids), got {A.dtype_name(idxs)}")
     if fmt not in FORMATS:
