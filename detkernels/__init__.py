@@ -72,6 +72,8 @@ def __getattr__(name: str):
         from .api import roi_modules
 
         return getattr(roi_modules, name)
+    if name == "ultralytics":  # the ultralytics drop-in (needs torch): detkernels/_torch/ultralytics.py
+        return importlib.import_module("._torch.ultralytics", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -1,0 +1,226 @@
+"""ultralytics' ``non_max_suppression`` (ultralytics 8.4, ``ultralytics.utils.nms``) through the
+fused ``detkernels.detect``: same signature and defaults, same list of ``[n, 6 + extra]`` rows
+(xyxy, conf, cls, extra columns), same kept rows in the same order; and ``patch_ultralytics``,
+which makes ultralytics' predictors and validators call it.
+
+How ultralytics' per-image loop maps onto two batched ``detect`` calls (no loop over images,
+except the rare ``max_nms`` overflow below):
+
+1. Candidates: ``detect(boxes cxcywh, class scores, iou_threshold=1.0, per class)``. A
+   ``detect`` IoU never exceeds 1 (the intersection is at most the union under rounding too), so
+   this NMS suppresses nothing: it only thresholds, takes each anchor's best class (torch.max's
+   index: lowest class on ties) or every (anchor, class) pair (``multi_label``), and orders the
+   candidates by descending score, ties by ascending candidate index -- the order torchvision's
+   ``nms`` (a stable sort) gives ultralytics' candidates, which are in candidate-index order.
+2. Class-offset NMS: the candidates' xyxy boxes plus ``class * max_wh`` -- the same float
+   additions ultralytics makes, so the same IoU roundings (the offset quantises coordinates: at
+   class 79 and ``max_wh = 7680`` a float32 coordinate near 606 720 has a 1/16 px step, and boxes
+   wider than ``max_wh`` overlap other classes' boxes) -- through ``detect`` class-agnostic with
+   ``iou_thres``, ``max_det``. Its IoU and ``>`` rule are torchvision ``nms``'s (docs/SPEC.md §1).
+
+ultralytics' own rules kept exactly: ``conf > conf_thres`` compared in the prediction's dtype (torch
+rounds the Python threshold to float32 first; ``detect`` compares in float64, so the threshold is
+passed rounded); an anchor whose class scores hold a NaN is dropped, also with ``multi_label``
+(ultralytics filters anchors by the NaN-propagating ``amax``); ``classes`` filters after the best
+class is chosen; ``multi_label`` only when ``nc > 1``; ``max_nms``: above it ultralytics keeps
+``argsort(descending=True)[:max_nms]``, an unstable torch sort, whose tie order is reproduced by
+running that same sort on the same scores (for those images only, in a Python loop); empty images
+get ultralytics' ``zeros((0, 6 + extra))`` float32 rows and ``zeros((0, 1))`` float32 indices;
+``end2end`` (or a last dimension of 6) is ultralytics' own confidence/class filter (no NMS there).
+
+Not reproduced:
+
+* ``max_time_img``: accepted and ignored. ultralytics stops its loop (and returns empty rows for the
+  remaining images) once ``2 + max_time_img * B`` seconds have passed; the batched call never
+  stops early.
+* ``rotated=True`` (OBB: probiou fast-NMS on xywhr) and float16/bfloat16 predictions (ultralytics
+  thresholds, converts and offsets in half precision, where ``class * 7680`` overflows above class
+  8): ``NotImplementedError`` (``Unsupported``). ``patch_ultralytics`` hands those calls to
+  ultralytics' own function.
+* Invalid ``conf_thres`` / ``iou_thres`` raise ``ValueError`` (ultralytics: ``AssertionError``).
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..api.detect import detect
+
+__all__ = ["non_max_suppression", "patch_ultralytics", "Unsupported"]
+
+
+class Unsupported(NotImplementedError):
+    """An argument value whose ultralytics semantics the drop-in does not reproduce."""
+
+
+def _f(v: float, dtype: torch.dtype) -> float:
+    # torch compares a tensor with a Python float in the tensor's dtype: the threshold rounded to it.
+    return float(torch.tensor(float(v), dtype=dtype))
+
+
+def _end2end(prediction: Tensor, conf_thres: float, classes: Tensor | None, max_det: int,
+             return_idxs: bool) -> Any:
+    """ultralytics' end-to-end branch (outputs already NMS-free): confidence and class filter."""
+    output, keepi = [], []
+    for pred in prediction:
+        mask = pred[:, 4] > conf_thres
+        if classes is not None:
+            mask &= (pred[:, 5:6] == classes).any(1)
+        idx = mask.nonzero(as_tuple=False).view(-1)[:max_det]
+        output.append(pred[idx].float())
+        keepi.append(idx)
+    return (output, keepi) if return_idxs else output
+
+
+def _torch_candidates(x: Tensor, nc: int, thr: float, multi: bool,
+                      classes: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One image's candidates as ultralytics computes them (``x``: ``[A, 4 + nc + extra]``):
+    xyxy boxes, conf, class, anchor -- in candidate-index order. Used for images above
+    ``max_nms`` only, whose cap must run ultralytics' own (unstable) sort on these scores."""
+    cls = x[:, 4:4 + nc]
+    anchor = torch.nonzero(cls.amax(1) > thr)[:, 0]
+    c = x[anchor, 4:4 + nc]
+    if multi:
+        i, j = torch.where(c > thr)
+        conf, anchor = c[i, j], anchor[i]
+    else:
+        conf, j = c.max(1)
+        keep = conf > thr
+        conf, j, anchor = conf[keep], j[keep], anchor[keep]
+    if classes is not None:
+        keep = (j[:, None].to(x.dtype) == classes).any(1)
+        conf, j, anchor = conf[keep], j[keep], anchor[keep]
+    b = x[anchor, :4]
+    wh = b[:, 2:] / 2
+    return torch.cat([b[:, :2] - wh, b[:, :2] + wh], 1), conf, j, anchor
+
+
+def non_max_suppression(prediction: Any, conf_thres: float = 0.25, iou_thres: float = 0.45,
+                        classes: Any = None, agnostic: bool = False, multi_label: bool = False,
+                        max_det: int = 300, nc: int = 0, max_time_img: float = 0.05,
+                        max_nms: int = 30000, max_wh: int = 7680, rotated: bool = False,
+                        end2end: bool = False, return_idxs: bool = False) -> Any:
+    """ultralytics' ``non_max_suppression`` (8.4) through ``detkernels.detect``: the same rows.
+
+    Args:
+        prediction: ``[B, 4 + nc + extra, A]`` (cxcywh boxes, class scores, extra columns such as
+            mask coefficients), or a list/tuple whose first element is; ``[B, N, 6 + extra]`` with
+            ``end2end``.
+        conf_thres: keep ``conf > conf_thres`` (compared in the prediction's dtype), in [0, 1].
+        iou_thres: suppress IoU > iou_thres, in [0, 1].
+        classes: class ids to keep (after each anchor's best class is chosen), or None.
+        agnostic: one NMS over all classes.
+        multi_label: every (anchor, class) with ``conf > conf_thres`` (when ``nc > 1``).
+        max_det: rows per image.
+        nc: number of classes (0: ``prediction.shape[1] - 4``, no extra columns).
+        max_time_img: ignored (the batched call has no per-image time limit).
+        max_nms: candidates per image entering NMS (ultralytics' sort, ties included).
+        max_wh: per-class coordinate offset of the class-aware NMS.
+        rotated: must be False (``Unsupported``).
+        end2end: ultralytics' NMS-free branch.
+        return_idxs: also return, per image, the kept anchors' indices.
+
+    Returns:
+        A list of ``[n, 6 + extra]`` tensors ``(x1, y1, x2, y2, conf, cls, extra...)``, one per
+        image (and the list of anchor indices with ``return_idxs``), as ultralytics returns them.
+
+    Raises:
+        ValueError: ``conf_thres`` or ``iou_thres`` outside [0, 1].
+        Unsupported (a NotImplementedError): ``rotated=True``; float16/bfloat16 predictions.
+    """
+    if not 0 <= conf_thres <= 1:
+        raise ValueError(f"conf_thres must be in [0, 1], got {conf_thres}")
+    if not 0 <= iou_thres <= 1:
+        raise ValueError(f"iou_thres must be in [0, 1], got {iou_thres}")
+    if isinstance(prediction, (list, tuple)):  # validation mode: (inference output, loss output)
+        prediction = prediction[0]
+    cls_t = None if classes is None else torch.tensor(classes, device=prediction.device)
+    if prediction.shape[-1] == 6 or end2end:
+        return _end2end(prediction, conf_thres, cls_t, max_det, return_idxs)
+    if rotated:
+        raise Unsupported("rotated=True (OBB probiou NMS) is not reproduced by detkernels; "
+                          "use ultralytics.utils.nms.non_max_suppression")
+    if prediction.dtype not in (torch.float32, torch.float64):
+        raise Unsupported(f"{prediction.dtype} predictions: ultralytics computes thresholds, boxes and "
+                          "class offsets in that dtype, detkernels in float32; pass prediction.float()")
+    dt, dev = prediction.dtype, prediction.device
+    B, F, A = prediction.shape
+    nc = nc or (F - 4)
+    multi = bool(multi_label) and nc > 1
+    thr = _f(conf_thres, dt)
+    p = prediction.transpose(1, 2)  # [B, A, 4 + nc + extra]
+    boxes, scores = p[..., :4], p[..., 4:4 + nc]
+    objectness, idxs = None, None
+    if cls_t is not None:
+        if multi:  # the other classes' pairs never pass: scores -inf there
+            allowed = torch.isin(torch.arange(nc, device=dev), cls_t.to(torch.int64))
+            scores = torch.where(allowed, scores, torch.tensor(float("-inf"), dtype=dt, device=dev))
+        else:  # the best class over all classes first, then the filter (ultralytics' order)
+            conf, j = scores.max(-1)
+            ok = (j[..., None].to(dt) == cls_t).any(-1)
+            scores, idxs = torch.where(ok, conf, torch.tensor(float("-inf"), dtype=dt, device=dev)), j
+    if multi:  # ultralytics drops anchors whose amax is NaN: objectness NaN there (s * 1 == s)
+        objectness = torch.where(p[..., 4:4 + nc].isnan().any(-1), float("nan"), 1.0).to(dt)
+    total = A * (nc if multi else 1)
+    k1 = max(1, min(max_nms + 1, total))  # one more than max_nms: sees which images overflow
+    r1 = detect(boxes, scores, 1.0, k1, score_threshold=thr, pre_nms_top_k=k1, fmt="cxcywh",
+                objectness=objectness, multi_label=multi, idxs=idxs)
+    b1, s1, c1, a1, n1 = r1
+    if n1.numel() and int(n1.max()) > max_nms:
+        b1, s1, c1, a1 = b1.clone(), s1.clone(), c1.clone(), a1.clone()
+        for i in torch.nonzero(n1 > max_nms)[:, 0].tolist():
+            bb, ss, cc, aa = _torch_candidates(p[i], nc, thr, multi, cls_t)
+            o = ss.argsort(descending=True)[:max_nms]  # ultralytics' cap, its tie order too
+            m = o.numel()
+            b1[i, :m], s1[i, :m], c1[i, :m], a1[i, :m] = bb[o], ss[o], cc[o], aa[o]
+    slot = torch.arange(k1, device=dev)
+    live = slot[None, :] < torch.clamp(n1, max=max_nms)[:, None]
+    s2 = torch.where(live, s1, torch.tensor(float("-inf"), dtype=s1.dtype, device=dev))
+    off = c1.to(dt) * (0 if agnostic else max_wh)  # ultralytics' x[:, 5:6] * max_wh, in its dtype
+    r2 = detect(b1 + off[..., None], s2, float(iou_thres), max(1, int(max_det)), score_threshold=thr)
+    n2 = torch.clamp(r2.counts, max=max(0, int(max_det)))
+    q = torch.clamp(r2.indices, min=0)  # kept slots (padding read as slot 0, then cut)
+    rows = torch.arange(B, device=dev)[:, None]
+    anchor = a1.gather(1, q)
+    out = torch.cat([b1.gather(1, q[..., None].expand(-1, -1, 4)).to(dt), s1.gather(1, q)[..., None].to(dt),
+                     c1.gather(1, q)[..., None].to(dt), p[rows, torch.clamp(anchor, min=0), 4 + nc:]], -1)
+    output = [torch.zeros((0, 6 + F - 4 - nc), device=dev)] * B
+    keepi = [torch.zeros((0, 1), device=dev)] * B
+    for i, (reached, n) in enumerate(zip((n1 > 0).tolist(), n2.tolist())):
+        if reached:  # ultralytics' empty-image defaults otherwise
+            output[i], keepi[i] = out[i, :n], anchor[i, :n]
+    return (output, keepi) if return_idxs else output
+
+
+class patch_ultralytics(contextlib.AbstractContextManager):
+    """Make ultralytics call ``non_max_suppression`` above (its predictors and validators look it
+    up as ``ultralytics.utils.nms.non_max_suppression`` at each call). Patches at construction;
+    as a context manager restores on exit; ``.restore()`` undoes a global patch. Calls the drop-in
+    does not reproduce (``Unsupported``: rotated boxes, half-precision predictions) go to
+    ultralytics' own function."""
+
+    def __init__(self) -> None:
+        self._mod = importlib.import_module("ultralytics.utils.nms")
+        self._saved = original = self._mod.non_max_suppression
+
+        def patched(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return non_max_suppression(*args, **kwargs)
+            except Unsupported:
+                return original(*args, **kwargs)
+
+        patched.__wrapped__ = non_max_suppression  # type: ignore[attr-defined]
+        self._mod.non_max_suppression = patched
+
+    def restore(self) -> None:
+        """Put ultralytics' own function back."""
+        if self._saved is not None:
+            self._mod.non_max_suppression = self._saved
+            self._saved = None
+
+    def __exit__(self, *exc: Any) -> None:
+        self.restore()
