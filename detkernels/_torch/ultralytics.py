@@ -171,7 +171,6 @@ def non_max_suppression(prediction: Any, conf_thres: float = 0.25, iou_thres: fl
                 objectness=objectness, multi_label=multi, idxs=idxs)
     b1, s1, c1, a1, n1 = r1
     if n1.numel() and int(n1.max()) > max_nms:
-        b1, s1, c1, a1 = b1.clone(), s1.clone(), c1.clone(), a1.clone()
         for i in torch.nonzero(n1 > max_nms)[:, 0].tolist():
             bb, ss, cc, aa = _torch_candidates(p[i], nc, thr, multi, cls_t)
             o = ss.argsort(descending=True)[:max_nms]  # ultralytics' cap, its tie order too

@@ -1,0 +1,263 @@
+"""detkernels.ultralytics.non_max_suppression against ultralytics' own function (ultralytics 8.4,
+an optional test dependency): the same rows, bit for bit, in the same order -- on real YOLO head
+outputs (yolov8n / yolov8n-seg built from their yaml with random weights, no download) and on
+hand-made predictions (tied scores, IoU exactly at the threshold, scores exactly at conf_thres,
+NaN, the max_nms cap on ties), plus the pinned case where ultralytics' class-offset trick changes
+the kept set against exact per-class NMS (detkernels.detect)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("torchvision")  # ultralytics then uses torchvision.ops.nms, as the drop-in assumes
+pytest.importorskip("ultralytics")
+
+import torchvision  # noqa: E402,F401  (in sys.modules: ultralytics' NMS path is torchvision's)
+from ultralytics.utils import nms as ul_nms  # noqa: E402
+
+import detkernels  # noqa: E402
+
+dk_nms = detkernels.ultralytics.non_max_suppression
+UL = ul_nms.non_max_suppression  # ultralytics' own (bound at import, before any patch)
+
+
+def same(a, b) -> None:
+    """Two ultralytics results (a list of tensors, or (rows, indices) with return_idxs) equal:
+    lengths, shapes, dtypes and bytes."""
+    if isinstance(a, tuple):
+        assert isinstance(b, tuple) and len(a) == len(b) == 2
+        same(a[0], b[0])
+        same(a[1], b[1])
+        return
+    assert len(a) == len(b)
+    for i, (u, v) in enumerate(zip(a, b)):
+        assert (u.shape, u.dtype) == (v.shape, v.dtype), (i, u.shape, v.shape, u.dtype, v.dtype)
+        assert torch.equal(u, v), (i, u, v)
+
+
+def both(pred, **kw):
+    a, b = UL(pred, **kw), dk_nms(pred, **kw)
+    same(a, b)
+    return a
+
+
+# ---- real head outputs ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def heads():
+    """Eval-mode outputs of yolov8n and yolov8n-seg (random weights; class biases spread so that
+    scores range over [0, 1]) on 2 random 256x320 images: ([2, 84, 1680], [2, 116, 1680])."""
+    from ultralytics.nn.tasks import DetectionModel, SegmentationModel
+
+    torch.manual_seed(0)
+    out = []
+    for cls, yaml in ((DetectionModel, "yolov8n.yaml"), (SegmentationModel, "yolov8n-seg.yaml")):
+        m = cls(yaml, nc=80, verbose=False).eval()
+        for seq in m.model[-1].cv3:  # the class branch's last conv: biases as a trained head's spread
+            torch.nn.init.normal_(seq[-1].bias, -3.0, 1.0)
+        with torch.no_grad():
+            y = m(torch.rand(2, 3, 256, 320))
+        out.append(y)
+    det, seg = out
+    assert isinstance(det, tuple) and det[0].shape == (2, 84, 1680)
+    assert seg[0][0].shape == (2, 116, 1680)  # (pred, protos), then the loss dict
+    return det, seg[0][0]
+
+
+KWARGS = [
+    {},
+    {"conf_thres": 0.001, "iou_thres": 0.7},
+    {"conf_thres": 0.05, "iou_thres": 0.7, "max_det": 50},
+    {"conf_thres": 0.01, "multi_label": True, "max_det": 1000},
+    {"conf_thres": 0.001, "agnostic": True},
+    {"conf_thres": 0.001, "max_nms": 100},                      # the cap: ultralytics' own sort
+    {"conf_thres": 0.0, "multi_label": True, "max_nms": 1000},  # every pair above 0, capped
+    {"conf_thres": 0.1, "return_idxs": True},
+    {"conf_thres": 0.9, "return_idxs": True},                   # empty images: ultralytics' defaults
+    {"conf_thres": 0.01, "max_det": 0},
+]
+
+
+@pytest.mark.parametrize("kw", KWARGS, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()) or "defaults")
+def test_detection_model(heads, kw):
+    det, _ = heads
+    out = both(det, **kw)  # the (pred, feats) tuple, as a model returns it
+    if kw.get("conf_thres", 0.25) < 0.5 and kw.get("max_det", 1) > 0:
+        assert sum(x.shape[0] for x in (out[0] if isinstance(out, tuple) else out)) > 0
+
+
+@pytest.mark.parametrize("kw", [{"conf_thres": 0.001}, {"conf_thres": 0.01, "multi_label": True},
+                                {"conf_thres": 0.001, "agnostic": True, "return_idxs": True}])
+def test_segmentation_model_mask_columns(heads, kw):
+    _, seg = heads
+    out = both(seg, nc=80, **kw)
+    rows = out[0] if isinstance(out, tuple) else out
+    assert rows[0].shape[1] == 6 + 32 and rows[0].shape[0] > 0
+
+
+def test_classes_filter(heads):
+    det, _ = heads
+    present = UL(det, conf_thres=0.001)[0][:, 5].long().unique().tolist()
+    assert len(present) >= 2
+    for kw in ({}, {"multi_label": True}):
+        out = both(det, conf_thres=0.001, classes=present[:2] + [79], **kw)
+        assert out[0].shape[0] > 0
+
+
+def test_float64(heads):
+    det, _ = heads
+    both(det[0].double(), conf_thres=0.001)
+    both(det[0].double(), conf_thres=0.01, multi_label=True)
+
+
+def test_end2end_branch():
+    torch.manual_seed(1)
+    pred = torch.rand(2, 30, 6)
+    pred[..., 5] = torch.randint(0, 4, (2, 30)).float()
+    both(pred, conf_thres=0.3, max_det=10)
+    both(pred, conf_thres=0.3, classes=[1, 2], return_idxs=True)
+    both(torch.rand(1, 20, 9), conf_thres=0.5, end2end=True)
+
+
+# ---- hand-made predictions -----------------------------------------------------------------------
+
+def pred_of(boxes_cxcywh, cls_scores) -> "torch.Tensor":
+    """[1, 4 + C, A] from [A, 4] cxcywh boxes and [A, C] class scores (float32)."""
+    b = torch.as_tensor(np.asarray(boxes_cxcywh, np.float32))
+    s = torch.as_tensor(np.asarray(cls_scores, np.float32))
+    return torch.cat([b, s], 1).T[None].contiguous()
+
+
+def test_ties_and_iou_at_threshold():
+    # Boxes with IoU exactly 0.5 (kept: ultralytics, like detect, suppresses IoU > threshold), and
+    # tied scores everywhere: the tie order decides which of two overlapping boxes survives.
+    boxes = [[2, 0.5, 4, 1], [1, 0.5, 2, 1], [1, 0.5, 2, 1], [3, 0.5, 2, 1], [2.5, 0.5, 3, 1],
+             [2, 0.5, 4, 1], [10, 10, 2, 2], [10.5, 10, 2, 2]]
+    scores = np.zeros((8, 3), np.float32)
+    scores[:, 0] = 0.5
+    scores[5, 1] = scores[5, 0]        # tied classes: the lowest wins (torch.max's index)
+    scores[6:, 2] = 0.75
+    scores[7, 0] = 0.75
+    pred = pred_of(boxes, scores)
+    for iou in (0.5, 0.45, 0.7):
+        for kw in ({}, {"agnostic": True}, {"multi_label": True}, {"return_idxs": True}):
+            out = both(pred, conf_thres=0.25, iou_thres=iou, **kw)
+            assert out[0].shape[0] > 0 if not isinstance(out, tuple) else out[0][0].shape[0] > 0
+    # IoU(box 0, box 1) is exactly 0.5: at iou_thres=0.5 box 1 (later index, same score) stays.
+    kept = UL(pred, conf_thres=0.25, iou_thres=0.5, return_idxs=True)[1][0].tolist()
+    assert 0 in kept and 1 in kept
+
+
+def test_score_exactly_at_conf_thres():
+    # conf > conf_thres in float32: a score equal to float32(0.45) fails, the next float passes,
+    # and a float64 threshold just below float32(0.45) rounds to it (compared in float32).
+    f = np.float32(0.45)
+    up = np.nextafter(f, np.float32(1))
+    thr_below = (float(f) + float(np.nextafter(f, np.float32(0)))) / 2  # rounds to f in float32
+    boxes = [[5 * i, 5, 2, 2] for i in range(4)]
+    scores = np.array([[f, 0], [up, 0], [0, f], [0, up]], np.float32)
+    for thr in (0.45, thr_below, float(f)):
+        out = both(pred_of(boxes, scores), conf_thres=thr, iou_thres=0.5, return_idxs=True)
+        assert out[1][0].tolist() == [1, 3]
+    both(pred_of(boxes, scores), conf_thres=thr_below, multi_label=True)
+
+
+def test_nan_scores():
+    # An anchor whose class scores hold a NaN is dropped (ultralytics' NaN-propagating amax
+    # filter), also with multi_label where its other classes pass the threshold.
+    boxes = [[5 * i, 5, 2, 2] for i in range(4)]
+    scores = np.array([[np.nan, 0.9, 0.8], [0.3, 0.9, 0.8], [0.9, np.nan, 0.1], [0.2, 0.3, 0.6]], np.float32)
+    pred = pred_of(boxes, scores)
+    for kw in ({}, {"multi_label": True}, {"multi_label": True, "classes": [1, 2]}, {"classes": [1]}):
+        out = both(pred, conf_thres=0.25, return_idxs=True, **kw)
+        assert 0 not in out[1][0].tolist() and 2 not in out[1][0].tolist()
+
+
+def test_max_nms_cap_on_tied_scores():
+    # More candidates than max_nms, all scores tied: ultralytics keeps argsort(descending=True)
+    # [:max_nms], an unstable sort -- the drop-in runs that same sort, so the same boxes survive.
+    rng = np.random.default_rng(3)
+    A = 3000
+    boxes = np.concatenate([rng.uniform(0, 400, (A, 2)), rng.uniform(4, 40, (A, 2))], 1)
+    scores = np.zeros((A, 4), np.float32)
+    scores[np.arange(A), rng.integers(0, 4, A)] = rng.choice(np.float32([0.5, 0.75]), A)
+    pred = pred_of(boxes, scores)
+    both(pred, conf_thres=0.25, max_nms=500, return_idxs=True)
+    both(pred, conf_thres=0.25, max_nms=500, multi_label=True)
+    both(torch.cat([pred, pred.flip(2)]), conf_thres=0.25, max_nms=1000, max_det=50)
+
+
+def test_class_offset_rounding_pinned():
+    """ultralytics adds ``class * max_wh`` to the coordinates before one NMS: at class 79 a
+    float32 coordinate near 606 720 has a 1/16 px step, so IoUs round differently from exact
+    per-class NMS. Two pairs of class-79 boxes (found by search) where the offset flips the
+    decision at iou_thres=0.45: the drop-in follows ultralytics; detkernels.detect (exact, no
+    offset) keeps the other set. With max_wh=0 the offset vanishes and both agree."""
+    pairs = [  # (cxcywh pair, boxes ultralytics keeps, boxes exact per-class NMS keeps)
+        ([[57.46097183227539, 47.727691650390625, 91.77489471435547, 87.51652526855469],
+          [82.683837890625, 60.341575622558594, 91.77489471435547, 87.51652526855469]], 1, 2),
+        ([[531.2852172851562, 151.0053253173828, 76.5851821899414, 15.75079345703125],
+          [555.8013305664062, 152.36123657226562, 76.5851821899414, 15.75079345703125]], 2, 1),
+    ]
+    for boxes, n_ul, n_exact in pairs:
+        scores = np.zeros((2, 80), np.float32)
+        scores[:, 79] = [0.9, 0.8]
+        pred = pred_of(boxes, scores)
+        out = both(pred, conf_thres=0.25, iou_thres=0.45)
+        assert out[0].shape[0] == n_ul
+        p = pred.transpose(1, 2)
+        r = detkernels.detect(p[..., :4].contiguous(), p[..., 4:].contiguous(), 0.45, 300,
+                              score_threshold=0.25, fmt="cxcywh")
+        assert int(r.counts[0]) == n_exact != n_ul
+        no_offset = both(pred, conf_thres=0.25, iou_thres=0.45, max_wh=0)
+        assert no_offset[0].shape[0] == n_exact
+
+
+def test_many_images_in_one_call():
+    rng = np.random.default_rng(5)
+    B, A, C = 5, 400, 6
+    pred = torch.empty(B, 4 + C, A)
+    pred[:, :2] = torch.from_numpy(rng.uniform(0, 200, (B, 2, A)).astype(np.float32))
+    pred[:, 2:4] = torch.from_numpy(rng.uniform(5, 60, (B, 2, A)).astype(np.float32))
+    pred[:, 4:] = torch.from_numpy(np.round(rng.uniform(0, 1, (B, C, A)), 1).astype(np.float32))  # many ties
+    pred[2, 4:] = 0.0  # an empty image
+    for kw in ({}, {"multi_label": True}, {"agnostic": True, "max_det": 7}, {"return_idxs": True}):
+        both(pred, conf_thres=0.3, iou_thres=0.5, **kw)
+
+
+# ---- arguments -----------------------------------------------------------------------------------
+
+def test_unsupported_and_invalid_arguments(heads):
+    det, _ = heads
+    with pytest.raises(NotImplementedError, match="rotated"):
+        dk_nms(det, rotated=True)
+    with pytest.raises(NotImplementedError, match="float16"):
+        dk_nms(det[0].half())
+    with pytest.raises(ValueError, match="conf_thres"):
+        dk_nms(det, conf_thres=1.5)
+    with pytest.raises(ValueError, match="iou_thres"):
+        dk_nms(det, iou_thres=-0.1)
+
+
+def test_signature_matches_ultralytics():
+    import inspect
+
+    a, b = inspect.signature(UL), inspect.signature(dk_nms)
+    assert [(p.name, p.default) for p in a.parameters.values()] == \
+        [(p.name, p.default) for p in b.parameters.values()]
+
+
+def test_patch_ultralytics(heads):
+    det, _ = heads
+    with detkernels.ultralytics.patch_ultralytics():
+        patched = ul_nms.non_max_suppression
+        assert patched is not UL and patched.__wrapped__ is dk_nms
+        same(patched(det, conf_thres=0.01), UL(det, conf_thres=0.01))
+        # Unsupported calls go to ultralytics' own function.
+        same(patched(det[0].half(), conf_thres=0.01), UL(det[0].half(), conf_thres=0.01))
+    assert ul_nms.non_max_suppression is UL
+    p = detkernels.ultralytics.patch_ultralytics()
+    assert ul_nms.non_max_suppression is not UL
+    p.restore()
+    assert ul_nms.non_max_suppression is UL
