@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from .. import _checks, _dispatch
+from . import onnx as _onnx
 from .common import traced
 
 
@@ -38,6 +39,9 @@ def _(boxes, scores, objectness, idxs, iou_threshold, max_det, score_threshold, 
 def detect(boxes: Tensor, scores: Tensor, objectness: Tensor | None, idxs: Tensor | None, thr: float,
            max_det: int, score_threshold: float | None, top_k: int | None, fmt: str,
            multi_label: bool, class_agnostic: bool, w: str, backend: str | None) -> tuple:
+    if backend is None and _onnx.exporting():  # standard ONNX operators (detkernels/_torch/onnx.py)
+        return _onnx.detect(boxes, scores, objectness, idxs, thr, max_det, score_threshold, top_k, fmt,
+                            multi_label, class_agnostic, w)
     if backend is None and traced(boxes, scores, objectness, idxs):
         return torch.ops.detkernels.detect(boxes, scores, objectness, idxs, thr, max_det,
                                            score_threshold, top_k, fmt, multi_label, class_agnostic)

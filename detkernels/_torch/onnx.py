@@ -11,6 +11,12 @@ How each op exports (``exporting()`` is true under either exporter):
   are dropped): exact for every score, -inf and NaN included. The kept rows are ordered
   (image, descending score, ascending candidate index) with three stable ``TopK`` passes and
   scattered into the ``-1``-padded fixed-size outputs.
+* ``detect``: a torch composition (``detect`` below) around the same ``onnx_nms``: ``ArgMax``
+  for the best class, ``Greater`` for the score threshold (as the float32 that splits float32
+  scores as detect's float64 compare does), two stable ``TopK`` passes for the pre-NMS top-k, one
+  ``NonMaxSuppression`` over ``[B, C, k]`` scores (other classes' and dropped candidates at -inf
+  under a -inf score threshold; without a threshold, the zeroed-boxes rows above), then the
+  ordering passes and scatter of ``multi_image_nms`` into the ``max_det`` slots.
 * ``roi_align`` -> ``RoiAlign`` (opset 16: ``coordinate_transformation_mode`` carries
   ``aligned``), ``roi_pool`` -> ``MaxRoiPool`` (its argmax output, used only by the backward, is
   exported as -1s).
@@ -166,6 +172,126 @@ def multi_image_nms(boxes: Tensor, scores: Tensor, idxs: Tensor | None, thr: flo
 def nms_padded(boxes: Tensor, scores: Tensor, thr: float, max_output: int) -> tuple[Tensor, Tensor]:
     idx, _, counts = multi_image_nms(boxes[None], scores[None], None, thr, max_output, None)
     return idx[0], counts[0]
+
+
+# ---- detect: the fused post-process as a composition -----------------------------------------------
+
+def _f32_above(v: float) -> float:
+    """The float32 ``t`` with ``x > t`` (float32 compare) == ``(double)x > v`` for every float32
+    ``x``: ``v`` itself if float32 holds it, else the float32 just below it (ONNX ``Greater``
+    compares float32s; detect compares in float64)."""
+    import numpy as np
+
+    t = np.float32(v)
+    if np.isfinite(v) and float(t) > v:
+        t = np.nextafter(t, np.float32(-np.inf))
+    return float(t)
+
+
+def _xyxy(boxes: Tensor, fmt: str) -> Tensor:
+    # The IoU functions' conversions (reference/box_iou.py to_xyxy): one rounding per coordinate.
+    a, b = boxes[..., :2], boxes[..., 2:]
+    if fmt == "xywh":
+        return torch.cat([a, a + b], -1)
+    if fmt == "cxcywh":
+        return torch.cat([a - b / 2, a + b / 2], -1)
+    return boxes
+
+
+def detect(boxes: Tensor, scores: Tensor, objectness: Tensor | None, idxs: Tensor | None, thr: float,
+           max_det: int, sthr: float | None, top_k: int | None, fmt: str, multi_label: bool,
+           class_agnostic: bool, w: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """detect (reference/detect.py) in standard ONNX operators: ``ArgMax`` (single-label, NaN rows
+    mapped to their first NaN as detect does), ``Greater`` (the threshold as the float32 that
+    compares alike), two stable ``TopK`` passes (score, then passed/failed) for the pre-NMS top-k,
+    ``NonMaxSuppression`` per class (``[B, C, k]`` scores: other classes' and dropped candidates at
+    -inf below a -inf score threshold; without a threshold one batch row per (image, class) with
+    the other classes' boxes zeroed, as ``_class_exclusive``), three stable ``TopK`` passes for the
+    output order and a scatter into the padded outputs. Boxes and scores come out in the working
+    dtype ``w``; ranking and NMS run on float32 (NonMaxSuppression's only type)."""
+    dt = getattr(torch, w)
+    B, A = boxes.shape[:2]
+    xyxy = _xyxy(boxes.to(dt), fmt)  # [B, A, 4] in T: the output boxes
+    s = scores.to(dt)
+    if objectness is not None:
+        s = s * (objectness.to(dt)[..., None] if s.ndim == 3 else objectness.to(dt))
+    dev = boxes.device
+    if s.ndim == 3 and multi_label:
+        C = s.shape[2]
+        cand_s = s.reshape(B, A * C)                                        # q = a * C + c
+        cand_a = (torch.arange(A * C, device=dev) // C)[None].expand(B, -1)
+        cand_c = (torch.arange(A * C, device=dev) % C)[None].expand(B, -1)
+    elif s.ndim == 3:
+        C = s.shape[2]
+        isnan = s.isnan()
+        first_nan = torch.argmax(isnan.to(torch.int32), -1)
+        best = torch.argmax(torch.where(isnan, torch.full_like(s, float("-inf")), s), -1)
+        cand_c = torch.where(isnan.any(-1), first_nan, best)                # q = a
+        cand_s = torch.gather(s, 2, cand_c[..., None])[..., 0]
+        cand_a = torch.arange(A, device=dev)[None].expand(B, -1)
+    else:
+        C = 1
+        cand_s, cand_a = s, torch.arange(A, device=dev)[None].expand(B, -1)
+        cand_c = torch.zeros_like(cand_a) if idxs is None else idxs.to(torch.int64)
+    Q = cand_s.shape[1]
+    key = _f32(cand_s)
+    passed = None if sthr is None else key > _f32_above(sthr)
+    q = torch.arange(Q, device=dev)[None].expand(B, -1)
+    if top_k is not None and top_k < Q:
+        # Stable TopK passes: by score (ties -> lower q), then passed first; the first k.
+        perm = torch.topk(key, Q, dim=1, largest=True, sorted=True)[1]
+        if passed is not None:
+            p2 = torch.topk(torch.gather(passed, 1, perm).to(torch.int32), top_k, dim=1, largest=True,
+                            sorted=True)[1]
+            perm = torch.gather(perm, 1, p2)
+        else:
+            perm = perm[:, :top_k]
+        q = torch.topk(perm, top_k, dim=1, largest=False, sorted=True)[0]   # back to ascending q
+        key, cand_s, cand_a, cand_c = (torch.gather(x, 1, q) for x in (key, cand_s, cand_a, cand_c))
+        passed = None if passed is None else torch.gather(passed, 1, q)
+    n = q.shape[1]
+    nms_boxes = _f32(torch.gather(xyxy, 1, cand_a[..., None].expand(-1, -1, 4)))  # [B, n, 4]
+    if class_agnostic or (s.ndim == 2 and idxs is None):
+        classes, cls_row = torch.zeros(1, dtype=torch.int64, device=dev), torch.zeros_like(cand_c)
+    elif s.ndim == 3:
+        classes, cls_row = torch.arange(C, device=dev), cand_c
+    else:
+        classes = torch.unique(cand_c.reshape(-1))
+        cls_row = cand_c
+    K = classes.shape[0]
+    member = cls_row[:, None, :] == classes[None, :, None]                  # [B, K, n]
+    if passed is not None:
+        # Dropped candidates and other classes' at -inf, under a -inf score threshold: outside NMS.
+        member = member & passed[:, None, :]
+        ks = torch.where(member, key[:, None, :], torch.full_like(key[:, None, :], float("-inf")))
+        sel = onnx_nms(nms_boxes, ks, INT64_MAX, thr, float("-inf"))
+        b, j = sel[:, 0], sel[:, 2]
+    else:
+        bx = torch.where(member[..., None], nms_boxes[:, None], torch.zeros_like(nms_boxes[:, None]))
+        sel = onnx_nms(bx.reshape(B * K, n, 4), key[:, None, :].expand(B, K, n).reshape(B * K, 1, n),
+                       INT64_MAX, thr)
+        bk, j = sel[:, 0], sel[:, 2]
+        ok = member.reshape(B * K, n)[bk, j]
+        b, j = torch.div(bk[ok], K, rounding_mode="floor"), j[ok]
+    order = _stable_order([(b, False), (key[b, j], True), (q[b, j], False)])
+    b, j = b[order], j[order]
+    per_image = (b[:, None] == torch.arange(B, device=dev)[None, :]).sum(0)
+    start = torch.cumsum(per_image, 0) - per_image
+    rank = torch.arange(b.shape[0], device=dev) - start[b]
+    slot = torch.where(rank < max_det, b * max_det + rank, torch.full_like(rank, B * max_det))
+    size = B * max_det + 1
+
+    def put(values: Tensor, fill: float, width: int = 0) -> Tensor:
+        shape = (size, width) if width else (size,)
+        out = torch.full(shape, fill, dtype=values.dtype, device=dev)
+        idx = slot[:, None].expand(-1, width) if width else slot
+        out = out.scatter(0, idx, values)[:-1]
+        return out.reshape((B, max_det, width) if width else (B, max_det))
+
+    anchor = cand_a[b, j]
+    out_b = put(xyxy[b, anchor], 0.0, 4)
+    out_s = put(cand_s[b, j], 0.0)
+    return (out_b, out_s, put(cand_c[b, j], -1), put(anchor, -1), torch.clamp(per_image, max=max_det))
 
 
 # ---- the TorchScript-based exporter: symbolics -------------------------------------------------------

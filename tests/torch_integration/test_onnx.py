@@ -280,3 +280,140 @@ def test_torchvision_module_exports_the_same_under_patch(exporter, tmp_path):
         args = (torch.from_numpy(features(seed)), torch.from_numpy(boxes_valid(seed, K)), boxes[0], scores[0])
         for g, w in zip(run(patched, *args), run(plain, *args)):
             assert_bytes_equal(g, w, f"{exporter} seed {seed}")
+
+
+# ---- detect: the fused post-process ------------------------------------------------------------------
+
+DET_A, DET_K = 48, 10  # anchors per image, max_det
+DETECT_CASES = {
+    # name: (detect keywords, score columns C (0: [B, A] scores), with idxs, with objectness)
+    "single_thr": (dict(score_threshold=0.3), C, False, False),
+    "single_topk_no_thr": (dict(pre_nms_top_k=17), C, False, False),
+    "multi_thr_topk": (dict(multi_label=True, score_threshold=0.2, pre_nms_top_k=40), C, False, False),
+    "agnostic_obj": (dict(class_agnostic=True, score_threshold=0.1), C, False, True),
+    "multi_agnostic_no_thr": (dict(multi_label=True, class_agnostic=True), C, False, False),
+    "cxcywh_thr_topk": (dict(fmt="cxcywh", score_threshold=0.25, pre_nms_top_k=1000), C, False, True),
+    "xywh_thr_topk": (dict(fmt="xywh", score_threshold=0.3, pre_nms_top_k=7), C, False, False),
+    "idxs_thr": (dict(score_threshold=0.2), 0, True, False),
+    "idxs_no_thr_topk": (dict(pre_nms_top_k=9), 0, True, False),
+    "one_class_topk": (dict(pre_nms_top_k=9, score_threshold=0.0), 0, False, False),
+}
+
+
+def detect_inputs(case, fam, seed):
+    """Family ``fam``'s boxes and scores as ONNX Runtime assumes them: corners ordered (xyxy) or
+    widths non-negative (xywh, cxcywh), and without a score threshold NaN scores as +inf (ORT's
+    TopK and NonMaxSuppression have no order for NaN; with a threshold NaN fails it in both)."""
+    kw, c, with_idxs, with_obj = DETECT_CASES[case]
+    boxes, scores, idxs = family(fam, seed, B, c)
+    if kw.get("score_threshold") is not None:
+        rng = np.random.default_rng(seed)
+        bs, ss, _ = zip(*(FAMILIES[fam](rng, N) for _ in range(B)))
+        raw = torch.from_numpy(np.stack(ss)).float()
+        scores = torch.where(raw.isnan(), raw, scores) if c == 0 else \
+            torch.where(raw.isnan()[..., None], raw[..., None], scores)
+    boxes, scores, idxs = boxes[:, :DET_A], scores[:, :DET_A], idxs[:, :DET_A]
+    if kw.get("fmt", "xyxy") == "xyxy":
+        boxes = ort_view(boxes, scores, 0.5)[0]
+    else:
+        boxes = torch.cat([boxes[..., :2], boxes[..., 2:].abs()], -1)
+    args = [boxes, scores]
+    if with_idxs:
+        args.append(idxs)
+    if with_obj:
+        args.append(torch.from_numpy(np.random.default_rng(seed).uniform(0.5, 1, (B, DET_A))).float())
+    return args
+
+
+def detect_fn(case, thr=0.5):
+    kw, _, with_idxs, with_obj = DETECT_CASES[case]
+
+    def fn(boxes, scores, *rest):
+        extra = dict(kw)
+        if with_idxs:
+            extra["idxs"] = rest[0]
+        if with_obj:
+            extra["objectness"] = rest[-1]
+        return tuple(dk.detect(boxes, scores, thr, DET_K, **extra))
+
+    return fn
+
+
+_detect_sessions: dict = {}
+
+
+def detect_session(case, exporter, tmp_path_factory, thr=0.5):
+    key = (case, exporter, thr)
+    if key not in _detect_sessions:
+        path = tmp_path_factory.mktemp("onnx") / f"detect_{case}.onnx"
+        _detect_sessions[key] = (export(detect_fn(case, thr), tuple(detect_inputs(case, "uniform", 0)),
+                                        exporter, path), path)
+    return _detect_sessions[key]
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize("case", DETECT_CASES)
+def test_detect_in_onnxruntime(case, exporter, tmp_path_factory):
+    """Byte-equal on every NMS input family (ties, IoU at the threshold, degenerate and non-finite
+    boxes, many classes), IoU threshold 0.5 (a float32): all five outputs."""
+    sess, path = detect_session(case, exporter, tmp_path_factory)
+    ops = op_types(path)
+    assert "NonMaxSuppression" in ops and not [t for t in ops if "detkernels" in t]
+    if "topk" in case:
+        assert "TopK" in ops
+    fn = detect_fn(case)
+    for fam in FAMILIES:
+        for seed in SEEDS:
+            args = detect_inputs(case, fam, seed)
+            got, want = run(sess, *args), fn(*args)
+            assert len(got) == len(want) == 5
+            for g, w, name in zip(got, want, ("boxes", "scores", "classes", "indices", "counts")):
+                assert_bytes_equal(torch.from_numpy(np.asarray(g)), w, f"{case} {exporter} {fam} {seed} {name}")
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_detect_iou_threshold_rounding(exporter, tmp_path_factory):
+    """The NMS rule of test_nms_threshold_rounding_at_the_threshold, inside detect: IoU =
+    fl(3 / 10) = float32(0.3) > 0.3 -- detkernels suppresses, ONNX Runtime keeps; with the
+    threshold given as float32(0.3) both keep."""
+    sess, _ = detect_session("single_thr", exporter, tmp_path_factory, thr=0.3)
+    far = [[100.0 + 3 * k, 100.0, 101.0 + 3 * k, 101.0] for k in range(DET_A - 2)]
+    boxes = torch.tensor([[0.0, 0.0, 5.0, 1.0], [2.0, 0.0, 10.0, 1.0]] + far)[None].expand(B, -1, -1)
+    scores = torch.zeros(B, DET_A, C)
+    scores[:, :2, 1] = torch.tensor([0.9, 0.8])
+    got = run(sess, boxes.contiguous(), scores)
+    assert got[3][0, :2].tolist() == [0, 1] and got[4].tolist() == [2, 2]
+    assert dk.detect(boxes, scores, 0.3, DET_K, score_threshold=0.3).counts.tolist() == [1, 1]
+    assert dk.detect(boxes, scores, float(np.float32(0.3)), DET_K, score_threshold=0.3).counts.tolist() == [2, 2]
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_detect_float64_ranks_in_float32(exporter, tmp_path):
+    """float64 inputs: the outputs keep float64, but ranking and NMS run on float32 (the only type
+    of NonMaxSuppression): two scores equal in float32 tie there, so the lower index comes first,
+    where detkernels orders them by their float64 values."""
+    fn = lambda b, s: tuple(dk.detect(b, s, 0.5, 4, score_threshold=0.1))
+    boxes = torch.tensor([[[0.0, 0, 1, 1], [10, 10, 11, 11], [20, 20, 21, 21]]], dtype=torch.float64)
+    scores = torch.tensor([[0.5, 0.5 + 1e-12, 0.25]], dtype=torch.float64)
+    sess = export(fn, (boxes, scores), exporter, tmp_path / "d.onnx")
+    got = run(sess, boxes, scores)
+    assert got[1].dtype == np.float64 and got[3][0].tolist() == [0, 1, 2, -1]
+    assert dk.detect(boxes, scores, 0.5, 4, score_threshold=0.1).indices[0].tolist() == [1, 0, 2, -1]
+    assert_bytes_equal(torch.from_numpy(got[1][0, :2]), scores[0, :2])  # values as given, float64
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_detect_score_threshold_compares_as_float64(exporter, tmp_path_factory):
+    """``score > 0.3`` is a float64 compare in detkernels: float32(0.3) = 0.30000001 passes, the
+    float32 below it fails. The graph's ``Greater`` compares float32s, so the exported threshold is
+    the float32 just below 0.3 (``_f32_above``), which splits them the same way."""
+    sess, _ = detect_session("single_thr", exporter, tmp_path_factory)
+    boxes = torch.tensor([[10.0 * k, 0, 10.0 * k + 4, 4] for k in range(DET_A)])[None].expand(B, -1, -1).contiguous()
+    f = np.float32(0.3)
+    scores = torch.zeros(B, DET_A, C)
+    scores[:, 0, 0], scores[:, 1, 2] = float(f), float(np.nextafter(f, np.float32(0)))
+    got = run(sess, boxes, scores)
+    want = dk.detect(boxes, scores, 0.5, DET_K, score_threshold=0.3)
+    assert want.indices[:, 0].tolist() == [0, 0] and want.counts.tolist() == [1, 1]
+    for g, w in zip(got, want):
+        assert_bytes_equal(torch.from_numpy(np.asarray(g)), w, exporter)
