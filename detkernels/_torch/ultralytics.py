@@ -23,8 +23,9 @@ rounds the Python threshold to float32 first; ``detect`` compares in float64, so
 passed rounded); an anchor whose class scores hold a NaN is dropped, also with ``multi_label``
 (ultralytics filters anchors by the NaN-propagating ``amax``); ``classes`` filters after the best
 class is chosen; ``multi_label`` only when ``nc > 1``; ``max_nms``: above it ultralytics keeps
-``argsort(descending=True)[:max_nms]``, an unstable torch sort, whose tie order is reproduced by
-running that same sort on the same scores (for those images only, in a Python loop); empty images
+``argsort(descending=True)[:max_nms]``, an unstable torch sort: where the first ``max_nms + 1``
+scores are distinct any sort agrees with stage 1; otherwise its tie order is reproduced by running
+that same sort on the same scores (for those images only, in a Python loop); empty images
 get ultralytics' ``zeros((0, 6 + extra))`` float32 rows and ``zeros((0, 1))`` float32 indices;
 ``end2end`` (or a last dimension of 6) is ultralytics' own confidence/class filter (no NMS there).
 
@@ -77,26 +78,23 @@ def _end2end(prediction: Tensor, conf_thres: float, classes: Tensor | None, max_
 
 
 def _torch_candidates(x: Tensor, nc: int, thr: float, multi: bool,
-                      classes: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """One image's candidates as ultralytics computes them (``x``: ``[A, 4 + nc + extra]``):
-    xyxy boxes, conf, class, anchor -- in candidate-index order. Used for images above
-    ``max_nms`` only, whose cap must run ultralytics' own (unstable) sort on these scores."""
+                      classes: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """One image's candidates as ultralytics computes them (``x``: ``[A, 4 + nc + extra]``): conf,
+    class, anchor -- in candidate-index order. Used for images above ``max_nms`` with tied scores
+    only, whose cap must run ultralytics' own (unstable) sort on exactly these scores."""
     cls = x[:, 4:4 + nc]
-    anchor = torch.nonzero(cls.amax(1) > thr)[:, 0]
-    c = x[anchor, 4:4 + nc]
     if multi:
-        i, j = torch.where(c > thr)
-        conf, anchor = c[i, j], anchor[i]
-    else:
-        conf, j = c.max(1)
-        keep = conf > thr
-        conf, j, anchor = conf[keep], j[keep], anchor[keep]
+        anchor = torch.nonzero(cls.amax(1) > thr)[:, 0]  # NaN rows out
+        i, j = torch.where(cls[anchor] > thr)
+        conf, anchor = cls[anchor[i], j], anchor[i]
+    else:  # a NaN row's max is NaN: out, as by ultralytics' amax filter
+        conf, j = cls.max(1)
+        anchor = torch.nonzero(conf > thr)[:, 0]
+        conf, j = conf[anchor], j[anchor]
     if classes is not None:
         keep = (j[:, None].to(x.dtype) == classes).any(1)
         conf, j, anchor = conf[keep], j[keep], anchor[keep]
-    b = x[anchor, :4]
-    wh = b[:, 2:] / 2
-    return torch.cat([b[:, :2] - wh, b[:, :2] + wh], 1), conf, j, anchor
+    return conf, j, anchor
 
 
 def non_max_suppression(prediction: Any, conf_thres: float = 0.25, iou_thres: float = 0.45,
@@ -170,13 +168,23 @@ def non_max_suppression(prediction: Any, conf_thres: float = 0.25, iou_thres: fl
     r1 = detect(boxes, scores, 1.0, k1, score_threshold=thr, pre_nms_top_k=k1, fmt="cxcywh",
                 objectness=objectness, multi_label=multi, idxs=idxs)
     b1, s1, c1, a1, n1 = r1
-    if n1.numel() and int(n1.max()) > max_nms:
-        for i in torch.nonzero(n1 > max_nms)[:, 0].tolist():
-            bb, ss, cc, aa = _torch_candidates(p[i], nc, thr, multi, cls_t)
+    width = int(n1.max()) if n1.numel() else 0  # (one host sync: the rows are a list anyway)
+    if width > max_nms:
+        # Above max_nms (then k1 = max_nms + 1, every slot live): with distinct scores in the
+        # first max_nms + 1 slots any sort gives the same first max_nms in the same order, so
+        # stage 1's stable order is ultralytics'. With a tie there, its unstable argsort decides.
+        tied = (s1[:, 1:] == s1[:, :-1]).any(1)
+        for i in torch.nonzero((n1 > max_nms) & tied)[:, 0].tolist():
+            ss, cc, aa = _torch_candidates(p[i], nc, thr, multi, cls_t)
             o = ss.argsort(descending=True)[:max_nms]  # ultralytics' cap, its tie order too
-            m = o.numel()
-            b1[i, :m], s1[i, :m], c1[i, :m], a1[i, :m] = bb[o], ss[o], cc[o], aa[o]
-    slot = torch.arange(k1, device=dev)
+            m, aa = o.numel(), aa[o]
+            xywh = p[i, aa, :4]
+            wh = xywh[:, 2:] / 2  # ultralytics' xywh2xyxy (detect's cxcywh rule)
+            b1[i, :m] = torch.cat([xywh[:, :2] - wh, xywh[:, :2] + wh], 1).to(b1.dtype)
+            s1[i, :m], c1[i, :m], a1[i, :m] = ss[o], cc[o], aa
+    w2 = max(1, min(width, max_nms))  # stage 2 sees the live slots only
+    b1, s1, c1, a1 = b1[:, :w2], s1[:, :w2], c1[:, :w2], a1[:, :w2]
+    slot = torch.arange(w2, device=dev)
     live = slot[None, :] < torch.clamp(n1, max=max_nms)[:, None]
     s2 = torch.where(live, s1, torch.tensor(float("-inf"), dtype=s1.dtype, device=dev))
     off = c1.to(dt) * (0 if agnostic else max_wh)  # ultralytics' x[:, 5:6] * max_wh, in its dtype

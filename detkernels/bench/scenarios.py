@@ -583,34 +583,103 @@ def _fused_rows(fam: "Detect", p: dict, device: str, lib: str) -> list[Row]:
     return rows
 
 
+def _ultralytics_layout(b: Any, s: Any) -> tuple:
+    """``[B, A, 4]`` xyxy boxes and ``[B, A, C]`` scores as an ultralytics head emits them:
+    ``[B, 4 + C, A]`` with cxcywh boxes."""
+    torch = sys.modules["torch"]
+    cxcywh = torch.cat([(b[..., :2] + b[..., 2:]) / 2, b[..., 2:] - b[..., :2]], -1)
+    return (torch.cat([cxcywh, s], -1).transpose(1, 2).contiguous(),)
+
+
+def _ultralytics_split(out: list) -> list:
+    return [(x[:, :4], x[:, 4], x[:, 5].long()) for x in out]
+
+
 def _ultralytics_rows(fam: "Detect", p: dict, device: str, lib: str) -> list[Row]:
     """ultralytics' ``non_max_suppression`` (when installed) on the same batch in its own layout,
-    ``[B, 4 + C, A]`` with cxcywh boxes; max_nms = max_det = k (the other rows' top-k, no cap)."""
+    ``[B, 4 + C, A]`` with cxcywh boxes; max_nms = max_det = k (the other rows' top-k, no cap).
+    Beside it (float32), ``detkernels.ultralytics.non_max_suppression``, the drop-in: the same
+    call through two fused detect calls, checked identical to ultralytics' rows."""
     import importlib.util
 
     if lib != "torch" or importlib.util.find_spec("ultralytics") is None:
         return []
     from ultralytics.utils.nms import non_max_suppression
 
-    def to(b: Any, s: Any) -> tuple:
-        cxcywh = sys.modules["torch"].cat([(b[..., :2] + b[..., 2:]) / 2, b[..., 2:] - b[..., :2]], -1)
-        return (sys.modules["torch"].cat([cxcywh, s], -1).transpose(1, 2).contiguous(),)
-
-    batch = _batched(to)
+    batch = _batched(_ultralytics_layout)
+    args = dict(max_det=p["k"], max_nms=p["k"])
 
     def run(images: Any) -> list:
-        out = non_max_suppression(batch(images)[0], p["conf"], p["iou"], max_det=p["k"], max_nms=p["k"])
-        return [(x[:, :4], x[:, 4], x[:, 5].long()) for x in out]
+        return _ultralytics_split(non_max_suppression(batch(images)[0], p["conf"], p["iou"], **args))
 
-    return [Row("ultralytics non_max_suppression", "peer", run,
+    rows = [Row("ultralytics non_max_suppression", "peer", run,
                 note="ultralytics 8.x: per-image Python loop, class offsets + torchvision nms")]
+    if p["dtype"] == "float32":  # the drop-in reproduces float32/float64 calls (half: NotImplementedError)
+        dk_ul = _dk().ultralytics
+
+        def drop_in(images: Any) -> list:
+            return _ultralytics_split(dk_ul.non_max_suppression(batch(images)[0], p["conf"], p["iou"], **args))
+
+        rows.append(Row(ULTRALYTICS_DROP_IN, "detkernels", drop_in,
+                        note="ultralytics' signature and rows, through two fused detect calls"))
+    return rows
+
+
+ULTRALYTICS_DROP_IN = "detkernels.ultralytics non_max_suppression"
+ORT_DETECT = "onnxruntime detect graph"
+
+
+def _onnxruntime_rows(fam: "Detect", p: dict, device: str, lib: str) -> list[Row]:
+    """ONNX Runtime (CPU, 2 intra-op threads, as peers.py) running the ONNX export of the same
+    ``detkernels.detect`` call (detkernels/_torch/onnx.py: ArgMax, Greater, TopK,
+    NonMaxSuppression, scatter), exported once per case at its fixed shapes (legacy exporter) on
+    the first, untimed call; checked as the fused op is, against reference/detect.py."""
+    import importlib.util
+
+    if lib != "torch" or device != "cpu" or any(importlib.util.find_spec(m) is None
+                                                 for m in ("onnx", "onnxruntime")):
+        return []
+    from .peers import ORT_THREADS
+
+    k, sess = p["k"], []
+    batch = _batched(lambda b, s: (b.numpy(), s.numpy()))
+
+    def export(b: Any, s: Any) -> Any:
+        import io
+        import warnings
+
+        import onnxruntime as ort
+        torch = sys.modules["torch"]
+        dk = _dk()
+
+        class Fn(torch.nn.Module):
+            def forward(self, b: Any, s: Any) -> tuple:
+                return tuple(dk.detect(b, s, p["iou"], k, score_threshold=p["conf"], pre_nms_top_k=k))
+
+        f = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(Fn(), (torch.from_numpy(b), torch.from_numpy(s)), f, dynamo=False, opset_version=18)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.inter_op_num_threads = ORT_THREADS, 1
+        return ort.InferenceSession(f.getvalue(), so, providers=["CPUExecutionProvider"])
+
+    def run(images: Any) -> list:
+        b, s = batch(images)
+        if not sess:
+            sess.append(export(b, s))
+        names = [i.name for i in sess[0].get_inputs()]
+        boxes, scores, classes, _, counts = sess[0].run(None, dict(zip(names, (b, s))))
+        return [(boxes[i, :n], scores[i, :n], classes[i, :n]) for i, n in enumerate(counts.tolist())]
+
+    return [Row(ORT_DETECT, "peer", run, note="the exported detect graph (standard ONNX operators)")]
 
 
 # Rows that run a whole batch of images in one call. Each entry maps (family, params, device, lib)
 # to a list of Rows whose fn takes the list of images and returns, per image, (boxes, scores,
 # labels) as `_detect` does.
 MULTI_IMAGE_ROWS: list[Callable[..., list[Row]]] = [_one_call_rows, _multi_image_rows, _fused_rows,
-                                                    _ultralytics_rows]
+                                                    _ultralytics_rows, _onnxruntime_rows]
 
 
 class _Expected(list):
@@ -619,9 +688,20 @@ class _Expected(list):
     torch-preprocessed rows do not fix). Images are independent: one is checked, as roi_align
     checks its first RoIs."""
 
-    def __init__(self, items: list, image0: tuple, p: dict) -> None:
+    def __init__(self, items: list, image0: tuple, p: dict, images: Any = None) -> None:
         super().__init__(items)
         self._image0, self._p, self._fused = image0, p, None
+        self._images, self._ultralytics = images, None
+
+    def ultralytics(self) -> list:
+        """ultralytics' own rows on the whole batch (the drop-in row's expected output)."""
+        if self._ultralytics is None:
+            from ultralytics.utils.nms import non_max_suppression
+
+            pred = _ultralytics_layout(*(sys.modules["torch"].stack([x[i] for x in self._images]) for i in (0, 1)))[0]
+            self._ultralytics = _ultralytics_split(non_max_suppression(
+                pred, self._p["conf"], self._p["iou"], max_det=self._p["k"], max_nms=self._p["k"]))
+        return self._ultralytics
 
     def fused(self) -> list:
         if self._fused is None:
@@ -699,10 +779,15 @@ class Detect(Family):
             b, s, c = (_cpu(x) for x in _preprocess(boxes, cls_scores, p["conf"], p["k"]))
             keep = dk.batched_nms(b, s, c, p["iou"], backend="numpy")
             out.append((b[keep], s[keep], c[keep]))
-        return _Expected(out, tuple(_cpu(x) for x in inp[0]), p)
+        return _Expected(out, tuple(_cpu(x) for x in inp[0]), p, inp)
 
     def check(self, row, out, expected, p, device):
-        if row.label.endswith(" detect"):  # the fused op: bytes of image 0 vs reference/detect.py
+        if row.label == ULTRALYTICS_DROP_IN:  # every image's rows vs ultralytics' own, bytes
+            got, exp = _flat(out), _flat(expected.ultralytics())
+            ok = len(got) == len(exp) and all(_bytes_equal(a, e) for a, e in zip(got, exp))
+            return "identical to ultralytics" if ok else "MISMATCH vs ultralytics"
+        if row.label.endswith(" detect") or row.label == ORT_DETECT:
+            # the fused op (or its ONNX graph): bytes of image 0 vs reference/detect.py
             got, exp = _flat(out[0]), expected.fused()
             ok = len(got) == 3 and all(_bytes_equal(a, e) for a, e in zip(got, exp))
             return "exact" if ok else "MISMATCH vs reference"

@@ -188,6 +188,26 @@ def test_max_nms_cap_on_tied_scores():
     both(torch.cat([pred, pred.flip(2)]), conf_thres=0.25, max_nms=1000, max_det=50)
 
 
+def test_max_nms_cap_on_distinct_scores_stays_fused(monkeypatch):
+    # Above max_nms with distinct scores any sort agrees: no per-image torch path (it would raise).
+    from detkernels._torch import ultralytics as mod
+
+    def no_loop(*a, **k):
+        raise AssertionError("per-image path taken")
+
+    rng = np.random.default_rng(4)
+    A = 2000
+    boxes = np.concatenate([rng.uniform(0, 300, (A, 2)), rng.uniform(4, 40, (A, 2))], 1)
+    scores = rng.permutation(np.linspace(0.3, 0.9, A * 3, dtype=np.float32)).reshape(A, 3)  # distinct
+    pred = torch.cat([pred_of(boxes, scores), pred_of(boxes[::-1].copy(), scores)])
+    want = [UL(pred, conf_thres=0.25, max_nms=300, multi_label=m, return_idxs=True) for m in (False, True)]
+    monkeypatch.setattr(mod, "_torch_candidates", no_loop)
+    for m, w in zip((False, True), want):
+        same(w, dk_nms(pred, conf_thres=0.25, max_nms=300, multi_label=m, return_idxs=True))
+    with pytest.raises(AssertionError, match="per-image path"):  # the tied case does take it
+        dk_nms(pred_of(boxes, np.full((A, 3), 0.5, np.float32)), conf_thres=0.25, max_nms=300)
+
+
 def test_class_offset_rounding_pinned():
     """ultralytics adds ``class * max_wh`` to the coordinates before one NMS: at class 79 a
     float32 coordinate near 606 720 has a 1/16 px step, so IoUs round differently from exact
