@@ -74,6 +74,8 @@ def __getattr__(name: str):
         return getattr(roi_modules, name)
     if name == "ultralytics":  # the ultralytics drop-in (needs torch): detkernels/_torch/ultralytics.py
         return importlib.import_module("._torch.ultralytics", __name__)
+    if name == "tv_detection":  # RetinaNet / FCOS post-process via detect: detkernels/_torch/tv_detection.py
+        return importlib.import_module("._torch.tv_detection", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
