@@ -22,6 +22,8 @@ then per image ``batched_nms`` over all levels and the first ``detections_per_im
   (``class * (max coordinate + 1)``, the same float additions) through one class-agnostic NMS --
   above it exact per-class NMS, ordered by torchvision's own (unstable) sort of the kept scores.
 
+On a device detect does not serve yet (CUDA), the functions call torchvision's own method.
+
 What it does not change: torchvision's per-image Python loop around the levels stays (the decode
 and the sigmoid calls must be torchvision's); the gain is the fused threshold / top-k / NMS.
 """
@@ -34,6 +36,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from .. import _registry
 from ..api.detect import detect
 
 __all__ = ["retinanet_postprocess_detections", "fcos_postprocess_detections",
@@ -97,10 +100,31 @@ def _postprocess(self: Any, class_logits: list[Tensor], box_regression: list[Ten
     return detections
 
 
+_SAVED: dict[str, Any] = {}  # class name -> torchvision's own method, while patched
+_MODULES = {"RetinaNet": "torchvision.models.detection.retinanet", "FCOS": "torchvision.models.detection.fcos"}
+
+
+def _torchvision_method(cls: str) -> Any:
+    return _SAVED.get(cls) or getattr(importlib.import_module(_MODULES[cls]), cls).__dict__["postprocess_detections"]
+
+
+def _served(head_outputs: dict[str, list[Tensor]]) -> bool:
+    """A detect backend runs on the head's device and dtype (today: the CPU)."""
+    t = head_outputs["cls_logits"][0]
+    try:
+        _registry.select("detect", str(t.device), "float64" if t.dtype == torch.float64 else "float32")
+    except RuntimeError:
+        return False
+    return True
+
+
 def retinanet_postprocess_detections(self: Any, head_outputs: dict[str, list[Tensor]],
                                      anchors: list[list[Tensor]],
                                      image_shapes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
-    """``RetinaNet.postprocess_detections`` (same arguments, same detections, bit for bit)."""
+    """``RetinaNet.postprocess_detections`` (same arguments, same detections, bit for bit; on a
+    device detect does not serve, torchvision's own)."""
+    if not _served(head_outputs):
+        return _torchvision_method("RetinaNet")(self, head_outputs, anchors, image_shapes)
     cl = head_outputs["cls_logits"]
     return _postprocess(self, cl, head_outputs["bbox_regression"], anchors, image_shapes,
                         lambda i, lvl: torch.sigmoid(cl[lvl][i]), self.box_coder.decode_single)
@@ -108,7 +132,10 @@ def retinanet_postprocess_detections(self: Any, head_outputs: dict[str, list[Ten
 
 def fcos_postprocess_detections(self: Any, head_outputs: dict[str, list[Tensor]], anchors: list[list[Tensor]],
                                 image_shapes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
-    """``FCOS.postprocess_detections`` (same arguments, same detections, bit for bit)."""
+    """``FCOS.postprocess_detections`` (same arguments, same detections, bit for bit; on a device
+    detect does not serve, torchvision's own)."""
+    if not _served(head_outputs):
+        return _torchvision_method("FCOS")(self, head_outputs, anchors, image_shapes)
     cl, ct = head_outputs["cls_logits"], head_outputs["bbox_ctrness"]
     return _postprocess(self, cl, head_outputs["bbox_regression"], anchors, image_shapes,
                         lambda i, lvl: torch.sqrt(torch.sigmoid(cl[lvl][i]) * torch.sigmoid(ct[lvl][i])),
@@ -121,17 +148,19 @@ class patch_detection_postprocess(contextlib.AbstractContextManager):
     as a context manager restores on exit; ``.restore()`` undoes a global patch."""
 
     def __init__(self) -> None:
-        self._saved: list[tuple[Any, Any]] = []
-        for modname, cls, fn in (("torchvision.models.detection.retinanet", "RetinaNet", retinanet_postprocess_detections),
-                                 ("torchvision.models.detection.fcos", "FCOS", fcos_postprocess_detections)):
-            c = getattr(importlib.import_module(modname), cls)
-            self._saved.append((c, c.__dict__["postprocess_detections"]))
+        self._saved: list[tuple[Any, str, Any]] = []
+        for name, fn in (("RetinaNet", retinanet_postprocess_detections), ("FCOS", fcos_postprocess_detections)):
+            c = getattr(importlib.import_module(_MODULES[name]), name)
+            self._saved.append((c, name, c.__dict__["postprocess_detections"]))
+            _SAVED.setdefault(name, c.__dict__["postprocess_detections"])
             c.postprocess_detections = fn
 
     def restore(self) -> None:
         """Put torchvision's own methods back."""
-        for c, fn in reversed(self._saved):
+        for c, name, fn in reversed(self._saved):
             c.postprocess_detections = fn
+            if c.__dict__["postprocess_detections"] is _SAVED.get(name):
+                del _SAVED[name]
         self._saved.clear()
 
     def __exit__(self, *exc: Any) -> None:

@@ -34,9 +34,9 @@ Not reproduced:
 * ``max_time_img``: accepted and ignored. ultralytics stops its loop (and returns empty rows for the
   remaining images) once ``2 + max_time_img * B`` seconds have passed; the batched call never
   stops early.
-* ``rotated=True`` (OBB: probiou fast-NMS on xywhr) and float16/bfloat16 predictions (ultralytics
+* ``rotated=True`` (OBB: probiou fast-NMS on xywhr), float16/bfloat16 predictions (ultralytics
   thresholds, converts and offsets in half precision, where ``class * 7680`` overflows above class
-  8): ``NotImplementedError`` (``Unsupported``). ``patch_ultralytics`` hands those calls to
+  8) and devices detect does not serve yet (CUDA): ``NotImplementedError`` (``Unsupported``). ``patch_ultralytics`` hands those calls to
   ultralytics' own function.
 * Invalid ``conf_thres`` / ``iou_thres`` raise ``ValueError`` (ultralytics: ``AssertionError``).
 """
@@ -49,6 +49,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .. import _registry
 from ..api.detect import detect
 
 __all__ = ["non_max_suppression", "patch_ultralytics", "Unsupported"]
@@ -61,6 +62,15 @@ class Unsupported(NotImplementedError):
 def _f(v: float, dtype: torch.dtype) -> float:
     # torch compares a tensor with a Python float in the tensor's dtype: the threshold rounded to it.
     return float(torch.tensor(float(v), dtype=dtype))
+
+
+def _served(t: Tensor) -> bool:
+    """A detect backend runs on ``t``'s device (today: the CPU)."""
+    try:
+        _registry.select("detect", str(t.device), "float64" if t.dtype == torch.float64 else "float32")
+    except RuntimeError:
+        return False
+    return True
 
 
 def _end2end(prediction: Tensor, conf_thres: float, classes: Tensor | None, max_det: int,
@@ -128,7 +138,8 @@ def non_max_suppression(prediction: Any, conf_thres: float = 0.25, iou_thres: fl
 
     Raises:
         ValueError: ``conf_thres`` or ``iou_thres`` outside [0, 1].
-        Unsupported (a NotImplementedError): ``rotated=True``; float16/bfloat16 predictions.
+        Unsupported (a NotImplementedError): ``rotated=True``; float16/bfloat16 predictions; a
+            device with no detect backend.
     """
     if not 0 <= conf_thres <= 1:
         raise ValueError(f"conf_thres must be in [0, 1], got {conf_thres}")
@@ -145,6 +156,8 @@ def non_max_suppression(prediction: Any, conf_thres: float = 0.25, iou_thres: fl
     if prediction.dtype not in (torch.float32, torch.float64):
         raise Unsupported(f"{prediction.dtype} predictions: ultralytics computes thresholds, boxes and "
                           "class offsets in that dtype, detkernels in float32; pass prediction.float()")
+    if not _served(prediction):
+        raise Unsupported(f"detkernels.detect has no backend on {prediction.device} yet")
     dt, dev = prediction.dtype, prediction.device
     B, F, A = prediction.shape
     nc = nc or (F - 4)
@@ -207,7 +220,7 @@ class patch_ultralytics(contextlib.AbstractContextManager):
     """Make ultralytics call ``non_max_suppression`` above (its predictors and validators look it
     up as ``ultralytics.utils.nms.non_max_suppression`` at each call). Patches at construction;
     as a context manager restores on exit; ``.restore()`` undoes a global patch. Calls the drop-in
-    does not reproduce (``Unsupported``: rotated boxes, half-precision predictions) go to
+    does not reproduce (``Unsupported``: rotated boxes, half-precision predictions, CUDA) go to
     ultralytics' own function."""
 
     def __init__(self) -> None:

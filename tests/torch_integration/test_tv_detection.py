@@ -112,3 +112,13 @@ def test_untied_levels_take_the_fused_selection(captured, monkeypatch):
     monkeypatch.setattr(T, "_distinct", lambda s: calls.append(distinct(s)) or calls[-1])
     same(fused(kind)(model, *args), type(model).postprocess_detections(model, *args))
     assert len(calls) == 2 * 5 and sum(calls) >= 5
+
+
+def test_devices_without_a_detect_backend_use_torchvision(captured, monkeypatch):
+    kind, model, images, args = captured
+    monkeypatch.setattr(T, "_served", lambda head: False)
+    sentinel = [{"boxes": torch.zeros(0, 4)}]
+    monkeypatch.setattr(type(model), "postprocess_detections", lambda self, *a: sentinel)
+    assert fused(kind)(model, *args) is sentinel  # torchvision's method (here a stand-in) is called
+    monkeypatch.undo()
+    assert T._served(args[0]) is True

@@ -281,3 +281,19 @@ def test_patch_ultralytics(heads):
     assert ul_nms.non_max_suppression is not UL
     p.restore()
     assert ul_nms.non_max_suppression is UL
+
+
+def test_devices_without_a_detect_backend(heads, monkeypatch):
+    """Where detect serves no backend (CUDA today) the drop-in raises Unsupported and the patch
+    hands the call to ultralytics (simulated here: no GPU on the test host)."""
+    det, _ = heads
+    from detkernels._torch import ultralytics as mod
+
+    monkeypatch.setattr(mod, "_served", lambda t: False)
+    with pytest.raises(NotImplementedError, match="no backend"):
+        dk_nms(det)
+    with mod.patch_ultralytics():
+        same(ul_nms.non_max_suppression(det, conf_thres=0.01), UL(det, conf_thres=0.01))
+    assert mod._served(det[0]) is False
+    monkeypatch.undo()
+    assert mod._served(det[0]) is True
