@@ -191,3 +191,13 @@ def test_setup_ships_every_package():
             listed = {ast.literal_eval(e) for e in node.value.elts}
     on_disk = {_module_name(p) for p in PKG.rglob("__init__.py")}
     assert listed == on_disk
+
+
+def test_detector_integrations_sit_above_the_api():
+    """The ultralytics / torchvision-detector integrations build on the public detect and nothing
+    in the package imports them (they load on attribute access: detkernels.ultralytics,
+    detkernels.tv_detection)."""
+    graph = import_graph()
+    for mod in ("detkernels._torch.ultralytics", "detkernels._torch.tv_detection"):
+        assert "detkernels.api.detect" in graph[mod]
+        assert not [m for m, deps in graph.items() if mod in deps], mod
