@@ -15,7 +15,8 @@ Families:
   detect       a YOLO-style post-process per image: class max -> score threshold -> top-k ->
                batched NMS, for 8 400 / 25 200 (640 px) / 100 800 (1280 px) candidates, batches of
                images (per-image loop, one batched_nms call, one fixed-size multi_image_nms call,
-               the fused detect op, ultralytics' non_max_suppression when installed)
+               the fused detect op, ultralytics' non_max_suppression when installed and
+               detkernels' drop-in for it, ONNX Runtime running the exported detect graph)
   roi_align    RoIAlign of P proposals on a C=256 stride-8 feature map, 7x7 / 14x14 (included when
                this build of detkernels has roi_align)
   nms_large_*  NMS at 10^4 - 10^6 boxes (issue 16; sparse, clustered, one big cluster) against lsnms
