@@ -1,0 +1,218 @@
+// Rotated-box IoU (box_iou with fmt 'cxcywhr'): the only copy of the geometry (rotated corners,
+// the intersection polygon of two rectangles, its area), shared by box_iou_rotated_cpu.cpp, the
+// rotated NMS (ops/nms/nms_rotated_cpu.cpp) and any GPU kernel. NumPy reference (the
+// specification): detkernels/reference/rotated.py, same operation order.
+//
+// Semantics: torchvision 0.29.1's CPU torchvision::box_iou_rotated (from detectron2), every float
+// operation in the same order and the same precision. For boxes (cx, cy, w, h, a) in working type
+// T (float or double), angle a in degrees, counter-clockwise in the image plane (y down):
+//   shift = double(T(cx1 + cx2)) / 2         (double; the pair's mid-point, for precision)
+//   x_ctr = T(double(cx) - shift)            (likewise y)
+//   c, s  = T(cos(double(a) * 0.01745329251)) * T(0.5), likewise sin (libm cos/sin in double)
+//   corner0 = ((x + s*h) + c*w, (y + c*h) - s*w); corner1 = ((x - s*h) + c*w, (y - c*h) - s*w);
+//   corner2 = 2*x - corner0; corner3 = 2*x - corner1
+//   area_k = w_k * h_k; if double(area1) < 1e-14 or double(area2) < 1e-14: IoU = 0
+//   points: the 16 edge/edge crossings with |det| > 1e-14 and both parameters in (-1e-5, 1 + 1e-5)
+//   (double comparisons), then box1's corners inside box2 and box2's inside box1 (projections in
+//   (-1e-5, |edge|^2 + 1e-5)), in that order; fewer than 3 points: intersection 0; else the
+//   Graham scan of torchvision (swap sort on cross products with 1e-6 tolerances, pops on
+//   q1.x*q2.y >= q2.x*q1.y) and the fan area sum(|cross|) / 2 in T.
+//   base = (area1 + area2) - inter; IoU = double(base) > 1e-14 ? inter / base : 0 (NaN base: 0),
+//   clamped to [0, 1] in T (NaN passes), returned as float32 (also for double boxes).
+// NaN coordinates follow the comparisons, as torchvision's.
+#pragma once
+#include "common/host_device.h"
+
+#ifndef __CUDACC_RTC__
+#include <cmath>
+#endif
+
+namespace detkernels {
+
+template <typename T> struct RPoint {
+  T x, y;
+};
+template <typename T> DK_HD RPoint<T> rp_sub(RPoint<T> a, RPoint<T> b) { return {a.x - b.x, a.y - b.y}; }
+// A.x * B.y - B.x * A.y (the order of torchvision's cross_2d; no FMA: docs/SPEC.md §2).
+template <typename T> DK_HD T rp_cross(RPoint<T> a, RPoint<T> b) { return a.x * b.y - b.x * a.y; }
+template <typename T> DK_HD T rp_dot(RPoint<T> a, RPoint<T> b) { return a.x * b.x + a.y * b.y; }
+// fabs: clears the sign bit of NaN and -0.0 too, as torchvision's fabs (NaN outputs keep its bits).
+DK_HD float rp_abs(float x) { return ::fabsf(x); }
+DK_HD double rp_abs(double x) { return ::fabs(x); }
+
+// Half cosine and sine of a box angle in degrees: T(cos(double(a) * 0.01745329251)) * T(0.5).
+// Depends on the box only, so callers compute it once per box (torchvision: once per pair).
+template <typename T> DK_HD void rotated_half_cos_sin(T angle_deg, T& c, T& s) {
+  const double theta = static_cast<double>(angle_deg) * 0.01745329251;
+  c = static_cast<T>(::cos(theta)) * T(0.5);
+  s = static_cast<T>(::sin(theta)) * T(0.5);
+}
+
+// The four corners of a box with (shifted) centre (x, y), size (w, h), half cos/sin (c, s).
+template <typename T> DK_HD void rotated_corners(T x, T y, T w, T h, T c, T s, RPoint<T> (&p)[4]) {
+  p[0].x = (x + s * h) + c * w;
+  p[0].y = (y + c * h) - s * w;
+  p[1].x = (x - s * h) + c * w;
+  p[1].y = (y - c * h) - s * w;
+  p[2].x = T(2) * x - p[0].x;
+  p[2].y = T(2) * y - p[0].y;
+  p[3].x = T(2) * x - p[1].x;
+  p[3].y = T(2) * y - p[1].y;
+}
+
+// Corners of `box` (edges e[k] = p[k+1] - p[k]) inside the other rectangle (corner q0, edges
+// ab = e_other[0], da = e_other[3]) are appended to out; returns the new count.
+template <typename T>
+DK_HD int rotated_corners_inside(const RPoint<T> (&p)[4], RPoint<T> q0, RPoint<T> ab, RPoint<T> da,
+                                 RPoint<T>* out, int num) {
+  const double eps = 1e-5;
+  const double ab2 = static_cast<double>(rp_dot(ab, ab)) + eps;
+  const double ad2 = static_cast<double>(rp_dot(da, da)) + eps;
+  for (int i = 0; i < 4; ++i) {
+    const RPoint<T> ap = rp_sub(p[i], q0);
+    const double u = static_cast<double>(rp_dot(ap, ab));
+    const double v = static_cast<double>(-rp_dot(ap, da));
+    if (u > -eps && v > -eps && u < ab2 && v < ad2) out[num++] = p[i];
+  }
+  return num;
+}
+
+// The candidate vertices of the intersection polygon, in torchvision's order (edge crossings
+// i-major, then p1's corners in p2, then p2's in p1): at most 24; returns the count.
+template <typename T>
+DK_HD int rotated_intersection_points(const RPoint<T> (&p1)[4], const RPoint<T> (&p2)[4],
+                                      RPoint<T> (&out)[24]) {
+  RPoint<T> e1[4], e2[4];
+  for (int k = 0; k < 4; ++k) {
+    e1[k] = rp_sub(p1[(k + 1) & 3], p1[k]);
+    e2[k] = rp_sub(p2[(k + 1) & 3], p2[k]);
+  }
+  const double eps = 1e-5, hi = 1.0 + eps;
+  int num = 0;
+  for (int i = 0; i < 4; ++i) {
+    for (int j = 0; j < 4; ++j) {
+      const T det = rp_cross(e2[j], e1[i]);
+      if (static_cast<double>(rp_abs(det)) <= 1e-14) continue;  // parallel (NaN: not skipped)
+      const RPoint<T> d = rp_sub(p2[j], p1[i]);
+      const double t1 = static_cast<double>(rp_cross(e2[j], d) / det);
+      const double t2 = static_cast<double>(rp_cross(e1[i], d) / det);
+      if (t1 > -eps && t1 < hi && t2 > -eps && t2 < hi) {
+        const T t = static_cast<T>(t1);
+        out[num++] = RPoint<T>{p1[i].x + e1[i].x * t, p1[i].y + e1[i].y * t};
+      }
+    }
+  }
+  num = rotated_corners_inside(p1, p2[0], e2[0], e2[3], out, num);
+  num = rotated_corners_inside(p2, p1[0], e1[0], e1[3], out, num);
+  return num;
+}
+
+// Area of the convex hull of p[0..num) (num >= 3), by torchvision's Graham scan on points taken
+// relative to the lowest (then leftmost) one; p is used as scratch.
+template <typename T> DK_HD T convex_hull_area(RPoint<T>* p, int num) {
+  int t = 0;
+  for (int i = 1; i < num; ++i)
+    if (p[i].y < p[t].y || (p[i].y == p[t].y && p[i].x < p[t].x)) t = i;
+  const RPoint<T> start = p[t];
+  RPoint<T> q[24];
+  T dist[24];
+  for (int i = 0; i < num; ++i) q[i] = rp_sub(p[i], start);
+  {
+    const RPoint<T> tmp = q[0];
+    q[0] = q[t];
+    q[t] = tmp;
+  }
+  for (int i = 0; i < num; ++i) dist[i] = rp_dot(q[i], q[i]);
+  // Swap sort by angle (cross product, 1e-6 tolerance), ties by distance: not a strict weak
+  // order, so the exact swap sequence is part of the semantics.
+  for (int i = 1; i < num - 1; ++i) {
+    for (int j = i + 1; j < num; ++j) {
+      const double cp = static_cast<double>(rp_cross(q[i], q[j]));
+      if (cp < -1e-6 || (rp_abs(cp) < 1e-6 && dist[i] > dist[j])) {
+        const RPoint<T> tq = q[i];
+        q[i] = q[j];
+        q[j] = tq;
+        const T td = dist[i];
+        dist[i] = dist[j];
+        dist[j] = td;
+      }
+    }
+  }
+  int k = 1;  // the first point away from the start
+  while (k < num && !(static_cast<double>(dist[k]) > 1e-8)) ++k;
+  if (k == num) return T(0);
+  q[1] = q[k];
+  int m = 2;
+  for (int i = k + 1; i < num; ++i) {
+    while (m > 1) {
+      const RPoint<T> q1 = rp_sub(q[i], q[m - 2]), q2 = rp_sub(q[m - 1], q[m - 2]);
+      if (q1.x * q2.y >= q2.x * q1.y) --m;  // products compared, not subtracted (as torchvision)
+      else break;
+    }
+    q[m++] = q[i];
+  }
+  if (m <= 2) return T(0);
+  T area = T(0);
+  for (int i = 1; i < m - 1; ++i) area += rp_abs(rp_cross(rp_sub(q[i], q[0]), rp_sub(q[i + 1], q[0])));
+  return static_cast<T>(static_cast<double>(area) / 2.0);
+}
+
+// IoU of two cxcywhr boxes a, b (5 values each) with their half cos/sin precomputed
+// (rotated_half_cos_sin of a[4], b[4]).
+template <typename T>
+DK_HD float rotated_pair_iou(const T* a, const T* b, T ca, T sa, T cb, T sb) {
+  const double sx = static_cast<double>(a[0] + b[0]) / 2.0;
+  const double sy = static_cast<double>(a[1] + b[1]) / 2.0;
+  const T area1 = a[2] * a[3], area2 = b[2] * b[3];
+  if (static_cast<double>(area1) < 1e-14 || static_cast<double>(area2) < 1e-14) return 0.0f;
+  RPoint<T> p1[4], p2[4], pts[24];
+  rotated_corners(static_cast<T>(static_cast<double>(a[0]) - sx),
+                  static_cast<T>(static_cast<double>(a[1]) - sy), a[2], a[3], ca, sa, p1);
+  rotated_corners(static_cast<T>(static_cast<double>(b[0]) - sx),
+                  static_cast<T>(static_cast<double>(b[1]) - sy), b[2], b[3], cb, sb, p2);
+  const int num = rotated_intersection_points(p1, p2, pts);
+  const T inter = num <= 2 ? T(0) : convex_hull_area(pts, num);
+  const T base = (area1 + area2) - inter;
+  T iou = static_cast<double>(base) > 1e-14 ? inter / base : T(0);  // NaN base: 0
+  if (iou < T(0)) iou = T(0);  // clamp to [0, 1]; NaN passes through
+  if (iou > T(1)) iou = T(1);
+  return static_cast<float>(iou);
+}
+
+// A conservative separation test used to skip pairs whose exact computation cannot find 3 points
+// (it then returns 0 / ((area1 + area2) - 0), what rotated_pair_iou returns). Per box, in
+// double: the half extents of its axis-aligned bounding box, and a slack `pad` that covers the
+// kernel's tolerances (corners within 2e-5 / min(|w|, |h|) of the other box count as inside;
+// edges are extended by 1e-5 of their length) and its rounding (1e-5 of the coordinates'
+// magnitude, about 170 float32 ulps). Two boxes whose padded bounding boxes are apart on x or y
+// give at most 2 points (nearly collinear parallel edges, whose crossings are rounding noise,
+// lie on at most 2 shared lines), so their IoU is 0. NaN/inf never pass (comparisons false).
+struct RotatedBounds {
+  double cx, cy, hx, hy, pad;
+};
+template <typename T> DK_HD RotatedBounds rotated_bounds(const T* b, T c, T s) {
+  const double w = rp_abs(static_cast<double>(b[2])), h = rp_abs(static_cast<double>(b[3]));
+  const double ac = rp_abs(static_cast<double>(c)), as = rp_abs(static_cast<double>(s));
+  RotatedBounds r;
+  r.cx = static_cast<double>(b[0]);
+  r.cy = static_cast<double>(b[1]);
+  r.hx = ac * w + as * h;  // c, s are half cos/sin
+  r.hy = as * w + ac * h;
+  const double lo = w < h ? w : h;
+  r.pad = 2e-5 / lo + 1e-4 * (w + h) + 1e-5 * (rp_abs(r.cx) + rp_abs(r.cy)) + 1e-30;
+  return r;
+}
+DK_HD bool rotated_apart(const RotatedBounds& a, const RotatedBounds& b) {
+  const double gx = rp_abs(a.cx - b.cx) - (a.hx + b.hx), gy = rp_abs(a.cy - b.cy) - (a.hy + b.hy);
+  const double pad = a.pad + b.pad;
+  return gx > pad || gy > pad;
+}
+
+#ifndef __CUDACC_RTC__
+/// @brief out[b, i, j] = IoU(boxes1[b, i], boxes2[b, j]) for contiguous cxcywhr boxes1 [B, N, 5],
+/// boxes2 [B, M, 5] of dtype kFloat32 or kFloat64; out float32 [B, N, M] (as torchvision).
+void box_iou_rotated_cpu(int dtype, int64_t B, int64_t N, int64_t M, const void* boxes1,
+                         const void* boxes2, void* out);
+#endif
+
+}  // namespace detkernels
