@@ -68,6 +68,16 @@ def box_iou(b1: Any, b2: Any, kind: str, fmt: str, eps: float) -> Any:
     return out
 
 
+@register("box_iou_rotated", "native", devices=("cpu",))
+def box_iou_rotated(b1: Any, b2: Any) -> Any:
+    """b1 [B, N, 5], b2 [B, M, 5] cxcywhr: contiguous, same float dtype -> float32 [B, N, M]."""
+    B, N, M = b1.shape[0], b1.shape[1], b2.shape[1]
+    out = A.empty((B, N, M), "float32", like=b1)
+    _C.box_iou_rotated_cpu(DTYPE_CODES[A.dtype_name(b1)], B, N, M, A.data_ptr(b1), A.data_ptr(b2),
+                           A.data_ptr(out))
+    return out
+
+
 def _device_index(x: Any) -> int:
     dev = A.device(x)
     return int(dev.split(":")[1]) if ":" in dev else 0

@@ -8,6 +8,7 @@ from .. import _arrays as A
 from ._table import declare, register
 from ..reference import box_iou as ref_iou
 from ..reference import nms as ref_nms
+from ..reference import rotated as ref_rotated
 
 declare("numpy", True)
 
@@ -17,6 +18,12 @@ _ALL = ("float32", "float64", "int32", "int64")
 @register("box_iou", "numpy", dtypes=_ALL)
 def box_iou(b1: Any, b2: Any, kind: str, fmt: str, eps: float) -> Any:
     out = ref_iou._matrix(A.to_numpy_view(b1), A.to_numpy_view(b2), kind, fmt, eps)
+    return A.from_numpy(out, like=b1)
+
+
+@register("box_iou_rotated", "numpy")
+def box_iou_rotated(b1: Any, b2: Any) -> Any:
+    out = ref_rotated.box_iou_rotated(A.to_numpy_view(b1), A.to_numpy_view(b2))
     return A.from_numpy(out, like=b1)
 
 
