@@ -13,9 +13,9 @@ kernel of ``torchvision::box_iou_rotated``), every float operation in the order 
   ``(-1e-5, 1 + 1e-5)``) and the corners of each box inside the other (tolerance ``1e-5``), in a
   fixed order; with fewer than 3 the intersection is 0, else torchvision's Graham scan (its swap
   sort with ``1e-6`` tolerances is part of the semantics) and the fan area in T;
-* either area below ``1e-14`` gives 0; ``iou = inter / base`` with ``base = (area1 + area2) -
-  inter`` if ``base > 1e-14`` else 0, clamped to ``[0, 1]`` (NaN passes), returned as float32 --
-  also for float64 boxes, as torchvision.
+* either area below ``1e-14`` gives 0; ``iou = inter / ((area1 + area2) - inter)``, clamped to
+  ``[0, 1]`` (NaN passes), returned as float32 -- also for float64 boxes, as torchvision. The
+  point tolerances are absolute, so a box of area just above 1e-14 far inside a big one gets 1.
 
 Divergences from torchvision (docs/SPEC.md "Rotated boxes"): float16/bfloat16 and integer boxes
 are computed in float32 (torchvision raises), mixed float32/float64 inputs are promoted (it
@@ -90,7 +90,8 @@ def to_cxcywhr(boxes, fmt: str, m=None):
         except ImportError:
             m = _Np
         else:
-            return to_cxcywhr(torch.from_numpy(np.ascontiguousarray(boxes)), fmt, torch).numpy()
+            x = np.require(boxes, requirements=["C", "W"])  # torch wants a writable buffer
+            return to_cxcywhr(torch.from_numpy(x), fmt, torch).numpy()
     with np.errstate(all="ignore"):
         if fmt == "xyxyxyxy":
             boxes = _xyxyxyxy_to_xywhr(m, boxes)
@@ -102,8 +103,10 @@ def half_cos_sin(angle_deg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     a = np.asarray(angle_deg)
     T = a.dtype.type
     theta = a.astype(np.float64).ravel() * 0.01745329251
-    c = np.array([math.cos(t) for t in theta], dtype=np.float64).astype(a.dtype).reshape(a.shape)
-    s = np.array([math.sin(t) for t in theta], dtype=np.float64).astype(a.dtype).reshape(a.shape)
+    nan = float("nan")  # libm: cos(+-inf) = cos(NaN) = NaN (math.cos raises on inf)
+    c = np.array([math.cos(t) if math.isfinite(t) else nan for t in theta], np.float64)
+    s = np.array([math.sin(t) if math.isfinite(t) else nan for t in theta], np.float64)
+    c, s = c.astype(a.dtype).reshape(a.shape), s.astype(a.dtype).reshape(a.shape)
     return c * T(0.5), s * T(0.5)
 
 
@@ -253,8 +256,7 @@ def pair_iou(a, b, ca=None, sa=None, cb=None, sb=None) -> np.ndarray:
             hx = np.take_along_axis(cx[:, poly], sel, axis=0).T.copy()
             hy = np.take_along_axis(cy[:, poly], sel, axis=0).T.copy()
             inter[poly] = _hull_area(hx, hy, num[poly])
-        base = (area1 + area2) - inter
-        iou = np.where(base.astype(np.float64) > 1e-14, inter / base, T(0))
+        iou = inter / ((area1 + area2) - inter)
         iou = np.where(iou < 0, T(0), iou)
         iou = np.where(iou > 1, T(1), iou)
         out = np.where(live, iou, T(0)).astype(a.dtype)
@@ -284,11 +286,14 @@ def box_iou_rotated(boxes1, boxes2, fmt: str = "cxcywhr") -> np.ndarray:
     b2 = to_cxcywhr(b2.astype(dt, copy=False), fmt).astype(dt, copy=False)
     batch = np.broadcast_shapes(b1.shape[:-2], b2.shape[:-2])
     N, M = b1.shape[-2], b2.shape[-2]
-    a = np.broadcast_to(b1[..., :, None, :], batch + (N, M, 5))
-    b = np.broadcast_to(b2[..., None, :, :], batch + (N, M, 5))
-    if a.size == 0:
+    if int(np.prod(batch + (N, M))) == 0:
         return np.zeros(batch + (N, M), np.float32)
-    return pair_iou(a, b).astype(np.float32)
+    shape = batch + (N, M)
+    (c1, s1), (c2, s2) = half_cos_sin(b1[..., 4]), half_cos_sin(b2[..., 4])  # per box, once
+    a, b = np.broadcast_to(b1[..., :, None, :], shape + (5,)), np.broadcast_to(b2[..., None, :, :], shape + (5,))
+    c1, s1 = np.broadcast_to(c1[..., :, None], shape), np.broadcast_to(s1[..., :, None], shape)
+    c2, s2 = np.broadcast_to(c2[..., None, :], shape), np.broadcast_to(s2[..., None, :], shape)
+    return pair_iou(a, b, c1, s1, c2, s2).astype(np.float32)
 
 
 # ---- NMS ---------------------------------------------------------------------------------------

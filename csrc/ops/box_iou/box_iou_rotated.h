@@ -17,8 +17,9 @@
 //   (-1e-5, |edge|^2 + 1e-5)), in that order; fewer than 3 points: intersection 0; else the
 //   Graham scan of torchvision (swap sort on cross products with 1e-6 tolerances, pops on
 //   q1.x*q2.y >= q2.x*q1.y) and the fan area sum(|cross|) / 2 in T.
-//   base = (area1 + area2) - inter; IoU = double(base) > 1e-14 ? inter / base : 0 (NaN base: 0),
-//   clamped to [0, 1] in T (NaN passes), returned as float32 (also for double boxes).
+//   IoU = inter / ((area1 + area2) - inter), clamped to [0, 1] in T (NaN passes), returned as
+//   float32 (also for double boxes). The point tolerances are absolute: a box of w * h just above
+//   1e-14 "contains" corners ~1e-5 / w away, so such a box far inside a big one gets IoU 1.
 // NaN coordinates follow the comparisons, as torchvision's.
 #pragma once
 #include "common/host_device.h"
@@ -172,8 +173,7 @@ DK_HD float rotated_pair_iou(const T* a, const T* b, T ca, T sa, T cb, T sb) {
                   static_cast<T>(static_cast<double>(b[1]) - sy), b[2], b[3], cb, sb, p2);
   const int num = rotated_intersection_points(p1, p2, pts);
   const T inter = num <= 2 ? T(0) : convex_hull_area(pts, num);
-  const T base = (area1 + area2) - inter;
-  T iou = static_cast<double>(base) > 1e-14 ? inter / base : T(0);  // NaN base: 0
+  T iou = inter / ((area1 + area2) - inter);
   if (iou < T(0)) iou = T(0);  // clamp to [0, 1]; NaN passes through
   if (iou > T(1)) iou = T(1);
   return static_cast<float>(iou);
