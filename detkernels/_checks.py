@@ -21,7 +21,7 @@ from .reference.roi_align import check_sampling_ratio
 from .reference.roi_pool import check_plane
 
 __all__ = [
-    "FLOATS", "INTS", "ROTATED", "iou_check", "rotated_iou_check", "nms_check", "multi_check", "padded_check", "detect_check", "threshold_value",
+    "FLOATS", "INTS", "ROTATED", "iou_check", "rotated_iou_check", "nms_rotated_check", "nms_check", "multi_check", "padded_check", "detect_check", "threshold_value",
     "non_negative_int", "score_threshold_value", "pair", "rois_from_boxes", "roi_check",
     "roi_grad_check", "roi_pool_index_check", "check_sampling_ratio", "check_plane",
 ]
@@ -143,6 +143,24 @@ def box_area_check(boxes: Any, fmt: str) -> None:
 
 
 # ---- NMS ---------------------------------------------------------------------------------------------
+
+def nms_rotated_check(boxes: Any, scores: Any, idxs: Any, fmt: str) -> str:
+    """nms_rotated / batched_nms_rotated: [N, 5] (cxcywhr, xywhr) or [N, 8] (xyxyxyxy) boxes,
+    [N] scores, [N] idxs (or None); returns the working dtype (float32, or float64 if either is)."""
+    if fmt not in ROTATED:
+        raise ValueError(f"fmt must be one of {ROTATED}, got {fmt!r}")
+    A.same_placement(boxes=boxes, scores=scores, idxs=idxs)
+    k = 8 if fmt == "xyxyxyxy" else 5
+    if boxes.ndim != 2 or boxes.shape[-1] != k:
+        raise RuntimeError(f"boxes should be a 2d tensor of shape [N, {k}] for fmt={fmt!r}, got {tuple(boxes.shape)}")
+    if scores.ndim != 1 or scores.shape[0] != boxes.shape[0]:
+        raise RuntimeError(f"scores should be a 1d tensor of shape [{boxes.shape[0]}], got {tuple(scores.shape)}")
+    if idxs is not None:
+        if idxs.ndim != 1 or idxs.shape[0] != boxes.shape[0]:
+            raise RuntimeError(f"idxs should be a 1d tensor of shape [{boxes.shape[0]}], got {tuple(idxs.shape)}")
+        _numeric_ids(idxs)
+    return _float_dtypes(boxes=boxes, scores=scores)
+
 
 def nms_check(boxes: Any, scores: Any, idxs: Any = None) -> str:
     """Validate nms/batched_nms (RuntimeError for shapes, as torchvision); return the working dtype."""

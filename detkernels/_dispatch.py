@@ -20,7 +20,7 @@ from . import _registry
 from ._checks import HALF, INTS, ROTATED
 from .reference.rotated import to_cxcywhr
 
-__all__ = ["iou", "nms", "multi_image_nms", "nms_padded", "detect", "roi_align", "roi_align_backward",
+__all__ = ["iou", "nms", "nms_rotated", "multi_image_nms", "nms_padded", "detect", "roi_align", "roi_align_backward",
            "roi_pool", "roi_pool_backward"]
 
 
@@ -82,6 +82,15 @@ def _iou_rotated(b1: Any, b2: Any, fmt: str, checked: tuple, backend: str | None
 
 
 # ---- NMS ---------------------------------------------------------------------------------------------
+
+def nms_rotated(boxes: Any, scores: Any, idxs: Any, thr: float, fmt: str, w: str, backend: str | None) -> Any:
+    """Rotated NMS (per class when ``idxs`` is given): int64 kept indices by descending score."""
+    dev = A.device(boxes)  # placement: checked by _checks.nms_rotated_check
+    if boxes.shape[0] == 0:
+        return A.empty((0,), "int64", like=boxes)
+    _, fn = _registry.select("nms_rotated", dev, w, backend)
+    return fn(A.ascontig(_cxcywhr(boxes, fmt, w)), _as(scores, w), None if idxs is None else _class_ids(idxs), thr)
+
 
 def nms(boxes: Any, scores: Any, idxs: Any, thr: float, w: str, backend: str | None) -> Any:
     """NMS (per class when ``idxs`` is given): int64 kept indices by descending score."""

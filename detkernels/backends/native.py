@@ -78,6 +78,17 @@ def box_iou_rotated(b1: Any, b2: Any) -> Any:
     return out
 
 
+@register("nms_rotated", "native", devices=("cpu",))
+def nms_rotated(boxes: Any, scores: Any, classes: Any, iou_threshold: float) -> Any:
+    """boxes [N, 5] cxcywhr, scores [N] (same float dtype), classes int64 [N] or None -> kept indices."""
+    n = boxes.shape[0]
+    keep = A.empty((n,), "int64", like=boxes)
+    count = _C.nms_rotated_cpu(DTYPE_CODES[A.dtype_name(boxes)], A.data_ptr(boxes), A.data_ptr(scores),
+                               0 if classes is None else A.data_ptr(classes), n, float(iou_threshold),
+                               A.data_ptr(keep))
+    return keep[:count]
+
+
 def _device_index(x: Any) -> int:
     dev = A.device(x)
     return int(dev.split(":")[1]) if ":" in dev else 0

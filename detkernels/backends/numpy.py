@@ -27,6 +27,16 @@ def box_iou_rotated(b1: Any, b2: Any) -> Any:
     return A.from_numpy(out, like=b1)
 
 
+@register("nms_rotated", "numpy")
+def nms_rotated(boxes: Any, scores: Any, classes: Any, iou_threshold: float) -> Any:
+    b, s = A.to_numpy_view(boxes), A.to_numpy_view(scores)
+    if classes is None:
+        keep = ref_rotated.nms_rotated(b, s, iou_threshold)
+    else:
+        keep = ref_rotated.batched_nms_rotated(b, s, A.to_numpy_view(classes), iou_threshold)
+    return A.from_numpy(keep, like=boxes)
+
+
 @register("nms", "numpy")
 def nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float) -> Any:
     b, s = A.to_numpy_view(boxes), A.to_numpy_view(scores)

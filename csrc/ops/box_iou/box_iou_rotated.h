@@ -158,14 +158,14 @@ template <typename T> DK_HD T convex_hull_area(RPoint<T>* p, int num) {
   return static_cast<T>(static_cast<double>(area) / 2.0);
 }
 
-// IoU of two cxcywhr boxes a, b (5 values each) with their half cos/sin precomputed
-// (rotated_half_cos_sin of a[4], b[4]).
+// IoU in T of two cxcywhr boxes a, b (5 values each) with their half cos/sin precomputed
+// (rotated_half_cos_sin of a[4], b[4]). box_iou stores it as float32; NMS compares it in double.
 template <typename T>
-DK_HD float rotated_pair_iou(const T* a, const T* b, T ca, T sa, T cb, T sb) {
+DK_HD T rotated_pair_iou(const T* a, const T* b, T ca, T sa, T cb, T sb) {
   const double sx = static_cast<double>(a[0] + b[0]) / 2.0;
   const double sy = static_cast<double>(a[1] + b[1]) / 2.0;
   const T area1 = a[2] * a[3], area2 = b[2] * b[3];
-  if (static_cast<double>(area1) < 1e-14 || static_cast<double>(area2) < 1e-14) return 0.0f;
+  if (static_cast<double>(area1) < 1e-14 || static_cast<double>(area2) < 1e-14) return T(0);
   RPoint<T> p1[4], p2[4], pts[24];
   rotated_corners(static_cast<T>(static_cast<double>(a[0]) - sx),
                   static_cast<T>(static_cast<double>(a[1]) - sy), a[2], a[3], ca, sa, p1);
@@ -176,7 +176,7 @@ DK_HD float rotated_pair_iou(const T* a, const T* b, T ca, T sa, T cb, T sb) {
   T iou = inter / ((area1 + area2) - inter);
   if (iou < T(0)) iou = T(0);  // clamp to [0, 1]; NaN passes through
   if (iou > T(1)) iou = T(1);
-  return static_cast<float>(iou);
+  return iou;
 }
 
 // A conservative separation test used to skip pairs whose exact computation cannot find 3 points
@@ -213,6 +213,12 @@ DK_HD bool rotated_apart(const RotatedBounds& a, const RotatedBounds& b) {
 /// boxes2 [B, M, 5] of dtype kFloat32 or kFloat64; out float32 [B, N, M] (as torchvision).
 void box_iou_rotated_cpu(int dtype, int64_t B, int64_t N, int64_t M, const void* boxes1,
                          const void* boxes2, void* out);
+/// @brief Greedy NMS of N contiguous cxcywhr boxes [N, 5] with scores [N] (same dtype, kFloat32
+/// or kFloat64), within classes[N] if not null: descending score (NaN first, ties by index), a
+/// kept box suppresses later ones (of its class) with double(IoU(kept, other)) > iou_threshold.
+/// Writes the kept indices in that order to keep (room for N); returns how many.
+int64_t nms_rotated_cpu(int dtype, const void* boxes, const void* scores, const int64_t* classes,
+                        int64_t N, double iou_threshold, int64_t* keep);
 #endif
 
 }  // namespace detkernels

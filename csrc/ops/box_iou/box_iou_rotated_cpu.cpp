@@ -1,6 +1,7 @@
-// CPU loops over box_iou_rotated.h: rows of the [B, N, M] output split across threads. The half
-// cos/sin and the padded bounds of every box are computed once (torchvision: 4 libm calls per
-// pair); pairs whose padded bounds are apart skip the polygon (rotated_apart: their IoU is 0).
+// CPU loops over box_iou_rotated.h: the IoU matrix (rows of the [B, N, M] output split across
+// threads) and the greedy rotated NMS. The half cos/sin and the padded bounds of every box are
+// computed once (torchvision: 4 libm calls per pair); pairs whose padded bounds are apart skip
+// the polygon (rotated_apart: their IoU is 0).
 #include "ops/box_iou/box_iou_rotated.h"
 
 #include <algorithm>
@@ -8,6 +9,7 @@
 
 #include "common/dispatch.h"
 #include "common/parallel.h"
+#include "ops/nms/nms.h"  // score_before
 
 namespace detkernels {
 namespace {
@@ -34,8 +36,9 @@ void rows(const T* b1, const T* b2, float* out, int64_t M, int64_t lo, int64_t h
     float* row = out + i * M;
     for (int64_t j = 0; j < M; ++j) {
       const BoxPrep<T>& pb = p2[j];
-      row[j] = rotated_apart(pa.r, pb.r) ? 0.0f
-                                         : rotated_pair_iou(a, b2 + 5 * j, pa.c, pa.s, pb.c, pb.s);
+      row[j] = rotated_apart(pa.r, pb.r)
+                   ? 0.0f
+                   : static_cast<float>(rotated_pair_iou(a, b2 + 5 * j, pa.c, pa.s, pb.c, pb.s));
     }
   }
 }
@@ -53,7 +56,45 @@ void run(int64_t B, int64_t N, int64_t M, const T* b1, const T* b2, float* out) 
   });
 }
 
+template <typename T>
+int64_t nms(const T* boxes, const T* scores, const int64_t* classes, int64_t N, double thr,
+            int64_t* keep) {
+  std::vector<int64_t> order(N);
+  for (int64_t i = 0; i < N; ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return score_before(scores[a], scores[b]); });
+  std::vector<BoxPrep<T>> p(N);
+  for (int64_t i = 0; i < N; ++i) p[i] = prep(boxes + 5 * i);
+  std::vector<uint8_t> dead(N, 0);  // by sorted position
+  int64_t count = 0;
+  for (int64_t a = 0; a < N; ++a) {
+    if (dead[a]) continue;
+    const int64_t i = order[a];
+    keep[count++] = i;
+    const T* bi = boxes + 5 * i;
+    for (int64_t b = a + 1; b < N; ++b) {
+      const int64_t j = order[b];
+      if (dead[b] || (classes && classes[j] != classes[i])) continue;
+      const T iou = rotated_apart(p[i].r, p[j].r)  // IoU 0 (a negative threshold suppresses)
+                        ? T(0)
+                        : rotated_pair_iou(bi, boxes + 5 * j, p[i].c, p[i].s, p[j].c, p[j].s);
+      if (static_cast<double>(iou) > thr) dead[b] = 1;
+    }
+  }
+  return count;
+}
+
 }  // namespace
+
+int64_t nms_rotated_cpu(int dtype, const void* boxes, const void* scores, const int64_t* classes,
+                        int64_t N, double iou_threshold, int64_t* keep) {
+  if (N == 0) return 0;
+  return dispatch_float(dtype, "nms_rotated", [&](auto t) {
+    using T = decltype(t);
+    return nms<T>(static_cast<const T*>(boxes), static_cast<const T*>(scores), classes, N,
+                  iou_threshold, keep);
+  });
+}
 
 void box_iou_rotated_cpu(int dtype, int64_t B, int64_t N, int64_t M, const void* boxes1,
                          const void* boxes2, void* out) {
