@@ -21,7 +21,7 @@ from .reference.roi_align import check_sampling_ratio
 from .reference.roi_pool import check_plane
 
 __all__ = [
-    "FLOATS", "INTS", "ROTATED", "iou_check", "rotated_iou_check", "nms_rotated_check", "nms_check", "multi_check", "padded_check", "detect_check", "threshold_value",
+    "FLOATS", "INTS", "ROTATED", "iou_check", "rotated_iou_check", "nms_rotated_check", "probiou_check", "nms_check", "multi_check", "padded_check", "detect_check", "threshold_value",
     "non_negative_int", "score_threshold_value", "pair", "rois_from_boxes", "roi_check",
     "roi_grad_check", "roi_pool_index_check", "check_sampling_ratio", "check_plane",
 ]
@@ -129,6 +129,18 @@ def rotated_iou_check(b1: Any, b2: Any, kind: str, fmt: str) -> tuple[tuple, Any
     for name, b in (("boxes1", b1), ("boxes2", b2)):
         if b.ndim < 2 or b.shape[-1] != k:
             raise ValueError(f"{name} must have shape [..., N, {k}] for fmt={fmt!r}, got {tuple(b.shape)}")
+        if A.dtype_name(b) not in FLOATS + INTS:
+            raise TypeError(f"{name} must be a float or integer array, got {A.dtype_name(b)}")
+    w = "float64" if "float64" in (A.dtype_name(b1), A.dtype_name(b2)) else "float32"
+    return _broadcast_batch(b1, b2), b1.shape[-2], b2.shape[-2], w
+
+
+def probiou_check(b1: Any, b2: Any) -> tuple[tuple, Any, Any, str]:
+    """probiou: [..., N, 5] x [..., M, 5] ultralytics-xywhr boxes -> (batch, N, M, working dtype)."""
+    A.same_placement(boxes1=b1, boxes2=b2)
+    for name, b in (("boxes1", b1), ("boxes2", b2)):
+        if b.ndim < 2 or b.shape[-1] != 5:
+            raise ValueError(f"{name} must have shape [..., N, 5] (cx, cy, w, h, radians), got {tuple(b.shape)}")
         if A.dtype_name(b) not in FLOATS + INTS:
             raise TypeError(f"{name} must be a float or integer array, got {A.dtype_name(b)}")
     w = "float64" if "float64" in (A.dtype_name(b1), A.dtype_name(b2)) else "float32"

@@ -61,17 +61,17 @@ def touching(rng, n):
         if corner:
             dx, dy = dx + h * np.sin(t), dy + h * np.cos(t)
         out += [[cx, cy, w, h, a], [cx + dx, cy + dy, w, h, a]]
-    return np.asarray(out[:n])
+    return np.asarray(out[:n]).reshape(n, 5)
 
 
 def symmetric(rng, n):
     """The same rectangle as (w, h, a), (h, w, a + 90), (w, h, a + 180), (w, h, a - 360)."""
-    b = uniform(rng, max(1, n // 4))
+    b = uniform(rng, max(1, (n + 3) // 4))
     out = []
     for x in b:
         out += [x, [x[0], x[1], x[3], x[2], x[4] + 90], [x[0], x[1], x[2], x[3], x[4] + 180],
                 [x[0], x[1], x[2], x[3], x[4] - 360]]
-    return np.asarray(out[:n]) if out else np.zeros((0, 5))
+    return np.asarray(out[:n]).reshape(n, 5)
 
 
 def near_apart(rng, n):
@@ -89,7 +89,7 @@ def near_apart(rng, n):
         r = (w + h) / 2 + gap
         out += [b, [b[0] + r * np.cos(ang), b[1] + r * np.sin(ang), w * rng.uniform(0.5, 2),
                     h * rng.uniform(0.5, 2), a + rng.choice([0.0, 90.0, rng.uniform(-5, 5)])]]
-    return np.asarray(out[:n])
+    return np.asarray(out[:n]).reshape(n, 5)
 
 
 def degenerate(rng, n):

@@ -37,6 +37,18 @@ def nms_rotated(boxes: Any, scores: Any, classes: Any, iou_threshold: float) -> 
     return A.from_numpy(keep, like=boxes)
 
 
+@register("probiou", "numpy")
+def probiou(b1: Any, b2: Any, eps: float) -> Any:
+    return A.from_numpy(ref_rotated.probiou(A.to_numpy_view(b1), A.to_numpy_view(b2), eps), like=b1)
+
+
+@register("nms_probiou", "numpy")
+def nms_probiou(boxes: Any, scores: Any, classes: Any, iou_threshold: float, fast: bool, eps: float) -> Any:
+    keep = ref_rotated.nms_probiou(A.to_numpy_view(boxes), A.to_numpy_view(scores), iou_threshold,
+                                   None if classes is None else A.to_numpy_view(classes), fast, eps)
+    return A.from_numpy(keep, like=boxes)
+
+
 @register("nms", "numpy")
 def nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float) -> Any:
     b, s = A.to_numpy_view(boxes), A.to_numpy_view(scores)

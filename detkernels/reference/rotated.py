@@ -33,7 +33,7 @@ import math
 import numpy as np
 
 __all__ = ["ROTATED_FORMATS", "box_dim", "to_cxcywhr", "half_cos_sin", "pair_iou", "box_iou_rotated",
-           "nms_rotated", "batched_nms_rotated"]
+           "nms_rotated", "batched_nms_rotated", "probiou_pair", "probiou", "nms_probiou"]
 
 ROTATED_FORMATS = ("cxcywhr", "xywhr", "xyxyxyxy")
 _EPS = 1e-5  # torchvision's tolerance of the point tests (a double)
@@ -351,3 +351,114 @@ def batched_nms_rotated(boxes, scores, idxs, iou_threshold: float, fmt: str = "c
         kept.append(members[nms_rotated(b[members], s[members], iou_threshold)])
     keep = np.sort(np.concatenate(kept))
     return keep[score_order(s[keep])]
+
+
+# ---- ProbIoU (ultralytics' OBB metric) ----------------------------------------------------------------
+
+def _libm(name: str, x: np.ndarray) -> np.ndarray:
+    """C's double ``name`` (cos, sin, exp, log) elementwise on x's values, rounded to x's dtype:
+    Python's math module is the same libm as the C++ kernels (math raises where C returns
+    inf/NaN; those cases are mapped back)."""
+    f = getattr(math, name)
+
+    def one(v: float) -> float:
+        try:
+            return f(v)
+        except OverflowError:
+            return math.inf
+        except ValueError:
+            return -math.inf if (name == "log" and v == 0) else math.nan
+
+    x = np.asarray(x)
+    flat = x.astype(np.float64).ravel()
+    return np.array([one(v) for v in flat], np.float64).astype(x.dtype).reshape(x.shape)
+
+
+def _cov(b):
+    """probiou_cov: (a, b, c) of ultralytics' Gaussian of each (cx, cy, w, h, radians) box."""
+    T = b.dtype.type
+    with np.errstate(all="ignore"):
+        A, B = (b[..., 2] * b[..., 2]) / T(12), (b[..., 3] * b[..., 3]) / T(12)
+        cs, sn = _libm("cos", b[..., 4]), _libm("sin", b[..., 4])
+        cos2, sin2 = cs * cs, sn * sn
+        return A * cos2 + B * sin2, A * sin2 + B * cos2, ((A - B) * cs) * sn
+
+
+def probiou_pair(p, q, cp, cq, eps: float = 1e-7) -> np.ndarray:
+    """ProbIoU of boxes p (ultralytics' obb1) and q, elementwise over broadcast arrays, in their
+    dtype T; cp, cq: their :func:`_cov`. The formula of csrc/ops/box_iou/box_iou_rotated.h."""
+    T = p.dtype.type
+    e = T(eps)
+    (a1, b1, c1), (a2, b2, c2) = cp, cq
+    with np.errstate(all="ignore"):
+        sa, sb, sc = a1 + a2, b1 + b2, c1 + c2
+        dy, dx = p[..., 1] - q[..., 1], p[..., 0] - q[..., 0]
+        S = sa * sb - sc * sc
+        t1 = ((sa * (dy * dy) + sb * (dx * dx)) / (S + e)) * T(0.25)
+        t2 = (((sc * (q[..., 0] - p[..., 0])) * dy) / (S + e)) * T(0.5)
+        d1, d2 = a1 * b1 - c1 * c1, a2 * b2 - c2 * c2
+        d1, d2 = np.where(d1 < 0, T(0), d1), np.where(d2 < 0, T(0), d2)
+        root = np.sqrt((d1 * d2).astype(np.float64)).astype(p.dtype)
+        arg = S / (T(4) * root + e) + e
+        bd = (t1 + t2) + _libm("log", arg) * T(0.5)
+        bd = np.where(bd < e, e, bd)
+        bd = np.where(bd > T(100), T(100), bd)
+        hd = np.sqrt(((T(1) - _libm("exp", -bd)) + e).astype(np.float64)).astype(p.dtype)
+        return (T(1) - hd).astype(p.dtype)
+
+
+def _probiou_working(name: str, b) -> np.ndarray:
+    b = _working(name, b)
+    if b.ndim < 2 or b.shape[-1] != 5:
+        raise ValueError(f"{name} must have shape [..., N, 5], got {tuple(b.shape)}")
+    return b
+
+
+def probiou(boxes1, boxes2, eps: float = 1e-7) -> np.ndarray:
+    """Pairwise ProbIoU ``[..., N, 5] x [..., M, 5] -> [..., N, M]`` of ultralytics-xywhr boxes
+    ``(cx, cy, w, h, angle in radians)``: ``ultralytics.utils.metrics.batch_probiou``'s formula and
+    operation order, with libm's exp/log/cos/sin (ultralytics' torch ops agree to a few ulp).
+    Working and output dtype: float64 if either input is, else float32."""
+    b1, b2 = _probiou_working("boxes1", boxes1), _probiou_working("boxes2", boxes2)
+    dt = np.float64 if np.float64 in (b1.dtype, b2.dtype) else np.float32
+    b1, b2 = b1.astype(dt, copy=False), b2.astype(dt, copy=False)
+    batch = np.broadcast_shapes(b1.shape[:-2], b2.shape[:-2])
+    shape = batch + (b1.shape[-2], b2.shape[-2])
+    if int(np.prod(shape)) == 0:
+        return np.zeros(shape, dt)
+    c1 = tuple(np.broadcast_to(v[..., :, None], shape) for v in _cov(b1))
+    c2 = tuple(np.broadcast_to(v[..., None, :], shape) for v in _cov(b2))
+    return probiou_pair(np.broadcast_to(b1[..., :, None, :], shape + (5,)),
+                        np.broadcast_to(b2[..., None, :, :], shape + (5,)), c1, c2, eps)
+
+
+def nms_probiou(boxes, scores, iou_threshold: float, idxs=None, fast: bool = False,
+                eps: float = 1e-7) -> np.ndarray:
+    """NMS on ProbIoU of ``[N, 5]`` ultralytics-xywhr boxes, in score order (descending, NaN first,
+    ties by ascending index), suppressing when ``double(probiou(earlier, later)) > iou_threshold``
+    within a class of ``idxs`` (all one class if None). ``fast=False``: greedy (only kept boxes
+    suppress, :func:`nms_rotated`'s rule); ``fast=True``: Fast-NMS (any earlier box suppresses,
+    suppressed or not: ultralytics' ``TorchNMS.fast_nms``). Returns int64 kept indices."""
+    from .nms import score_order
+
+    b, s = np.asarray(boxes), np.asarray(scores)
+    if b.ndim != 2 or b.shape[1] != 5:
+        raise ValueError(f"boxes must have shape [N, 5], got {tuple(b.shape)}")
+    dt = np.result_type(b.dtype, s.dtype, np.float32)
+    b, s = b.astype(dt, copy=False), s.astype(dt, copy=False)
+    order = score_order(s)
+    bo = b[order]
+    cls = np.zeros(len(order), np.int64) if idxs is None else np.asarray(idxs)[order]
+    cv = _cov(bo)
+    n, thr = len(order), float(iou_threshold)
+    dead = np.zeros(n, bool)
+    for a in range(n):
+        if dead[a] and not fast:
+            continue
+        rest = np.arange(a + 1, n)
+        if not rest.size:
+            break
+        v = probiou_pair(np.broadcast_to(bo[a], (rest.size, 5)), bo[rest],
+                         tuple(np.full(rest.size, x[a]) for x in cv), tuple(x[rest] for x in cv), eps)
+        dead[rest] |= (v.astype(np.float64) > thr) & (cls[rest] == cls[a])
+    return order[~dead].astype(np.int64)

@@ -99,3 +99,72 @@ def test_empty_and_errors():
         detkernels.nms_rotated(np.zeros((3, 5), np.float32), np.zeros(3, np.float32), 0.5, fmt="xyxy")
     with pytest.raises(TypeError, match="iou_threshold must be a real number"):
         detkernels.nms_rotated(np.zeros((3, 5), np.float32), np.zeros(3, np.float32), "0.5")
+
+
+# ---- ProbIoU (ultralytics' OBB metric) ----------------------------------------------------------------
+
+def _radians(b):
+    b = b.copy()
+    b[:, 4] = np.deg2rad(b[:, 4])
+    return b
+
+
+@pytest.mark.parametrize("backend", [backend_param(b, "probiou") for b in ("native", "numpy")])
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_probiou_matches_reference(backend, family, dtype, rng):
+    b = _radians(make(family, rng, 50)).astype(dtype)
+    c = _radians(make(family, rng, 31)).astype(dtype)
+    assert_bytes_equal(detkernels.probiou(b, c, backend=backend), R.probiou(b, c))
+    s = _scores(rng, 50, dtype, family)
+    k = rng.integers(0, 3, 50)
+    for fast in (False, True):
+        for idxs in (None, k):
+            assert_bytes_equal(detkernels.nms_probiou(b, s, 0.4, idxs, fast=fast, backend=backend),
+                               R.nms_probiou(b, s, 0.4, idxs, fast=fast), f"fast={fast}")
+
+
+@pytest.mark.parametrize("family", ["uniform", "clustered", "containment", "touching", "symmetric", "identical"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_probiou_close_to_ultralytics(family, dtype, rng, torch):
+    """Same formula and order; libm's exp/log/cos/sin vs torch's (SLEEF): within 2e-4 (measured
+    1.3e-4 on near-duplicates in float32, where 1 - sqrt(eps + tiny) amplifies an ulp; 7e-7
+    elsewhere; 1.3e-13 in float64). Degenerate (zero-width) boxes are left out: the formula's
+    cancellation there makes both sides' results ulp-sensitive (NaN on one, 0 on the other)."""
+    metrics = pytest.importorskip("ultralytics.utils.metrics")
+    b = _radians(make(family, rng, 60)).astype(dtype)
+    want = metrics.batch_probiou(torch.from_numpy(b), torch.from_numpy(b)).numpy()
+    got = detkernels.probiou(b, b)
+    assert got.dtype == want.dtype
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-4 if dtype == "float32" else 1e-12)
+
+
+def test_fast_nms_probiou_is_ultralytics_obb_nms(rng, torch):
+    """ultralytics' OBB post-process (TorchNMS.fast_nms with batch_probiou): the same kept boxes
+    in the same order (distinct scores; no ProbIoU within 1e-5 of the threshold, where the last
+    bits of exp/log could decide) -- without its dense N x N matrix."""
+    nms_mod = pytest.importorskip("ultralytics.utils.nms")
+    metrics = pytest.importorskip("ultralytics.utils.metrics")
+    b = _radians(make("clustered", rng, 400)).astype("float32")
+    s = rng.permutation(400).astype("float32") / 400
+    iou = detkernels.probiou(b, b)
+    thr = max((0.4, 0.45, 0.5, 0.55, 0.6), key=lambda t: np.abs(iou - t).min())
+    assert np.abs(iou - thr).min() > 1e-5  # clear of the threshold (the values differ by < 1e-6)
+    want = nms_mod.TorchNMS.fast_nms(torch.from_numpy(b), torch.from_numpy(s), thr,
+                                     iou_func=metrics.batch_probiou).numpy()
+    got = detkernels.nms_probiou(b, s, thr, fast=True)
+    assert got.tolist() == want.tolist()
+    greedy = detkernels.nms_probiou(b, s, thr)
+    assert set(got.tolist()) <= set(greedy.tolist())  # Fast-NMS suppresses at least as much
+
+
+def test_probiou_shapes_and_errors():
+    b = np.zeros((2, 3, 5), np.float32)
+    b[..., 2:4] = 1
+    assert detkernels.probiou(b, b[0]).shape == (2, 3, 3)
+    assert detkernels.probiou(b.astype(np.float64), b).dtype == np.float64
+    with pytest.raises(ValueError, match=r"boxes1 must have shape \[\.\.\., N, 5\]"):
+        detkernels.probiou(np.zeros((2, 4)), b)
+    with pytest.raises(RuntimeError, match=r"shape \[N, 5\]"):
+        detkernels.nms_probiou(np.zeros((2, 8), np.float32), np.zeros(2, np.float32), 0.5)
+    assert detkernels.nms_probiou(np.zeros((0, 5), np.float32), np.zeros(0, np.float32), 0.5).shape == (0,)

@@ -208,6 +208,65 @@ DK_HD bool rotated_apart(const RotatedBounds& a, const RotatedBounds& b) {
   return gx > pad || gy > pad;
 }
 
+// ---- ProbIoU (ultralytics' OBB metric: utils/metrics.py batch_probiou, operation for operation) ----
+// Boxes (cx, cy, w, h, r) with r in radians (ultralytics' xywhr). In T, eps = T(1e-7):
+//   A = (w*w) / 12, B = (h*h) / 12; a = A*cos^2 + B*sin^2, b = A*sin^2 + B*cos^2,
+//   c = ((A - B)*cos)*sin                           (cos^2 = cos*cos; cos, sin = libm in double)
+//   S = (a1+a2)*(b1+b2) - (c1+c2)^2
+//   t1 = (((a1+a2)*(y1-y2)^2 + (b1+b2)*(x1-x2)^2) / (S + eps)) * 0.25
+//   t2 = ((((c1+c2)*(x2-x1))*(y1-y2)) / (S + eps)) * 0.5
+//   t3 = log(S / (4*sqrt(max(a1*b1 - c1^2, 0) * max(a2*b2 - c2^2, 0)) + eps) + eps) * 0.5
+//   bd = clamp((t1 + t2) + t3, eps, 100); probiou = 1 - sqrt((1 - exp(-bd)) + eps)
+// exp/log/cos/sin are libm's double functions rounded to T (the NumPy reference calls the same
+// libm through math.*), so every backend agrees bit for bit; ultralytics' torch ops (SLEEF) agree
+// to a few ulp. When t1 + t2 >= 101 and the log's argument >= 0.5, bd is clamped to 100 whatever
+// the log gives, so the log is skipped (the same value: probiou_far).
+struct ProbCov {
+  double a, b, c;  // stored in double, hold T values exactly
+};
+template <typename T> DK_HD T dk_libm_cos(T x) { return static_cast<T>(::cos(static_cast<double>(x))); }
+template <typename T> DK_HD T dk_libm_sin(T x) { return static_cast<T>(::sin(static_cast<double>(x))); }
+template <typename T> DK_HD T dk_libm_exp(T x) { return static_cast<T>(::exp(static_cast<double>(x))); }
+template <typename T> DK_HD T dk_libm_log(T x) { return static_cast<T>(::log(static_cast<double>(x))); }
+
+template <typename T> DK_HD void probiou_cov(const T* box, T& a, T& b, T& c) {
+  const T A = (box[2] * box[2]) / T(12), B = (box[3] * box[3]) / T(12);
+  const T cs = dk_libm_cos(box[4]), sn = dk_libm_sin(box[4]);
+  const T cos2 = cs * cs, sin2 = sn * sn;
+  a = A * cos2 + B * sin2;
+  b = A * sin2 + B * cos2;
+  c = ((A - B) * cs) * sn;
+}
+
+template <typename T> DK_HD T probiou_from_bd(T bd, T eps) {
+  return T(1) - static_cast<T>(::sqrt(static_cast<double>((T(1) - dk_libm_exp(-bd)) + eps)));
+}
+
+// ProbIoU of boxes p (first, ultralytics' obb1) and q with their probiou_cov values.
+template <typename T>
+DK_HD T probiou_pair(const T* p, const T* q, T a1, T b1, T c1, T a2, T b2, T c2, T eps) {
+  const T sa = a1 + a2, sb = b1 + b2, sc = c1 + c2;
+  const T dy = p[1] - q[1], dx = p[0] - q[0];
+  const T S = sa * sb - sc * sc;
+  const T t1 = ((sa * (dy * dy) + sb * (dx * dx)) / (S + eps)) * T(0.25);
+  const T t2 = (((sc * (q[0] - p[0])) * dy) / (S + eps)) * T(0.5);
+  T d1 = a1 * b1 - c1 * c1, d2 = a2 * b2 - c2 * c2;
+  d1 = d1 < T(0) ? T(0) : d1;  // clamp_(0): NaN stays NaN
+  d2 = d2 < T(0) ? T(0) : d2;
+  const T root = static_cast<T>(::sqrt(static_cast<double>(d1 * d2)));
+  const T arg = S / (T(4) * root + eps) + eps;
+  const T near = t1 + t2;
+  T bd;
+  if (static_cast<double>(near) >= 101.0 && static_cast<double>(arg) >= 0.5) {
+    bd = T(100);  // log(arg) * 0.5 > -0.35: the sum exceeds 100 and is clamped
+  } else {
+    bd = near + dk_libm_log(arg) * T(0.5);
+    bd = bd < eps ? eps : bd;  // clamp(eps, 100): NaN stays NaN
+    bd = bd > T(100) ? T(100) : bd;
+  }
+  return probiou_from_bd(bd, eps);
+}
+
 #ifndef __CUDACC_RTC__
 /// @brief out[b, i, j] = IoU(boxes1[b, i], boxes2[b, j]) for contiguous cxcywhr boxes1 [B, N, 5],
 /// boxes2 [B, M, 5] of dtype kFloat32 or kFloat64; out float32 [B, N, M] (as torchvision).
@@ -219,6 +278,16 @@ void box_iou_rotated_cpu(int dtype, int64_t B, int64_t N, int64_t M, const void*
 /// Writes the kept indices in that order to keep (room for N); returns how many.
 int64_t nms_rotated_cpu(int dtype, const void* boxes, const void* scores, const int64_t* classes,
                         int64_t N, double iou_threshold, int64_t* keep);
+/// @brief out[b, i, j] = ProbIoU(boxes1[b, i], boxes2[b, j]) for ultralytics-xywhr boxes
+/// [B, N, 5] / [B, M, 5] (kFloat32/kFloat64), out [B, N, M] in the boxes' dtype.
+void probiou_cpu(int dtype, double eps, int64_t B, int64_t N, int64_t M, const void* boxes1,
+                 const void* boxes2, void* out);
+/// @brief NMS on ProbIoU (boxes [N, 5] ultralytics xywhr, scores [N], classes or null): greedy
+/// (fast = 0, nms_rotated's rules) or Fast-NMS (fast = 1: a box is dropped when any box before
+/// it in score order, suppressed or not, has ProbIoU(that, it) > iou_threshold; ultralytics'
+/// TorchNMS.fast_nms). Kept indices by descending score (NaN first, ties by index); returns count.
+int64_t nms_probiou_cpu(int dtype, const void* boxes, const void* scores, const int64_t* classes,
+                        int64_t N, double iou_threshold, double eps, int fast, int64_t* keep);
 #endif
 
 }  // namespace detkernels
