@@ -1089,4 +1089,42 @@ class NmsRotated(Family):
         return float(p["N"])
 
 
-FAMILIES.update({f.name: f for f in (BoxIouRotated(), NmsRotated())})
+class NmsProbiou(NmsRotated):
+    """ultralytics' OBB NMS (Fast-NMS on ProbIoU, radians) against detkernels.nms_probiou(fast=True),
+    which computes the same kept set without the dense N x N matrix; same boxes as nms_rotated."""
+
+    name, title, registry_op = "nms_probiou", "nms_probiou (Fast-NMS on ProbIoU, ultralytics' OBB NMS)", "nms_probiou"
+
+    def inputs(self, p, device, lib, seed):
+        b, s = _obb_boxes(np.random.default_rng(seed), p["N"], True)
+        b[:, 4] = np.deg2rad(b[:, 4])  # ultralytics' xywhr: radians
+        return _put(b, lib, device, p["dtype"]), _put(s, lib, device, p["dtype"])
+
+    def detkernels_fn(self, dk, p, backend):
+        thr = p["iou"]
+        return lambda inp: dk.nms_probiou(inp[0], inp[1], thr, fast=True, backend=backend)
+
+    def torchvision_fn(self, tvo, p, device):
+        return None, "torchvision has no ProbIoU"
+
+    def contenders(self, p, device, lib):
+        from .peers import _score_order
+
+        rows = Family.contenders(self, p, device, lib)
+        if device == "cpu" and lib == "torch":
+            try:
+                from ultralytics.utils.metrics import batch_probiou
+                from ultralytics.utils.nms import TorchNMS
+            except ImportError:
+                return rows
+            thr = p["iou"]
+            peer = Row("ultralytics", "peer",
+                       lambda inp: TorchNMS.fast_nms(inp[0], inp[1], thr, iou_func=batch_probiou),
+                       note="TorchNMS.fast_nms(iou_func=batch_probiou): the dense ProbIoU matrix",
+                       canon=lambda out, inp: _score_order(to_numpy(inp[1]), to_numpy(out)))
+            ref = [r for r in rows if r.kind == "reference"]
+            rows = [r for r in rows if r.kind != "reference"] + [peer] + ref
+        return rows
+
+
+FAMILIES.update({f.name: f for f in (BoxIouRotated(), NmsRotated(), NmsProbiou())})
