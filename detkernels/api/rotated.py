@@ -15,6 +15,14 @@ from . import public
 __all__ = ["nms_rotated", "batched_nms_rotated", "probiou", "nms_probiou"]
 
 
+def _nms_rotated(boxes: Any, scores: Any, idxs: Any, thr: float, fmt: str, w: str, backend: str | None) -> Any:
+    if A.is_torch(boxes):  # custom op under torch.compile / export
+        from .._torch import rotated as T
+
+        return T.nms_rotated(boxes, scores, idxs, thr, fmt, w, backend)
+    return _dispatch.nms_rotated(boxes, scores, idxs, thr, fmt, w, backend)
+
+
 @public
 def nms_rotated(boxes: Any, scores: Any, iou_threshold: float, fmt: str = "cxcywhr", *,
                 backend: str | None = None) -> Any:
@@ -33,7 +41,7 @@ def nms_rotated(boxes: Any, scores: Any, iou_threshold: float, fmt: str = "cxcyw
     """
     thr = _checks.threshold_value(iou_threshold)
     w = _checks.nms_rotated_check(boxes, scores, None, fmt)
-    return _dispatch.nms_rotated(boxes, scores, None, thr, fmt, w, backend)
+    return _nms_rotated(boxes, scores, None, thr, fmt, w, backend)
 
 
 @public
@@ -44,7 +52,7 @@ def batched_nms_rotated(boxes: Any, scores: Any, idxs: Any, iou_threshold: float
     ascending index."""
     thr = _checks.threshold_value(iou_threshold)
     w = _checks.nms_rotated_check(boxes, scores, idxs, fmt)
-    return _dispatch.nms_rotated(boxes, scores, idxs, thr, fmt, w, backend)
+    return _nms_rotated(boxes, scores, idxs, thr, fmt, w, backend)
 
 
 @public
@@ -74,4 +82,8 @@ def nms_probiou(boxes: Any, scores: Any, iou_threshold: float, idxs: Any = None,
     if boxes.ndim != 2 or boxes.shape[-1] != 5:
         raise RuntimeError(f"boxes should be a 2d tensor of shape [N, 5], got {tuple(boxes.shape)}")
     w = _checks.nms_rotated_check(boxes, scores, idxs, "cxcywhr")
+    if A.is_torch(boxes):  # custom op under torch.compile / export
+        from .._torch import rotated as T
+
+        return T.nms_probiou(boxes, scores, idxs, thr, bool(fast), e, w, backend)
     return _dispatch.nms_probiou(boxes, scores, idxs, thr, bool(fast), e, w, backend)

@@ -168,3 +168,28 @@ def test_probiou_shapes_and_errors():
     with pytest.raises(RuntimeError, match=r"shape \[N, 5\]"):
         detkernels.nms_probiou(np.zeros((2, 8), np.float32), np.zeros(2, np.float32), 0.5)
     assert detkernels.nms_probiou(np.zeros((0, 5), np.float32), np.zeros(0, np.float32), 0.5).shape == (0,)
+
+
+def test_compile_and_export(rng, torch):
+    """The custom ops detkernels::nms_rotated / nms_probiou (fake kernels with a data-dependent
+    size): torch.compile(fullgraph=True) and torch.export give eager's result."""
+    b = torch.from_numpy(make("clustered", rng, 60).astype("float32"))
+    s = torch.from_numpy(rng.random(60).astype("float32"))
+    c = torch.from_numpy(rng.integers(0, 3, 60))
+
+    def f(x, y, z):
+        return (detkernels.nms_rotated(x, y, 0.3), detkernels.batched_nms_rotated(x, y, z, 0.3),
+                detkernels.nms_probiou(x, y, 0.3, fast=True))
+
+    want = f(b, s, c)
+    torch._dynamo.reset()
+    for g, w in zip(torch.compile(f, fullgraph=True, backend="eager")(b, s, c), want):
+        assert_bytes_equal(g, w, "compile")
+
+    class M(torch.nn.Module):
+        def forward(self, x, y, z):
+            return f(x, y, z)
+
+    ep = torch.export.export(M(), (b, s, c))
+    for g, w in zip(ep.module()(b, s, c), want):
+        assert_bytes_equal(g, w, "export")
