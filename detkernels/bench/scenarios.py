@@ -1018,7 +1018,8 @@ class NmsRotated(Family):
     case_terms = "N = oriented boxes (jittered copies of N / 20 objects), then the dtype"
     defaults = {"N": 8400, "dtype": "float32", "iou": 0.5}
     mode_defaults = {"smoke": {"N": 200}}
-    sweeps = {"smoke": {"N": [200]}, "quick": {"N": [1000, 8400]}, "full": {"N": [1000, 8400, 20000]}}
+    # No larger N: ultralytics' dense N x N ProbIoU path takes ~8 s per call at 8 400 here.
+    sweeps = {"smoke": {"N": [200]}, "quick": {"N": [1000, 8400]}, "full": {"N": [1000, 8400]}}
     numeric_axes = ("N",)
     reference_timing_cap = 1000
 
