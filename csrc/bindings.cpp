@@ -13,6 +13,7 @@
 #include "common/parallel.h"
 #include "dk_build_info.h"
 #include "ops/box_iou/box_iou.h"
+#include "ops/box_iou/box_iou_rotated.h"
 #include "ops/detect/detect.h"
 #include "ops/nms/nms.h"
 #include "ops/nms/nms_bitmask.h"
@@ -137,6 +138,10 @@ PYBIND11_MODULE(_C, m) {
   });
 
   def(m, "box_iou_cpu", &box_iou_cpu);
+  def(m, "box_iou_rotated_cpu", &box_iou_rotated_cpu);
+  def(m, "nms_rotated_cpu", &nms_rotated_cpu);
+  def(m, "probiou_cpu", &probiou_cpu);
+  def(m, "nms_probiou_cpu", &nms_probiou_cpu);
   def(m, "nms_cpu", &nms_cpu);
   // Multi-image NMS (also nms_padded and, with B = 1, max_output = N, the drop-in nms on CUDA).
   // classes: 0 = none. out_cls: 0 = not wanted.

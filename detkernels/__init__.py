@@ -16,6 +16,7 @@ from .api.detect import Detections, detect
 from .api.boxes import box_area, box_iou, complete_box_iou, distance_box_iou, generalized_box_iou
 from .api.nms import batched_nms, multi_image_nms, nms, nms_padded
 from .api.roi import ps_roi_align, ps_roi_pool, roi_align, roi_pool
+from .api.rotated import batched_nms_rotated, nms_probiou, nms_rotated, probiou
 from .backends.native import build_info
 
 __version__ = "0.1.0"
@@ -49,6 +50,10 @@ __all__ = [
     "set_backend",
     "set_num_threads",
     "get_num_threads",
+    "nms_rotated",
+    "batched_nms_rotated",
+    "probiou",
+    "nms_probiou",
 ]
 
 

@@ -21,7 +21,7 @@ from .reference.roi_align import check_sampling_ratio
 from .reference.roi_pool import check_plane
 
 __all__ = [
-    "FLOATS", "INTS", "iou_check", "nms_check", "multi_check", "padded_check", "detect_check", "threshold_value",
+    "FLOATS", "INTS", "ROTATED", "iou_check", "rotated_iou_check", "nms_rotated_check", "probiou_check", "nms_check", "multi_check", "padded_check", "detect_check", "threshold_value",
     "non_negative_int", "score_threshold_value", "pair", "rois_from_boxes", "roi_check",
     "roi_grad_check", "roi_pool_index_check", "check_sampling_ratio", "check_plane",
 ]
@@ -91,7 +91,7 @@ def iou_check(b1: Any, b2: Any, kind: str, fmt: str) -> tuple[tuple, Any, Any, s
     """Validate; return (batch shape, N, M, working dtype). Sizes may be symbolic (torch.compile)."""
     A.same_placement(boxes1=b1, boxes2=b2)
     if fmt in ROTATED:
-        raise NotImplementedError(f"fmt={fmt!r}: rotated boxes are not supported by detkernels yet")
+        return rotated_iou_check(b1, b2, kind, fmt)
     if fmt not in FORMATS:
         raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
     if kind != "iou" and fmt != "xyxy":
@@ -102,6 +102,12 @@ def iou_check(b1: Any, b2: Any, kind: str, fmt: str) -> tuple[tuple, Any, Any, s
         if b.shape[-1] != 4:
             raise ValueError(f"{name} must have shape [..., N, 4], got {tuple(b.shape)}")
     # Broadcast the leading dimensions by hand: sizes may be symbolic under torch.compile.
+    batch = _broadcast_batch(b1, b2)
+    return batch, b1.shape[-2], b2.shape[-2], _iou_dtype(A.dtype_name(b1), A.dtype_name(b2), kind)
+
+
+def _broadcast_batch(b1: Any, b2: Any) -> tuple:
+    """The broadcast leading dimensions of [..., N, K] boxes (sizes may be symbolic)."""
     s1, s2 = tuple(b1.shape[:-2]), tuple(b2.shape[:-2])
     n = max(len(s1), len(s2))
     s1, s2 = (1,) * (n - len(s1)) + s1, (1,) * (n - len(s2)) + s2
@@ -111,7 +117,34 @@ def iou_check(b1: Any, b2: Any, kind: str, fmt: str) -> tuple[tuple, Any, Any, s
             raise ValueError(f"the leading dimensions of boxes1 {tuple(b1.shape)} and boxes2 "
                              f"{tuple(b2.shape)} do not broadcast")
         batch.append(y if x == 1 else x)
-    return tuple(batch), b1.shape[-2], b2.shape[-2], _iou_dtype(A.dtype_name(b1), A.dtype_name(b2), kind)
+    return tuple(batch)
+
+
+def rotated_iou_check(b1: Any, b2: Any, kind: str, fmt: str) -> tuple[tuple, Any, Any, str]:
+    """box_iou of rotated boxes ([..., N, 5] cxcywhr/xywhr, [..., N, 8] xyxyxyxy): (batch shape,
+    N, M, working dtype float32/float64; the output is float32 either way, as torchvision's)."""
+    if kind != "iou":
+        raise ValueError(f"{kind} takes xyxy boxes")
+    k = 8 if fmt == "xyxyxyxy" else 5
+    for name, b in (("boxes1", b1), ("boxes2", b2)):
+        if b.ndim < 2 or b.shape[-1] != k:
+            raise ValueError(f"{name} must have shape [..., N, {k}] for fmt={fmt!r}, got {tuple(b.shape)}")
+        if A.dtype_name(b) not in FLOATS + INTS:
+            raise TypeError(f"{name} must be a float or integer array, got {A.dtype_name(b)}")
+    w = "float64" if "float64" in (A.dtype_name(b1), A.dtype_name(b2)) else "float32"
+    return _broadcast_batch(b1, b2), b1.shape[-2], b2.shape[-2], w
+
+
+def probiou_check(b1: Any, b2: Any) -> tuple[tuple, Any, Any, str]:
+    """probiou: [..., N, 5] x [..., M, 5] ultralytics-xywhr boxes -> (batch, N, M, working dtype)."""
+    A.same_placement(boxes1=b1, boxes2=b2)
+    for name, b in (("boxes1", b1), ("boxes2", b2)):
+        if b.ndim < 2 or b.shape[-1] != 5:
+            raise ValueError(f"{name} must have shape [..., N, 5] (cx, cy, w, h, radians), got {tuple(b.shape)}")
+        if A.dtype_name(b) not in FLOATS + INTS:
+            raise TypeError(f"{name} must be a float or integer array, got {A.dtype_name(b)}")
+    w = "float64" if "float64" in (A.dtype_name(b1), A.dtype_name(b2)) else "float32"
+    return _broadcast_batch(b1, b2), b1.shape[-2], b2.shape[-2], w
 
 
 def box_area_check(boxes: Any, fmt: str) -> None:
@@ -122,6 +155,24 @@ def box_area_check(boxes: Any, fmt: str) -> None:
 
 
 # ---- NMS ---------------------------------------------------------------------------------------------
+
+def nms_rotated_check(boxes: Any, scores: Any, idxs: Any, fmt: str) -> str:
+    """nms_rotated / batched_nms_rotated: [N, 5] (cxcywhr, xywhr) or [N, 8] (xyxyxyxy) boxes,
+    [N] scores, [N] idxs (or None); returns the working dtype (float32, or float64 if either is)."""
+    if fmt not in ROTATED:
+        raise ValueError(f"fmt must be one of {ROTATED}, got {fmt!r}")
+    A.same_placement(boxes=boxes, scores=scores, idxs=idxs)
+    k = 8 if fmt == "xyxyxyxy" else 5
+    if boxes.ndim != 2 or boxes.shape[-1] != k:
+        raise RuntimeError(f"boxes should be a 2d tensor of shape [N, {k}] for fmt={fmt!r}, got {tuple(boxes.shape)}")
+    if scores.ndim != 1 or scores.shape[0] != boxes.shape[0]:
+        raise RuntimeError(f"scores should be a 1d tensor of shape [{boxes.shape[0]}], got {tuple(scores.shape)}")
+    if idxs is not None:
+        if idxs.ndim != 1 or idxs.shape[0] != boxes.shape[0]:
+            raise RuntimeError(f"idxs should be a 1d tensor of shape [{boxes.shape[0]}], got {tuple(idxs.shape)}")
+        _numeric_ids(idxs)
+    return _float_dtypes(boxes=boxes, scores=scores)
+
 
 def nms_check(boxes: Any, scores: Any, idxs: Any = None) -> str:
     """Validate nms/batched_nms (RuntimeError for shapes, as torchvision); return the working dtype."""

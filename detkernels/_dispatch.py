@@ -17,9 +17,10 @@ import numpy as np
 
 from . import _arrays as A
 from . import _registry
-from ._checks import HALF, INTS
+from ._checks import HALF, INTS, ROTATED
+from .reference.rotated import to_cxcywhr
 
-__all__ = ["iou", "nms", "multi_image_nms", "nms_padded", "detect", "roi_align", "roi_align_backward",
+__all__ = ["iou", "probiou", "nms", "nms_rotated", "nms_probiou", "multi_image_nms", "nms_padded", "detect", "roi_align", "roi_align_backward",
            "roi_pool", "roi_pool_backward"]
 
 
@@ -42,6 +43,8 @@ def _as(x: Any, w: str) -> Any:
 def iou(kind: str, b1: Any, b2: Any, fmt: str, eps: float, checked: tuple, backend: str | None) -> Any:
     """``checked`` = _checks.iou_check(b1, b2, kind, fmt): (batch, N, M, working dtype); the
     placement was checked there too."""
+    if fmt in ROTATED:
+        return _iou_rotated(b1, b2, fmt, checked, backend)
     dev = A.device(b1)
     batch, N, M, w = checked
     batch, N, M = tuple(int(x) for x in batch), int(N), int(M)
@@ -55,7 +58,61 @@ def iou(kind: str, b1: Any, b2: Any, fmt: str, eps: float, checked: tuple, backe
     return fn(x1, x2, kind, fmt, eps).reshape(batch + (N, M))
 
 
+def _cxcywhr(x: Any, fmt: str, w: str) -> Any:
+    """x in the working dtype, converted to cxcywhr by torchvision's formulas in x's own array
+    library (torch tensors: torchvision's very ops; reference.rotated.to_cxcywhr)."""
+    x = A.astype(x, w)
+    m = sys.modules["torch"] if A.is_torch(x) else None
+    return A.astype(to_cxcywhr(x, fmt, m), w)
+
+
+def _iou_rotated(b1: Any, b2: Any, fmt: str, checked: tuple, backend: str | None) -> Any:
+    """Rotated box_iou: [B, N, 5] cxcywhr boxes to the backend, float32 [..., N, M] out."""
+    dev = A.device(b1)
+    batch, N, M, w = checked
+    batch, N, M = tuple(int(x) for x in batch), int(N), int(M)
+    B = int(np.prod(batch, dtype=np.int64))
+    if B == 0 or N == 0 or M == 0:
+        return A.empty(batch + (N, M), "float32", like=b1)
+    _, fn = _registry.select("box_iou_rotated", dev, w, backend)
+    k = 8 if fmt == "xyxyxyxy" else 5
+    x1 = A.ascontig(_cxcywhr(A.broadcast_to(b1, batch + (N, k)), fmt, w).reshape(B, N, 5))
+    x2 = A.ascontig(_cxcywhr(A.broadcast_to(b2, batch + (M, k)), fmt, w).reshape(B, M, 5))
+    return fn(x1, x2).reshape(batch + (N, M))
+
+
+def probiou(b1: Any, b2: Any, eps: float, checked: tuple, backend: str | None) -> Any:
+    """ProbIoU matrix [..., N, M] in the working dtype (checked = _checks.probiou_check)."""
+    batch, N, M, w = checked
+    batch, N, M = tuple(int(x) for x in batch), int(N), int(M)
+    B = int(np.prod(batch, dtype=np.int64))
+    if B == 0 or N == 0 or M == 0:
+        return A.empty(batch + (N, M), w, like=b1)
+    _, fn = _registry.select("probiou", A.device(b1), w, backend)
+    x1 = A.ascontig(A.astype(A.broadcast_to(b1, batch + (N, 5)), w).reshape(B, N, 5))
+    x2 = A.ascontig(A.astype(A.broadcast_to(b2, batch + (M, 5)), w).reshape(B, M, 5))
+    return fn(x1, x2, eps).reshape(batch + (N, M))
+
+
 # ---- NMS ---------------------------------------------------------------------------------------------
+
+def nms_rotated(boxes: Any, scores: Any, idxs: Any, thr: float, fmt: str, w: str, backend: str | None) -> Any:
+    """Rotated NMS (per class when ``idxs`` is given): int64 kept indices by descending score."""
+    dev = A.device(boxes)  # placement: checked by _checks.nms_rotated_check
+    if boxes.shape[0] == 0:
+        return A.empty((0,), "int64", like=boxes)
+    _, fn = _registry.select("nms_rotated", dev, w, backend)
+    return fn(A.ascontig(_cxcywhr(boxes, fmt, w)), _as(scores, w), None if idxs is None else _class_ids(idxs), thr)
+
+
+def nms_probiou(boxes: Any, scores: Any, idxs: Any, thr: float, fast: bool, eps: float, w: str,
+                backend: str | None) -> Any:
+    """NMS on ProbIoU (greedy or Fast-NMS): int64 kept indices by descending score."""
+    if boxes.shape[0] == 0:
+        return A.empty((0,), "int64", like=boxes)
+    _, fn = _registry.select("nms_probiou", A.device(boxes), w, backend)
+    return fn(_as(boxes, w), _as(scores, w), None if idxs is None else _class_ids(idxs), thr, fast, eps)
+
 
 def nms(boxes: Any, scores: Any, idxs: Any, thr: float, w: str, backend: str | None) -> Any:
     """NMS (per class when ``idxs`` is given): int64 kept indices by descending score."""

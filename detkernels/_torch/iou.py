@@ -70,6 +70,12 @@ def _formula(kind: str, b1: Tensor, b2: Tensor, fmt: str, eps: float, checked: t
 def iou(kind: str, b1: Tensor, b2: Tensor, fmt: str, eps: float, checked: tuple,
         backend: str | None) -> Tensor:
     """Eager entry (arguments validated by detkernels/api/boxes.py)."""
+    # Rotated boxes: no differentiable formula (torchvision's op has no autograd either) and no
+    # ONNX form; eager calls go to the backend, traced ones through the custom op.
+    if fmt in _checks.ROTATED:
+        if backend is None and traced(b1, b2):
+            return torch.ops.detkernels.box_iou(b1, b2, fmt)
+        return _dispatch.iou(kind, b1, b2, fmt, eps, checked, backend)
     # ONNX export: the formulas on torch ops export as elementwise ONNX operators.
     if torch.is_grad_enabled() and (b1.requires_grad or b2.requires_grad) or backend is None and exporting():
         return _formula(kind, b1, b2, fmt, eps, checked)
@@ -128,8 +134,10 @@ def _register_extras(op: Any, kind: str) -> None:
 
     @op.register_fake
     def _(boxes1, boxes2, *extra):
-        batch, N, M, w = _checks.iou_check(boxes1, boxes2, kind, fmt_eps(extra)[0])
-        return boxes1.new_empty(batch + (N, M), dtype=torch.float64 if w == "float64" else torch.float32)
+        fmt = fmt_eps(extra)[0]
+        batch, N, M, w = _checks.iou_check(boxes1, boxes2, kind, fmt)
+        wide = w == "float64" and fmt not in _checks.ROTATED  # rotated: float32 out, as torchvision
+        return boxes1.new_empty(batch + (N, M), dtype=torch.float64 if wide else torch.float32)
 
     def setup(ctx, inputs, output):
         ctx.save_for_backward(inputs[0], inputs[1])
@@ -139,6 +147,9 @@ def _register_extras(op: Any, kind: str) -> None:
         # Vector-Jacobian product of the same formulas on torch ops (detkernels/reference).
         b1, b2 = ctx.saved_tensors
         fmt, eps = fmt_eps(ctx.extra)
+        if fmt in _checks.ROTATED:
+            raise RuntimeError(f"box_iou with fmt={fmt!r} (rotated boxes) is not differentiable "
+                               "(neither is torchvision's)")
         need = ctx.needs_input_grad[:2]
         with torch.enable_grad():
             x1 = b1.detach().requires_grad_(need[0])

@@ -46,6 +46,12 @@ def box_iou(boxes1: Any, boxes2: Any, fmt: str = "xyxy", *, backend: str | None 
     dimensions broadcast (one call for a batch). Output float64 for float64 input, else float32.
     Integer boxes follow torchvision: integer arithmetic wrapping on overflow (8/16-bit upcast to
     int32 first), float32 divisions; on CPU and CUDA. Differentiable for torch tensors.
+
+    Rotated boxes, as ``torchvision.ops.box_iou``: ``fmt`` 'cxcywhr' or 'xywhr' (``[..., N, 5]``,
+    angle in degrees, counter-clockwise) or 'xyxyxyxy' (``[..., N, 8]``); the output is float32
+    (also for float64 boxes), equal bit for bit to torchvision's CPU kernel; CPU only (backends
+    native and numpy), not differentiable, leading dimensions broadcast; other float and integer
+    dtypes are computed in float32 (docs/SPEC.md "Rotated boxes").
     """
     return _iou("iou", boxes1, boxes2, fmt, 1e-7, backend)
 

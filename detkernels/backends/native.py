@@ -68,6 +68,47 @@ def box_iou(b1: Any, b2: Any, kind: str, fmt: str, eps: float) -> Any:
     return out
 
 
+@register("box_iou_rotated", "native", devices=("cpu",))
+def box_iou_rotated(b1: Any, b2: Any) -> Any:
+    """b1 [B, N, 5], b2 [B, M, 5] cxcywhr: contiguous, same float dtype -> float32 [B, N, M]."""
+    B, N, M = b1.shape[0], b1.shape[1], b2.shape[1]
+    out = A.empty((B, N, M), "float32", like=b1)
+    _C.box_iou_rotated_cpu(DTYPE_CODES[A.dtype_name(b1)], B, N, M, A.data_ptr(b1), A.data_ptr(b2),
+                           A.data_ptr(out))
+    return out
+
+
+@register("nms_rotated", "native", devices=("cpu",))
+def nms_rotated(boxes: Any, scores: Any, classes: Any, iou_threshold: float) -> Any:
+    """boxes [N, 5] cxcywhr, scores [N] (same float dtype), classes int64 [N] or None -> kept indices."""
+    n = boxes.shape[0]
+    keep = A.empty((n,), "int64", like=boxes)
+    count = _C.nms_rotated_cpu(DTYPE_CODES[A.dtype_name(boxes)], A.data_ptr(boxes), A.data_ptr(scores),
+                               0 if classes is None else A.data_ptr(classes), n, float(iou_threshold),
+                               A.data_ptr(keep))
+    return keep[:count]
+
+
+@register("probiou", "native", devices=("cpu",))
+def probiou(b1: Any, b2: Any, eps: float) -> Any:
+    """b1 [B, N, 5], b2 [B, M, 5] ultralytics xywhr, same float dtype -> [B, N, M] in that dtype."""
+    B, N, M = b1.shape[0], b1.shape[1], b2.shape[1]
+    dt = A.dtype_name(b1)
+    out = A.empty((B, N, M), dt, like=b1)
+    _C.probiou_cpu(DTYPE_CODES[dt], float(eps), B, N, M, A.data_ptr(b1), A.data_ptr(b2), A.data_ptr(out))
+    return out
+
+
+@register("nms_probiou", "native", devices=("cpu",))
+def nms_probiou(boxes: Any, scores: Any, classes: Any, iou_threshold: float, fast: bool, eps: float) -> Any:
+    n = boxes.shape[0]
+    keep = A.empty((n,), "int64", like=boxes)
+    count = _C.nms_probiou_cpu(DTYPE_CODES[A.dtype_name(boxes)], A.data_ptr(boxes), A.data_ptr(scores),
+                               0 if classes is None else A.data_ptr(classes), n, float(iou_threshold),
+                               float(eps), int(bool(fast)), A.data_ptr(keep))
+    return keep[:count]
+
+
 def _device_index(x: Any) -> int:
     dev = A.device(x)
     return int(dev.split(":")[1]) if ":" in dev else 0

@@ -8,6 +8,7 @@ from .. import _arrays as A
 from ._table import declare, register
 from ..reference import box_iou as ref_iou
 from ..reference import nms as ref_nms
+from ..reference import rotated as ref_rotated
 
 declare("numpy", True)
 
@@ -18,6 +19,34 @@ _ALL = ("float32", "float64", "int32", "int64")
 def box_iou(b1: Any, b2: Any, kind: str, fmt: str, eps: float) -> Any:
     out = ref_iou._matrix(A.to_numpy_view(b1), A.to_numpy_view(b2), kind, fmt, eps)
     return A.from_numpy(out, like=b1)
+
+
+@register("box_iou_rotated", "numpy")
+def box_iou_rotated(b1: Any, b2: Any) -> Any:
+    out = ref_rotated.box_iou_rotated(A.to_numpy_view(b1), A.to_numpy_view(b2))
+    return A.from_numpy(out, like=b1)
+
+
+@register("nms_rotated", "numpy")
+def nms_rotated(boxes: Any, scores: Any, classes: Any, iou_threshold: float) -> Any:
+    b, s = A.to_numpy_view(boxes), A.to_numpy_view(scores)
+    if classes is None:
+        keep = ref_rotated.nms_rotated(b, s, iou_threshold)
+    else:
+        keep = ref_rotated.batched_nms_rotated(b, s, A.to_numpy_view(classes), iou_threshold)
+    return A.from_numpy(keep, like=boxes)
+
+
+@register("probiou", "numpy")
+def probiou(b1: Any, b2: Any, eps: float) -> Any:
+    return A.from_numpy(ref_rotated.probiou(A.to_numpy_view(b1), A.to_numpy_view(b2), eps), like=b1)
+
+
+@register("nms_probiou", "numpy")
+def nms_probiou(boxes: Any, scores: Any, classes: Any, iou_threshold: float, fast: bool, eps: float) -> Any:
+    keep = ref_rotated.nms_probiou(A.to_numpy_view(boxes), A.to_numpy_view(scores), iou_threshold,
+                                   None if classes is None else A.to_numpy_view(classes), fast, eps)
+    return A.from_numpy(keep, like=boxes)
 
 
 @register("nms", "numpy")

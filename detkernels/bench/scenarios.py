@@ -1046,3 +1046,172 @@ def plan(family: Family, mode: str) -> list[Case]:
     key = tuple(sorted(base.items()))
     cases.setdefault(key, Case(family, dict(base)))
     return list(cases.values())
+
+
+# ---- rotated boxes (issue 17) -------------------------------------------------------------------------
+
+def _obb_boxes(rng: np.random.Generator, n: int, clustered: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Oriented boxes (cx, cy, w, h, degrees counter-clockwise) on a 1024 px image, DOTA-like sizes;
+    clustered: jittered copies of n / 20 objects with scores falling with the jitter (a detector's
+    raw output, what NMS sees)."""
+    if not clustered:
+        b = np.stack([rng.uniform(0, 1024, n), rng.uniform(0, 1024, n), rng.uniform(8, 120, n),
+                      rng.uniform(8, 60, n), rng.uniform(-90, 90, n)], 1)
+        return b, rng.random(n)
+    k = max(1, n // 20)
+    obj, _ = _obb_boxes(rng, k, False)
+    o = rng.integers(0, k, n)
+    j = rng.normal(0, 1, (n, 5)) * np.array([3.0, 3.0, 4.0, 2.0, 5.0])
+    return obj[o] + j, np.clip(1 - np.abs(j).sum(1) / 40 + rng.normal(0, 0.02, n), 0, 1)
+
+
+class BoxIouRotated(Family):
+    name, title, registry_op, unit = "box_iou_rotated", "box_iou rotated (N x N, cxcywhr)", "box_iou_rotated", "pairs"
+    case_terms = "N = oriented boxes (N x N IoU pairs, 1024 px image), then the dtype"
+    defaults = {"N": 1000, "dtype": "float32"}
+    mode_defaults = {"smoke": {"N": 64}}
+    sweeps = {"smoke": {"N": [32, 64]}, "quick": {"N": [100, 1000]},
+              "full": {"N": [100, 1000, 2000], "dtype": ["float32", "float64"]}}
+    numeric_axes = ("N",)
+    reference_timing_cap = 1e4
+
+    def describe(self, p):
+        return f"N={p['N']} {p['dtype']}"
+
+    def inputs(self, p, device, lib, seed):
+        rng = np.random.default_rng(seed)
+        return tuple(_put(_obb_boxes(rng, p["N"], False)[0], lib, device, p["dtype"]) for _ in range(2))
+
+    def input_bytes(self, p):
+        return 2 * p["N"] * 5 * np.dtype(p["dtype"]).itemsize
+
+    def detkernels_fn(self, dk, p, backend):
+        return lambda inp: dk.box_iou(inp[0], inp[1], fmt="cxcywhr", backend=backend)
+
+    def torchvision_fn(self, tvo, p, device):
+        return (lambda inp: tvo.box_iou(inp[0], inp[1], fmt="cxcywhr")), "torchvision::box_iou_rotated"
+
+    def work(self, p):
+        return float(p["N"]) ** 2
+
+
+class NmsRotated(Family):
+    """nms_rotated against OpenCV's cv2.dnn.NMSBoxesRotated (its own polygon IoU, angle clockwise:
+    given -a) and ultralytics' OBB path (TorchNMS.fast_nms with batch_probiou, radians, clockwise:
+    a different metric and Fast-NMS, so a different kept set); same boxes, one run."""
+
+    name, title, registry_op, unit = "nms_rotated", "nms_rotated (one class, clustered OBBs)", "nms_rotated", "boxes"
+    case_terms = "N = oriented boxes (jittered copies of N / 20 objects), then the dtype"
+    defaults = {"N": 8400, "dtype": "float32", "iou": 0.5}
+    mode_defaults = {"smoke": {"N": 200}}
+    # No larger N: ultralytics' dense N x N ProbIoU path takes ~8 s per call at 8 400 here.
+    sweeps = {"smoke": {"N": [200]}, "quick": {"N": [1000, 8400]}, "full": {"N": [1000, 8400]}}
+    numeric_axes = ("N",)
+    reference_timing_cap = 1000
+
+    def describe(self, p):
+        return f"N={p['N']} {p['dtype']}"
+
+    def inputs(self, p, device, lib, seed):
+        b, s = _obb_boxes(np.random.default_rng(seed), p["N"], True)
+        return _put(b, lib, device, p["dtype"]), _put(s, lib, device, p["dtype"])
+
+    def input_bytes(self, p):
+        return p["N"] * 6 * np.dtype(p["dtype"]).itemsize
+
+    def detkernels_fn(self, dk, p, backend):
+        thr = p["iou"]
+        return lambda inp: dk.nms_rotated(inp[0], inp[1], thr, backend=backend)
+
+    def torchvision_fn(self, tvo, p, device):
+        return None, "torchvision 0.29.1 has no rotated NMS"
+
+    def contenders(self, p, device, lib):
+        from .peers import _cached, _score_order
+
+        rows = super().contenders(p, device, lib)
+        if device != "cpu" or p["dtype"] != "float32":
+            return rows
+        thr = p["iou"]
+        peers = []
+        try:
+            import cv2
+        except ImportError:
+            cv2 = None
+        if cv2 is not None:
+            def rects(inp):
+                b, s = to_numpy(inp[0]).astype(np.float32), to_numpy(inp[1]).astype(np.float32)
+                return [((float(x[0]), float(x[1])), (float(x[2]), float(x[3])), -float(x[4])) for x in b], s
+
+            conv = _cached(rects)
+            peers.append(Row("opencv", "peer", lambda inp: cv2.dnn.NMSBoxesRotated(*conv(inp), 0.0, thr),
+                             note="dnn.NMSBoxesRotated, scores > 0 only",
+                             canon=lambda out, inp: _score_order(to_numpy(inp[1]), out),
+                             subset=lambda inp: to_numpy(inp[1]) > 0))
+        if lib == "torch":
+            try:
+                from ultralytics.utils.metrics import batch_probiou
+                from ultralytics.utils.nms import TorchNMS
+            except ImportError:
+                TorchNMS = None
+            if TorchNMS is not None:
+                import torch
+
+                def xywhr(inp):
+                    b = inp[0].clone()
+                    b[:, 4] = b[:, 4] * (-torch.pi / 180)
+                    return b
+
+                conv_u = _cached(xywhr)
+                peers.append(Row("ultralytics", "peer",
+                                 lambda inp: TorchNMS.fast_nms(conv_u(inp), inp[1], thr, iou_func=batch_probiou),
+                                 note="OBB path: Fast-NMS on the dense ProbIoU matrix",
+                                 canon=lambda out, inp: _score_order(to_numpy(inp[1]), to_numpy(out))))
+        ref = [r for r in rows if r.kind == "reference"]
+        return [r for r in rows if r.kind != "reference"] + peers + ref
+
+    check_peer = Nms.check_peer
+
+    def work(self, p):
+        return float(p["N"])
+
+
+class NmsProbiou(NmsRotated):
+    """ultralytics' OBB NMS (Fast-NMS on ProbIoU, radians) against detkernels.nms_probiou(fast=True),
+    which computes the same kept set without the dense N x N matrix; same boxes as nms_rotated."""
+
+    name, title, registry_op = "nms_probiou", "nms_probiou (Fast-NMS on ProbIoU, ultralytics' OBB NMS)", "nms_probiou"
+
+    def inputs(self, p, device, lib, seed):
+        b, s = _obb_boxes(np.random.default_rng(seed), p["N"], True)
+        b[:, 4] = np.deg2rad(b[:, 4])  # ultralytics' xywhr: radians
+        return _put(b, lib, device, p["dtype"]), _put(s, lib, device, p["dtype"])
+
+    def detkernels_fn(self, dk, p, backend):
+        thr = p["iou"]
+        return lambda inp: dk.nms_probiou(inp[0], inp[1], thr, fast=True, backend=backend)
+
+    def torchvision_fn(self, tvo, p, device):
+        return None, "torchvision has no ProbIoU"
+
+    def contenders(self, p, device, lib):
+        from .peers import _score_order
+
+        rows = Family.contenders(self, p, device, lib)
+        if device == "cpu" and lib == "torch":
+            try:
+                from ultralytics.utils.metrics import batch_probiou
+                from ultralytics.utils.nms import TorchNMS
+            except ImportError:
+                return rows
+            thr = p["iou"]
+            peer = Row("ultralytics", "peer",
+                       lambda inp: TorchNMS.fast_nms(inp[0], inp[1], thr, iou_func=batch_probiou),
+                       note="TorchNMS.fast_nms(iou_func=batch_probiou): the dense ProbIoU matrix",
+                       canon=lambda out, inp: _score_order(to_numpy(inp[1]), to_numpy(out)))
+            ref = [r for r in rows if r.kind == "reference"]
+            rows = [r for r in rows if r.kind != "reference"] + [peer] + ref
+        return rows
+
+
+FAMILIES.update({f.name: f for f in (BoxIouRotated(), NmsRotated(), NmsProbiou())})

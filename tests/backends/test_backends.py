@@ -298,6 +298,46 @@ def test_roi_matches_reference(op, backend, device, lib, dtype, cfg):
         assert_bytes_equal(a, b, f"{op} {cfg} output {k}")
 
 
+# ---- rotated boxes (issue 17) ------------------------------------------------------------------------
+
+ROTATED_OPS = {"box_iou_rotated": "box_iou_rotated", "nms_rotated": "nms_rotated",
+               "batched_nms_rotated": "nms_rotated", "probiou": "probiou", "nms_probiou": "nms_probiou"}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("device,lib", PLACEMENTS, ids=[f"{d}-{l}" for d, l in PLACEMENTS])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("op", list(ROTATED_OPS))
+def test_rotated_matches_reference(op, backend, device, lib, dtype, rng):
+    from _rotated_families import FAMILIES as RF, make as rmake
+    from detkernels.reference import rotated as RR
+
+    mod = _library(lib)
+    if device == "cuda" and (why := _cuda_device_present()):
+        pytest.skip(why)
+    if why := _registry.why_not(backend, ROTATED_OPS[op], device, dtype):
+        pytest.skip(f"backend {backend!r}: {why}")
+    for family in RF:
+        for n in (0, 1, 23):
+            b = rmake(family, rng, n).astype(dtype)
+            s = rng.random(n).astype(dtype)
+            c = rng.integers(0, 3, n)
+            x, y, z = _put(b, lib, device, mod), _put(s, lib, device, mod), _put(c, lib, device, mod)
+            if op == "box_iou_rotated":
+                got, want = detkernels.box_iou(x, x, fmt="cxcywhr", backend=backend), RR.box_iou_rotated(b, b)
+            elif op == "nms_rotated":
+                got, want = detkernels.nms_rotated(x, y, 0.3, backend=backend), RR.nms_rotated(b, s, 0.3)
+            elif op == "batched_nms_rotated":
+                got = detkernels.batched_nms_rotated(x, y, z, 0.3, backend=backend)
+                want = RR.batched_nms_rotated(b, s, c, 0.3)
+            elif op == "probiou":
+                got, want = detkernels.probiou(x, x, backend=backend), RR.probiou(b, b)
+            else:
+                got, want = detkernels.nms_probiou(x, y, 0.3, fast=True, backend=backend), RR.nms_probiou(b, s, 0.3, fast=True)
+            _check_placement(got, lib, device)
+            assert_bytes_equal(to_numpy(got), want, f"{op} {family} n={n}")
+
+
 # ---- the matrix covers the registry -----------------------------------------------------------------
 # Registered op -> the matrix test(s) above that run it on every backend and placement.
 COVERED = {"box_iou": "test_matches_reference (iou, giou, diou, ciou), test_formats_and_batches",
@@ -305,7 +345,9 @@ COVERED = {"box_iou": "test_matches_reference (iou, giou, diou, ciou), test_form
            "multi_image_nms": "test_matches_reference (multi_image_nms)",
            "detect": "test_detect_matches_reference",
            "roi_align": "test_roi_matches_reference", "roi_align_backward": "test_roi_matches_reference",
-           "roi_pool": "test_roi_matches_reference", "roi_pool_backward": "test_roi_matches_reference"}
+           "roi_pool": "test_roi_matches_reference", "roi_pool_backward": "test_roi_matches_reference",
+           "box_iou_rotated": "test_rotated_matches_reference", "nms_rotated": "test_rotated_matches_reference",
+           "probiou": "test_rotated_matches_reference", "nms_probiou": "test_rotated_matches_reference"}
 
 
 def test_matrix_covers_every_registered_op_backend_and_device():

@@ -147,6 +147,8 @@ _SORT_KEYS = "radix-sort key packing of the native/CuPy CUDA plan; numba plans w
 _PLAN = "candidate planning of the native/CuPy CUDA plan; numba's is torch/NumPy array code (numba/__init__.py)"
 _SCATTER = ("a step of the native/CuPy sort-based RoI backward; numba's backwards are owner-computes "
             "(roi_math.align_grad, roi_cpu/roi_cuda pool kernels)")
+_ROTATED = ("rotated boxes and ProbIoU (box_iou_rotated.h): the numba backend serves none of box_iou_rotated, "
+            "nms_rotated, probiou, nms_probiou (native and numpy only; the registry says so)")
 NOT_NEEDED = {
     "wrap_add": "integer boxes: the numba backend serves float boxes only (README status)",
     "wrap_sub": "integer boxes: the numba backend serves float boxes only (README status)",
@@ -156,6 +158,10 @@ NOT_NEEDED = {
                                "nms_class_key", "nms_image_key", "nms_key_bits", "nms_final_key")},
     **{f: _PLAN for f in ("nms_cand_box", "nms_cand_class", "nms_cand_valid", "nms_head", "nms_count_kept",
                           "nms_gather_slot")},
+    **{f: _ROTATED for f in ("rp_sub", "rp_cross", "rp_dot", "rp_abs", "rotated_half_cos_sin", "rotated_corners",
+                             "rotated_corners_inside", "rotated_intersection_points", "convex_hull_area",
+                             "rotated_pair_iou", "rotated_bounds", "rotated_apart", "dk_libm_cos", "dk_libm_sin",
+                             "dk_libm_exp", "dk_libm_log", "probiou_cov", "probiou_from_bd", "probiou_pair")},
     **{f: _SCATTER for f in ("roi_contrib_count", "roi_contrib", "box", "slots", "contrib", "roi_pool_max_key",
                              "roi_pool_max_run_sum", "ps_roi_pool_len")},
 }

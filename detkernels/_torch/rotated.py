@@ -1,0 +1,53 @@
+"""Rotated NMS on torch tensors: the custom ops ``detkernels::nms_rotated`` and
+``detkernels::nms_probiou`` (data-dependent output size, as ``detkernels::nms``) with their fake
+kernels, and the eager entries of detkernels/api/rotated.py (arguments validated there). The
+rotated box_iou goes through ``detkernels::box_iou`` (detkernels/_torch/iou.py)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .. import _checks, _dispatch
+from .common import traced
+
+
+@torch.library.custom_op("detkernels::nms_rotated", mutates_args=())
+def nms_rotated_op(boxes: Tensor, scores: Tensor, idxs: Optional[Tensor], iou_threshold: float,
+                   fmt: str = "cxcywhr") -> Tensor:
+    w = _checks.nms_rotated_check(boxes, scores, idxs, fmt)
+    return _dispatch.nms_rotated(boxes, scores, idxs, iou_threshold, fmt, w, None).clone()
+
+
+@nms_rotated_op.register_fake
+def _(boxes, scores, idxs, iou_threshold, fmt="cxcywhr"):
+    _checks.nms_rotated_check(boxes, scores, idxs, fmt)
+    return boxes.new_empty((torch.library.get_ctx().new_dynamic_size(),), dtype=torch.int64)
+
+
+@torch.library.custom_op("detkernels::nms_probiou", mutates_args=())
+def nms_probiou_op(boxes: Tensor, scores: Tensor, idxs: Optional[Tensor], iou_threshold: float,
+                   fast: bool = False, eps: float = 1e-7) -> Tensor:
+    w = _checks.nms_rotated_check(boxes, scores, idxs, "cxcywhr")
+    return _dispatch.nms_probiou(boxes, scores, idxs, iou_threshold, fast, eps, w, None).clone()
+
+
+@nms_probiou_op.register_fake
+def _(boxes, scores, idxs, iou_threshold, fast=False, eps=1e-7):
+    _checks.nms_rotated_check(boxes, scores, idxs, "cxcywhr")
+    return boxes.new_empty((torch.library.get_ctx().new_dynamic_size(),), dtype=torch.int64)
+
+
+def nms_rotated(boxes: Tensor, scores: Tensor, idxs: Tensor | None, thr: float, fmt: str, w: str,
+                backend: str | None) -> Tensor:
+    if backend is None and traced(boxes, scores, idxs):
+        return torch.ops.detkernels.nms_rotated(boxes, scores, idxs, thr, fmt)
+    return _dispatch.nms_rotated(boxes, scores, idxs, thr, fmt, w, backend)
+
+
+def nms_probiou(boxes: Tensor, scores: Tensor, idxs: Tensor | None, thr: float, fast: bool, eps: float,
+                w: str, backend: str | None) -> Tensor:
+    if backend is None and traced(boxes, scores, idxs):
+        return torch.ops.detkernels.nms_probiou(boxes, scores, idxs, thr, fast, eps)
+    return _dispatch.nms_probiou(boxes, scores, idxs, thr, fast, eps, w, backend)
