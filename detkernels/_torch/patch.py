@@ -7,6 +7,8 @@ import importlib
 import sys
 from typing import Any
 
+from .. import _registry
+from .._checks import ROTATED
 from ..api import boxes as _boxes
 from ..api import nms as _nms
 from ..api import roi as _roi
@@ -35,8 +37,25 @@ def torchvision_batched_nms(boxes: Any, scores: Any, idxs: Any, iou_threshold: f
     return keep
 
 
+_TV_BOX_IOU: Any = None  # torchvision's own box_iou, captured by the first patch
+
+
+def torchvision_box_iou(boxes1: Any, boxes2: Any, fmt: str = "xyxy") -> Any:
+    """``torchvision.ops.box_iou`` as ``patch_torchvision`` installs it: detkernels' ``box_iou``,
+    except rotated formats on a device that no detkernels backend serves for them (CUDA today):
+    those go to torchvision's own function, so the patch never takes a working path away."""
+    torch = sys.modules.get("torch")
+    if fmt in ROTATED and _TV_BOX_IOU is not None and torch is not None and isinstance(boxes1, torch.Tensor):
+        try:
+            _registry.select("box_iou_rotated", boxes1.device.type,
+                             "float64" if boxes1.dtype == torch.float64 else "float32")
+        except RuntimeError:
+            return _TV_BOX_IOU(boxes1, boxes2, fmt=fmt)
+    return _boxes.box_iou(boxes1, boxes2, fmt)
+
+
 PATCHED = {"nms": _nms.nms, "batched_nms": torchvision_batched_nms, "box_area": _boxes.box_area,
-           "box_iou": _boxes.box_iou, "generalized_box_iou": _boxes.generalized_box_iou,
+           "box_iou": torchvision_box_iou, "generalized_box_iou": _boxes.generalized_box_iou,
            "distance_box_iou": _boxes.distance_box_iou, "complete_box_iou": _boxes.complete_box_iou}
 ROI_FUNCTIONS = {name: getattr(_roi, name) for name in ("roi_align", "roi_pool", "ps_roi_align", "ps_roi_pool")}
 ROI_CLASSES = {name: getattr(_modules, name) for name in _modules.__all__}
@@ -81,6 +100,10 @@ class patch_torchvision(contextlib.AbstractContextManager):
     """
 
     def __init__(self) -> None:
+        global _TV_BOX_IOU
+        tv_box_iou = importlib.import_module("torchvision.ops.boxes").box_iou
+        if tv_box_iou is not torchvision_box_iou:
+            _TV_BOX_IOU = tv_box_iou
         self._saved: list[tuple[Any, str, Any]] = []
         for mod, name, new in patch_targets():
             self._saved.append((mod, name, getattr(mod, name)))

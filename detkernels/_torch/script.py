@@ -29,7 +29,7 @@ from . import iou as _iou_ops  # noqa: F401
 from . import nms as _nms_ops  # noqa: F401
 from . import roi as _roi_ops  # noqa: F401
 from . import script_fns as _fns
-from .patch import torchvision_batched_nms
+from .patch import torchvision_batched_nms, torchvision_box_iou
 
 _lib = torch.library.Library("detkernels", "FRAGMENT")
 
@@ -65,11 +65,13 @@ _lib.define("torchvision_batched_nms(Tensor boxes, Tensor scores, Tensor idxs, f
 _lib.impl("torchvision_batched_nms", torchvision_batched_nms, "CompositeImplicitAutograd")
 _builtins._register_builtin(_boxes.box_area, "detkernels::box_area_script")
 _builtins._register_builtin(torchvision_batched_nms, "detkernels::torchvision_batched_nms")
+_builtins._register_builtin(torchvision_box_iou, "detkernels::box_iou")
 
 # torch.jit.script(f) -> the compiled twin (TorchScript looks its cache up before parsing f).
 # Compiled here, quietly: torch.jit.script warns that TorchScript is deprecated on every call.
 _TWINS = [(_nms.nms, _fns.nms), (_nms.batched_nms, _fns.batched_nms),
-          (torchvision_batched_nms, _fns.torchvision_batched_nms), (_boxes.box_area, _fns.box_area)]
+          (torchvision_batched_nms, _fns.torchvision_batched_nms), (_boxes.box_area, _fns.box_area),
+          (torchvision_box_iou, _fns.box_iou)]
 _TWINS += [(getattr(_boxes, n), getattr(_fns, n))
            for n in ("box_iou", "generalized_box_iou", "distance_box_iou", "complete_box_iou")]
 _TWINS += [(getattr(_roi, n), getattr(_fns, n)) for n in ("roi_align", "ps_roi_align", "roi_pool", "ps_roi_pool")]

@@ -226,10 +226,39 @@ def test_patch_torchvision_routes_rotated_formats(rng, torch, tv_ops):
     with detkernels.patch_torchvision():
         import torchvision.ops.boxes as tvb
 
-        assert tvb.box_iou is detkernels.box_iou
+        from detkernels._torch.patch import torchvision_box_iou
+
+        assert tvb.box_iou is torchvision_box_iou
         for fmt, w in want.items():
             x = b if fmt == "cxcywhr" else tv_ops.box_convert(b, "cxcywhr", fmt)
             assert_bytes_equal(tv_ops.box_iou(x, x, fmt=fmt), w, fmt)
+
+
+def test_patch_hands_unserved_devices_to_torchvision(rng, torch, tv_ops, monkeypatch):
+    """Rotated box_iou on a device no detkernels backend serves (CUDA today) keeps working under
+    the patch: torchvision's own function runs. Simulated on the CPU by making the registry refuse
+    the op there; axis-aligned formats still go to detkernels."""
+    from detkernels import _registry
+    from detkernels._torch import patch
+
+    b = torch.from_numpy(make("clustered", rng, 20).astype("float32"))
+    want = tv_ops.box_iou(b, b, fmt="cxcywhr")
+    real = _registry.select
+    calls = []
+
+    def refuse(op, device, dtype, backend=None):
+        if op == "box_iou_rotated":
+            calls.append(device)
+            raise RuntimeError("no backend serves box_iou_rotated here (test)")
+        return real(op, device, dtype, backend)
+
+    with detkernels.patch_torchvision():
+        monkeypatch.setattr(patch._registry, "select", refuse)
+        got = tv_ops.box_iou(b, b, fmt="cxcywhr")
+        xyxy = tv_ops.box_iou(b[:, :4], b[:, :4])
+    assert calls == ["cpu"]
+    assert_bytes_equal(got, want, "fallback")
+    assert_bytes_equal(xyxy, detkernels.box_iou(b[:, :4], b[:, :4]), "xyxy")
 
 
 @pytest.mark.parametrize("family", ["uniform", "clustered", "containment", "touching"])
