@@ -1,0 +1,284 @@
+// CPU Soft-NMS over soft_nms.h (weights) and nms.h (IoU). Reference: reference/soft_nms.py.
+//
+// The reference is sequential: pick the current maximum, rescale every other remaining box. This
+// driver computes the same picks and the same bits with less work:
+//  * the maximum: the segment's boxes are kept in blocks of kBlock positions, each with its best
+//    remaining box under the pick order (score_before -- NaN first, -0 == +0 -- then the lower
+//    input index); a pick scans the block bests. A rescale of box q in block B changes B's best
+//    only if q was the best (recomputed from the block: q's score fell or q left) or q now beats
+//    it (weights > 1 occur for IoUs outside [0, 1]: q becomes the best). So the bests stay exact.
+//  * a rescale is skipped where the weight is exactly 1, which leaves the score bit for bit
+//    unchanged (s * 1 == s, NaN included). Weight 1 holds whenever the clipped intersection width
+//    or height is 0: the IoU is then +0, -0 or NaN (the argument of nms_sparse.cpp's header: with
+//    w = std_max(0, dx) = +0, inter = 0 * h is +0 or NaN), and soft_nms_weight gives 1 for all
+//    three -- linear: (double)(+-0) > thr gives 1 - (+-0) == 1 or 1; NaN > thr is false; gaussian:
+//    NaN -> 1, dk_exp(-(0 * 0) / sigma) = dk_exp(-0) == 1.
+//    Boxes are classed as in nms_sparse.cpp: inert (finite, x1 >= x2 or y1 >= y2: w or h is 0
+//    against any partner, in either role), regular (finite, x1 < x2, y1 < y2: w > 0 and h > 0 iff
+//    a.x1 < b.x2, b.x1 < a.x2, a.y1 < b.y2, b.y1 < a.y2), wild (a NaN or infinite coordinate: no
+//    shortcut). Regular boxes take the first positions, sorted by x1, so a picked regular box
+//    visits one range of positions -- those with a.x1 - W < b.x1 < a.x2, W >= every regular
+//    width, the bound rounded outwards -- and then every remaining wild box; a picked wild box
+//    visits every remaining non-inert box; an inert one none.
+//  * a box whose decayed score is below the threshold leaves, as in the reference.
+// Classes are independent segments; their kept boxes are merged by (score_before, index).
+// Measured (N = 5 000 random 640-px boxes, float32, one thread): a binary heap of (score, index)
+// entries with lazy deletion took 62 ms (linear) / 160 ms (gaussian), every rescale a push.
+
+#include "ops/nms/soft_nms.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+#include <vector>
+
+#include "common/dispatch.h"
+#include "ops/nms/nms.h"
+
+namespace detkernels {
+
+namespace {
+
+enum Kind : uint8_t { kInert = 0, kRegular = 1, kWild = 2 };
+
+constexpr int64_t kBlock = 64;  // positions per block of the argmax
+
+template <typename T> bool same_bits(T a, T b) { return std::memcmp(&a, &b, sizeof(T)) == 0; }
+
+template <typename T> struct Params {
+  int method;
+  double thr, sthr;
+  T sigma;
+};
+
+// Soft-NMS of the boxes `members` (input indices), appending (index, score) to out in pick order,
+// at most `limit` of them.
+template <typename T>
+void segment(const T* boxes, const T* scores, const int64_t* members, int64_t m,
+             const Params<T>& prm, int64_t limit, std::vector<int64_t>& out_idx,
+             std::vector<T>& out_s) {
+  // Positions: the regular boxes by (band of y1, x1), then the wild ones, then the inert ones.
+  std::vector<uint8_t> kind_of(static_cast<size_t>(m));
+  double ymin = INFINITY, ymax = -INFINITY, wmax = 0, hmax = 0;
+  int64_t n_reg = 0, n_wild = 0;
+  for (int64_t p = 0; p < m; ++p) {
+    const T* b = boxes + 4 * members[p];
+    const bool finite = std::isfinite(b[0]) && std::isfinite(b[1]) && std::isfinite(b[2]) &&
+                        std::isfinite(b[3]);
+    kind_of[p] = !finite ? kWild : (b[0] < b[2] && b[1] < b[3]) ? kRegular : kInert;
+    n_wild += kind_of[p] == kWild;
+    if (kind_of[p] != kRegular) continue;
+    ++n_reg;
+    // Doubles: exact for float and double coordinates; the differences rounded (see W, H).
+    ymin = std::min(ymin, static_cast<double>(b[1]));
+    ymax = std::max(ymax, static_cast<double>(b[1]));
+    wmax = std::max(wmax, static_cast<double>(b[2]) - static_cast<double>(b[0]));
+    hmax = std::max(hmax, static_cast<double>(b[3]) - static_cast<double>(b[1]));
+  }
+  // W, H bound every exact regular width / height: the double differences rounded, inflated.
+  const double W = wmax * (1 + 0x1p-40), H = hmax * (1 + 0x1p-40);
+  // Bands of y1 about H / 2 high (at most one per 8 boxes): a query visits the bands of
+  // (a.y1 - H, a.y2) and, in each, the x1 window (a.x1 - W, a.x2). band_of is monotone in y
+  // (a rounded subtraction and a positive scale, then clamping), so whatever the rounding, the
+  // band of any y1 in that interval lies between the bands of its (outward-rounded) ends.
+  const double range = ymax - ymin;
+  int64_t nbands = 1;
+  double inv = 0;
+  if (n_reg > 0 && std::isfinite(range) && range > 0 && H > 0) {
+    nbands = std::max<int64_t>(1, std::min<int64_t>(n_reg / 8, static_cast<int64_t>(std::min(range / (H / 2), 65536.0)) + 1));
+    inv = static_cast<double>(nbands) / range;
+  }
+  auto band_of = [&](double y) -> int64_t {
+    const double t = (y - ymin) * inv;
+    if (!(t > 0)) return 0;
+    if (t >= static_cast<double>(nbands - 1)) return nbands - 1;
+    return static_cast<int64_t>(t);
+  };
+  std::vector<int64_t> perm(static_cast<size_t>(m)), bandv(static_cast<size_t>(m), 0);
+  for (int64_t p = 0; p < m; ++p)
+    if (kind_of[p] == kRegular) bandv[p] = band_of(static_cast<double>(boxes[4 * members[p] + 1]));
+  std::iota(perm.begin(), perm.end(), int64_t{0});
+  std::stable_sort(perm.begin(), perm.end(), [&](int64_t a, int64_t b) {
+    const int ka = kind_of[a] == kRegular ? 0 : kind_of[a] == kWild ? 1 : 2;
+    const int kb = kind_of[b] == kRegular ? 0 : kind_of[b] == kWild ? 1 : 2;
+    if (ka != kb) return ka < kb;
+    if (ka != 0) return false;
+    if (bandv[a] != bandv[b]) return bandv[a] < bandv[b];
+    return boxes[4 * members[a]] < boxes[4 * members[b]];
+  });
+  std::vector<T> x1(m), y1(m), x2(m), y2(m), area(m), s(m);
+  std::vector<int64_t> gid(m), band_start(static_cast<size_t>(nbands) + 1, 0);
+  std::vector<uint8_t> alive(m);
+  std::vector<double> rx1(static_cast<size_t>(n_reg));
+  std::vector<int64_t> wild;
+  for (int64_t p = 0; p < m; ++p) {
+    const int64_t q = perm[p];
+    const T* b = boxes + 4 * members[q];
+    x1[p] = b[0]; y1[p] = b[1]; x2[p] = b[2]; y2[p] = b[3];
+    area[p] = nms_area(b[0], b[1], b[2], b[3]);
+    s[p] = scores[members[q]];
+    gid[p] = members[q];
+    alive[p] = !(static_cast<double>(s[p]) < prm.sthr);
+    if (p < n_reg) {
+      rx1[p] = static_cast<double>(b[0]);
+      ++band_start[bandv[q] + 1];
+    } else if (kind_of[q] == kWild && alive[p]) {
+      wild.push_back(p);
+    }
+  }
+  for (int64_t k = 0; k < nbands; ++k) band_start[k + 1] += band_start[k];
+  const int64_t n_ni = n_reg + n_wild;
+
+  auto better = [&](int64_t p, int64_t q) {  // p is picked before q
+    if (score_before(s[p], s[q])) return true;
+    if (score_before(s[q], s[p])) return false;
+    return gid[p] < gid[q];
+  };
+  const int64_t nb = (m + kBlock - 1) / kBlock;
+  std::vector<int64_t> best(static_cast<size_t>(nb), -1);
+  std::vector<uint8_t> dirty(static_cast<size_t>(nb), 0);
+  auto rebuild = [&](int64_t blk) {
+    int64_t bp = -1;
+    for (int64_t p = blk * kBlock, e = std::min(m, p + kBlock); p < e; ++p)
+      if (alive[p] && (bp < 0 || better(p, bp))) bp = p;
+    best[blk] = bp;
+    dirty[blk] = 0;
+  };
+  for (int64_t blk = 0; blk < nb; ++blk) rebuild(blk);
+  std::vector<int64_t> dirty_list;
+
+  auto rescale = [&](int64_t a, int64_t q) {
+    const T iou = nms_iou(x1[a], y1[a], x2[a], y2[a], area[a], x1[q], y1[q], x2[q], y2[q], area[q]);
+    const T ns = s[q] * soft_nms_weight(iou, prm.method, prm.thr, prm.sigma);
+    if (same_bits(ns, s[q])) return;  // weight 1 (or a rounding back to s): nothing changes
+    s[q] = ns;
+    const int64_t blk = q / kBlock;
+    if (static_cast<double>(ns) < prm.sthr) alive[q] = 0;
+    if (dirty[blk]) return;
+    if (best[blk] == q) {
+      dirty[blk] = 1;
+      dirty_list.push_back(blk);
+    } else if (alive[q] && better(q, best[blk])) {
+      best[blk] = q;
+    }
+  };
+
+  int64_t kept = 0;
+  while (kept < limit) {
+    int64_t a = -1;
+    for (int64_t blk = 0; blk < nb; ++blk) {
+      const int64_t p = best[blk];
+      if (p >= 0 && (a < 0 || better(p, a))) a = p;
+    }
+    if (a < 0) break;
+    alive[a] = 0;
+    out_idx.push_back(gid[a]);
+    out_s.push_back(s[a]);
+    ++kept;
+    if (!dirty[a / kBlock]) {
+      dirty[a / kBlock] = 1;
+      dirty_list.push_back(a / kBlock);
+    }
+    if (a < n_reg) {
+      // Regular b can overlap a only if a.x1 - W < b.x1 < a.x2 and a.y1 - H < b.y1 < a.y2: the
+      // lower bounds are computed in double and lowered by more than their two roundings, so
+      // they are <= the exact a.x1 - W, a.y1 - H.
+      const T ax1 = x1[a], ay1 = y1[a], ay2 = y2[a];
+      const double dx1 = static_cast<double>(ax1), dy1 = static_cast<double>(ay1);
+      const double xlo = (dx1 - W) - (std::fabs(dx1) + W) * 0x1p-50;
+      const double ylo = (dy1 - H) - (std::fabs(dy1) + H) * 0x1p-50;
+      const double xhi = static_cast<double>(x2[a]);
+      for (int64_t bd = band_of(ylo), bend = band_of(static_cast<double>(ay2)); bd <= bend; ++bd) {
+        const auto first = rx1.begin() + band_start[bd], last = rx1.begin() + band_start[bd + 1];
+        const int64_t k = std::upper_bound(first, last, xlo) - rx1.begin();
+        const int64_t kend = std::lower_bound(rx1.begin() + k, last, xhi) - rx1.begin();
+        // The exact overlap test, branch-free in chunks of 64 (x1[j] < a.x2 holds in the window).
+        for (int64_t k0 = k; k0 < kend; k0 += 64) {
+          const int64_t e = std::min(kend, k0 + 64);
+          uint64_t bits = 0;
+          for (int64_t j = k0; j < e; ++j)
+            bits |= static_cast<uint64_t>((ax1 < x2[j]) & (ay1 < y2[j]) & (y1[j] < ay2) &
+                                          (alive[j] != 0)) << (j - k0);
+          while (bits) {
+            rescale(a, k0 + __builtin_ctzll(bits));
+            bits &= bits - 1;
+          }
+        }
+      }
+      for (const int64_t q : wild)
+        if (alive[q]) rescale(a, q);
+    } else if (a < n_ni) {  // wild
+      for (int64_t q = 0; q < n_ni; ++q)
+        if (alive[q]) rescale(a, q);
+    }
+    for (const int64_t blk : dirty_list) rebuild(blk);
+    dirty_list.clear();
+  }
+}
+
+template <typename T>
+int64_t run(const T* boxes, const T* scores, const int64_t* classes, int64_t n, double thr,
+            double sigma, int method, double sthr, int64_t max_output, int64_t* keep, T* out_s) {
+  const Params<T> prm{method, thr, sthr, static_cast<T>(sigma)};
+  const int64_t limit = max_output < 0 ? n : std::min(max_output, n);
+  std::vector<int64_t> idx;
+  std::vector<T> sc;
+  std::vector<int64_t> members(static_cast<size_t>(n));
+  std::iota(members.begin(), members.end(), int64_t{0});
+  if (classes == nullptr) {
+    segment(boxes, scores, members.data(), n, prm, limit, idx, sc);
+  } else {
+    // Class segments (class asc, index asc within one), each soft-NMS'd alone, then merged.
+    std::stable_sort(members.begin(), members.end(),
+                     [&](int64_t a, int64_t b) { return classes[a] < classes[b]; });
+    for (int64_t b = 0; b < n;) {
+      int64_t e = b + 1;
+      while (e < n && classes[members[e]] == classes[members[b]]) ++e;
+      segment(boxes, scores, members.data() + b, e - b, prm, limit, idx, sc);
+      b = e;
+    }
+    std::vector<int64_t> order(idx.size());
+    std::iota(order.begin(), order.end(), int64_t{0});
+    std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+      if (score_before(sc[a], sc[b])) return true;
+      if (score_before(sc[b], sc[a])) return false;
+      return idx[a] < idx[b];
+    });
+    if (static_cast<int64_t>(order.size()) > limit) order.resize(static_cast<size_t>(limit));
+    for (size_t k = 0; k < order.size(); ++k) {
+      keep[k] = idx[order[k]];
+      out_s[k] = sc[order[k]];
+    }
+    return static_cast<int64_t>(order.size());
+  }
+  std::copy(idx.begin(), idx.end(), keep);
+  std::copy(sc.begin(), sc.end(), out_s);
+  return static_cast<int64_t>(idx.size());
+}
+
+}  // namespace
+
+int64_t soft_nms_cpu(int dtype, const void* boxes, const void* scores, const int64_t* classes,
+                     int64_t n, double iou_threshold, double sigma, int method,
+                     double score_threshold, int64_t max_output, int64_t* keep, void* out_scores) {
+  if (method != kSoftLinear && method != kSoftGaussian)
+    throw std::invalid_argument("soft_nms_cpu: method must be 0 (linear) or 1 (gaussian)");
+  return dispatch_float(dtype, "soft_nms_cpu", [&](auto t) {
+    using T = decltype(t);
+    return run(static_cast<const T*>(boxes), static_cast<const T*>(scores), classes, n,
+               iou_threshold, sigma, method, score_threshold, max_output, keep,
+               static_cast<T*>(out_scores));
+  });
+}
+
+void soft_nms_exp_cpu(int dtype, const void* x, void* y, int64_t n) {
+  dispatch_float(dtype, "soft_nms_exp_cpu", [&](auto t) {
+    using T = decltype(t);
+    const T* in = static_cast<const T*>(x);
+    T* out = static_cast<T*>(y);
+    for (int64_t i = 0; i < n; ++i) out[i] = dk_exp(in[i]);
+  });
+}
+
+}  // namespace detkernels
