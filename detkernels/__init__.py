@@ -15,6 +15,7 @@ from ._registry import available_backends, explain, get_backend, set_backend
 from .api.detect import Detections, detect
 from .api.boxes import box_area, box_iou, complete_box_iou, distance_box_iou, generalized_box_iou
 from .api.nms import batched_nms, multi_image_nms, nms, nms_padded
+from .api.soft_nms import soft_nms
 from .api.roi import ps_roi_align, ps_roi_pool, roi_align, roi_pool
 from .backends.native import build_info
 
@@ -47,6 +48,7 @@ __all__ = [
     "PSRoIPool",
     "MultiScaleRoIAlign",
     "set_backend",
+    "soft_nms",
     "set_num_threads",
     "get_num_threads",
 ]

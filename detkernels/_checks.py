@@ -24,6 +24,7 @@ __all__ = [
     "FLOATS", "INTS", "iou_check", "nms_check", "multi_check", "padded_check", "detect_check", "threshold_value",
     "non_negative_int", "score_threshold_value", "pair", "rois_from_boxes", "roi_check",
     "roi_grad_check", "roi_pool_index_check", "check_sampling_ratio", "check_plane",
+    "soft_nms_check",
 ]
 
 ROTATED = ("cxcywhr", "xywhr", "xyxyxyxy")
@@ -176,6 +177,23 @@ def multi_check(boxes: Any, scores: Any, idxs: Any, max_output: Any) -> str:
         _numeric_ids(idxs)
     non_negative_int("max_output", max_output)
     return _float_dtypes(boxes=boxes, scores=scores)
+
+
+def soft_nms_check(boxes: Any, scores: Any, idxs: Any, iou_threshold: Any, sigma: Any, method: Any,
+                   score_threshold: Any, max_output: Any) -> tuple:
+    """Validate soft_nms (arrays as nms/batched_nms, RuntimeError for their shapes); return
+    ``(working dtype, iou_threshold, sigma, method, score_threshold, max_output or None)``."""
+    from .reference.soft_nms import METHODS
+
+    thr = threshold_value(iou_threshold)
+    sig = threshold_value(sigma, "sigma")
+    if not sig > 0:  # NaN too
+        raise ValueError(f"sigma must be a positive number, got {sigma!r}")
+    if not isinstance(method, str) or method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    sthr = threshold_value(score_threshold, "score_threshold")
+    k = None if max_output is None else non_negative_int("max_output", max_output)
+    return nms_check(boxes, scores, idxs), thr, sig, method, sthr, k
 
 
 # ---- detect ------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from . import _arrays as A
 from . import _registry
 from ._checks import HALF, INTS
 
-__all__ = ["iou", "nms", "multi_image_nms", "nms_padded", "detect", "roi_align", "roi_align_backward",
+__all__ = ["iou", "nms", "soft_nms", "multi_image_nms", "nms_padded", "detect", "roi_align", "roi_align_backward",
            "roi_pool", "roi_pool_backward"]
 
 
@@ -80,6 +80,18 @@ def nms_padded(boxes: Any, scores: Any, thr: float, max_output: int, w: str,
     """One image through the multi-image path: (indices [max_output], count 0-d)."""
     idx, _, counts = multi_image_nms(boxes[None], scores[None], None, thr, max_output, None, w, backend)
     return idx[0], counts.reshape(())
+
+
+def soft_nms(boxes: Any, scores: Any, idxs: Any, thr: float, sigma: float, method: str,
+             score_threshold: float, max_output: int | None, w: str, backend: str | None) -> tuple[Any, Any]:
+    """Soft-NMS (per class when ``idxs`` is given): (int64 indices, decayed scores in ``w``) in
+    pick order; arguments from _checks.soft_nms_check."""
+    dev = A.device(boxes)  # placement: checked by _checks.nms_check
+    if boxes.shape[0] == 0 or max_output == 0:
+        return A.empty((0,), "int64", like=boxes), A.empty((0,), w, like=boxes)
+    _, fn = _registry.select("soft_nms", dev, w, backend)
+    return fn(_as(boxes, w), _as(scores, w), None if idxs is None else _class_ids(idxs), thr, sigma,
+              method, score_threshold, max_output)
 
 
 # ---- detect ------------------------------------------------------------------------------------------

@@ -76,6 +76,25 @@ def _(boxes, scores, idxs, iou_threshold, max_output, score_threshold):
             boxes.new_empty((B,), dtype=torch.int64))
 
 
+@torch.library.custom_op("detkernels::soft_nms", mutates_args=())
+def soft_nms_op(boxes: Tensor, scores: Tensor, idxs: Optional[Tensor], iou_threshold: float, sigma: float,
+                method: str, score_threshold: float, max_output: Optional[int]) -> tuple[Tensor, Tensor]:
+    w, *_ = _checks.soft_nms_check(boxes, scores, idxs, iou_threshold, sigma, method, score_threshold,
+                                   max_output)
+    keep, kept = _dispatch.soft_nms(boxes, scores, idxs, iou_threshold, sigma, method, score_threshold,
+                                    max_output, w, None)
+    return keep.clone(), kept.clone()
+
+
+@soft_nms_op.register_fake
+def _(boxes, scores, idxs, iou_threshold, sigma, method, score_threshold, max_output):
+    w, *_ = _checks.soft_nms_check(boxes, scores, idxs, iou_threshold, sigma, method, score_threshold,
+                                   max_output)
+    k = torch.library.get_ctx().new_dynamic_size()
+    return (boxes.new_empty((k,), dtype=torch.int64),
+            boxes.new_empty((k,), dtype=getattr(torch, w)))
+
+
 # ---- eager entries -----------------------------------------------------------------------------------
 
 _FAST = {torch.float32: "float32", torch.float64: "float64"}
@@ -134,3 +153,13 @@ def multi_image_nms(boxes: Tensor, scores: Tensor, idxs: Tensor | None, thr: flo
                                                                 score_threshold)
         return idx, (cls if scores.ndim == 3 else None), counts
     return _dispatch.multi_image_nms(boxes, scores, idxs, thr, max_output, score_threshold, w, backend)
+
+
+def soft_nms(boxes: Tensor, scores: Tensor, idxs: Tensor | None, thr: float, sigma: float, method: str,
+             score_threshold: float, max_output: int | None, w: str,
+             backend: str | None) -> tuple[Tensor, Tensor]:
+    if backend is None and traced(boxes, scores, idxs):
+        return torch.ops.detkernels.soft_nms(boxes, scores, idxs, thr, sigma, method, score_threshold,
+                                             max_output)
+    return _dispatch.soft_nms(boxes, scores, idxs, thr, sigma, method, score_threshold, max_output, w,
+                              backend)

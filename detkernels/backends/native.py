@@ -131,6 +131,25 @@ def nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float) -> Any:
     return keep[:count]
 
 
+SOFT_NMS_METHODS = {"linear": 0, "gaussian": 1}  # csrc/ops/nms/soft_nms.h: SoftNmsMethod
+
+
+@register("soft_nms", "native")  # CPU only: no CUDA kernel yet (README status)
+def soft_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float, sigma: float, method: str,
+             score_threshold: float, max_output: int | None) -> tuple[Any, Any]:
+    """boxes [N, 4], scores [N] (same float dtype), classes int64 [N] or None -> (kept indices
+    int64, decayed scores) in pick order."""
+    n = boxes.shape[0]
+    keep = A.empty((n,), "int64", like=boxes)
+    kept = A.empty((n,), A.dtype_name(boxes), like=boxes)
+    count = _C.soft_nms_cpu(DTYPE_CODES[A.dtype_name(boxes)], A.data_ptr(boxes), A.data_ptr(scores),
+                            0 if classes is None else A.data_ptr(classes), n, float(iou_threshold),
+                            float(sigma), SOFT_NMS_METHODS[method], float(score_threshold),
+                            -1 if max_output is None else int(max_output), A.data_ptr(keep),
+                            A.data_ptr(kept))
+    return keep[:count], kept[:count]
+
+
 @register("multi_image_nms", "native", devices=IOU_DEVICES)
 def multi_image_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float, max_output: int,
                     score_threshold: float | None) -> tuple[Any, Any, Any]:

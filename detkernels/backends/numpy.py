@@ -40,6 +40,21 @@ def multi_image_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float,
             A.from_numpy(counts, like=boxes))
 
 
+from ..reference import soft_nms as ref_soft_nms  # noqa: E402
+
+
+@register("soft_nms", "numpy")
+def soft_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float, sigma: float, method: str,
+             score_threshold: float, max_output: int | None) -> tuple[Any, Any]:
+    b, s = A.to_numpy_view(boxes), A.to_numpy_view(scores)
+    args = (iou_threshold, sigma, method, score_threshold, max_output)
+    if classes is None:
+        keep, kept = ref_soft_nms.soft_nms(b, s, *args)
+    else:
+        keep, kept = ref_soft_nms.batched_soft_nms(b, s, A.to_numpy_view(classes), *args)
+    return A.from_numpy(keep, like=boxes), A.from_numpy(kept, like=boxes)
+
+
 from ..reference import detect as ref_detect  # noqa: E402
 
 
