@@ -18,6 +18,8 @@ Families:
                the fused detect op, ultralytics' non_max_suppression when installed)
   roi_align    RoIAlign of P proposals on a C=256 stride-8 feature map, 7x7 / 14x14 (included when
                this build of detkernels has roi_align)
+  soft_nms     Soft-NMS (linear / gaussian) of N = 1 000 / 5 000 / 25 200 boxes against ensemble-boxes'
+               cpu_soft_nms_float (NumPy), same data (issue 13)
   nms_large_*  NMS at 10^4 - 10^6 boxes (issue 16; sparse, clustered, one big cluster) against lsnms
                (`pip install --no-deps lsnms`: 0.5.0 works with numba 0.68.1 although its metadata
                asks for numba < 0.64) and time-limited torchvision / numba rows (NmsLarge)
@@ -940,10 +942,94 @@ class NmsLarge(Nms):
     check_peer = Family.check_peer  # lsnms: a kept set, by `check` (Nms's needs a canonical order)
 
 
+# ---- soft_nms (issue 13) ------------------------------------------------------------------------------
+
+def _ensemble_boxes() -> Any | None:
+    try:
+        from ensemble_boxes import ensemble_boxes_nms
+    except ImportError:
+        return None
+    return ensemble_boxes_nms
+
+
+class SoftNms(Family):
+    """Soft-NMS of N boxes (one class) against ensemble-boxes' ``cpu_soft_nms_float`` (NumPy; the
+    peer of issue 13), on the same boxes and scores. Its kept indices are checked against the
+    reference's (same set and order expected: its differences -- float64 arithmetic for float32
+    inputs, ties, ``score > thresh`` -- are pinned in tests/ops/test_soft_nms.py)."""
+
+    name, title, registry_op, unit = "soft_nms", "soft_nms (one class)", "soft_nms", "boxes"
+    case_terms = "N = boxes, then the decay method, the dtype and the box distribution"
+    defaults = {"N": 5000, "method": "gaussian", "dtype": "float32", "dist": "clustered",
+                "iou": 0.3, "sigma": 0.5}
+    mode_defaults = {"smoke": {"N": 100}}
+    sweeps = {
+        "smoke": {"N": [100, 300]},
+        "quick": {"N": [1000, 5000], "method": ["linear", "gaussian"]},
+        "full": {"N": [1000, 5000, 25200], "method": ["linear", "gaussian"],
+                 "dist": ["clustered", "uniform"]},
+    }
+    numeric_axes = ("N",)
+    reference_timing_cap = 1000
+
+    def describe(self, p):
+        return f"N={p['N']} {p['method']} {p['dtype']} {p['dist']}"
+
+    def inputs(self, p, device, lib, seed):
+        b, s, _ = _nms_boxes(p, seed, 1)
+        return _put(b, lib, device, p["dtype"]), _put(s, lib, device, p["dtype"])
+
+    def input_bytes(self, p):
+        return p["N"] * 5 * np.dtype(p["dtype"]).itemsize
+
+    def detkernels_fn(self, dk, p, backend):
+        thr, sigma, method = p["iou"], p["sigma"], p["method"]
+        return lambda inp: dk.soft_nms(inp[0], inp[1], thr, sigma=sigma, method=method, backend=backend)
+
+    def torchvision_fn(self, tvo, p, device):
+        return None, "torchvision has no soft-NMS"
+
+    def contenders(self, p, device, lib):
+        rows = super().contenders(p, device, lib)
+        E = _ensemble_boxes() if device == "cpu" else None
+        if E is not None:
+            thr, sigma, m = p["iou"], p["sigma"], 1 if p["method"] == "linear" else 2
+            memo: dict = {}
+
+            def host(inp):  # its layout (NumPy), once per input set, outside the timed call
+                hit = memo.get(id(inp))
+                if hit is None or hit[0] is not inp:
+                    hit = memo[id(inp)] = (inp, (to_numpy(inp[0]), to_numpy(inp[1])))
+                return hit[1]
+
+            def run(inp):
+                b, s = host(inp)
+                return E.cpu_soft_nms_float(b, s.copy(), thr, sigma, 0.001, m)  # it rescales s in place
+
+            rows.insert(len(rows) - (rows and rows[-1].kind == "reference"),
+                        Row("ensemble-boxes", "peer", run, note="cpu_soft_nms_float, NumPy",
+                            canon=lambda out, inp: np.asarray(out, np.int64)))
+        return rows
+
+    def check_peer(self, row, out, inp, expected, p):
+        got = row.canon(out, inp)
+        exp = to_numpy(expected[0]).astype(np.int64)
+        if got.shape == exp.shape and np.array_equal(got, exp):
+            return "equal"
+        if got.shape == exp.shape and np.array_equal(np.sort(got), np.sort(exp)):
+            return "same set (tie order)"
+        diff = len(set(got.tolist()) ^ set(exp.tolist()))
+        return f"differs ({diff} of {len(exp)} kept; peer semantics: docs/SPEC.md §6.2)"
+
+    def work(self, p):
+        return float(p["N"])
+
+
 FAMILIES: dict[str, Family] = {f.name: f for f in (BoxIou(), Nms(), BatchedNms(), Detect(), RoiAlign(),
                                                    NmsLarge("sparse", "uniform sparse"),
                                                    NmsLarge("clustered", "merged tiles, groups of ~8"),
-                                                   NmsLarge("one_cluster", "one big cluster"))}
+                                                   NmsLarge("one_cluster", "one big cluster"),
+                                                   SoftNms())}
 
 
 def plan(family: Family, mode: str) -> list[Case]:

@@ -67,6 +67,25 @@ def test_several_thousand_boxes(method, family):
         assert_bytes_equal(got[1], want[1], f"{dtype.__name__} scores")
 
 
+def test_mixed_sizes_and_wild_boxes():
+    """Box sizes over 5 orders of magnitude (the native kernel's size levels), with NaN and
+    infinite coordinates among them (its exhaustive path)."""
+    rng = np.random.default_rng(13)
+    for t in range(6):
+        n = 300
+        xy = rng.uniform(-100, 100, (n, 2))
+        boxes = np.concatenate([xy, xy + np.exp(rng.uniform(-6, 6, (n, 2)))], 1)
+        boxes[rng.integers(0, n, 6), rng.integers(0, 4, 6)] = [np.nan, np.inf, -np.inf] * 2 if t % 2 else 1e30
+        scores = rng.uniform(size=n)
+        for dtype in DTYPES:
+            b, s = boxes.astype(dtype), scores.astype(dtype)
+            for method in ref.METHODS:
+                want = ref.soft_nms(b, s, 0.1, 0.3, method, 0.001)
+                got = dk.soft_nms(b, s, 0.1, sigma=0.3, method=method)
+                assert_bytes_equal(got[0], want[0], f"{t} {dtype.__name__} {method} indices")
+                assert_bytes_equal(got[1], want[1], f"{t} {dtype.__name__} {method} scores")
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_small_and_empty(backend):
     for dtype in DTYPES:

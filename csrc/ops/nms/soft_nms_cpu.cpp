@@ -31,7 +31,12 @@
 #include <cmath>
 #include <cstring>
 #include <numeric>
+#include <limits>
+#include <type_traits>
 #include <vector>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "common/dispatch.h"
 #include "ops/nms/nms.h"
@@ -52,15 +57,85 @@ template <typename T> struct Params {
   T sigma;
 };
 
+// Calls f(j) for each j in [k, kend) with a.x1 < x2[j], a.y1 < y2[j] and y1[j] < a.y2 (the
+// exact overlap test of two regular boxes, x1[j] < a.x2 holding in the window; y2 is the scan
+// copy, NaN for gone boxes), in increasing j. Tested 64 at a time into a bit mask, branch-free
+// (with SSE2: 4 floats / 2 doubles per compare), then the set bits are visited.
+template <typename T, typename F>
+void scan_window(T ax1, T ay1, T ay2, const T* x2, const T* y1, const T* y2, int64_t k,
+                 int64_t kend, F&& f) {
+  for (int64_t k0 = k; k0 < kend; k0 += 64) {
+    const int64_t e = std::min(kend, k0 + 64);
+    uint64_t bits = 0;
+    int64_t j = k0;
+#if defined(__SSE2__)
+    if constexpr (std::is_same_v<T, float>) {
+      const __m128 vx1 = _mm_set1_ps(ax1), vy1 = _mm_set1_ps(ay1), vy2 = _mm_set1_ps(ay2);
+      for (; j + 4 <= e; j += 4) {
+        const __m128 c = _mm_and_ps(_mm_and_ps(_mm_cmplt_ps(vx1, _mm_loadu_ps(x2 + j)),
+                                               _mm_cmplt_ps(vy1, _mm_loadu_ps(y2 + j))),
+                                    _mm_cmplt_ps(_mm_loadu_ps(y1 + j), vy2));
+        bits |= static_cast<uint64_t>(_mm_movemask_ps(c)) << (j - k0);
+      }
+    } else {
+      const __m128d vx1 = _mm_set1_pd(ax1), vy1 = _mm_set1_pd(ay1), vy2 = _mm_set1_pd(ay2);
+      for (; j + 2 <= e; j += 2) {
+        const __m128d c = _mm_and_pd(_mm_and_pd(_mm_cmplt_pd(vx1, _mm_loadu_pd(x2 + j)),
+                                                _mm_cmplt_pd(vy1, _mm_loadu_pd(y2 + j))),
+                                     _mm_cmplt_pd(_mm_loadu_pd(y1 + j), vy2));
+        bits |= static_cast<uint64_t>(_mm_movemask_pd(c)) << (j - k0);
+      }
+    }
+#endif
+    for (; j < e; ++j)
+      bits |= static_cast<uint64_t>((ax1 < x2[j]) & (ay1 < y2[j]) & (y1[j] < ay2)) << (j - k0);
+    while (bits) {
+      f(k0 + __builtin_ctzll(bits));
+      bits &= bits - 1;
+    }
+  }
+}
+
+constexpr int kLevels = 16;  // size levels: up to 2^15 times the median box
+
+// One size level of the regular boxes. W, H bound every exact width / height of the level (the
+// double differences, rounded, inflated by 2^-40). Its boxes are in bands of y1 about H / 2 high
+// (at most one per 8 boxes), each band sorted by x1: a query visits the bands of (a.y1 - H, a.y2)
+// and, in each, the x1 window (a.x1 - W, a.x2). band_of is monotone in y (a rounded subtraction
+// and a positive scale, then clamping), so whatever the rounding, the band of any y1 in that
+// interval lies between the bands of its (outward-rounded) ends.
+struct Level {
+  double ymin = INFINITY, ymax = -INFINITY, W = 0, H = 0, inv = 0;
+  int64_t count = 0, nbands = 1;
+  std::vector<int64_t> band_start;  // positions [band_start[k], band_start[k + 1]) form band k
+  void plan() {
+    W *= 1 + 0x1p-40;
+    H *= 1 + 0x1p-40;
+    const double range = ymax - ymin;
+    if (count > 0 && std::isfinite(range) && range > 0 && H > 0) {
+      nbands = std::max<int64_t>(1, std::min<int64_t>(count / 8,
+                                 static_cast<int64_t>(std::min(range / (H / 2), 65536.0)) + 1));
+      inv = static_cast<double>(nbands) / range;
+    }
+  }
+  int64_t band_of(double y) const {
+    const double t = (y - ymin) * inv;
+    if (!(t > 0)) return 0;
+    if (t >= static_cast<double>(nbands - 1)) return nbands - 1;
+    return static_cast<int64_t>(t);
+  }
+};
+
 // Soft-NMS of the boxes `members` (input indices), appending (index, score) to out in pick order,
 // at most `limit` of them.
 template <typename T>
 void segment(const T* boxes, const T* scores, const int64_t* members, int64_t m,
              const Params<T>& prm, int64_t limit, std::vector<int64_t>& out_idx,
              std::vector<T>& out_s) {
-  // Positions: the regular boxes by (band of y1, x1), then the wild ones, then the inert ones.
+  // Positions: the regular boxes by (size level, band of y1, x1), then the wild ones, then the
+  // inert ones.
   std::vector<uint8_t> kind_of(static_cast<size_t>(m));
-  double ymin = INFINITY, ymax = -INFINITY, wmax = 0, hmax = 0;
+  std::vector<double> ws, hs;  // regular widths / heights (double differences, rounded)
   int64_t n_reg = 0, n_wild = 0;
   for (int64_t p = 0; p < m; ++p) {
     const T* b = boxes + 4 * members[p];
@@ -70,48 +145,62 @@ void segment(const T* boxes, const T* scores, const int64_t* members, int64_t m,
     n_wild += kind_of[p] == kWild;
     if (kind_of[p] != kRegular) continue;
     ++n_reg;
-    // Doubles: exact for float and double coordinates; the differences rounded (see W, H).
-    ymin = std::min(ymin, static_cast<double>(b[1]));
-    ymax = std::max(ymax, static_cast<double>(b[1]));
-    wmax = std::max(wmax, static_cast<double>(b[2]) - static_cast<double>(b[0]));
-    hmax = std::max(hmax, static_cast<double>(b[3]) - static_cast<double>(b[1]));
+    ws.push_back(static_cast<double>(b[2]) - static_cast<double>(b[0]));
+    hs.push_back(static_cast<double>(b[3]) - static_cast<double>(b[1]));
   }
-  // W, H bound every exact regular width / height: the double differences rounded, inflated.
-  const double W = wmax * (1 + 0x1p-40), H = hmax * (1 + 0x1p-40);
-  // Bands of y1 about H / 2 high (at most one per 8 boxes): a query visits the bands of
-  // (a.y1 - H, a.y2) and, in each, the x1 window (a.x1 - W, a.x2). band_of is monotone in y
-  // (a rounded subtraction and a positive scale, then clamping), so whatever the rounding, the
-  // band of any y1 in that interval lies between the bands of its (outward-rounded) ends.
-  const double range = ymax - ymin;
-  int64_t nbands = 1;
-  double inv = 0;
-  if (n_reg > 0 && std::isfinite(range) && range > 0 && H > 0) {
-    nbands = std::max<int64_t>(1, std::min<int64_t>(n_reg / 8, static_cast<int64_t>(std::min(range / (H / 2), 65536.0)) + 1));
-    inv = static_cast<double>(nbands) / range;
+  // Size levels: level k holds the boxes with width <= w0 * 2^k and height <= h0 * 2^k (w0, h0 the
+  // median width and height; the last level takes the rest), so that one large box does not
+  // widen every query. Levels only group boxes: any grouping is exact, since every level is
+  // queried with its own bounds.
+  double w0 = 1, h0 = 1;
+  if (n_reg > 0) {
+    std::vector<double> t = ws;
+    std::nth_element(t.begin(), t.begin() + n_reg / 2, t.end());
+    w0 = t[n_reg / 2];
+    t = hs;
+    std::nth_element(t.begin(), t.begin() + n_reg / 2, t.end());
+    h0 = t[n_reg / 2];
+    if (!(w0 > 0) || !std::isfinite(w0)) w0 = 1;
+    if (!(h0 > 0) || !std::isfinite(h0)) h0 = 1;
   }
-  auto band_of = [&](double y) -> int64_t {
-    const double t = (y - ymin) * inv;
-    if (!(t > 0)) return 0;
-    if (t >= static_cast<double>(nbands - 1)) return nbands - 1;
-    return static_cast<int64_t>(t);
-  };
-  std::vector<int64_t> perm(static_cast<size_t>(m)), bandv(static_cast<size_t>(m), 0);
+  std::vector<Level> levels(kLevels);
+  std::vector<int64_t> lev(static_cast<size_t>(m), 0), bandv(static_cast<size_t>(m), 0);
+  for (int64_t p = 0, r = 0; p < m; ++p) {
+    if (kind_of[p] != kRegular) continue;
+    const double f = std::max(ws[r] / w0, hs[r] / h0);
+    int k = 0;
+    while (k < kLevels - 1 && f > std::ldexp(1.0, k)) ++k;
+    lev[p] = k;
+    Level& L = levels[k];
+    const double y = static_cast<double>(boxes[4 * members[p] + 1]);
+    L.ymin = std::min(L.ymin, y);
+    L.ymax = std::max(L.ymax, y);
+    L.W = std::max(L.W, ws[r]);
+    L.H = std::max(L.H, hs[r]);
+    ++L.count;
+    ++r;
+  }
+  for (Level& L : levels) L.plan();
   for (int64_t p = 0; p < m; ++p)
-    if (kind_of[p] == kRegular) bandv[p] = band_of(static_cast<double>(boxes[4 * members[p] + 1]));
+    if (kind_of[p] == kRegular)
+      bandv[p] = levels[lev[p]].band_of(static_cast<double>(boxes[4 * members[p] + 1]));
+  std::vector<int64_t> perm(static_cast<size_t>(m));
   std::iota(perm.begin(), perm.end(), int64_t{0});
   std::stable_sort(perm.begin(), perm.end(), [&](int64_t a, int64_t b) {
     const int ka = kind_of[a] == kRegular ? 0 : kind_of[a] == kWild ? 1 : 2;
     const int kb = kind_of[b] == kRegular ? 0 : kind_of[b] == kWild ? 1 : 2;
     if (ka != kb) return ka < kb;
     if (ka != 0) return false;
+    if (lev[a] != lev[b]) return lev[a] < lev[b];
     if (bandv[a] != bandv[b]) return bandv[a] < bandv[b];
     return boxes[4 * members[a]] < boxes[4 * members[b]];
   });
-  std::vector<T> x1(m), y1(m), x2(m), y2(m), area(m), s(m);
-  std::vector<int64_t> gid(m), band_start(static_cast<size_t>(nbands) + 1, 0);
+  std::vector<T> x1(m), y1(m), x2(m), y2(m), area(m), s(m), scan_y2(m);
+  std::vector<int64_t> gid(m);
   std::vector<uint8_t> alive(m);
   std::vector<double> rx1(static_cast<size_t>(n_reg));
   std::vector<int64_t> wild;
+  for (Level& L : levels) L.band_start.assign(static_cast<size_t>(L.nbands) + 1, 0);
   for (int64_t p = 0; p < m; ++p) {
     const int64_t q = perm[p];
     const T* b = boxes + 4 * members[q];
@@ -120,14 +209,21 @@ void segment(const T* boxes, const T* scores, const int64_t* members, int64_t m,
     s[p] = scores[members[q]];
     gid[p] = members[q];
     alive[p] = !(static_cast<double>(s[p]) < prm.sthr);
+    // The scan's copy of y2: NaN once the box is gone, so `a.y1 < scan_y2` fails (no alive test).
+    scan_y2[p] = alive[p] ? b[3] : std::numeric_limits<T>::quiet_NaN();
     if (p < n_reg) {
       rx1[p] = static_cast<double>(b[0]);
-      ++band_start[bandv[q] + 1];
+      ++levels[lev[q]].band_start[bandv[q] + 1];
     } else if (kind_of[q] == kWild && alive[p]) {
       wild.push_back(p);
     }
   }
-  for (int64_t k = 0; k < nbands; ++k) band_start[k + 1] += band_start[k];
+  int64_t start = 0;  // each level's bands: consecutive position ranges, levels in order
+  for (Level& L : levels) {
+    L.band_start[0] = start;
+    for (int64_t k = 0; k < L.nbands; ++k) L.band_start[k + 1] += L.band_start[k];
+    start += L.count;
+  }
   const int64_t n_ni = n_reg + n_wild;
 
   auto better = [&](int64_t p, int64_t q) {  // p is picked before q
@@ -154,7 +250,10 @@ void segment(const T* boxes, const T* scores, const int64_t* members, int64_t m,
     if (same_bits(ns, s[q])) return;  // weight 1 (or a rounding back to s): nothing changes
     s[q] = ns;
     const int64_t blk = q / kBlock;
-    if (static_cast<double>(ns) < prm.sthr) alive[q] = 0;
+    if (static_cast<double>(ns) < prm.sthr) {
+      alive[q] = 0;
+      scan_y2[q] = std::numeric_limits<T>::quiet_NaN();
+    }
     if (dirty[blk]) return;
     if (best[blk] == q) {
       dirty[blk] = 1;
@@ -173,6 +272,7 @@ void segment(const T* boxes, const T* scores, const int64_t* members, int64_t m,
     }
     if (a < 0) break;
     alive[a] = 0;
+    scan_y2[a] = std::numeric_limits<T>::quiet_NaN();
     out_idx.push_back(gid[a]);
     out_s.push_back(s[a]);
     ++kept;
@@ -181,29 +281,22 @@ void segment(const T* boxes, const T* scores, const int64_t* members, int64_t m,
       dirty_list.push_back(a / kBlock);
     }
     if (a < n_reg) {
-      // Regular b can overlap a only if a.x1 - W < b.x1 < a.x2 and a.y1 - H < b.y1 < a.y2: the
-      // lower bounds are computed in double and lowered by more than their two roundings, so
-      // they are <= the exact a.x1 - W, a.y1 - H.
+      // Regular b can overlap a only if a.x1 - W < b.x1 < a.x2 and a.y1 - H < b.y1 < a.y2 (W, H of
+      // b's level): the lower bounds are computed in double and lowered by more than their two
+      // roundings, so they are <= the exact a.x1 - W, a.y1 - H.
       const T ax1 = x1[a], ay1 = y1[a], ay2 = y2[a];
       const double dx1 = static_cast<double>(ax1), dy1 = static_cast<double>(ay1);
-      const double xlo = (dx1 - W) - (std::fabs(dx1) + W) * 0x1p-50;
-      const double ylo = (dy1 - H) - (std::fabs(dy1) + H) * 0x1p-50;
-      const double xhi = static_cast<double>(x2[a]);
-      for (int64_t bd = band_of(ylo), bend = band_of(static_cast<double>(ay2)); bd <= bend; ++bd) {
-        const auto first = rx1.begin() + band_start[bd], last = rx1.begin() + band_start[bd + 1];
-        const int64_t k = std::upper_bound(first, last, xlo) - rx1.begin();
-        const int64_t kend = std::lower_bound(rx1.begin() + k, last, xhi) - rx1.begin();
-        // The exact overlap test, branch-free in chunks of 64 (x1[j] < a.x2 holds in the window).
-        for (int64_t k0 = k; k0 < kend; k0 += 64) {
-          const int64_t e = std::min(kend, k0 + 64);
-          uint64_t bits = 0;
-          for (int64_t j = k0; j < e; ++j)
-            bits |= static_cast<uint64_t>((ax1 < x2[j]) & (ay1 < y2[j]) & (y1[j] < ay2) &
-                                          (alive[j] != 0)) << (j - k0);
-          while (bits) {
-            rescale(a, k0 + __builtin_ctzll(bits));
-            bits &= bits - 1;
-          }
+      const double xhi = static_cast<double>(x2[a]), yhi = static_cast<double>(ay2);
+      for (const Level& L : levels) {
+        if (L.count == 0) continue;
+        const double xlo = (dx1 - L.W) - (std::fabs(dx1) + L.W) * 0x1p-50;
+        const double ylo = (dy1 - L.H) - (std::fabs(dy1) + L.H) * 0x1p-50;
+        for (int64_t bd = L.band_of(ylo), bend = L.band_of(yhi); bd <= bend; ++bd) {
+          const auto first = rx1.begin() + L.band_start[bd], last = rx1.begin() + L.band_start[bd + 1];
+          const int64_t k = std::upper_bound(first, last, xlo) - rx1.begin();
+          const int64_t kend = std::lower_bound(rx1.begin() + k, last, xhi) - rx1.begin();
+          scan_window(ax1, ay1, ay2, x2.data(), y1.data(), scan_y2.data(), k, kend,
+                      [&](int64_t j) { rescale(a, j); });
         }
       }
       for (const int64_t q : wild)
