@@ -24,7 +24,7 @@ __all__ = [
     "FLOATS", "INTS", "iou_check", "nms_check", "multi_check", "padded_check", "detect_check", "threshold_value",
     "non_negative_int", "score_threshold_value", "pair", "rois_from_boxes", "roi_check",
     "roi_grad_check", "roi_pool_index_check", "check_sampling_ratio", "check_plane",
-    "soft_nms_check",
+    "soft_nms_check", "diou_nms_check",
 ]
 
 ROTATED = ("cxcywhr", "xywhr", "xyxyxyxy")
@@ -194,6 +194,15 @@ def soft_nms_check(boxes: Any, scores: Any, idxs: Any, iou_threshold: Any, sigma
     sthr = threshold_value(score_threshold, "score_threshold")
     k = None if max_output is None else non_negative_int("max_output", max_output)
     return nms_check(boxes, scores, idxs), thr, sig, method, sthr, k
+
+
+def diou_nms_check(boxes: Any, scores: Any, idxs: Any, iou_threshold: Any, beta: Any) -> tuple:
+    """Validate diou_nms (arrays as nms/batched_nms); return ``(working dtype, iou_threshold, beta)``."""
+    thr = threshold_value(iou_threshold)
+    b = threshold_value(beta, "beta")
+    if not (b > 0 and b < float("inf")):  # NaN too
+        raise ValueError(f"beta must be a positive finite number, got {beta!r}")
+    return nms_check(boxes, scores, idxs), thr, b
 
 
 # ---- detect ------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from . import _arrays as A
 from . import _registry
 from ._checks import HALF, INTS
 
-__all__ = ["iou", "nms", "soft_nms", "multi_image_nms", "nms_padded", "detect", "roi_align", "roi_align_backward",
+__all__ = ["iou", "nms", "soft_nms", "diou_nms", "multi_image_nms", "nms_padded", "detect", "roi_align", "roi_align_backward",
            "roi_pool", "roi_pool_backward"]
 
 
@@ -92,6 +92,16 @@ def soft_nms(boxes: Any, scores: Any, idxs: Any, thr: float, sigma: float, metho
     _, fn = _registry.select("soft_nms", dev, w, backend)
     return fn(_as(boxes, w), _as(scores, w), None if idxs is None else _class_ids(idxs), thr, sigma,
               method, score_threshold, max_output)
+
+
+def diou_nms(boxes: Any, scores: Any, idxs: Any, thr: float, beta: float, w: str,
+             backend: str | None) -> Any:
+    """DIoU-NMS (per class when ``idxs`` is given): int64 kept indices by descending score."""
+    dev = A.device(boxes)  # placement: checked by _checks.nms_check
+    if boxes.shape[0] == 0:
+        return A.empty((0,), "int64", like=boxes)
+    _, fn = _registry.select("diou_nms", dev, w, backend)
+    return fn(_as(boxes, w), _as(scores, w), None if idxs is None else _class_ids(idxs), thr, beta)
 
 
 # ---- detect ------------------------------------------------------------------------------------------

@@ -95,6 +95,19 @@ def _(boxes, scores, idxs, iou_threshold, sigma, method, score_threshold, max_ou
             boxes.new_empty((k,), dtype=getattr(torch, w)))
 
 
+@torch.library.custom_op("detkernels::diou_nms", mutates_args=())
+def diou_nms_op(boxes: Tensor, scores: Tensor, idxs: Optional[Tensor], iou_threshold: float,
+                beta: float) -> Tensor:
+    w, *_ = _checks.diou_nms_check(boxes, scores, idxs, iou_threshold, beta)
+    return _dispatch.diou_nms(boxes, scores, idxs, iou_threshold, beta, w, None).clone()
+
+
+@diou_nms_op.register_fake
+def _(boxes, scores, idxs, iou_threshold, beta):
+    _checks.diou_nms_check(boxes, scores, idxs, iou_threshold, beta)
+    return boxes.new_empty((torch.library.get_ctx().new_dynamic_size(),), dtype=torch.int64)
+
+
 # ---- eager entries -----------------------------------------------------------------------------------
 
 _FAST = {torch.float32: "float32", torch.float64: "float64"}
@@ -163,3 +176,10 @@ def soft_nms(boxes: Tensor, scores: Tensor, idxs: Tensor | None, thr: float, sig
                                              max_output)
     return _dispatch.soft_nms(boxes, scores, idxs, thr, sigma, method, score_threshold, max_output, w,
                               backend)
+
+
+def diou_nms(boxes: Tensor, scores: Tensor, idxs: Tensor | None, thr: float, beta: float, w: str,
+             backend: str | None) -> Tensor:
+    if backend is None and traced(boxes, scores, idxs):
+        return torch.ops.detkernels.diou_nms(boxes, scores, idxs, thr, beta)
+    return _dispatch.diou_nms(boxes, scores, idxs, thr, beta, w, backend)

@@ -150,6 +150,17 @@ def soft_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float, sigma:
     return keep[:count], kept[:count]
 
 
+@register("diou_nms", "native")  # CPU only: no CUDA kernel yet (README status)
+def diou_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float, beta: float) -> Any:
+    """boxes [N, 4], scores [N] (same float dtype), classes int64 [N] or None -> kept indices."""
+    n = boxes.shape[0]
+    keep = A.empty((n,), "int64", like=boxes)
+    count = _C.diou_nms_cpu(DTYPE_CODES[A.dtype_name(boxes)], A.data_ptr(boxes), A.data_ptr(scores),
+                            0 if classes is None else A.data_ptr(classes), n, float(iou_threshold),
+                            float(beta), A.data_ptr(keep))
+    return keep[:count]
+
+
 @register("multi_image_nms", "native", devices=IOU_DEVICES)
 def multi_image_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float, max_output: int,
                     score_threshold: float | None) -> tuple[Any, Any, Any]:

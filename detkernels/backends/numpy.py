@@ -55,6 +55,19 @@ def soft_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float, sigma:
     return A.from_numpy(keep, like=boxes), A.from_numpy(kept, like=boxes)
 
 
+from ..reference import diou_nms as ref_diou_nms  # noqa: E402
+
+
+@register("diou_nms", "numpy")
+def diou_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float, beta: float) -> Any:
+    b, s = A.to_numpy_view(boxes), A.to_numpy_view(scores)
+    if classes is None:
+        keep = ref_diou_nms.diou_nms(b, s, iou_threshold, beta)
+    else:
+        keep = ref_diou_nms.batched_diou_nms(b, s, A.to_numpy_view(classes), iou_threshold, beta)
+    return A.from_numpy(keep, like=boxes)
+
+
 from ..reference import detect as ref_detect  # noqa: E402
 
 
