@@ -19,6 +19,7 @@
 #include "ops/nms/nms_sparse.h"
 #include "ops/nms/soft_nms.h"
 #include "ops/nms/diou_nms.h"
+#include "ops/nms/matrix_nms.h"
 #include "ops/roi_align/roi_align.h"
 #include "ops/roi_align/roi_align_gpu.h"
 #include "ops/roi_pool/roi_pool.h"
@@ -141,7 +142,8 @@ PYBIND11_MODULE(_C, m) {
   def(m, "box_iou_cpu", &box_iou_cpu);
   def(m, "nms_cpu", &nms_cpu);
   def(m, "soft_nms_cpu", &soft_nms_cpu);
-  def(m, "diou_nms_cpu", &diou_nms_cpu);  // issue 13: classes 0 = none  // issue 13: classes 0 = none, max_output < 0 = all
+  def(m, "diou_nms_cpu", &diou_nms_cpu);  // issue 13: classes 0 = none
+  def(m, "matrix_nms_cpu", &matrix_nms_cpu);  // issue 13: max_output / pre_top_k < 0 = none  // issue 13: classes 0 = none, max_output < 0 = all
   // Multi-image NMS (also nms_padded and, with B = 1, max_output = N, the drop-in nms on CUDA).
   // classes: 0 = none. out_cls: 0 = not wanted.
   m.def("nms_multi_cpu", [](int dtype, uintptr_t boxes, uintptr_t scores, uintptr_t classes,

@@ -24,7 +24,7 @@ __all__ = [
     "FLOATS", "INTS", "iou_check", "nms_check", "multi_check", "padded_check", "detect_check", "threshold_value",
     "non_negative_int", "score_threshold_value", "pair", "rois_from_boxes", "roi_check",
     "roi_grad_check", "roi_pool_index_check", "check_sampling_ratio", "check_plane",
-    "soft_nms_check", "diou_nms_check",
+    "soft_nms_check", "diou_nms_check", "matrix_nms_check",
 ]
 
 ROTATED = ("cxcywhr", "xywhr", "xyxyxyxy")
@@ -203,6 +203,31 @@ def diou_nms_check(boxes: Any, scores: Any, idxs: Any, iou_threshold: Any, beta:
     if not (b > 0 and b < float("inf")):  # NaN too
         raise ValueError(f"beta must be a positive finite number, got {beta!r}")
     return nms_check(boxes, scores, idxs), thr, b
+
+
+def matrix_nms_check(boxes: Any, scores: Any, labels: Any, kernel: Any, sigma: Any,
+                     score_threshold: Any, max_output: Any, pre_top_k: Any) -> tuple:
+    """Validate matrix_nms (arrays as batched_nms, ``labels`` in the role of idxs); return
+    ``(working dtype, kernel, sigma, score_threshold or None, max_output or None, pre_top_k or None)``."""
+    from .reference.matrix_nms import KERNELS
+
+    if labels is None:
+        raise TypeError("labels must be an array of class ids, got None")
+    if not isinstance(kernel, str) or kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    sig = threshold_value(sigma, "sigma")
+    if not (sig > 0 and sig < float("inf")):  # NaN too
+        raise ValueError(f"sigma must be a positive finite number, got {sigma!r}")
+    sthr = None if score_threshold is None else threshold_value(score_threshold, "score_threshold")
+    k = None if max_output is None else non_negative_int("max_output", max_output)
+    pre = None if pre_top_k is None else non_negative_int("pre_top_k", pre_top_k)
+    try:
+        w = nms_check(boxes, scores, labels)
+    except RuntimeError as e:  # name the argument as this function calls it
+        raise RuntimeError(str(e).replace("idxs", "labels")) from None
+    except TypeError as e:
+        raise TypeError(str(e).replace("idxs", "labels")) from None
+    return w, kernel, sig, sthr, k, pre
 
 
 # ---- detect ------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from . import _arrays as A
 from . import _registry
 from ._checks import HALF, INTS
 
-__all__ = ["iou", "nms", "soft_nms", "diou_nms", "multi_image_nms", "nms_padded", "detect", "roi_align", "roi_align_backward",
+__all__ = ["iou", "nms", "soft_nms", "diou_nms", "matrix_nms", "multi_image_nms", "nms_padded", "detect", "roi_align", "roi_align_backward",
            "roi_pool", "roi_pool_backward"]
 
 
@@ -102,6 +102,18 @@ def diou_nms(boxes: Any, scores: Any, idxs: Any, thr: float, beta: float, w: str
         return A.empty((0,), "int64", like=boxes)
     _, fn = _registry.select("diou_nms", dev, w, backend)
     return fn(_as(boxes, w), _as(scores, w), None if idxs is None else _class_ids(idxs), thr, beta)
+
+
+def matrix_nms(boxes: Any, scores: Any, labels: Any, kernel: str, sigma: float,
+               score_threshold: float | None, max_output: int | None, pre_top_k: int | None, w: str,
+               backend: str | None) -> tuple[Any, Any]:
+    """Matrix NMS: (int64 indices, decayed scores in ``w``) by decayed score."""
+    dev = A.device(boxes)  # placement: checked by _checks.nms_check
+    if boxes.shape[0] == 0 or max_output == 0 or pre_top_k == 0:
+        return A.empty((0,), "int64", like=boxes), A.empty((0,), w, like=boxes)
+    _, fn = _registry.select("matrix_nms", dev, w, backend)
+    return fn(_as(boxes, w), _as(scores, w), _class_ids(labels), kernel, sigma, score_threshold,
+              max_output, pre_top_k)
 
 
 # ---- detect ------------------------------------------------------------------------------------------

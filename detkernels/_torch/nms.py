@@ -108,6 +108,26 @@ def _(boxes, scores, idxs, iou_threshold, beta):
     return boxes.new_empty((torch.library.get_ctx().new_dynamic_size(),), dtype=torch.int64)
 
 
+@torch.library.custom_op("detkernels::matrix_nms", mutates_args=())
+def matrix_nms_op(boxes: Tensor, scores: Tensor, labels: Tensor, kernel: str, sigma: float,
+                  score_threshold: Optional[float], max_output: Optional[int],
+                  pre_top_k: Optional[int]) -> tuple[Tensor, Tensor]:
+    w, *_ = _checks.matrix_nms_check(boxes, scores, labels, kernel, sigma, score_threshold,
+                                     max_output, pre_top_k)
+    keep, kept = _dispatch.matrix_nms(boxes, scores, labels, kernel, sigma, score_threshold,
+                                      max_output, pre_top_k, w, None)
+    return keep.clone(), kept.clone()
+
+
+@matrix_nms_op.register_fake
+def _(boxes, scores, labels, kernel, sigma, score_threshold, max_output, pre_top_k):
+    w, *_ = _checks.matrix_nms_check(boxes, scores, labels, kernel, sigma, score_threshold,
+                                     max_output, pre_top_k)
+    k = torch.library.get_ctx().new_dynamic_size()
+    return (boxes.new_empty((k,), dtype=torch.int64),
+            boxes.new_empty((k,), dtype=getattr(torch, w)))
+
+
 # ---- eager entries -----------------------------------------------------------------------------------
 
 _FAST = {torch.float32: "float32", torch.float64: "float64"}
@@ -183,3 +203,13 @@ def diou_nms(boxes: Tensor, scores: Tensor, idxs: Tensor | None, thr: float, bet
     if backend is None and traced(boxes, scores, idxs):
         return torch.ops.detkernels.diou_nms(boxes, scores, idxs, thr, beta)
     return _dispatch.diou_nms(boxes, scores, idxs, thr, beta, w, backend)
+
+
+def matrix_nms(boxes: Tensor, scores: Tensor, labels: Tensor, kernel: str, sigma: float,
+               score_threshold: float | None, max_output: int | None, pre_top_k: int | None, w: str,
+               backend: str | None) -> tuple[Tensor, Tensor]:
+    if backend is None and traced(boxes, scores, labels):
+        return torch.ops.detkernels.matrix_nms(boxes, scores, labels, kernel, sigma, score_threshold,
+                                               max_output, pre_top_k)
+    return _dispatch.matrix_nms(boxes, scores, labels, kernel, sigma, score_threshold, max_output,
+                                pre_top_k, w, backend)

@@ -1,8 +1,9 @@
 """NMS for crowded scenes (issue 13), what torchvision does not offer (pytorch/vision#8849):
 ``soft_nms`` (Bodla et al. 2017: decay the scores of the boxes that overlap a kept box instead of
-removing them) and ``diou_nms`` (Zheng et al. 2020: suppress by IoU minus the normalised centre
-distance). Semantics and float order: ``detkernels/reference/soft_nms.py``, ``diou_nms.py``;
-differences from mmcv, ensemble-boxes and the papers' code: there and in docs/SPEC.md §6.2-6.3.
+removing them), ``diou_nms`` (Zheng et al. 2020: suppress by IoU minus the normalised centre
+distance) and ``matrix_nms`` (SOLOv2: every decay from the IoUs at once). Semantics and float
+order: ``detkernels/reference/soft_nms.py``, ``diou_nms.py``, ``matrix_nms.py``; differences from
+mmcv, ensemble-boxes, mmdetection and the papers' code: there and in docs/SPEC.md §6.2-6.4.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from .. import _arrays as A
 from .. import _checks, _dispatch
 from . import public
 
-__all__ = ["soft_nms", "diou_nms"]
+__all__ = ["soft_nms", "diou_nms", "matrix_nms"]
 
 
 @public
@@ -74,3 +75,37 @@ def diou_nms(boxes: Any, scores: Any, iou_threshold: float, *, beta: float = 1.0
 
         return T.diou_nms(boxes, scores, idxs, thr, b, w, backend)
     return _dispatch.diou_nms(boxes, scores, idxs, thr, b, w, backend)
+
+
+@public
+def matrix_nms(boxes: Any, scores: Any, labels: Any, *, kernel: str = "gaussian", sigma: float = 2.0,
+               score_threshold: float | None = None, max_output: int | None = None,
+               pre_top_k: int | None = None, backend: str | None = None) -> tuple[Any, Any]:
+    """Matrix NMS (SOLOv2; mmdetection's ``mask_matrix_nms`` on boxes): each box's score is
+    multiplied at once by ``min(1, min_i f(iou_i) / f(c_i))`` over the higher-scored boxes ``i``
+    of its class, ``c_i`` being box i's own largest IoU with a box above it.
+
+    Args:
+        boxes: ``[N, 4]`` boxes ``(x1, y1, x2, y2)``; float16/bfloat16 are computed in float32.
+        scores: ``[N]`` scores.
+        labels: ``[N]`` class ids (any numeric dtype); boxes of different classes never decay
+            each other.
+        kernel: ``"gaussian"`` (``f(x) = exp(-sigma * x**2)``, mmdetection's default) or
+            ``"linear"`` (``f(x) = 1 - x``).
+        sigma: the Gaussian's sigma (> 0; SOLOv2's 2.0). Unused by the linear kernel.
+        score_threshold: keep decayed scores ``>= score_threshold`` (mmdetection's ``filter_thr``;
+            None: keep all).
+        max_output: keep at most this many (mmdetection's ``max_num``; None: all).
+        pre_top_k: only the ``pre_top_k`` highest scores take part (``nms_pre``; None: all).
+
+    Returns:
+        ``(indices, scores)``: int64 indices and decayed scores (working dtype), by decreasing
+        decayed score, ties by ascending index. The native CPU kernel holds no N x N matrix.
+    """
+    w, kern, sig, sthr, k, pre = _checks.matrix_nms_check(boxes, scores, labels, kernel, sigma,
+                                                          score_threshold, max_output, pre_top_k)
+    if A.is_torch(boxes):
+        from .._torch import nms as T
+
+        return T.matrix_nms(boxes, scores, labels, kern, sig, sthr, k, pre, w, backend)
+    return _dispatch.matrix_nms(boxes, scores, labels, kern, sig, sthr, k, pre, w, backend)

@@ -161,6 +161,27 @@ def diou_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float, beta: 
     return keep[:count]
 
 
+MATRIX_NMS_KERNELS = {"gaussian": 0, "linear": 1}  # csrc/ops/nms/matrix_nms.h: MatrixNmsKernel
+
+
+@register("matrix_nms", "native")  # CPU only: no CUDA kernel yet (README status)
+def matrix_nms(boxes: Any, scores: Any, labels: Any, kernel: str, sigma: float,
+               score_threshold: float | None, max_output: int | None,
+               pre_top_k: int | None) -> tuple[Any, Any]:
+    """boxes [N, 4], scores [N] (same float dtype), labels int64 [N] -> (indices, decayed scores)."""
+    n = boxes.shape[0]
+    keep = A.empty((n,), "int64", like=boxes)
+    kept = A.empty((n,), A.dtype_name(boxes), like=boxes)
+    count = _C.matrix_nms_cpu(DTYPE_CODES[A.dtype_name(boxes)], A.data_ptr(boxes), A.data_ptr(scores),
+                              A.data_ptr(labels), n, MATRIX_NMS_KERNELS[kernel], float(sigma),
+                              score_threshold is not None,
+                              0.0 if score_threshold is None else float(score_threshold),
+                              -1 if max_output is None else int(max_output),
+                              -1 if pre_top_k is None else int(pre_top_k), A.data_ptr(keep),
+                              A.data_ptr(kept))
+    return keep[:count], kept[:count]
+
+
 @register("multi_image_nms", "native", devices=IOU_DEVICES)
 def multi_image_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float, max_output: int,
                     score_threshold: float | None) -> tuple[Any, Any, Any]:

@@ -68,6 +68,19 @@ def diou_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float, beta: 
     return A.from_numpy(keep, like=boxes)
 
 
+from ..reference import matrix_nms as ref_matrix_nms  # noqa: E402
+
+
+@register("matrix_nms", "numpy")
+def matrix_nms(boxes: Any, scores: Any, labels: Any, kernel: str, sigma: float,
+               score_threshold: float | None, max_output: int | None,
+               pre_top_k: int | None) -> tuple[Any, Any]:
+    keep, kept = ref_matrix_nms.matrix_nms(A.to_numpy_view(boxes), A.to_numpy_view(scores),
+                                           A.to_numpy_view(labels), kernel, sigma, score_threshold,
+                                           max_output, pre_top_k)
+    return A.from_numpy(keep, like=boxes), A.from_numpy(kept, like=boxes)
+
+
 from ..reference import detect as ref_detect  # noqa: E402
 
 

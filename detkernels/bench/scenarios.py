@@ -20,6 +20,8 @@ Families:
                this build of detkernels has roi_align)
   soft_nms     Soft-NMS (linear / gaussian) of N = 1 000 / 5 000 / 25 200 boxes against ensemble-boxes'
                cpu_soft_nms_float (NumPy), same data (issue 13)
+  matrix_nms   Matrix NMS (gaussian / linear) of N = 1 000 / 5 000 / 25 200 boxes against a torch
+               implementation of mmdetection's mask_matrix_nms (peer_matrix_nms.py, N <= 10 000)
   nms_large_*  NMS at 10^4 - 10^6 boxes (issue 16; sparse, clustered, one big cluster) against lsnms
                (`pip install --no-deps lsnms`: 0.5.0 works with numba 0.68.1 although its metadata
                asks for numba < 0.64) and time-limited torchvision / numba rows (NmsLarge)
@@ -1025,11 +1027,63 @@ class SoftNms(Family):
         return float(p["N"])
 
 
+class MatrixNms(SoftNms):
+    """Matrix NMS of N boxes against a torch implementation of mmdetection's mask_matrix_nms for
+    boxes (peer_matrix_nms.py: dense N x N matrices, run up to MATRIX_NMS_PEER_MAX_N boxes), on
+    the same boxes, scores and labels. The peer's kept indices are compared with the reference's
+    (its torch.exp differs from dk_exp in the last ulp, which can reorder near-equal scores)."""
+
+    name, title, registry_op, unit = "matrix_nms", "matrix_nms", "matrix_nms", "boxes"
+    case_terms = "N = boxes, C = classes, then the kernel, the dtype and the box distribution"
+    defaults = {"N": 5000, "classes": 1, "kernel": "gaussian", "dtype": "float32",
+                "dist": "clustered", "sigma": 2.0, "thr": 0.05}
+    mode_defaults = {"smoke": {"N": 100}}
+    sweeps = {
+        "smoke": {"N": [100, 300]},
+        "quick": {"N": [1000, 5000], "kernel": ["gaussian", "linear"]},
+        "full": {"N": [1000, 5000, 25200], "kernel": ["gaussian", "linear"], "classes": [1, 80],
+                 "dist": ["clustered", "uniform"]},
+    }
+    reference_timing_cap = 1000
+
+    def describe(self, p):
+        return f"N={p['N']} C={p['classes']} {p['kernel']} {p['dtype']} {p['dist']}"
+
+    def inputs(self, p, device, lib, seed):
+        b, s, c = _nms_boxes(p, seed, p["classes"])
+        if p["classes"] == 1:
+            c = np.zeros_like(c)
+        return (_put(b, lib, device, p["dtype"]), _put(s, lib, device, p["dtype"]), _put(c, lib, device))
+
+    def input_bytes(self, p):
+        return p["N"] * (5 * np.dtype(p["dtype"]).itemsize + 8)
+
+    def detkernels_fn(self, dk, p, backend):
+        kernel, sigma, thr = p["kernel"], p["sigma"], p["thr"]
+        return lambda inp: dk.matrix_nms(inp[0], inp[1], inp[2], kernel=kernel, sigma=sigma,
+                                         score_threshold=thr, backend=backend)
+
+    def torchvision_fn(self, tvo, p, device):
+        return None, "torchvision has no Matrix NMS"
+
+    def contenders(self, p, device, lib):
+        rows = Family.contenders(self, p, device, lib)
+        from .peer_matrix_nms import MATRIX_NMS_PEER_MAX_N, torch_matrix_nms
+
+        if lib == "torch" and p["N"] <= MATRIX_NMS_PEER_MAX_N:
+            kernel, sigma, thr = p["kernel"], p["sigma"], p["thr"]
+            run = lambda inp: torch_matrix_nms(inp[0], inp[1], inp[2], kernel, sigma, thr)  # noqa: E731
+            rows.insert(len(rows) - (rows and rows[-1].kind == "reference"),
+                        Row("torch (mmdet-style)", "peer", run, note="dense N x N matrices",
+                            canon=lambda out, inp: to_numpy(out[0]).astype(np.int64)))
+        return rows
+
+
 FAMILIES: dict[str, Family] = {f.name: f for f in (BoxIou(), Nms(), BatchedNms(), Detect(), RoiAlign(),
                                                    NmsLarge("sparse", "uniform sparse"),
                                                    NmsLarge("clustered", "merged tiles, groups of ~8"),
                                                    NmsLarge("one_cluster", "one big cluster"),
-                                                   SoftNms())}
+                                                   SoftNms(), MatrixNms())}
 
 
 def plan(family: Family, mode: str) -> list[Case]:

@@ -157,10 +157,10 @@ NOT_NEEDED = {
                                "nms_class_key", "nms_image_key", "nms_key_bits", "nms_final_key")},
     **{f: _PLAN for f in ("nms_cand_box", "nms_cand_class", "nms_cand_valid", "nms_head", "nms_count_kept",
                           "nms_gather_slot")},
-    # soft_nms.h, diou_nms.h (issue 13): the numba backend serves neither (the registry says so)
-    **{f: "soft_nms / diou_nms: not served by the numba backend (README status)"
+    # soft_nms.h, diou_nms.h, matrix_nms.h (issue 13): the numba backend serves none of them (the registry says so)
+    **{f: "soft_nms / diou_nms / matrix_nms: not served by the numba backend (README status)"
        for f in ("dk_exp", "dk_floor", "dk_ldexp", "dk_pow2", "soft_nms_weight", "dk_log", "dk_pow",
-                 "diou_nms_measure", "diou_penalty_of")},
+                 "diou_nms_measure", "diou_penalty_of", "matrix_nms_term")},
     **{f: _SCATTER for f in ("roi_contrib_count", "roi_contrib", "box", "slots", "contrib", "roi_pool_max_key",
                              "roi_pool_max_run_sum", "ps_roi_pool_len")},
 }
