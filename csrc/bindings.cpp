@@ -142,6 +142,7 @@ PYBIND11_MODULE(_C, m) {
   def(m, "box_iou_cpu", &box_iou_cpu);
   def(m, "nms_cpu", &nms_cpu);
   def(m, "soft_nms_cpu", &soft_nms_cpu);
+  def(m, "soft_nms_multi_cpu", &soft_nms_multi_cpu);  // issue 13: fixed-size, per image
   def(m, "diou_nms_cpu", &diou_nms_cpu);  // issue 13: classes 0 = none
   def(m, "matrix_nms_cpu", &matrix_nms_cpu);  // issue 13: max_output / pre_top_k < 0 = none  // issue 13: classes 0 = none, max_output < 0 = all
   // Multi-image NMS (also nms_padded and, with B = 1, max_output = N, the drop-in nms on CUDA).

@@ -15,7 +15,7 @@ from ._registry import available_backends, explain, get_backend, set_backend
 from .api.detect import Detections, detect
 from .api.boxes import box_area, box_iou, complete_box_iou, distance_box_iou, generalized_box_iou
 from .api.nms import batched_nms, multi_image_nms, nms, nms_padded
-from .api.nms_variants import diou_nms, matrix_nms, soft_nms
+from .api.nms_variants import diou_nms, matrix_nms, multi_image_soft_nms, soft_nms
 from .api.roi import ps_roi_align, ps_roi_pool, roi_align, roi_pool
 from .backends.native import build_info
 
@@ -37,6 +37,7 @@ __all__ = [
     "get_backend",
     "matrix_nms",
     "multi_image_nms",
+    "multi_image_soft_nms",
     "nms",
     "nms_padded",
     "patch_torchvision",

@@ -24,7 +24,7 @@ __all__ = [
     "FLOATS", "INTS", "iou_check", "nms_check", "multi_check", "padded_check", "detect_check", "threshold_value",
     "non_negative_int", "score_threshold_value", "pair", "rois_from_boxes", "roi_check",
     "roi_grad_check", "roi_pool_index_check", "check_sampling_ratio", "check_plane",
-    "soft_nms_check", "diou_nms_check", "matrix_nms_check",
+    "soft_nms_check", "diou_nms_check", "matrix_nms_check", "multi_soft_nms_check",
 ]
 
 ROTATED = ("cxcywhr", "xywhr", "xyxyxyxy")
@@ -179,10 +179,8 @@ def multi_check(boxes: Any, scores: Any, idxs: Any, max_output: Any) -> str:
     return _float_dtypes(boxes=boxes, scores=scores)
 
 
-def soft_nms_check(boxes: Any, scores: Any, idxs: Any, iou_threshold: Any, sigma: Any, method: Any,
-                   score_threshold: Any, max_output: Any) -> tuple:
-    """Validate soft_nms (arrays as nms/batched_nms, RuntimeError for their shapes); return
-    ``(working dtype, iou_threshold, sigma, method, score_threshold, max_output or None)``."""
+def _soft_nms_scalars(iou_threshold: Any, sigma: Any, method: Any, score_threshold: Any,
+                      max_output: Any) -> tuple:
     from .reference.soft_nms import METHODS
 
     thr = threshold_value(iou_threshold)
@@ -193,7 +191,32 @@ def soft_nms_check(boxes: Any, scores: Any, idxs: Any, iou_threshold: Any, sigma
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     sthr = threshold_value(score_threshold, "score_threshold")
     k = None if max_output is None else non_negative_int("max_output", max_output)
-    return nms_check(boxes, scores, idxs), thr, sig, method, sthr, k
+    return thr, sig, method, sthr, k
+
+
+def soft_nms_check(boxes: Any, scores: Any, idxs: Any, iou_threshold: Any, sigma: Any, method: Any,
+                   score_threshold: Any, max_output: Any) -> tuple:
+    """Validate soft_nms (arrays as nms/batched_nms, RuntimeError for their shapes); return
+    ``(working dtype, iou_threshold, sigma, method, score_threshold, max_output or None)``."""
+    thr, sig, meth, sthr, k = _soft_nms_scalars(iou_threshold, sigma, method, score_threshold, max_output)
+    return nms_check(boxes, scores, idxs), thr, sig, meth, sthr, k
+
+
+def multi_soft_nms_check(boxes: Any, scores: Any, idxs: Any, max_output: Any, iou_threshold: Any,
+                         sigma: Any, method: Any, score_threshold: Any) -> tuple:
+    """Validate multi_image_soft_nms (boxes [B, N, 4], scores [B, N], idxs [B, N] or None);
+    return ``(working dtype, max_output, iou_threshold, sigma, method, score_threshold)``."""
+    A.same_placement(boxes=boxes, scores=scores, idxs=idxs)
+    B, N = _batch_shapes(boxes, scores, idxs, "N")
+    if scores.ndim != 2:
+        raise ValueError(f"scores must have shape [{B}, {N}] (one class per box; use idxs), "
+                         f"got {tuple(scores.shape)}")
+    if idxs is not None:
+        _numeric_ids(idxs)
+    k = non_negative_int("max_output", max_output)
+    w = _float_dtypes(boxes=boxes, scores=scores)
+    thr, sig, meth, sthr, _ = _soft_nms_scalars(iou_threshold, sigma, method, score_threshold, None)
+    return w, k, thr, sig, meth, sthr
 
 
 def diou_nms_check(boxes: Any, scores: Any, idxs: Any, iou_threshold: Any, beta: Any) -> tuple:

@@ -19,7 +19,7 @@ from . import _arrays as A
 from . import _registry
 from ._checks import HALF, INTS
 
-__all__ = ["iou", "nms", "soft_nms", "diou_nms", "matrix_nms", "multi_image_nms", "nms_padded", "detect", "roi_align", "roi_align_backward",
+__all__ = ["iou", "nms", "soft_nms", "multi_image_soft_nms", "diou_nms", "matrix_nms", "multi_image_nms", "nms_padded", "detect", "roi_align", "roi_align_backward",
            "roi_pool", "roi_pool_backward"]
 
 
@@ -92,6 +92,16 @@ def soft_nms(boxes: Any, scores: Any, idxs: Any, thr: float, sigma: float, metho
     _, fn = _registry.select("soft_nms", dev, w, backend)
     return fn(_as(boxes, w), _as(scores, w), None if idxs is None else _class_ids(idxs), thr, sigma,
               method, score_threshold, max_output)
+
+
+def multi_image_soft_nms(boxes: Any, scores: Any, idxs: Any, max_output: int, thr: float, sigma: float,
+                         method: str, score_threshold: float, w: str,
+                         backend: str | None) -> tuple[Any, Any, Any]:
+    """(indices [B, K] -1 padded, decayed scores [B, K] 0 padded, counts [B])."""
+    dev = A.device(boxes)  # placement: checked by _checks.multi_soft_nms_check
+    _, fn = _registry.select("multi_image_soft_nms", dev, w, backend)
+    c = None if idxs is None else _class_ids(idxs).reshape(idxs.shape)
+    return fn(_as(boxes, w), _as(scores, w), c, max_output, thr, sigma, method, score_threshold)
 
 
 def diou_nms(boxes: Any, scores: Any, idxs: Any, thr: float, beta: float, w: str,

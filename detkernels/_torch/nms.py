@@ -95,6 +95,27 @@ def _(boxes, scores, idxs, iou_threshold, sigma, method, score_threshold, max_ou
             boxes.new_empty((k,), dtype=getattr(torch, w)))
 
 
+@torch.library.custom_op("detkernels::multi_image_soft_nms", mutates_args=())
+def multi_image_soft_nms_op(boxes: Tensor, scores: Tensor, idxs: Optional[Tensor], max_output: int,
+                            iou_threshold: float, sigma: float, method: str,
+                            score_threshold: float) -> tuple[Tensor, Tensor, Tensor]:
+    w, *_ = _checks.multi_soft_nms_check(boxes, scores, idxs, max_output, iou_threshold, sigma,
+                                         method, score_threshold)
+    out = _dispatch.multi_image_soft_nms(boxes, scores, idxs, max_output, iou_threshold, sigma,
+                                         method, score_threshold, w, None)
+    return tuple(x.clone() for x in out)
+
+
+@multi_image_soft_nms_op.register_fake
+def _(boxes, scores, idxs, max_output, iou_threshold, sigma, method, score_threshold):
+    w, *_ = _checks.multi_soft_nms_check(boxes, scores, idxs, max_output, iou_threshold, sigma,
+                                         method, score_threshold)
+    B = boxes.shape[0]
+    return (boxes.new_empty((B, max_output), dtype=torch.int64),
+            boxes.new_empty((B, max_output), dtype=getattr(torch, w)),
+            boxes.new_empty((B,), dtype=torch.int64))
+
+
 @torch.library.custom_op("detkernels::diou_nms", mutates_args=())
 def diou_nms_op(boxes: Tensor, scores: Tensor, idxs: Optional[Tensor], iou_threshold: float,
                 beta: float) -> Tensor:
@@ -213,3 +234,13 @@ def matrix_nms(boxes: Tensor, scores: Tensor, labels: Tensor, kernel: str, sigma
                                                max_output, pre_top_k)
     return _dispatch.matrix_nms(boxes, scores, labels, kernel, sigma, score_threshold, max_output,
                                 pre_top_k, w, backend)
+
+
+def multi_image_soft_nms(boxes: Tensor, scores: Tensor, idxs: Tensor | None, max_output: int, thr: float,
+                         sigma: float, method: str, score_threshold: float, w: str,
+                         backend: str | None) -> tuple[Tensor, Tensor, Tensor]:
+    if backend is None and traced(boxes, scores, idxs):
+        return torch.ops.detkernels.multi_image_soft_nms(boxes, scores, idxs, max_output, thr, sigma,
+                                                         method, score_threshold)
+    return _dispatch.multi_image_soft_nms(boxes, scores, idxs, max_output, thr, sigma, method,
+                                          score_threshold, w, backend)

@@ -13,7 +13,7 @@ from .. import _arrays as A
 from .. import _checks, _dispatch
 from . import public
 
-__all__ = ["soft_nms", "diou_nms", "matrix_nms"]
+__all__ = ["soft_nms", "multi_image_soft_nms", "diou_nms", "matrix_nms"]
 
 
 @public
@@ -48,6 +48,35 @@ def soft_nms(boxes: Any, scores: Any, iou_threshold: float = 0.3, *, sigma: floa
 
         return T.soft_nms(boxes, scores, idxs, thr, sig, meth, sthr, k, w, backend)
     return _dispatch.soft_nms(boxes, scores, idxs, thr, sig, meth, sthr, k, w, backend)
+
+
+@public
+def multi_image_soft_nms(boxes: Any, scores: Any, max_output: int, iou_threshold: float = 0.3, *,
+                         sigma: float = 0.5, method: str = "linear", score_threshold: float = 0.001,
+                         idxs: Any = None, backend: str | None = None) -> tuple[Any, Any, Any]:
+    """``soft_nms`` of each image of a batch in one call, with fixed-size outputs (shapes set by
+    the inputs and ``max_output``: traceable by torch.export without data-dependent sizes).
+
+    Args:
+        boxes: ``[B, N, 4]`` boxes per image.
+        scores: ``[B, N]`` scores.
+        max_output: output slots per image.
+        iou_threshold, sigma, method, score_threshold: as ``soft_nms``.
+        idxs: optional ``[B, N]`` class ids (per-class Soft-NMS within each image).
+
+    Returns:
+        ``(indices, scores, counts)``: ``indices`` ``[B, max_output]`` int64 (per image, the first
+        ``counts[b]`` equal ``soft_nms(boxes[b], scores[b], ...)`` capped at max_output, then -1),
+        ``scores`` ``[B, max_output]`` their decayed scores (then 0), ``counts`` ``[B]`` int64.
+    """
+    w, k, thr, sig, meth, sthr = _checks.multi_soft_nms_check(boxes, scores, idxs, max_output,
+                                                              iou_threshold, sigma, method,
+                                                              score_threshold)
+    if A.is_torch(boxes):
+        from .._torch import nms as T
+
+        return T.multi_image_soft_nms(boxes, scores, idxs, k, thr, sig, meth, sthr, w, backend)
+    return _dispatch.multi_image_soft_nms(boxes, scores, idxs, k, thr, sig, meth, sthr, w, backend)
 
 
 @public

@@ -150,6 +150,23 @@ def soft_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float, sigma:
     return keep[:count], kept[:count]
 
 
+@register("multi_image_soft_nms", "native")  # CPU only
+def multi_image_soft_nms(boxes: Any, scores: Any, classes: Any, max_output: int, iou_threshold: float,
+                         sigma: float, method: str, score_threshold: float) -> tuple[Any, Any, Any]:
+    """boxes [B, N, 4], scores [B, N], classes int64 [B, N] or None -> (indices [B, K],
+    scores [B, K], counts [B])."""
+    B, N = boxes.shape[0], boxes.shape[1]
+    dt = A.dtype_name(boxes)
+    out = A.empty((B, max_output), "int64", like=boxes)
+    vals = A.empty((B, max_output), dt, like=boxes)
+    counts = A.empty((B,), "int64", like=boxes)
+    _C.soft_nms_multi_cpu(DTYPE_CODES[dt], A.data_ptr(boxes), A.data_ptr(scores),
+                          0 if classes is None else A.data_ptr(classes), B, N, float(iou_threshold),
+                          float(sigma), SOFT_NMS_METHODS[method], float(score_threshold),
+                          int(max_output), A.data_ptr(out), A.data_ptr(vals), A.data_ptr(counts))
+    return out, vals, counts
+
+
 @register("diou_nms", "native")  # CPU only: no CUDA kernel yet (README status)
 def diou_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float, beta: float) -> Any:
     """boxes [N, 4], scores [N] (same float dtype), classes int64 [N] or None -> kept indices."""

@@ -55,6 +55,15 @@ def soft_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float, sigma:
     return A.from_numpy(keep, like=boxes), A.from_numpy(kept, like=boxes)
 
 
+@register("multi_image_soft_nms", "numpy")
+def multi_image_soft_nms(boxes: Any, scores: Any, classes: Any, max_output: int, iou_threshold: float,
+                         sigma: float, method: str, score_threshold: float) -> tuple[Any, Any, Any]:
+    out = ref_soft_nms.multi_image_soft_nms(
+        A.to_numpy_view(boxes), A.to_numpy_view(scores), max_output, iou_threshold, sigma, method,
+        score_threshold, idxs=None if classes is None else A.to_numpy_view(classes))
+    return tuple(A.from_numpy(x, like=boxes) for x in out)
+
+
 from ..reference import diou_nms as ref_diou_nms  # noqa: E402
 
 

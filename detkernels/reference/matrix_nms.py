@@ -66,27 +66,28 @@ def matrix_nms(boxes, scores, labels, kernel: str = "gaussian", sigma: float = 2
     ss, ll = s[order], lab[order]
     with np.errstate(all="ignore"):
         area = (x2 - x1) * (y2 - y1)
-        # IoU of rank i (row, higher) with rank j (column), only i < j of one class; NaN elsewhere,
-        # which the NaN-skipping max/min ignore. (The reference may hold N x N; the kernels do not.)
-        w = _std_max(T(0), _std_min(x2[:, None], x2[None, :]) - _std_max(x1[:, None], x1[None, :]))
-        h = _std_max(T(0), _std_min(y2[:, None], y2[None, :]) - _std_max(y1[:, None], y1[None, :]))
-        inter = w * h
-        iou = inter / ((area[:, None] + area[None, :]) - inter)
-    pair = np.triu(np.ones((n, n), bool), 1) & (ll[:, None] == ll[None, :])
-    iou = np.where(pair, iou, T(np.nan)).astype(b.dtype)
+    neg = T(-float(sigma))
+
+    def term(x):  # num(d) and den(c): matrix_nms.h's matrix_nms_term
+        return dk_exp(neg * (x * x)) if kernel == "gaussian" else (T(1) - x)
+
+    # Row by row in rank order (O(N) memory): when row i is reached, c_i is final (only rows
+    # k < i update it), so its weights num(iou(i, j)) / den(c_i) for the later j of its class can
+    # enter the running min, and its IoUs the running max. Pairs outside (j <= i, other classes)
+    # get NaN, which the NaN-skipping max (c = d if d > c) and min (m = w if w < m) ignore.
     comp = np.zeros(n, b.dtype)
-    for i in range(n):  # the NaN-skipping running max, row by row (exact; order-free for a max)
-        comp = np.where(iou[i] > comp, iou[i], comp)
-    with np.errstate(all="ignore"):
-        if kernel == "gaussian":
-            neg = T(-float(sigma))
-            wgt = dk_exp(neg * (iou * iou)) / dk_exp(neg * (comp * comp))[:, None]
-        else:
-            wgt = (T(1) - iou) / (T(1) - comp)[:, None]
-    wgt = wgt.astype(b.dtype)
     decay = np.ones(n, b.dtype)
-    for i in range(n):  # the NaN-skipping running min
-        decay = np.where(wgt[i] < decay, wgt[i], decay)
+    ranks = np.arange(n)
+    for i in range(n):
+        with np.errstate(all="ignore"):
+            w = _std_max(T(0), _std_min(x2[i], x2) - _std_max(x1[i], x1))
+            h = _std_max(T(0), _std_min(y2[i], y2) - _std_max(y1[i], y1))
+            inter = w * h
+            iou = inter / ((area[i] + area) - inter)
+            iou = np.where((ranks > i) & (ll == ll[i]), iou, T(np.nan)).astype(b.dtype)
+            wgt = (term(iou) / term(comp[i])).astype(b.dtype)
+        decay = np.where(wgt < decay, wgt, decay)
+        comp = np.where(iou > comp, iou, comp)
     with np.errstate(all="ignore"):
         dec = (ss * decay).astype(b.dtype)
     sel = np.arange(n)

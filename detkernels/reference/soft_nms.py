@@ -58,7 +58,7 @@ import numpy as np
 
 from .nms import _std_max, _std_min, _working, score_order
 
-__all__ = ["METHODS", "dk_exp", "soft_nms", "batched_soft_nms"]
+__all__ = ["METHODS", "dk_exp", "soft_nms", "batched_soft_nms", "multi_image_soft_nms"]
 
 METHODS = ("linear", "gaussian")
 
@@ -192,3 +192,29 @@ def batched_soft_nms(boxes, scores, idxs, iou_threshold: float = 0.3, sigma: flo
     if max_output is not None:
         o = o[:int(max_output)]
     return k[o], v[o]
+
+
+def multi_image_soft_nms(boxes, scores, max_output: int, iou_threshold: float = 0.3, sigma: float = 0.5,
+                         method: str = "linear", score_threshold: float = 0.001, idxs=None):
+    """Soft-NMS of a batch, fixed-size outputs: ``boxes`` ``[B, N, 4]``, ``scores`` ``[B, N]``,
+    ``idxs`` ``[B, N]`` or None. Per image, ``soft_nms`` (``batched_soft_nms`` with idxs) capped at
+    ``max_output``. Returns ``(indices [B, K] int64 padded with -1, scores [B, K] padded with 0,
+    counts [B] int64)``."""
+    b, s = np.asarray(boxes), np.asarray(scores)
+    if b.ndim != 3 or b.shape[2] != 4 or s.shape != b.shape[:2]:
+        raise ValueError(f"boxes must be [B, N, 4] and scores [B, N], got {b.shape} and {s.shape}")
+    dt = np.result_type(b.dtype, s.dtype, np.float32)
+    K = int(max_output)
+    B = b.shape[0]
+    out = np.full((B, K), -1, np.int64)
+    vals = np.zeros((B, K), dt)
+    counts = np.zeros(B, np.int64)
+    for i in range(B):
+        args = (iou_threshold, sigma, method, score_threshold, K)
+        if idxs is None:
+            k, v = soft_nms(b[i], s[i], *args)
+        else:
+            k, v = batched_soft_nms(b[i], s[i], np.asarray(idxs)[i], *args)
+        counts[i] = k.size
+        out[i, :k.size], vals[i, :k.size] = k, v
+    return out, vals, counts

@@ -354,3 +354,67 @@ def test_opcheck_custom_op(torch):
     op = torch.ops.detkernels.soft_nms.default
     torch.library.opcheck(op, (b, s, None, 0.3, 0.5, "linear", 0.001, None))
     torch.library.opcheck(op, (b.double(), s.double(), c, 0.3, 0.5, "gaussian", 0.1, 7))
+
+
+# ---- multi_image_soft_nms: the fixed-size batch form ---------------------------------------------
+
+def _batch(rng, B=3, N=80):
+    out = [FAMILIES["clusters"](rng, N) for _ in range(B)]
+    return tuple(np.stack(x) for x in zip(*out))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_multi_image_is_per_image_soft_nms(backend):
+    rng = np.random.default_rng(51)
+    boxes, scores, classes = _batch(rng)
+    for dtype in DTYPES:
+        b, s = boxes.astype(dtype), scores.astype(dtype)
+        for idxs, K in ((None, 10), (classes, 200), (None, 0)):
+            idx, val, counts = dk.multi_image_soft_nms(b, s, K, 0.4, method="gaussian", idxs=idxs,
+                                                       backend=backend)
+            assert idx.shape == val.shape == (3, K) and counts.shape == (3,) and val.dtype == dtype
+            for i in range(3):
+                k, v = dk.soft_nms(b[i], s[i], 0.4, method="gaussian", max_output=K,
+                                   idxs=None if idxs is None else idxs[i])
+                assert counts[i] == k.size
+                assert_bytes_equal(idx[i, :k.size], k, f"image {i} indices")
+                assert_bytes_equal(val[i, :k.size], v, f"image {i} scores")
+                assert (idx[i, k.size:] == -1).all() and (val[i, k.size:] == 0).all()
+
+
+def test_multi_image_errors():
+    b, s = np.zeros((2, 3, 4), np.float32), np.zeros((2, 3), np.float32)
+    with pytest.raises(ValueError, match="max_output"):
+        dk.multi_image_soft_nms(b, s, -1)
+    with pytest.raises(ValueError, match="scores"):
+        dk.multi_image_soft_nms(b, np.zeros((2, 3, 2), np.float32), 4)
+    with pytest.raises(ValueError, match="boxes"):
+        dk.multi_image_soft_nms(b[0], s, 4)
+    with pytest.raises(ValueError, match="idxs"):
+        dk.multi_image_soft_nms(b, s, 4, idxs=np.zeros((2, 4), np.int64))
+    with pytest.raises(ValueError, match="sigma"):
+        dk.multi_image_soft_nms(b, s, 4, sigma=0)
+
+
+def test_multi_image_exports_with_static_shapes(torch):
+    rng = np.random.default_rng(53)
+    boxes, scores, classes = _batch(rng)
+    b, s, c = (torch.from_numpy(boxes.astype(np.float32)), torch.from_numpy(scores.astype(np.float32)),
+               torch.from_numpy(classes))
+
+    class M(torch.nn.Module):
+        def forward(self, b, s, c):
+            return dk.multi_image_soft_nms(b, s, 25, 0.5, method="gaussian", idxs=c)
+
+    ep = torch.export.export(M(), (b, s, c))
+    want = dk.multi_image_soft_nms(b, s, 25, 0.5, method="gaussian", idxs=c)
+    got = ep.module()(b, s, c)
+    assert tuple(got[0].shape) == (3, 25)
+    for g, w in zip(got, want):
+        assert_bytes_equal(g, w, "exported")
+    f = torch.compile(lambda b, s: dk.multi_image_soft_nms(b, s, 25), fullgraph=True)
+    for g, w in zip(f(b, s), dk.multi_image_soft_nms(b, s, 25)):
+        assert_bytes_equal(g, w, "compiled")
+    op = torch.ops.detkernels.multi_image_soft_nms.default
+    torch.library.opcheck(op, (b, s, c, 25, 0.3, 0.5, "linear", 0.001))
+    torch.library.opcheck(op, (b.double(), s.double(), None, 7, 0.3, 0.5, "gaussian", 0.1))

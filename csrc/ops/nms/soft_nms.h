@@ -113,6 +113,15 @@ int64_t soft_nms_cpu(int dtype, const void* boxes, const void* scores, const int
                      int64_t n, double iou_threshold, double sigma, int method,
                      double score_threshold, int64_t max_output, int64_t* keep, void* out_scores);
 
+/// @brief soft_nms_cpu per image of a batch, fixed-size outputs (reference/soft_nms.py,
+/// multi_image_soft_nms): boxes [B, N, 4], scores [B, N], classes int64 [B, N] or nullptr; image b's
+/// first counts[b] kept (pick order, at most max_output) fill out_idx[b] (box index in the image,
+/// then -1) and out_scores[b] (decayed score, then 0).
+void soft_nms_multi_cpu(int dtype, const void* boxes, const void* scores, const int64_t* classes,
+                        int64_t B, int64_t N, double iou_threshold, double sigma, int method,
+                        double score_threshold, int64_t max_output, int64_t* out_idx,
+                        void* out_scores, int64_t* counts);
+
 /// @brief dk_exp over an array (tests: the C++ exponential against the reference's).
 void soft_nms_exp_cpu(int dtype, const void* x, void* y, int64_t n);
 #endif

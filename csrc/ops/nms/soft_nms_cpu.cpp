@@ -35,6 +35,7 @@
 #include <cmath>
 #include <cstring>
 #include <numeric>
+#include <stdexcept>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -366,6 +367,32 @@ int64_t soft_nms_cpu(int dtype, const void* boxes, const void* scores, const int
     return run(static_cast<const T*>(boxes), static_cast<const T*>(scores), classes, n,
                iou_threshold, sigma, method, score_threshold, max_output, keep,
                static_cast<T*>(out_scores));
+  });
+}
+
+void soft_nms_multi_cpu(int dtype, const void* boxes, const void* scores, const int64_t* classes,
+                        int64_t B, int64_t N, double iou_threshold, double sigma, int method,
+                        double score_threshold, int64_t max_output, int64_t* out_idx,
+                        void* out_scores, int64_t* counts) {
+  if (method != kSoftLinear && method != kSoftGaussian)
+    throw std::invalid_argument("soft_nms_multi_cpu: method must be 0 (linear) or 1 (gaussian)");
+  dispatch_float(dtype, "soft_nms_multi_cpu", [&](auto t) {
+    using T = decltype(t);
+    const T* bx = static_cast<const T*>(boxes);
+    const T* sc = static_cast<const T*>(scores);
+    T* os = static_cast<T*>(out_scores);
+    std::vector<int64_t> keep(static_cast<size_t>(N));
+    std::vector<T> kept(static_cast<size_t>(N));
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t c = run(bx + b * N * 4, sc + b * N, classes ? classes + b * N : nullptr, N,
+                            iou_threshold, sigma, method, score_threshold, max_output, keep.data(),
+                            kept.data());
+      counts[b] = c;
+      for (int64_t k = 0; k < max_output; ++k) {
+        out_idx[b * max_output + k] = k < c ? keep[k] : -1;
+        os[b * max_output + k] = k < c ? kept[k] : T(0);
+      }
+    }
   });
 }
 
