@@ -954,7 +954,7 @@ def _ensemble_boxes() -> Any | None:
     return ensemble_boxes_nms
 
 
-class SoftNms(Family):
+class SoftNms(Nms):
     """Soft-NMS of N boxes (one class) against ensemble-boxes' ``cpu_soft_nms_float`` (NumPy; the
     peer of issue 13), on the same boxes and scores. Its kept indices are checked against the
     reference's (same set and order expected: its differences -- float64 arithmetic for float32
@@ -974,15 +974,8 @@ class SoftNms(Family):
     numeric_axes = ("N",)
     reference_timing_cap = 1000
 
-    def describe(self, p):
+    def describe(self, p):  # inputs, input_bytes, work: Nms's (one class, N boxes)
         return f"N={p['N']} {p['method']} {p['dtype']} {p['dist']}"
-
-    def inputs(self, p, device, lib, seed):
-        b, s, _ = _nms_boxes(p, seed, 1)
-        return _put(b, lib, device, p["dtype"]), _put(s, lib, device, p["dtype"])
-
-    def input_bytes(self, p):
-        return p["N"] * 5 * np.dtype(p["dtype"]).itemsize
 
     def detkernels_fn(self, dk, p, backend):
         thr, sigma, method = p["iou"], p["sigma"], p["method"]
@@ -992,7 +985,7 @@ class SoftNms(Family):
         return None, "torchvision has no soft-NMS"
 
     def contenders(self, p, device, lib):
-        rows = super().contenders(p, device, lib)
+        rows = Family.contenders(self, p, device, lib)  # not Nms's NMS peers
         E = _ensemble_boxes() if device == "cpu" else None
         if E is not None:
             thr, sigma, m = p["iou"], p["sigma"], 1 if p["method"] == "linear" else 2
@@ -1022,9 +1015,6 @@ class SoftNms(Family):
             return "same set (tie order)"
         diff = len(set(got.tolist()) ^ set(exp.tolist()))
         return f"differs ({diff} of {len(exp)} kept; peer semantics: docs/SPEC.md §6.2)"
-
-    def work(self, p):
-        return float(p["N"])
 
 
 class MatrixNms(SoftNms):

@@ -23,11 +23,7 @@ template <typename T>
 int64_t run(const T* boxes, const T* scores, const int64_t* classes, int64_t n, double thr,
             double beta_d, int64_t* keep) {
   const T beta = static_cast<T>(beta_d);
-  auto before = [&](int64_t a, int64_t b) {
-    if (score_before(scores[a], scores[b])) return true;
-    if (score_before(scores[b], scores[a])) return false;
-    return a < b;
-  };
+  auto before = [&](int64_t a, int64_t b) { return ranks_before(scores[a], a, scores[b], b); };
   std::vector<int64_t> order(static_cast<size_t>(n));
   std::iota(order.begin(), order.end(), int64_t{0});
   std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {

@@ -82,11 +82,7 @@ int64_t run(const T* boxes, const T* scores, const int64_t* labels, int64_t n, i
             double sigma, bool has_thr, double thr, int64_t max_output, int64_t pre_top_k,
             int64_t* keep, T* out_s) {
   const T neg = static_cast<T>(-sigma);
-  auto before = [&](int64_t a, int64_t b) {
-    if (score_before(scores[a], scores[b])) return true;
-    if (score_before(scores[b], scores[a])) return false;
-    return a < b;
-  };
+  auto before = [&](int64_t a, int64_t b) { return ranks_before(scores[a], a, scores[b], b); };
   std::vector<int64_t> order(static_cast<size_t>(n));
   std::iota(order.begin(), order.end(), int64_t{0});
   std::sort(order.begin(), order.end(), before);
@@ -189,9 +185,7 @@ int64_t run(const T* boxes, const T* scores, const int64_t* labels, int64_t n, i
   for (int64_t r = 0; r < m; ++r)
     if (!has_thr || static_cast<double>(decayed[r]) >= thr) sel.push_back(r);
   std::sort(sel.begin(), sel.end(), [&](int64_t a, int64_t b) {
-    if (score_before(decayed[a], decayed[b])) return true;
-    if (score_before(decayed[b], decayed[a])) return false;
-    return order[a] < order[b];
+    return ranks_before(decayed[a], order[a], decayed[b], order[b]);
   });
   if (max_output >= 0 && static_cast<int64_t>(sel.size()) > max_output)
     sel.resize(static_cast<size_t>(max_output));

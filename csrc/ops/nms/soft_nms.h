@@ -18,6 +18,7 @@
 #include <cstring>
 
 #include "common/host_device.h"
+#include "ops/nms/nms.h"
 
 namespace detkernels {
 
@@ -99,6 +100,14 @@ template <typename T> DK_HD T soft_nms_weight(T iou, int method, double thr, T s
 }
 
 #ifndef __CUDACC_RTC__
+/// The rank order of the soft/DIoU/Matrix NMS drivers: score_before (NaN first, -0 == +0), then
+/// the lower index. True when (score sa, index a) ranks before (sb, b).
+template <typename T> inline bool ranks_before(T sa, int64_t a, T sb, int64_t b) {
+  if (score_before(sa, sb)) return true;
+  if (score_before(sb, sa)) return false;
+  return a < b;
+}
+
 /// @brief Soft-NMS on the CPU (reference: detkernels/reference/soft_nms.py), exact per class when
 /// `classes` is given (boxes of different classes never decay each other; the kept boxes of all
 /// classes are then ordered by decayed score, NaN first, ties by ascending index).

@@ -231,11 +231,7 @@ void segment(const T* boxes, const T* scores, const int64_t* members, int64_t m,
   }
   const int64_t n_ni = n_reg + n_wild;
 
-  auto better = [&](int64_t p, int64_t q) {  // p is picked before q
-    if (score_before(s[p], s[q])) return true;
-    if (score_before(s[q], s[p])) return false;
-    return gid[p] < gid[q];
-  };
+  auto better = [&](int64_t p, int64_t q) { return ranks_before(s[p], gid[p], s[q], gid[q]); };
   const int64_t nb = (m + kBlock - 1) / kBlock;
   std::vector<int64_t> best(static_cast<size_t>(nb), -1);
   std::vector<uint8_t> dirty(static_cast<size_t>(nb), 0);
@@ -338,11 +334,8 @@ int64_t run(const T* boxes, const T* scores, const int64_t* classes, int64_t n, 
     }
     std::vector<int64_t> order(idx.size());
     std::iota(order.begin(), order.end(), int64_t{0});
-    std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-      if (score_before(sc[a], sc[b])) return true;
-      if (score_before(sc[b], sc[a])) return false;
-      return idx[a] < idx[b];
-    });
+    std::sort(order.begin(), order.end(),
+              [&](int64_t a, int64_t b) { return ranks_before(sc[a], idx[a], sc[b], idx[b]); });
     if (static_cast<int64_t>(order.size()) > limit) order.resize(static_cast<size_t>(limit));
     for (size_t k = 0; k < order.size(); ++k) {
       keep[k] = idx[order[k]];
