@@ -32,8 +32,8 @@ Cephes exp/expf algorithm written with + - * / floor ldexp only, each operation 
 that the NumPy reference, the C++ kernels and any later backend give the same bits. np.exp cannot
 be the specification: NumPy dispatches float32/float64 exp to SIMD code chosen at run time (AVX2,
 AVX512F or libm), whose results differ in the last ulp between machines and from glibc's exp.
-dk_exp is within 1 ulp of the correctly rounded exp on the range soft-NMS uses
-(tests/ops/test_soft_nms.py pins the bound against np.exp); weight(0) is exactly 1.
+dk_exp is within 1 ulp (float32) / 2 ulp (float64) of the correctly rounded exp
+(tests/ops/test_soft_nms.py pins the bound against math.exp); weight(0) is exactly 1.
 
 Differences from the common implementations (each pinned by tests/ops/test_soft_nms.py):
 
