@@ -18,6 +18,9 @@
 #include "ops/nms/nms.h"
 #include "ops/nms/nms_bitmask.h"
 #include "ops/nms/nms_sparse.h"
+#include "ops/nms/soft_nms.h"
+#include "ops/nms/diou_nms.h"
+#include "ops/nms/matrix_nms.h"
 #include "ops/roi_align/roi_align.h"
 #include "ops/roi_align/roi_align_gpu.h"
 #include "ops/roi_pool/roi_pool.h"
@@ -143,6 +146,10 @@ PYBIND11_MODULE(_C, m) {
   def(m, "probiou_cpu", &probiou_cpu);
   def(m, "nms_probiou_cpu", &nms_probiou_cpu);
   def(m, "nms_cpu", &nms_cpu);
+  def(m, "soft_nms_cpu", &soft_nms_cpu);
+  def(m, "soft_nms_multi_cpu", &soft_nms_multi_cpu);  // issue 13: fixed-size, per image
+  def(m, "diou_nms_cpu", &diou_nms_cpu);  // issue 13: classes 0 = none
+  def(m, "matrix_nms_cpu", &matrix_nms_cpu);  // issue 13: max_output / pre_top_k < 0 = none  // issue 13: classes 0 = none, max_output < 0 = all
   // Multi-image NMS (also nms_padded and, with B = 1, max_output = N, the drop-in nms on CUDA).
   // classes: 0 = none. out_cls: 0 = not wanted.
   m.def("nms_multi_cpu", [](int dtype, uintptr_t boxes, uintptr_t scores, uintptr_t classes,
@@ -227,6 +234,8 @@ PYBIND11_MODULE(_C, m) {
   def(t, "roi_align_backward_emulate_cpu", &roi_align_backward_emulate_cpu);
   def(t, "roi_pool_forward_emulate_cpu", &roi_pool_forward_emulate_cpu);
   def(t, "roi_pool_backward_emulate_cpu", &roi_pool_backward_emulate_cpu);
+  def(t, "soft_nms_exp_cpu", &soft_nms_exp_cpu);
+  def(t, "diou_nms_log_cpu", &diou_nms_log_cpu);  // issue 13: dk_log against the reference  // issue 13: dk_exp against the reference
   def(t, "nms_set_path", &nms_set_path);  // issue 16: force the pruned/plain CPU NMS path
   t.def("nms_tile_rows", [](int64_t total, int64_t W, int64_t cap_bytes) {
     return nms_tile_rows(total, W, cap_bytes);

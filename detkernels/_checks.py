@@ -24,6 +24,7 @@ __all__ = [
     "FLOATS", "INTS", "ROTATED", "iou_check", "rotated_iou_check", "nms_rotated_check", "probiou_check", "nms_check", "multi_check", "padded_check", "detect_check", "threshold_value",
     "non_negative_int", "score_threshold_value", "pair", "rois_from_boxes", "roi_check",
     "roi_grad_check", "roi_pool_index_check", "check_sampling_ratio", "check_plane",
+    "soft_nms_check", "diou_nms_check", "matrix_nms_check", "multi_soft_nms_check",
 ]
 
 ROTATED = ("cxcywhr", "xywhr", "xyxyxyxy")
@@ -227,6 +228,80 @@ def multi_check(boxes: Any, scores: Any, idxs: Any, max_output: Any) -> str:
         _numeric_ids(idxs)
     non_negative_int("max_output", max_output)
     return _float_dtypes(boxes=boxes, scores=scores)
+
+
+def _soft_nms_scalars(iou_threshold: Any, sigma: Any, method: Any, score_threshold: Any,
+                      max_output: Any) -> tuple:
+    from .reference.soft_nms import METHODS
+
+    thr = threshold_value(iou_threshold)
+    sig = threshold_value(sigma, "sigma")
+    if not sig > 0:  # NaN too
+        raise ValueError(f"sigma must be a positive number, got {sigma!r}")
+    if not isinstance(method, str) or method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    sthr = threshold_value(score_threshold, "score_threshold")
+    k = None if max_output is None else non_negative_int("max_output", max_output)
+    return thr, sig, method, sthr, k
+
+
+def soft_nms_check(boxes: Any, scores: Any, idxs: Any, iou_threshold: Any, sigma: Any, method: Any,
+                   score_threshold: Any, max_output: Any) -> tuple:
+    """Validate soft_nms (arrays as nms/batched_nms, RuntimeError for their shapes); return
+    ``(working dtype, iou_threshold, sigma, method, score_threshold, max_output or None)``."""
+    thr, sig, meth, sthr, k = _soft_nms_scalars(iou_threshold, sigma, method, score_threshold, max_output)
+    return nms_check(boxes, scores, idxs), thr, sig, meth, sthr, k
+
+
+def multi_soft_nms_check(boxes: Any, scores: Any, idxs: Any, max_output: Any, iou_threshold: Any,
+                         sigma: Any, method: Any, score_threshold: Any) -> tuple:
+    """Validate multi_image_soft_nms (boxes [B, N, 4], scores [B, N], idxs [B, N] or None);
+    return ``(working dtype, max_output, iou_threshold, sigma, method, score_threshold)``."""
+    A.same_placement(boxes=boxes, scores=scores, idxs=idxs)
+    B, N = _batch_shapes(boxes, scores, idxs, "N")
+    if scores.ndim != 2:
+        raise ValueError(f"scores must have shape [{B}, {N}] (one class per box; use idxs), "
+                         f"got {tuple(scores.shape)}")
+    if idxs is not None:
+        _numeric_ids(idxs)
+    k = non_negative_int("max_output", max_output)
+    w = _float_dtypes(boxes=boxes, scores=scores)
+    thr, sig, meth, sthr, _ = _soft_nms_scalars(iou_threshold, sigma, method, score_threshold, None)
+    return w, k, thr, sig, meth, sthr
+
+
+def diou_nms_check(boxes: Any, scores: Any, idxs: Any, iou_threshold: Any, beta: Any) -> tuple:
+    """Validate diou_nms (arrays as nms/batched_nms); return ``(working dtype, iou_threshold, beta)``."""
+    thr = threshold_value(iou_threshold)
+    b = threshold_value(beta, "beta")
+    if not (b > 0 and b < float("inf")):  # NaN too
+        raise ValueError(f"beta must be a positive finite number, got {beta!r}")
+    return nms_check(boxes, scores, idxs), thr, b
+
+
+def matrix_nms_check(boxes: Any, scores: Any, labels: Any, kernel: Any, sigma: Any,
+                     score_threshold: Any, max_output: Any, pre_top_k: Any) -> tuple:
+    """Validate matrix_nms (arrays as batched_nms, ``labels`` in the role of idxs); return
+    ``(working dtype, kernel, sigma, score_threshold or None, max_output or None, pre_top_k or None)``."""
+    from .reference.matrix_nms import KERNELS
+
+    if labels is None:
+        raise TypeError("labels must be an array of class ids, got None")
+    if not isinstance(kernel, str) or kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    sig = threshold_value(sigma, "sigma")
+    if not (sig > 0 and sig < float("inf")):  # NaN too
+        raise ValueError(f"sigma must be a positive finite number, got {sigma!r}")
+    sthr = None if score_threshold is None else threshold_value(score_threshold, "score_threshold")
+    k = None if max_output is None else non_negative_int("max_output", max_output)
+    pre = None if pre_top_k is None else non_negative_int("pre_top_k", pre_top_k)
+    try:
+        w = nms_check(boxes, scores, labels)
+    except RuntimeError as e:  # name the argument as this function calls it
+        raise RuntimeError(str(e).replace("idxs", "labels")) from None
+    except TypeError as e:
+        raise TypeError(str(e).replace("idxs", "labels")) from None
+    return w, kernel, sig, sthr, k, pre
 
 
 # ---- detect ------------------------------------------------------------------------------------------

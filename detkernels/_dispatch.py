@@ -20,7 +20,7 @@ from . import _registry
 from ._checks import HALF, INTS, ROTATED
 from .reference.rotated import to_cxcywhr
 
-__all__ = ["iou", "probiou", "nms", "nms_rotated", "nms_probiou", "multi_image_nms", "nms_padded", "detect", "roi_align", "roi_align_backward",
+__all__ = ["iou", "probiou", "nms", "nms_rotated", "nms_probiou", "soft_nms", "multi_image_soft_nms", "diou_nms", "matrix_nms", "multi_image_nms", "nms_padded", "detect", "roi_align", "roi_align_backward",
            "roi_pool", "roi_pool_backward"]
 
 
@@ -137,6 +137,50 @@ def nms_padded(boxes: Any, scores: Any, thr: float, max_output: int, w: str,
     """One image through the multi-image path: (indices [max_output], count 0-d)."""
     idx, _, counts = multi_image_nms(boxes[None], scores[None], None, thr, max_output, None, w, backend)
     return idx[0], counts.reshape(())
+
+
+def soft_nms(boxes: Any, scores: Any, idxs: Any, thr: float, sigma: float, method: str,
+             score_threshold: float, max_output: int | None, w: str, backend: str | None) -> tuple[Any, Any]:
+    """Soft-NMS (per class when ``idxs`` is given): (int64 indices, decayed scores in ``w``) in
+    pick order; arguments from _checks.soft_nms_check."""
+    dev = A.device(boxes)  # placement: checked by _checks.nms_check
+    if boxes.shape[0] == 0 or max_output == 0:
+        return A.empty((0,), "int64", like=boxes), A.empty((0,), w, like=boxes)
+    _, fn = _registry.select("soft_nms", dev, w, backend)
+    return fn(_as(boxes, w), _as(scores, w), None if idxs is None else _class_ids(idxs), thr, sigma,
+              method, score_threshold, max_output)
+
+
+def multi_image_soft_nms(boxes: Any, scores: Any, idxs: Any, max_output: int, thr: float, sigma: float,
+                         method: str, score_threshold: float, w: str,
+                         backend: str | None) -> tuple[Any, Any, Any]:
+    """(indices [B, K] -1 padded, decayed scores [B, K] 0 padded, counts [B])."""
+    dev = A.device(boxes)  # placement: checked by _checks.multi_soft_nms_check
+    _, fn = _registry.select("multi_image_soft_nms", dev, w, backend)
+    c = None if idxs is None else _class_ids(idxs).reshape(idxs.shape)
+    return fn(_as(boxes, w), _as(scores, w), c, max_output, thr, sigma, method, score_threshold)
+
+
+def diou_nms(boxes: Any, scores: Any, idxs: Any, thr: float, beta: float, w: str,
+             backend: str | None) -> Any:
+    """DIoU-NMS (per class when ``idxs`` is given): int64 kept indices by descending score."""
+    dev = A.device(boxes)  # placement: checked by _checks.nms_check
+    if boxes.shape[0] == 0:
+        return A.empty((0,), "int64", like=boxes)
+    _, fn = _registry.select("diou_nms", dev, w, backend)
+    return fn(_as(boxes, w), _as(scores, w), None if idxs is None else _class_ids(idxs), thr, beta)
+
+
+def matrix_nms(boxes: Any, scores: Any, labels: Any, kernel: str, sigma: float,
+               score_threshold: float | None, max_output: int | None, pre_top_k: int | None, w: str,
+               backend: str | None) -> tuple[Any, Any]:
+    """Matrix NMS: (int64 indices, decayed scores in ``w``) by decayed score."""
+    dev = A.device(boxes)  # placement: checked by _checks.nms_check
+    if boxes.shape[0] == 0 or max_output == 0 or pre_top_k == 0:
+        return A.empty((0,), "int64", like=boxes), A.empty((0,), w, like=boxes)
+    _, fn = _registry.select("matrix_nms", dev, w, backend)
+    return fn(_as(boxes, w), _as(scores, w), _class_ids(labels), kernel, sigma, score_threshold,
+              max_output, pre_top_k)
 
 
 # ---- detect ------------------------------------------------------------------------------------------

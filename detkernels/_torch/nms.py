@@ -76,6 +76,79 @@ def _(boxes, scores, idxs, iou_threshold, max_output, score_threshold):
             boxes.new_empty((B,), dtype=torch.int64))
 
 
+@torch.library.custom_op("detkernels::soft_nms", mutates_args=())
+def soft_nms_op(boxes: Tensor, scores: Tensor, idxs: Optional[Tensor], iou_threshold: float, sigma: float,
+                method: str, score_threshold: float, max_output: Optional[int]) -> tuple[Tensor, Tensor]:
+    w, *_ = _checks.soft_nms_check(boxes, scores, idxs, iou_threshold, sigma, method, score_threshold,
+                                   max_output)
+    keep, kept = _dispatch.soft_nms(boxes, scores, idxs, iou_threshold, sigma, method, score_threshold,
+                                    max_output, w, None)
+    return keep.clone(), kept.clone()
+
+
+@soft_nms_op.register_fake
+def _(boxes, scores, idxs, iou_threshold, sigma, method, score_threshold, max_output):
+    w, *_ = _checks.soft_nms_check(boxes, scores, idxs, iou_threshold, sigma, method, score_threshold,
+                                   max_output)
+    k = torch.library.get_ctx().new_dynamic_size()
+    return (boxes.new_empty((k,), dtype=torch.int64),
+            boxes.new_empty((k,), dtype=getattr(torch, w)))
+
+
+@torch.library.custom_op("detkernels::multi_image_soft_nms", mutates_args=())
+def multi_image_soft_nms_op(boxes: Tensor, scores: Tensor, idxs: Optional[Tensor], max_output: int,
+                            iou_threshold: float, sigma: float, method: str,
+                            score_threshold: float) -> tuple[Tensor, Tensor, Tensor]:
+    w, *_ = _checks.multi_soft_nms_check(boxes, scores, idxs, max_output, iou_threshold, sigma,
+                                         method, score_threshold)
+    out = _dispatch.multi_image_soft_nms(boxes, scores, idxs, max_output, iou_threshold, sigma,
+                                         method, score_threshold, w, None)
+    return tuple(x.clone() for x in out)
+
+
+@multi_image_soft_nms_op.register_fake
+def _(boxes, scores, idxs, max_output, iou_threshold, sigma, method, score_threshold):
+    w, *_ = _checks.multi_soft_nms_check(boxes, scores, idxs, max_output, iou_threshold, sigma,
+                                         method, score_threshold)
+    B = boxes.shape[0]
+    return (boxes.new_empty((B, max_output), dtype=torch.int64),
+            boxes.new_empty((B, max_output), dtype=getattr(torch, w)),
+            boxes.new_empty((B,), dtype=torch.int64))
+
+
+@torch.library.custom_op("detkernels::diou_nms", mutates_args=())
+def diou_nms_op(boxes: Tensor, scores: Tensor, idxs: Optional[Tensor], iou_threshold: float,
+                beta: float) -> Tensor:
+    w, *_ = _checks.diou_nms_check(boxes, scores, idxs, iou_threshold, beta)
+    return _dispatch.diou_nms(boxes, scores, idxs, iou_threshold, beta, w, None).clone()
+
+
+@diou_nms_op.register_fake
+def _(boxes, scores, idxs, iou_threshold, beta):
+    _checks.diou_nms_check(boxes, scores, idxs, iou_threshold, beta)
+    return boxes.new_empty((torch.library.get_ctx().new_dynamic_size(),), dtype=torch.int64)
+
+
+@torch.library.custom_op("detkernels::matrix_nms", mutates_args=())
+def matrix_nms_op(boxes: Tensor, scores: Tensor, labels: Tensor, kernel: str, sigma: float,
+                  score_threshold: Optional[float], max_output: Optional[int],
+                  pre_top_k: Optional[int]) -> tuple[Tensor, Tensor]:
+    w, *_ = _checks.matrix_nms_check(boxes, scores, labels, kernel, sigma, score_threshold,
+                                     max_output, pre_top_k)
+    keep, kept = _dispatch.matrix_nms(boxes, scores, labels, kernel, sigma, score_threshold,
+                                      max_output, pre_top_k, w, None)
+    return keep.clone(), kept.clone()
+
+
+@matrix_nms_op.register_fake
+def _(boxes, scores, labels, kernel, sigma, score_threshold, max_output, pre_top_k):
+    w, *_ = _checks.matrix_nms_check(boxes, scores, labels, kernel, sigma, score_threshold,
+                                     max_output, pre_top_k)
+    k = torch.library.get_ctx().new_dynamic_size()
+    return (boxes.new_empty((k,), dtype=torch.int64),
+            boxes.new_empty((k,), dtype=getattr(torch, w)))
+
+
 # ---- eager entries -----------------------------------------------------------------------------------
 
 _FAST = {torch.float32: "float32", torch.float64: "float64"}
@@ -134,3 +207,40 @@ def multi_image_nms(boxes: Tensor, scores: Tensor, idxs: Tensor | None, thr: flo
                                                                 score_threshold)
         return idx, (cls if scores.ndim == 3 else None), counts
     return _dispatch.multi_image_nms(boxes, scores, idxs, thr, max_output, score_threshold, w, backend)
+
+
+def soft_nms(boxes: Tensor, scores: Tensor, idxs: Tensor | None, thr: float, sigma: float, method: str,
+             score_threshold: float, max_output: int | None, w: str,
+             backend: str | None) -> tuple[Tensor, Tensor]:
+    if backend is None and traced(boxes, scores, idxs):
+        return torch.ops.detkernels.soft_nms(boxes, scores, idxs, thr, sigma, method, score_threshold,
+                                             max_output)
+    return _dispatch.soft_nms(boxes, scores, idxs, thr, sigma, method, score_threshold, max_output, w,
+                              backend)
+
+
+def diou_nms(boxes: Tensor, scores: Tensor, idxs: Tensor | None, thr: float, beta: float, w: str,
+             backend: str | None) -> Tensor:
+    if backend is None and traced(boxes, scores, idxs):
+        return torch.ops.detkernels.diou_nms(boxes, scores, idxs, thr, beta)
+    return _dispatch.diou_nms(boxes, scores, idxs, thr, beta, w, backend)
+
+
+def matrix_nms(boxes: Tensor, scores: Tensor, labels: Tensor, kernel: str, sigma: float,
+               score_threshold: float | None, max_output: int | None, pre_top_k: int | None, w: str,
+               backend: str | None) -> tuple[Tensor, Tensor]:
+    if backend is None and traced(boxes, scores, labels):
+        return torch.ops.detkernels.matrix_nms(boxes, scores, labels, kernel, sigma, score_threshold,
+                                               max_output, pre_top_k)
+    return _dispatch.matrix_nms(boxes, scores, labels, kernel, sigma, score_threshold, max_output,
+                                pre_top_k, w, backend)
+
+
+def multi_image_soft_nms(boxes: Tensor, scores: Tensor, idxs: Tensor | None, max_output: int, thr: float,
+                         sigma: float, method: str, score_threshold: float, w: str,
+                         backend: str | None) -> tuple[Tensor, Tensor, Tensor]:
+    if backend is None and traced(boxes, scores, idxs):
+        return torch.ops.detkernels.multi_image_soft_nms(boxes, scores, idxs, max_output, thr, sigma,
+                                                         method, score_threshold)
+    return _dispatch.multi_image_soft_nms(boxes, scores, idxs, max_output, thr, sigma, method,
+                                          score_threshold, w, backend)

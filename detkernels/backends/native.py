@@ -172,6 +172,74 @@ def nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float) -> Any:
     return keep[:count]
 
 
+SOFT_NMS_METHODS = {"linear": 0, "gaussian": 1}  # csrc/ops/nms/soft_nms.h: SoftNmsMethod
+
+
+@register("soft_nms", "native")  # CPU only: no CUDA kernel yet (README status)
+def soft_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float, sigma: float, method: str,
+             score_threshold: float, max_output: int | None) -> tuple[Any, Any]:
+    """boxes [N, 4], scores [N] (same float dtype), classes int64 [N] or None -> (kept indices
+    int64, decayed scores) in pick order."""
+    n = boxes.shape[0]
+    keep = A.empty((n,), "int64", like=boxes)
+    kept = A.empty((n,), A.dtype_name(boxes), like=boxes)
+    count = _C.soft_nms_cpu(DTYPE_CODES[A.dtype_name(boxes)], A.data_ptr(boxes), A.data_ptr(scores),
+                            0 if classes is None else A.data_ptr(classes), n, float(iou_threshold),
+                            float(sigma), SOFT_NMS_METHODS[method], float(score_threshold),
+                            -1 if max_output is None else int(max_output), A.data_ptr(keep),
+                            A.data_ptr(kept))
+    return keep[:count], kept[:count]
+
+
+@register("multi_image_soft_nms", "native")  # CPU only
+def multi_image_soft_nms(boxes: Any, scores: Any, classes: Any, max_output: int, iou_threshold: float,
+                         sigma: float, method: str, score_threshold: float) -> tuple[Any, Any, Any]:
+    """boxes [B, N, 4], scores [B, N], classes int64 [B, N] or None -> (indices [B, K],
+    scores [B, K], counts [B])."""
+    B, N = boxes.shape[0], boxes.shape[1]
+    dt = A.dtype_name(boxes)
+    out = A.empty((B, max_output), "int64", like=boxes)
+    vals = A.empty((B, max_output), dt, like=boxes)
+    counts = A.empty((B,), "int64", like=boxes)
+    _C.soft_nms_multi_cpu(DTYPE_CODES[dt], A.data_ptr(boxes), A.data_ptr(scores),
+                          0 if classes is None else A.data_ptr(classes), B, N, float(iou_threshold),
+                          float(sigma), SOFT_NMS_METHODS[method], float(score_threshold),
+                          int(max_output), A.data_ptr(out), A.data_ptr(vals), A.data_ptr(counts))
+    return out, vals, counts
+
+
+@register("diou_nms", "native")  # CPU only: no CUDA kernel yet (README status)
+def diou_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float, beta: float) -> Any:
+    """boxes [N, 4], scores [N] (same float dtype), classes int64 [N] or None -> kept indices."""
+    n = boxes.shape[0]
+    keep = A.empty((n,), "int64", like=boxes)
+    count = _C.diou_nms_cpu(DTYPE_CODES[A.dtype_name(boxes)], A.data_ptr(boxes), A.data_ptr(scores),
+                            0 if classes is None else A.data_ptr(classes), n, float(iou_threshold),
+                            float(beta), A.data_ptr(keep))
+    return keep[:count]
+
+
+MATRIX_NMS_KERNELS = {"gaussian": 0, "linear": 1}  # csrc/ops/nms/matrix_nms.h: MatrixNmsKernel
+
+
+@register("matrix_nms", "native")  # CPU only: no CUDA kernel yet (README status)
+def matrix_nms(boxes: Any, scores: Any, labels: Any, kernel: str, sigma: float,
+               score_threshold: float | None, max_output: int | None,
+               pre_top_k: int | None) -> tuple[Any, Any]:
+    """boxes [N, 4], scores [N] (same float dtype), labels int64 [N] -> (indices, decayed scores)."""
+    n = boxes.shape[0]
+    keep = A.empty((n,), "int64", like=boxes)
+    kept = A.empty((n,), A.dtype_name(boxes), like=boxes)
+    count = _C.matrix_nms_cpu(DTYPE_CODES[A.dtype_name(boxes)], A.data_ptr(boxes), A.data_ptr(scores),
+                              A.data_ptr(labels), n, MATRIX_NMS_KERNELS[kernel], float(sigma),
+                              score_threshold is not None,
+                              0.0 if score_threshold is None else float(score_threshold),
+                              -1 if max_output is None else int(max_output),
+                              -1 if pre_top_k is None else int(pre_top_k), A.data_ptr(keep),
+                              A.data_ptr(kept))
+    return keep[:count], kept[:count]
+
+
 @register("multi_image_nms", "native", devices=IOU_DEVICES)
 def multi_image_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float, max_output: int,
                     score_threshold: float | None) -> tuple[Any, Any, Any]:

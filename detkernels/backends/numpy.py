@@ -69,6 +69,56 @@ def multi_image_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float,
             A.from_numpy(counts, like=boxes))
 
 
+from ..reference import soft_nms as ref_soft_nms  # noqa: E402
+
+
+@register("soft_nms", "numpy")
+def soft_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float, sigma: float, method: str,
+             score_threshold: float, max_output: int | None) -> tuple[Any, Any]:
+    b, s = A.to_numpy_view(boxes), A.to_numpy_view(scores)
+    args = (iou_threshold, sigma, method, score_threshold, max_output)
+    if classes is None:
+        keep, kept = ref_soft_nms.soft_nms(b, s, *args)
+    else:
+        keep, kept = ref_soft_nms.batched_soft_nms(b, s, A.to_numpy_view(classes), *args)
+    return A.from_numpy(keep, like=boxes), A.from_numpy(kept, like=boxes)
+
+
+@register("multi_image_soft_nms", "numpy")
+def multi_image_soft_nms(boxes: Any, scores: Any, classes: Any, max_output: int, iou_threshold: float,
+                         sigma: float, method: str, score_threshold: float) -> tuple[Any, Any, Any]:
+    out = ref_soft_nms.multi_image_soft_nms(
+        A.to_numpy_view(boxes), A.to_numpy_view(scores), max_output, iou_threshold, sigma, method,
+        score_threshold, idxs=None if classes is None else A.to_numpy_view(classes))
+    return tuple(A.from_numpy(x, like=boxes) for x in out)
+
+
+from ..reference import diou_nms as ref_diou_nms  # noqa: E402
+
+
+@register("diou_nms", "numpy")
+def diou_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float, beta: float) -> Any:
+    b, s = A.to_numpy_view(boxes), A.to_numpy_view(scores)
+    if classes is None:
+        keep = ref_diou_nms.diou_nms(b, s, iou_threshold, beta)
+    else:
+        keep = ref_diou_nms.batched_diou_nms(b, s, A.to_numpy_view(classes), iou_threshold, beta)
+    return A.from_numpy(keep, like=boxes)
+
+
+from ..reference import matrix_nms as ref_matrix_nms  # noqa: E402
+
+
+@register("matrix_nms", "numpy")
+def matrix_nms(boxes: Any, scores: Any, labels: Any, kernel: str, sigma: float,
+               score_threshold: float | None, max_output: int | None,
+               pre_top_k: int | None) -> tuple[Any, Any]:
+    keep, kept = ref_matrix_nms.matrix_nms(A.to_numpy_view(boxes), A.to_numpy_view(scores),
+                                           A.to_numpy_view(labels), kernel, sigma, score_threshold,
+                                           max_output, pre_top_k)
+    return A.from_numpy(keep, like=boxes), A.from_numpy(kept, like=boxes)
+
+
 from ..reference import detect as ref_detect  # noqa: E402
 
 

@@ -19,6 +19,10 @@ Families:
                detkernels' drop-in for it, ONNX Runtime running the exported detect graph)
   roi_align    RoIAlign of P proposals on a C=256 stride-8 feature map, 7x7 / 14x14 (included when
                this build of detkernels has roi_align)
+  soft_nms     Soft-NMS (linear / gaussian) of N = 1 000 / 5 000 / 25 200 boxes against ensemble-boxes'
+               cpu_soft_nms_float (NumPy), same data (issue 13)
+  matrix_nms   Matrix NMS (gaussian / linear) of N = 1 000 / 5 000 / 25 200 boxes against a torch
+               implementation of mmdetection's mask_matrix_nms (peer_matrix_nms.py, N <= 10 000)
   nms_large_*  NMS at 10^4 - 10^6 boxes (issue 16; sparse, clustered, one big cluster) against lsnms
                (`pip install --no-deps lsnms`: 0.5.0 works with numba 0.68.1 although its metadata
                asks for numba < 0.64) and time-limited torchvision / numba rows (NmsLarge)
@@ -1026,10 +1030,136 @@ class NmsLarge(Nms):
     check_peer = Family.check_peer  # lsnms: a kept set, by `check` (Nms's needs a canonical order)
 
 
+# ---- soft_nms (issue 13) ------------------------------------------------------------------------------
+
+def _ensemble_boxes() -> Any | None:
+    try:
+        from ensemble_boxes import ensemble_boxes_nms
+    except ImportError:
+        return None
+    return ensemble_boxes_nms
+
+
+class SoftNms(Nms):
+    """Soft-NMS of N boxes (one class) against ensemble-boxes' ``cpu_soft_nms_float`` (NumPy; the
+    peer of issue 13), on the same boxes and scores. Its kept indices are checked against the
+    reference's (same set and order expected: its differences -- float64 arithmetic for float32
+    inputs, ties, ``score > thresh`` -- are pinned in tests/ops/test_soft_nms.py)."""
+
+    name, title, registry_op, unit = "soft_nms", "soft_nms (one class)", "soft_nms", "boxes"
+    case_terms = "N = boxes, then the decay method, the dtype and the box distribution"
+    defaults = {"N": 5000, "method": "gaussian", "dtype": "float32", "dist": "clustered",
+                "iou": 0.3, "sigma": 0.5}
+    mode_defaults = {"smoke": {"N": 100}}
+    sweeps = {
+        "smoke": {"N": [100, 300]},
+        "quick": {"N": [1000, 5000], "method": ["linear", "gaussian"]},
+        "full": {"N": [1000, 5000, 25200], "method": ["linear", "gaussian"],
+                 "dist": ["clustered", "uniform"]},
+    }
+    numeric_axes = ("N",)
+    reference_timing_cap = 1000
+
+    def describe(self, p):  # inputs, input_bytes, work: Nms's (one class, N boxes)
+        return f"N={p['N']} {p['method']} {p['dtype']} {p['dist']}"
+
+    def detkernels_fn(self, dk, p, backend):
+        thr, sigma, method = p["iou"], p["sigma"], p["method"]
+        return lambda inp: dk.soft_nms(inp[0], inp[1], thr, sigma=sigma, method=method, backend=backend)
+
+    def torchvision_fn(self, tvo, p, device):
+        return None, "torchvision has no soft-NMS"
+
+    def contenders(self, p, device, lib):
+        rows = Family.contenders(self, p, device, lib)  # not Nms's NMS peers
+        E = _ensemble_boxes() if device == "cpu" else None
+        if E is not None:
+            thr, sigma, m = p["iou"], p["sigma"], 1 if p["method"] == "linear" else 2
+            memo: dict = {}
+
+            def host(inp):  # its layout (NumPy), once per input set, outside the timed call
+                hit = memo.get(id(inp))
+                if hit is None or hit[0] is not inp:
+                    hit = memo[id(inp)] = (inp, (to_numpy(inp[0]), to_numpy(inp[1])))
+                return hit[1]
+
+            def run(inp):
+                b, s = host(inp)
+                return E.cpu_soft_nms_float(b, s.copy(), thr, sigma, 0.001, m)  # it rescales s in place
+
+            rows.insert(len(rows) - (rows and rows[-1].kind == "reference"),
+                        Row("ensemble-boxes", "peer", run, note="cpu_soft_nms_float, NumPy",
+                            canon=lambda out, inp: np.asarray(out, np.int64)))
+        return rows
+
+    def check_peer(self, row, out, inp, expected, p):
+        got = row.canon(out, inp)
+        exp = to_numpy(expected[0]).astype(np.int64)
+        if got.shape == exp.shape and np.array_equal(got, exp):
+            return "equal"
+        if got.shape == exp.shape and np.array_equal(np.sort(got), np.sort(exp)):
+            return "same set (tie order)"
+        diff = len(set(got.tolist()) ^ set(exp.tolist()))
+        return f"differs ({diff} of {len(exp)} kept; peer semantics: docs/SPEC.md §6.2)"
+
+
+class MatrixNms(SoftNms):
+    """Matrix NMS of N boxes against a torch implementation of mmdetection's mask_matrix_nms for
+    boxes (peer_matrix_nms.py: dense N x N matrices, run up to MATRIX_NMS_PEER_MAX_N boxes), on
+    the same boxes, scores and labels. The peer's kept indices are compared with the reference's
+    (its torch.exp differs from dk_exp in the last ulp, which can reorder near-equal scores)."""
+
+    name, title, registry_op, unit = "matrix_nms", "matrix_nms", "matrix_nms", "boxes"
+    case_terms = "N = boxes, C = classes, then the kernel, the dtype and the box distribution"
+    defaults = {"N": 5000, "classes": 1, "kernel": "gaussian", "dtype": "float32",
+                "dist": "clustered", "sigma": 2.0, "thr": 0.05}
+    mode_defaults = {"smoke": {"N": 100}}
+    sweeps = {
+        "smoke": {"N": [100, 300]},
+        "quick": {"N": [1000, 5000], "kernel": ["gaussian", "linear"]},
+        "full": {"N": [1000, 5000, 25200], "kernel": ["gaussian", "linear"], "classes": [1, 80],
+                 "dist": ["clustered", "uniform"]},
+    }
+    reference_timing_cap = 1000
+
+    def describe(self, p):
+        return f"N={p['N']} C={p['classes']} {p['kernel']} {p['dtype']} {p['dist']}"
+
+    def inputs(self, p, device, lib, seed):
+        b, s, c = _nms_boxes(p, seed, p["classes"])
+        if p["classes"] == 1:
+            c = np.zeros_like(c)
+        return (_put(b, lib, device, p["dtype"]), _put(s, lib, device, p["dtype"]), _put(c, lib, device))
+
+    def input_bytes(self, p):
+        return p["N"] * (5 * np.dtype(p["dtype"]).itemsize + 8)
+
+    def detkernels_fn(self, dk, p, backend):
+        kernel, sigma, thr = p["kernel"], p["sigma"], p["thr"]
+        return lambda inp: dk.matrix_nms(inp[0], inp[1], inp[2], kernel=kernel, sigma=sigma,
+                                         score_threshold=thr, backend=backend)
+
+    def torchvision_fn(self, tvo, p, device):
+        return None, "torchvision has no Matrix NMS"
+
+    def contenders(self, p, device, lib):
+        rows = Family.contenders(self, p, device, lib)
+        from .peer_matrix_nms import MATRIX_NMS_PEER_MAX_N, torch_matrix_nms
+
+        if lib == "torch" and p["N"] <= MATRIX_NMS_PEER_MAX_N:
+            kernel, sigma, thr = p["kernel"], p["sigma"], p["thr"]
+            run = lambda inp: torch_matrix_nms(inp[0], inp[1], inp[2], kernel, sigma, thr)  # noqa: E731
+            rows.insert(len(rows) - (rows and rows[-1].kind == "reference"),
+                        Row("torch (mmdet-style)", "peer", run, note="dense N x N matrices",
+                            canon=lambda out, inp: to_numpy(out[0]).astype(np.int64)))
+        return rows
+
+
 FAMILIES: dict[str, Family] = {f.name: f for f in (BoxIou(), Nms(), BatchedNms(), Detect(), RoiAlign(),
                                                    NmsLarge("sparse", "uniform sparse"),
                                                    NmsLarge("clustered", "merged tiles, groups of ~8"),
-                                                   NmsLarge("one_cluster", "one big cluster"))}
+                                                   NmsLarge("one_cluster", "one big cluster"),
+                                                   SoftNms(), MatrixNms())}
 
 
 def plan(family: Family, mode: str) -> list[Case]:

@@ -160,6 +160,23 @@ def to_xyxy(boxes, fmt: str = "xyxy") -> np.ndarray:
         return np.stack(_corners(_Ops(b.dtype), *(b[..., k] for k in range(4)), fmt), axis=-1)
 
 
+def diou_penalty(ops: _Ops, a, b, wc, hc, e):
+    """DIoU's distance term ``cd2 / ((wc*wc + hc*hc) + eps)`` of xyxy column tuples (box_iou.h's
+    diou_penalty); ``wc``, ``hc``: the enclosing box's clamped width and height."""
+    two = ops.scalar(2.0)
+    diag2 = (wc * wc + hc * hc) + e
+    dx = (a[0] + a[2]) / two - (b[0] + b[2]) / two
+    dy = (a[1] + a[3]) / two - (b[1] + b[3]) / two
+    return (dx * dx + dy * dy) / diag2
+
+
+def diou_penalty_of(ops: _Ops, a, b, e):
+    """diou_penalty with the enclosing box computed from the boxes (box_iou.h's diou_penalty_of)."""
+    wc = ops.clamp_min0(ops.nan_max(a[2], b[2]) - ops.nan_min(a[0], b[0]))
+    hc = ops.clamp_min0(ops.nan_max(a[3], b[3]) - ops.nan_min(a[1], b[1]))
+    return diou_penalty(ops, a, b, wc, hc, e)
+
+
 def pairwise(ops: _Ops, a, b, kind: str, fmt: str = "xyxy", eps: float = 1e-7):
     """The pairwise metric on column tuples ``a = (a0..a3)`` shaped ``[..., N, 1]`` and
     ``b = (b0..b3)`` shaped ``[..., 1, M]``; the exact operation order of csrc/ops/box_iou/box_iou.h.
@@ -181,11 +198,7 @@ def pairwise(ops: _Ops, a, b, kind: str, fmt: str = "xyxy", eps: float = 1e-7):
         area_c = wc * hc
         return iou - (area_c - union) / area_c
     e = ops.scalar(eps)
-    two = ops.scalar(2.0)
-    diag2 = (wc * wc + hc * hc) + e
-    dx = (a[0] + a[2]) / two - (b[0] + b[2]) / two
-    dy = (a[1] + a[3]) / two - (b[1] + b[3]) / two
-    diou = iou - (dx * dx + dy * dy) / diag2
+    diou = iou - diou_penalty(ops, a, b, wc, hc, e)
     if kind == "diou":
         return diou
     d = atan((a[2] - a[0]) / (a[3] - a[1]), ops) - atan((b[2] - b[0]) / (b[3] - b[1]), ops)

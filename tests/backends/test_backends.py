@@ -304,6 +304,46 @@ ROTATED_OPS = {"box_iou_rotated": "box_iou_rotated", "nms_rotated": "nms_rotated
                "batched_nms_rotated": "nms_rotated", "probiou": "probiou", "nms_probiou": "nms_probiou"}
 
 
+# ---- NMS variants (issue 13): soft_nms, multi_image_soft_nms, diou_nms, matrix_nms ------------------
+VARIANT_OPS = ("soft_nms", "multi_image_soft_nms", "diou_nms", "matrix_nms")
+
+
+def _variant_calls(b, s, c):
+    """(name, reference result, call(boxes, scores, classes, backend)) for one image's arrays."""
+    from detkernels.reference import diou_nms as RD
+    from detkernels.reference import matrix_nms as RM
+    from detkernels.reference import soft_nms as RS
+
+    d = detkernels
+    return {
+        "soft_nms": [(RS.soft_nms(b, s, 0.3, 0.5, "gaussian", 0.01),
+                      lambda B, S, C, be: d.soft_nms(B, S, method="gaussian", score_threshold=0.01, backend=be)),
+                     (RS.batched_soft_nms(b, s, c, 0.5, 0.5, "linear", 0.001, 5),
+                      lambda B, S, C, be: d.soft_nms(B, S, 0.5, idxs=C, max_output=5, backend=be))],
+        "multi_image_soft_nms": [(RS.multi_image_soft_nms(np.stack([b, b[::-1]]), np.stack([s, s[::-1]]), 6,
+                                                          idxs=np.stack([c, c[::-1]])),
+                                  lambda B, S, C, be: d.multi_image_soft_nms(
+                                      _stack2(B), _stack2(S), 6, idxs=_stack2(C), backend=be))],
+        "diou_nms": [(RD.diou_nms(b, s, 0.5, 1.0),
+                      lambda B, S, C, be: d.diou_nms(B, S, 0.5, backend=be)),
+                     (RD.batched_diou_nms(b, s, c, 0.3, 0.6),
+                      lambda B, S, C, be: d.diou_nms(B, S, 0.3, beta=0.6, idxs=C, backend=be))],
+        "matrix_nms": [(RM.matrix_nms(b, s, c, "gaussian", 2.0, 0.05),
+                        lambda B, S, C, be: d.matrix_nms(B, S, C, score_threshold=0.05, backend=be)),
+                       (RM.matrix_nms(b, s, c, "linear", 2.0, None, 4, 50),
+                        lambda B, S, C, be: d.matrix_nms(B, S, C, kernel="linear", max_output=4,
+                                                         pre_top_k=50, backend=be))],
+    }
+
+
+def _stack2(x):
+    """[x, x reversed] in x's array library (multi-image inputs from one image's arrays)."""
+    if isinstance(x, np.ndarray):
+        return np.stack([x, x[::-1]])
+    torch = sys.modules["torch"]
+    return torch.stack([x, torch.flip(x, [0])])
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("device,lib", PLACEMENTS, ids=[f"{d}-{l}" for d, l in PLACEMENTS])
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -338,6 +378,29 @@ def test_rotated_matches_reference(op, backend, device, lib, dtype, rng):
             assert_bytes_equal(to_numpy(got), want, f"{op} {family} n={n}")
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("device,lib", PLACEMENTS, ids=[f"{d}-{l}" for d, l in PLACEMENTS])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("op", VARIANT_OPS)
+def test_nms_variants_match_reference(op, backend, device, lib, dtype, rng):
+    mod = _library(lib)
+    if device == "cuda" and (why := _cuda_device_present()):
+        pytest.skip(why)
+    if why := _registry.why_not(backend, op, device, dtype):
+        pytest.skip(f"backend {backend!r}: {why}")
+    for family in F.FAMILIES:
+        for n in SIZES[device]:
+            b, s = F.make(family, rng, n, dtype)
+            c = rng.integers(0, 3, n).astype(np.int64)
+            for want, call in _variant_calls(b, s, c)[op]:
+                got = call(_put(b, lib, device, mod), _put(s, lib, device, mod), _put(c, lib, device, mod),
+                           backend)
+                got, want = (got, want) if isinstance(want, tuple) else ((got,), (want,))
+                for k, (g, w) in enumerate(zip(got, want)):
+                    _check_placement(g, lib, device)
+                    assert_bytes_equal(g, w, f"{op} {family} n={n} output {k}")
+
+
 # ---- the matrix covers the registry -----------------------------------------------------------------
 # Registered op -> the matrix test(s) above that run it on every backend and placement.
 COVERED = {"box_iou": "test_matches_reference (iou, giou, diou, ciou), test_formats_and_batches",
@@ -347,7 +410,8 @@ COVERED = {"box_iou": "test_matches_reference (iou, giou, diou, ciou), test_form
            "roi_align": "test_roi_matches_reference", "roi_align_backward": "test_roi_matches_reference",
            "roi_pool": "test_roi_matches_reference", "roi_pool_backward": "test_roi_matches_reference",
            "box_iou_rotated": "test_rotated_matches_reference", "nms_rotated": "test_rotated_matches_reference",
-           "probiou": "test_rotated_matches_reference", "nms_probiou": "test_rotated_matches_reference"}
+           "probiou": "test_rotated_matches_reference", "nms_probiou": "test_rotated_matches_reference",
+           **{op: "test_nms_variants_match_reference" for op in VARIANT_OPS}}
 
 
 def test_matrix_covers_every_registered_op_backend_and_device():

@@ -125,6 +125,11 @@ TWINS = {  # C++ function -> "module:function" of its twin
     "eval": NB + "box_math:atan_eval_f32", "dk_atan": NB + "box_math:dk_atan",
     "box_area": NB + "box_math:box_area", "box_corners": NB + "box_math:box_corners",
     "pair_iou": NB + "box_math:pair_iou",
+    "diou_penalty": NB + "box_math:pair_iou",  # inlined in pair_iou on the numba side
+    # soft_nms.h (issue 13; numba CPU only: compiled by numba/cpu.py, not for numba.cuda)
+    "dk_exp": NB + "box_math:dk_exp", "dk_floor": NB + "box_math:dk_floor",
+    "dk_ldexp": NB + "box_math:dk_ldexp", "dk_pow2": NB + "box_math:dk_ldexp",  # math.ldexp there
+    "soft_nms_weight": NB + "box_math:soft_nms_weight",
     # nms.h (nms_iou is inlined in nms_suppresses on both sides)
     "nms_area": NB + "box_math:nms_area", "nms_iou": NB + "box_math:nms_suppresses",
     "nms_suppresses": NB + "box_math:nms_suppresses",
@@ -162,6 +167,9 @@ NOT_NEEDED = {
                              "rotated_corners_inside", "rotated_intersection_points", "convex_hull_area",
                              "rotated_pair_iou", "rotated_bounds", "rotated_apart", "dk_libm_cos", "dk_libm_sin",
                              "dk_libm_exp", "dk_libm_log", "probiou_cov", "probiou_from_bd", "probiou_pair")},
+    # diou_nms.h, matrix_nms.h (issue 13): the numba backend serves neither (the registry says so)
+    **{f: "diou_nms / matrix_nms: not served by the numba backend (README status)"
+       for f in ("dk_log", "dk_pow", "diou_nms_measure", "diou_penalty_of", "matrix_nms_term")},
     **{f: _SCATTER for f in ("roi_contrib_count", "roi_contrib", "box", "slots", "contrib", "roi_pool_max_key",
                              "roi_pool_max_run_sum", "ps_roi_pool_len")},
 }

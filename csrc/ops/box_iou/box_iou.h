@@ -138,6 +138,21 @@ template <typename T> DK_HD void box_corners(const T* b, int fmt, T& x1, T& y1, 
   }
 }
 
+// DIoU's distance term cd2 / ((wc*wc + hc*hc) + eps) of xyxy boxes a, b, where wc, hc are the
+// enclosing box's clamped width and height (pair_iou computes them; diou_penalty_of below for
+// callers that do not). The one copy, shared by distance/complete_box_iou and diou_nms.
+template <typename T> DK_HD T diou_penalty(const T* a, const T* b, T wc, T hc, T eps) {
+  const T diag2 = (wc * wc + hc * hc) + eps;
+  const T dx = (a[0] + a[2]) / T(2) - (b[0] + b[2]) / T(2);
+  const T dy = (a[1] + a[3]) / T(2) - (b[1] + b[3]) / T(2);
+  return (dx * dx + dy * dy) / diag2;
+}
+template <typename T> DK_HD T diou_penalty_of(const T* a, const T* b, T eps) {
+  const T wc = clamp_min0(nan_max(a[2], b[2]) - nan_min(a[0], b[0]));
+  const T hc = clamp_min0(nan_max(a[3], b[3]) - nan_min(a[1], b[1]));
+  return diou_penalty(a, b, wc, hc, eps);
+}
+
 // One entry of the pairwise matrix. `area_a`/`area_b` come from box_area (computed once per box).
 // GIoU/DIoU/CIoU are defined on xyxy boxes only (as in torchvision). Integer T: kIoU/kGIoU only
 // (the entry points never pass others); the result is float32.
@@ -176,10 +191,7 @@ DK_HD iou_out_t<T> pair_iou(const T* a, const T* b, T area_a, T area_b, int fmt,
   if constexpr (IouTypes<T>::kInt) {
     return O(0) / O(0);  // not reached (see above): NaN rather than a plausible number
   } else {
-    const T diag2 = (wc * wc + hc * hc) + eps;
-    const T dx = (a[0] + a[2]) / T(2) - (b[0] + b[2]) / T(2);
-    const T dy = (a[1] + a[3]) / T(2) - (b[1] + b[3]) / T(2);
-    const T diou = iou - (dx * dx + dy * dy) / diag2;
+    const T diou = iou - diou_penalty(a, b, wc, hc, eps);
     if (kind == kDIoU) return diou;
     const T d = dk_atan((a[2] - a[0]) / (a[3] - a[1])) - dk_atan((b[2] - b[0]) / (b[3] - b[1]));
     // 4 / pi**2 as Python computes it in double, then rounded to T (torch's scalar * tensor).

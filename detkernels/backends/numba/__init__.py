@@ -268,6 +268,34 @@ def _multi_host_outputs(o1s: list, kept_by_cand: np.ndarray, M: int, Cc: int, K:
     return out, cls, counts
 
 
+@register("soft_nms", "numba")  # CPU only (numba.cuda: not served, README status)
+def soft_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float, sigma: float, method: str,
+             score_threshold: float, max_output: int | None) -> tuple[Any, Any]:
+    """boxes [N, 4], scores [N] (same float dtype), classes int64 [N] or None -> (kept indices,
+    decayed scores): per class segment the reference's sequential loop (numba/cpu.py), the
+    classes' picks merged on the host by decayed score, ties by index."""
+    from . import cpu as _cpu
+
+    b, s = A.to_numpy_view(boxes), A.to_numpy_view(scores)
+    n = b.shape[0]
+    limit = n if max_output is None else min(int(max_output), n)
+    if classes is None:
+        order, seg = np.arange(n, dtype=np.int64), np.array([0, n], np.int64)
+    else:
+        c = A.to_numpy_view(classes)
+        order = np.argsort(c, kind="stable").astype(np.int64)
+        cs = c[order]
+        seg = np.concatenate(([0], np.flatnonzero(cs[1:] != cs[:-1]) + 1, [n])).astype(np.int64)
+    idx, val = _cpu.soft_nms(b, s, order, seg, 0 if method == "linear" else 1, iou_threshold, sigma,
+                             score_threshold, limit)
+    if classes is not None:
+        by_index = np.argsort(idx, kind="stable")
+        idx, val = idx[by_index], val[by_index]
+        o = score_order(val)[:limit]
+        idx, val = idx[o], val[o]
+    return A.from_numpy(idx, like=boxes), A.from_numpy(val, like=boxes)
+
+
 @register("multi_image_nms", "numba", devices=("cpu", "cuda"))
 def multi_image_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float, max_output: int,
                     score_threshold: float | None) -> tuple[Any, Any, Any]:

@@ -162,6 +162,88 @@ def nms_suppresses(ax1, ay1, ax2, ay2, area_a, bx1, by1, bx2, by2, area_b, thr):
     return DIV(inter, SUB(ADD(area_a, area_b), inter)) > thr
 
 
+# ---- soft_nms.h (issue 13) ------------------------------------------------------------------------
+# The numba CPU twins of dk_floor / dk_ldexp / dk_exp / soft_nms_weight. Not in SCALAR_FUNCS: the
+# numba backend serves soft_nms on the CPU only (numba/cpu.py compiles these as extras), so the
+# CUDA specialisations and their PTX lint are unchanged. TYPE (np.float32 / np.float64) and the
+# E32_* / E64_* constants come from soft_nms_constants.
+
+def dk_floor(v):  # |v| < 2^31: the truncation, lowered by 1 where it rounded up (exact)
+    t = TYPE(int(v))
+    return SUB(t, ONE) if t > v else t
+
+
+def dk_ldexp(y, n):  # y * 2^n rounded once (math.ldexp: exact in float64 for a float32 y)
+    return TYPE(math.ldexp(y, n))
+
+
+def exp_eval_f32(x):  # ExpCoef<float>::eval, Cephes expf
+    if x != x:
+        return x
+    if x < E32_MINLOG:
+        return ZERO
+    if x > E32_MAXLOG:
+        return E_INF
+    z = dk_floor(ADD(MUL(E32_LOG2E, x), E_HALF))
+    r = SUB(x, MUL(z, E32_C1))
+    r = SUB(r, MUL(z, E32_C2))
+    zz = MUL(r, r)
+    p = ADD(MUL(ADD(MUL(ADD(MUL(ADD(MUL(ADD(MUL(E32_P0, r), E32_P1), r), E32_P2), r), E32_P3), r),
+                    E32_P4), r), E32_P5)
+    return dk_ldexp(ADD(ADD(MUL(p, zz), r), ONE), int(z))
+
+
+def exp_eval_f64(x):  # ExpCoef<double>::eval, Cephes exp
+    if x != x:
+        return x
+    if x < E64_MINLOG:
+        return ZERO
+    if x > E64_MAXLOG:
+        return E_INF
+    px = dk_floor(ADD(MUL(E64_LOG2E, x), E_HALF))
+    r = SUB(x, MUL(px, E64_C1))
+    r = SUB(r, MUL(px, E64_C2))
+    xx = MUL(r, r)
+    p = MUL(r, ADD(MUL(ADD(MUL(E64_P0, xx), E64_P1), xx), E64_P2))
+    q = ADD(MUL(ADD(MUL(ADD(MUL(E64_Q0, xx), E64_Q1), xx), E64_Q2), xx), E64_Q3)
+    r = DIV(p, SUB(q, p))
+    r = ADD(ONE, MUL(TWO, r))
+    return dk_ldexp(r, int(px))
+
+
+def dk_exp(x):  # EXP_EVAL is exp_eval_f32 or exp_eval_f64
+    return EXP_EVAL(x)
+
+
+def soft_nms_weight(iou, method, thr, sigma):
+    if method == 0:
+        return SUB(ONE, iou) if float(iou) > thr else ONE
+    if iou != iou:
+        return ONE
+    return dk_exp(DIV(-MUL(iou, iou), sigma))
+
+
+def soft_nms_constants(dtype) -> dict:
+    """TYPE and the typed constants of dk_exp (reference/soft_nms.py's, exact in T)."""
+    from ...reference import soft_nms as R
+
+    T = np.dtype(dtype).type
+    c = dict(TYPE=T, E_HALF=T(0.5), E_INF=T(np.inf), math=__import__("math"))
+    if T is np.float32:
+        f = R._F
+        c.update(E32_LOG2E=f["log2e"], E32_C1=f["c1"], E32_C2=f["c2"], E32_P0=f["p0"], E32_P1=f["p1"],
+                 E32_P2=f["p2"], E32_P3=f["p3"], E32_P4=f["p4"], E32_P5=f["p5"],
+                 E32_MINLOG=f["minlog"], E32_MAXLOG=f["maxlog"])
+    else:
+        c.update(E64_LOG2E=T(R._LOG2E), E64_C1=T(R._C1), E64_C2=T(R._C2), E64_MINLOG=T(R._MINLOG),
+                 E64_MAXLOG=T(R._MAXLOG), **{f"E64_P{i}": T(v) for i, v in enumerate(R._P)},
+                 **{f"E64_Q{i}": T(v) for i, v in enumerate(R._Q)})
+    return c
+
+
+SOFT_NMS_FUNCS = (dk_floor, dk_ldexp, dk_exp, soft_nms_weight)
+
+
 # ---- compilation ----------------------------------------------------------------------------------
 
 SCALAR_FUNCS = (std_max, std_min, nan_max, nan_min, clamp_min0, dk_atan, box_area, box_corners,

@@ -140,3 +140,90 @@ def nms_keep(boxes: np.ndarray, order: np.ndarray, seg: np.ndarray, thr: float,
     fn = k.nms_parallel_kernel if parallel and seg.shape[0] > 2 else k.nms_kernel
     fn(boxes, order, seg, M.nms_threshold(thr, boxes.dtype), keep)
     return keep
+
+
+# ---- soft_nms (issue 13): the reference's sequential loop, per class segment ----------------------
+
+def soft_nms_segment(x1, y1, x2, y2, ar, s, gid, alive, lo, hi, method, thr, sigma, sthr, limit,
+                     out_idx, out_s, nout):
+    """Soft-NMS of positions lo..hi-1 (one class; gid = input index): pick the remaining box with
+    the highest score (NaN first, -0 == +0, ties by the lower gid), rescale every other remaining
+    box (soft_nms_weight of nms's IoU, kept box first), drop it below sthr. Appends the picks at
+    out_*[nout:]; returns their number (at most limit)."""
+    kept = 0
+    while kept < limit:
+        a = -1
+        for p in range(lo, hi):
+            if alive[p]:
+                if a < 0:
+                    a = p
+                else:
+                    sp, sa = s[p], s[a]
+                    if ((sp != sp and sa == sa) or sp > sa) or (
+                            not ((sa != sa and sp == sp) or sa > sp) and gid[p] < gid[a]):
+                        a = p
+        if a < 0:
+            break
+        alive[a] = 0
+        out_idx[nout + kept] = gid[a]
+        out_s[nout + kept] = s[a]
+        kept += 1
+        for q in range(lo, hi):
+            if alive[q]:
+                w = std_max(ZERO, SUB(std_min(x2[a], x2[q]), std_max(x1[a], x1[q])))
+                h = std_max(ZERO, SUB(std_min(y2[a], y2[q]), std_max(y1[a], y1[q])))
+                inter = MUL(w, h)
+                iou = DIV(inter, SUB(ADD(ar[a], ar[q]), inter))
+                ns = MUL(s[q], soft_nms_weight(iou, method, thr, sigma))
+                s[q] = ns
+                if float(ns) < sthr:
+                    alive[q] = 0
+    return kept
+
+
+def soft_nms_kernel(boxes, scores, order, seg, method, thr, sigma, sthr, limit, out_idx, out_s):
+    """Soft-NMS of boxes visited in ``order`` (class-grouped, input index ascending within one),
+    ``seg`` the class segment starts plus n. Returns the number of picks written to out_*
+    (segment by segment, each in pick order)."""
+    n = order.shape[0]
+    x1, y1, x2, y2, ar = columns(n, boxes.dtype)
+    nms_gather(boxes, order, x1, y1, x2, y2, ar)
+    s = np.empty(n, boxes.dtype)
+    alive = np.empty(n, np.uint8)
+    for p in range(n):
+        s[p] = scores[order[p]]
+        alive[p] = 0 if float(s[p]) < sthr else 1
+    nout = 0
+    for g in range(seg.shape[0] - 1):
+        nout += soft_nms_segment(x1, y1, x2, y2, ar, s, order, alive, seg[g], seg[g + 1], method, thr,
+                                 sigma, sthr, limit, out_idx, out_s, nout)
+    return nout
+
+
+def soft_nms(boxes: np.ndarray, scores: np.ndarray, order: np.ndarray, seg: np.ndarray, method: int,
+             thr: float, sigma: float, sthr: float, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """(input indices, decayed scores), segment by segment in pick order."""
+    k = soft_kernels(boxes.dtype.name)
+    n = order.shape[0]
+    out_idx = np.empty(n, np.int64)
+    out_s = np.empty(n, boxes.dtype)
+    c = k.soft_nms_kernel(boxes, scores, order, seg, method, float(thr), boxes.dtype.type(sigma),
+                          float(sthr), limit, out_idx, out_s)
+    return out_idx[:c], out_s[:c]
+
+
+_SOFT: dict = {}
+
+
+def _build_soft(dt: np.dtype):
+    jit = numba.njit(**_JIT)
+    exp_src = M.exp_eval_f32 if dt == np.float32 else M.exp_eval_f64
+    extra = (("columns", _columns, jit), ("nms_gather", nms_gather, jit), ("EXP_EVAL", exp_src, jit),
+             *((f.__name__, f, jit) for f in M.SOFT_NMS_FUNCS),
+             ("soft_nms_segment", soft_nms_segment, jit), ("soft_nms_kernel", soft_nms_kernel, jit))
+    return M.specialise(dt, _OPS, jit, extra, env=dict(np=np, prange=prange, **M.soft_nms_constants(dt)))
+
+
+def soft_kernels(dtype: str):
+    """The compiled soft-NMS kernel (and its scalar functions) for ``dtype``."""
+    return M.per_dtype(_SOFT, _build_soft, dtype)
