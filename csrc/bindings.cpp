@@ -17,6 +17,7 @@
 #include "ops/nms/nms.h"
 #include "ops/nms/nms_bitmask.h"
 #include "ops/nms/nms_sparse.h"
+#include "ops/nms/nms_sparse_gpu.h"
 #include "ops/roi_align/roi_align.h"
 #include "ops/roi_align/roi_align_gpu.h"
 #include "ops/roi_pool/roi_pool.h"
@@ -223,6 +224,8 @@ PYBIND11_MODULE(_C, m) {
   def(t, "roi_pool_forward_emulate_cpu", &roi_pool_forward_emulate_cpu);
   def(t, "roi_pool_backward_emulate_cpu", &roi_pool_backward_emulate_cpu);
   def(t, "nms_set_path", &nms_set_path);  // issue 16: force the pruned/plain CPU NMS path
+  def(t, "nms_gpu_set_path", &nms_gpu_set_path);  // issue 16: the GPU path (and its rounds)
+  def(t, "nms_gpu_emulated_outcome", &nms_gpu_emulated_outcome);
   t.def("nms_tile_rows", [](int64_t total, int64_t W, int64_t cap_bytes) {
     return nms_tile_rows(total, W, cap_bytes);
   });
