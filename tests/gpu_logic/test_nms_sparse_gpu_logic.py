@@ -230,3 +230,46 @@ def test_property_sparse_equals_plain(boxes, data_):
     assert outcome in _expected_outcome(b[0], thr, valid), outcome
     _check(sparse, plain, "sparse vs plain")
     _check(sparse, ref.multi_image_nms(b, s, thr, n, idxs=c, score_threshold=sthr), "sparse vs reference")
+
+
+def test_sparse_kernels_compile_with_nvrtc():
+    """The CuPy backend's NVRTC source holds the sparse kernels (the very ones nvcc builds): they
+    compile with the backend's float flags, and their PTX has no FMA, no approximate/FTZ op and,
+    in the float32 instantiations, no float64 arithmetic. (Compiled, not run: no GPU here.)"""
+    import re
+
+    from detkernels.backends import cupy as CP
+
+    try:
+        from cuda.bindings import nvrtc
+
+        nvrtc.nvrtcVersion()
+    except Exception as e:
+        pytest.skip(f"NVRTC is not usable here (pip install cuda-bindings nvidia-cuda-nvrtc): {e}")
+    names = CP.nms_sparse_name_expressions()
+    _, prog = nvrtc.nvrtcCreateProgram(CP.source().encode(), b"kernels.cu", 0, [], [])
+    for n in names:
+        nvrtc.nvrtcAddNameExpression(prog, n.encode())
+    opts = [o.encode() for o in (*CP.nvrtc_options(), "--gpu-architecture=compute_90")]
+    (err,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
+    _, size = nvrtc.nvrtcGetProgramLogSize(prog)
+    log = b" " * size
+    nvrtc.nvrtcGetProgramLog(prog, log)
+    assert err == nvrtc.nvrtcResult.NVRTC_SUCCESS, log.decode(errors="replace")
+    _, size = nvrtc.nvrtcGetPTXSize(prog)
+    ptx = b" " * size
+    nvrtc.nvrtcGetPTX(prog, ptx)
+    ptx = ptx.decode(errors="replace")
+    starts = [(m.group(1), m.start()) for m in re.finditer(r"\.entry\s+(\w+)\s*\(", ptx)]
+    bodies = {name: ptx[s:(starts[k + 1][1] if k + 1 < len(starts) else len(ptx))]
+              for k, (name, s) in enumerate(starts)}
+    for n in names:
+        _, lowered = nvrtc.nvrtcGetLoweredName(prog, n.encode())
+        lowered = lowered.decode() if isinstance(lowered, bytes) else lowered
+        body = bodies[lowered]
+        assert not re.search(r"\bfma\.", body), f"{n}: fused multiply-add"
+        assert not re.search(r"\.(approx|full)\b|\.ftz\b", body), f"{n}: approximate/FTZ op"
+        if "<float>" in n:
+            f64 = [ln for ln in body.splitlines()
+                   if re.search(r"\.f64\b", ln) and not ln.split()[0].startswith(".")]
+            assert not f64, f"{n}: float64 instructions {f64[:3]}"

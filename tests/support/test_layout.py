@@ -147,6 +147,8 @@ _SORT_KEYS = "radix-sort key packing of the native/CuPy CUDA plan; numba plans w
 _PLAN = "candidate planning of the native/CuPy CUDA plan; numba's is torch/NumPy array code (numba/__init__.py)"
 _SCATTER = ("a step of the native/CuPy sort-based RoI backward; numba's backwards are owner-computes "
             "(roi_math.align_grad, roi_cpu/roi_cuda pool kernels)")
+_SPARSE_GPU = ("a step of the native CUDA sparse NMS path (nms_sparse_gpu.h, issue 16); the numba CUDA "
+               "backend runs the bitmask only (README status)")
 NOT_NEEDED = {
     "wrap_add": "integer boxes: the numba backend serves float boxes only (README status)",
     "wrap_sub": "integer boxes: the numba backend serves float boxes only (README status)",
@@ -156,6 +158,14 @@ NOT_NEEDED = {
                                "nms_class_key", "nms_image_key", "nms_key_bits", "nms_final_key")},
     **{f: _PLAN for f in ("nms_cand_box", "nms_cand_class", "nms_cand_valid", "nms_head", "nms_count_kept",
                           "nms_gather_slot")},
+    **{f: _SPARSE_GPU for f in ("nms_finite", "nms_sparse_coord_key", "nms_sparse_spread",
+                                "nms_sparse_morton_key", "nms_sparse_regular", "nms_sparse_gather",
+                                "nms_sparse_inf", "nms_sparse_block_box", "nms_sparse_blocks_meet",
+                                "nms_sparse_block_span", "nms_sparse_block_pairs",
+                                "nms_sparse_partial_sum", "nms_sparse_decide", "nms_sparse_in_edges",
+                                "nms_sparse_edge_cap", "nms_sparse_check_cap", "nms_sparse_round_step",
+                                "nms_sparse_init_state", "nms_sparse_finish", "nms_sparse_output",
+                                "nms_sparse_neutralise")},
     **{f: _SCATTER for f in ("roi_contrib_count", "roi_contrib", "box", "slots", "contrib", "roi_pool_max_key",
                              "roi_pool_max_run_sum", "ps_roi_pool_len")},
 }
