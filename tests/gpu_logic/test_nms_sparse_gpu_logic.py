@@ -273,3 +273,69 @@ def test_sparse_kernels_compile_with_nvrtc():
             f64 = [ln for ln in body.splitlines()
                    if re.search(r"\.f64\b", ln) and not ln.split()[0].startswith(".")]
             assert not f64, f"{n}: float64 instructions {f64[:3]}"
+
+
+# ---- on a GPU (skipped here: no device was ever lent to these sessions) ---------------------------
+
+def _cuda_devices() -> int:
+    return native._C.cuda_device_count() if native.HAS_CUDA else 0
+
+
+needs_gpu = pytest.mark.skipif(
+    not _cuda_devices(), reason="no CUDA device here (the CPU emulation above covers the sparse "
+    "path's steps); these run on any machine with a GPU and a CUDA build")
+
+
+@needs_gpu
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_gpu_sparse_equals_reference(family, gpu_path):
+    """The real kernels, forced sparse (and with one round: the sequential pass), per-class and
+    multi-image, against the reference."""
+    import torch
+
+    import detkernels as dk
+
+    boxes, scores, classes = batch(family, 9, 2, 700)
+    for rounds in (0, 1):
+        gpu_path(PRUNED, rounds)
+        for dtype in (np.float32, np.float64):
+            b, s, c = boxes.astype(dtype), scores.astype(dtype), classes
+            tb, ts, tc = (torch.from_numpy(x).cuda() for x in (b, s, c))
+            for thr in (0.5, 0.0, -0.1):
+                got = dk.nms(tb[0], ts[0], thr, backend="native")
+                assert_bytes_equal(got, ref.nms(b[0], s[0], thr), f"nms thr={thr}")
+                got = dk.batched_nms(tb[0], ts[0], tc[0], thr, backend="native")
+                assert_bytes_equal(got, ref.batched_nms(b[0], s[0], c[0], thr), f"batched thr={thr}")
+            idx, counts = dk.multi_image_nms(tb, ts, 0.5, 300, backend="native")
+            want = ref.multi_image_nms(b, s, 0.5, 300)
+            _check((idx, None, counts), want, "multi_image_nms")
+
+
+@needs_gpu
+@pytest.mark.parametrize("dist", ["sparse", "clustered", "one_cluster"])
+def test_gpu_large_auto_and_graph_capture(dist, gpu_path):
+    """N = 10^5 on the automatic rule, and nms_padded captured in a CUDA graph (no host sync on
+    the sparse path either), against the reference."""
+    import torch
+
+    import detkernels as dk
+
+    gpu_path(AUTO)
+    b, s = data.large_nms_boxes(np.random.default_rng(8), 100_000, dist)
+    b, s = b.astype(np.float32), s.astype(np.float32)
+    want = ref.nms(b, s, 0.5)
+    tb, ts = torch.from_numpy(b).cuda(), torch.from_numpy(s).cuda()
+    assert_bytes_equal(dk.nms(tb, ts, 0.5, backend="native"), want, dist)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up outside the graph
+        dk.nms_padded(tb, ts, 0.5, 1000)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        g_idx, g_count = dk.nms_padded(tb, ts, 0.5, 1000)
+    graph.replay()
+    torch.cuda.synchronize()
+    w_idx, w_count = ref.nms_padded(b, s, 0.5, 1000)
+    assert_bytes_equal(g_idx, w_idx, f"{dist} graph")
+    assert int(g_count) == int(w_count)
