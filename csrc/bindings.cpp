@@ -226,6 +226,7 @@ PYBIND11_MODULE(_C, m) {
   def(t, "nms_set_path", &nms_set_path);  // issue 16: force the pruned/plain CPU NMS path
   def(t, "nms_gpu_set_path", &nms_gpu_set_path);  // issue 16: the GPU path (and its rounds)
   def(t, "nms_gpu_emulated_outcome", &nms_gpu_emulated_outcome);
+  def(t, "nms_gpu_emulated_work", &nms_gpu_emulated_work);
   t.def("nms_tile_rows", [](int64_t total, int64_t W, int64_t cap_bytes) {
     return nms_tile_rows(total, W, cap_bytes);
   });

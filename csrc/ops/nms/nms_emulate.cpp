@@ -3,6 +3,7 @@
 // (row block, column block) pairs and emulated scan threads. Slow on purpose; it exists so that
 // the GPU's mask layout, tiling, keep scan and segmentation are tested on machines without a GPU.
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <numeric>
 #include <stdexcept>
@@ -18,6 +19,9 @@ namespace {
 
 // What the last emulated call's sparse path did (nms_gpu_emulated_outcome), for the tests.
 std::atomic<int> g_outcome{0};
+// Its work counts: live block pairs, block-pair visits (the density rule's totals, auto path),
+// edges, rounds that left a box undecided.
+std::array<int64_t, 4> g_work{};
 
 // What cub::DeviceRadixSort::SortPairs does with bits [0, end_bit): a stable sort by key.
 void radix_sort_pairs(std::vector<uint64_t>& keys, std::vector<int64_t>& vals, int end_bit) {
@@ -46,6 +50,7 @@ void run_sparse(const std::vector<T>& x1, const std::vector<T>& y1, const std::v
                 std::vector<int64_t>& seg, std::vector<uint8_t>& keep, int64_t total, int64_t M,
                 T thr, int64_t mask_bytes) {
   g_outcome = kNmsOutcomePlain;
+  g_work = {0, 0, 0, 0};
   if (!nms_sparse_gpu_use(total, M, static_cast<double>(thr))) return;
   g_outcome = kNmsOutcomeFallback;  // until it succeeds
   uint32_t fallback = 0;
@@ -87,6 +92,8 @@ void run_sparse(const std::vector<T>& x1, const std::vector<T>& y1, const std::v
       live += l;
       visits += v;
     }
+    g_work[0] = live;
+    g_work[1] = visits;
     nms_sparse_decide(live, visits, &fallback);
     if (fallback) return;
   }
@@ -120,6 +127,7 @@ void run_sparse(const std::vector<T>& x1, const std::vector<T>& y1, const std::v
   nms_sparse_check_cap(off.data(), total, nms_sparse_edge_cap(mask_bytes, total), &fallback);
   if (fallback) return;
   edges.assign(static_cast<size_t>(off[total]), -1);
+  g_work[2] = off[total];
   edge_pass(true);
   // S5: rounds between two buffers, then the sequential pass if one is left undecided
   std::vector<uint8_t> st[2] = {std::vector<uint8_t>(total), std::vector<uint8_t>(total)};
@@ -131,6 +139,7 @@ void run_sparse(const std::vector<T>& x1, const std::vector<T>& y1, const std::v
     for (int64_t s = 0; s < total; ++s)
       if (nms_sparse_round_step(s, off.data(), edges.data(), st[r % 2].data(), st[(r + 1) % 2].data()))
         undecided = 1;
+    g_work[3] += undecided;
   }
   std::vector<uint8_t>& state = st[rounds % 2];
   if (undecided) nms_sparse_finish(total, pos_of.data(), off.data(), edges.data(), state.data());
@@ -250,6 +259,7 @@ void run(const T* boxes, const T* scores, const int64_t* classes, int64_t B, int
 }  // namespace
 
 int nms_gpu_emulated_outcome() { return g_outcome.load(); }
+std::array<int64_t, 4> nms_gpu_emulated_work() { return g_work; }
 
 void nms_multi_emulate_cpu(int dtype, const void* boxes, const void* scores,
                            const int64_t* classes, int64_t B, int64_t N, int64_t C,

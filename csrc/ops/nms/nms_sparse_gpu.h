@@ -322,6 +322,10 @@ enum NmsOutcome : int {
   kNmsOutcomeSparseFinished = 3,
 };
 int nms_gpu_emulated_outcome();
+/// @brief The last emulated call's work: (the bitmask's live block pairs, the sparse path's
+/// block-pair visits -- both 0 unless the density rule ran --, edges, rounds that left a box
+/// undecided). Operation counts for the report and the tests, not timings.
+std::array<int64_t, 4> nms_gpu_emulated_work();
 #endif
 
 }  // namespace detkernels
