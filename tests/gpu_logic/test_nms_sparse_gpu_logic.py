@@ -339,3 +339,57 @@ def test_gpu_large_auto_and_graph_capture(dist, gpu_path):
     w_idx, w_count = ref.nms_padded(b, s, 0.5, 1000)
     assert_bytes_equal(g_idx, w_idx, f"{dist} graph")
     assert int(g_count) == int(w_count)
+
+
+# ---- the CuPy backend's launches of the same kernels (no GPU: argument types only) ---------------
+
+def test_cupy_sparse_constants_are_the_header_ones():
+    import re
+    from pathlib import Path
+
+    from detkernels.backends import cupy as CP
+
+    h = (Path(__file__).resolve().parents[2] / "csrc/ops/nms/nms_sparse_gpu.h").read_text()
+    for cname, py in (("kNmsSparseRounds", CP.SPARSE_ROUNDS),
+                      ("kNmsSparseMinPerImage", CP.SPARSE_MIN_PER_IMAGE),
+                      ("kNmsSparseMinEdgesPerCand", CP.SPARSE_MIN_EDGES_PER_CAND),
+                      ("kNmsSparseReduceThreads", CP.SPARSE_REDUCE_THREADS)):
+        m = re.search(rf"\b{cname}\s*=\s*(\d+)\s*;", h)
+        assert m and int(m.group(1)) == py, cname
+
+
+@pytest.mark.parametrize("path", [PRUNED, AUTO])
+def test_cupy_sparse_launches_match_the_kernels(monkeypatch, path):
+    """NumPy standing in for CuPy (test_cupy_sources' harness): with the sparse path on, the CuPy
+    backend launches every sparse kernel with exactly its PTX argument types (pointers, int64,
+    T), 64 rounds; the recorded sparse kernels do nothing there, so the answer (the harness's
+    greedy scan) only shows the plain path still runs on intact inputs."""
+    import test_cupy_sources as TC
+
+    from detkernels.backends import cupy as CP
+
+    entries, _ = TC._compile(CP.nvrtc_options())  # skips where NVRTC is missing
+    monkeypatch.setattr(CP, "SPARSE_PATH", path)
+    monkeypatch.setattr(CP, "SPARSE_MIN_PER_IMAGE", 100)  # the auto rule at test sizes
+    boxes, scores, _ = batch("uniform", 5, 2, 150)
+    for dtype in (np.float32, np.float64):
+        b, sc = boxes.astype(dtype), scores.astype(dtype)
+        rec = TC._numpy_cupy(monkeypatch, b, 0.5)
+        got = CP.multi_image_nms(b, sc, None, 0.5, 40, None)
+        want = ref.multi_image_nms(b, sc, 0.5, 40)
+        for g, w in zip(got, want):
+            if w is not None:
+                np.testing.assert_array_equal(g, w)
+        T = CP.C_TYPES[np.dtype(dtype).name]
+        launched = [name for name, *_ in rec.calls]
+        sparse = {n for n in CP.nms_sparse_name_expressions() if "<" not in n or f"<{T}>" in n}
+        if path == PRUNED:
+            sparse.discard(f"detkernels::nms_sparse_block_pairs_kernel<{T}>")
+            sparse.discard("detkernels::nms_sparse_decide_kernel")
+        assert sparse <= set(launched), sparse - set(launched)
+        assert launched.count("detkernels::nms_sparse_round_kernel") == CP.SPARSE_ROUNDS
+        for name, grid, block, args in rec.calls:
+            params = TC.PTX_PARAM.findall(entries[name].split(")")[0])
+            got_t = ["u64" if isinstance(a, np.ndarray) else TC.ARG_TYPES[type(a)] for a in args]
+            assert got_t == params, f"{name}: launched with {got_t}, kernel takes {params}"
+            assert all(0 < g <= 65535 for g in grid)

@@ -2,7 +2,8 @@
 // nms_sparse_gpu.h (S1-S6 there, with the exactness argument), launched by nms_cuda.cu between
 // the bitmask path's segments and its mask tiles; nms_emulate.cpp runs the same steps on the CPU.
 // Scalars and pointers only (int for flags), no CUB and no std headers, so NVRTC compiles it too
-// (detkernels/backends/cupy/kernels.cu includes it; the CuPy backend does not launch it yet).
+// (detkernels/backends/cupy/kernels.cu includes it; cupy/__init__.py _multi_sparse launches it
+// like run_sparse, with CuPy's stable argsort and cumsum where nvcc has CUB).
 //
 // Every kernel after the first check reads the device fallback flag (*fallback != 0: the sparse
 // path gave up, the bitmask path runs on the real inputs) and returns at once: the decision never
