@@ -393,3 +393,20 @@ def test_cupy_sparse_launches_match_the_kernels(monkeypatch, path):
             got_t = ["u64" if isinstance(a, np.ndarray) else TC.ARG_TYPES[type(a)] for a in args]
             assert got_t == params, f"{name}: launched with {got_t}, kernel takes {params}"
             assert all(0 < g <= 65535 for g in grid)
+
+
+@needs_gpu
+def test_gpu_cupy_sparse_equals_reference(monkeypatch):
+    """The CuPy backend's launches of the sparse kernels, forced and on the rule, on a GPU."""
+    pytest.importorskip("cupy")
+    import torch
+
+    import detkernels as dk
+    from detkernels.backends import cupy as CP
+
+    for path, n, dist in ((PRUNED, 2000, "clustered"), (AUTO, 50_000, "sparse")):
+        monkeypatch.setattr(CP, "SPARSE_PATH", path)
+        b, s = data.large_nms_boxes(np.random.default_rng(9), n, dist)
+        b, s = b.astype(np.float32), s.astype(np.float32)
+        got = dk.nms(torch.from_numpy(b).cuda(), torch.from_numpy(s).cuda(), 0.5, backend="cupy")
+        assert_bytes_equal(got, ref.nms(b, s, 0.5), f"cupy {dist}")
