@@ -21,6 +21,7 @@
 #include "ops/nms/soft_nms.h"
 #include "ops/nms/diou_nms.h"
 #include "ops/nms/matrix_nms.h"
+#include "ops/nms/nms_sparse_gpu.h"
 #include "ops/roi_align/roi_align.h"
 #include "ops/roi_align/roi_align_gpu.h"
 #include "ops/roi_pool/roi_pool.h"
@@ -237,6 +238,9 @@ PYBIND11_MODULE(_C, m) {
   def(t, "soft_nms_exp_cpu", &soft_nms_exp_cpu);
   def(t, "diou_nms_log_cpu", &diou_nms_log_cpu);  // issue 13: dk_log against the reference  // issue 13: dk_exp against the reference
   def(t, "nms_set_path", &nms_set_path);  // issue 16: force the pruned/plain CPU NMS path
+  def(t, "nms_gpu_set_path", &nms_gpu_set_path);  // issue 16: the GPU path (and its rounds)
+  def(t, "nms_gpu_emulated_outcome", &nms_gpu_emulated_outcome);
+  def(t, "nms_gpu_emulated_work", &nms_gpu_emulated_work);
   t.def("nms_tile_rows", [](int64_t total, int64_t W, int64_t cap_bytes) {
     return nms_tile_rows(total, W, cap_bytes);
   });

@@ -154,6 +154,8 @@ _SCATTER = ("a step of the native/CuPy sort-based RoI backward; numba's backward
             "(roi_math.align_grad, roi_cpu/roi_cuda pool kernels)")
 _ROTATED = ("rotated boxes and ProbIoU (box_iou_rotated.h): the numba backend serves none of box_iou_rotated, "
             "nms_rotated, probiou, nms_probiou (native and numpy only; the registry says so)")
+_SPARSE_GPU = ("a step of the native CUDA sparse NMS path (nms_sparse_gpu.h, issue 16); the numba CUDA "
+               "backend runs the bitmask only (README status)")
 NOT_NEEDED = {
     "wrap_add": "integer boxes: the numba backend serves float boxes only (README status)",
     "wrap_sub": "integer boxes: the numba backend serves float boxes only (README status)",
@@ -170,6 +172,14 @@ NOT_NEEDED = {
     # diou_nms.h, matrix_nms.h (issue 13): the numba backend serves neither (the registry says so)
     **{f: "diou_nms / matrix_nms: not served by the numba backend (README status)"
        for f in ("dk_log", "dk_pow", "diou_nms_measure", "diou_penalty_of", "matrix_nms_term")},
+    **{f: _SPARSE_GPU for f in ("nms_finite", "nms_sparse_coord_key", "nms_sparse_spread",
+                                "nms_sparse_morton_key", "nms_sparse_regular", "nms_sparse_gather",
+                                "nms_sparse_inf", "nms_sparse_block_box", "nms_sparse_blocks_meet",
+                                "nms_sparse_block_span", "nms_sparse_block_pairs",
+                                "nms_sparse_partial_sum", "nms_sparse_decide", "nms_sparse_in_edges",
+                                "nms_sparse_edge_cap", "nms_sparse_check_cap", "nms_sparse_round_step",
+                                "nms_sparse_init_state", "nms_sparse_finish", "nms_sparse_output",
+                                "nms_sparse_neutralise")},
     **{f: _SCATTER for f in ("roi_contrib_count", "roi_contrib", "box", "slots", "contrib", "roi_pool_max_key",
                              "roi_pool_max_run_sum", "ps_roi_pool_len")},
 }

@@ -17,6 +17,7 @@
 #include "common/dispatch.h"
 #include "ops/nms/nms.h"
 #include "ops/nms/nms_kernels.cuh"
+#include "ops/nms/nms_sparse_gpu_kernels.cuh"
 
 namespace detkernels {
 namespace {
@@ -33,6 +34,11 @@ unsigned grid_1d(int64_t n) {
 struct Layout {
   int64_t total = 0, ncb = 0, W = 0, R = 0, temp_bytes = 0;
   int64_t keys0, keys1, vals0, vals1, temp, cols, seg, valid, keep, kept, removed, mask, bytes;
+  // issue 16, the sparse path's buffers (nms_sparse_gpu.h), when the shape rule allows it; its
+  // edges alias the mask tiles (at least kNmsSparseMinEdgesPerCand int32 per candidate).
+  bool sparse = false;
+  int64_t nb = 0, mask_bytes = 0;
+  int64_t sp_alt, scols, sseg, svalid, pos_of, cnt, off, state0, state1, bbox, blo, bhi, pairs, ctrl;
 };
 
 int64_t col_stride(int64_t tsize, int64_t total) {
@@ -66,6 +72,15 @@ Layout make_layout(int dtype, int64_t B, int64_t N, int64_t C, int64_t cap) {
     for (int bits : {32, 64, C > 0 ? nms_key_bits(uint64_t(C - 1)) : 64,
                      nms_key_bits(uint64_t(2 * B - 1))})
       L.temp_bytes = std::max(L.temp_bytes, sort_temp_bytes(L.total, std::max(bits, 1)));
+    L.sparse = nms_sparse_gpu_sized(L.total, N * Cc);
+    if (L.sparse) {  // its segment sort (the Z-order one is 64 bits) and the edge-count sum
+      size_t sum_bytes = 0;
+      DK_CUDA_CHECK(cub::DeviceScan::InclusiveSum(nullptr, sum_bytes,
+                                                  static_cast<const int64_t*>(nullptr),
+                                                  static_cast<int64_t*>(nullptr), L.total));
+      L.temp_bytes = std::max({L.temp_bytes, static_cast<int64_t>(sum_bytes),
+                               sort_temp_bytes(L.total, std::max(1, nms_key_bits(uint64_t(L.total - 1))))});
+    }
   }
   int64_t off = 0;
   auto take = [&](int64_t bytes) {
@@ -84,13 +99,132 @@ Layout make_layout(int dtype, int64_t B, int64_t N, int64_t C, int64_t cap) {
   L.keep = take(L.total);
   L.kept = take(L.total);
   L.removed = take(8 * L.ncb);
-  L.mask = take(8 * L.R * L.W);
+  L.mask_bytes = 8 * L.R * L.W;
+  L.mask = take(L.sparse ? std::max(L.mask_bytes, 4 * kNmsSparseMinEdgesPerCand * L.total)
+                         : L.mask_bytes);
+  if (L.sparse) {
+    L.nb = L.ncb;
+    L.sp_alt = take(8 * L.total);
+    L.scols = take(5 * col_stride(tsize, L.total));
+    L.sseg = take(8 * L.total);
+    L.svalid = take(L.total);
+    L.pos_of = take(4 * L.total);
+    L.cnt = take(8 * L.total);
+    L.off = take(8 * (L.total + 1));
+    L.state0 = take(L.total);
+    L.state1 = take(L.total);
+    L.bbox = take(4 * tsize * L.nb);
+    L.blo = take(8 * L.nb);
+    L.bhi = take(8 * L.nb);
+    L.pairs = take(16 * L.nb);
+    L.ctrl = take(4 * (1 + kNmsSparseRounds));  // fallback flag, then one undecided flag per round
+  }
   L.bytes = off;
   return L;
 }
 
 template <typename T> T* col(char* ws, const Layout& L, int k) {
   return reinterpret_cast<T*>(ws + L.cols + k * col_stride(sizeof(T), L.total));
+}
+
+// issue 16: the sparse path (nms_sparse_gpu.h S1-S6; nms_emulate.cpp runs the same steps), enqueued
+// between the segments and the mask tiles. No host synchronisation: every give-up (non-finite
+// box, density rule, edge capacity) is the device flag ctrl[0], which each later kernel reads;
+// on success the bitmask path's seg / valid are neutralised (its tiles then compute only empty
+// diagonal words and its scan leaves keep alone), on fallback it runs as if this had not.
+template <typename T>
+void run_sparse(const T* x1, const T* y1, const T* x2, const T* y2, const T* area, uint8_t* valid,
+                int64_t* seg, uint8_t* keep, int64_t* spare, T thr, char* ws, const Layout& L,
+                cudaStream_t st) {
+  const int64_t total = L.total, nb = L.nb;
+  const unsigned g = grid_1d(total);
+  void* temp = ws + L.temp;
+  auto* ctrl = reinterpret_cast<uint32_t*>(ws + L.ctrl);
+  uint32_t* fallback = ctrl;
+  DK_CUDA_CHECK(cudaMemsetAsync(ctrl, 0, 4 * (1 + kNmsSparseRounds), st));
+  // S1: sort ranks by Z-order key, then stably by segment
+  cub::DoubleBuffer<uint64_t> keys(reinterpret_cast<uint64_t*>(ws + L.keys0),
+                                   reinterpret_cast<uint64_t*>(ws + L.keys1));
+  cub::DoubleBuffer<int64_t> sp(spare, reinterpret_cast<int64_t*>(ws + L.sp_alt));
+  auto sort = [&](int end_bit) {
+    size_t bytes = static_cast<size_t>(L.temp_bytes);
+    DK_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp, bytes, keys, sp, total, 0, end_bit, st));
+  };
+  nms_sparse_key_kernel<T><<<g, kThreads, 0, st>>>(x1, y1, keys.Current(), sp.Current(), total);
+  DK_CUDA_CHECK_LAUNCH("nms_sparse_key_kernel");
+  sort(64);
+  nms_sparse_seg_key_kernel<<<g, kThreads, 0, st>>>(sp.Current(), seg, keys.Current(), total);
+  DK_CUDA_CHECK_LAUNCH("nms_sparse_seg_key_kernel");
+  sort(std::max(1, nms_key_bits(uint64_t(total - 1))));
+  const int64_t* spos = sp.Current();
+  // S2
+  const int64_t cs = col_stride(sizeof(T), total);
+  T* sx1 = reinterpret_cast<T*>(ws + L.scols);
+  T *sy1 = reinterpret_cast<T*>(ws + L.scols + cs), *sx2 = reinterpret_cast<T*>(ws + L.scols + 2 * cs),
+    *sy2 = reinterpret_cast<T*>(ws + L.scols + 3 * cs), *sarea = reinterpret_cast<T*>(ws + L.scols + 4 * cs);
+  auto* sseg = reinterpret_cast<int64_t*>(ws + L.sseg);
+  auto* svalid = reinterpret_cast<uint8_t*>(ws + L.svalid);
+  auto* pos_of = reinterpret_cast<int32_t*>(ws + L.pos_of);
+  auto* cnt = reinterpret_cast<int64_t*>(ws + L.cnt);
+  auto* off = reinterpret_cast<int64_t*>(ws + L.off);
+  uint8_t* state[2] = {reinterpret_cast<uint8_t*>(ws + L.state0),
+                       reinterpret_cast<uint8_t*>(ws + L.state1)};
+  T* bbox = reinterpret_cast<T*>(ws + L.bbox);
+  auto* blo = reinterpret_cast<int64_t*>(ws + L.blo);
+  auto* bhi = reinterpret_cast<int64_t*>(ws + L.bhi);
+  auto* pairs = reinterpret_cast<int64_t*>(ws + L.pairs);
+  auto* edges = reinterpret_cast<int32_t*>(ws + L.mask);
+  nms_sparse_gather_kernel<T><<<g, kThreads, 0, st>>>(spos, x1, y1, x2, y2, area, seg, valid, sx1,
+                                                      sy1, sx2, sy2, sarea, sseg, svalid, pos_of,
+                                                      fallback, total);
+  DK_CUDA_CHECK_LAUNCH("nms_sparse_gather_kernel");
+  const unsigned gb = grid_1d(nb);
+  nms_sparse_block_box_kernel<T><<<gb, kThreads, 0, st>>>(sx1, sy1, sx2, sy2, svalid, sseg, bbox,
+                                                         blo, bhi, nb, total, fallback);
+  DK_CUDA_CHECK_LAUNCH("nms_sparse_block_box_kernel");
+  // S3 (auto path only; a forced pruned path skips the density rule)
+  if (nms_sparse_gpu_rule()) {
+    nms_sparse_block_pairs_kernel<T><<<gb, kThreads, 0, st>>>(bbox, blo, bhi, pairs, nb, fallback);
+    DK_CUDA_CHECK_LAUNCH("nms_sparse_block_pairs_kernel");
+    nms_sparse_decide_kernel<<<1, kNmsSparseReduceThreads, 0, st>>>(pairs, nb, fallback);
+    DK_CUDA_CHECK_LAUNCH("nms_sparse_decide_kernel");
+  }
+  // S4: count, inclusive sum into off[1..], capacity, emit
+  const unsigned ge = static_cast<unsigned>(std::min<int64_t>(nb, 1 << 20));
+  nms_sparse_edges_kernel<T><<<ge, kNmsWordBits, 0, st>>>(sx1, sy1, sx2, sy2, sarea, sseg, spos,
+                                                         bbox, blo, bhi, nb, total, thr, cnt,
+                                                         nullptr, nullptr, fallback);
+  DK_CUDA_CHECK_LAUNCH("nms_sparse_edges_kernel (count)");
+  DK_CUDA_CHECK(cudaMemsetAsync(off, 0, 8, st));
+  {
+    size_t bytes = static_cast<size_t>(L.temp_bytes);
+    DK_CUDA_CHECK(cub::DeviceScan::InclusiveSum(temp, bytes, static_cast<const int64_t*>(cnt),
+                                                off + 1, total, st));
+  }
+  nms_sparse_cap_kernel<<<1, 1, 0, st>>>(off, total, nms_sparse_edge_cap(L.mask_bytes, total),
+                                         fallback);
+  DK_CUDA_CHECK_LAUNCH("nms_sparse_cap_kernel");
+  nms_sparse_edges_kernel<T><<<ge, kNmsWordBits, 0, st>>>(sx1, sy1, sx2, sy2, sarea, sseg, spos,
+                                                         bbox, blo, bhi, nb, total, thr, cnt, off,
+                                                         edges, fallback);
+  DK_CUDA_CHECK_LAUNCH("nms_sparse_edges_kernel (emit)");
+  // S5: rounds (buffer r % 2 -> (r + 1) % 2), then the sequential pass if one is left
+  nms_sparse_init_kernel<<<g, kThreads, 0, st>>>(svalid, state[0], total, fallback);
+  DK_CUDA_CHECK_LAUNCH("nms_sparse_init_kernel");
+  const int rounds = nms_gpu_rounds();
+  for (int r = 0; r < rounds; ++r) {
+    nms_sparse_round_kernel<<<g, kThreads, 0, st>>>(off, edges, state[r % 2], state[(r + 1) % 2],
+                                                    ctrl + 1 + r, total, fallback);
+    DK_CUDA_CHECK_LAUNCH("nms_sparse_round_kernel");
+  }
+  uint8_t* fin = state[rounds % 2];
+  nms_sparse_finish_kernel<<<1, 1, 0, st>>>(total, pos_of, off, edges, fin, ctrl + rounds, fallback);
+  DK_CUDA_CHECK_LAUNCH("nms_sparse_finish_kernel");
+  // S6
+  nms_sparse_output_kernel<<<g, kThreads, 0, st>>>(spos, fin, keep, total, fallback);
+  DK_CUDA_CHECK_LAUNCH("nms_sparse_output_kernel");
+  nms_sparse_neutralise_kernel<<<g, kThreads, 0, st>>>(seg, valid, total, fallback);
+  DK_CUDA_CHECK_LAUNCH("nms_sparse_neutralise_kernel");
 }
 
 template <typename T>
@@ -155,6 +289,10 @@ void run(const T* boxes, const T* scores, const int64_t* classes, int64_t B, int
   DK_CUDA_CHECK(cudaMemsetAsync(keep, 0, total, st));
   DK_CUDA_CHECK(cudaMemsetAsync(removed, 0, 8 * ncb, st));
   const T thr = nms_threshold<T>(iou_thr);
+  // issue 16: the sparse path first where the host rule allows it (nms_sparse_gpu_use: shapes and
+  // thr >= 0); `head` (vals.Alternate()) is free once the max-scan is done.
+  if (L.sparse && nms_sparse_gpu_use(total, M, static_cast<double>(thr)))
+    run_sparse(x1, y1, x2, y2, area, valid, seg, keep, head, thr, ws, L, st);
   for (int64_t row0 = 0; row0 < total; row0 += L.R) {
     const int64_t rb0 = row0 / kNmsWordBits, rb1 = std::min(ncb, (row0 + L.R) / kNmsWordBits);
     const int64_t nrb = rb1 - rb0;

@@ -3,6 +3,8 @@
 // (row block, column block) pairs and emulated scan threads. Slow on purpose; it exists so that
 // the GPU's mask layout, tiling, keep scan and segmentation are tested on machines without a GPU.
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <numeric>
 #include <stdexcept>
 #include <vector>
@@ -10,9 +12,16 @@
 #include "common/dispatch.h"
 #include "ops/nms/nms.h"
 #include "ops/nms/nms_bitmask.h"
+#include "ops/nms/nms_sparse_gpu.h"
 
 namespace detkernels {
 namespace {
+
+// What the last emulated call's sparse path did (nms_gpu_emulated_outcome), for the tests.
+std::atomic<int> g_outcome{0};
+// Its work counts: live block pairs, block-pair visits (the density rule's totals, auto path),
+// edges, rounds that left a box undecided.
+std::array<int64_t, 4> g_work{};
 
 // What cub::DeviceRadixSort::SortPairs does with bits [0, end_bit): a stable sort by key.
 void radix_sort_pairs(std::vector<uint64_t>& keys, std::vector<int64_t>& vals, int end_bit) {
@@ -29,6 +38,115 @@ void radix_sort_pairs(std::vector<uint64_t>& keys, std::vector<int64_t>& vals, i
   }
   keys.swap(k2);
   vals.swap(v2);
+}
+
+// The sparse path (nms_sparse_gpu.h S1-S6), as nms_cuda.cu's run_sparse launches it: same sorts,
+// same steps, the block kernels as loops over (block, thread), the rounds reading the previous
+// round's buffer. On success keep holds the kept flags and seg / valid are neutralised; on
+// fallback nothing changed. `mask_bytes` is the mask area the GPU's edges alias.
+template <typename T>
+void run_sparse(const std::vector<T>& x1, const std::vector<T>& y1, const std::vector<T>& x2,
+                const std::vector<T>& y2, const std::vector<T>& area, std::vector<uint8_t>& valid,
+                std::vector<int64_t>& seg, std::vector<uint8_t>& keep, int64_t total, int64_t M,
+                T thr, int64_t mask_bytes) {
+  g_outcome = kNmsOutcomePlain;
+  g_work = {0, 0, 0, 0};
+  if (!nms_sparse_gpu_use(total, M, static_cast<double>(thr))) return;
+  g_outcome = kNmsOutcomeFallback;  // until it succeeds
+  uint32_t fallback = 0;
+  // S1: Z order, then segments (two stable radix sorts)
+  std::vector<uint64_t> keys(total);
+  std::vector<int64_t> sp(total);
+  for (int64_t p = 0; p < total; ++p) {
+    keys[p] = nms_sparse_morton_key(x1[p], y1[p]);
+    sp[p] = p;
+  }
+  radix_sort_pairs(keys, sp, 64);
+  for (int64_t s = 0; s < total; ++s) keys[s] = static_cast<uint64_t>(seg[sp[s]]);
+  radix_sort_pairs(keys, sp, std::max(1, nms_key_bits(uint64_t(total - 1))));
+  // S2: spatial columns, block boxes
+  std::vector<T> sx1(total), sy1(total), sx2(total), sy2(total), sarea(total);
+  std::vector<int64_t> sseg(total);
+  std::vector<uint8_t> svalid(total);
+  std::vector<int32_t> pos_of(total);
+  for (int64_t s = 0; s < total; ++s)
+    nms_sparse_gather(s, sp.data(), x1.data(), y1.data(), x2.data(), y2.data(), area.data(),
+                      seg.data(), valid.data(), sx1.data(), sy1.data(), sx2.data(), sy2.data(),
+                      sarea.data(), sseg.data(), svalid.data(), pos_of.data(), &fallback);
+  if (fallback) return;
+  const int64_t nb = (total + kNmsWordBits - 1) / kNmsWordBits;
+  std::vector<T> bbox(4 * nb);
+  std::vector<int64_t> blo(nb), bhi(nb);
+  for (int64_t A = 0; A < nb; ++A)
+    nms_sparse_block_box(A, total, sx1.data(), sy1.data(), sx2.data(), sy2.data(), svalid.data(),
+                         sseg.data(), bbox.data(), blo.data(), bhi.data());
+  // S3: the density rule (auto path), one reduction block of emulated threads
+  if (nms_sparse_gpu_rule()) {
+    std::vector<int64_t> pairs(2 * nb);
+    for (int64_t A = 0; A < nb; ++A)
+      nms_sparse_block_pairs(A, nb, bbox.data(), blo.data(), bhi.data(), pairs.data());
+    int64_t live = 0, visits = 0;
+    for (int t = 0; t < kNmsSparseReduceThreads; ++t) {
+      int64_t l, v;
+      nms_sparse_partial_sum(t, kNmsSparseReduceThreads, nb, pairs.data(), &l, &v);
+      live += l;
+      visits += v;
+    }
+    g_work[0] = live;
+    g_work[1] = visits;
+    nms_sparse_decide(live, visits, &fallback);
+    if (fallback) return;
+  }
+  // S4: count pass, inclusive sum, capacity, emit pass (nms_sparse_edges_kernel's loops)
+  std::vector<int64_t> off(total + 1, 0), cnt(total, 0);
+  std::vector<int32_t> edges;
+  auto edge_pass = [&](bool emit) {
+    for (int64_t A = 0; A < nb; ++A) {
+      int64_t lo, hi;
+      nms_sparse_block_span(A, nb, blo.data(), bhi.data(), &lo, &hi);
+      std::vector<int64_t> n(kNmsWordBits, 0);
+      for (int64_t B = lo; B <= hi; ++B) {
+        if (!nms_sparse_blocks_meet(A, B, bbox.data(), blo.data(), bhi.data())) continue;
+        const int64_t c0 = B * kNmsWordBits;
+        const int nc = static_cast<int>(std::min<int64_t>(kNmsWordBits, total - c0));
+        for (int t = 0; t < kNmsWordBits; ++t) {
+          const int64_t j = A * kNmsWordBits + t;
+          if (j >= total) break;
+          int32_t* out = emit ? edges.data() + off[j] + n[t] : nullptr;
+          n[t] += nms_sparse_in_edges(sp[j], sseg[j], sx1[j], sy1[j], sx2[j], sy2[j], sarea[j],
+                                      &sx1[c0], &sy1[c0], &sx2[c0], &sy2[c0], &sarea[c0],
+                                      &sseg[c0], &sp[c0], c0, nc, thr, out);
+        }
+      }
+      for (int t = 0; t < kNmsWordBits && A * kNmsWordBits + t < total; ++t)
+        if (!emit) cnt[A * kNmsWordBits + t] = n[t];
+    }
+  };
+  edge_pass(false);
+  for (int64_t s = 0; s < total; ++s) off[s + 1] = off[s] + cnt[s];
+  nms_sparse_check_cap(off.data(), total, nms_sparse_edge_cap(mask_bytes, total), &fallback);
+  if (fallback) return;
+  edges.assign(static_cast<size_t>(off[total]), -1);
+  g_work[2] = off[total];
+  edge_pass(true);
+  // S5: rounds between two buffers, then the sequential pass if one is left undecided
+  std::vector<uint8_t> st[2] = {std::vector<uint8_t>(total), std::vector<uint8_t>(total)};
+  for (int64_t s = 0; s < total; ++s) st[0][s] = nms_sparse_init_state(svalid[s]);
+  const int rounds = nms_gpu_rounds();
+  uint32_t undecided = 0;
+  for (int r = 0; r < rounds; ++r) {
+    undecided = 0;
+    for (int64_t s = 0; s < total; ++s)
+      if (nms_sparse_round_step(s, off.data(), edges.data(), st[r % 2].data(), st[(r + 1) % 2].data()))
+        undecided = 1;
+    g_work[3] += undecided;
+  }
+  std::vector<uint8_t>& state = st[rounds % 2];
+  if (undecided) nms_sparse_finish(total, pos_of.data(), off.data(), edges.data(), state.data());
+  g_outcome = undecided ? kNmsOutcomeSparseFinished : kNmsOutcomeSparse;
+  // S6
+  for (int64_t s = 0; s < total; ++s) nms_sparse_output(s, sp.data(), state.data(), keep.data());
+  for (int64_t p = 0; p < total; ++p) nms_sparse_neutralise(p, seg.data(), valid.data());
 }
 
 template <typename T>
@@ -86,6 +204,10 @@ void run(const T* boxes, const T* scores, const int64_t* classes, int64_t B, int
   if (R % kNmsWordBits != 0) throw std::invalid_argument("tile_rows must be a multiple of 64");
   std::vector<uint64_t> mask(static_cast<size_t>(R * W), 0xA5A5A5A5A5A5A5A5ull);  // garbage
   std::vector<uint64_t> removed(ncb, 0);
+  // issue 16: the sparse path first (nms_cuda.cu: run_sparse); on success the tiles below find
+  // nothing left to do, on fallback they run on the real inputs.
+  run_sparse(x1, y1, x2, y2, area, valid, seg, keep, total, M, thr,
+             static_cast<int64_t>(sizeof(uint64_t)) * R * W);
   for (int64_t row0 = 0; row0 < total; row0 += R) {
     const int64_t rb0 = row0 / kNmsWordBits, rb1 = std::min(ncb, (row0 + R) / kNmsWordBits);
     for (int64_t rb = rb0; rb < rb1; ++rb) {
@@ -135,6 +257,9 @@ void run(const T* boxes, const T* scores, const int64_t* classes, int64_t B, int
 }
 
 }  // namespace
+
+int nms_gpu_emulated_outcome() { return g_outcome.load(); }
+std::array<int64_t, 4> nms_gpu_emulated_work() { return g_work; }
 
 void nms_multi_emulate_cpu(int dtype, const void* boxes, const void* scores,
                            const int64_t* classes, int64_t B, int64_t N, int64_t C,

@@ -10,7 +10,9 @@ binary on disk; the headers' hash is part of the source, so a changed header rec
 multi_image_nms (and so nms_padded, and nms as one image) runs nms_bitmask.h's algorithm with the
 native CUDA build's own kernels (nms_kernels.cuh: nms_gather_kernel, nms_mask_kernel,
 nms_scan_kernel) for the tiled mask and the per-image scan, and CuPy's stable sorts for the
-visiting order: no host synchronisation, outputs of fixed size.
+visiting order: no host synchronisation, outputs of fixed size. Before the mask tiles, where the
+rule allows (_sparse_use), the sparse path of nms_sparse_gpu.h runs its kernels
+(nms_sparse_gpu_kernels.cuh; issue 16), as nms_cuda.cu does.
 
 Inputs may be torch CUDA tensors, CuPy arrays or Numba device arrays (zero-copy views of their
 memory); kernels and CuPy ops run on the caller's current stream; outputs are the caller's kind.
@@ -59,7 +61,7 @@ NVRTC_FLOAT_OPTIONS = ("--fmad=false", "--prec-div=true", "--prec-sqrt=true", "-
 # Every header kernels.cu includes, directly or not (their hash tags the source, see source()).
 HEADERS = ("common/host_device.h", "ops/box_iou/box_iou.h", "ops/box_iou/box_iou_kernel.cuh",
            "common/grid_stride.cuh", "ops/nms/nms.h", "ops/nms/nms_bitmask.h",
-           "ops/nms/nms_kernels.cuh",
+           "ops/nms/nms_kernels.cuh", "ops/nms/nms_sparse_gpu.h", "ops/nms/nms_sparse_gpu_kernels.cuh",
            # RoI ops (section at the end of this file)
            "ops/roi_align/roi_align.h", "common/roi_scatter.h",
            "common/roi_scatter_kernels.cuh", "ops/roi_align/roi_align_gpu.h",
@@ -102,6 +104,7 @@ def name_expressions() -> list[str]:
                 if (kind == 0 or fmt == 0) and (dt in C_TYPES or kind <= 1):  # integers: IoU, GIoU
                     names.append(f"detkernels::box_iou_kernel<{t}, {fmt}, {kind}>")
     names += nms_name_expressions()
+    names += nms_sparse_name_expressions()
     names += roi_name_expressions()
     return names
 
@@ -240,6 +243,87 @@ def nms_name_expressions() -> list[str]:
     return names + ["detkernels::nms_scan_kernel"]
 
 
+def nms_sparse_name_expressions() -> list[str]:
+    """The sparse NMS path's kernel instantiations (nms_sparse_gpu_kernels.cuh, issue 16), which
+    _multi_sparse launches."""
+    names = [f"detkernels::nms_sparse_{k}_kernel<{t}>" for t in C_TYPES.values()
+             for k in ("key", "gather", "block_box", "block_pairs", "edges")]
+    return names + [f"detkernels::nms_sparse_{k}_kernel" for k in
+                    ("decide", "cap", "init", "round", "finish", "output", "neutralise")]
+
+
+# The sparse path (issue 16; csrc/ops/nms/nms_sparse_gpu.h S1-S6, launched as nms_cuda.cu's
+# run_sparse does, with CuPy's stable argsort and cumsum for CUB's sort and sum). Constants of
+# nms_sparse_gpu.h (tests/gpu_logic/test_nms_sparse_gpu_logic.py checks they agree).
+# SPARSE_PATH: 0 the rule, 1 never, 2 forced (no density rule) -- nms_sparse.h's NmsPath.
+SPARSE_PATH = 0
+SPARSE_ROUNDS = 64               # kNmsSparseRounds
+SPARSE_MIN_PER_IMAGE = 4096      # kNmsSparseMinPerImage
+SPARSE_MIN_EDGES_PER_CAND = 16   # kNmsSparseMinEdgesPerCand
+SPARSE_REDUCE_THREADS = 256      # kNmsSparseReduceThreads
+
+
+def _sparse_use(n: int, M: int, t: Any) -> bool:
+    """nms_sparse_gpu_use: the host (shape) side of the rule, and thr >= 0 (T-rounded)."""
+    if SPARSE_PATH == 1 or n <= 0 or n >= 2 ** 31 or not (t >= 0):
+        return False
+    return SPARSE_PATH == 2 or M >= SPARSE_MIN_PER_IMAGE
+
+
+def _multi_sparse(cp: Any, mod: Any, cols: Any, valid8: Any, seg: Any, keep: Any, edges: Any,
+                  mask_bytes: int, n: int, T: str, t: Any) -> None:
+    """The sparse path on the gathered columns: on success keep holds the kept flags and seg /
+    valid8 are neutralised (the mask tiles and scan that follow find nothing to do); on a device
+    fallback (non-finite box, density rule, edge capacity) nothing changed. No host sync."""
+    f = mod.get_function
+    grid = (max(1, min((n + NMS_THREADS - 1) // NMS_THREADS, 1 << 16)),)
+    nb = (n + 63) // 64
+    gb = (max(1, min((nb + NMS_THREADS - 1) // NMS_THREADS, 1 << 16)),)
+    blk, i64 = (NMS_THREADS,), np.int64
+    ctrl = cp.zeros(1 + SPARSE_ROUNDS, dtype=cp.uint32)  # fallback flag, undecided per round
+    keys = cp.empty(n, dtype=cp.uint64)
+    ranks = cp.empty(n, dtype=cp.int64)
+    f(f"detkernels::nms_sparse_key_kernel<{T}>")(grid, blk, (cols[0], cols[1], keys, ranks, i64(n)))
+    sp = _argsort(cp, keys)  # positions of keys are ranks (the kernel's ranks[p] = p)
+    sp = sp[_argsort(cp, seg[sp])]  # S1: by segment, Z order within (stable sorts)
+    scols = cp.empty_like(cols)
+    sseg = cp.empty(n, dtype=cp.int64)
+    svalid = cp.empty(n, dtype=cp.uint8)
+    pos_of = cp.empty(n, dtype=cp.int32)
+    f(f"detkernels::nms_sparse_gather_kernel<{T}>")(grid, blk, (
+        sp, cols[0], cols[1], cols[2], cols[3], cols[4], seg, valid8, scols[0], scols[1],
+        scols[2], scols[3], scols[4], sseg, svalid, pos_of, ctrl, i64(n)))
+    bbox = cp.empty(4 * nb, dtype=cols.dtype)
+    blo = cp.empty(nb, dtype=cp.int64)
+    bhi = cp.empty(nb, dtype=cp.int64)
+    f(f"detkernels::nms_sparse_block_box_kernel<{T}>")(gb, blk, (
+        scols[0], scols[1], scols[2], scols[3], svalid, sseg, bbox, blo, bhi, i64(nb), i64(n), ctrl))
+    if SPARSE_PATH != 2:  # S3, the density rule
+        pairs = cp.empty(2 * nb, dtype=cp.int64)
+        f(f"detkernels::nms_sparse_block_pairs_kernel<{T}>")(gb, blk, (bbox, blo, bhi, pairs, i64(nb), ctrl))
+        f("detkernels::nms_sparse_decide_kernel")((1,), (SPARSE_REDUCE_THREADS,), (pairs, i64(nb), ctrl))
+    cnt = cp.empty(n, dtype=cp.int64)
+    fedges = f(f"detkernels::nms_sparse_edges_kernel<{T}>")
+    common = (scols[0], scols[1], scols[2], scols[3], scols[4], sseg, sp, bbox, blo, bhi, i64(nb), i64(n), t)
+    ge = (min(nb, 1 << 20),)
+    fedges(ge, (64,), (*common, cnt, np.uint64(0), np.uint64(0), ctrl))  # count pass
+    off = cp.zeros(n + 1, dtype=cp.int64)
+    off[1:] = cp.cumsum(cnt)
+    cap = max(mask_bytes // 4, SPARSE_MIN_EDGES_PER_CAND * n)  # nms_sparse_edge_cap
+    f("detkernels::nms_sparse_cap_kernel")((1,), (1,), (off, i64(n), i64(cap), ctrl))
+    fedges(ge, (64,), (*common, cnt, off, edges, ctrl))  # emit pass
+    state = (cp.empty(n, dtype=cp.uint8), cp.empty(n, dtype=cp.uint8))
+    f("detkernels::nms_sparse_init_kernel")(grid, blk, (svalid, state[0], i64(n), ctrl))
+    fround = f("detkernels::nms_sparse_round_kernel")
+    for r in range(SPARSE_ROUNDS):
+        fround(grid, blk, (off, edges, state[r % 2], state[(r + 1) % 2], ctrl[1 + r:], i64(n), ctrl))
+    fin = state[SPARSE_ROUNDS % 2]
+    f("detkernels::nms_sparse_finish_kernel")((1,), (1,), (i64(n), pos_of, off, edges, fin,
+                                                         ctrl[SPARSE_ROUNDS:], ctrl))
+    f("detkernels::nms_sparse_output_kernel")(grid, blk, (sp, fin, keep, i64(n), ctrl))
+    f("detkernels::nms_sparse_neutralise_kernel")(grid, blk, (seg, valid8, i64(n), ctrl))
+
+
 def _multi_plan(xp: Any, s: Any, cls: Any, N: int, Cc: int, sthr: float | None) -> tuple:
     """Visiting plan of multi_image_nms on ``xp`` arrays, no host sync. ``s`` [B, M] scores by
     candidate q = n * Cc + c, ``cls`` [B, M] int64 classes or None.
@@ -322,17 +406,25 @@ def _multi_suppress(cp: Any, mod: Any, boxes: Any, scores: Any, o: Any, seg: Any
         (cand, _ptr(boxes), scores, cols[0], cols[1], cols[2], cols[3], cols[4], valid8,
          np.int64(n), np.int64(M), np.int64(N), np.int64(M // N), np.int32(has_sthr),
          np.float64(sthr if has_sthr else 0.0)))
+    t = nms_threshold(thr, dt)
+    sparse = _sparse_use(n, M, t)
+    # The sparse path's edges alias the mask tiles (at least 16 int32 per candidate), as on nvcc.
+    nbytes = max(R * W * 8, 4 * SPARSE_MIN_EDGES_PER_CAND * n) if sparse else R * W * 8
     try:
-        mask = cp.empty((R, W), dtype=cp.uint64)
+        buf = cp.empty(nbytes // 8, dtype=cp.uint64)
     except cp.cuda.memory.OutOfMemoryError as e:
         raise MemoryError(f"multi_image_nms (cupy): a {R}x{W} bitmask tile needs "
-                          f"{R * W * 8 / 2**30:.2f} GiB of GPU memory (lower "
+                          f"{nbytes / 2**30:.2f} GiB of GPU memory (lower "
                           f"DETKERNELS_NMS_MASK_BYTES): {e}") from e
+    mask = buf[:R * W].reshape(R, W)
     removed = cp.zeros(ncb, dtype=cp.uint64)
     keep = cp.zeros(n, dtype=cp.uint8)
+    if sparse:
+        seg = seg.copy()  # neutralised on success; the plan's own stays intact
+        _multi_sparse(cp, mod, cols, valid8, seg, keep, buf.view(cp.int32), R * W * 8, n,
+                      T, t)
     fmask = mod.get_function(f"detkernels::nms_mask_kernel<{T}>")
     fscan = mod.get_function("detkernels::nms_scan_kernel")
-    t = nms_threshold(thr, dt)
     for row0 in range(0, n, R):  # nms_cuda.cu's grid for each tile
         nrb = min(ncb, (row0 + R) // 64) - row0 // 64
         gx = max(1, min(ncb - row0 // 64, W, 16384 // nrb))

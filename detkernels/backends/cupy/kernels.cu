@@ -5,10 +5,13 @@
 //   box_iou:  box_iou_kernel.cuh
 //   NMS:      nms_kernels.cuh (gather, mask tiles, per-image keep scan over nms_bitmask.h's steps;
 //             the visiting plan between them is made with CuPy's stable sorts)
+//   NMS, sparse path (issue 16): nms_sparse_gpu_kernels.cuh, launched before the mask tiles
+//             where its rule allows (_multi_sparse), CuPy's stable argsort and cumsum between
 //   RoI ops:  roi_align_kernels.cuh, roi_pool_kernels.cuh and the generic deterministic backward
 //             scatter (common/roi_scatter_kernels.cuh); the sorts between the backward's steps
 //             are CuPy's (stable) argsort, the scan cupy.cumsum.
 #include "ops/box_iou/box_iou_kernel.cuh"
 #include "ops/nms/nms_kernels.cuh"
+#include "ops/nms/nms_sparse_gpu_kernels.cuh"
 #include "ops/roi_align/roi_align_kernels.cuh"
 #include "ops/roi_pool/roi_pool_kernels.cuh"
