@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from .box_iou import _Ops, diou_penalty_of
-from .nms import _std_max, _std_min, _working, score_order
+from .nms import _std_max, _std_min, _working, per_class, score_order
 from .soft_nms import dk_exp
 
 __all__ = ["dk_log", "dk_pow", "diou_nms", "batched_diou_nms"]
@@ -106,12 +106,4 @@ def batched_diou_nms(boxes, scores, idxs, iou_threshold: float, beta: float = 1.
     """DIoU-NMS within each class of ``idxs`` (``[N]``); kept indices by descending score (NaN
     first), ties by ascending index."""
     b, s = _working(boxes, scores)
-    c = np.asarray(idxs)
-    if c.shape != s.shape:
-        raise ValueError(f"idxs must have shape [{s.shape[0]}], got {tuple(c.shape)}")
-    kept = [np.empty(0, np.int64)]
-    for cls in np.unique(c):
-        members = np.flatnonzero(c == cls)
-        kept.append(members[diou_nms(b[members], s[members], iou_threshold, beta)])
-    keep = np.sort(np.concatenate(kept))
-    return keep[score_order(s[keep])]
+    return per_class(lambda bb, ss, thr: diou_nms(bb, ss, thr, beta), b, s, idxs, iou_threshold)

@@ -88,13 +88,20 @@ def batched_nms(boxes, scores, idxs, iou_threshold: float) -> np.ndarray:
     """NMS within each class of ``idxs`` (``[N]``, any numeric dtype; equal values = one class).
     Returns kept indices (int64) by descending score (NaN first), ties by ascending index."""
     b, s = _working(boxes, scores)
+    return per_class(nms, b, s, idxs, iou_threshold)
+
+
+def per_class(nms_fn, b: np.ndarray, s: np.ndarray, idxs, iou_threshold: float) -> np.ndarray:
+    """``nms_fn(boxes, scores, iou_threshold)`` within each class of ``idxs`` (exact: no coordinate
+    offsets), the classes' kept indices merged by descending score (NaN first), ties by ascending
+    index: the per-class rule of every greedy NMS form (axis-aligned and rotated)."""
     c = np.asarray(idxs)
     if c.shape != s.shape:
         raise ValueError(f"idxs must have shape [{s.shape[0]}], got {tuple(c.shape)}")
     kept = [np.empty(0, np.int64)]
     for cls in np.unique(c):
         members = np.flatnonzero(c == cls)
-        kept.append(members[nms(b[members], s[members], iou_threshold)])
+        kept.append(members[nms_fn(b[members], s[members], iou_threshold)])
     keep = np.sort(np.concatenate(kept))
     return keep[score_order(s[keep])]
 

@@ -339,18 +339,10 @@ def nms_rotated(boxes, scores, iou_threshold: float, fmt: str = "cxcywhr") -> np
 def batched_nms_rotated(boxes, scores, idxs, iou_threshold: float, fmt: str = "cxcywhr") -> np.ndarray:
     """:func:`nms_rotated` within each class of ``idxs`` (exact: no coordinate offsets); kept
     indices by descending score (NaN first), ties by ascending index."""
-    from .nms import score_order
+    from .nms import per_class
 
     b, s = _nms_working(boxes, scores, fmt)
-    c = np.asarray(idxs)
-    if c.shape != s.shape:
-        raise ValueError(f"idxs must have shape [{s.shape[0]}], got {tuple(c.shape)}")
-    kept = [np.empty(0, np.int64)]
-    for cls in np.unique(c):
-        members = np.flatnonzero(c == cls)
-        kept.append(members[nms_rotated(b[members], s[members], iou_threshold)])
-    keep = np.sort(np.concatenate(kept))
-    return keep[score_order(s[keep])]
+    return per_class(nms_rotated, b, s, idxs, iou_threshold)
 
 
 # ---- ProbIoU (ultralytics' OBB metric) ----------------------------------------------------------------
