@@ -11,6 +11,7 @@ from ..api import boxes as _boxes
 from ..api import nms as _nms
 from ..api import roi as _roi
 from ..api import roi_modules as _modules
+from .common import traced
 
 def torchvision_batched_nms(boxes: Any, scores: Any, idxs: Any, iou_threshold: float) -> Any:
     """``torchvision.ops.batched_nms`` as ``patch_torchvision`` installs it: detkernels' exact
@@ -26,6 +27,10 @@ def torchvision_batched_nms(boxes: Any, scores: Any, idxs: Any, iou_threshold: f
     keep = _nms.batched_nms(boxes, scores, idxs, iou_threshold)
     torch = sys.modules.get("torch")
     if torch is None or not isinstance(boxes, torch.Tensor):
+        return keep
+    if traced(boxes, scores, idxs):
+        # torch.export / torch.compile: the custom op's order (torchvision's small-input path), and
+        # no switch on boxes.numel(), a data-dependent size after the detection models' thresholds.
         return keep
     if boxes.numel() > (4000 if boxes.device.type == "cpu" else 100_000) and not torch._C._get_tracing_state():
         mask = torch.zeros_like(scores, dtype=torch.bool)

@@ -1,0 +1,176 @@
+"""``export_ready``: make a torchvision detection model traceable by ``torch.export`` (and so
+compilable by AOTInductor) without changing a bit of its eager output.
+
+torchvision's detection code stops ``torch.export`` in four places, each swapped here in place
+(pytorch/pytorch#146152):
+
+- ``torchvision.ops.batched_nms`` switches path on ``boxes.numel()``, a data-dependent size after
+  the score threshold: ``patch_torchvision()`` is installed (process-wide: the detection modules
+  call ``torchvision.ops.boxes.batched_nms`` as a module global, which no per-model swap reaches),
+  and its ``batched_nms`` takes the custom op, with no size switch, when traced.
+- ``poolers._multiscale_roi_align`` gathers each level's RoIs with ``torch.where`` and slices to
+  ``Min(1000, u)``: every ``torchvision.ops.MultiScaleRoIAlign`` becomes detkernels' (traced, it
+  pools every level masked, static shapes, the same bytes).
+- ``BoxCoder.decode`` branches on ``box_sum > 0`` (a data-dependent sum of proposal counts):
+  ``ExportBoxCoder`` decodes without the branch.
+- Mask R-CNN's ``paste_masks_in_image`` loops over the masks, each resized to a data-dependent
+  size: traced, the loop is the custom op ``detkernels::paste_masks`` (a fixed output shape per
+  image; its kernel runs torchvision's own per-mask paste, so the bytes are torchvision's).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..api import roi_modules as _modules
+from . import patch as _patch
+from .common import traced
+
+
+@torch.library.custom_op("detkernels::paste_masks", mutates_args=())
+def paste_masks_op(masks: Tensor, boxes: Tensor, im_h: int, im_w: int) -> Tensor:
+    """torchvision's per-mask loop of ``paste_masks_in_image`` on masks already padded and boxes
+    already expanded and rounded to int64 (``expand_masks`` / ``expand_boxes``, which trace)."""
+    from torchvision.models.detection.roi_heads import paste_mask_in_image
+
+    if masks.shape[0] == 0:
+        return masks.new_zeros((0, 1, im_h, im_w))
+    return torch.stack([paste_mask_in_image(m[0], b, im_h, im_w) for m, b in zip(masks, boxes)])[:, None]
+
+
+@paste_masks_op.register_fake
+def _(masks, boxes, im_h, im_w):
+    return masks.new_empty((masks.shape[0], 1, im_h, im_w))
+
+
+def paste_masks(masks: Tensor, boxes: Tensor, img_shape: tuple[int, int], padding: int = 1) -> Tensor:
+    """``torchvision.models.detection.roi_heads.paste_masks_in_image``; traced, through
+    ``detkernels::paste_masks`` (no loop over a data-dependent number of masks)."""
+    from torchvision.models.detection import roi_heads
+
+    if not traced(masks, boxes):
+        return roi_heads.paste_masks_in_image(masks, boxes, img_shape, padding)
+    padded, scale = roi_heads.expand_masks(masks, padding)
+    int_boxes = roi_heads.expand_boxes(boxes, scale).to(dtype=torch.int64)
+    return torch.ops.detkernels.paste_masks(padded, int_boxes, int(img_shape[0]), int(img_shape[1]))
+
+
+def _box_coder_class() -> type:
+    from torchvision.models.detection._utils import BoxCoder
+
+    class ExportBoxCoder(BoxCoder):
+        """``BoxCoder`` whose ``decode`` has no ``box_sum > 0`` branch. The detection models call it
+        with ``rel_codes`` ``[n, W]`` for ``n`` boxes (the RPN's ``W = 4``, the box head's
+        ``4 * num_classes``), so the result is ``decode_single``'s, reshaped to ``[n, W // 4, 4]``
+        -- torchvision's for ``n > 0``. For ``n = 0`` torchvision skips the reshape (``[0, W]``
+        instead of ``[0, W // 4, 4]``); the model's detections are the same empty tensors."""
+
+        def decode(self, rel_codes: Tensor, boxes: list[Tensor]) -> Tensor:
+            concat = torch.cat(boxes, dim=0)
+            n = concat.shape[0]
+            width = rel_codes.shape[-1]
+            pred = self.decode_single(rel_codes.reshape(n, width), concat)
+            return pred.reshape(n, width // 4, 4)
+
+    return ExportBoxCoder
+
+
+def _transform_class() -> type:
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+    class ExportTransform(GeneralizedRCNNTransform):
+        """``GeneralizedRCNNTransform`` whose ``postprocess`` pastes masks through ``paste_masks``
+        (the rest, boxes and keypoints, is torchvision's own ``postprocess``)."""
+
+        def postprocess(self, result: list[dict[str, Tensor]], image_shapes: list[tuple[int, int]],
+                        original_image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
+            if self.training:
+                return result
+            masks = [r.pop("masks", None) for r in result]
+            result = super().postprocess(result, image_shapes, original_image_sizes)
+            for r, m, size in zip(result, masks, original_image_sizes):
+                if m is not None:  # after the boxes are resized, as torchvision pastes them
+                    r["masks"] = paste_masks(m, r["boxes"], size)
+            return result
+
+    return ExportTransform
+
+
+_CLASSES: dict[str, type] = {}
+_PATCH: list[Any] = []
+
+
+def _swap_class(obj: Any, key: str, make: Any) -> None:
+    """Give ``obj`` the export subclass of its (torchvision) class; its state is untouched."""
+    if key not in _CLASSES:
+        _CLASSES[key] = make()
+    cls = _CLASSES[key]
+    if not isinstance(obj, cls):
+        if type(obj) not in cls.__mro__:
+            raise ValueError(f"export_ready: {type(obj).__qualname__} is not torchvision's "
+                             f"{cls.__mro__[1].__qualname__} (a custom subclass is not supported)")
+        obj.__class__ = cls
+
+
+def _ensure_patched() -> None:
+    import torchvision
+
+    if torchvision.ops.boxes.batched_nms is not _patch.torchvision_batched_nms:
+        _PATCH.append(_patch.patch_torchvision())
+
+
+def _supported_types() -> tuple[type, ...]:
+    from torchvision.models.detection import FasterRCNN, KeypointRCNN, MaskRCNN, RetinaNet
+
+    return FasterRCNN, MaskRCNN, RetinaNet, KeypointRCNN
+
+
+def export_ready(model: nn.Module) -> nn.Module:
+    """Make a torchvision Faster R-CNN, Mask R-CNN or RetinaNet traceable by ``torch.export``
+    (``torch.export.export(model, (images,))`` with ``images`` a list of ``[3, H, W]`` tensors),
+    and so by AOTInductor. Swaps in place, and returns ``model``:
+
+    - every ``torchvision.ops.MultiScaleRoIAlign`` submodule -> ``detkernels.MultiScaleRoIAlign``
+      (same configuration);
+    - the RPN's and the RoI heads' ``BoxCoder`` -> one whose ``decode`` has no data-dependent
+      branch;
+    - the transform -> one whose ``postprocess`` pastes masks without a per-mask Python loop when
+      traced;
+    - and installs ``detkernels.patch_torchvision()`` for the process if it is not active (the
+      models call ``torchvision.ops.boxes.batched_nms`` as a module global; detkernels' traces
+      without a data-dependent size switch). Do not ``restore()`` it while exporting.
+
+    Eager outputs stay bit-identical to the unpatched torchvision model's; the exported program's
+    equal eager's bit for bit. Idempotent.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``.
+        ValueError: ``model`` is not a torchvision FasterRCNN / MaskRCNN / RetinaNet (KeypointRCNN's
+            keypoint post-processing is not covered), or one of its parts is a custom subclass.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"export_ready: model must be a torch.nn.Module, got {type(model).__qualname__}")
+    try:
+        faster, _mask, retina, keypoint = _supported_types()
+    except ImportError as e:  # pragma: no cover - torchvision is a test dependency
+        raise ImportError("export_ready needs torchvision") from e
+    if isinstance(model, keypoint) or not isinstance(model, (faster, retina)):
+        raise ValueError("export_ready: model must be a torchvision FasterRCNN, MaskRCNN or RetinaNet "
+                         f"(torchvision.models.detection), got {type(model).__qualname__}")
+    from torchvision.ops import poolers
+
+    for name, sub in list(model.named_modules()):
+        if isinstance(sub, poolers.MultiScaleRoIAlign) and not isinstance(sub, _modules.MultiScaleRoIAlign):
+            parent_name, _, attr = name.rpartition(".")
+            parent = model.get_submodule(parent_name)
+            setattr(parent, attr, _modules.MultiScaleRoIAlign(
+                list(sub.featmap_names), sub.output_size, sub.sampling_ratio,
+                canonical_scale=sub.canonical_scale, canonical_level=sub.canonical_level))
+    if isinstance(model, faster):
+        _swap_class(model.rpn.box_coder, "box_coder", _box_coder_class)
+        _swap_class(model.roi_heads.box_coder, "box_coder", _box_coder_class)
+    _swap_class(model.transform, "transform", _transform_class)
+    _ensure_patched()
+    return model
