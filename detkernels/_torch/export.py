@@ -16,9 +16,18 @@ torchvision's detection code stops ``torch.export`` in four places, each swapped
 - Mask R-CNN's ``paste_masks_in_image`` loops over the masks, each resized to a data-dependent
   size: traced, the loop is the custom op ``detkernels::paste_masks`` (a fixed output shape per
   image; its kernel runs torchvision's own per-mask paste, so the bytes are torchvision's).
+
+AOTInductor compiles the exported program into its own C++ kernels, whose arithmetic is not
+ATen's in three places these models reach: ``exp`` (``BoxCoder.decode_single``), ``softmax`` (the
+box head's scores) and bilinear ``interpolate`` (the transform's resize), each a few ulps off, and
+channels-last convolutions (``layout_optimization``, another oneDNN algorithm). Top-k, score
+thresholds and NMS turn those last bits into other detections. ``aoti_compile_exact`` compiles
+with ATen's kernels for those ops and the eager layouts: the same bytes as eager.
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -121,6 +130,12 @@ def _ensure_patched() -> None:
         _PATCH.append(_patch.patch_torchvision())
 
 
+def _restore_patch() -> None:
+    """Undo the ``patch_torchvision()`` that ``export_ready`` installed, if it did (for tests)."""
+    while _PATCH:
+        _PATCH.pop().restore()
+
+
 def _supported_types() -> tuple[type, ...]:
     from torchvision.models.detection import FasterRCNN, KeypointRCNN, MaskRCNN, RetinaNet
 
@@ -174,3 +189,61 @@ def export_ready(model: nn.Module) -> nn.Module:
     _swap_class(model.transform, "transform", _transform_class)
     _ensure_patched()
     return model
+
+
+# The ops whose Inductor kernels round differently from ATen's CPU kernels (measured: exp up to a
+# few ulps, softmax's reduction order, bilinear interpolation decomposed into index arithmetic).
+ATEN_NUMERICS_OPS = ("exp", "_softmax", "upsample_bilinear2d")
+
+
+@contextlib.contextmanager
+def aten_numerics(ops: tuple[str, ...] = ATEN_NUMERICS_OPS) -> Iterator[None]:
+    """Inside the block, Inductor calls ATen's kernels for ``ops`` (``torch.ops.aten`` names)
+    instead of generating its own, keeps eager's memory layouts (no channels-last convolutions)
+    and neither reads nor writes its FX graph cache (an entry compiled outside would differ).
+    Inductor's lowering and decomposition tables are process globals: they are saved on entry
+    and restored on exit; do not compile in another thread meanwhile."""
+    from torch._inductor import config, decomposition, lowering
+
+    tables = (lowering.lowerings, decomposition.decompositions)
+    sets = (lowering.fallbacks, lowering.needs_realized_inputs)
+    saved = [dict(t) for t in tables], [set(x) for x in sets]
+    try:
+        for name in ops:
+            packet = getattr(torch.ops.aten, name)
+            for overload in packet.overloads():
+                op = getattr(packet, overload)
+                for t in tables:
+                    t.pop(op, None)
+            lowering.make_fallback(packet, warn=False, override_decomp=True)
+        with config.patch(layout_optimization=False, fx_graph_cache=False, fx_graph_remote_cache=False):
+            yield
+    finally:
+        for t, old in zip(tables, saved[0]):
+            t.clear()
+            t.update(old)
+        for x, old in zip(sets, saved[1]):
+            x.clear()
+            x.update(old)
+
+
+def aoti_compile_exact(program: Any, package_path: str | None = None,
+                       inductor_configs: dict[str, Any] | None = None) -> str:
+    """``torch._inductor.aoti_compile_and_package`` whose package computes eager's bytes: under
+    ``aten_numerics()`` (ATen's ``exp``, ``softmax`` and bilinear ``interpolate``, eager layouts).
+    Returns the package path (for ``torch._inductor.aoti_load_package``).
+
+    Args:
+        program: a ``torch.export.ExportedProgram``.
+        package_path: where to write the ``.pt2`` package (a temporary file if None).
+        inductor_configs: passed on to ``aoti_compile_and_package``.
+
+    Raises:
+        TypeError: ``program`` is not an ExportedProgram.
+    """
+    if not isinstance(program, torch.export.ExportedProgram):
+        raise TypeError("aoti_compile_exact: program must be a torch.export.ExportedProgram "
+                        f"(from torch.export.export), got {type(program).__qualname__}")
+    with aten_numerics():
+        return torch._inductor.aoti_compile_and_package(program, package_path=package_path,
+                                                        inductor_configs=inductor_configs)
