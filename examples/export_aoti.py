@@ -3,12 +3,15 @@
     python examples/export_aoti.py                                  # Faster R-CNN ResNet50-FPN
     python examples/export_aoti.py --model maskrcnn_resnet50_fpn --size 128 --package /tmp/m.pt2
     python examples/export_aoti.py --model tiny_fasterrcnn          # a tiny backbone, compiles fast
+    python examples/export_aoti.py --fast                           # Inductor's own kernels
 
 Steps: build the model (random weights: nothing is downloaded; load your own state_dict instead),
-``detkernels.export_ready(model)``, ``torch.export.export``, ``aoti_compile_and_package`` (a
-``.pt2`` file), ``aoti_load_package`` and run it, then compare with eager. The process that loads
-the package must ``import detkernels`` (the NMS, RoIAlign and mask-paste nodes are detkernels'
-custom ops). docs/DEPLOY.md lists the measured times and where the compiled output may differ.
+``detkernels.export_ready(model)``, ``torch.export.export``, ``detkernels.aoti_compile_exact``
+(``aoti_compile_and_package`` with ATen's kernels where Inductor's round differently; ``--fast``:
+plain ``aoti_compile_and_package``, whose detections differ from eager's), ``aoti_load_package``
+and run it, then compare with eager. The process that loads the package must ``import detkernels``
+(the NMS, RoIAlign and mask-paste nodes are detkernels' custom ops). docs/DEPLOY.md has the
+measured times.
 """
 from __future__ import annotations
 
@@ -100,6 +103,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     p.add_argument("--model", default=FULL[0], choices=FULL + TINY)
     p.add_argument("--size", type=int, default=128, help="min_size = max_size of the model's transform")
     p.add_argument("--package", default="detector.pt2", help="where to write the AOTInductor package")
+    p.add_argument("--fast", action="store_true", help="Inductor's own kernels (not bit-equal to eager)")
     a = p.parse_args(argv)
 
     model = detkernels.export_ready(build(a.model, a.size))
@@ -109,11 +113,14 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         t0 = time.perf_counter()
         program = torch.export.export(model, (imgs,))
         t1 = time.perf_counter()
-        path = torch._inductor.aoti_compile_and_package(program, package_path=a.package)
+        if a.fast:
+            path = torch._inductor.aoti_compile_and_package(program, package_path=a.package)
+        else:
+            path = detkernels.aoti_compile_exact(program, package_path=a.package)
         t2 = time.perf_counter()
         exported = program.module()(imgs)
         compiled = torch._inductor.aoti_load_package(path)(imgs)
-    result = {"model": a.model, "package": path, "export_s": round(t1 - t0, 2), "aoti_compile_s": round(t2 - t1, 2),
+    result = {"model": a.model, "package": path, "exact": not a.fast, "export_s": round(t1 - t0, 2), "aoti_compile_s": round(t2 - t1, 2),
               "detections": [len(d["boxes"]) for d in eager], "exported_equal": same(exported, eager),
               "aoti_equal": same(compiled, eager), "aoti_max_abs_diff": max_abs_diff(compiled, eager)}
     for k, v in result.items():

@@ -18,11 +18,13 @@ torchvision's detection code stops ``torch.export`` in four places, each swapped
   image; its kernel runs torchvision's own per-mask paste, so the bytes are torchvision's).
 
 AOTInductor compiles the exported program into its own C++ kernels, whose arithmetic is not
-ATen's in three places these models reach: ``exp`` (``BoxCoder.decode_single``), ``softmax`` (the
-box head's scores) and bilinear ``interpolate`` (the transform's resize), each a few ulps off, and
-channels-last convolutions (``layout_optimization``, another oneDNN algorithm). Top-k, score
-thresholds and NMS turn those last bits into other detections. ``aoti_compile_exact`` compiles
-with ATen's kernels for those ops and the eager layouts: the same bytes as eager.
+ATen's in three places these models reach: ``exp`` (``BoxCoder.decode_single``) and ``softmax``
+(the box head's scores), each a few ulps off, bilinear ``interpolate`` (the transform's resize,
+decomposed into index arithmetic), and channels-last convolutions (``layout_optimization``,
+another oneDNN algorithm). Top-k, score thresholds and NMS turn those last bits into other
+detections. Traced, the transform's resize is the opaque op ``detkernels::resize_bilinear``
+(ATen's kernel); ``aoti_compile_exact`` compiles with ATen's ``exp`` and ``softmax`` and the
+eager layouts: the same bytes as eager.
 """
 from __future__ import annotations
 
@@ -52,6 +54,20 @@ def paste_masks_op(masks: Tensor, boxes: Tensor, im_h: int, im_w: int) -> Tensor
 @paste_masks_op.register_fake
 def _(masks, boxes, im_h, im_w):
     return masks.new_empty((masks.shape[0], 1, im_h, im_w))
+
+
+@torch.library.custom_op("detkernels::resize_bilinear", mutates_args=())
+def resize_bilinear_op(image: Tensor, height: int, width: int) -> Tensor:
+    """``[C, H, W]`` -> ``[C, height, width]`` by ATen's bilinear interpolation (``align_corners=
+    False``): torchvision's resize, whose ``scale_factor`` with ``recompute_scale_factor=True``
+    interpolates to exactly this size. An opaque op, so Inductor keeps ATen's arithmetic."""
+    return torch.nn.functional.interpolate(image[None], size=(height, width), mode="bilinear",
+                                           align_corners=False)[0]
+
+
+@resize_bilinear_op.register_fake
+def _(image, height, width):
+    return image.new_empty((image.shape[0], height, width))
 
 
 def paste_masks(masks: Tensor, boxes: Tensor, img_shape: tuple[int, int], padding: int = 1) -> Tensor:
@@ -90,8 +106,22 @@ def _transform_class() -> type:
     from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
     class ExportTransform(GeneralizedRCNNTransform):
-        """``GeneralizedRCNNTransform`` whose ``postprocess`` pastes masks through ``paste_masks``
-        (the rest, boxes and keypoints, is torchvision's own ``postprocess``)."""
+        """``GeneralizedRCNNTransform`` that, traced, resizes through ``detkernels::resize_bilinear``
+        and pastes masks through ``paste_masks`` (the rest is torchvision's own code)."""
+
+        def resize(self, image: Tensor, target: dict[str, Tensor] | None = None
+                   ) -> tuple[Tensor, dict[str, Tensor] | None]:
+            if (target is not None or self.training or not traced(image)
+                    or not all(type(d) is int for d in image.shape)):  # dynamic image sizes: torchvision's
+                return super().resize(image, target)
+            # torchvision's size rule, run on a shape-only tensor outside the traced graph; then the
+            # interpolation itself as detkernels::resize_bilinear (Inductor's bilinear rounds otherwise).
+            from torch._subclasses.fake_tensor import unset_fake_temporarily
+            from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing
+
+            with unset_fake_temporarily(), disable_proxy_modes_tracing():
+                shape = super().resize(torch.empty(image.shape, dtype=image.dtype, device="meta"))[0].shape
+            return torch.ops.detkernels.resize_bilinear(image, int(shape[-2]), int(shape[-1])), None
 
         def postprocess(self, result: list[dict[str, Tensor]], image_shapes: list[tuple[int, int]],
                         original_image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
@@ -191,9 +221,10 @@ def export_ready(model: nn.Module) -> nn.Module:
     return model
 
 
-# The ops whose Inductor kernels round differently from ATen's CPU kernels (measured: exp up to a
-# few ulps, softmax's reduction order, bilinear interpolation decomposed into index arithmetic).
-ATEN_NUMERICS_OPS = ("exp", "_softmax", "upsample_bilinear2d")
+# The ops whose Inductor kernels round differently from ATen's CPU kernels (measured: exp a few
+# ulps, softmax its reduction). Bilinear interpolation decomposes before Inductor's tables are
+# consulted: export_ready's transform makes the resize an opaque op instead.
+ATEN_NUMERICS_OPS = ("exp", "_softmax", "sigmoid")
 
 
 @contextlib.contextmanager
@@ -208,7 +239,11 @@ def aten_numerics(ops: tuple[str, ...] = ATEN_NUMERICS_OPS) -> Iterator[None]:
     tables = (lowering.lowerings, decomposition.decompositions)
     sets = (lowering.fallbacks, lowering.needs_realized_inputs)
     saved = [dict(t) for t in tables], [set(x) for x in sets]
+    # select_decomp_table() serves a cached copy of the decompositions: rebuilt inside and after.
+    cached = getattr(decomposition, "fast_random_decomps", None)
+    clear = getattr(cached, "cache_clear", lambda: None)
     try:
+        clear()
         for name in ops:
             packet = getattr(torch.ops.aten, name)
             for overload in packet.overloads():
@@ -225,6 +260,7 @@ def aten_numerics(ops: tuple[str, ...] = ATEN_NUMERICS_OPS) -> Iterator[None]:
         for x, old in zip(sets, saved[1]):
             x.clear()
             x.update(old)
+        clear()
 
 
 def aoti_compile_exact(program: Any, package_path: str | None = None,
