@@ -24,7 +24,9 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN, MaskRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.ops import poolers  # torchvision's class even under patch_torchvision()
+from torchvision.ops import (
+    poolers,  # torchvision's class even under patch_torchvision()
+)
 
 import detkernels
 
@@ -52,9 +54,9 @@ def build(name: str, size: int = 128, seed: int = 0) -> nn.Module:
     """A torchvision detection model, random weights (seeded), eval mode, images resized to
     ``size``. Low score thresholds: random heads still give detections to compare."""
     torch.manual_seed(seed)
-    kw = dict(min_size=size, max_size=size)
+    kw = {"min_size": size, "max_size": size}
     if name in FULL:
-        extra = dict(score_thresh=0.01) if name.startswith("retinanet") else {}
+        extra = {"score_thresh": 0.01} if name.startswith("retinanet") else {}
         return getattr(torchvision.models.detection, name)(weights=None, weights_backbone=None,
                                                            **kw, **extra).eval()
     if name not in TINY:

@@ -167,7 +167,12 @@ def _restore_patch() -> None:
 
 
 def _supported_types() -> tuple[type, ...]:
-    from torchvision.models.detection import FasterRCNN, KeypointRCNN, MaskRCNN, RetinaNet
+    from torchvision.models.detection import (
+        FasterRCNN,
+        KeypointRCNN,
+        MaskRCNN,
+        RetinaNet,
+    )
 
     return FasterRCNN, MaskRCNN, RetinaNet, KeypointRCNN
 
@@ -191,9 +196,9 @@ def export_ready(model: nn.Module) -> nn.Module:
     equal eager's bit for bit. Idempotent.
 
     Raises:
-        TypeError: ``model`` is not an ``nn.Module``.
-        ValueError: ``model`` is not a torchvision FasterRCNN / MaskRCNN / RetinaNet (KeypointRCNN's
-            keypoint post-processing is not covered), or one of its parts is a custom subclass.
+        TypeError: ``model`` is not an ``nn.Module``, or not a torchvision FasterRCNN / MaskRCNN /
+            RetinaNet (KeypointRCNN's keypoint post-processing is not covered).
+        ValueError: one of the parts it swaps is a custom subclass of torchvision's.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"export_ready: model must be a torch.nn.Module, got {type(model).__qualname__}")
@@ -202,7 +207,7 @@ def export_ready(model: nn.Module) -> nn.Module:
     except ImportError as e:  # pragma: no cover - torchvision is a test dependency
         raise ImportError("export_ready needs torchvision") from e
     if isinstance(model, keypoint) or not isinstance(model, (faster, retina)):
-        raise ValueError("export_ready: model must be a torchvision FasterRCNN, MaskRCNN or RetinaNet "
+        raise TypeError("export_ready: model must be a torchvision FasterRCNN, MaskRCNN or RetinaNet "
                          f"(torchvision.models.detection), got {type(model).__qualname__}")
     from torchvision.ops import poolers
 

@@ -13,6 +13,7 @@ from ..api import roi as _roi
 from ..api import roi_modules as _modules
 from .common import traced
 
+
 def torchvision_batched_nms(boxes: Any, scores: Any, idxs: Any, iou_threshold: float) -> Any:
     """``torchvision.ops.batched_nms`` as ``patch_torchvision`` installs it: detkernels' exact
     per-class kept set, in the order torchvision returns it, so a swapped-in model is bit-identical

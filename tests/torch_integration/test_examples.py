@@ -8,9 +8,9 @@ import pytest
 torch = pytest.importorskip("torch")
 tv = pytest.importorskip("torchvision")
 
-from detkernels._torch import export as dk_export  # noqa: E402
+from test_export import load_example
 
-from test_export import load_example  # noqa: E402
+from detkernels._torch import export as dk_export
 
 pytestmark = pytest.mark.torchvision
 

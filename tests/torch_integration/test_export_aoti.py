@@ -8,16 +8,15 @@ whole-model effect."""
 from __future__ import annotations
 
 import pytest
-
 from _helpers import assert_bytes_equal
 
 torch = pytest.importorskip("torch")
 tv = pytest.importorskip("torchvision")
 
-import detkernels  # noqa: E402
-from detkernels._torch import export as dk_export  # noqa: E402
+from test_export import assert_same, ex
 
-from test_export import assert_same, ex  # noqa: E402
+import detkernels
+from detkernels._torch import export as dk_export
 
 pytestmark = pytest.mark.torchvision
 
