@@ -32,9 +32,9 @@ def torchvision_batched_nms(boxes: Any, scores: Any, idxs: Any, iou_threshold: f
     if torch._C._get_tracing_state():
         return keep  # torchvision takes the coordinate trick while jit tracing: detkernels' order
     limit = 4000 if boxes.device.type == "cpu" else 100_000
-    if traced(boxes, scores, idxs):
-        # torch.export / torch.compile: boxes.numel() is data-dependent after the detection models'
-        # thresholds, and a Python `if` on it stops export. Both orders, chosen in the graph.
+    if traced(boxes, scores, idxs) and not isinstance(boxes.shape[0], int):
+        # torch.export / torch.compile with a symbolic box count (data-dependent after the detection
+        # models' thresholds): a Python `if` on it stops export. Both orders, chosen in the graph.
         big = torch.scalar_tensor(boxes.shape[0], dtype=torch.int64, device=keep.device) * 4 > limit
         asc = keep.sort()[0]  # the kept indices ascending: torchvision's keep_mask, same length as keep
         return torch.where(big, asc[scores[asc].sort(descending=True)[1]], keep)
