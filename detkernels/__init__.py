@@ -34,6 +34,8 @@ __all__ = [
     "diou_nms",
     "distance_box_iou",
     "explain",
+    "export_ready",
+    "aoti_compile_exact",
     "generalized_box_iou",
     "get_backend",
     "matrix_nms",
@@ -96,6 +98,24 @@ def patch_torchvision():
     from ._torch.patch import patch_torchvision as p
 
     return p()
+
+
+def export_ready(model: Any) -> Any:
+    """Make a torchvision Faster R-CNN / Mask R-CNN / RetinaNet traceable by ``torch.export`` (and
+    AOTInductor), in place, eager outputs unchanged bit for bit; returns ``model``. See
+    ``detkernels._torch.export.export_ready`` and docs/DEPLOY.md."""
+    from ._torch.export import export_ready as f
+
+    return f(model)
+
+
+def aoti_compile_exact(program: Any, package_path: str | None = None,
+                       inductor_configs: dict[str, Any] | None = None) -> str:
+    """``torch._inductor.aoti_compile_and_package`` with ATen's kernels where Inductor's round
+    differently: the package computes eager's bytes. See ``detkernels._torch.export``."""
+    from ._torch.export import aoti_compile_exact as f
+
+    return f(program, package_path, inductor_configs)
 
 
 class _AfterTorchImport(importlib.abc.MetaPathFinder):

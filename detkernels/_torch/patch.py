@@ -13,6 +13,8 @@ from ..api import boxes as _boxes
 from ..api import nms as _nms
 from ..api import roi as _roi
 from ..api import roi_modules as _modules
+from .common import traced
+
 
 def torchvision_batched_nms(boxes: Any, scores: Any, idxs: Any, iou_threshold: float) -> Any:
     """``torchvision.ops.batched_nms`` as ``patch_torchvision`` installs it: detkernels' exact
@@ -29,7 +31,16 @@ def torchvision_batched_nms(boxes: Any, scores: Any, idxs: Any, iou_threshold: f
     torch = sys.modules.get("torch")
     if torch is None or not isinstance(boxes, torch.Tensor):
         return keep
-    if boxes.numel() > (4000 if boxes.device.type == "cpu" else 100_000) and not torch._C._get_tracing_state():
+    if torch._C._get_tracing_state():
+        return keep  # torchvision takes the coordinate trick while jit tracing: detkernels' order
+    limit = 4000 if boxes.device.type == "cpu" else 100_000
+    if traced(boxes, scores, idxs) and not isinstance(boxes.shape[0], int):
+        # torch.export / torch.compile with a symbolic box count (data-dependent after the detection
+        # models' thresholds): a Python `if` on it stops export. Both orders, chosen in the graph.
+        big = torch.scalar_tensor(boxes.shape[0], dtype=torch.int64, device=keep.device) * 4 > limit
+        asc = keep.sort()[0]  # the kept indices ascending: torchvision's keep_mask, same length as keep
+        return torch.where(big, asc[scores[asc].sort(descending=True)[1]], keep)
+    if boxes.numel() > limit:
         mask = torch.zeros_like(scores, dtype=torch.bool)
         mask[keep] = True
         keep = torch.where(mask)[0]  # ascending, as torchvision's keep_mask gives them

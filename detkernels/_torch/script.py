@@ -28,6 +28,7 @@ from . import detect as _detect_ops  # noqa: F401  (custom ops)
 from . import iou as _iou_ops  # noqa: F401
 from . import nms as _nms_ops  # noqa: F401
 from . import roi as _roi_ops  # noqa: F401
+from . import export as _export_ops  # noqa: F401  (detkernels::paste_masks, for export_ready)
 from . import script_fns as _fns
 from .patch import torchvision_batched_nms, torchvision_box_iou
 

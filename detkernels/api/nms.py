@@ -59,7 +59,7 @@ def batched_nms(boxes: Any, scores: Any, idxs: Any, iou_threshold: float, *,
     torch_in = A.is_torch(boxes)
     # No boxes: an empty result before scores/idxs are looked at, as torchvision (a traced call
     # keeps the custom op, whose sizes are symbolic).
-    empty = boxes.numel() == 0 and not _torch_traced(boxes) if torch_in else boxes.size == 0
+    empty = not _torch_traced(boxes) and boxes.numel() == 0 if torch_in else boxes.size == 0
     if empty:
         return A.empty((0,), "int64", like=boxes)
     thr = _checks.threshold_value(iou_threshold)
