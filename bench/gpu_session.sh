@@ -3,7 +3,9 @@
 #   bench/gpu_session.sh [OUTDIR] [STAGES]      STAGES: comma list of build,test,sanitize,bench
 #                                               (default all four, in that order)
 # build:    the core with CUDA (DETKERNELS_CUDA=1) in place, for this GPU's architecture only.
-# test:     the whole suite; the CUDA, numba.cuda and CuPy tests run instead of skipping.
+# test:     the suite but its `slow` tests (CPU-only model/export/AOTInductor checks that CI runs;
+#           minutes of a lent GPU's time for nothing new); the CUDA, numba.cuda and CuPy tests
+#           run instead of skipping.
 # sanitize: compute-sanitizer memcheck + racecheck over the CUDA tests at small sizes.
 # bench:    `python -m detkernels.bench --quick` against torchvision, written to
 #           OUTDIR/gpu-<device>-quick (copy it to bench/results/ and commit it).
@@ -52,7 +54,7 @@ if has build; then
   $py -c "import detkernels; print(detkernels.build_info())" >>"$out/build.log" 2>&1
 fi
 if has test; then
-  step test $py -m pytest tests -q -p no:cacheprovider --durations=15
+  step test $py -m pytest tests -q -p no:cacheprovider --durations=15 -m "not slow"
 fi
 if has sanitize && command -v compute-sanitizer >/dev/null; then
   # The CUDA tests only (small sizes); a leak or race fails the step.
