@@ -248,10 +248,12 @@ def test_bad_arguments_name_the_argument(kwargs, exc, name):
         dk.detect(args.pop("boxes"), args.pop("scores"), args.pop("iou_threshold"), args.pop("max_det"), **args)
 
 
+@pytest.mark.parametrize("backend", [backend_param(b, "detect") for b in ("native", "numba")])
 @pytest.mark.parametrize("family", ["clusters", "ties", "nonfinite"])
-def test_strided_layouts_read_in_place(family):
+def test_strided_layouts_read_in_place(backend, family):
     """Views of a head output, read with their strides: YOLOv5's [B, A, 5 + C] (row scans on a
-    sliced row), ultralytics' [B, 4 + C, A] transposed (column scans), reversed NumPy views."""
+    sliced row), ultralytics' [B, 4 + C, A] transposed (column scans), reversed NumPy views
+    (numba copies them contiguous, once per input)."""
     for C in (3, 37):
         boxes, scores, _, obj = _inputs(family, C, 2, 300, C)
         v5 = np.concatenate([boxes, obj[..., None], scores], -1)              # [B, A, 5 + C]
@@ -263,5 +265,5 @@ def test_strided_layouts_read_in_place(family):
         for b, s, kw in cases:
             for extra in ({}, {"score_threshold": 0.3, "pre_nms_top_k": 50}, {"multi_label": True}):
                 want = ref.detect(np.ascontiguousarray(b), np.ascontiguousarray(s), 0.5, 40, **kw, **extra)
-                got = dk.detect(b, s, 0.5, 40, backend="native", **kw, **extra)
+                got = dk.detect(b, s, 0.5, 40, backend=backend, **kw, **extra)
                 _check(got, want, f"C={C} strides={s.strides} {sorted(kw)} {sorted(extra)}")

@@ -430,6 +430,78 @@ def _multi_torch_cuda(cuda: Any, K: Any, boxes: Any, scores: Any, classes: Any, 
     return out, cls, counts
 
 
+# ---- detect (issue 12, CPU) ----------------------------------------------------------------------
+# The per-anchor pass (objectness product, best class, xyxy corners) is a numba kernel
+# (numba/cpu.py detect_candidates); the candidate selection (score filter, pre-NMS top-k) and the
+# visiting plan are host NumPy, as for nms; every image's (class) segments then run through the NMS
+# kernels of nms/multi_image_nms in one call, spread over numba's threads.
+
+def _np_contig(x: Any) -> np.ndarray | None:
+    """A contiguous NumPy view (or copy, for a strided head output) of a CPU array; None stays."""
+    return None if x is None else np.ascontiguousarray(A.to_numpy_view(x))
+
+
+@register("detect", "numba")  # CPU only (numba.cuda: not served, README status)
+def detect(boxes: Any, scores: Any, objectness: Any, idxs: Any, iou_threshold: float, max_det: int,
+           score_threshold: float | None, top_k: int | None, fmt: str, multi_label: bool,
+           class_agnostic: bool) -> tuple:
+    """boxes [B, A, 4], scores [B, A] or [B, A, C], objectness [B, A] or None (one float dtype,
+    any strides), idxs int64 [B, A] or None -> (boxes [B, K, 4], scores [B, K], classes,
+    indices [B, K], counts [B]); the rule is reference/detect.py's."""
+    from . import cpu as _cpu
+
+    b, s, o = _np_contig(boxes), _np_contig(scores), _np_contig(objectness)
+    per_column = s.ndim == 3
+    B, N = int(b.shape[0]), int(b.shape[1])
+    s3 = s if per_column else s.reshape(B, N, 1)
+    C = int(s3.shape[2])
+    multi = bool(multi_label) and per_column
+    xyxy, cs, best = _cpu.detect_pass(b, s3, o, FMT_CODES[fmt], multi)
+    M = 0 if C == 0 else cs.shape[1]  # candidates per image, index q
+    Cc = C if multi else 1  # anchor = q // Cc
+    if multi:
+        cls = np.broadcast_to(np.tile(np.arange(C, dtype=np.int64), N), (B, M))
+    elif per_column:
+        cls = best
+    else:
+        cls = np.zeros((B, N), np.int64) if idxs is None else A.to_numpy_view(idxs).reshape(B, N)
+    agnostic = class_agnostic or (not per_column and idxs is None)
+    picks, orders, starts = [], [], []  # per image: selected q, score order o1, visiting order o
+    n = 0
+    for i in range(B):
+        sel = np.arange(M, dtype=np.int64)
+        if score_threshold is not None:  # (double)s > score_threshold: NaN fails
+            sel = sel[cs[i, :M].astype(np.float64) > float(score_threshold)]
+        if top_k is not None and sel.shape[0] > int(top_k):
+            sel = np.sort(sel[score_order(cs[i][sel])[:int(top_k)]])
+        o1, o, seg = _host_order(cs[i][sel], None if agnostic else cls[i][sel])
+        picks.append((sel, o1, o))
+        orders.append(i * N + sel[o] // Cc)  # box rows of xyxy [B * N, 4] in visiting order
+        starts.append(seg[:-1] + n)
+        n += o.shape[0]
+    K = int(max_det)
+    ob = np.zeros((B, K, 4), b.dtype)
+    os_ = np.zeros((B, K), b.dtype)
+    oc = np.full((B, K), -1, np.int64)
+    oi = np.full((B, K), -1, np.int64)
+    counts = np.zeros(B, np.int64)
+    if n:
+        rows = np.concatenate(orders).astype(np.int64, copy=False)
+        seg = np.concatenate(starts + [np.array([n], np.int64)]).astype(np.int64, copy=False)
+        flags = _cpu.nms_keep(xyxy.reshape(B * N, 4), rows, seg, iou_threshold, parallel=True)
+        at = 0
+        for i, (sel, o1, o) in enumerate(picks):
+            q = sel[_keep_from_flags(o1, o, flags[at:at + o.shape[0]])][:K]
+            at += o.shape[0]
+            k, a = q.shape[0], q // Cc
+            counts[i] = k
+            ob[i, :k] = xyxy[i, a]
+            os_[i, :k] = cs[i, q]
+            oc[i, :k] = cls[i, q] if multi else cls[i, a]
+            oi[i, :k] = a
+    return tuple(A.from_numpy(x, like=boxes) for x in (ob, os_, oc, oi, counts))
+
+
 # ---- RoI ops (CPU and CUDA) ------------------------------------------------------------------------
 # Inputs arrive in the working dtype (float32/float64; float16/bfloat16 are widened by detkernels/_dispatch.py).
 # Strided (channels-last) features and grads are made contiguous here (one copy), so each kernel

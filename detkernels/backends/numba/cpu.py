@@ -92,6 +92,41 @@ def nms_parallel_kernel(boxes, order, seg, thr, keep):
         nms_segment(x1, y1, x2, y2, ar, seg[s], seg[s + 1], thr, kx1, ky1, kx2, ky2, ka, keep)
 
 
+def detect_candidates(boxes, scores, obj, has_obj, fmt, multi_label, xyxy, cs, cls):
+    """detect's per-anchor pass (reference/detect.py steps 1-2), anchors in parallel (each
+    anchor's outputs are written by one thread). boxes [B, A, 4] in ``fmt`` -> xyxy [B, A, 4]
+    (box_corners); scores [B, A, C] times obj [B, A] (one MUL in T, before anything else) ->
+    candidate scores cs: multi-label cs[b, a * C + c], else cs[b, a] the best class cls[b, a] --
+    the first NaN column, else the lowest column holding the row maximum (a strict ``>`` scan:
+    ties and -0.0 == +0.0 keep the lower column)."""
+    B, A, C = scores.shape
+    for r in prange(B * A):
+        b = r // A
+        a = r - b * A
+        x1, y1, x2, y2 = box_corners(boxes[b, a, 0], boxes[b, a, 1], boxes[b, a, 2], boxes[b, a, 3], fmt)
+        xyxy[b, a, 0], xyxy[b, a, 1], xyxy[b, a, 2], xyxy[b, a, 3] = x1, y1, x2, y2
+        if multi_label:
+            for c in range(C):
+                v = scores[b, a, c]
+                cs[b, a * C + c] = MUL(v, obj[b, a]) if has_obj else v
+        elif C > 0:
+            best = -1
+            m = ZERO
+            for c in range(C):
+                v = scores[b, a, c]
+                if has_obj:
+                    v = MUL(v, obj[b, a])
+                if v != v:  # NaN ranks above everything: the first one wins
+                    best = c
+                    m = v
+                    break
+                if best < 0 or v > m:
+                    best = c
+                    m = v
+            cs[b, a] = m
+            cls[b, a] = best
+
+
 _OPS = dict(ADD=numba.njit(**_JIT)(_add), SUB=numba.njit(**_JIT)(_sub),
             MUL=numba.njit(**_JIT)(_mul), DIV=numba.njit(**_JIT)(_div))
 _SPECS: dict = {}
@@ -103,7 +138,8 @@ def _build(dt: np.dtype):
     extra = (("columns", _columns, jit), ("nms_gather", nms_gather, jit),
              ("nms_segment", nms_segment, jit),
              ("nms_kernel", nms_kernel, jit),
-             ("nms_parallel_kernel", nms_parallel_kernel, numba.njit(parallel=True, **_JIT)))
+             ("nms_parallel_kernel", nms_parallel_kernel, numba.njit(parallel=True, **_JIT)),
+             ("detect_candidates", detect_candidates, numba.njit(parallel=True, **_JIT)))
     return M.specialise(dt, _OPS, jit, extra, env=dict(np=np, prange=prange))
 
 
@@ -140,6 +176,22 @@ def nms_keep(boxes: np.ndarray, order: np.ndarray, seg: np.ndarray, thr: float,
     fn = k.nms_parallel_kernel if parallel and seg.shape[0] > 2 else k.nms_kernel
     fn(boxes, order, seg, M.nms_threshold(thr, boxes.dtype), keep)
     return keep
+
+
+def detect_pass(boxes: np.ndarray, scores: np.ndarray, obj: np.ndarray | None, fmt: int,
+                multi_label: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(xyxy [B, A, 4], candidate scores [B, A * C] or [B, A], best class [B, A]) of contiguous
+    boxes [B, A, 4], scores [B, A, C], obj [B, A] or None (one float dtype)."""
+    B, A, C = scores.shape
+    dt = boxes.dtype
+    xyxy = np.empty((B, A, 4), dt)
+    cs = np.empty((B, A * C if multi_label else A), dt)
+    cls = np.zeros((B, A), np.int64)
+    if B * A:
+        o = np.empty((0, 0), dt) if obj is None else obj
+        kernels(dt.name).detect_candidates(boxes, scores, o, obj is not None, fmt, bool(multi_label),
+                                           xyxy, cs, cls)
+    return xyxy, cs, cls
 
 
 # ---- soft_nms (issue 13): the reference's sequential loop, per class segment ----------------------
