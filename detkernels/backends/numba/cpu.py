@@ -76,7 +76,7 @@ def nms_gather(boxes, order, x1, y1, x2, y2, ar):
 NMS_PATH = 0  # 0: the automatic rule, 1: always plain, 2: pruned wherever exact (NmsPath; tests set it)
 
 _SPARSE_ENV = dict(S_MIN_BOXES=4096, S_WILD_SHARE=16, S_SAMPLE=128, S_RULE_SAMPLE=64,
-                   S_QUERY_SHARE=0.05, S_CELL_SCALE=2.0, S_CELL_CAP=1 << 40,
+                   S_QUERY_SHARE=0.05, S_CELL_SCALE=2.0, S_LEVELS=16, S_CELL_CAP=1 << 40,
                    S_INFLATE=1.0 + 2.0 ** -40)
 
 
@@ -91,9 +91,10 @@ def sparse_cell(v, origin, inv, g):
     return int(t)
 
 
-def sparse_query_share(sidx, nsamp, kind, lo, x1, y1, x2, y2, ox, oy, ix, iy, gx, gy, cw, ch):
+def sparse_query_share(sidx, nsamp, kind, level, lo, x1, y1, x2, y2, ox, oy, lix, liy, lgx, lgy,
+                       lwq, lhq):
     """The rule's estimate of the pruned loop's work: of sampled ordered pairs (a, b), the share
-    whose a is wide (every query tests it) or in a cell b's window visits."""
+    whose a is wide (every query tests it) or in a cell b's window visits at a's level."""
     step = max(1, nsamp // S_RULE_SAMPLE)
     m = (nsamp + step - 1) // step
     if m < 2:
@@ -101,10 +102,6 @@ def sparse_query_share(sidx, nsamp, kind, lo, x1, y1, x2, y2, ox, oy, ix, iy, gx
     hits = 0
     for jj in range(m):
         j = sidx[jj * step]
-        qx0 = sparse_cell(float(x1[j]) - cw, ox, ix, gx)
-        qx1 = sparse_cell(float(x2[j]), ox, ix, gx)
-        qy0 = sparse_cell(float(y1[j]) - ch, oy, iy, gy)
-        qy1 = sparse_cell(float(y2[j]), oy, iy, gy)
         for ii in range(m):
             if ii == jj:
                 continue
@@ -112,15 +109,19 @@ def sparse_query_share(sidx, nsamp, kind, lo, x1, y1, x2, y2, ox, oy, ix, iy, gx
             if kind[i - lo] == 2:
                 hits += 1
                 continue
-            cx = sparse_cell(float(x1[i]), ox, ix, gx)
-            cy = sparse_cell(float(y1[i]), oy, iy, gy)
-            if qx0 <= cx and cx <= qx1 and qy0 <= cy and cy <= qy1:
+            k = level[i - lo]
+            cx = sparse_cell(float(x1[i]), ox, lix[k], lgx[k])
+            cy = sparse_cell(float(y1[i]), oy, liy[k], lgy[k])
+            if (sparse_cell(float(x1[j]) - lwq[k], ox, lix[k], lgx[k]) <= cx
+                    and cx <= sparse_cell(float(x2[j]), ox, lix[k], lgx[k])
+                    and sparse_cell(float(y1[j]) - lhq[k], oy, liy[k], lgy[k]) <= cy
+                    and cy <= sparse_cell(float(y2[j]), oy, liy[k], lgy[k])):
                 hits += 1
     return hits / (m * (m - 1.0))
 
 
 def nms_sparse_segment(x1, y1, x2, y2, ar, lo, hi, thr, keep, path):
-    """Greedy NMS of positions lo..hi-1 pruned by a grid of the kept boxes (the exactness
+    """Greedy NMS of positions lo..hi-1 pruned by grids of the kept boxes (the exactness
     argument is above). Sets keep[j] = 1 for kept j and returns True, or returns False with keep
     untouched when the path or the rule picks the plain loop (the caller runs it)."""
     n = hi - lo
@@ -138,9 +139,6 @@ def nms_sparse_segment(x1, y1, x2, y2, ar, lo, hi, thr, keep, path):
     swild = 0
     ox = np.inf
     oy = np.inf
-    mx = -np.inf
-    my = -np.inf
-    nreg = 0
     for p in range(lo, hi):
         a, b, c, d = x1[p], y1[p], x2[p], y2[p]
         fin = np.isfinite(a) and np.isfinite(b) and np.isfinite(c) and np.isfinite(d)
@@ -153,11 +151,8 @@ def nms_sparse_segment(x1, y1, x2, y2, ar, lo, hi, thr, keep, path):
                 sidx[nsamp] = p
                 nsamp += 1
         if k == 1:
-            nreg += 1
             ox = min(ox, float(a))
             oy = min(oy, float(b))
-            mx = max(mx, float(a))
-            my = max(my, float(b))
     if rule and swild * S_WILD_SHARE > sampled:
         return False
     cw = 1.0
@@ -171,50 +166,79 @@ def nms_sparse_segment(x1, y1, x2, y2, ar, lo, hi, thr, keep, path):
             sh[i] = float(y2[p]) - float(y1[p])
         cw = S_CELL_SCALE * np.sort(sw)[nsamp // 2]
         ch = S_CELL_SCALE * np.sort(sh)[nsamp // 2]
-    # The grid: coarsened (cells doubled) until it has about as many cells as regular boxes;
-    # past the loop's bound (extents near the float64 range) the axes are clamped instead --
-    # still monotone, so still a superset, just slower.
-    limit = 4 * nreg + 16
-    gx = 1
-    gy = 1
-    if nreg > 0:
-        for _ in range(4400):
-            gx = sparse_cell(mx, ox, 1.0 / cw, S_CELL_CAP) + 1
-            gy = sparse_cell(my, oy, 1.0 / ch, S_CELL_CAP) + 1
-            if gx <= limit and gy <= limit and gx * gy <= limit:
-                break
-            cw *= 2.0
-            ch *= 2.0
-        gx = min(gx, limit)
-        gy = min(gy, max(1, limit // gx))
-    ix = 1.0 / cw
-    iy = 1.0 / ch
-    # Regular boxes larger than a cell become wide; the others get a bucket (row-major cell).
-    ng = gx * gy
-    start = np.zeros(ng + 1, np.int64)
-    bucket = np.empty(n, np.int64)
-    wq = 0.0
-    hq = 0.0
+    # Levels: a regular box goes to the first level k whose nominal cell cw * 2^k by ch * 2^k
+    # holds its width and height; larger than the last level: wide.
+    L = S_LEVELS
+    level = np.full(n, -1, np.int8)
+    lcount = np.zeros(L, np.int64)
+    lmx = np.full(L, -np.inf)
+    lmy = np.full(L, -np.inf)
+    lwq = np.zeros(L)
+    lhq = np.zeros(L)
     for p in range(lo, hi):
         if kind[p - lo] != 1:
             continue
         w = float(x2[p]) - float(x1[p])
         h = float(y2[p]) - float(y1[p])
-        if w > cw or h > ch:
+        k = 0
+        while k < L and (w > cw * 2.0 ** k or h > ch * 2.0 ** k):
+            k += 1
+        if k == L:
             kind[p - lo] = 2
             continue
-        wq = max(wq, w)
-        hq = max(hq, h)
-        bb = sparse_cell(float(y1[p]), oy, iy, gy) * gx + sparse_cell(float(x1[p]), ox, ix, gx)
+        level[p - lo] = k
+        lcount[k] += 1
+        lwq[k] = max(lwq[k], w)
+        lhq[k] = max(lhq[k], h)
+        lmx[k] = max(lmx[k], float(x1[p]))
+        lmy[k] = max(lmy[k], float(y1[p]))
+    # Each level's grid: cells from the nominal size, doubled until the grid has about as many
+    # cells as the level's boxes; past the loop's bound (extents near the float64 range) the axes
+    # are clamped instead -- still monotone, so still a superset, just slower. Rounded double
+    # widths are within 2^-53 (relative) of the exact ones: the inflation makes lwq, lhq bounds
+    # of every exact width and height of the level.
+    lix = np.ones(L)
+    liy = np.ones(L)
+    lgx = np.ones(L, np.int64)
+    lgy = np.ones(L, np.int64)
+    lbase = np.zeros(L + 1, np.int64)
+    for k in range(L):
+        lwq[k] *= S_INFLATE
+        lhq[k] *= S_INFLATE
+        gx = 1
+        gy = 1
+        if lcount[k] > 0:
+            limit = 4 * lcount[k] + 16
+            gw = cw * 2.0 ** k
+            gh = ch * 2.0 ** k
+            for _ in range(4400):
+                gx = sparse_cell(lmx[k], ox, 1.0 / gw, S_CELL_CAP) + 1
+                gy = sparse_cell(lmy[k], oy, 1.0 / gh, S_CELL_CAP) + 1
+                if gx <= limit and gy <= limit and gx * gy <= limit:
+                    break
+                gw *= 2.0
+                gh *= 2.0
+            gx = min(gx, limit)
+            gy = min(gy, max(1, limit // gx))
+            lix[k] = 1.0 / gw
+            liy[k] = 1.0 / gh
+        lgx[k] = gx
+        lgy[k] = gy
+        lbase[k + 1] = lbase[k] + (gx * gy if lcount[k] > 0 else 0)
+    if rule and sparse_query_share(sidx, nsamp, kind, level, lo, x1, y1, x2, y2, ox, oy, lix, liy,
+                                   lgx, lgy, lwq, lhq) > S_QUERY_SHARE:
+        return False
+    ng = lbase[L]
+    start = np.zeros(ng + 1, np.int64)
+    bucket = np.empty(n, np.int64)
+    for p in range(lo, hi):
+        k = level[p - lo]
+        if k < 0 or kind[p - lo] != 1:
+            continue
+        bb = (lbase[k] + sparse_cell(float(y1[p]), oy, liy[k], lgy[k]) * lgx[k]
+              + sparse_cell(float(x1[p]), ox, lix[k], lgx[k]))
         bucket[p - lo] = bb
         start[bb + 1] += 1
-    # Rounded double widths are within 2^-53 (relative) of the exact ones: the inflation makes
-    # wq, hq bounds of every exact width and height in the grid.
-    wq *= S_INFLATE
-    hq *= S_INFLATE
-    if rule and sparse_query_share(sidx, nsamp, kind, lo, x1, y1, x2, y2, ox, oy, ix, iy, gx, gy,
-                                   cw, ch) > S_QUERY_SHARE:
-        return False
     for b in range(ng):
         start[b + 1] += start[b]
     m = start[ng]
@@ -223,8 +247,8 @@ def nms_sparse_segment(x1, y1, x2, y2, ar, lo, hi, thr, keep, path):
     wx1, wy1, wx2, wy2, wa = columns(n - m, x1.dtype)  # kept wide boxes, in order
     nwide = 0
     for j in range(lo, hi):
-        k = kind[j - lo]
-        if k == 0:  # inert: never suppresses, never suppressed
+        kd = kind[j - lo]
+        if kd == 0:  # inert: never suppresses, never suppressed
             keep[j] = 1
             continue
         cx1, cy1, cx2, cy2, ca = x1[j], y1[j], x2[j], y2[j], ar[j]
@@ -233,17 +257,21 @@ def nms_sparse_segment(x1, y1, x2, y2, ar, lo, hi, thr, keep, path):
             if nms_suppresses(wx1[t], wy1[t], wx2[t], wy2[t], wa[t], cx1, cy1, cx2, cy2, ca, thr):
                 sup = True
                 break
-        if not sup:
-            finite = (np.isfinite(cx1) and np.isfinite(cy1) and np.isfinite(cx2)
-                      and np.isfinite(cy2))
+        finite = np.isfinite(cx1) and np.isfinite(cy1) and np.isfinite(cx2) and np.isfinite(cy2)
+        for k in range(L):
+            if sup:
+                break
+            if lcount[k] == 0:
+                continue
+            gx = lgx[k]
             if finite:  # regular (inert ones left above): the window and the overlap test
-                qx0 = sparse_cell(float(cx1) - wq, ox, ix, gx)
-                qx1 = sparse_cell(float(cx2), ox, ix, gx)
-                qy0 = sparse_cell(float(cy1) - hq, oy, iy, gy)
-                qy1 = sparse_cell(float(cy2), oy, iy, gy)
+                qx0 = sparse_cell(float(cx1) - lwq[k], ox, lix[k], gx)
+                qx1 = sparse_cell(float(cx2), ox, lix[k], gx)
+                qy0 = sparse_cell(float(cy1) - lhq[k], oy, liy[k], lgy[k])
+                qy1 = sparse_cell(float(cy2), oy, liy[k], lgy[k])
                 for gyy in range(qy0, qy1 + 1):
                     for gxx in range(qx0, qx1 + 1):
-                        b = gyy * gx + gxx
+                        b = lbase[k] + gyy * gx + gxx
                         for t in range(start[b], start[b] + fill[b]):
                             # both regular: no strict overlap means w = 0 or h = 0 (above)
                             if not (sx1[t] < cx2 and cx1 < sx2[t] and sy1[t] < cy2
@@ -257,8 +285,8 @@ def nms_sparse_segment(x1, y1, x2, y2, ar, lo, hi, thr, keep, path):
                             break
                     if sup:
                         break
-            else:  # wild candidate: every kept grid box
-                for b in range(ng):
+            else:  # wild candidate: every kept box of the level
+                for b in range(lbase[k], lbase[k + 1]):
                     for t in range(start[b], start[b] + fill[b]):
                         if nms_suppresses(sx1[t], sy1[t], sx2[t], sy2[t], sa[t], cx1, cy1, cx2,
                                           cy2, ca, thr):
@@ -269,7 +297,7 @@ def nms_sparse_segment(x1, y1, x2, y2, ar, lo, hi, thr, keep, path):
         if sup:
             continue
         keep[j] = 1
-        if k == 1:
+        if kd == 1:
             b = bucket[j - lo]
             t = start[b] + fill[b]
             sx1[t], sy1[t], sx2[t], sy2[t], sa[t] = cx1, cy1, cx2, cy2, ca
