@@ -948,8 +948,8 @@ class NmsLarge(Nms):
     the numba backend (pruned like native: numba/cpu.py) -- beyond 10^4 boxes each peer first runs
     once in a subprocess and is timed only if that call ends within PEER_LIMIT_S. Checks: the
     reference up to 10^4 boxes; above, the plain native path (forced through _C.testing) where it
-    takes seconds (N <= 10^5 or one cluster), else the row is unchecked and the peers are compared with detkernels' output.
-    Peers are checked as kept sets (lsnms returns its own order)."""
+    takes seconds (N <= 10^5 or one cluster), else the row is unchecked and the peers are compared
+    with detkernels' output. Peers are checked as kept sets (lsnms returns its own order)."""
 
     registry_op, unit = "nms", "boxes"
     case_terms = "N = boxes (canvas side 20 000 px x sqrt(N / 10^6)), then the dtype"
