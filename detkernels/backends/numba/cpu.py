@@ -73,7 +73,7 @@ def nms_gather(boxes, order, x1, y1, x2, y2, ar):
 # 1/S_WILD_SHARE of a sample wild, or a sampled query share above S_QUERY_SHARE (see the
 # measurements in nms_sparse.cpp; this port's own are in docs/SPEC.md §6.1).
 
-NMS_PATH = 0  # 0: the automatic rule, 1: always plain, 2: pruned wherever exact (NmsPath; tests set it)
+NMS_PATH = 0  # 0: the automatic rule, 1: plain, 2: pruned wherever exact (NmsPath; tests set it)
 
 _SPARSE_ENV = dict(S_MIN_BOXES=4096, S_WILD_SHARE=16, S_SAMPLE=128, S_RULE_SAMPLE=64,
                    S_QUERY_SHARE=0.05, S_CELL_SCALE=2.0, S_LEVELS=16, S_CELL_CAP=1 << 40,
