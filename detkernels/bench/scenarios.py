@@ -944,12 +944,12 @@ def _lsnms(backend: str) -> Callable | None:
 
 class NmsLarge(Nms):
     """NMS of 10^4 - 10^6 boxes on a large canvas (data.large_nms_boxes), one family per
-    distribution. Peers: lsnms (R-tree; both of its backends), torchvision and the numba backend
-    (both plain O(kept x N)) -- beyond 10^4 boxes each peer first runs once in a subprocess and is
-    timed only if that call ends within PEER_LIMIT_S. Checks: the reference up to 10^4 boxes;
-    above, the plain native path (forced through _C.testing) where it takes seconds (N <= 10^5 or
-    one cluster), else the row is unchecked and the peers are compared with detkernels' output.
-    Peers are checked as kept sets (lsnms returns its own order)."""
+    distribution. Peers: lsnms (R-tree; both of its backends), torchvision (plain O(kept x N)) and
+    the numba backend (pruned like native: numba/cpu.py) -- beyond 10^4 boxes each peer first runs
+    once in a subprocess and is timed only if that call ends within PEER_LIMIT_S. Checks: the
+    reference up to 10^4 boxes; above, the plain native path (forced through _C.testing) where it
+    takes seconds (N <= 10^5 or one cluster), else the row is unchecked and the peers are compared
+    with detkernels' output. Peers are checked as kept sets (lsnms returns its own order)."""
 
     registry_op, unit = "nms", "boxes"
     case_terms = "N = boxes (canvas side 20 000 px x sqrt(N / 10^6)), then the dtype"

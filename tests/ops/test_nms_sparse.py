@@ -150,3 +150,130 @@ def test_pruned_equals_plain_property(data_, dtype, thr):
         _C.testing.nms_set_path(0)
     assert_bytes_equal(pruned, plain)
     assert_bytes_equal(pruned, R.nms(b, s, thr))
+
+
+# ---- the numba CPU backend's pruned path (numba/cpu.py: nms_sparse_segment, NMS_PATH) -------------
+
+@pytest.fixture
+def numba_path(monkeypatch):
+    """Set numba/cpu.py's NMS_PATH for the test (read at each call; the rule is restored after)."""
+    pytest.importorskip("numba")
+    from detkernels.backends.numba import cpu
+
+    return lambda p: monkeypatch.setattr(cpu, "NMS_PATH", p)
+
+
+def _numba_both(fn, numba_path):
+    numba_path(PLAIN)
+    plain = np.asarray(fn())
+    numba_path(PRUNED)
+    return plain, np.asarray(fn())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_numba_pruned_nms_equals_reference(family, dtype, rng, numba_path):
+    for n in (0, 1, 2, 65, 700):
+        b, s = make(family, rng, n, dtype)
+        for thr in THRESHOLDS:
+            want = R.nms(b, s, thr)
+            plain, pruned = _numba_both(lambda b=b, s=s, thr=thr: detkernels.nms(b, s, thr, backend="numba"),
+                                        numba_path)
+            assert_bytes_equal(pruned, want, f"pruned n={n} thr={thr}")
+            assert_bytes_equal(plain, want, f"plain n={n} thr={thr}")
+
+
+@pytest.mark.parametrize("family", ["uniform", "clustered", "degenerate", "nonfinite", "huge"])
+def test_numba_pruned_batched_nms(family, rng, numba_path):
+    b, s = make(family, rng, 600, "float32")
+    c = rng.integers(0, 3, 600)
+    for thr in (0.0, 0.5, -0.1):
+        plain, pruned = _numba_both(lambda thr=thr: detkernels.batched_nms(b, s, c, thr, backend="numba"),
+                                    numba_path)
+        assert_bytes_equal(pruned, R.batched_nms(b, s, c, thr), f"thr={thr}")
+        assert_bytes_equal(plain, pruned)
+
+
+@pytest.mark.parametrize("family", ["uniform", "clusters", "degenerate", "nonfinite", "at_threshold"])
+def test_numba_pruned_multi_image_nms(family, numba_path):
+    """multi_image_nms runs its (image, class) segments on numba's threads (nms_parallel_kernel)."""
+    boxes, scores, classes = batch(family, 1, 3, 300, 0)
+    for idxs in (None, classes):
+        want = R.multi_image_nms(boxes, scores, 0.5, 200, idxs=idxs)
+        numba_path(PRUNED)
+        got = detkernels.multi_image_nms(boxes, scores, 0.5, 200, idxs=idxs, backend="numba")
+        for g, w in zip(got, want):
+            if w is not None:
+                assert_bytes_equal(np.asarray(g), w, family)
+
+
+def test_numba_index_corner_cases(numba_path):
+    """test_index_corner_cases on the numba grid: a huge box over small ones (wide), far-flung
+    boxes (the grid coarsened or clamped), touching edges, subnormal sizes, +-inf/NaN edges."""
+    rng = np.random.default_rng(7)
+    small = data.large_nms_boxes(rng, 3000, "sparse")[0]
+    rows = [small, [[0, 0, 1e5, 1e5]], [[1e30, 1e30, 1e30 + 1e15, 1e30 + 1e15]],
+            [[-1e30, 5, -1e30 + 1e15, 6]], [[0, 0, 10, 10], [10, 0, 20, 10], [0, 10, 10, 20]],
+            [[1e-310, 1e-310, 2e-310, 2e-310], [1.5e-310, 1.5e-310, 2.5e-310, 2.5e-310]],
+            [[-1e300, -1e300, 1e300, 1e300]], [[0, 0, np.inf, 50], [-np.inf, 0, 30, 30], [np.nan, 0, 9, 9]]]
+    b = np.concatenate([np.asarray(r, np.float64) for r in rows])
+    s = rng.random(b.shape[0])
+    s[3000:] = 2.0 - np.arange(b.shape[0] - 3000) * 1e-3  # the special boxes go first
+    for dtype in ("float64", "float32"):
+        with np.errstate(over="ignore"):  # in float32 the 1e300 box becomes a +-inf one
+            bb, ss = b.astype(dtype), s.astype(dtype)
+        for thr in (0.0, 1e-9, 0.5):
+            plain, pruned = _numba_both(lambda bb=bb, ss=ss, thr=thr: detkernels.nms(bb, ss, thr, backend="numba"),
+                                        numba_path)
+            assert_bytes_equal(pruned, plain, f"{dtype} thr={thr}")
+        assert_bytes_equal(pruned, R.nms(bb, ss, 0.5))
+
+
+@pytest.mark.parametrize("dist", data.LARGE_DISTS)
+def test_numba_rule_path_equals_plain(dist, numba_path):
+    """At 12 000 boxes the automatic rule runs: the same bytes as plain, for nms and batched_nms;
+    and the rule's choice itself: pruned for the sparse and clustered canvases, plain for the one
+    big cluster (nms_sparse_segment returns whether it ran)."""
+    from detkernels.backends.numba import cpu
+
+    rng = np.random.default_rng(3)
+    b, s = data.large_nms_boxes(rng, 12000, dist)
+    b, s = b.astype(np.float32), s.astype(np.float32)
+    numba_path(PLAIN)
+    want = np.asarray(detkernels.nms(b, s, 0.5, backend="numba"))
+    numba_path(0)
+    assert_bytes_equal(np.asarray(detkernels.nms(b, s, 0.5, backend="numba")), want, dist)
+    c = rng.integers(0, 2, b.shape[0])
+    numba_path(PLAIN)
+    want = np.asarray(detkernels.batched_nms(b, s, c, 0.5, backend="numba"))
+    numba_path(0)
+    assert_bytes_equal(np.asarray(detkernels.batched_nms(b, s, c, 0.5, backend="numba")), want, f"{dist} batched")
+    k = cpu.kernels("float32")
+    cols = [np.ascontiguousarray(b[:, i]) for i in range(4)]
+    ar = (cols[2] - cols[0]) * (cols[3] - cols[1])
+    keep = np.zeros(b.shape[0], np.uint8)
+    ran = k.nms_sparse_segment(*cols, ar, 0, b.shape[0], np.float32(0.5), keep, 0)
+    assert ran == (dist != "one_cluster"), dist
+    assert not k.nms_sparse_segment(*cols, ar, 0, 4095, np.float32(0.5), keep, 0)  # below 4096: plain
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(data_=st.data(), dtype=st.sampled_from(["float32", "float64"]),
+       thr=st.sampled_from([0.0, 0.1, 0.5, 0.75, 1.0, -0.0, -0.5, float("nan")]))
+def test_numba_pruned_equals_plain_property(data_, dtype, thr):
+    pytest.importorskip("numba")
+    from detkernels.backends.numba import cpu
+
+    b = data_.draw(_coords(dtype, 60))
+    n = b.shape[0]
+    s = data_.draw(hnp.arrays(dtype, (n,), elements=st.sampled_from([0.0, 0.25, 0.5, 1.0, np.nan, -np.inf])))
+    saved = cpu.NMS_PATH
+    try:
+        cpu.NMS_PATH = PLAIN
+        plain = np.asarray(detkernels.nms(b, s, thr, backend="numba"))
+        cpu.NMS_PATH = PRUNED
+        pruned = np.asarray(detkernels.nms(b, s, thr, backend="numba"))
+    finally:
+        cpu.NMS_PATH = saved
+    assert_bytes_equal(pruned, plain)
+    assert_bytes_equal(pruned, R.nms(b, s, thr))

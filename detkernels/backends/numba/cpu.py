@@ -45,11 +45,277 @@ def nms_gather(boxes, order, x1, y1, x2, y2, ar):
         ar[p] = nms_area(x1[p], y1[p], x2[p], y2[p])
 
 
-def nms_segment(x1, y1, x2, y2, ar, lo, hi, thr, kx1, ky1, kx2, ky2, ka, keep):
+# ---- pruned NMS of large sparse segments (issue 16) ----------------------------------------------
+# The numba twin of csrc/ops/nms/nms_sparse.cpp, with ONE level of cells instead of its 16 (and
+# a dense grid, coarsened until it has about as many cells as boxes, instead of hashed levels).
+#
+# Why it is exact: the argument of nms_sparse.cpp's header, unchanged. Greedy NMS keeps candidate
+# j iff no KEPT box before it suppresses it; here only the kept boxes that can suppress j are
+# tested, with the same nms_suppresses call, so every keep decision (and so the kept set and its
+# order) is the plain loop's. With thr >= 0 (thr already rounded to T by nms_threshold), a pair
+# with w = 0 or h = 0 never suppresses: its IoU is +0, -0 or NaN, never > thr. Boxes are classed
+# by their own four coordinates:
+#  * inert (finite, x1 >= x2 or y1 >= y2): w = 0 or h = 0 against any partner, in either role;
+#    kept, never indexed, never tested;
+#  * regular (finite, x1 < x2, y1 < y2): for two regular boxes w > 0 iff a.x1 < b.x2 and
+#    b.x1 < a.x2 (finite IEEE subtraction is exact in sign), h likewise; a kept regular box a
+#    can suppress b only if b.x1 - W < a.x1 < b.x2 and b.y1 - H < a.y1 < b.y2, W and H bounding
+#    every exact width and height in the grid (the double widths inflated by 2^-40);
+#  * wide: any NaN/inf coordinate (wild), or regular but larger than a cell: no shortcut, a kept
+#    wide box is tested against every later non-inert candidate, a non-finite candidate against
+#    every kept box.
+# A kept regular box sits in the cell of its corner (x1, y1); sparse_cell is monotone (rounded
+# subtraction, a positive scale, clamping to the grid), so a.x1's cell lies between the cells of
+# the rounded b.x1 - W and of b.x2 whatever the rounding: the window holds every candidate
+# suppressor. The fallbacks to the plain loop (return False): path PLAIN; !(thr >= 0) (negative
+# thresholds suppress through IoU 0; NaN left to the plain loop as natively); fewer than 2 boxes;
+# and with the automatic rule, nms_sparse.cpp's rule: below S_MIN_BOXES boxes, more than
+# 1/S_WILD_SHARE of a sample wild, or a sampled query share above S_QUERY_SHARE (see the
+# measurements in nms_sparse.cpp; this port's own are in docs/SPEC.md §6.1).
+
+NMS_PATH = 0  # 0: the automatic rule, 1: plain, 2: pruned wherever exact (NmsPath; tests set it)
+
+_SPARSE_ENV = dict(S_MIN_BOXES=4096, S_WILD_SHARE=16, S_SAMPLE=128, S_RULE_SAMPLE=64,
+                   S_QUERY_SHARE=0.05, S_CELL_SCALE=2.0, S_LEVELS=16, S_CELL_CAP=1 << 40,
+                   S_INFLATE=1.0 + 2.0 ** -40)
+
+
+def sparse_cell(v, origin, inv, g):
+    """Cell of coordinate v (float64) on an axis of g cells: monotone in v, in [0, g - 1]
+    (NaN, only from 0 * inf, maps to 0)."""
+    t = (v - origin) * inv
+    if not (t > 0.0):
+        return 0
+    if t >= float(g - 1):
+        return g - 1
+    return int(t)
+
+
+def sparse_query_share(sidx, nsamp, kind, level, lo, x1, y1, x2, y2, ox, oy, lix, liy, lgx, lgy,
+                       lwq, lhq):
+    """The rule's estimate of the pruned loop's work: of sampled ordered pairs (a, b), the share
+    whose a is wide (every query tests it) or in a cell b's window visits at a's level."""
+    step = max(1, nsamp // S_RULE_SAMPLE)
+    m = (nsamp + step - 1) // step
+    if m < 2:
+        return 0.0
+    hits = 0
+    for jj in range(m):
+        j = sidx[jj * step]
+        for ii in range(m):
+            if ii == jj:
+                continue
+            i = sidx[ii * step]
+            if kind[i - lo] == 2:
+                hits += 1
+                continue
+            k = level[i - lo]
+            cx = sparse_cell(float(x1[i]), ox, lix[k], lgx[k])
+            cy = sparse_cell(float(y1[i]), oy, liy[k], lgy[k])
+            if (sparse_cell(float(x1[j]) - lwq[k], ox, lix[k], lgx[k]) <= cx
+                    and cx <= sparse_cell(float(x2[j]), ox, lix[k], lgx[k])
+                    and sparse_cell(float(y1[j]) - lhq[k], oy, liy[k], lgy[k]) <= cy
+                    and cy <= sparse_cell(float(y2[j]), oy, liy[k], lgy[k])):
+                hits += 1
+    return hits / (m * (m - 1.0))
+
+
+def nms_sparse_segment(x1, y1, x2, y2, ar, lo, hi, thr, keep, path):
+    """Greedy NMS of positions lo..hi-1 pruned by grids of the kept boxes (the exactness
+    argument is above). Sets keep[j] = 1 for kept j and returns True, or returns False with keep
+    untouched when the path or the rule picks the plain loop (the caller runs it)."""
+    n = hi - lo
+    if path == 1 or not (thr >= ZERO) or n < 2:
+        return False
+    rule = path == 0
+    if rule and n < S_MIN_BOXES:
+        return False
+    # Classes; a strided sample of the regular boxes sets the cell size and feeds the rule.
+    kind = np.empty(n, np.uint8)
+    stride = max(1, n // S_SAMPLE)
+    sidx = np.empty(n // stride + 1, np.int64)
+    nsamp = 0
+    sampled = 0
+    swild = 0
+    ox = np.inf
+    oy = np.inf
+    for p in range(lo, hi):
+        a, b, c, d = x1[p], y1[p], x2[p], y2[p]
+        fin = np.isfinite(a) and np.isfinite(b) and np.isfinite(c) and np.isfinite(d)
+        k = 2 if not fin else (1 if (a < c and b < d) else 0)
+        kind[p - lo] = k
+        if (p - lo) % stride == 0:
+            sampled += 1
+            swild += k == 2
+            if k == 1:
+                sidx[nsamp] = p
+                nsamp += 1
+        if k == 1:
+            ox = min(ox, float(a))
+            oy = min(oy, float(b))
+    if rule and swild * S_WILD_SHARE > sampled:
+        return False
+    cw = 1.0
+    ch = 1.0
+    if nsamp > 0:
+        sw = np.empty(nsamp, np.float64)
+        sh = np.empty(nsamp, np.float64)
+        for i in range(nsamp):
+            p = sidx[i]
+            sw[i] = float(x2[p]) - float(x1[p])
+            sh[i] = float(y2[p]) - float(y1[p])
+        cw = S_CELL_SCALE * np.sort(sw)[nsamp // 2]
+        ch = S_CELL_SCALE * np.sort(sh)[nsamp // 2]
+    # Levels: a regular box goes to the first level k whose nominal cell cw * 2^k by ch * 2^k
+    # holds its width and height; larger than the last level: wide.
+    L = S_LEVELS
+    level = np.full(n, -1, np.int8)
+    lcount = np.zeros(L, np.int64)
+    lmx = np.full(L, -np.inf)
+    lmy = np.full(L, -np.inf)
+    lwq = np.zeros(L)
+    lhq = np.zeros(L)
+    for p in range(lo, hi):
+        if kind[p - lo] != 1:
+            continue
+        w = float(x2[p]) - float(x1[p])
+        h = float(y2[p]) - float(y1[p])
+        k = 0
+        while k < L and (w > cw * 2.0 ** k or h > ch * 2.0 ** k):
+            k += 1
+        if k == L:
+            kind[p - lo] = 2
+            continue
+        level[p - lo] = k
+        lcount[k] += 1
+        lwq[k] = max(lwq[k], w)
+        lhq[k] = max(lhq[k], h)
+        lmx[k] = max(lmx[k], float(x1[p]))
+        lmy[k] = max(lmy[k], float(y1[p]))
+    # Each level's grid: cells from the nominal size, doubled until the grid has about as many
+    # cells as the level's boxes; past the loop's bound (extents near the float64 range) the axes
+    # are clamped instead -- still monotone, so still a superset, just slower. Rounded double
+    # widths are within 2^-53 (relative) of the exact ones: the inflation makes lwq, lhq bounds
+    # of every exact width and height of the level.
+    lix = np.ones(L)
+    liy = np.ones(L)
+    lgx = np.ones(L, np.int64)
+    lgy = np.ones(L, np.int64)
+    lbase = np.zeros(L + 1, np.int64)
+    for k in range(L):
+        lwq[k] *= S_INFLATE
+        lhq[k] *= S_INFLATE
+        gx = 1
+        gy = 1
+        if lcount[k] > 0:
+            limit = 4 * lcount[k] + 16
+            gw = cw * 2.0 ** k
+            gh = ch * 2.0 ** k
+            for _ in range(4400):
+                gx = sparse_cell(lmx[k], ox, 1.0 / gw, S_CELL_CAP) + 1
+                gy = sparse_cell(lmy[k], oy, 1.0 / gh, S_CELL_CAP) + 1
+                if gx <= limit and gy <= limit and gx * gy <= limit:
+                    break
+                gw *= 2.0
+                gh *= 2.0
+            gx = min(gx, limit)
+            gy = min(gy, max(1, limit // gx))
+            lix[k] = 1.0 / gw
+            liy[k] = 1.0 / gh
+        lgx[k] = gx
+        lgy[k] = gy
+        lbase[k + 1] = lbase[k] + (gx * gy if lcount[k] > 0 else 0)
+    if rule and sparse_query_share(sidx, nsamp, kind, level, lo, x1, y1, x2, y2, ox, oy, lix, liy,
+                                   lgx, lgy, lwq, lhq) > S_QUERY_SHARE:
+        return False
+    ng = lbase[L]
+    start = np.zeros(ng + 1, np.int64)
+    bucket = np.empty(n, np.int64)
+    for p in range(lo, hi):
+        k = level[p - lo]
+        if k < 0 or kind[p - lo] != 1:
+            continue
+        bb = (lbase[k] + sparse_cell(float(y1[p]), oy, liy[k], lgy[k]) * lgx[k]
+              + sparse_cell(float(x1[p]), ox, lix[k], lgx[k]))
+        bucket[p - lo] = bb
+        start[bb + 1] += 1
+    for b in range(ng):
+        start[b + 1] += start[b]
+    m = start[ng]
+    fill = np.zeros(ng, np.int64)
+    sx1, sy1, sx2, sy2, sa = columns(m, x1.dtype)  # kept grid boxes, by bucket
+    wx1, wy1, wx2, wy2, wa = columns(n - m, x1.dtype)  # kept wide boxes, in order
+    nwide = 0
+    for j in range(lo, hi):
+        kd = kind[j - lo]
+        if kd == 0:  # inert: never suppresses, never suppressed
+            keep[j] = 1
+            continue
+        cx1, cy1, cx2, cy2, ca = x1[j], y1[j], x2[j], y2[j], ar[j]
+        sup = False
+        for t in range(nwide):
+            if nms_suppresses(wx1[t], wy1[t], wx2[t], wy2[t], wa[t], cx1, cy1, cx2, cy2, ca, thr):
+                sup = True
+                break
+        finite = np.isfinite(cx1) and np.isfinite(cy1) and np.isfinite(cx2) and np.isfinite(cy2)
+        for k in range(L):
+            if sup:
+                break
+            if lcount[k] == 0:
+                continue
+            gx = lgx[k]
+            if finite:  # regular (inert ones left above): the window and the overlap test
+                qx0 = sparse_cell(float(cx1) - lwq[k], ox, lix[k], gx)
+                qx1 = sparse_cell(float(cx2), ox, lix[k], gx)
+                qy0 = sparse_cell(float(cy1) - lhq[k], oy, liy[k], lgy[k])
+                qy1 = sparse_cell(float(cy2), oy, liy[k], lgy[k])
+                for gyy in range(qy0, qy1 + 1):
+                    for gxx in range(qx0, qx1 + 1):
+                        b = lbase[k] + gyy * gx + gxx
+                        for t in range(start[b], start[b] + fill[b]):
+                            # both regular: no strict overlap means w = 0 or h = 0 (above)
+                            if not (sx1[t] < cx2 and cx1 < sx2[t] and sy1[t] < cy2
+                                    and cy1 < sy2[t]):
+                                continue
+                            if nms_suppresses(sx1[t], sy1[t], sx2[t], sy2[t], sa[t], cx1, cy1,
+                                              cx2, cy2, ca, thr):
+                                sup = True
+                                break
+                        if sup:
+                            break
+                    if sup:
+                        break
+            else:  # wild candidate: every kept box of the level
+                for b in range(lbase[k], lbase[k + 1]):
+                    for t in range(start[b], start[b] + fill[b]):
+                        if nms_suppresses(sx1[t], sy1[t], sx2[t], sy2[t], sa[t], cx1, cy1, cx2,
+                                          cy2, ca, thr):
+                            sup = True
+                            break
+                    if sup:
+                        break
+        if sup:
+            continue
+        keep[j] = 1
+        if kd == 1:
+            b = bucket[j - lo]
+            t = start[b] + fill[b]
+            sx1[t], sy1[t], sx2[t], sy2[t], sa[t] = cx1, cy1, cx2, cy2, ca
+            fill[b] += 1
+        else:
+            wx1[nwide], wy1[nwide], wx2[nwide], wy2[nwide], wa[nwide] = cx1, cy1, cx2, cy2, ca
+            nwide += 1
+    return True
+
+
+def nms_segment(x1, y1, x2, y2, ar, lo, hi, thr, kx1, ky1, kx2, ky2, ka, keep, path):
     """Greedy NMS over positions lo..hi-1 (one class segment, visited in order): position j is
     kept iff no position kept before it suppresses it (torchvision's rule, visiting the same
     pairs). The kept boxes are copied to the columns kx1..ka (scratch of at least hi - lo
-    slots), so the inner loop reads memory in order."""
+    slots), so the inner loop reads memory in order. ``path`` (NMS_PATH) may hand the segment to
+    nms_sparse_segment (the grid of kept boxes below), which decides the same keep flags."""
+    if nms_sparse_segment(x1, y1, x2, y2, ar, lo, hi, thr, keep, path):
+        return
     nk = 0
     for j in range(lo, hi):
         cx1, cy1, cx2, cy2, ca = x1[j], y1[j], x2[j], y2[j], ar[j]
@@ -69,7 +335,7 @@ def _columns(n, dtype):
             np.empty(n, dtype))
 
 
-def nms_kernel(boxes, order, seg, thr, keep):
+def nms_kernel(boxes, order, seg, thr, keep, path):
     """Greedy NMS over boxes visited in ``order`` (class, then score rank); ``seg`` holds the
     start of each class segment in ``order`` plus a final n. Sets keep[p] = 1 for kept
     positions p of ``order``."""
@@ -78,10 +344,10 @@ def nms_kernel(boxes, order, seg, thr, keep):
     nms_gather(boxes, order, x1, y1, x2, y2, ar)
     kx1, ky1, kx2, ky2, ka = columns(n, boxes.dtype)  # kept boxes of the current segment
     for s in range(seg.shape[0] - 1):
-        nms_segment(x1, y1, x2, y2, ar, seg[s], seg[s + 1], thr, kx1, ky1, kx2, ky2, ka, keep)
+        nms_segment(x1, y1, x2, y2, ar, seg[s], seg[s + 1], thr, kx1, ky1, kx2, ky2, ka, keep, path)
 
 
-def nms_parallel_kernel(boxes, order, seg, thr, keep):
+def nms_parallel_kernel(boxes, order, seg, thr, keep, path):
     """nms_kernel with the segments (independent: classes, images) spread over threads; each
     segment is run by one thread, so the result does not depend on the thread count."""
     n = order.shape[0]
@@ -89,7 +355,7 @@ def nms_parallel_kernel(boxes, order, seg, thr, keep):
     nms_gather(boxes, order, x1, y1, x2, y2, ar)
     for s in prange(seg.shape[0] - 1):
         kx1, ky1, kx2, ky2, ka = columns(seg[s + 1] - seg[s], boxes.dtype)  # per-thread scratch
-        nms_segment(x1, y1, x2, y2, ar, seg[s], seg[s + 1], thr, kx1, ky1, kx2, ky2, ka, keep)
+        nms_segment(x1, y1, x2, y2, ar, seg[s], seg[s + 1], thr, kx1, ky1, kx2, ky2, ka, keep, path)
 
 
 def detect_candidates(boxes, scores, obj, has_obj, fmt, multi_label, xyxy, cs, cls):
@@ -136,11 +402,12 @@ _IOU: dict = {}
 def _build(dt: np.dtype):
     jit = numba.njit(**_JIT)
     extra = (("columns", _columns, jit), ("nms_gather", nms_gather, jit),
-             ("nms_segment", nms_segment, jit),
+             ("sparse_cell", sparse_cell, jit), ("sparse_query_share", sparse_query_share, jit),
+             ("nms_sparse_segment", nms_sparse_segment, jit), ("nms_segment", nms_segment, jit),
              ("nms_kernel", nms_kernel, jit),
              ("nms_parallel_kernel", nms_parallel_kernel, numba.njit(parallel=True, **_JIT)),
              ("detect_candidates", detect_candidates, numba.njit(parallel=True, **_JIT)))
-    return M.specialise(dt, _OPS, jit, extra, env=dict(np=np, prange=prange))
+    return M.specialise(dt, _OPS, jit, extra, env=dict(np=np, prange=prange, **_SPARSE_ENV))
 
 
 def kernels(dtype: str):
@@ -174,7 +441,7 @@ def nms_keep(boxes: np.ndarray, order: np.ndarray, seg: np.ndarray, thr: float,
     keep = np.zeros(order.shape[0], np.uint8)
     k = kernels(boxes.dtype.name)
     fn = k.nms_parallel_kernel if parallel and seg.shape[0] > 2 else k.nms_kernel
-    fn(boxes, order, seg, M.nms_threshold(thr, boxes.dtype), keep)
+    fn(boxes, order, seg, M.nms_threshold(thr, boxes.dtype), keep, NMS_PATH)
     return keep
 
 
