@@ -25,6 +25,7 @@ from detkernels.reference import nms as ref
 
 from _helpers import assert_bytes_equal
 from _nms_families import FAMILIES, batch
+from _nms_emulation import check as _check, emulate as _emulate
 
 pytestmark = pytest.mark.skipif(native._C is None, reason="detkernels._C not built")
 
@@ -50,19 +51,6 @@ def _outcome() -> int:
     return native._C.testing.nms_gpu_emulated_outcome()
 
 
-def _emulate(boxes, scores, classes, thr, K, sthr=None, **kw):
-    b = np.ascontiguousarray(boxes)
-    s = np.ascontiguousarray(scores)
-    c = None if classes is None else np.ascontiguousarray(classes, dtype=np.int64)
-    return native.multi_image_nms_emulated(b, s, c, thr, K, sthr, **kw)
-
-
-def _check(got, want, what):
-    for g, w, name in zip(got, want, ("indices", "classes", "counts")):
-        if w is None:
-            assert g is None, f"{what}: unexpected {name}"
-        else:
-            assert_bytes_equal(g, w, f"{what} {name}")
 
 
 def _expected_outcome(b, thr, valid=None):

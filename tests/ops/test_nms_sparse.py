@@ -87,10 +87,9 @@ def test_pruned_multi_image_nms(family, path):
                 assert_bytes_equal(np.asarray(g), w, family)
 
 
-def test_index_corner_cases(path):
-    """Boxes the index must not lose: a huge box over many small ones (wider than a level can
-    query), boxes far apart (hashed cells), touching edges (w = 0: never suppress), subnormal
-    sizes, boxes larger than every level, and +-inf/NaN edges mixed with regular boxes."""
+def _corner_cases():
+    """(dtype, boxes, scores, threshold) of the index corner cases: 3000 sparse boxes plus the
+    special ones, which go first."""
     rng = np.random.default_rng(7)
     small = data.large_nms_boxes(rng, 3000, "sparse")[0]
     rows = [small, [[0, 0, 1e5, 1e5]], [[1e30, 1e30, 1e30 + 1e15, 1e30 + 1e15]],
@@ -99,14 +98,22 @@ def test_index_corner_cases(path):
             [[-1e300, -1e300, 1e300, 1e300]], [[0, 0, np.inf, 50], [-np.inf, 0, 30, 30], [np.nan, 0, 9, 9]]]
     b = np.concatenate([np.asarray(r, np.float64) for r in rows])
     s = rng.random(b.shape[0])
-    s[3000:] = 2.0 - np.arange(b.shape[0] - 3000) * 1e-3  # the special boxes go first
+    s[3000:] = 2.0 - np.arange(b.shape[0] - 3000) * 1e-3
     for dtype in ("float64", "float32"):
         with np.errstate(over="ignore"):  # in float32 the 1e300 box becomes a +-inf one
             bb, ss = b.astype(dtype), s.astype(dtype)
         for thr in (0.0, 1e-9, 0.5):
-            plain, pruned = _both(lambda bb=bb, ss=ss, thr=thr: detkernels.nms(bb, ss, thr, backend="native"), path)
-            assert_bytes_equal(pruned, plain, f"{dtype} thr={thr}")
-    assert_bytes_equal(pruned, R.nms(bb, ss, 0.5))
+            yield dtype, bb, ss, thr
+
+
+def test_index_corner_cases(path):
+    """Boxes the index must not lose: a huge box over many small ones (wider than a level can
+    query), boxes far apart (hashed cells), touching edges (w = 0: never suppress), subnormal
+    sizes, boxes larger than every level, and +-inf/NaN edges mixed with regular boxes."""
+    for dtype, bb, ss, thr in _corner_cases():
+        plain, pruned = _both(lambda bb=bb, ss=ss, thr=thr: detkernels.nms(bb, ss, thr, backend="native"), path)
+        assert_bytes_equal(pruned, plain, f"{dtype} thr={thr}")
+        assert_bytes_equal(pruned, R.nms(bb, ss, thr), f"{dtype} thr={thr} reference")
 
 
 @pytest.mark.parametrize("dist", data.LARGE_DISTS)
@@ -210,23 +217,11 @@ def test_numba_pruned_multi_image_nms(family, numba_path):
 def test_numba_index_corner_cases(numba_path):
     """test_index_corner_cases on the numba grid: a huge box over small ones (wide), far-flung
     boxes (the grid coarsened or clamped), touching edges, subnormal sizes, +-inf/NaN edges."""
-    rng = np.random.default_rng(7)
-    small = data.large_nms_boxes(rng, 3000, "sparse")[0]
-    rows = [small, [[0, 0, 1e5, 1e5]], [[1e30, 1e30, 1e30 + 1e15, 1e30 + 1e15]],
-            [[-1e30, 5, -1e30 + 1e15, 6]], [[0, 0, 10, 10], [10, 0, 20, 10], [0, 10, 10, 20]],
-            [[1e-310, 1e-310, 2e-310, 2e-310], [1.5e-310, 1.5e-310, 2.5e-310, 2.5e-310]],
-            [[-1e300, -1e300, 1e300, 1e300]], [[0, 0, np.inf, 50], [-np.inf, 0, 30, 30], [np.nan, 0, 9, 9]]]
-    b = np.concatenate([np.asarray(r, np.float64) for r in rows])
-    s = rng.random(b.shape[0])
-    s[3000:] = 2.0 - np.arange(b.shape[0] - 3000) * 1e-3  # the special boxes go first
-    for dtype in ("float64", "float32"):
-        with np.errstate(over="ignore"):  # in float32 the 1e300 box becomes a +-inf one
-            bb, ss = b.astype(dtype), s.astype(dtype)
-        for thr in (0.0, 1e-9, 0.5):
-            plain, pruned = _numba_both(lambda bb=bb, ss=ss, thr=thr: detkernels.nms(bb, ss, thr, backend="numba"),
-                                        numba_path)
-            assert_bytes_equal(pruned, plain, f"{dtype} thr={thr}")
-        assert_bytes_equal(pruned, R.nms(bb, ss, 0.5))
+    for dtype, bb, ss, thr in _corner_cases():
+        plain, pruned = _numba_both(lambda bb=bb, ss=ss, thr=thr: detkernels.nms(bb, ss, thr, backend="numba"),
+                                    numba_path)
+        assert_bytes_equal(pruned, plain, f"{dtype} thr={thr}")
+        assert_bytes_equal(pruned, R.nms(bb, ss, thr), f"{dtype} thr={thr} reference")
 
 
 @pytest.mark.parametrize("dist", data.LARGE_DISTS)
