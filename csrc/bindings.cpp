@@ -22,6 +22,8 @@
 #include "ops/nms/diou_nms.h"
 #include "ops/nms/matrix_nms.h"
 #include "ops/nms/nms_sparse_gpu.h"
+#include "ops/nms/soft_nms_gpu.h"
+#include "ops/nms/matrix_nms_gpu.h"
 #include "ops/roi_align/roi_align.h"
 #include "ops/roi_align/roi_align_gpu.h"
 #include "ops/roi_pool/roi_pool.h"
@@ -210,6 +212,29 @@ PYBIND11_MODULE(_C, m) {
   def(m, "ps_roi_pool_backward_cuda_prepare", &ps_roi_pool_backward_cuda_prepare);
   def(m, "roi_pool_backward_cuda_workspace_bytes", &roi_pool_backward_cuda_workspace_bytes);
   def(m, "roi_pool_backward_cuda", &roi_pool_backward_cuda);
+  // issue 13: Soft-NMS (one block per image, no host sync) and Matrix NMS (count stays on device)
+  def(m, "soft_nms_multi_cuda_workspace_bytes", &soft_nms_multi_cuda_workspace_bytes);
+  m.def("soft_nms_multi_cuda", [](int dtype, uintptr_t boxes, uintptr_t scores, uintptr_t classes,
+                                  int64_t B, int64_t N, double thr, double sigma, int method,
+                                  double sthr, int64_t max_output, uintptr_t out_idx,
+                                  uintptr_t out_scores, uintptr_t counts, uintptr_t workspace,
+                                  int64_t workspace_bytes, int device, uintptr_t stream) {
+    ReleaseGil release;
+    soft_nms_multi_cuda(dtype, ptr(boxes), ptr(scores), ptr<const int64_t>(classes), B, N, thr,
+                        sigma, method, sthr, max_output, ptr<int64_t>(out_idx), ptr(out_scores),
+                        ptr<int64_t>(counts), ptr(workspace), workspace_bytes, device, ptr(stream));
+  });
+  def(m, "matrix_nms_cuda_workspace_bytes", &matrix_nms_cuda_workspace_bytes);
+  m.def("matrix_nms_cuda", [](int dtype, uintptr_t boxes, uintptr_t scores, uintptr_t labels,
+                              int64_t n, int kernel, double sigma, bool has_thr, double thr,
+                              int64_t max_output, int64_t pre_top_k, uintptr_t keep,
+                              uintptr_t out_scores, uintptr_t count, uintptr_t workspace,
+                              int64_t workspace_bytes, int device, uintptr_t stream) {
+    ReleaseGil release;
+    matrix_nms_cuda(dtype, ptr(boxes), ptr(scores), ptr<const int64_t>(labels), n, kernel, sigma,
+                    has_thr, thr, max_output, pre_top_k, ptr<int64_t>(keep), ptr(out_scores),
+                    ptr<int64_t>(count), ptr(workspace), workspace_bytes, device, ptr(stream));
+  });
 #endif
 
   m.def("constants", &constants);
@@ -236,6 +261,8 @@ PYBIND11_MODULE(_C, m) {
   def(t, "roi_pool_forward_emulate_cpu", &roi_pool_forward_emulate_cpu);
   def(t, "roi_pool_backward_emulate_cpu", &roi_pool_backward_emulate_cpu);
   def(t, "soft_nms_exp_cpu", &soft_nms_exp_cpu);
+  def(t, "soft_nms_multi_emulate_cpu", &soft_nms_multi_emulate_cpu);  // issue 13: CUDA Soft-NMS
+  def(t, "matrix_nms_emulate_cpu", &matrix_nms_emulate_cpu);  // issue 13: CUDA Matrix NMS
   def(t, "diou_nms_log_cpu", &diou_nms_log_cpu);  // issue 13: dk_log against the reference  // issue 13: dk_exp against the reference
   def(t, "nms_set_path", &nms_set_path);  // issue 16: force the pruned/plain CPU NMS path
   def(t, "nms_gpu_set_path", &nms_gpu_set_path);  // issue 16: the GPU path (and its rounds)

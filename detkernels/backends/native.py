@@ -175,12 +175,39 @@ def nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float) -> Any:
 SOFT_NMS_METHODS = {"linear": 0, "gaussian": 1}  # csrc/ops/nms/soft_nms.h: SoftNmsMethod
 
 
-@register("soft_nms", "native")  # CPU only: no CUDA kernel yet (README status)
+def _soft_multi_cuda(boxes: Any, scores: Any, classes: Any, max_output: int, iou_threshold: float,
+                     sigma: float, method: str, score_threshold: float) -> tuple[Any, Any, Any]:
+    """Soft-NMS on CUDA (csrc/ops/nms/soft_nms_gpu.h): one launch, one block per image, no host
+    synchronisation."""
+    B, N = boxes.shape[0], boxes.shape[1]
+    dt = A.dtype_name(boxes)
+    out = A.empty((B, max_output), "int64", like=boxes)
+    vals = A.empty((B, max_output), dt, like=boxes)
+    counts = A.empty((B,), "int64", like=boxes)
+    nbytes = _C.soft_nms_multi_cuda_workspace_bytes(DTYPE_CODES[dt], B, N, classes is not None)
+    ws = _workspace(boxes, nbytes, f"Soft-NMS of {B} x {N} boxes")
+    _C.soft_nms_multi_cuda(DTYPE_CODES[dt], A.data_ptr(boxes), A.data_ptr(scores),
+                           0 if classes is None else A.data_ptr(classes), B, N, float(iou_threshold),
+                           float(sigma), SOFT_NMS_METHODS[method], float(score_threshold),
+                           int(max_output), A.data_ptr(out), A.data_ptr(vals), A.data_ptr(counts),
+                           A.data_ptr(ws), nbytes, _device_index(boxes), A.current_stream(boxes))
+    return out, vals, counts
+
+
+@register("soft_nms", "native", devices=IOU_DEVICES)
 def soft_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float, sigma: float, method: str,
              score_threshold: float, max_output: int | None) -> tuple[Any, Any]:
     """boxes [N, 4], scores [N] (same float dtype), classes int64 [N] or None -> (kept indices
-    int64, decayed scores) in pick order."""
+    int64, decayed scores) in pick order. On CUDA the only host synchronisation is reading the
+    number kept."""
     n = boxes.shape[0]
+    if A.device(boxes) != "cpu":
+        k = n if max_output is None else min(int(max_output), n)
+        out, vals, counts = _soft_multi_cuda(boxes[None], scores[None],
+                                             None if classes is None else classes[None], k,
+                                             iou_threshold, sigma, method, score_threshold)
+        c = int(counts[0])
+        return out[0, :c], vals[0, :c]
     keep = A.empty((n,), "int64", like=boxes)
     kept = A.empty((n,), A.dtype_name(boxes), like=boxes)
     count = _C.soft_nms_cpu(DTYPE_CODES[A.dtype_name(boxes)], A.data_ptr(boxes), A.data_ptr(scores),
@@ -191,11 +218,14 @@ def soft_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float, sigma:
     return keep[:count], kept[:count]
 
 
-@register("multi_image_soft_nms", "native")  # CPU only
+@register("multi_image_soft_nms", "native", devices=IOU_DEVICES)
 def multi_image_soft_nms(boxes: Any, scores: Any, classes: Any, max_output: int, iou_threshold: float,
                          sigma: float, method: str, score_threshold: float) -> tuple[Any, Any, Any]:
     """boxes [B, N, 4], scores [B, N], classes int64 [B, N] or None -> (indices [B, K],
-    scores [B, K], counts [B])."""
+    scores [B, K], counts [B]); on CUDA never syncs with the host."""
+    if A.device(boxes) != "cpu":
+        return _soft_multi_cuda(boxes, scores, classes, max_output, iou_threshold, sigma, method,
+                                score_threshold)
     B, N = boxes.shape[0], boxes.shape[1]
     dt = A.dtype_name(boxes)
     out = A.empty((B, max_output), "int64", like=boxes)
@@ -222,14 +252,29 @@ def diou_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float, beta: 
 MATRIX_NMS_KERNELS = {"gaussian": 0, "linear": 1}  # csrc/ops/nms/matrix_nms.h: MatrixNmsKernel
 
 
-@register("matrix_nms", "native")  # CPU only: no CUDA kernel yet (README status)
+@register("matrix_nms", "native", devices=IOU_DEVICES)
 def matrix_nms(boxes: Any, scores: Any, labels: Any, kernel: str, sigma: float,
                score_threshold: float | None, max_output: int | None,
                pre_top_k: int | None) -> tuple[Any, Any]:
-    """boxes [N, 4], scores [N] (same float dtype), labels int64 [N] -> (indices, decayed scores)."""
+    """boxes [N, 4], scores [N] (same float dtype), labels int64 [N] -> (indices, decayed scores).
+    On CUDA (csrc/ops/nms/matrix_nms_gpu.h) the only host synchronisation is reading the count."""
     n = boxes.shape[0]
     keep = A.empty((n,), "int64", like=boxes)
     kept = A.empty((n,), A.dtype_name(boxes), like=boxes)
+    if A.device(boxes) != "cpu":
+        dt, dev = DTYPE_CODES[A.dtype_name(boxes)], _device_index(boxes)
+        count = A.empty((1,), "int64", like=boxes)
+        nbytes = _C.matrix_nms_cuda_workspace_bytes(dt, n, dev)
+        ws = _workspace(boxes, nbytes, f"Matrix NMS of {n} boxes")
+        _C.matrix_nms_cuda(dt, A.data_ptr(boxes), A.data_ptr(scores), A.data_ptr(labels), n,
+                           MATRIX_NMS_KERNELS[kernel], float(sigma), score_threshold is not None,
+                           0.0 if score_threshold is None else float(score_threshold),
+                           -1 if max_output is None else int(max_output),
+                           -1 if pre_top_k is None else int(pre_top_k), A.data_ptr(keep),
+                           A.data_ptr(kept), A.data_ptr(count), A.data_ptr(ws), nbytes, dev,
+                           A.current_stream(boxes))
+        c = int(count[0])
+        return keep[:c], kept[:c]
     count = _C.matrix_nms_cpu(DTYPE_CODES[A.dtype_name(boxes)], A.data_ptr(boxes), A.data_ptr(scores),
                               A.data_ptr(labels), n, MATRIX_NMS_KERNELS[kernel], float(sigma),
                               score_threshold is not None,
@@ -314,6 +359,47 @@ def multi_image_nms_emulated(boxes: Any, scores: Any, classes: Any, iou_threshol
                              0 if cls is None else A.data_ptr(cls), A.data_ptr(counts),
                              int(tile_rows), int(mask_cap_bytes), int(scan_threads))
     return out, cls, counts
+
+
+def soft_nms_multi_emulated(boxes: Any, scores: Any, classes: Any, max_output: int,
+                            iou_threshold: float, sigma: float, method: str, score_threshold: float,
+                            *, threads: int = 256) -> tuple[Any, Any, Any]:
+    """The CUDA Soft-NMS kernel's steps (soft_nms_gpu.h) run on the CPU with ``threads`` emulated
+    threads per block, for contiguous NumPy inputs laid out as for multi_image_soft_nms. Tests only."""
+    import numpy as np
+
+    B, N = boxes.shape[0], boxes.shape[1]
+    out = np.empty((B, max_output), np.int64)
+    vals = np.empty((B, max_output), boxes.dtype)
+    counts = np.empty((B,), np.int64)
+    _C.testing.soft_nms_multi_emulate_cpu(DTYPE_CODES[A.dtype_name(boxes)], A.data_ptr(boxes),
+                                          A.data_ptr(scores), 0 if classes is None else A.data_ptr(classes),
+                                          B, N, float(iou_threshold), float(sigma),
+                                          SOFT_NMS_METHODS[method], float(score_threshold),
+                                          int(max_output), A.data_ptr(out), A.data_ptr(vals),
+                                          A.data_ptr(counts), int(threads))
+    return out, vals, counts
+
+
+def matrix_nms_emulated(boxes: Any, scores: Any, labels: Any, kernel: str, sigma: float,
+                        score_threshold: float | None, max_output: int | None,
+                        pre_top_k: int | None) -> tuple[Any, Any]:
+    """The CUDA Matrix NMS pipeline (matrix_nms_gpu.h S1-S6) run on the CPU, for contiguous NumPy
+    inputs (labels int64). Tests only."""
+    import numpy as np
+
+    n = boxes.shape[0]
+    keep = np.empty((n,), np.int64)
+    kept = np.empty((n,), boxes.dtype)
+    count = _C.testing.matrix_nms_emulate_cpu(DTYPE_CODES[A.dtype_name(boxes)], A.data_ptr(boxes),
+                                              A.data_ptr(scores), A.data_ptr(labels), n,
+                                              MATRIX_NMS_KERNELS[kernel], float(sigma),
+                                              score_threshold is not None,
+                                              0.0 if score_threshold is None else float(score_threshold),
+                                              -1 if max_output is None else int(max_output),
+                                              -1 if pre_top_k is None else int(pre_top_k),
+                                              A.data_ptr(keep), A.data_ptr(kept))
+    return keep[:count], kept[:count]
 
 
 # ---- RoI ops (CPU and CUDA) ---------------------------------------------------------------------------------

@@ -8,7 +8,8 @@
 //
 // dk_exp is detkernels' exponential: Cephes exp (double) / expf (float) written with + - * /,
 // floor and ldexp only (each exact or correctly rounded in IEEE arithmetic), so that the C++, the
-// NumPy reference (reference/soft_nms.py: dk_exp, operation for operation) and later backends
+// NumPy reference (reference/soft_nms.py: dk_exp, operation for operation) and the CUDA kernels
+// (soft_nms_gpu.h, matrix_nms_gpu.h: the same DK_HD functions)
 // agree bit for bit. glibc's exp, NumPy's run-time-dispatched SIMD exp (AVX2 / AVX512F) and CUDA's
 // exp differ from each other in the last ulp, so none of them can be the specification. Measured
 // against the correctly rounded exp: <= 1 ulp (float), <= 2 ulp (double) (pinned by
@@ -100,14 +101,16 @@ template <typename T> DK_HD T soft_nms_weight(T iou, int method, double thr, T s
   return dk_exp(-(iou * iou) / sigma);
 }
 
-#ifndef __CUDACC_RTC__
 /// The rank order of the soft/DIoU/Matrix NMS drivers: score_before (NaN first, -0 == +0), then
-/// the lower index. True when (score sa, index a) ranks before (sb, b).
-template <typename T> inline bool ranks_before(T sa, int64_t a, T sb, int64_t b) {
+/// the lower index. True when (score sa, index a) ranks before (sb, b). A strict total order on
+/// distinct indices, so the GPU's block-wide argmax under it is the same in any reduction order.
+template <typename T> DK_HD bool ranks_before(T sa, int64_t a, T sb, int64_t b) {
   if (score_before(sa, sb)) return true;
   if (score_before(sb, sa)) return false;
   return a < b;
 }
+
+#ifndef __CUDACC_RTC__
 
 /// @brief Soft-NMS on the CPU (reference: detkernels/reference/soft_nms.py), exact per class when
 /// `classes` is given (boxes of different classes never decay each other; the kept boxes of all
