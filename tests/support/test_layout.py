@@ -180,6 +180,13 @@ NOT_NEEDED = {
                                 "nms_sparse_edge_cap", "nms_sparse_check_cap", "nms_sparse_round_step",
                                 "nms_sparse_init_state", "nms_sparse_finish", "nms_sparse_output",
                                 "nms_sparse_neutralise")},
+    # soft_nms_gpu.h, matrix_nms_gpu.h (issue 13): steps of the native CUDA Soft-NMS / Matrix NMS
+    **{f: "a step of the native CUDA Soft-NMS / Matrix NMS (issue 13); the numba backend serves "
+          "soft_nms on the CPU only and matrix_nms not at all (README status)"
+       for f in ("ranks_before", "soft_pick_none", "soft_pick_better", "soft_nms_init",
+                 "soft_nms_rescale", "soft_nms_pick_limit", "soft_nms_emit", "matrix_nms_gather",
+                 "matrix_nms_comp_tile", "matrix_nms_decay_tile", "matrix_nms_tile_rows",
+                 "matrix_nms_finish")},
     **{f: _SCATTER for f in ("roi_contrib_count", "roi_contrib", "box", "slots", "contrib", "roi_pool_max_key",
                              "roi_pool_max_run_sum", "ps_roi_pool_len")},
 }
