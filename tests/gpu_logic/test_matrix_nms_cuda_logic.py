@@ -103,9 +103,16 @@ needs_gpu = pytest.mark.skipif(
 
 
 @pytest.mark.skipif(not native.HAS_CUDA, reason="detkernels._C built without CUDA (no nvcc)")
-def test_cuda_entry_points_built():
+def test_cuda_entry_points_built_and_fail_cleanly_without_a_gpu():
+    """A CUDA build exports the Matrix NMS launchers; with no usable GPU they raise, never crash."""
     C = native._C
     assert all(hasattr(C, f) for f in ("matrix_nms_cuda", "matrix_nms_cuda_workspace_bytes"))
+    if C.cuda_device_count():
+        pytest.skip("a GPU is present: the GPU tests below exercise the launchers")
+    with pytest.raises(RuntimeError, match="CUDA error"):
+        C.matrix_nms_cuda_workspace_bytes(0, 10, 0)
+    with pytest.raises(RuntimeError, match="CUDA error"):
+        C.matrix_nms_cuda(0, 0, 0, 0, 10, 0, 2.0, False, 0.0, -1, -1, 0, 0, 0, 0, 1 << 20, 0, 0)
 
 
 @needs_gpu

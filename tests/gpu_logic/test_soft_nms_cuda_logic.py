@@ -140,9 +140,16 @@ needs_gpu = pytest.mark.skipif(
 
 
 @pytest.mark.skipif(not native.HAS_CUDA, reason="detkernels._C built without CUDA (no nvcc)")
-def test_cuda_entry_points_built():
+def test_cuda_entry_points_built_and_fail_cleanly_without_a_gpu():
+    """A CUDA build exports the Soft-NMS launcher; with no usable GPU it raises, never crashes."""
     C = native._C
     assert all(hasattr(C, f) for f in ("soft_nms_multi_cuda", "soft_nms_multi_cuda_workspace_bytes"))
+    nbytes = C.soft_nms_multi_cuda_workspace_bytes(0, 2, 10, True)
+    assert nbytes >= 2 * 10 * (4 + 1 + 4 + 8 + 4)  # s, alive, cnt, pick list per box
+    if C.cuda_device_count():
+        pytest.skip("a GPU is present: the GPU tests below exercise the launcher")
+    with pytest.raises(RuntimeError, match="CUDA error"):
+        C.soft_nms_multi_cuda(0, 0, 0, 0, 1, 10, 0.3, 0.5, 0, 0.001, 10, 0, 0, 0, 0, nbytes, 0, 0)
 
 
 @needs_gpu
