@@ -16,8 +16,15 @@
 // tests/ops/test_soft_nms.py).
 // The code must not be contracted into FMAs (the build passes -ffp-contract=off).
 #pragma once
+#ifndef __CUDACC_RTC__
 #include <cmath>
 #include <cstring>
+#else
+// NVRTC (a CuPy build of these headers) has no <cmath>: +inf from its bits (CUDA intrinsic).
+#ifndef INFINITY
+#define INFINITY __int_as_float(0x7f800000)
+#endif
+#endif
 
 #include "common/host_device.h"
 #include "ops/nms/nms.h"
@@ -36,15 +43,23 @@ template <typename T> DK_HD T dk_floor(T v) {
 }
 DK_HD float dk_pow2(float, int n) {  // 2^n, -126 <= n <= 127
   const uint32_t u = static_cast<uint32_t>(n + 127) << 23;
+#ifdef __CUDACC_RTC__
+  return __int_as_float(static_cast<int>(u));  // no <cstring> under NVRTC; the same bit cast
+#else
   float f;
   std::memcpy(&f, &u, sizeof f);
   return f;
+#endif
 }
 DK_HD double dk_pow2(double, int n) {  // 2^n, -1022 <= n <= 1023
   const uint64_t u = static_cast<uint64_t>(n + 1023) << 52;
+#ifdef __CUDACC_RTC__
+  return __longlong_as_double(static_cast<long long>(u));
+#else
   double f;
   std::memcpy(&f, &u, sizeof f);
   return f;
+#endif
 }
 template <typename T> DK_HD T dk_ldexp(T y, int n) {
   constexpr int lo = sizeof(T) == 4 ? -126 : -1022, hi = sizeof(T) == 4 ? 127 : 1023;
