@@ -61,6 +61,12 @@ def _compile(options: tuple) -> tuple[dict, str]:
 SCORE_FILTER_F64 = {"ld.param.f64", "cvt.f64.f32", "setp.gt.f64"}
 
 
+# Soft-NMS (issue 13) compares in float64 by definition as well ((double)iou > iou_threshold,
+# (double)score < score_threshold: reference/soft_nms.py) and rounds sigma from double to T once.
+SOFT_NMS_F64 = {"ld.param.f64", "cvt.f64.f32", "cvt.rn.f32.f64", "setp.gt.f64", "setp.lt.f64",
+                "setp.geu.f64"}
+
+
 def _f64_ops(body: str) -> set[str]:
     """The opcodes of a PTX body's float64 instructions (declarations, .reg/.param, excluded)."""
     ops = set()
@@ -78,7 +84,8 @@ def test_nvrtc_source_is_exact():
         assert not re.search(r"\bfma\.", body), f"{name}: fused multiply-add"
         assert not re.search(r"\.(approx|full)\b|\.ftz\b", body), f"{name}: approximate/FTZ op"
         if "<float" in name:
-            allowed = SCORE_FILTER_F64 if name.startswith("detkernels::nms_gather_kernel<") else set()
+            allowed = (SCORE_FILTER_F64 if name.startswith("detkernels::nms_gather_kernel<")
+                       else SOFT_NMS_F64 if name.startswith("detkernels::soft_nms_kernel<") else set())
             assert _f64_ops(body) <= allowed, f"{name}: float64 arithmetic in a float32 kernel"
     assert _f64_ops(entries["detkernels::nms_gather_kernel<float>"]) == SCORE_FILTER_F64
 
@@ -381,3 +388,32 @@ def test_box_iou_launch_arguments_match_the_kernels(monkeypatch):
             body = entries[f"detkernels::box_iou_kernel<{t}, {fmt}, {kind}>"]
             assert cvt in body and "div.rn.f32" in body
             assert not re.search(r"\.f64\b", body)
+
+
+# ---- Soft-NMS (issue 13) ------------------------------------------------------------------------
+
+def test_soft_nms_kernel_is_the_native_one():
+    root = Path(__file__).resolve().parents[2]
+    cuh = "ops/nms/soft_nms_kernels.cuh"
+    assert f'#include "{cuh}"' in C.source()
+    assert f'#include "{cuh}"' in (root / "csrc/ops/nms/soft_nms_cuda.cu").read_text()
+    assert cuh in C.HEADERS and "ops/nms/soft_nms.h" in C.HEADERS
+    assert set(C.soft_nms_name_expressions()) <= set(C.name_expressions())
+
+
+def test_soft_nms_launch_arguments_match_the_kernel(monkeypatch):
+    """Without a GPU: the CuPy Soft-NMS launch passes exactly the argument count and types of the
+    NVRTC-compiled entry, one block of SOFT_NMS_THREADS per image."""
+    rec = _Recorder()
+    monkeypatch.setattr(C, "_module", lambda cp: rec)
+    b = np.array([[[0, 0, 2, 2], [1, 1, 3, 3]]] * 3)
+    for dt in (np.float32, np.float64):
+        for cls in (None, np.zeros((3, 2), np.int64)):
+            C._soft_nms_multi(rec, b.astype(dt), np.ones((3, 2), dt), cls, 4, 0.3, 0.5, "gaussian", 0.001)
+    assert len(rec.calls) == 4
+    entries, _ = _compile(C.nvrtc_options())
+    for name, grid, block, args in rec.calls:
+        params = PTX_PARAM.findall(entries[name].split(")")[0])
+        got = ["u64" if isinstance(a, np.ndarray) else ARG_TYPES[type(a)] for a in args]
+        assert got == params, f"{name}: launched with {got}, kernel takes {params}"
+        assert grid == (3,) and block == (C.SOFT_NMS_THREADS,)

@@ -66,7 +66,9 @@ HEADERS = ("common/host_device.h", "ops/box_iou/box_iou.h", "ops/box_iou/box_iou
            "ops/roi_align/roi_align.h", "common/roi_scatter.h",
            "common/roi_scatter_kernels.cuh", "ops/roi_align/roi_align_gpu.h",
            "ops/roi_align/roi_align_kernels.cuh", "ops/roi_pool/roi_pool.h",
-           "ops/roi_pool/roi_pool_gpu.h", "ops/roi_pool/roi_pool_kernels.cuh")
+           "ops/roi_pool/roi_pool_gpu.h", "ops/roi_pool/roi_pool_kernels.cuh",
+           # Soft-NMS (issue 13; section at the end of this file)
+           "ops/nms/soft_nms.h", "ops/nms/soft_nms_gpu.h", "ops/nms/soft_nms_kernels.cuh")
 _MODULES: dict = {}
 
 
@@ -106,6 +108,7 @@ def name_expressions() -> list[str]:
     names += nms_name_expressions()
     names += nms_sparse_name_expressions()
     names += roi_name_expressions()
+    names += soft_nms_name_expressions()
     return names
 
 
@@ -688,3 +691,71 @@ def _roi_pool_max_backward(cp: Any, mod: Any, T: str, rois: Any, idx: Any, grad:
     _launch(mod, f"detkernels::roi_pool_max_reduce<{T}>", M,
             (key[seq], seq, np.int64(M), np.int64(none), _ptr(grad), *_elem_strides(grad),
              np.int64(c), np.int64(ph), np.int64(pw), _ptr(gi)))
+
+
+# ---- Soft-NMS (issue 13) ------------------------------------------------------------------------
+# soft_nms_kernels.cuh's one launch, one block per image (the algorithm: csrc/ops/nms/soft_nms_gpu.h),
+# the same kernel the native CUDA build launches.
+
+SOFT_NMS_THREADS = 256  # csrc/ops/nms/soft_nms_gpu.h: kSoftNmsThreads
+SOFT_NMS_METHODS = {"linear": 0, "gaussian": 1}  # csrc/ops/nms/soft_nms.h: SoftNmsMethod
+
+
+def soft_nms_name_expressions() -> list[str]:
+    return [f"detkernels::soft_nms_kernel<{t}>" for t in C_TYPES.values()]
+
+
+def _soft_nms_multi(cp: Any, boxes: Any, scores: Any, classes: Any, max_output: int,
+                    iou_threshold: float, sigma: float, method: str,
+                    score_threshold: float) -> tuple[Any, Any, Any]:
+    """multi_image_soft_nms on CuPy arrays (inside _On): one launch, no host synchronisation."""
+    B, N, K = int(boxes.shape[0]), int(boxes.shape[1]), int(max_output)
+    dt = A.dtype_name(boxes)
+    out = cp.empty((B, K), dtype=np.int64)
+    vals = cp.empty((B, K), dtype=np.dtype(dt))
+    counts = cp.empty((B,), dtype=np.int64)
+    if B == 0:
+        return out, vals, counts
+    n = max(B * N, 1)
+    s = cp.empty((n,), dtype=np.dtype(dt))
+    alive = cp.empty((n,), dtype=np.uint8)
+    cnt = cp.empty((n,), dtype=np.int32) if classes is not None else None
+    pick_idx = cp.empty((n,), dtype=np.int64)
+    pick_s = cp.empty((n,), dtype=np.dtype(dt))
+    null = np.uint64(0)
+    _module(cp).get_function(f"detkernels::soft_nms_kernel<{C_TYPES[dt]}>")(
+        (B,), (SOFT_NMS_THREADS,),
+        (boxes, scores, null if classes is None else classes, np.int64(N),
+         np.int32(SOFT_NMS_METHODS[method]), np.float64(iou_threshold), np.float64(sigma),
+         np.float64(score_threshold), np.int64(K), s, alive, null if cnt is None else cnt, pick_idx,
+         pick_s, out, vals, counts))
+    return out, vals, counts
+
+
+@register("soft_nms", "cupy", devices=("cuda",))
+def soft_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float, sigma: float, method: str,
+             score_threshold: float, max_output: int | None) -> tuple[Any, Any]:
+    """boxes [N, 4], scores [N], classes int64 [N] or None -> (indices, decayed scores) in pick
+    order: the multi-image kernel with B = 1; one host synchronisation (the count)."""
+    cp = _cupy()
+    with _On(cp, boxes):
+        n = int(boxes.shape[0])
+        k = n if max_output is None else min(int(max_output), n)
+        c = None if classes is None else _view(cp, classes).reshape(1, n)
+        out, vals, counts = _soft_nms_multi(cp, _view(cp, boxes).reshape(1, n, 4),
+                                            _view(cp, scores).reshape(1, n), c, k, iou_threshold,
+                                            sigma, method, score_threshold)
+        m = int(counts[0])
+        return _as_kind(out[0, :m], like=boxes), _as_kind(vals[0, :m], like=boxes)
+
+
+@register("multi_image_soft_nms", "cupy", devices=("cuda",))
+def multi_image_soft_nms(boxes: Any, scores: Any, classes: Any, max_output: int, iou_threshold: float,
+                         sigma: float, method: str, score_threshold: float) -> tuple[Any, Any, Any]:
+    """boxes [B, N, 4], scores [B, N], classes int64 [B, N] or None -> (indices [B, K],
+    scores [B, K], counts [B]); no host synchronisation."""
+    cp = _cupy()
+    with _On(cp, boxes):
+        outs = _soft_nms_multi(cp, _view(cp, boxes), _view(cp, scores), _view(cp, classes),
+                               max_output, iou_threshold, sigma, method, score_threshold)
+        return tuple(_as_kind(x, like=boxes) for x in outs)

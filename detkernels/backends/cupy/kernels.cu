@@ -10,8 +10,10 @@
 //   RoI ops:  roi_align_kernels.cuh, roi_pool_kernels.cuh and the generic deterministic backward
 //             scatter (common/roi_scatter_kernels.cuh); the sorts between the backward's steps
 //             are CuPy's (stable) argsort, the scan cupy.cumsum.
+//   Soft-NMS (issue 13): soft_nms_kernels.cuh, one launch (one block per image).
 #include "ops/box_iou/box_iou_kernel.cuh"
 #include "ops/nms/nms_kernels.cuh"
 #include "ops/nms/nms_sparse_gpu_kernels.cuh"
 #include "ops/roi_align/roi_align_kernels.cuh"
 #include "ops/roi_pool/roi_pool_kernels.cuh"
+#include "ops/nms/soft_nms_kernels.cuh"  // issue 13: Soft-NMS, one block per image
