@@ -65,6 +65,8 @@ SCORE_FILTER_F64 = {"ld.param.f64", "cvt.f64.f32", "setp.gt.f64"}
 # (double)score < score_threshold: reference/soft_nms.py) and rounds sigma from double to T once.
 SOFT_NMS_F64 = {"ld.param.f64", "cvt.f64.f32", "cvt.rn.f32.f64", "setp.gt.f64", "setp.lt.f64",
                 "setp.geu.f64"}
+# Matrix NMS: (double)decayed >= score_threshold, sigma rounded to T once.
+MATRIX_NMS_F64 = {"ld.param.f64", "cvt.f64.f32", "cvt.rn.f32.f64", "setp.ge.f64"}
 
 
 def _f64_ops(body: str) -> set[str]:
@@ -85,7 +87,9 @@ def test_nvrtc_source_is_exact():
         assert not re.search(r"\.(approx|full)\b|\.ftz\b", body), f"{name}: approximate/FTZ op"
         if "<float" in name:
             allowed = (SCORE_FILTER_F64 if name.startswith("detkernels::nms_gather_kernel<")
-                       else SOFT_NMS_F64 if name.startswith("detkernels::soft_nms_kernel<") else set())
+                       else SOFT_NMS_F64 if name.startswith("detkernels::soft_nms_kernel<")
+                       else MATRIX_NMS_F64 if name.startswith("detkernels::matrix_nms_column_kernel<")
+                       else set())
             assert _f64_ops(body) <= allowed, f"{name}: float64 arithmetic in a float32 kernel"
     assert _f64_ops(entries["detkernels::nms_gather_kernel<float>"]) == SCORE_FILTER_F64
 
@@ -417,3 +421,70 @@ def test_soft_nms_launch_arguments_match_the_kernel(monkeypatch):
         got = ["u64" if isinstance(a, np.ndarray) else ARG_TYPES[type(a)] for a in args]
         assert got == params, f"{name}: launched with {got}, kernel takes {params}"
         assert grid == (3,) and block == (C.SOFT_NMS_THREADS,)
+
+
+# ---- Matrix NMS (issue 13) ----------------------------------------------------------------------
+
+def test_matrix_nms_kernels_are_the_native_ones():
+    root = Path(__file__).resolve().parents[2]
+    cuh = "ops/nms/matrix_nms_kernels.cuh"
+    assert f'#include "{cuh}"' in C.source()
+    assert f'#include "{cuh}"' in (root / "csrc/ops/nms/matrix_nms_cuda.cu").read_text()
+    assert cuh in C.HEADERS and "ops/nms/matrix_nms_gpu.h" in C.HEADERS
+    assert set(C.matrix_nms_name_expressions()) <= set(C.name_expressions())
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_matrix_nms_plan_logic(seed):
+    """The CuPy plan (NumPy standing in for CuPy): rank order = score_order (first pre_top_k),
+    positions by (class, rank), seg = each class's first position; the final order = the
+    reference's (kept by decayed score, NaN first, ties by index, first max_output)."""
+    rng = np.random.default_rng(seed)
+    for dtype in (np.float32, np.float64):
+        s = rng.choice(np.array([np.nan, 0.0, -0.0, 0.5, 0.25, 1.0, np.inf], dtype), 300)
+        s[::5] = rng.random(len(s[::5]))
+        lab = rng.choice(np.array([-(2 ** 62), -1, 0, 3, 2 ** 62]), 300)
+        for pre in (None, 1, 77):
+            order, pos_rank, seg = C._matrix_plan(np, s, lab, pre)
+            want = score_order(s)[:pre]
+            np.testing.assert_array_equal(order, want)
+            np.testing.assert_array_equal(pos_rank, np.argsort(lab[want], kind="stable"))
+            ls = lab[want][pos_rank]
+            assert (np.diff(ls) >= 0).all() and (np.diff(pos_rank)[np.diff(ls) == 0] > 0).all()
+            first = {v: int(np.flatnonzero(ls == v)[0]) for v in np.unique(ls)}
+            np.testing.assert_array_equal(seg, [first[v] for v in ls])
+        kept = rng.random(300) < 0.6
+        for k in (None, 0, 5):
+            idx, val = C._matrix_final(np, kept, s, k)
+            sel = np.flatnonzero(kept)
+            o = score_order(s[sel])[:k]
+            np.testing.assert_array_equal(idx, sel[o])
+            assert val.tobytes() == s[sel][o].tobytes()
+
+
+class _NumpyRecorder(_Recorder):
+    """_Recorder with the rest of NumPy behind it (the plan's array code runs for real)."""
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    @staticmethod
+    def argsort(a, axis=-1):
+        return np.argsort(a, axis=axis, kind="stable")
+
+
+def test_matrix_nms_launch_arguments_match_the_kernels(monkeypatch):
+    rec = _NumpyRecorder()
+    monkeypatch.setattr(C, "_module", lambda cp: rec)
+    b = np.array([[0, 0, 2, 2], [1, 1, 3, 3], [0, 0, 2, 2]])
+    for dt in (np.float32, np.float64):
+        for thr in (None, 0.1):
+            C._matrix_nms(rec, b.astype(dt), np.array([0.9, 0.8, 0.7], dt), np.array([0, 1, 0]),
+                          "gaussian", 2.0, thr, None, None)
+    assert {name for name, *_ in rec.calls} == set(C.matrix_nms_name_expressions())
+    entries, _ = _compile(C.nvrtc_options())
+    for name, grid, block, args in rec.calls:
+        params = PTX_PARAM.findall(entries[name].split(")")[0])
+        got = ["u64" if isinstance(a, np.ndarray) else ARG_TYPES[type(a)] for a in args]
+        assert got == params, f"{name}: launched with {got}, kernel takes {params}"
+        assert grid == (1,) and block == (C.MATRIX_NMS_THREADS,)

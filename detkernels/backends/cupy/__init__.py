@@ -14,6 +14,10 @@ visiting order: no host synchronisation, outputs of fixed size. Before the mask 
 rule allows (_sparse_use), the sparse path of nms_sparse_gpu.h runs its kernels
 (nms_sparse_gpu_kernels.cuh; issue 16), as nms_cuda.cu does.
 
+soft_nms / multi_image_soft_nms (issue 13) launch the native build's soft_nms_kernel (one block
+per image, soft_nms_gpu.h); matrix_nms its gather and tiled column kernels (matrix_nms_gpu.h),
+with CuPy's stable sorts and searchsorted for the plan.
+
 Inputs may be torch CUDA tensors, CuPy arrays or Numba device arrays (zero-copy views of their
 memory); kernels and CuPy ops run on the caller's current stream; outputs are the caller's kind.
 cupy is imported on the first call, never at ``import detkernels``.
@@ -68,7 +72,8 @@ HEADERS = ("common/host_device.h", "ops/box_iou/box_iou.h", "ops/box_iou/box_iou
            "ops/roi_align/roi_align_kernels.cuh", "ops/roi_pool/roi_pool.h",
            "ops/roi_pool/roi_pool_gpu.h", "ops/roi_pool/roi_pool_kernels.cuh",
            # Soft-NMS (issue 13; section at the end of this file)
-           "ops/nms/soft_nms.h", "ops/nms/soft_nms_gpu.h", "ops/nms/soft_nms_kernels.cuh")
+           "ops/nms/soft_nms.h", "ops/nms/soft_nms_gpu.h", "ops/nms/soft_nms_kernels.cuh",
+           "ops/nms/matrix_nms.h", "ops/nms/matrix_nms_gpu.h", "ops/nms/matrix_nms_kernels.cuh")
 _MODULES: dict = {}
 
 
@@ -109,6 +114,7 @@ def name_expressions() -> list[str]:
     names += nms_sparse_name_expressions()
     names += roi_name_expressions()
     names += soft_nms_name_expressions()
+    names += matrix_nms_name_expressions()
     return names
 
 
@@ -759,3 +765,82 @@ def multi_image_soft_nms(boxes: Any, scores: Any, classes: Any, max_output: int,
         outs = _soft_nms_multi(cp, _view(cp, boxes), _view(cp, scores), _view(cp, classes),
                                max_output, iou_threshold, sigma, method, score_threshold)
         return tuple(_as_kind(x, like=boxes) for x in outs)
+
+
+# ---- Matrix NMS (issue 13) ----------------------------------------------------------------------
+# matrix_nms_gpu.h's S3-S5 with the native build's kernels (matrix_nms_kernels.cuh: gather, the
+# tiled column passes); the plan between them (S1, S2, the class starts, S6) with CuPy's stable
+# sorts, as for NMS.
+
+MATRIX_NMS_THREADS = 256  # csrc/ops/nms/matrix_nms_gpu.h: kMatrixNmsThreads
+MATRIX_NMS_KERNELS = {"gaussian": 0, "linear": 1}  # csrc/ops/nms/matrix_nms.h: MatrixNmsKernel
+
+
+def matrix_nms_name_expressions() -> list[str]:
+    return [f"detkernels::matrix_nms_{k}_kernel<{t}>" for t in C_TYPES.values()
+            for k in ("gather", "column")]
+
+
+def _matrix_plan(xp: Any, scores: Any, labels: Any, pre_top_k: int | None) -> tuple[Any, Any, Any]:
+    """S1-S3's plan: ``order`` (rank -> candidate: score_order, the first pre_top_k), ``pos_rank``
+    (position -> rank: classes ascending, ranks ascending within one) and ``seg`` (position -> the
+    first position of its class). ``xp``: cupy (or numpy, for the tests)."""
+    order = _score_order(xp, scores)
+    if pre_top_k is not None:
+        order = order[:int(pre_top_k)]
+    lab = labels[order]
+    pos_rank = _argsort(xp, lab)
+    ls = lab[pos_rank]
+    return order, pos_rank, xp.searchsorted(ls, ls, side="left").astype(np.int64)
+
+
+def _matrix_final(xp: Any, kept: Any, dec: Any, max_output: int | None) -> tuple[Any, Any]:
+    """S6: the kept candidates (ascending index) ordered by decayed score (NaN first, ties by
+    index), the first max_output."""
+    sel = xp.flatnonzero(kept)
+    val = dec[sel]
+    o = _score_order(xp, val)
+    if max_output is not None:
+        o = o[:int(max_output)]
+    return sel[o].astype(np.int64), val[o]
+
+
+def _matrix_nms(cp: Any, boxes: Any, scores: Any, labels: Any, kernel: str, sigma: float,
+                score_threshold: float | None, max_output: int | None,
+                pre_top_k: int | None) -> tuple[Any, Any]:
+    """matrix_nms on CuPy arrays (inside _On); one host synchronisation (the kept count)."""
+    n = int(boxes.shape[0])
+    dt = np.dtype(A.dtype_name(boxes))
+    T = C_TYPES[dt.name]
+    order, pos_rank, seg = _matrix_plan(cp, scores, labels, pre_top_k)
+    m = int(order.shape[0])
+    kept = cp.zeros((n,), dtype=np.uint8)
+    dec = cp.zeros((n,), dtype=dt)
+    if m > 0:
+        mod = _module(cp)
+        x1, y1, x2, y2, area, den = (cp.empty((m,), dtype=dt) for _ in range(6))
+        head = cp.empty((m,), dtype=np.int64)  # the native plan's max-scan input; seg is searchsorted's
+        grid = (min((m + MATRIX_NMS_THREADS - 1) // MATRIX_NMS_THREADS, 1 << 16),)  # grid-strided
+        mod.get_function(f"detkernels::matrix_nms_gather_kernel<{T}>")(
+            grid, (MATRIX_NMS_THREADS,),
+            (pos_rank, order, boxes, labels, x1, y1, x2, y2, area, head, np.int64(m)))
+        has_thr = score_threshold is not None
+        for decay in (0, 1):
+            mod.get_function(f"detkernels::matrix_nms_column_kernel<{T}>")(
+                grid, (MATRIX_NMS_THREADS,),
+                (np.int32(decay), x1, y1, x2, y2, area, seg, den, np.int64(m),
+                 np.int32(MATRIX_NMS_KERNELS[kernel]), np.float64(sigma), pos_rank, order, scores,
+                 np.int32(has_thr), np.float64(score_threshold if has_thr else 0.0), dec, kept))
+    return _matrix_final(cp, kept, dec, max_output)
+
+
+@register("matrix_nms", "cupy", devices=("cuda",))
+def matrix_nms(boxes: Any, scores: Any, labels: Any, kernel: str, sigma: float,
+               score_threshold: float | None, max_output: int | None,
+               pre_top_k: int | None) -> tuple[Any, Any]:
+    """boxes [N, 4], scores [N] (same float dtype), labels int64 [N] -> (indices, decayed scores)."""
+    cp = _cupy()
+    with _On(cp, boxes):
+        idx, val = _matrix_nms(cp, _view(cp, boxes), _view(cp, scores), _view(cp, labels), kernel,
+                               sigma, score_threshold, max_output, pre_top_k)
+        return _as_kind(idx, like=boxes), _as_kind(val, like=boxes)

@@ -11,9 +11,12 @@
 //             scatter (common/roi_scatter_kernels.cuh); the sorts between the backward's steps
 //             are CuPy's (stable) argsort, the scan cupy.cumsum.
 //   Soft-NMS (issue 13): soft_nms_kernels.cuh, one launch (one block per image).
+//   Matrix NMS (issue 13): matrix_nms_kernels.cuh's gather and column kernels; CuPy's stable sorts
+//             and searchsorted make the plan.
 #include "ops/box_iou/box_iou_kernel.cuh"
 #include "ops/nms/nms_kernels.cuh"
 #include "ops/nms/nms_sparse_gpu_kernels.cuh"
 #include "ops/roi_align/roi_align_kernels.cuh"
 #include "ops/roi_pool/roi_pool_kernels.cuh"
 #include "ops/nms/soft_nms_kernels.cuh"  // issue 13: Soft-NMS, one block per image
+#include "ops/nms/matrix_nms_kernels.cuh"  // issue 13: Matrix NMS (gather, tiled column passes)
