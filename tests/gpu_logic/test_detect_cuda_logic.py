@@ -92,3 +92,46 @@ def test_emulated_tiling_and_scan_threads():
     want = ref.detect(boxes, scores, 0.5, 100, **kw)
     for tiling in (dict(tile_rows=64), dict(tile_rows=128, scan_threads=3), dict(scan_threads=64)):
         _check(_emulated(boxes, scores, 0.5, 100, **kw, **tiling), want, str(tiling))
+
+
+def _cuda_torch():
+    torch = pytest.importorskip("torch")
+    if not (native.HAS_CUDA and torch.cuda.is_available()):
+        pytest.skip("needs a CUDA device and a CUDA build of detkernels._C")
+    return torch
+
+
+@pytest.mark.parametrize("option", sorted(OPTIONS))
+def test_cuda_equals_reference(option):
+    """The real kernels (GPU hosts only): torch CUDA tensors in, CUDA tensors out, same bytes."""
+    torch = _cuda_torch()
+    import detkernels as dk
+
+    kw = dict(OPTIONS[option])
+    with_obj = kw.pop("objectness", False)
+    for family in sorted(FAMILIES):
+        for C, dtype in ((1, np.float32), (5, np.float64), (37, np.float32)):
+            boxes, scores, _, obj = _inputs(family, C, 2, 40, C, dtype)
+            want = ref.detect(boxes, scores, 0.5, 6, **kw, **(dict(objectness=obj) if with_obj else {}))
+            t = lambda a: torch.from_numpy(a).cuda()  # noqa: E731
+            got = dk.detect(t(boxes), t(scores), 0.5, 6, backend="native",
+                            **kw, **(dict(objectness=t(obj)) if with_obj else {}))
+            assert all(x.is_cuda for x in got)
+            _check([x.cpu().numpy() for x in got], want, f"{family} {option} C={C}")
+
+
+def test_cuda_graph_capture():
+    """No host synchronisation and static shapes: the call captures in a CUDA graph and replays."""
+    torch = _cuda_torch()
+    import detkernels as dk
+
+    boxes, scores, _, obj = _inputs("clusters", 1, 2, 500, 8)
+    b, s = torch.from_numpy(boxes).cuda(), torch.from_numpy(scores).cuda()
+    kw = dict(score_threshold=0.2, pre_nms_top_k=100)
+    dk.detect(b, s, 0.5, 30, backend="native", **kw)  # warm-up outside the capture
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = dk.detect(b, s, 0.5, 30, backend="native", **kw)
+    g.replay()
+    torch.cuda.synchronize()
+    _check([x.cpu().numpy() for x in out], ref.detect(boxes, scores, 0.5, 30, **kw), "graph")
