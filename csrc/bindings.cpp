@@ -15,6 +15,7 @@
 #include "ops/box_iou/box_iou.h"
 #include "ops/box_iou/box_iou_rotated.h"
 #include "ops/detect/detect.h"
+#include "ops/detect/detect_gpu.h"
 #include "ops/nms/nms.h"
 #include "ops/nms/nms_bitmask.h"
 #include "ops/nms/nms_sparse.h"
@@ -203,6 +204,27 @@ PYBIND11_MODULE(_C, m) {
                    ptr<int64_t>(counts), ptr(workspace), workspace_bytes, mask_cap_bytes, device,
                    ptr(stream));
   });
+  // issue 12: detect on CUDA (arguments as detect_cpu, then the workspace, device and stream).
+  def(m, "detect_cuda_workspace_bytes", &detect_cuda_workspace_bytes);
+  m.def("detect_cuda", [](int dtype, uintptr_t boxes, uintptr_t scores, uintptr_t objectness,
+                          uintptr_t idxs, int64_t B, int64_t A, int64_t C,
+                          const std::vector<int64_t>& strides, int fmt, double thr,
+                          py::object score_thr, int64_t top_k, int64_t max_det, bool multi_label,
+                          bool class_agnostic, uintptr_t out_boxes, uintptr_t out_scores,
+                          uintptr_t out_cls, uintptr_t out_idx, uintptr_t counts,
+                          uintptr_t workspace, int64_t workspace_bytes, int64_t mask_cap_bytes,
+                          int device, uintptr_t stream) {
+    if (strides.size() != 8) throw std::invalid_argument("detect_cuda: strides must have 8 entries");
+    const DetectStrides ds{strides[0], strides[1], strides[2], strides[3],
+                           strides[4], strides[5], strides[6], strides[7]};
+    const ScoreThr st(score_thr);
+    ReleaseGil release;
+    detect_cuda(dtype, ptr(boxes), ptr(scores), ptr(objectness), ptr<const int64_t>(idxs), B, A, C,
+                ds, fmt, thr, st.has, st.value, top_k, max_det, multi_label, class_agnostic,
+                ptr(out_boxes), ptr(out_scores), ptr<int64_t>(out_cls), ptr<int64_t>(out_idx),
+                ptr<int64_t>(counts), ptr(workspace), workspace_bytes, mask_cap_bytes, device,
+                ptr(stream));
+  });
   def(m, "roi_align_forward_cuda", &roi_align_forward_cuda);
   def(m, "roi_align_backward_cuda_prepare", &roi_align_backward_cuda_prepare);
   def(m, "roi_align_backward_cuda_workspace_bytes", &roi_align_backward_cuda_workspace_bytes);
@@ -255,6 +277,25 @@ PYBIND11_MODULE(_C, m) {
                                 C, thr, st.has, st.value, max_output, ptr<int64_t>(out_idx),
                                 ptr<int64_t>(out_cls), ptr<int64_t>(counts), tile_rows,
                                 mask_cap_bytes, scan_threads);
+        });
+  // issue 12: the GPU detect pipeline emulated (arguments as detect_cpu, then the NMS tiling).
+  t.def("detect_emulate_cpu",
+        [](int dtype, uintptr_t boxes, uintptr_t scores, uintptr_t objectness, uintptr_t idxs,
+           int64_t B, int64_t A, int64_t C, const std::vector<int64_t>& strides, int fmt,
+           double thr, py::object score_thr, int64_t top_k, int64_t max_det, bool multi_label,
+           bool class_agnostic, uintptr_t out_boxes, uintptr_t out_scores, uintptr_t out_cls,
+           uintptr_t out_idx, uintptr_t counts, int64_t tile_rows, int64_t mask_cap_bytes,
+           int scan_threads) {
+          if (strides.size() != 8) throw std::invalid_argument("detect: strides must have 8 entries");
+          const DetectStrides ds{strides[0], strides[1], strides[2], strides[3],
+                                 strides[4], strides[5], strides[6], strides[7]};
+          const ScoreThr st(score_thr);
+          ReleaseGil release;
+          detect_emulate_cpu(dtype, ptr(boxes), ptr(scores), ptr(objectness),
+                             ptr<const int64_t>(idxs), B, A, C, ds, fmt, thr, st.has, st.value,
+                             top_k, max_det, multi_label, class_agnostic, ptr(out_boxes),
+                             ptr(out_scores), ptr<int64_t>(out_cls), ptr<int64_t>(out_idx),
+                             ptr<int64_t>(counts), tile_rows, mask_cap_bytes, scan_threads);
         });
   def(t, "roi_align_forward_emulate_cpu", &roi_align_forward_emulate_cpu);
   def(t, "roi_align_backward_emulate_cpu", &roi_align_backward_emulate_cpu);

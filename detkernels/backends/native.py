@@ -304,13 +304,13 @@ def multi_image_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float,
     return out, cls, counts
 
 
-@register("detect", "native")
+@register("detect", "native", devices=IOU_DEVICES)
 def detect(boxes: Any, scores: Any, objectness: Any, idxs: Any, iou_threshold: float, max_det: int,
            score_threshold: float | None, top_k: int | None, fmt: str, multi_label: bool,
            class_agnostic: bool) -> tuple:
     """boxes [B, A, 4], scores [B, A] or [B, A, C], objectness [B, A] or None (one float dtype,
     any strides), idxs int64 [B, A] contiguous or None -> (boxes [B, K, 4], scores [B, K],
-    classes, indices [B, K], counts [B])."""
+    classes, indices [B, K], counts [B]). On CUDA: no host synchronisation (issue 12)."""
     boxes, scores, objectness = (_element_strided(x) for x in (boxes, scores, objectness))
     B, N = boxes.shape[0], boxes.shape[1]
     C = scores.shape[2] if scores.ndim == 3 else 0  # C = 0 means [B, A] scores to the core
@@ -325,12 +325,22 @@ def detect(boxes: Any, scores: Any, objectness: Any, idxs: Any, iou_threshold: f
     bst, sst = _strides(boxes), _strides(scores)
     ost = [0, 0] if objectness is None else _strides(objectness)
     strides = bst + sst[:2] + [sst[2] if C else 0] + ost
-    _C.detect_cpu(DTYPE_CODES[dt], A.data_ptr(boxes), A.data_ptr(scores),
-                  0 if objectness is None else A.data_ptr(objectness),
-                  0 if idxs is None else A.data_ptr(idxs), B, N, C, strides, FMT_CODES[fmt],
-                  float(iou_threshold), score_threshold, -1 if top_k is None else int(top_k),
-                  max_det, bool(multi_label), bool(class_agnostic), A.data_ptr(ob),
-                  A.data_ptr(os_), A.data_ptr(oc), A.data_ptr(oi), A.data_ptr(counts))
+    args = (DTYPE_CODES[dt], A.data_ptr(boxes), A.data_ptr(scores),
+            0 if objectness is None else A.data_ptr(objectness),
+            0 if idxs is None else A.data_ptr(idxs), B, N, C, strides, FMT_CODES[fmt],
+            float(iou_threshold), score_threshold, -1 if top_k is None else int(top_k),
+            max_det, bool(multi_label), bool(class_agnostic), A.data_ptr(ob),
+            A.data_ptr(os_), A.data_ptr(oc), A.data_ptr(oi), A.data_ptr(counts))
+    if A.device(boxes) != "cpu":  # csrc/ops/detect/detect_gpu.h; workspace from static shapes
+        dev = _device_index(boxes)
+        k = -1 if top_k is None else int(top_k)
+        nbytes = _C.detect_cuda_workspace_bytes(DTYPE_CODES[dt], B, N, C, bool(multi_label), k,
+                                                NMS_MASK_BYTES, dev)
+        cand = N * (C if multi_label and C else 1)
+        ws = _workspace(boxes, nbytes, f"detect of {B} x {cand} candidates (set pre_nms_top_k)")
+        _C.detect_cuda(*args, A.data_ptr(ws), nbytes, NMS_MASK_BYTES, dev, A.current_stream(boxes))
+        return ob, os_, oc, oi, counts
+    _C.detect_cpu(*args)
     return ob, os_, oc, oi, counts
 
 
@@ -553,3 +563,32 @@ def roi_pool_backward(grad: Any, rois: Any, idx: Any, spatial_scale: float, ph: 
                              A.data_ptr(idx), int(rois.shape[0]), float(spatial_scale), ph, pw, n, c,
                              h, w, A.data_ptr(gi))
     return gi
+
+
+def detect_emulated(boxes: Any, scores: Any, objectness: Any, idxs: Any, iou_threshold: float,
+                    max_det: int, score_threshold: float | None, top_k: int | None, fmt: str,
+                    multi_label: bool, class_agnostic: bool, *, tile_rows: int = 0,
+                    mask_cap_bytes: int = NMS_MASK_BYTES, scan_threads: int = 256) -> tuple:
+    """The CUDA detect pipeline (csrc/ops/detect/detect_gpu.h) run sequentially on the CPU, for
+    NumPy inputs in the working dtype laid out as for detect. Tests only (issue 12)."""
+    import numpy as np
+
+    boxes, scores, objectness = (_element_strided(x) for x in (boxes, scores, objectness))
+    B, N = boxes.shape[0], boxes.shape[1]
+    C = scores.shape[2] if scores.ndim == 3 else 0
+    if scores.ndim == 3 and C == 0:
+        N = 0
+    dt = boxes.dtype
+    out = (np.full((B, max_det, 4), 7, dt), np.full((B, max_det), 7, dt),  # poison: all written
+           np.full((B, max_det), 7, np.int64), np.full((B, max_det), 7, np.int64),
+           np.full((B,), 7, np.int64))
+    bst, sst = _strides(boxes), _strides(scores)
+    ost = [0, 0] if objectness is None else _strides(objectness)
+    strides = bst + sst[:2] + [sst[2] if C else 0] + ost
+    _C.testing.detect_emulate_cpu(
+        DTYPE_CODES[A.dtype_name(boxes)], A.data_ptr(boxes), A.data_ptr(scores),
+        0 if objectness is None else A.data_ptr(objectness), 0 if idxs is None else A.data_ptr(idxs),
+        B, N, C, strides, FMT_CODES[fmt], float(iou_threshold), score_threshold,
+        -1 if top_k is None else int(top_k), max_det, bool(multi_label), bool(class_agnostic),
+        *(A.data_ptr(x) for x in out), int(tile_rows), int(mask_cap_bytes), int(scan_threads))
+    return out

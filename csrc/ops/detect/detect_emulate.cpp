@@ -1,0 +1,97 @@
+// The CUDA detect pipeline (detect_cuda.cu) run step by step on the CPU with the same
+// detect_gpu.h functions: radix sorts become stable sorts by the same keys, the prefix sum a loop,
+// and the NMS stage the emulated bitmask engine (nms_multi_emulate_cpu). Slow on purpose: tests only.
+#include <algorithm>
+#include <numeric>
+#include <vector>
+
+#include "common/dispatch.h"
+#include "ops/detect/detect_gpu.h"
+#include "ops/nms/nms.h"
+
+namespace detkernels {
+namespace {
+
+// What cub::DeviceRadixSort::SortPairs does with bits [0, end_bit): a stable sort by key.
+void stable_sort_pairs(std::vector<uint64_t>& keys, std::vector<int64_t>& vals, int end_bit) {
+  const uint64_t m = end_bit >= 64 ? ~uint64_t(0) : ((uint64_t(1) << end_bit) - 1);
+  std::vector<size_t> idx(keys.size());
+  std::iota(idx.begin(), idx.end(), size_t{0});
+  std::stable_sort(idx.begin(), idx.end(),
+                   [&](size_t a, size_t b) { return (keys[a] & m) < (keys[b] & m); });
+  std::vector<uint64_t> k2(keys.size());
+  std::vector<int64_t> v2(vals.size());
+  for (size_t p = 0; p < idx.size(); ++p) {
+    k2[p] = keys[idx[p]];
+    v2[p] = vals[idx[p]];
+  }
+  keys.swap(k2);
+  vals.swap(v2);
+}
+
+template <typename T>
+void run(const DetectGpuArgs<T>& g, int64_t B, double iou_thr, int64_t top_k, int64_t K,
+         bool agnostic, T* ob, T* os, int64_t* oc, int64_t* oi, int64_t* counts,
+         int64_t tile_rows, int64_t cap, int threads) {
+  const int64_t M = g.M, total = B * M, N = detect_gpu_slots(M, top_k);
+  std::vector<T> score(total);
+  std::vector<int64_t> cls(total), sel(total), pos(total);
+  std::vector<uint8_t> valid(total);
+  for (int64_t gq = 0; gq < total; ++gq) detect_gpu_score(g, gq, score.data(), cls.data(), valid.data());
+  if (N < M) {  // 2. the two sorts (detect_cuda.cu), then the selection by sorted position
+    std::vector<uint64_t> keys(total);
+    std::vector<int64_t> order(total);
+    for (int64_t gq = 0; gq < total; ++gq) {
+      keys[gq] = nms_score_key(score[gq]);
+      order[gq] = gq;
+    }
+    stable_sort_pairs(keys, order, nms_score_key_bits<T>());
+    for (int64_t p = 0; p < total; ++p) keys[p] = nms_image_key(order[p], M, valid[order[p]] != 0);
+    stable_sort_pairs(keys, order, nms_key_bits(uint64_t(2 * B - 1)));
+    for (int64_t p = 0; p < total; ++p) detect_gpu_select(p, order.data(), valid.data(), M, N, sel.data());
+  } else {
+    for (int64_t p = 0; p < total; ++p) detect_gpu_select(p, nullptr, valid.data(), M, M, sel.data());
+  }
+  for (int64_t gq = 0, run = 0; gq < total; ++gq) {  // exclusive sum
+    pos[gq] = run;
+    run += sel[gq];
+  }
+  std::vector<T> cbox(4 * B * N), cscore(B * N);
+  std::vector<int64_t> ccls(B * N), canchor(B * N);
+  for (int64_t s = 0; s < B * N; ++s) detect_gpu_pad(s, cbox.data(), cscore.data(), ccls.data(), canchor.data());
+  for (int64_t gq = 0; gq < total; ++gq)
+    detect_gpu_compact(g, gq, N, sel.data(), pos.data(), score.data(), cls.data(), cbox.data(),
+                       cscore.data(), ccls.data(), canchor.data());
+  const bool per_class = !agnostic && (g.C > 0 || g.idxs);
+  nms_multi_emulate_cpu(std::is_same_v<T, float> ? kFloat32 : kFloat64, cbox.data(), cscore.data(),
+                        per_class ? ccls.data() : nullptr, B, N, 0, iou_thr, g.has_thr != 0, g.thr,
+                        K, oi, nullptr, counts, tile_rows, cap, threads);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t k = 0; k < K; ++k)
+      detect_gpu_output(b, k, K, N, counts, cbox.data(), cscore.data(), ccls.data(),
+                        canchor.data(), ob, os, oc, oi);
+}
+
+}  // namespace
+
+void detect_emulate_cpu(int dtype, const void* boxes, const void* scores, const void* objectness,
+                        const int64_t* idxs, int64_t B, int64_t A, int64_t C,
+                        const DetectStrides& st, int fmt, double iou_threshold, bool has_score_thr,
+                        double score_thr, int64_t top_k, int64_t max_det, bool multi_label,
+                        bool class_agnostic, void* out_boxes, void* out_scores, int64_t* out_cls,
+                        int64_t* out_idx, int64_t* counts, int64_t tile_rows,
+                        int64_t mask_cap_bytes, int scan_threads) {
+  dispatch_float(dtype, "detect", [&](auto t) {
+    using T = decltype(t);
+    const bool multi = multi_label && C > 0;
+    const DetectGpuArgs<T> g{static_cast<const T*>(boxes), static_cast<const T*>(scores),
+                             static_cast<const T*>(objectness), idxs, A, C,
+                             detect_gpu_candidates(A, C, multi), st, fmt, multi ? 1 : 0,
+                             has_score_thr ? 1 : 0, score_thr};
+    run(g, B, iou_threshold, top_k, max_det, class_agnostic, static_cast<T*>(out_boxes),
+        static_cast<T*>(out_scores), out_cls, out_idx, counts, tile_rows, mask_cap_bytes,
+        scan_threads);
+  });
+}
+
+}  // namespace detkernels
