@@ -294,6 +294,45 @@ def detect(boxes: Tensor, scores: Tensor, objectness: Tensor | None, idxs: Tenso
     return (out_b, out_s, put(cand_c[b, j], -1), put(anchor, -1), torch.clamp(per_image, max=max_det))
 
 
+# ---- probiou: elementwise operators -----------------------------------------------------------------
+
+def probiou(b1: Tensor, b2: Tensor, eps: float, checked: tuple) -> Tensor:
+    """reference/rotated.py's ``probiou`` (``_cov`` and ``probiou_pair``, the same operation
+    order) on torch ops: elementwise ONNX operators. The square root is taken in float64 as
+    there; ``Cos``, ``Sin``, ``Log`` and ``Exp`` are the runtime's, not libm's (docs/DEPLOY.md)."""
+    w = checked[3]
+    dt = getattr(torch, w)
+
+    def c(v: float) -> Tensor:  # a constant of the working dtype (rounded once, as T(v))
+        return torch.full((), v, dtype=dt, device=b1.device)
+
+    def cov(b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        A, B = (b[..., 2] * b[..., 2]) / c(12), (b[..., 3] * b[..., 3]) / c(12)
+        cs, sn = torch.cos(b[..., 4]), torch.sin(b[..., 4])
+        cos2, sin2 = cs * cs, sn * sn
+        return A * cos2 + B * sin2, A * sin2 + B * cos2, ((A - B) * cs) * sn
+
+    p, q = b1.to(dt), b2.to(dt)
+    (a1, bb1, c1), (a2, bb2, c2) = ([x[..., :, None] for x in cov(p)], [x[..., None, :] for x in cov(q)])
+    px, py = p[..., :, None, 0], p[..., :, None, 1]
+    qx, qy = q[..., None, :, 0], q[..., None, :, 1]
+    e, zero = c(eps), c(0)
+    sa, sb, sc = a1 + a2, bb1 + bb2, c1 + c2
+    dy, dx = py - qy, px - qx
+    S = sa * sb - sc * sc
+    t1 = ((sa * (dy * dy) + sb * (dx * dx)) / (S + e)) * c(0.25)
+    t2 = (((sc * (qx - px)) * dy) / (S + e)) * c(0.5)
+    d1, d2 = a1 * bb1 - c1 * c1, a2 * bb2 - c2 * c2
+    d1, d2 = torch.where(d1 < zero, zero, d1), torch.where(d2 < zero, zero, d2)
+    root = torch.sqrt((d1 * d2).to(torch.float64)).to(dt)
+    arg = S / (c(4) * root + e) + e
+    bd = (t1 + t2) + torch.log(arg) * c(0.5)
+    bd = torch.where(bd < e, e, bd)
+    bd = torch.where(bd > c(100), c(100), bd)
+    hd = torch.sqrt(((c(1) - torch.exp(-bd)) + e).to(torch.float64)).to(dt)
+    return c(1) - hd
+
+
 # ---- the TorchScript-based exporter: symbolics -------------------------------------------------------
 
 def _register_symbolics() -> None:
