@@ -303,8 +303,10 @@ def probiou(b1: Tensor, b2: Tensor, eps: float, checked: tuple) -> Tensor:
     w = checked[3]
     dt = getattr(torch, w)
 
-    def c(v: float) -> Tensor:  # a constant of the working dtype (rounded once, as T(v))
-        return torch.full((), v, dtype=dt, device=b1.device)
+    def c(v: float) -> Tensor:
+        # A constant of the working dtype, rounded once (T(v)). Not torch.full: the dynamo
+        # exporter rounds a full's fill value through float32 (eps = 1e-7 in a float64 graph).
+        return torch.tensor(v, dtype=dt, device=b1.device)
 
     def cov(b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         A, B = (b[..., 2] * b[..., 2]) / c(12), (b[..., 3] * b[..., 3]) / c(12)
