@@ -335,6 +335,59 @@ def probiou(b1: Tensor, b2: Tensor, eps: float, checked: tuple) -> Tensor:
     return c(1) - hd
 
 
+# ---- matrix_nms: standard operators ---------------------------------------------------------------
+
+def matrix_nms(boxes: Tensor, scores: Tensor, labels: Tensor, kernel: str, sigma: float,
+               sthr: float | None, max_output: int | None, pre_top_k: int | None,
+               w: str) -> tuple[Tensor, Tensor]:
+    """reference/matrix_nms.py in standard ONNX operators (it is fully parallel): a stable ``TopK``
+    for the score order, the ``[n, n]`` IoU matrix (nms's arithmetic, the higher-ranked box
+    first), the same-class upper triangle, the NaN-skipping column max (compensation) and min
+    (decay) as ``Where`` + ``ReduceMax`` / ``ReduceMin``, the decayed scores, the float64
+    threshold and the output order (two stable ``TopK``). Linear kernel: the same IEEE operations
+    as the reference. Gaussian: ONNX ``Exp`` instead of ``dk_exp`` (docs/DEPLOY.md)."""
+    dt = getattr(torch, w)
+    b, s = boxes.to(dt), scores.to(dt)
+    dev = b.device
+
+    def c(v: float) -> Tensor:  # see probiou: not torch.full
+        return torch.tensor(v, dtype=dt, device=dev)
+
+    order = _stable_order([(s, True)])
+    if pre_top_k is not None:
+        order = order[:pre_top_k]
+    n = order.shape[0]
+    bo, ss, ll = b[order], s[order], labels[order]
+    x1, y1, x2, y2 = (bo[:, k] for k in range(4))
+    area = (x2 - x1) * (y2 - y1)
+    zero = c(0)
+    iw = torch.maximum(zero, torch.minimum(x2[:, None], x2[None]) - torch.maximum(x1[:, None], x1[None]))
+    ih = torch.maximum(zero, torch.minimum(y2[:, None], y2[None]) - torch.maximum(y1[:, None], y1[None]))
+    inter = iw * ih
+    iou = inter / ((area[:, None] + area[None]) - inter)  # [i, j]: i the higher-ranked box
+    r = torch.arange(n, device=dev)
+    pair = (r[None, :] > r[:, None]) & (ll[None, :] == ll[:, None])
+    iou = torch.where(pair & ~iou.isnan(), iou, zero)
+    comp = torch.amax(torch.cat([iou, zero.expand(1, n)]), 0)  # c_j = max(0, max_i iou(i, j))
+
+    def term(x: Tensor) -> Tensor:
+        return torch.exp(c(-float(sigma)) * (x * x)) if kernel == "gaussian" else c(1) - x
+
+    wgt = term(iou) / term(comp)[:, None]
+    one = c(1)
+    wgt = torch.where(pair & ~wgt.isnan(), wgt, one)
+    decay = torch.amin(torch.cat([wgt, one.expand(1, n)]), 0)
+    dec = ss * decay
+    idx = order
+    if sthr is not None:
+        keep = torch.nonzero(dec.to(torch.float64) >= sthr)[:, 0]
+        idx, dec = idx[keep], dec[keep]
+    o = _stable_order([(dec, True), (idx, False)])
+    if max_output is not None:
+        o = o[:max_output]
+    return idx[o], dec[o]
+
+
 # ---- the TorchScript-based exporter: symbolics -------------------------------------------------------
 
 def _register_symbolics() -> None:
