@@ -335,6 +335,28 @@ def probiou(b1: Tensor, b2: Tensor, eps: float, checked: tuple) -> Tensor:
     return c(1) - hd
 
 
+def nms_probiou_fast(boxes: Tensor, scores: Tensor, idxs: Tensor | None, thr: float, eps: float,
+                     w: str) -> Tensor:
+    """``nms_probiou(fast=True)`` (Fast-NMS, reference/rotated.py): a box is dropped when any
+    box before it in score order (of its class) has ``probiou(earlier, it) > thr`` (float64
+    compare) -- parallel: the ``[n, n]`` ProbIoU matrix above (O(n²) memory), the same-class upper
+    triangle, a column reduction. Within ``probiou``'s ONNX bound (a pair within it of the
+    threshold may decide otherwise). The greedy form has no such graph."""
+    dt = getattr(torch, w)
+    b, s = boxes.to(dt), scores.to(dt)
+    order = _stable_order([(s, True)])
+    n = order.shape[0]
+    bo = b[order]
+    P = probiou(bo, bo, eps, ((), n, n, w))  # [i, j]: i the earlier box
+    r = torch.arange(n, device=b.device)
+    pair = r[None, :] > r[:, None]
+    if idxs is not None:
+        cls = idxs[order]
+        pair = pair & (cls[None, :] == cls[:, None])
+    dead = (pair & (P.to(torch.float64) > thr)).to(torch.int64).sum(0) > 0
+    return order[~dead]
+
+
 # ---- matrix_nms: standard operators ---------------------------------------------------------------
 
 def matrix_nms(boxes: Tensor, scores: Tensor, labels: Tensor, kernel: str, sigma: float,

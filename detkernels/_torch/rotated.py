@@ -69,6 +69,8 @@ def nms_rotated(boxes: Tensor, scores: Tensor, idxs: Tensor | None, thr: float, 
 
 def nms_probiou(boxes: Tensor, scores: Tensor, idxs: Tensor | None, thr: float, fast: bool, eps: float,
                 w: str, backend: str | None) -> Tensor:
+    if backend is None and fast and _onnx.exporting():  # Fast-NMS only: the greedy form has no graph
+        return _onnx.nms_probiou_fast(boxes, scores, idxs, thr, eps, w)
     if backend is None and traced(boxes, scores, idxs):
         return torch.ops.detkernels.nms_probiou(boxes, scores, idxs, thr, fast, eps)
     return _dispatch.nms_probiou(boxes, scores, idxs, thr, fast, eps, w, backend)

@@ -501,3 +501,23 @@ def test_matrix_nms_in_onnxruntime(exporter, dtype, kernel, case, tmp_path):
             assert gv.dtype == wv.dtype
             with np.errstate(invalid="ignore"):  # inf - inf where both are the inf score
                 assert ((gv == wv) | (np.abs(gv - wv) <= 4 * np.spacing(np.abs(wv)))).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_nms_probiou_fast_in_onnxruntime(exporter, dtype, tmp_path):
+    """nms_probiou(fast=True) exports as standard operators (probiou's matrix, a column
+    reduction); the kept indices equal detkernels' where no ProbIoU lies within probiou's ONNX
+    bound of the threshold (checked here, so the equality is meaningful)."""
+    boxes, scores = _obb(0, 40, dtype), torch.rand(40, generator=torch.Generator().manual_seed(3)).to(dtype)
+    idxs = torch.arange(40) % 2
+    thr = 0.05
+    path = tmp_path / "nms_probiou.onnx"
+    sess = export(lambda b, s, c: dk.nms_probiou(b, s, thr, c, fast=True), (boxes, scores, idxs), exporter, path)
+    assert "detkernels" not in {n.domain for n in onnx.load(str(path)).graph.node}
+    p = dk.probiou(boxes, boxes).double().numpy()
+    assert (np.abs(p - thr) > 2.0 ** -20).all()
+    (got,) = run(sess, boxes, scores, idxs)
+    want = dk.nms_probiou(boxes, scores, thr, idxs, fast=True)
+    assert 0 < want.numel() < 40
+    assert_bytes_equal(got, want, "kept")
