@@ -26,6 +26,13 @@ How each op exports (``exporting()`` is true under either exporter):
   kernel for them: a runtime that serves them must register one.
 * The IoU family: the reference formulas on torch ops (detkernels/_torch/iou.py), i.e.
   elementwise ONNX operators.
+* ``probiou``: reference/rotated.py's formula on torch ops (``probiou`` below): elementwise
+  operators, within a few ulp of 1 of detkernels (ONNX Runtime's Cos/Sin/Log/Exp are not libm's).
+* ``matrix_nms`` and ``nms_probiou(fast=True)``: fully parallel, so torch compositions over the
+  ``[n, n]`` IoU / ProbIoU matrix (below): standard operators, O(n²) memory.
+* ``soft_nms``, ``multi_image_soft_nms``, ``diou_nms``, the rotated ``box_iou``, ``nms_rotated``,
+  ``batched_nms_rotated``, greedy ``nms_probiou``: no translation yet (greedy selection needs an
+  ONNX Loop, the rotated IoU a custom-domain node): export fails with the exporter's error.
 
 Registration happens on import, with no user step: the TorchScript-based exporter's symbolics
 (``torch.onnx.register_custom_op_symbolic``) now; the ``dynamo=True`` exporter's onnxscript
