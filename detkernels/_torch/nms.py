@@ -229,6 +229,8 @@ def diou_nms(boxes: Tensor, scores: Tensor, idxs: Tensor | None, thr: float, bet
 def matrix_nms(boxes: Tensor, scores: Tensor, labels: Tensor, kernel: str, sigma: float,
                score_threshold: float | None, max_output: int | None, pre_top_k: int | None, w: str,
                backend: str | None) -> tuple[Tensor, Tensor]:
+    if backend is None and _onnx.exporting():
+        return _onnx.matrix_nms(boxes, scores, labels, kernel, sigma, score_threshold, max_output, pre_top_k, w)
     if backend is None and traced(boxes, scores, labels):
         return torch.ops.detkernels.matrix_nms(boxes, scores, labels, kernel, sigma, score_threshold,
                                                max_output, pre_top_k)

@@ -26,6 +26,13 @@ How each op exports (``exporting()`` is true under either exporter):
   kernel for them: a runtime that serves them must register one.
 * The IoU family: the reference formulas on torch ops (detkernels/_torch/iou.py), i.e.
   elementwise ONNX operators.
+* ``probiou``: reference/rotated.py's formula on torch ops (``probiou`` below): elementwise
+  operators, within a few ulp of 1 of detkernels (ONNX Runtime's Cos/Sin/Log/Exp are not libm's).
+* ``matrix_nms`` and ``nms_probiou(fast=True)``: fully parallel, so torch compositions over the
+  ``[n, n]`` IoU / ProbIoU matrix (below): standard operators, O(n²) memory.
+* ``soft_nms``, ``multi_image_soft_nms``, ``diou_nms``, the rotated ``box_iou``, ``nms_rotated``,
+  ``batched_nms_rotated``, greedy ``nms_probiou``: no translation yet (greedy selection needs an
+  ONNX Loop, the rotated IoU a custom-domain node): export fails with the exporter's error.
 
 Registration happens on import, with no user step: the TorchScript-based exporter's symbolics
 (``torch.onnx.register_custom_op_symbolic``) now; the ``dynamo=True`` exporter's onnxscript
@@ -292,6 +299,122 @@ def detect(boxes: Tensor, scores: Tensor, objectness: Tensor | None, idxs: Tenso
     out_b = put(xyxy[b, anchor], 0.0, 4)
     out_s = put(cand_s[b, j], 0.0)
     return (out_b, out_s, put(cand_c[b, j], -1), put(anchor, -1), torch.clamp(per_image, max=max_det))
+
+
+# ---- probiou: elementwise operators -----------------------------------------------------------------
+
+def probiou(b1: Tensor, b2: Tensor, eps: float, checked: tuple) -> Tensor:
+    """reference/rotated.py's ``probiou`` (``_cov`` and ``probiou_pair``, the same operation
+    order) on torch ops: elementwise ONNX operators. The square root is taken in float64 as
+    there; ``Cos``, ``Sin``, ``Log`` and ``Exp`` are the runtime's, not libm's (docs/DEPLOY.md)."""
+    w = checked[3]
+    dt = getattr(torch, w)
+
+    def c(v: float) -> Tensor:
+        # A constant of the working dtype, rounded once (T(v)). Not torch.full: the dynamo
+        # exporter rounds a full's fill value through float32 (eps = 1e-7 in a float64 graph).
+        return torch.tensor(v, dtype=dt, device=b1.device)
+
+    def cov(b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        A, B = (b[..., 2] * b[..., 2]) / c(12), (b[..., 3] * b[..., 3]) / c(12)
+        cs, sn = torch.cos(b[..., 4]), torch.sin(b[..., 4])
+        cos2, sin2 = cs * cs, sn * sn
+        return A * cos2 + B * sin2, A * sin2 + B * cos2, ((A - B) * cs) * sn
+
+    p, q = b1.to(dt), b2.to(dt)
+    (a1, bb1, c1), (a2, bb2, c2) = ([x[..., :, None] for x in cov(p)], [x[..., None, :] for x in cov(q)])
+    px, py = p[..., :, None, 0], p[..., :, None, 1]
+    qx, qy = q[..., None, :, 0], q[..., None, :, 1]
+    e, zero = c(eps), c(0)
+    sa, sb, sc = a1 + a2, bb1 + bb2, c1 + c2
+    dy, dx = py - qy, px - qx
+    S = sa * sb - sc * sc
+    t1 = ((sa * (dy * dy) + sb * (dx * dx)) / (S + e)) * c(0.25)
+    t2 = (((sc * (qx - px)) * dy) / (S + e)) * c(0.5)
+    d1, d2 = a1 * bb1 - c1 * c1, a2 * bb2 - c2 * c2
+    d1, d2 = torch.where(d1 < zero, zero, d1), torch.where(d2 < zero, zero, d2)
+    root = torch.sqrt((d1 * d2).to(torch.float64)).to(dt)
+    arg = S / (c(4) * root + e) + e
+    bd = (t1 + t2) + torch.log(arg) * c(0.5)
+    bd = torch.where(bd < e, e, bd)
+    bd = torch.where(bd > c(100), c(100), bd)
+    hd = torch.sqrt(((c(1) - torch.exp(-bd)) + e).to(torch.float64)).to(dt)
+    return c(1) - hd
+
+
+def nms_probiou_fast(boxes: Tensor, scores: Tensor, idxs: Tensor | None, thr: float, eps: float,
+                     w: str) -> Tensor:
+    """``nms_probiou(fast=True)`` (Fast-NMS, reference/rotated.py): a box is dropped when any
+    box before it in score order (of its class) has ``probiou(earlier, it) > thr`` (float64
+    compare) -- parallel: the ``[n, n]`` ProbIoU matrix above (O(n²) memory), the same-class upper
+    triangle, a column reduction. Within ``probiou``'s ONNX bound (a pair within it of the
+    threshold may decide otherwise). The greedy form has no such graph."""
+    dt = getattr(torch, w)
+    b, s = boxes.to(dt), scores.to(dt)
+    order = _stable_order([(s, True)])
+    n = order.shape[0]
+    bo = b[order]
+    P = probiou(bo, bo, eps, ((), n, n, w))  # [i, j]: i the earlier box
+    r = torch.arange(n, device=b.device)
+    pair = r[None, :] > r[:, None]
+    if idxs is not None:
+        cls = idxs[order]
+        pair = pair & (cls[None, :] == cls[:, None])
+    dead = (pair & (P.to(torch.float64) > thr)).to(torch.int64).sum(0) > 0
+    return order[~dead]
+
+
+# ---- matrix_nms: standard operators ---------------------------------------------------------------
+
+def matrix_nms(boxes: Tensor, scores: Tensor, labels: Tensor, kernel: str, sigma: float,
+               sthr: float | None, max_output: int | None, pre_top_k: int | None,
+               w: str) -> tuple[Tensor, Tensor]:
+    """reference/matrix_nms.py in standard ONNX operators (it is fully parallel): a stable ``TopK``
+    for the score order, the ``[n, n]`` IoU matrix (nms's arithmetic, the higher-ranked box
+    first), the same-class upper triangle, the NaN-skipping column max (compensation) and min
+    (decay) as ``Where`` + ``ReduceMax`` / ``ReduceMin``, the decayed scores, the float64
+    threshold and the output order (two stable ``TopK``). Linear kernel: the same IEEE operations
+    as the reference. Gaussian: ONNX ``Exp`` instead of ``dk_exp`` (docs/DEPLOY.md)."""
+    dt = getattr(torch, w)
+    b, s = boxes.to(dt), scores.to(dt)
+    dev = b.device
+
+    def c(v: float) -> Tensor:  # see probiou: not torch.full
+        return torch.tensor(v, dtype=dt, device=dev)
+
+    order = _stable_order([(s, True)])
+    if pre_top_k is not None:
+        order = order[:pre_top_k]
+    n = order.shape[0]
+    bo, ss, ll = b[order], s[order], labels[order]
+    x1, y1, x2, y2 = (bo[:, k] for k in range(4))
+    area = (x2 - x1) * (y2 - y1)
+    zero = c(0)
+    iw = torch.maximum(zero, torch.minimum(x2[:, None], x2[None]) - torch.maximum(x1[:, None], x1[None]))
+    ih = torch.maximum(zero, torch.minimum(y2[:, None], y2[None]) - torch.maximum(y1[:, None], y1[None]))
+    inter = iw * ih
+    iou = inter / ((area[:, None] + area[None]) - inter)  # [i, j]: i the higher-ranked box
+    r = torch.arange(n, device=dev)
+    pair = (r[None, :] > r[:, None]) & (ll[None, :] == ll[:, None])
+    iou = torch.where(pair & ~iou.isnan(), iou, zero)
+    comp = torch.amax(torch.cat([iou, zero.expand(1, n)]), 0)  # c_j = max(0, max_i iou(i, j))
+
+    def term(x: Tensor) -> Tensor:
+        return torch.exp(c(-float(sigma)) * (x * x)) if kernel == "gaussian" else c(1) - x
+
+    wgt = term(iou) / term(comp)[:, None]
+    one = c(1)
+    wgt = torch.where(pair & ~wgt.isnan(), wgt, one)
+    decay = torch.amin(torch.cat([wgt, one.expand(1, n)]), 0)
+    dec = ss * decay
+    idx = order
+    if sthr is not None:
+        keep = torch.nonzero(dec.to(torch.float64) >= sthr)[:, 0]
+        idx, dec = idx[keep], dec[keep]
+    o = _stable_order([(dec, True), (idx, False)])
+    if max_output is not None:
+        o = o[:max_output]
+    return idx[o], dec[o]
 
 
 # ---- the TorchScript-based exporter: symbolics -------------------------------------------------------

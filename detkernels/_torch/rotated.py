@@ -1,6 +1,6 @@
 """Rotated NMS on torch tensors: the custom ops ``detkernels::nms_rotated`` and
-``detkernels::nms_probiou`` (data-dependent output size, as ``detkernels::nms``) with their fake
-kernels, and the eager entries of detkernels/api/rotated.py (arguments validated there). The
+``detkernels::nms_probiou`` (data-dependent output size, as ``detkernels::nms``) and
+``detkernels::probiou`` with their fake kernels, and the eager entries of detkernels/api/rotated.py (arguments validated there). The
 rotated box_iou goes through ``detkernels::box_iou`` (detkernels/_torch/iou.py)."""
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from .. import _checks, _dispatch
+from . import onnx as _onnx
 from .common import traced
 
 
@@ -39,6 +40,26 @@ def _(boxes, scores, idxs, iou_threshold, fast=False, eps=1e-7):
     return boxes.new_empty((torch.library.get_ctx().new_dynamic_size(),), dtype=torch.int64)
 
 
+@torch.library.custom_op("detkernels::probiou", mutates_args=())
+def probiou_op(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7) -> Tensor:
+    checked = _checks.probiou_check(boxes1, boxes2)
+    return _dispatch.probiou(boxes1, boxes2, _checks.threshold_value(eps, "eps"), checked, None).clone()
+
+
+@probiou_op.register_fake
+def _(boxes1, boxes2, eps=1e-7):
+    batch, N, M, w = _checks.probiou_check(boxes1, boxes2)
+    return boxes1.new_empty(tuple(batch) + (N, M), dtype=getattr(torch, w))
+
+
+def probiou(b1: Tensor, b2: Tensor, eps: float, checked: tuple, backend: str | None) -> Tensor:
+    if backend is None and _onnx.exporting():
+        return _onnx.probiou(b1, b2, eps, checked)
+    if backend is None and traced(b1, b2):
+        return torch.ops.detkernels.probiou(b1, b2, eps)
+    return _dispatch.probiou(b1, b2, eps, checked, backend)
+
+
 def nms_rotated(boxes: Tensor, scores: Tensor, idxs: Tensor | None, thr: float, fmt: str, w: str,
                 backend: str | None) -> Tensor:
     if backend is None and traced(boxes, scores, idxs):
@@ -48,6 +69,8 @@ def nms_rotated(boxes: Tensor, scores: Tensor, idxs: Tensor | None, thr: float, 
 
 def nms_probiou(boxes: Tensor, scores: Tensor, idxs: Tensor | None, thr: float, fast: bool, eps: float,
                 w: str, backend: str | None) -> Tensor:
+    if backend is None and fast and _onnx.exporting():  # Fast-NMS only: the greedy form has no graph
+        return _onnx.nms_probiou_fast(boxes, scores, idxs, thr, eps, w)
     if backend is None and traced(boxes, scores, idxs):
         return torch.ops.detkernels.nms_probiou(boxes, scores, idxs, thr, fast, eps)
     return _dispatch.nms_probiou(boxes, scores, idxs, thr, fast, eps, w, backend)

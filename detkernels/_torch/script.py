@@ -23,11 +23,14 @@ from torch.jit import _builtins
 from .. import _checks
 from ..api import boxes as _boxes
 from ..api import nms as _nms
+from ..api import nms_variants as _variants
 from ..api import roi as _roi
+from ..api import rotated as _rotated
 from . import detect as _detect_ops  # noqa: F401  (custom ops)
 from . import iou as _iou_ops  # noqa: F401
 from . import nms as _nms_ops  # noqa: F401
 from . import roi as _roi_ops  # noqa: F401
+from . import rotated as _rotated_ops  # noqa: F401
 from . import export as _export_ops  # noqa: F401  (detkernels::paste_masks, for export_ready)
 from . import script_fns as _fns
 from .patch import torchvision_batched_nms, torchvision_box_iou
@@ -80,3 +83,38 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)
     for _fn, _twin in _TWINS:
         torch.jit._state._set_jit_function_cache(_fn, torch.jit.script(_twin))
+
+# The crowded-scene and rotated NMS functions (issue 13, 17): their custom ops take the arguments in
+# another order (``idxs`` among the tensors, no keyword-only part), so each gets a schema-only
+# entry with the public signature (keyword-only part included, ``backend=`` left out) whose
+# composite kernel calls the public function -- eager's bytes by construction. ``probiou``'s
+# custom op has the public signature itself; the rotated ``box_iou`` is ``detkernels::box_iou``.
+_VARIANT_SCHEMAS = {
+    (_variants, "soft_nms"): "Tensor boxes, Tensor scores, float iou_threshold=0.3, *, float sigma=0.5, "
+                             "str method='linear', float score_threshold=0.001, int? max_output=None, "
+                             "Tensor? idxs=None) -> (Tensor, Tensor)",
+    (_variants, "multi_image_soft_nms"): "Tensor boxes, Tensor scores, int max_output, float iou_threshold=0.3, "
+                                         "*, float sigma=0.5, str method='linear', "
+                                         "float score_threshold=0.001, Tensor? idxs=None) "
+                                         "-> (Tensor, Tensor, Tensor)",
+    (_variants, "diou_nms"): "Tensor boxes, Tensor scores, float iou_threshold, *, float beta=1.0, "
+                             "Tensor? idxs=None) -> Tensor",
+    (_variants, "matrix_nms"): "Tensor boxes, Tensor scores, Tensor labels, *, str kernel='gaussian', "
+                               "float sigma=2.0, float? score_threshold=None, int? max_output=None, "
+                               "int? pre_top_k=None) -> (Tensor, Tensor)",
+    (_rotated, "nms_rotated"): "Tensor boxes, Tensor scores, float iou_threshold, str fmt='cxcywhr') -> Tensor",
+    (_rotated, "batched_nms_rotated"): "Tensor boxes, Tensor scores, Tensor idxs, float iou_threshold, "
+                                       "str fmt='cxcywhr') -> Tensor",
+    (_rotated, "nms_probiou"): "Tensor boxes, Tensor scores, float iou_threshold, Tensor? idxs=None, *, "
+                               "bool fast=False, float eps=1e-7) -> Tensor",
+}
+for (_mod, _name), _schema in _VARIANT_SCHEMAS.items():
+    _lib.define(f"{_name}_script({_schema}")
+    _lib.impl(f"{_name}_script", getattr(_mod, _name), "CompositeImplicitAutograd")
+    _builtins._register_builtin(getattr(_mod, _name), f"detkernels::{_name}_script")
+_builtins._register_builtin(_rotated.probiou, "detkernels::probiou")
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", FutureWarning)
+    for (_mod, _name) in (*_VARIANT_SCHEMAS, (_rotated, "probiou")):
+        torch.jit._state._set_jit_function_cache(getattr(_mod, _name), torch.jit.script(getattr(_fns, _name)))

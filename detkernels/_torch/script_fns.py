@@ -71,3 +71,52 @@ def ps_roi_pool(input: Tensor, boxes: Tensor | list[Tensor], output_size: Broadc
     if isinstance(boxes, Tensor):
         return torch.ops.detkernels.ps_roi_pool_script(input, boxes, output_size, spatial_scale)
     return torch.ops.detkernels.ps_roi_pool_script(input, boxes, output_size, spatial_scale)
+
+
+# The crowded-scene and rotated NMS functions: the public signature with its keyword-only part
+# as ordinary parameters (same names and defaults).
+def soft_nms(boxes: Tensor, scores: Tensor, iou_threshold: float = 0.3, sigma: float = 0.5,
+             method: str = "linear", score_threshold: float = 0.001, max_output: int | None = None,
+             idxs: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    return torch.ops.detkernels.soft_nms_script(boxes, scores, iou_threshold, sigma=sigma, method=method,
+                                                score_threshold=score_threshold, max_output=max_output,
+                                                idxs=idxs)
+
+
+def multi_image_soft_nms(boxes: Tensor, scores: Tensor, max_output: int, iou_threshold: float = 0.3,
+                         sigma: float = 0.5, method: str = "linear", score_threshold: float = 0.001,
+                         idxs: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    return torch.ops.detkernels.multi_image_soft_nms_script(boxes, scores, max_output, iou_threshold,
+                                                            sigma=sigma, method=method,
+                                                            score_threshold=score_threshold, idxs=idxs)
+
+
+def diou_nms(boxes: Tensor, scores: Tensor, iou_threshold: float, beta: float = 1.0,
+             idxs: Tensor | None = None) -> Tensor:
+    return torch.ops.detkernels.diou_nms_script(boxes, scores, iou_threshold, beta=beta, idxs=idxs)
+
+
+def matrix_nms(boxes: Tensor, scores: Tensor, labels: Tensor, kernel: str = "gaussian", sigma: float = 2.0,
+               score_threshold: float | None = None, max_output: int | None = None,
+               pre_top_k: int | None = None) -> tuple[Tensor, Tensor]:
+    return torch.ops.detkernels.matrix_nms_script(boxes, scores, labels, kernel=kernel, sigma=sigma,
+                                                  score_threshold=score_threshold, max_output=max_output,
+                                                  pre_top_k=pre_top_k)
+
+
+def nms_rotated(boxes: Tensor, scores: Tensor, iou_threshold: float, fmt: str = "cxcywhr") -> Tensor:
+    return torch.ops.detkernels.nms_rotated_script(boxes, scores, iou_threshold, fmt)
+
+
+def batched_nms_rotated(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float,
+                        fmt: str = "cxcywhr") -> Tensor:
+    return torch.ops.detkernels.batched_nms_rotated_script(boxes, scores, idxs, iou_threshold, fmt)
+
+
+def probiou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7) -> Tensor:
+    return torch.ops.detkernels.probiou(boxes1, boxes2, eps)
+
+
+def nms_probiou(boxes: Tensor, scores: Tensor, iou_threshold: float, idxs: Tensor | None = None,
+                fast: bool = False, eps: float = 1e-7) -> Tensor:
+    return torch.ops.detkernels.nms_probiou_script(boxes, scores, iou_threshold, idxs, fast=fast, eps=eps)

@@ -63,7 +63,12 @@ def probiou(boxes1: Any, boxes2: Any, eps: float = 1e-7, *, backend: str | None 
     exp/log/cos/sin are libm's (identical on every detkernels backend; within a few ulp of
     ultralytics' torch ops). CPU only (native, numpy); not differentiable."""
     checked = _checks.probiou_check(boxes1, boxes2)
-    return _dispatch.probiou(boxes1, boxes2, _checks.threshold_value(eps, "eps"), checked, backend)
+    e = _checks.threshold_value(eps, "eps")
+    if A.is_torch(boxes1):  # custom op under torch.compile / export, elementwise ops in ONNX
+        from .._torch import rotated as T
+
+        return T.probiou(boxes1, boxes2, e, checked, backend)
+    return _dispatch.probiou(boxes1, boxes2, e, checked, backend)
 
 
 @public

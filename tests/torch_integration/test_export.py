@@ -175,3 +175,56 @@ def test_exported_batched_nms_keeps_torchvision_order_on_both_sides_of_the_switc
         program = torch.export.export(F(), (boxes, scores, idxs))
         assert_bytes_equal(program.module()(boxes, scores, idxs), want, "exported")
         assert_bytes_equal(F()(boxes, scores, idxs), want, "eager, patched")
+
+
+# ---- the crowded-scene and rotated NMS functions under torch.compile / torch.export (issues 13, 17) --
+
+def _variant_inputs():
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(24, 2, generator=g) * 50
+    b = torch.cat([xy, xy + 5 + torch.rand(24, 2, generator=g) * 20], 1)
+    s, c = torch.rand(24, generator=g), torch.arange(24) % 3
+    rb = torch.cat([xy, 5 + torch.rand(24, 2, generator=g) * 20, torch.rand(24, 1, generator=g) * 90], 1)
+    rr = torch.cat([rb[:, :4], rb[:, 4:] / 57], 1)
+    return b, s, c, rb, rr
+
+
+VARIANTS = {  # name -> (function of (b, s, c, rb, rr) tensors, indices of the ones it takes)
+    "soft_nms": (lambda b, s, c: detkernels.soft_nms(b, s, 0.3, sigma=0.5, method="gaussian", idxs=c), (0, 1, 2)),
+    "multi_image_soft_nms": (lambda b, s: detkernels.multi_image_soft_nms(b[None], s[None], 6), (0, 1)),
+    "diou_nms": (lambda b, s, c: detkernels.diou_nms(b, s, 0.4, beta=0.6, idxs=c), (0, 1, 2)),
+    "matrix_nms": (lambda b, s, c: detkernels.matrix_nms(b, s, c, max_output=9), (0, 1, 2)),
+    "box_iou_rotated": (lambda rb: detkernels.box_iou(rb, rb, fmt="cxcywhr"), (3,)),
+    "nms_rotated": (lambda rb, s: detkernels.nms_rotated(rb, s, 0.2), (3, 1)),
+    "batched_nms_rotated": (lambda rb, s, c: detkernels.batched_nms_rotated(rb, s, c, 0.2), (3, 1, 2)),
+    "probiou": (lambda rr: detkernels.probiou(rr, rr), (4,)),
+    "nms_probiou": (lambda rr, s, c: detkernels.nms_probiou(rr, s, 0.2, c, fast=True), (4, 1, 2)),
+}
+
+
+class _Call(torch.nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, *args):
+        return self.fn(*args)
+
+
+def _same(got, want, what):
+    got, want = (got, want) if isinstance(want, tuple) else ((got,), (want,))
+    assert len(got) == len(want) and want[0].numel() > 0
+    for i, (a, b) in enumerate(zip(got, want)):
+        assert_bytes_equal(a, b, f"{what} output {i}")
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_variant_compiles_fullgraph_and_exports(name):
+    fn, which = VARIANTS[name]
+    args = tuple(_variant_inputs()[i] for i in which)
+    want = fn(*args)
+    torch._dynamo.reset()
+    _same(torch.compile(fn, fullgraph=True, backend="eager")(*args), want, f"{name} compile")
+    program = torch.export.export(_Call(fn), args)
+    assert "detkernels." in str(program.graph)  # the custom op, not a traced-through kernel
+    _same(program.module()(*args), want, f"{name} export")

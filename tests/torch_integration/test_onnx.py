@@ -417,3 +417,107 @@ def test_detect_score_threshold_compares_as_float64(exporter, tmp_path_factory):
     assert want.indices[:, 0].tolist() == [0, 0] and want.counts.tolist() == [1, 1]
     for g, w in zip(got, want):
         assert_bytes_equal(torch.from_numpy(np.asarray(g)), w, exporter)
+
+
+# ---- probiou (issue 17): elementwise operators ------------------------------------------------------
+
+def _obb(seed, n, dtype):
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, 2, generator=g, dtype=torch.float64) * 50
+    wh = 1 + torch.rand(n, 2, generator=g, dtype=torch.float64) * 20
+    a = (torch.rand(n, 1, generator=g, dtype=torch.float64) - 0.5) * 7
+    b = torch.cat([xy, wh, a], 1)
+    b[:3] = b[3:6]  # identical pairs: probiou 1 - sqrt(eps)-ish
+    b[6, 2:4] = 0  # a degenerate box (zero covariance)
+    return b.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_probiou_in_onnxruntime_within_one_ulp_of_one(exporter, dtype, tmp_path):
+    """probiou exports as elementwise operators (reference/rotated.py's order); ONNX Runtime's
+    Cos/Sin/Log/Exp are not libm's, so the bytes differ in a few percent of the pairs (up to tens
+    of ulp of small results), but the result is 1 - sqrt(...): the difference stays within
+    2**-24 (float32) / 2**-52 (float64) absolute (measured: exactly that on these boxes; pinned
+    at twice it)."""
+    a, b = _obb(0, 40, dtype), _obb(1, 9, dtype)
+    path = tmp_path / "probiou.onnx"
+    sess = export(lambda x, y: dk.probiou(x, y, 1e-7), (a, b), exporter, path)
+    assert {"Cos", "Sin", "Log", "Exp", "Sqrt"} <= set(op_types(path))
+    assert "detkernels" not in {n.domain for n in onnx.load(str(path)).graph.node}
+    (got,) = run(sess, a, b)
+    want = dk.probiou(a, b, 1e-7).numpy()
+    assert got.dtype == want.dtype and got.shape == want.shape == (40, 9)
+    assert not np.isnan(want).any()
+    bound = 2.0 ** (-23 if dtype == torch.float32 else -51)
+    assert np.abs(got.astype(np.float64) - want.astype(np.float64)).max() <= bound
+    assert (got == want).mean() > 0.5  # most pairs byte-equal: the same formula, not an approximation
+
+
+# ---- matrix_nms (issue 13): standard operators -------------------------------------------------------
+
+def _matrix_inputs(seed, dtype):
+    g = torch.Generator().manual_seed(seed)
+    n = 40
+    xy = torch.rand(n, 2, generator=g, dtype=torch.float64) * 30
+    b = torch.cat([xy, xy + 3 + torch.rand(n, 2, generator=g, dtype=torch.float64) * 20], 1)
+    s = torch.rand(n, generator=g, dtype=torch.float64)
+    s[5] = s[6]  # a tie: ascending index
+    b[7] = b[8]  # IoU 1
+    b[9, 2:] = b[9, :2]  # zero area
+    b[10] = b[10, [2, 3, 0, 1]]  # inverted corners (negative area, taken as given)
+    s[11] = float("inf")
+    labels = torch.randint(0, 3, (n,), generator=g)
+    return b.to(dtype), s.to(dtype), labels
+
+
+MATRIX_CASES = {"all": {}, "filtered": {"score_threshold": 0.2, "max_output": 10, "pre_top_k": 30}}
+
+
+@pytest.mark.parametrize("case", MATRIX_CASES)
+@pytest.mark.parametrize("kernel", ["linear", "gaussian"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_matrix_nms_in_onnxruntime(exporter, dtype, kernel, case, tmp_path):
+    """matrix_nms exports as standard operators (no custom node). Linear kernel: byte-equal (the
+    same IEEE operations). Gaussian: ONNX Exp is not detkernels' dk_exp: measured byte-equal in
+    float64 and a few ulp off in float32 on these inputs; pinned at the same indices and decayed
+    scores within 4 ulp."""
+    kw = {"kernel": kernel, "sigma": 1.5, **MATRIX_CASES[case]}
+    b, s, labels = _matrix_inputs(0, dtype)
+    path = tmp_path / "matrix_nms.onnx"
+    sess = export(lambda x, y, z: dk.matrix_nms(x, y, z, **kw), (b, s, labels), exporter, path)
+    assert "detkernels" not in {n.domain for n in onnx.load(str(path)).graph.node}
+    for seed in range(3):
+        b, s, labels = _matrix_inputs(seed, dtype)
+        gi, gv = run(sess, b, s, labels)
+        wi, wv = dk.matrix_nms(b, s, labels, **kw)
+        assert wi.numel() > 0
+        assert_bytes_equal(gi, wi, "indices")
+        if kernel == "linear":
+            assert_bytes_equal(gv, wv, "scores")
+        else:
+            wv = wv.numpy()
+            assert gv.dtype == wv.dtype
+            with np.errstate(invalid="ignore"):  # inf - inf where both are the inf score
+                assert ((gv == wv) | (np.abs(gv - wv) <= 4 * np.spacing(np.abs(wv)))).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_nms_probiou_fast_in_onnxruntime(exporter, dtype, tmp_path):
+    """nms_probiou(fast=True) exports as standard operators (probiou's matrix, a column
+    reduction); the kept indices equal detkernels' where no ProbIoU lies within probiou's ONNX
+    bound of the threshold (checked here, so the equality is meaningful)."""
+    boxes, scores = _obb(0, 40, dtype), torch.rand(40, generator=torch.Generator().manual_seed(3)).to(dtype)
+    idxs = torch.arange(40) % 2
+    thr = 0.05
+    path = tmp_path / "nms_probiou.onnx"
+    sess = export(lambda b, s, c: dk.nms_probiou(b, s, thr, c, fast=True), (boxes, scores, idxs), exporter, path)
+    assert "detkernels" not in {n.domain for n in onnx.load(str(path)).graph.node}
+    p = dk.probiou(boxes, boxes).double().numpy()
+    assert (np.abs(p - thr) > 2.0 ** -20).all()
+    (got,) = run(sess, boxes, scores, idxs)
+    want = dk.nms_probiou(boxes, scores, thr, idxs, fast=True)
+    assert 0 < want.numel() < 40
+    assert_bytes_equal(got, want, "kept")

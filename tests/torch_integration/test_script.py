@@ -194,3 +194,71 @@ def test_patched_detection_model_scripts_and_matches_eager():
     assert len(want[0]["boxes"]) > 0
     for k in want[0]:
         assert_bytes_equal(got[0][k], want[0][k], k)
+
+
+# ---- the crowded-scene and rotated NMS functions (issues 13, 17) ------------------------------------
+
+def _rboxes(seed, n, radians=False):
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, 2, generator=g, dtype=torch.float64) * 50
+    wh = 2 + torch.rand(n, 2, generator=g, dtype=torch.float64) * 20
+    a = torch.rand(n, 1, generator=g, dtype=torch.float64) * (3.0 if radians else 170.0)
+    return torch.cat([xy, wh, a], 1)
+
+
+_CLS = torch.arange(30) % 3
+VARIANTS = {  # name -> (args, keyword arguments)
+    "soft_nms": (lambda: (_boxes(0, 30), _scores(30), 0.3), {"sigma": 0.7, "method": "gaussian", "idxs": _CLS}),
+    "multi_image_soft_nms": (lambda: (_boxes(0, 30)[None], _scores(30)[None], 6, 0.4), {"method": "linear"}),
+    "diou_nms": (lambda: (_boxes(0, 30), _scores(30), 0.4), {"beta": 0.6, "idxs": _CLS}),
+    "matrix_nms": (lambda: (_boxes(0, 30), _scores(30), _CLS), {"kernel": "linear", "score_threshold": 0.1,
+                                                               "max_output": 9, "pre_top_k": 25}),
+    "nms_rotated": (lambda: (_rboxes(0, 30), _scores(30), 0.2), {}),
+    "batched_nms_rotated": (lambda: (_rboxes(0, 30), _scores(30), _CLS, 0.2, "xywhr"), {}),
+    "probiou": (lambda: (_rboxes(0, 30, True), _rboxes(1, 7, True)), {"eps": 1e-6}),
+    "nms_probiou": (lambda: (_rboxes(0, 30, True), _scores(30), 0.2, _CLS), {"fast": True}),
+}
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_variant_scripts_equal_eager(name):
+    fn = getattr(dk, name)
+    scripted = torch.jit.script(fn)
+    assert isinstance(scripted, torch.jit.ScriptFunction)
+    build, kw = VARIANTS[name]
+    for what, kwargs in (("", kw), (" defaults", {})):
+        want, got = fn(*build(), **kwargs), scripted(*build(), **kwargs)
+        want, got = (want, got) if isinstance(want, tuple) else ((want,), (got,))
+        assert len(got) == len(want) and want[0].numel() > 0
+        for i, (a, b) in enumerate(zip(got, want)):
+            assert_bytes_equal(a, b, f"{name}{what} output {i}")
+
+
+class _Variants(torch.nn.Module):
+    """The functions called inside scripted code (keyword-only arguments included)."""
+
+    def forward(self, b: torch.Tensor, s: torch.Tensor, c: torch.Tensor, rb: torch.Tensor, rr: torch.Tensor):
+        k, v = dk.soft_nms(b, s, 0.3, sigma=0.5, method="gaussian", idxs=c)
+        k2, v2, n2 = dk.multi_image_soft_nms(b[None], s[None], 5, score_threshold=0.01)
+        d = dk.diou_nms(b, s, 0.5, beta=0.6)
+        mk, mv = dk.matrix_nms(b, s, c, sigma=1.5, max_output=7)
+        r = dk.nms_rotated(rb, s, 0.3)
+        r2 = dk.batched_nms_rotated(rb, s, c, 0.3, "xywhr")
+        p = dk.probiou(rr, rr[:5], eps=1e-7)
+        pn = dk.nms_probiou(rr, s, 0.3, c, fast=False)
+        ri = dk.box_iou(rb, rb[:6], fmt="cxcywhr")
+        return k, v, k2, v2, n2, d, mk, mv, r, r2, p, pn, ri
+
+
+def test_variants_inside_scripted_code_equal_eager_and_save_load():
+    args = (_boxes(0, 30), _scores(30), _CLS, _rboxes(0, 30), _rboxes(2, 30, True))
+    scripted = _save_load(torch.jit.script(_Variants()))
+    graph = str(scripted.inlined_graph)
+    for op in ("soft_nms_script", "diou_nms_script", "matrix_nms_script", "nms_rotated_script",
+               "detkernels::probiou", "nms_probiou_script", "detkernels::box_iou"):
+        assert op in graph, op
+    want = _Variants()(*args)
+    got = scripted(*args)
+    assert len(got) == len(want)
+    for i, (a, b) in enumerate(zip(got, want)):
+        assert_bytes_equal(a, b, f"output {i}")
