@@ -304,11 +304,14 @@ def test_bad_arrays_name_themselves():
         dk.soft_nms(B4, S2.astype(np.int64))
 
 
-def test_cuda_is_not_served():
-    """The registry says so (README status) instead of a silent fallback."""
+def test_cuda_serving_is_declared():
+    """native declares soft_nms on cuda (compiled, emulated in tests/gpu_logic); numba does not run
+    it there, and the registry says so (README status) instead of a silent fallback."""
     from detkernels import _registry
+    from detkernels.backends._table import TABLE
 
-    assert _registry.why_not("native", "soft_nms", "cuda") is not None
+    _registry._load()
+    assert "cuda" in TABLE["native"].impls["soft_nms"][1]
     assert "does not run soft_nms on cuda" in _registry.why_not("numba", "soft_nms", "cuda")
 
 
