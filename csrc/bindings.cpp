@@ -206,6 +206,20 @@ PYBIND11_MODULE(_C, m) {
                    ptr<int64_t>(counts), ptr(workspace), workspace_bytes, mask_cap_bytes, device,
                    ptr(stream));
   });
+  // issue 13: DIoU-NMS on CUDA (nms_multi_cuda's arguments + beta, the same workspace).
+  m.def("diou_nms_multi_cuda", [](int dtype, uintptr_t boxes, uintptr_t scores, uintptr_t classes,
+                                  int64_t B, int64_t N, int64_t C, double thr, double beta,
+                                  py::object score_thr, int64_t max_output, uintptr_t out_idx,
+                                  uintptr_t out_cls, uintptr_t counts, uintptr_t workspace,
+                                  int64_t workspace_bytes, int64_t mask_cap_bytes, int device,
+                                  uintptr_t stream) {
+    const ScoreThr st(score_thr);
+    ReleaseGil release;
+    diou_nms_multi_cuda(dtype, ptr(boxes), ptr(scores), ptr<const int64_t>(classes), B, N, C, thr,
+                        beta, st.has, st.value, max_output, ptr<int64_t>(out_idx),
+                        ptr<int64_t>(out_cls), ptr<int64_t>(counts), ptr(workspace),
+                        workspace_bytes, mask_cap_bytes, device, ptr(stream));
+  });
   // issue 12: detect on CUDA (arguments as detect_cpu, then the workspace, device and stream).
   def(m, "detect_cuda_workspace_bytes", &detect_cuda_workspace_bytes);
   m.def("detect_cuda", [](int dtype, uintptr_t boxes, uintptr_t scores, uintptr_t objectness,
@@ -279,6 +293,20 @@ PYBIND11_MODULE(_C, m) {
                                 C, thr, st.has, st.value, max_output, ptr<int64_t>(out_idx),
                                 ptr<int64_t>(out_cls), ptr<int64_t>(counts), tile_rows,
                                 mask_cap_bytes, scan_threads);
+        });
+  // issue 13: DIoU-NMS on the same emulated engine (nms_multi_emulate_cpu's arguments + beta).
+  t.def("diou_nms_multi_emulate_cpu",
+        [](int dtype, uintptr_t boxes, uintptr_t scores, uintptr_t classes, int64_t B, int64_t N,
+           int64_t C, double thr, double beta, py::object score_thr, int64_t max_output,
+           uintptr_t out_idx, uintptr_t out_cls, uintptr_t counts, int64_t tile_rows,
+           int64_t mask_cap_bytes, int scan_threads) {
+          const ScoreThr st(score_thr);
+          ReleaseGil release;
+          diou_nms_multi_emulate_cpu(dtype, ptr(boxes), ptr(scores), ptr<const int64_t>(classes),
+                                     B, N, C, thr, beta, st.has, st.value, max_output,
+                                     ptr<int64_t>(out_idx), ptr<int64_t>(out_cls),
+                                     ptr<int64_t>(counts), tile_rows, mask_cap_bytes,
+                                     scan_threads);
         });
   // issue 12: the GPU detect pipeline emulated (arguments as detect_cpu, then the NMS tiling).
   t.def("detect_emulate_cpu",

@@ -147,7 +147,10 @@ def _multi_args(boxes: Any, scores: Any, classes: Any) -> tuple[int, int, int, i
 
 
 def _multi_cuda(boxes: Any, scores: Any, classes: Any, iou_threshold: float, max_output: int,
-                score_threshold: float | None, want_cls: bool) -> tuple[Any, Any, Any]:
+                score_threshold: float | None, want_cls: bool,
+                beta: float | None = None) -> tuple[Any, Any, Any]:
+    """The bitmask NMS engine on CUDA; with ``beta``, DIoU-NMS (the same engine, the DIoU
+    predicate: csrc/ops/nms/diou_nms.h)."""
     dt, B, N, C = _multi_args(boxes, scores, classes)
     dev = _device_index(boxes)
     out = A.empty((B, max_output), "int64", like=boxes)
@@ -155,11 +158,14 @@ def _multi_cuda(boxes: Any, scores: Any, classes: Any, iou_threshold: float, max
     counts = A.empty((B,), "int64", like=boxes)
     nbytes = _C.nms_multi_cuda_workspace_bytes(dt, B, N, C, classes is not None, NMS_MASK_BYTES, dev)
     ws = _workspace(boxes, nbytes, f"NMS of {B} x {N * max(C, 1)} candidates")
-    _C.nms_multi_cuda(dt, A.data_ptr(boxes), A.data_ptr(scores),
-                      0 if classes is None else A.data_ptr(classes), B, N, C, float(iou_threshold),
-                      score_threshold, max_output, A.data_ptr(out),
-                      0 if cls is None else A.data_ptr(cls), A.data_ptr(counts), A.data_ptr(ws),
-                      nbytes, NMS_MASK_BYTES, dev, A.current_stream(boxes))
+    head = (dt, A.data_ptr(boxes), A.data_ptr(scores), 0 if classes is None else A.data_ptr(classes),
+            B, N, C, float(iou_threshold))
+    tail = (score_threshold, max_output, A.data_ptr(out), 0 if cls is None else A.data_ptr(cls),
+            A.data_ptr(counts), A.data_ptr(ws), nbytes, NMS_MASK_BYTES, dev, A.current_stream(boxes))
+    if beta is None:
+        _C.nms_multi_cuda(*head, *tail)
+    else:
+        _C.diou_nms_multi_cuda(*head, float(beta), *tail)
     return out, cls, counts
 
 
@@ -245,10 +251,16 @@ def multi_image_soft_nms(boxes: Any, scores: Any, classes: Any, max_output: int,
     return out, vals, counts
 
 
-@register("diou_nms", "native")  # CPU only: no CUDA kernel yet (README status)
+@register("diou_nms", "native", devices=IOU_DEVICES)
 def diou_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float, beta: float) -> Any:
-    """boxes [N, 4], scores [N] (same float dtype), classes int64 [N] or None -> kept indices."""
+    """boxes [N, 4], scores [N] (same float dtype), classes int64 [N] or None -> kept indices.
+    On CUDA: the bitmask NMS engine with the DIoU predicate (issue 13), one image, per class by
+    its segments; the only host synchronisation is reading the number kept."""
     n = boxes.shape[0]
+    if A.device(boxes) != "cpu":
+        out, _, counts = _multi_cuda(boxes[None], scores[None], None if classes is None else classes[None],
+                                     iou_threshold, n, None, False, beta=beta)
+        return out[0, :int(counts[0])]
     keep = A.empty((n,), "int64", like=boxes)
     count = _C.diou_nms_cpu(DTYPE_CODES[A.dtype_name(boxes)], A.data_ptr(boxes), A.data_ptr(scores),
                             0 if classes is None else A.data_ptr(classes), n, float(iou_threshold),
@@ -360,21 +372,25 @@ def _element_strided(x: Any) -> Any:
 
 def multi_image_nms_emulated(boxes: Any, scores: Any, classes: Any, iou_threshold: float,
                              max_output: int, score_threshold: float | None, *, tile_rows: int = 0,
-                             mask_cap_bytes: int = NMS_MASK_BYTES,
-                             scan_threads: int = 256) -> tuple[Any, Any, Any]:
+                             mask_cap_bytes: int = NMS_MASK_BYTES, scan_threads: int = 256,
+                             beta: float | None = None) -> tuple[Any, Any, Any]:
     """The CUDA algorithm (nms_bitmask.h) run sequentially on the CPU, for NumPy inputs laid out as
-    for multi_image_nms. Tests only: it verifies the GPU logic where there is no GPU."""
+    for multi_image_nms; with ``beta``, DIoU-NMS's (the DIoU predicate, issue 13). Tests only: it
+    verifies the GPU logic where there is no GPU."""
     import numpy as np
 
     dt, B, N, C = _multi_args(boxes, scores, classes)
     out = np.empty((B, max_output), np.int64)
     cls = np.empty((B, max_output), np.int64) if scores.ndim == 3 else None
     counts = np.empty((B,), np.int64)
-    _C.testing.nms_multi_emulate_cpu(dt, A.data_ptr(boxes), A.data_ptr(scores),
-                             0 if classes is None else A.data_ptr(classes), B, N, C,
-                             float(iou_threshold), score_threshold, max_output, A.data_ptr(out),
-                             0 if cls is None else A.data_ptr(cls), A.data_ptr(counts),
-                             int(tile_rows), int(mask_cap_bytes), int(scan_threads))
+    head = (dt, A.data_ptr(boxes), A.data_ptr(scores), 0 if classes is None else A.data_ptr(classes),
+            B, N, C, float(iou_threshold))
+    tail = (score_threshold, max_output, A.data_ptr(out), 0 if cls is None else A.data_ptr(cls),
+            A.data_ptr(counts), int(tile_rows), int(mask_cap_bytes), int(scan_threads))
+    if beta is None:
+        _C.testing.nms_multi_emulate_cpu(*head, *tail)
+    else:
+        _C.testing.diou_nms_multi_emulate_cpu(*head, float(beta), *tail)
     return out, cls, counts
 
 

@@ -17,6 +17,7 @@ pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH (CI ha
 
 BUILD_FLAGS = ["--fmad=false", "-prec-div=true", "-prec-sqrt=true", "-ftz=false",
                "-Xcompiler=-ffp-contract=off"]
+# nms_cuda.cu's PTX holds the DIoU-NMS mask kernel too (diou_nms_kernels.cuh, issue 13).
 SOURCES = ["csrc/ops/box_iou/box_iou_cuda.cu", "csrc/ops/nms/nms_cuda.cu",
            "csrc/ops/roi_align/roi_align_cuda.cu", "csrc/ops/roi_pool/roi_pool_cuda.cu",
            "csrc/ops/nms/soft_nms_cuda.cu", "csrc/ops/nms/matrix_nms_cuda.cu",  # issue 13

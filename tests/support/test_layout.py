@@ -174,7 +174,11 @@ NOT_NEEDED = {
                              "make", "prep", "value")},
     # diou_nms.h, matrix_nms.h (issue 13): the numba backend serves neither (the registry says so)
     **{f: "diou_nms / matrix_nms: not served by the numba backend (README status)"
-       for f in ("dk_log", "dk_pow", "diou_nms_measure", "diou_penalty_of", "matrix_nms_term")},
+       for f in ("dk_log", "dk_pow", "diou_nms_measure", "diou_penalty_of", "matrix_nms_term",
+                 "dk_frexp")},
+    # the bitmask engine's predicates (issue 13): NmsIouSuppress::operator() is nms_suppresses
+    # (numba's twin is that), DiouNmsSuppress::operator() diou_nms_measure (numba serves no diou_nms)
+    "operator": "the bitmask NMS engine's predicate call operators (NmsIouSuppress, DiouNmsSuppress)",
     **{f: _SPARSE_GPU for f in ("nms_finite", "nms_sparse_coord_key", "nms_sparse_spread",
                                 "nms_sparse_morton_key", "nms_sparse_regular", "nms_sparse_gather",
                                 "nms_sparse_inf", "nms_sparse_block_box", "nms_sparse_blocks_meet",

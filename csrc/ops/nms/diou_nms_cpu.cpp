@@ -2,7 +2,8 @@
 //
 // Boxes of each class segment (classes ascending, input index ascending within one) are visited
 // by score_before order (NaN first, ties by index); a candidate is kept iff no kept box of its
-// segment has (double)diou_nms_measure(kept, candidate) > iou_threshold. The kept boxes of all
+// segment has (double)diou_nms_measure(kept, candidate) > iou_threshold (DiouNmsSuppress, the
+// CUDA engine's predicate too). The kept boxes of all
 // segments are then merged by (score_before, index): nms's output order. A plain O(N * kept) loop
 // (no pruning: DIoU-NMS is run on detector outputs of a few thousand boxes).
 
@@ -22,7 +23,7 @@ namespace {
 template <typename T>
 int64_t run(const T* boxes, const T* scores, const int64_t* classes, int64_t n, double thr,
             double beta_d, int64_t* keep) {
-  const T beta = static_cast<T>(beta_d);
+  const DiouNmsSuppress<T> suppresses{nms_threshold<T>(thr), static_cast<T>(beta_d)};
   auto before = [&](int64_t a, int64_t b) { return ranks_before(scores[a], a, scores[b], b); };
   std::vector<int64_t> order(static_cast<size_t>(n));
   std::iota(order.begin(), order.end(), int64_t{0});
@@ -44,8 +45,9 @@ int64_t run(const T* boxes, const T* scores, const int64_t* classes, int64_t n, 
       const int64_t j = order[p];
       bool suppressed = false;
       for (const int64_t i : kept) {
-        if (static_cast<double>(diou_nms_measure(boxes + 4 * i, area[i], boxes + 4 * j, area[j],
-                                                 beta)) > thr) {
+        const T* a = boxes + 4 * i;
+        const T* b = boxes + 4 * j;
+        if (suppresses(a[0], a[1], a[2], a[3], area[i], b[0], b[1], b[2], b[3], area[j])) {
           suppressed = true;
           break;
         }

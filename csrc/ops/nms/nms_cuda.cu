@@ -7,14 +7,20 @@
 // state, so a call can be captured in a CUDA graph. The bitmask is built in row tiles of at most
 // mask_cap_bytes (never less than 64 rows), so 10^6 boxes need ~8 MB of mask per tile instead of
 // the 125 GB a full N x N/64 mask would take.
+//
+// The engine is generic over the suppression predicate (issue 13): nms_multi_cuda runs it with
+// IoU (NmsIouSuppress), diou_nms_multi_cuda with DIoU (diou_nms.h DiouNmsSuppress; no sparse path).
 #include <cub/cub.cuh>
 #include <cuda/functional>
 
 #include <algorithm>
 #include <stdexcept>
+#include <string>
+#include <type_traits>
 
 #include "common/cuda_check.h"
 #include "common/dispatch.h"
+#include "ops/nms/diou_nms_kernels.cuh"
 #include "ops/nms/nms.h"
 #include "ops/nms/nms_kernels.cuh"
 #include "ops/nms/nms_sparse_gpu_kernels.cuh"
@@ -227,9 +233,30 @@ void run_sparse(const T* x1, const T* y1, const T* x2, const T* y2, const T* are
   DK_CUDA_CHECK_LAUNCH("nms_sparse_neutralise_kernel");
 }
 
+// One mask tile's launch, by predicate (issue 13): the IoU one (nms_mask_kernel) or the DIoU one
+// (diou_nms_mask_kernel), both nms_mask_tile over nms_bitmask.h's nms_mask_word.
 template <typename T>
+void launch_mask(dim3 grid, cudaStream_t st, const T* x1, const T* y1, const T* x2, const T* y2,
+                 const T* area, const int64_t* seg, uint64_t* mask, const Layout& L, int64_t row0,
+                 const NmsIouSuppress<T>& pred) {
+  nms_mask_kernel<T><<<grid, kNmsWordBits, 0, st>>>(x1, y1, x2, y2, area, seg, mask, L.total,
+                                                    L.ncb, L.W, row0, pred.thr);
+  DK_CUDA_CHECK_LAUNCH("nms_mask_kernel");
+}
+template <typename T>
+void launch_mask(dim3 grid, cudaStream_t st, const T* x1, const T* y1, const T* x2, const T* y2,
+                 const T* area, const int64_t* seg, uint64_t* mask, const Layout& L, int64_t row0,
+                 const DiouNmsSuppress<T>& pred) {
+  diou_nms_mask_kernel<T><<<grid, kNmsWordBits, 0, st>>>(x1, y1, x2, y2, area, seg, mask, L.total,
+                                                         L.ncb, L.W, row0, pred.thr, pred.beta);
+  DK_CUDA_CHECK_LAUNCH("diou_nms_mask_kernel");
+}
+
+// `pred`: the suppression predicate (nms_bitmask.h NmsIouSuppress, diou_nms.h DiouNmsSuppress);
+// the sparse path is the IoU predicate's only (its pruning is IoU-specific).
+template <typename T, typename Pred>
 void run(const T* boxes, const T* scores, const int64_t* classes, int64_t B, int64_t N, int64_t C,
-         double iou_thr, bool has_sthr, double sthr, int64_t K, int64_t* out_idx,
+         const Pred& pred, bool has_sthr, double sthr, int64_t K, int64_t* out_idx,
          int64_t* out_cls, int64_t* counts, char* ws, const Layout& L, cudaStream_t st) {
   const int64_t Cc = C > 0 ? C : 1, M = N * Cc, total = L.total, ncb = L.ncb;
   const unsigned g = grid_1d(total);
@@ -288,18 +315,18 @@ void run(const T* boxes, const T* scores, const int64_t* classes, int64_t B, int
   // 3.-4. mask tiles and keep scan
   DK_CUDA_CHECK(cudaMemsetAsync(keep, 0, total, st));
   DK_CUDA_CHECK(cudaMemsetAsync(removed, 0, 8 * ncb, st));
-  const T thr = nms_threshold<T>(iou_thr);
   // issue 16: the sparse path first where the host rule allows it (nms_sparse_gpu_use: shapes and
   // thr >= 0); `head` (vals.Alternate()) is free once the max-scan is done.
-  if (L.sparse && nms_sparse_gpu_use(total, M, static_cast<double>(thr)))
-    run_sparse(x1, y1, x2, y2, area, valid, seg, keep, head, thr, ws, L, st);
+  if constexpr (std::is_same<Pred, NmsIouSuppress<T>>::value) {
+    if (L.sparse && nms_sparse_gpu_use(total, M, static_cast<double>(pred.thr)))
+      run_sparse(x1, y1, x2, y2, area, valid, seg, keep, head, pred.thr, ws, L, st);
+  }
   for (int64_t row0 = 0; row0 < total; row0 += L.R) {
     const int64_t rb0 = row0 / kNmsWordBits, rb1 = std::min(ncb, (row0 + L.R) / kNmsWordBits);
     const int64_t nrb = rb1 - rb0;
     const int64_t gx = std::max<int64_t>(1, std::min<int64_t>({ncb - rb0, L.W, 16384 / nrb}));
-    nms_mask_kernel<T><<<dim3(static_cast<unsigned>(gx), static_cast<unsigned>(nrb)), kNmsWordBits,
-                         0, st>>>(x1, y1, x2, y2, area, seg, mask, total, ncb, L.W, row0, thr);
-    DK_CUDA_CHECK_LAUNCH("nms_mask_kernel");
+    launch_mask(dim3(static_cast<unsigned>(gx), static_cast<unsigned>(nrb)), st, x1, y1, x2, y2,
+                area, seg, mask, L, row0, pred);
     nms_scan_kernel<<<static_cast<unsigned>(B), kNmsScanThreads, 0, st>>>(
         M, L.R, total, row0, mask, L.W, ncb, removed, seg, valid, keep);
     DK_CUDA_CHECK_LAUNCH("nms_scan_kernel");
@@ -326,20 +353,14 @@ void run(const T* boxes, const T* scores, const int64_t* classes, int64_t B, int
   }
 }
 
-}  // namespace
-
-int64_t nms_multi_cuda_workspace_bytes(int dtype, int64_t B, int64_t N, int64_t C,
-                                       bool /*has_classes*/, int64_t mask_cap_bytes, int device) {
-  DeviceGuard guard(device);
-  return make_layout(dtype, B, N, C, mask_cap_bytes).bytes;
-}
-
-void nms_multi_cuda(int dtype, const void* boxes, const void* scores, const int64_t* classes,
-                    int64_t B, int64_t N, int64_t C, double iou_threshold, bool has_score_thr,
-                    double score_thr, int64_t max_output, int64_t* out_idx, int64_t* out_cls,
-                    int64_t* counts, void* workspace, int64_t workspace_bytes,
-                    int64_t mask_cap_bytes, int device, void* stream) {
-  dispatch_float(dtype, "nms", [&](auto t) {
+// The public launchers: one body, the predicate made per dtype by `make_pred` (issue 13).
+template <typename MakePred>
+void multi_cuda(const char* what, int dtype, const void* boxes, const void* scores,
+                const int64_t* classes, int64_t B, int64_t N, int64_t C, MakePred make_pred,
+                bool has_score_thr, double score_thr, int64_t max_output, int64_t* out_idx,
+                int64_t* out_cls, int64_t* counts, void* workspace, int64_t workspace_bytes,
+                int64_t mask_cap_bytes, int device, void* stream) {
+  dispatch_float(dtype, what, [&](auto t) {
     using T = decltype(t);
     DeviceGuard guard(device);
     auto st = static_cast<cudaStream_t>(stream);
@@ -353,13 +374,50 @@ void nms_multi_cuda(int dtype, const void* boxes, const void* scores, const int6
       return;
     }
     if (workspace_bytes < L.bytes)
-      throw std::invalid_argument("nms (CUDA): workspace of " + std::to_string(workspace_bytes) +
-                                  " bytes is smaller than the " + std::to_string(L.bytes) +
-                                  " needed");
+      throw std::invalid_argument(std::string(what) + " (CUDA): workspace of " +
+                                  std::to_string(workspace_bytes) + " bytes is smaller than the " +
+                                  std::to_string(L.bytes) + " needed");
     run(static_cast<const T*>(boxes), static_cast<const T*>(scores), classes, B, N, C,
-        iou_threshold, has_score_thr, score_thr, max_output, out_idx, out_cls, counts,
+        make_pred(t), has_score_thr, score_thr, max_output, out_idx, out_cls, counts,
         static_cast<char*>(workspace), L, st);
   });
+}
+
+}  // namespace
+
+int64_t nms_multi_cuda_workspace_bytes(int dtype, int64_t B, int64_t N, int64_t C,
+                                       bool /*has_classes*/, int64_t mask_cap_bytes, int device) {
+  DeviceGuard guard(device);
+  return make_layout(dtype, B, N, C, mask_cap_bytes).bytes;
+}
+
+void nms_multi_cuda(int dtype, const void* boxes, const void* scores, const int64_t* classes,
+                    int64_t B, int64_t N, int64_t C, double iou_threshold, bool has_score_thr,
+                    double score_thr, int64_t max_output, int64_t* out_idx, int64_t* out_cls,
+                    int64_t* counts, void* workspace, int64_t workspace_bytes,
+                    int64_t mask_cap_bytes, int device, void* stream) {
+  multi_cuda("nms", dtype, boxes, scores, classes, B, N, C,
+             [&](auto t) {
+               using T = decltype(t);
+               return NmsIouSuppress<T>{nms_threshold<T>(iou_threshold)};
+             },
+             has_score_thr, score_thr, max_output, out_idx, out_cls, counts, workspace,
+             workspace_bytes, mask_cap_bytes, device, stream);
+}
+
+void diou_nms_multi_cuda(int dtype, const void* boxes, const void* scores, const int64_t* classes,
+                         int64_t B, int64_t N, int64_t C, double iou_threshold, double beta,
+                         bool has_score_thr, double score_thr, int64_t max_output,
+                         int64_t* out_idx, int64_t* out_cls, int64_t* counts, void* workspace,
+                         int64_t workspace_bytes, int64_t mask_cap_bytes, int device,
+                         void* stream) {
+  multi_cuda("diou_nms", dtype, boxes, scores, classes, B, N, C,
+             [&](auto t) {
+               using T = decltype(t);
+               return DiouNmsSuppress<T>{nms_threshold<T>(iou_threshold), static_cast<T>(beta)};
+             },
+             has_score_thr, score_thr, max_output, out_idx, out_cls, counts, workspace,
+             workspace_bytes, mask_cap_bytes, device, stream);
 }
 
 }  // namespace detkernels

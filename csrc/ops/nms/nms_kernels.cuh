@@ -60,12 +60,14 @@ __global__ void nms_head_kernel(const int64_t* order, int64_t M, int64_t C, cons
 }
 
 // blockIdx.y: row block of the tile; blockIdx.x strides over column blocks cb >= rb until the
-// first dead one. One thread per row; the 64 column boxes are staged in shared memory.
-template <typename T>
-__global__ void __launch_bounds__(kNmsWordBits)
-    nms_mask_kernel(const T* x1, const T* y1, const T* x2, const T* y2, const T* area,
-                    const int64_t* seg, uint64_t* mask, int64_t total, int64_t ncb, int64_t W,
-                    int64_t row0, T thr) {
+// first dead one. One thread per row; the 64 column boxes are staged in shared memory. Generic
+// over the suppression predicate (nms_bitmask.h): nms_mask_kernel below (IoU) and
+// diou_nms_kernels.cuh's diou_nms_mask_kernel are thin wrappers, since a launch (and CuPy) passes
+// scalars, not the predicate.
+template <typename T, typename Pred>
+__device__ void nms_mask_tile(const T* x1, const T* y1, const T* x2, const T* y2, const T* area,
+                              const int64_t* seg, uint64_t* mask, int64_t total, int64_t ncb,
+                              int64_t W, int64_t row0, const Pred& pred) {
   __shared__ T sx1[kNmsWordBits], sy1[kNmsWordBits], sx2[kNmsWordBits], sy2[kNmsWordBits],
       sa[kNmsWordBits];
   __shared__ int64_t sseg[kNmsWordBits];
@@ -92,8 +94,17 @@ __global__ void __launch_bounds__(kNmsWordBits)
     __syncthreads();
     if (row_ok)
       mask[(i - row0) * W + (cb - rb)] =
-          nms_mask_word(i, ax1, ay1, ax2, ay2, aa, sx1, sy1, sx2, sy2, sa, sseg, c0, nc, thr);
+          nms_mask_word(i, ax1, ay1, ax2, ay2, aa, sx1, sy1, sx2, sy2, sa, sseg, c0, nc, pred);
   }
+}
+
+// Plain NMS: IoU > thr (thr = nms_threshold<T>(iou_threshold)).
+template <typename T>
+__global__ void __launch_bounds__(kNmsWordBits)
+    nms_mask_kernel(const T* x1, const T* y1, const T* x2, const T* y2, const T* area,
+                    const int64_t* seg, uint64_t* mask, int64_t total, int64_t ncb, int64_t W,
+                    int64_t row0, T thr) {
+  nms_mask_tile(x1, y1, x2, y2, area, seg, mask, total, ncb, W, row0, NmsIouSuppress<T>{thr});
 }
 
 // Block b scans image b's rows of the tile [row0, row0 + R) row block by row block
