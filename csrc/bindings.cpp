@@ -191,6 +191,8 @@ PYBIND11_MODULE(_C, m) {
 
 #ifdef DETKERNELS_WITH_CUDA
   def(m, "box_iou_cuda", &box_iou_cuda);
+  def(m, "box_iou_rotated_cuda", &box_iou_rotated_cuda);  // issue 17
+  def(m, "probiou_cuda", &probiou_cuda);
   def(m, "nms_multi_cuda_workspace_bytes", &nms_multi_cuda_workspace_bytes);
   m.def("nms_multi_cuda", [](int dtype, uintptr_t boxes, uintptr_t scores, uintptr_t classes,
                              int64_t B, int64_t N, int64_t C, double thr, py::object score_thr,

@@ -49,8 +49,8 @@ def box_iou(boxes1: Any, boxes2: Any, fmt: str = "xyxy", *, backend: str | None 
 
     Rotated boxes, as ``torchvision.ops.box_iou``: ``fmt`` 'cxcywhr' or 'xywhr' (``[..., N, 5]``,
     angle in degrees, counter-clockwise) or 'xyxyxyxy' (``[..., N, 8]``); the output is float32
-    (also for float64 boxes), equal bit for bit to torchvision's CPU kernel; CPU only (backends
-    native and numpy), not differentiable, leading dimensions broadcast; other float and integer
+    (also for float64 boxes), equal bit for bit to torchvision's CPU kernel; CPU (backends
+    native and numpy) and CUDA (native, with the device's cos/sin), not differentiable, leading dimensions broadcast; other float and integer
     dtypes are computed in float32 (docs/SPEC.md "Rotated boxes").
     """
     return _iou("iou", boxes1, boxes2, fmt, 1e-7, backend)

@@ -61,7 +61,8 @@ def probiou(boxes1: Any, boxes2: Any, eps: float = 1e-7, *, backend: str | None 
     of ``[..., N, 5]`` and ``[..., M, 5]`` boxes ``(cx, cy, w, h, angle in radians)`` ->
     ``[..., N, M]``, float64 if either input is, else float32. Same formula and operation order;
     exp/log/cos/sin are libm's (identical on every detkernels backend; within a few ulp of
-    ultralytics' torch ops). CPU only (native, numpy); not differentiable."""
+    ultralytics' torch ops). CPU (native, numpy) and CUDA (native; the device's libm there,
+    docs/SPEC.md §8); not differentiable."""
     checked = _checks.probiou_check(boxes1, boxes2)
     e = _checks.threshold_value(eps, "eps")
     if A.is_torch(boxes1):  # custom op under torch.compile / export, elementwise ops in ONNX

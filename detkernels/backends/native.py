@@ -68,13 +68,16 @@ def box_iou(b1: Any, b2: Any, kind: str, fmt: str, eps: float) -> Any:
     return out
 
 
-@register("box_iou_rotated", "native", devices=("cpu",))
+@register("box_iou_rotated", "native", devices=IOU_DEVICES)
 def box_iou_rotated(b1: Any, b2: Any) -> Any:
     """b1 [B, N, 5], b2 [B, M, 5] cxcywhr: contiguous, same float dtype -> float32 [B, N, M]."""
     B, N, M = b1.shape[0], b1.shape[1], b2.shape[1]
     out = A.empty((B, N, M), "float32", like=b1)
-    _C.box_iou_rotated_cpu(DTYPE_CODES[A.dtype_name(b1)], B, N, M, A.data_ptr(b1), A.data_ptr(b2),
-                           A.data_ptr(out))
+    args = (DTYPE_CODES[A.dtype_name(b1)], B, N, M, A.data_ptr(b1), A.data_ptr(b2), A.data_ptr(out))
+    if A.device(b1) == "cpu":
+        _C.box_iou_rotated_cpu(*args)
+    else:
+        _C.box_iou_rotated_cuda(*args, _device_index(b1), A.current_stream(b1))
     return out
 
 
@@ -89,13 +92,17 @@ def nms_rotated(boxes: Any, scores: Any, classes: Any, iou_threshold: float) -> 
     return keep[:count]
 
 
-@register("probiou", "native", devices=("cpu",))
+@register("probiou", "native", devices=IOU_DEVICES)
 def probiou(b1: Any, b2: Any, eps: float) -> Any:
     """b1 [B, N, 5], b2 [B, M, 5] ultralytics xywhr, same float dtype -> [B, N, M] in that dtype."""
     B, N, M = b1.shape[0], b1.shape[1], b2.shape[1]
     dt = A.dtype_name(b1)
     out = A.empty((B, N, M), dt, like=b1)
-    _C.probiou_cpu(DTYPE_CODES[dt], float(eps), B, N, M, A.data_ptr(b1), A.data_ptr(b2), A.data_ptr(out))
+    args = (DTYPE_CODES[dt], float(eps), B, N, M, A.data_ptr(b1), A.data_ptr(b2), A.data_ptr(out))
+    if A.device(b1) == "cpu":
+        _C.probiou_cpu(*args)
+    else:
+        _C.probiou_cuda(*args, _device_index(b1), A.current_stream(b1))
     return out
 
 

@@ -235,8 +235,8 @@ def test_patch_torchvision_routes_rotated_formats(rng, torch, tv_ops):
 
 
 def test_patch_hands_unserved_devices_to_torchvision(rng, torch, tv_ops, monkeypatch):
-    """Rotated box_iou on a device no detkernels backend serves (CUDA today) keeps working under
-    the patch: torchvision's own function runs. Simulated on the CPU by making the registry refuse
+    """Rotated box_iou on a device no detkernels backend serves (e.g. CUDA with a CPU-only build)
+    keeps working under the patch: torchvision's own function runs. Simulated on the CPU by making the registry refuse
     the op there; axis-aligned formats still go to detkernels."""
     from detkernels import _registry
     from detkernels._torch import patch

@@ -168,7 +168,10 @@ NOT_NEEDED = {
     **{f: _ROTATED for f in ("rp_sub", "rp_cross", "rp_dot", "rp_abs", "rotated_half_cos_sin", "rotated_corners",
                              "rotated_corners_inside", "rotated_intersection_points", "convex_hull_area",
                              "rotated_pair_iou", "rotated_bounds", "rotated_apart", "dk_libm_cos", "dk_libm_sin",
-                             "dk_libm_exp", "dk_libm_log", "probiou_cov", "probiou_from_bd", "probiou_pair")},
+                             "dk_libm_exp", "dk_libm_log", "probiou_cov", "probiou_from_bd", "probiou_pair",
+                             "dk_dcos", "dk_dsin", "dk_dexp", "dk_dlog",
+                             # RotatedIouMetric / ProbIouMetric members
+                             "make", "prep", "value")},
     # diou_nms.h, matrix_nms.h (issue 13): the numba backend serves neither (the registry says so)
     **{f: "diou_nms / matrix_nms: not served by the numba backend (README status)"
        for f in ("dk_log", "dk_pow", "diou_nms_measure", "diou_penalty_of", "matrix_nms_term",

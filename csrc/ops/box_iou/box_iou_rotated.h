@@ -41,12 +41,29 @@ template <typename T> DK_HD T rp_dot(RPoint<T> a, RPoint<T> b) { return a.x * b.
 DK_HD float rp_abs(float x) { return ::fabsf(x); }
 DK_HD double rp_abs(double x) { return ::fabs(x); }
 
+// The double libm functions of the rotated metrics: glibc's on the CPU (as torchvision's CPU kernel
+// and the NumPy reference's math.*), the device's on CUDA (as torchvision's CUDA kernel; they may
+// differ from glibc's in the last ulp, docs/SPEC.md "Rotated boxes"). The device versions use fma
+// by design, so the PTX lint (tests/gpu_logic/test_ptx_lint.py) compiles with DK_LINT_NO_LIBM,
+// which stands them in by identities, to check the rest of the code for contractions.
+#ifdef DK_LINT_NO_LIBM
+DK_HD double dk_dcos(double x) { return x; }
+DK_HD double dk_dsin(double x) { return -x; }
+DK_HD double dk_dexp(double x) { return x; }
+DK_HD double dk_dlog(double x) { return -x; }
+#else
+DK_HD double dk_dcos(double x) { return ::cos(x); }
+DK_HD double dk_dsin(double x) { return ::sin(x); }
+DK_HD double dk_dexp(double x) { return ::exp(x); }
+DK_HD double dk_dlog(double x) { return ::log(x); }
+#endif
+
 // Half cosine and sine of a box angle in degrees: T(cos(double(a) * 0.01745329251)) * T(0.5).
 // Depends on the box only, so callers compute it once per box (torchvision: once per pair).
 template <typename T> DK_HD void rotated_half_cos_sin(T angle_deg, T& c, T& s) {
   const double theta = static_cast<double>(angle_deg) * 0.01745329251;
-  c = static_cast<T>(::cos(theta)) * T(0.5);
-  s = static_cast<T>(::sin(theta)) * T(0.5);
+  c = static_cast<T>(dk_dcos(theta)) * T(0.5);
+  s = static_cast<T>(dk_dsin(theta)) * T(0.5);
 }
 
 // The four corners of a box with (shifted) centre (x, y), size (w, h), half cos/sin (c, s).
@@ -221,13 +238,10 @@ DK_HD bool rotated_apart(const RotatedBounds& a, const RotatedBounds& b) {
 // libm through math.*), so every backend agrees bit for bit; ultralytics' torch ops (SLEEF) agree
 // to a few ulp. When t1 + t2 >= 101 and the log's argument >= 0.5, bd is clamped to 100 whatever
 // the log gives, so the log is skipped (the same value: probiou_far).
-struct ProbCov {
-  double a, b, c;  // stored in double, hold T values exactly
-};
-template <typename T> DK_HD T dk_libm_cos(T x) { return static_cast<T>(::cos(static_cast<double>(x))); }
-template <typename T> DK_HD T dk_libm_sin(T x) { return static_cast<T>(::sin(static_cast<double>(x))); }
-template <typename T> DK_HD T dk_libm_exp(T x) { return static_cast<T>(::exp(static_cast<double>(x))); }
-template <typename T> DK_HD T dk_libm_log(T x) { return static_cast<T>(::log(static_cast<double>(x))); }
+template <typename T> DK_HD T dk_libm_cos(T x) { return static_cast<T>(dk_dcos(static_cast<double>(x))); }
+template <typename T> DK_HD T dk_libm_sin(T x) { return static_cast<T>(dk_dsin(static_cast<double>(x))); }
+template <typename T> DK_HD T dk_libm_exp(T x) { return static_cast<T>(dk_dexp(static_cast<double>(x))); }
+template <typename T> DK_HD T dk_libm_log(T x) { return static_cast<T>(dk_dlog(static_cast<double>(x))); }
 
 template <typename T> DK_HD void probiou_cov(const T* box, T& a, T& b, T& c) {
   const T A = (box[2] * box[2]) / T(12), B = (box[3] * box[3]) / T(12);
@@ -267,6 +281,47 @@ DK_HD T probiou_pair(const T* p, const T* q, T a1, T b1, T c1, T a2, T b2, T c2,
   return probiou_from_bd(bd, eps);
 }
 
+// ---- The two rotated metrics as (per-box preparation, pair value) policies -------------------------
+// One form for every loop over pairs: the CPU matrix and NMS loops (box_iou_rotated_cpu.cpp), the
+// GPU matrix kernel (box_iou_rotated_kernels.cuh) and the GPU NMS predicate. prep(box) depends on
+// one box only (trig, bounds, covariance: computed once per box, not per pair); value(a, b, pa, pb)
+// is the metric of a (first) and b in T; Out is the matrix's stored dtype.
+template <typename T> struct RotatedIouMetric {
+  struct Prep {
+    T c, s;  // half cos / sin
+    RotatedBounds r;
+  };
+  using Out = float;  // torchvision's box_iou_rotated returns float32 for any input dtype
+  DK_HD static RotatedIouMetric make(T) { return {}; }  // no parameter (a kernel's uniform form)
+  DK_HD Prep prep(const T* b) const {
+    Prep p;
+    rotated_half_cos_sin(b[4], p.c, p.s);
+    p.r = rotated_bounds(b, p.c, p.s);
+    return p;
+  }
+  // Pairs whose padded bounds are apart skip the polygon: their IoU is 0 (rotated_apart).
+  DK_HD T value(const T* a, const T* b, const Prep& pa, const Prep& pb) const {
+    return rotated_apart(pa.r, pb.r) ? T(0) : rotated_pair_iou(a, b, pa.c, pa.s, pb.c, pb.s);
+  }
+};
+
+template <typename T> struct ProbIouMetric {
+  struct Prep {
+    T a, b, c;
+  };
+  using Out = T;
+  T eps;
+  DK_HD static ProbIouMetric make(T e) { return {e}; }
+  DK_HD Prep prep(const T* box) const {
+    Prep p;
+    probiou_cov(box, p.a, p.b, p.c);
+    return p;
+  }
+  DK_HD T value(const T* p, const T* q, const Prep& pp, const Prep& pq) const {
+    return probiou_pair(p, q, pp.a, pp.b, pp.c, pq.a, pq.b, pq.c, eps);
+  }
+};
+
 #ifndef __CUDACC_RTC__
 /// @brief out[b, i, j] = IoU(boxes1[b, i], boxes2[b, j]) for contiguous cxcywhr boxes1 [B, N, 5],
 /// boxes2 [B, M, 5] of dtype kFloat32 or kFloat64; out float32 [B, N, M] (as torchvision).
@@ -288,6 +343,14 @@ void probiou_cpu(int dtype, double eps, int64_t B, int64_t N, int64_t M, const v
 /// TorchNMS.fast_nms). Kept indices by descending score (NaN first, ties by index); returns count.
 int64_t nms_probiou_cpu(int dtype, const void* boxes, const void* scores, const int64_t* classes,
                         int64_t N, double iou_threshold, double eps, int fast, int64_t* keep);
+#ifdef DETKERNELS_WITH_CUDA
+/// @brief As box_iou_rotated_cpu / probiou_cpu, on device pointers of device `device`, enqueued on
+/// `stream` (a cudaStream_t of that device); the trig is the device's double cos/sin.
+void box_iou_rotated_cuda(int dtype, int64_t B, int64_t N, int64_t M, const void* boxes1,
+                          const void* boxes2, void* out, int device, void* stream);
+void probiou_cuda(int dtype, double eps, int64_t B, int64_t N, int64_t M, const void* boxes1,
+                  const void* boxes2, void* out, int device, void* stream);
+#endif
 #endif
 
 }  // namespace detkernels
