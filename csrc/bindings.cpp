@@ -18,6 +18,7 @@
 #include "ops/detect/detect_gpu.h"
 #include "ops/nms/nms.h"
 #include "ops/nms/nms_bitmask.h"
+#include "ops/nms/nms_rotated_gpu.h"
 #include "ops/nms/nms_sparse.h"
 #include "ops/nms/soft_nms.h"
 #include "ops/nms/diou_nms.h"
@@ -220,6 +221,20 @@ PYBIND11_MODULE(_C, m) {
                         ptr<int64_t>(out_cls), ptr<int64_t>(counts), ptr(workspace),
                         workspace_bytes, mask_cap_bytes, device, ptr(stream));
   });
+  // issue 17: rotated NMS on the bitmask engine (rotated IoU or ProbIoU; nms_multi_cuda's workspace).
+  m.def("nms_rotated_multi_cuda", [](int dtype, int metric, uintptr_t boxes, uintptr_t scores,
+                                     uintptr_t classes, int64_t B, int64_t N, double thr,
+                                     double eps, py::object score_thr, int64_t max_output,
+                                     uintptr_t out_idx, uintptr_t counts, uintptr_t workspace,
+                                     int64_t workspace_bytes, int64_t mask_cap_bytes, int device,
+                                     uintptr_t stream) {
+    const ScoreThr st(score_thr);
+    ReleaseGil release;
+    nms_rotated_multi_cuda(dtype, metric, ptr(boxes), ptr(scores), ptr<const int64_t>(classes), B,
+                           N, thr, eps, st.has, st.value, max_output, ptr<int64_t>(out_idx),
+                           ptr<int64_t>(counts), ptr(workspace), workspace_bytes, mask_cap_bytes,
+                           device, ptr(stream));
+  });
   // issue 12: detect on CUDA (arguments as detect_cpu, then the workspace, device and stream).
   def(m, "detect_cuda_workspace_bytes", &detect_cuda_workspace_bytes);
   m.def("detect_cuda", [](int dtype, uintptr_t boxes, uintptr_t scores, uintptr_t objectness,
@@ -307,6 +322,20 @@ PYBIND11_MODULE(_C, m) {
                                      ptr<int64_t>(out_idx), ptr<int64_t>(out_cls),
                                      ptr<int64_t>(counts), tile_rows, mask_cap_bytes,
                                      scan_threads);
+        });
+  // issue 17: rotated NMS on the same emulated engine.
+  t.def("nms_rotated_multi_emulate_cpu",
+        [](int dtype, int metric, uintptr_t boxes, uintptr_t scores, uintptr_t classes, int64_t B,
+           int64_t N, double thr, double eps, py::object score_thr, int64_t max_output,
+           uintptr_t out_idx, uintptr_t counts, int64_t tile_rows, int64_t mask_cap_bytes,
+           int scan_threads) {
+          const ScoreThr st(score_thr);
+          ReleaseGil release;
+          nms_rotated_multi_emulate_cpu(dtype, metric, ptr(boxes), ptr(scores),
+                                        ptr<const int64_t>(classes), B, N, thr, eps, st.has,
+                                        st.value, max_output, ptr<int64_t>(out_idx),
+                                        ptr<int64_t>(counts), tile_rows, mask_cap_bytes,
+                                        scan_threads);
         });
   // issue 12: the GPU detect pipeline emulated (arguments as detect_cpu, then the NMS tiling).
   t.def("detect_emulate_cpu",

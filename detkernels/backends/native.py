@@ -81,10 +81,41 @@ def box_iou_rotated(b1: Any, b2: Any) -> Any:
     return out
 
 
-@register("nms_rotated", "native", devices=("cpu",))
+# csrc/ops/nms/nms_rotated_gpu.h: RotatedNmsMetric (the CUDA engine's rotated predicates)
+ROTATED_NMS_METRICS = {"iou": 0, "probiou": 1, "probiou_fast": 2}
+
+
+def _rotated_multi_cuda(boxes: Any, scores: Any, classes: Any, iou_threshold: float, max_output: int,
+                        score_threshold: float | None, metric: str, eps: float) -> tuple[Any, Any]:
+    """Rotated NMS on the CUDA bitmask engine (csrc/ops/nms/nms_rotated_gpu.h): boxes [B, N, 5],
+    scores [B, N], classes [B, N] or None -> (indices [B, max_output], counts [B]); no host sync."""
+    B, N = boxes.shape[0], boxes.shape[1]
+    dt, dev = DTYPE_CODES[A.dtype_name(boxes)], _device_index(boxes)
+    out = A.empty((B, max_output), "int64", like=boxes)
+    counts = A.empty((B,), "int64", like=boxes)
+    nbytes = _C.nms_multi_cuda_workspace_bytes(dt, B, N, 0, classes is not None, NMS_MASK_BYTES, dev)
+    ws = _workspace(boxes, nbytes, f"rotated NMS of {B} x {N} boxes")
+    _C.nms_rotated_multi_cuda(dt, ROTATED_NMS_METRICS[metric], A.data_ptr(boxes), A.data_ptr(scores),
+                              0 if classes is None else A.data_ptr(classes), B, N, float(iou_threshold),
+                              float(eps), score_threshold, max_output, A.data_ptr(out), A.data_ptr(counts),
+                              A.data_ptr(ws), nbytes, NMS_MASK_BYTES, dev, A.current_stream(boxes))
+    return out, counts
+
+
+def _rotated_one_cuda(boxes: Any, scores: Any, classes: Any, iou_threshold: float, metric: str,
+                      eps: float) -> Any:
+    """One image through _rotated_multi_cuda; the only host sync is reading the number kept."""
+    out, counts = _rotated_multi_cuda(boxes[None], scores[None], None if classes is None else classes[None],
+                                      iou_threshold, boxes.shape[0], None, metric, eps)
+    return out[0, :int(counts[0])]
+
+
+@register("nms_rotated", "native", devices=IOU_DEVICES)
 def nms_rotated(boxes: Any, scores: Any, classes: Any, iou_threshold: float) -> Any:
     """boxes [N, 5] cxcywhr, scores [N] (same float dtype), classes int64 [N] or None -> kept indices."""
     n = boxes.shape[0]
+    if A.device(boxes) != "cpu":
+        return _rotated_one_cuda(boxes, scores, classes, iou_threshold, "iou", 0.0)
     keep = A.empty((n,), "int64", like=boxes)
     count = _C.nms_rotated_cpu(DTYPE_CODES[A.dtype_name(boxes)], A.data_ptr(boxes), A.data_ptr(scores),
                                0 if classes is None else A.data_ptr(classes), n, float(iou_threshold),
@@ -106,9 +137,12 @@ def probiou(b1: Any, b2: Any, eps: float) -> Any:
     return out
 
 
-@register("nms_probiou", "native", devices=("cpu",))
+@register("nms_probiou", "native", devices=IOU_DEVICES)
 def nms_probiou(boxes: Any, scores: Any, classes: Any, iou_threshold: float, fast: bool, eps: float) -> Any:
     n = boxes.shape[0]
+    if A.device(boxes) != "cpu":
+        return _rotated_one_cuda(boxes, scores, classes, iou_threshold,
+                                 "probiou_fast" if fast else "probiou", eps)
     keep = A.empty((n,), "int64", like=boxes)
     count = _C.nms_probiou_cpu(DTYPE_CODES[A.dtype_name(boxes)], A.data_ptr(boxes), A.data_ptr(scores),
                                0 if classes is None else A.data_ptr(classes), n, float(iou_threshold),
@@ -392,6 +426,27 @@ def multi_image_nms_emulated(boxes: Any, scores: Any, classes: Any, iou_threshol
     else:
         _C.testing.diou_nms_multi_emulate_cpu(*head, float(beta), *tail)
     return out, cls, counts
+
+
+def nms_rotated_multi_emulated(boxes: Any, scores: Any, classes: Any, iou_threshold: float,
+                               max_output: int, score_threshold: float | None, metric: str = "iou",
+                               eps: float = 1e-7, *, tile_rows: int = 0,
+                               mask_cap_bytes: int = NMS_MASK_BYTES,
+                               scan_threads: int = 256) -> tuple[Any, Any]:
+    """The CUDA rotated NMS (the bitmask engine with nms_rotated_gpu.h's predicate) run
+    sequentially on the CPU, for NumPy boxes [B, N, 5], scores [B, N], classes [B, N] or None.
+    Tests only: it verifies the GPU logic where there is no GPU."""
+    import numpy as np
+
+    B, N = boxes.shape[0], boxes.shape[1]
+    out = np.empty((B, max_output), np.int64)
+    counts = np.empty((B,), np.int64)
+    _C.testing.nms_rotated_multi_emulate_cpu(
+        DTYPE_CODES[A.dtype_name(boxes)], ROTATED_NMS_METRICS[metric], A.data_ptr(boxes),
+        A.data_ptr(scores), 0 if classes is None else A.data_ptr(classes), B, N, float(iou_threshold),
+        float(eps), score_threshold, max_output, A.data_ptr(out), A.data_ptr(counts), int(tile_rows),
+        int(mask_cap_bytes), int(scan_threads))
+    return out, counts
 
 
 def soft_nms_multi_emulated(boxes: Any, scores: Any, classes: Any, max_output: int,

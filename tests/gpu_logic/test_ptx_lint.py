@@ -26,7 +26,7 @@ SOURCES = ["csrc/ops/box_iou/box_iou_cuda.cu", "csrc/ops/nms/nms_cuda.cu",
 # The device's double cos/sin/exp/log (the rotated metrics' libm, as torchvision's CUDA kernel) use
 # fma by design: those sources are linted with the libm calls stood in by identities
 # (box_iou_rotated.h: DK_LINT_NO_LIBM), so any fma left is a contraction of detkernels' own code.
-NO_LIBM = {"csrc/ops/box_iou/box_iou_rotated_cuda.cu"}
+NO_LIBM = {"csrc/ops/box_iou/box_iou_rotated_cuda.cu", "csrc/ops/nms/nms_cuda.cu"}
 FORBIDDEN = re.compile(r"\bfma\.rn\.f(32|64)\b|\bdiv\.approx\b|\bdiv\.full\b|\.ftz\b|\brcp\.approx\b")
 
 

@@ -171,7 +171,10 @@ NOT_NEEDED = {
                              "dk_libm_exp", "dk_libm_log", "probiou_cov", "probiou_from_bd", "probiou_pair",
                              "dk_dcos", "dk_dsin", "dk_dexp", "dk_dlog",
                              # RotatedIouMetric / ProbIouMetric members
-                             "make", "prep", "value")},
+                             "make", "prep", "value",
+                             # the bitmask engine's box kinds (nms.h, nms_rotated_gpu.h) and its
+                             # Fast-NMS switch: numba's NMS gathers axis-aligned boxes itself
+                             "columns", "nms_pred_fast")},
     # diou_nms.h, matrix_nms.h (issue 13): the numba backend serves neither (the registry says so)
     **{f: "diou_nms / matrix_nms: not served by the numba backend (README status)"
        for f in ("dk_log", "dk_pow", "diou_nms_measure", "diou_penalty_of", "matrix_nms_term",

@@ -126,6 +126,7 @@ DK_HD T diou_nms_measure(const T* a, T area_a, const T* b, T area_b, T beta) {
 /// the CPU driver's: kept box a suppresses candidate b iff diou_nms_measure(a, b) > thr, with thr
 /// = nms_threshold<T>(iou_threshold), i.e. iff (double)diou > iou_threshold (a NaN never does).
 template <typename T> struct DiouNmsSuppress {
+  using Boxes = NmsAxisBoxes<T>;  // the columns it reads (nms.h)
   T thr;   // nms_threshold<T>(iou_threshold)
   T beta;  // the penalty exponent rounded to T
   DK_HD bool operator()(T ax1, T ay1, T ax2, T ay2, T aarea, T bx1, T by1, T bx2, T by2,

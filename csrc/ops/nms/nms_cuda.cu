@@ -9,7 +9,8 @@
 // the 125 GB a full N x N/64 mask would take.
 //
 // The engine is generic over the suppression predicate (issue 13): nms_multi_cuda runs it with
-// IoU (NmsIouSuppress), diou_nms_multi_cuda with DIoU (diou_nms.h DiouNmsSuppress; no sparse path).
+// IoU (NmsIouSuppress), diou_nms_multi_cuda with DIoU (diou_nms.h DiouNmsSuppress; no sparse path),
+// nms_rotated_multi_cuda with rotated IoU or ProbIoU (nms_rotated_gpu.h, issue 17; no sparse path).
 #include <cub/cub.cuh>
 #include <cuda/functional>
 
@@ -23,6 +24,7 @@
 #include "ops/nms/diou_nms_kernels.cuh"
 #include "ops/nms/nms.h"
 #include "ops/nms/nms_kernels.cuh"
+#include "ops/nms/nms_rotated_kernels.cuh"
 #include "ops/nms/nms_sparse_gpu_kernels.cuh"
 
 namespace detkernels {
@@ -252,6 +254,20 @@ void launch_mask(dim3 grid, cudaStream_t st, const T* x1, const T* y1, const T* 
   DK_CUDA_CHECK_LAUNCH("diou_nms_mask_kernel");
 }
 
+// The metric's scalar parameter, as the kernel takes it (RotatedIouMetric has none).
+template <typename T> T param_of(const RotatedIouMetric<T>&) { return T(0); }
+template <typename T> T param_of(const ProbIouMetric<T>& m) { return m.eps; }
+
+template <typename T, typename Metric>
+void launch_mask(dim3 grid, cudaStream_t st, const T* c0, const T* c1, const T* c2, const T* c3,
+                 const T* c4, const int64_t* seg, uint64_t* mask, const Layout& L, int64_t row0,
+                 const RotatedNmsSuppress<T, Metric>& pred) {
+  rotated_nms_mask_kernel<T, Metric><<<grid, kNmsWordBits, 0, st>>>(
+      c0, c1, c2, c3, c4, seg, mask, L.total, L.ncb, L.W, row0, pred.thr,
+      param_of(pred.metric));
+  DK_CUDA_CHECK_LAUNCH("rotated_nms_mask_kernel");
+}
+
 // `pred`: the suppression predicate (nms_bitmask.h NmsIouSuppress, diou_nms.h DiouNmsSuppress);
 // the sparse path is the IoU predicate's only (its pruning is IoU-specific).
 template <typename T, typename Pred>
@@ -301,8 +317,8 @@ void run(const T* boxes, const T* scores, const int64_t* classes, int64_t B, int
   auto* removed = reinterpret_cast<uint64_t*>(ws + L.removed);
   auto* mask = reinterpret_cast<uint64_t*>(ws + L.mask);
   int64_t* head = vals.Alternate();  // free until the final sorts
-  nms_gather_kernel<<<g, kThreads, 0, st>>>(order, boxes, scores, x1, y1, x2, y2, area, valid,
-                                            total, M, N, Cc, has_sthr, sthr);
+  nms_gather_kernel<T, typename Pred::Boxes><<<g, kThreads, 0, st>>>(
+      order, boxes, scores, x1, y1, x2, y2, area, valid, total, M, N, Cc, has_sthr, sthr);
   DK_CUDA_CHECK_LAUNCH("nms_gather_kernel");
   nms_head_kernel<<<g, kThreads, 0, st>>>(order, M, C, classes, valid, head, total);
   DK_CUDA_CHECK_LAUNCH("nms_head_kernel");
@@ -327,9 +343,15 @@ void run(const T* boxes, const T* scores, const int64_t* classes, int64_t B, int
     const int64_t gx = std::max<int64_t>(1, std::min<int64_t>({ncb - rb0, L.W, 16384 / nrb}));
     launch_mask(dim3(static_cast<unsigned>(gx), static_cast<unsigned>(nrb)), st, x1, y1, x2, y2,
                 area, seg, mask, L, row0, pred);
-    nms_scan_kernel<<<static_cast<unsigned>(B), kNmsScanThreads, 0, st>>>(
-        M, L.R, total, row0, mask, L.W, ncb, removed, seg, valid, keep);
-    DK_CUDA_CHECK_LAUNCH("nms_scan_kernel");
+    if (nms_pred_fast(pred)) {
+      nms_fast_scan_kernel<<<static_cast<unsigned>(B), kNmsScanThreads, 0, st>>>(
+          M, L.R, total, row0, mask, L.W, ncb, removed, seg, valid, keep);
+      DK_CUDA_CHECK_LAUNCH("nms_fast_scan_kernel");
+    } else {
+      nms_scan_kernel<<<static_cast<unsigned>(B), kNmsScanThreads, 0, st>>>(
+          M, L.R, total, row0, mask, L.W, ncb, removed, seg, valid, keep);
+      DK_CUDA_CHECK_LAUNCH("nms_scan_kernel");
+    }
   }
 
   // 5. kept candidates by (image, score desc, q), counts, padded outputs
@@ -418,6 +440,34 @@ void diou_nms_multi_cuda(int dtype, const void* boxes, const void* scores, const
              },
              has_score_thr, score_thr, max_output, out_idx, out_cls, counts, workspace,
              workspace_bytes, mask_cap_bytes, device, stream);
+}
+
+void nms_rotated_multi_cuda(int dtype, int metric, const void* boxes, const void* scores,
+                            const int64_t* classes, int64_t B, int64_t N, double iou_threshold,
+                            double eps, bool has_score_thr, double score_thr, int64_t max_output,
+                            int64_t* out_idx, int64_t* counts, void* workspace,
+                            int64_t workspace_bytes, int64_t mask_cap_bytes, int device,
+                            void* stream) {
+  auto go = [&](auto make_pred) {
+    multi_cuda("nms_rotated", dtype, boxes, scores, classes, B, N, 0, make_pred, has_score_thr,
+               score_thr, max_output, out_idx, nullptr, counts, workspace, workspace_bytes,
+               mask_cap_bytes, device, stream);
+  };
+  if (metric == kRotatedIou) {
+    go([&](auto t) {
+      using T = decltype(t);
+      return RotatedNmsSuppress<T, RotatedIouMetric<T>>{iou_threshold, RotatedIouMetric<T>{},
+                                                        false};
+    });
+  } else if (metric == kRotatedProbIou || metric == kRotatedProbIouFast) {
+    go([&](auto t) {
+      using T = decltype(t);
+      return RotatedNmsSuppress<T, ProbIouMetric<T>>{
+          iou_threshold, ProbIouMetric<T>{static_cast<T>(eps)}, metric == kRotatedProbIouFast};
+    });
+  } else {
+    throw std::invalid_argument("nms_rotated (CUDA): unknown metric");
+  }
 }
 
 }  // namespace detkernels

@@ -3,7 +3,8 @@
 // (row block, column block) pairs and emulated scan threads. Slow on purpose; it exists so that
 // the GPU's mask layout, tiling, keep scan and segmentation are tested on machines without a GPU.
 // Generic over the suppression predicate as the GPU engine is: plain NMS (nms_multi_emulate_cpu)
-// and DIoU-NMS (diou_nms_multi_emulate_cpu, issue 13).
+// DIoU-NMS (diou_nms_multi_emulate_cpu, issue 13) and rotated NMS (nms_rotated_multi_emulate_cpu,
+// issue 17).
 #include <algorithm>
 #include <array>
 #include <atomic>
@@ -16,6 +17,7 @@
 #include "ops/nms/diou_nms.h"
 #include "ops/nms/nms.h"
 #include "ops/nms/nms_bitmask.h"
+#include "ops/nms/nms_rotated_gpu.h"
 #include "ops/nms/nms_sparse_gpu.h"
 
 namespace detkernels {
@@ -192,9 +194,9 @@ void run(const T* boxes, const T* scores, const int64_t* classes, int64_t B, int
   std::vector<uint8_t> valid(total), keep(total, 0), kept_by_cand(total);
   for (int64_t p = 0; p < total; ++p) {
     const int64_t q = order[p];
-    const T* bx = boxes + 4 * nms_cand_box(q, M, N, Cc);
-    x1[p] = bx[0]; y1[p] = bx[1]; x2[p] = bx[2]; y2[p] = bx[3];
-    area[p] = nms_area(bx[0], bx[1], bx[2], bx[3]);
+    using Boxes = typename Pred::Boxes;
+    Boxes::columns(boxes + Boxes::kDim * nms_cand_box(q, M, N, Cc), x1[p], y1[p], x2[p], y2[p],
+                   area[p]);
     valid[p] = nms_cand_valid(scores[q], has_sthr, sthr);
   }
   std::vector<int64_t> seg(total);
@@ -244,7 +246,7 @@ void run(const T* boxes, const T* scores, const int64_t* classes, int64_t B, int
         for (int t = 0; t < nthreads; ++t)  // threads of one row block, then a barrier
           nms_scan_rowblock(rb, t, nthreads, total, row0, mask.data(), W, ncb,
                             &mask[(rb * kNmsWordBits - row0) * W], W, v,
-                            removed.data(), seg.data(), keep.data());
+                            removed.data(), seg.data(), keep.data(), nms_pred_fast(pred));
       }
     }
   }
@@ -298,6 +300,30 @@ void diou_nms_multi_emulate_cpu(int dtype, const void* boxes, const void* scores
     run(static_cast<const T*>(boxes), static_cast<const T*>(scores), classes, B, N, C,
         DiouNmsSuppress<T>{nms_threshold<T>(iou_threshold), static_cast<T>(beta)}, has_score_thr,
         score_thr, max_output, out_idx, out_cls, counts, tile_rows, mask_cap_bytes, scan_threads);
+  });
+}
+
+void nms_rotated_multi_emulate_cpu(int dtype, int metric, const void* boxes, const void* scores,
+                                   const int64_t* classes, int64_t B, int64_t N,
+                                   double iou_threshold, double eps, bool has_score_thr,
+                                   double score_thr, int64_t max_output, int64_t* out_idx,
+                                   int64_t* counts, int64_t tile_rows, int64_t mask_cap_bytes,
+                                   int scan_threads) {
+  if (scan_threads < 1) throw std::invalid_argument("scan_threads must be >= 1");
+  if (metric != kRotatedIou && metric != kRotatedProbIou && metric != kRotatedProbIouFast)
+    throw std::invalid_argument("nms_rotated: unknown metric");
+  dispatch_float(dtype, "nms_rotated", [&](auto t) {
+    using T = decltype(t);
+    auto go = [&](const auto& pred) {
+      run(static_cast<const T*>(boxes), static_cast<const T*>(scores), classes, B, N, 0, pred,
+          has_score_thr, score_thr, max_output, out_idx, nullptr, counts, tile_rows,
+          mask_cap_bytes, scan_threads);
+    };
+    if (metric == kRotatedIou)
+      go(RotatedNmsSuppress<T, RotatedIouMetric<T>>{iou_threshold, RotatedIouMetric<T>{}, false});
+    else
+      go(RotatedNmsSuppress<T, ProbIouMetric<T>>{iou_threshold, ProbIouMetric<T>{static_cast<T>(eps)},
+                                                 metric == kRotatedProbIouFast});
   });
 }
 
