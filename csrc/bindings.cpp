@@ -155,6 +155,8 @@ PYBIND11_MODULE(_C, m) {
   def(m, "soft_nms_multi_cpu", &soft_nms_multi_cpu);  // issue 13: fixed-size, per image
   def(m, "diou_nms_cpu", &diou_nms_cpu);  // issue 13: classes 0 = none
   def(m, "matrix_nms_cpu", &matrix_nms_cpu);  // issue 13: max_output / pre_top_k < 0 = none  // issue 13: classes 0 = none, max_output < 0 = all
+  def(m, "diou_nms_multi_cpu", &diou_nms_multi_cpu);  // issue 13: fixed-size, per image
+  def(m, "matrix_nms_multi_cpu", &matrix_nms_multi_cpu);  // issue 13: fixed-size, per image
   // Multi-image NMS (also nms_padded and, with B = 1, max_output = N, the drop-in nms on CUDA).
   // classes: 0 = none. out_cls: 0 = not wanted.
   m.def("nms_multi_cpu", [](int dtype, uintptr_t boxes, uintptr_t scores, uintptr_t classes,

@@ -25,6 +25,7 @@ __all__ = [
     "non_negative_int", "score_threshold_value", "pair", "rois_from_boxes", "roi_check",
     "roi_grad_check", "roi_pool_index_check", "check_sampling_ratio", "check_plane",
     "soft_nms_check", "diou_nms_check", "matrix_nms_check", "multi_soft_nms_check",
+    "multi_diou_nms_check", "multi_matrix_nms_check",
 ]
 
 ROTATED = ("cxcywhr", "xywhr", "xyxyxyxy")
@@ -273,16 +274,34 @@ def multi_soft_nms_check(boxes: Any, scores: Any, idxs: Any, max_output: Any, io
 def diou_nms_check(boxes: Any, scores: Any, idxs: Any, iou_threshold: Any, beta: Any) -> tuple:
     """Validate diou_nms (arrays as nms/batched_nms); return ``(working dtype, iou_threshold, beta)``."""
     thr = threshold_value(iou_threshold)
+    b = _beta_value(beta)
+    return nms_check(boxes, scores, idxs), thr, b
+
+
+def _beta_value(beta: Any) -> float:
     b = threshold_value(beta, "beta")
     if not (b > 0 and b < float("inf")):  # NaN too
         raise ValueError(f"beta must be a positive finite number, got {beta!r}")
-    return nms_check(boxes, scores, idxs), thr, b
+    return b
 
 
 def matrix_nms_check(boxes: Any, scores: Any, labels: Any, kernel: Any, sigma: Any,
                      score_threshold: Any, max_output: Any, pre_top_k: Any) -> tuple:
     """Validate matrix_nms (arrays as batched_nms, ``labels`` in the role of idxs); return
     ``(working dtype, kernel, sigma, score_threshold or None, max_output or None, pre_top_k or None)``."""
+    kernel, sig, sthr, k, pre = _matrix_nms_scalars(labels, kernel, sigma, score_threshold,
+                                                    max_output, pre_top_k)
+    try:
+        w = nms_check(boxes, scores, labels)
+    except RuntimeError as e:  # name the argument as this function calls it
+        raise RuntimeError(str(e).replace("idxs", "labels")) from None
+    except TypeError as e:
+        raise TypeError(str(e).replace("idxs", "labels")) from None
+    return w, kernel, sig, sthr, k, pre
+
+
+def _matrix_nms_scalars(labels: Any, kernel: Any, sigma: Any, score_threshold: Any,
+                        max_output: Any, pre_top_k: Any) -> tuple:
     from .reference.matrix_nms import KERNELS
 
     if labels is None:
@@ -295,13 +314,44 @@ def matrix_nms_check(boxes: Any, scores: Any, labels: Any, kernel: Any, sigma: A
     sthr = None if score_threshold is None else threshold_value(score_threshold, "score_threshold")
     k = None if max_output is None else non_negative_int("max_output", max_output)
     pre = None if pre_top_k is None else non_negative_int("pre_top_k", pre_top_k)
-    try:
-        w = nms_check(boxes, scores, labels)
-    except RuntimeError as e:  # name the argument as this function calls it
-        raise RuntimeError(str(e).replace("idxs", "labels")) from None
-    except TypeError as e:
-        raise TypeError(str(e).replace("idxs", "labels")) from None
-    return w, kernel, sig, sthr, k, pre
+    return kernel, sig, sthr, k, pre
+
+
+def _multi_boxes_scores(boxes: Any, scores: Any, ids: Any, name: str) -> None:
+    """boxes [B, N, 4], scores [B, N], ``ids`` (named ``name``: idxs / labels) [B, N] or None."""
+    A.same_placement(**{"boxes": boxes, "scores": scores, name: ids})
+    if boxes.ndim != 3 or boxes.shape[-1] != 4:
+        raise ValueError(f"boxes must have shape [B, N, 4], got {tuple(boxes.shape)}")
+    B, N = boxes.shape[0], boxes.shape[1]
+    if scores.ndim != 2 or tuple(scores.shape) != (B, N):
+        raise ValueError(f"scores must have shape [{B}, {N}] (one class per box; use {name}), "
+                         f"got {tuple(scores.shape)}")
+    if ids is not None:
+        if tuple(ids.shape) != (B, N):
+            raise ValueError(f"{name} must have shape [{B}, {N}], got {tuple(ids.shape)}")
+        if A.dtype_name(ids) not in FLOATS + INTS:
+            raise TypeError(f"{name} must be a numeric array, got {A.dtype_name(ids)}")
+
+
+def multi_diou_nms_check(boxes: Any, scores: Any, idxs: Any, iou_threshold: Any, max_output: Any,
+                         beta: Any) -> tuple:
+    """Validate multi_image_diou_nms (boxes [B, N, 4], scores [B, N], idxs [B, N] or None);
+    return ``(working dtype, iou_threshold, max_output, beta)``."""
+    thr = threshold_value(iou_threshold)
+    _multi_boxes_scores(boxes, scores, idxs, "idxs")
+    k = non_negative_int("max_output", max_output)
+    return _float_dtypes(boxes=boxes, scores=scores), thr, k, _beta_value(beta)
+
+
+def multi_matrix_nms_check(boxes: Any, scores: Any, labels: Any, max_output: Any, kernel: Any,
+                           sigma: Any, score_threshold: Any, pre_top_k: Any) -> tuple:
+    """Validate multi_image_matrix_nms (boxes [B, N, 4], scores and labels [B, N]); return
+    ``(working dtype, max_output, kernel, sigma, score_threshold or None, pre_top_k or None)``."""
+    kern, sig, sthr, _, pre = _matrix_nms_scalars(labels, kernel, sigma, score_threshold, None,
+                                                  pre_top_k)
+    _multi_boxes_scores(boxes, scores, labels, "labels")
+    k = non_negative_int("max_output", max_output)
+    return _float_dtypes(boxes=boxes, scores=scores), k, kern, sig, sthr, pre
 
 
 # ---- detect ------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from . import _registry
 from ._checks import HALF, INTS, ROTATED
 from .reference.rotated import to_cxcywhr
 
-__all__ = ["iou", "probiou", "nms", "nms_rotated", "nms_probiou", "soft_nms", "multi_image_soft_nms", "diou_nms", "matrix_nms", "multi_image_nms", "nms_padded", "detect", "roi_align", "roi_align_backward",
+__all__ = ["iou", "probiou", "nms", "nms_rotated", "nms_probiou", "soft_nms", "multi_image_soft_nms", "diou_nms", "multi_image_diou_nms", "matrix_nms", "multi_image_matrix_nms", "multi_image_nms", "nms_padded", "detect", "roi_align", "roi_align_backward",
            "roi_pool", "roi_pool_backward"]
 
 
@@ -181,6 +181,26 @@ def matrix_nms(boxes: Any, scores: Any, labels: Any, kernel: str, sigma: float,
     _, fn = _registry.select("matrix_nms", dev, w, backend)
     return fn(_as(boxes, w), _as(scores, w), _class_ids(labels), kernel, sigma, score_threshold,
               max_output, pre_top_k)
+
+
+def multi_image_diou_nms(boxes: Any, scores: Any, idxs: Any, thr: float, max_output: int, beta: float,
+                         w: str, backend: str | None) -> tuple[Any, Any]:
+    """(indices [B, K] -1 padded, counts [B]); arguments from _checks.multi_diou_nms_check."""
+    dev = A.device(boxes)  # placement: checked by _checks.multi_diou_nms_check
+    _, fn = _registry.select("multi_image_diou_nms", dev, w, backend)
+    c = None if idxs is None else _class_ids(idxs).reshape(idxs.shape)
+    return fn(_as(boxes, w), _as(scores, w), c, thr, max_output, beta)
+
+
+def multi_image_matrix_nms(boxes: Any, scores: Any, labels: Any, max_output: int, kernel: str,
+                           sigma: float, score_threshold: float | None, pre_top_k: int | None, w: str,
+                           backend: str | None) -> tuple[Any, Any, Any]:
+    """(indices [B, K] -1 padded, decayed scores [B, K] 0 padded, counts [B]); arguments from
+    _checks.multi_matrix_nms_check."""
+    dev = A.device(boxes)  # placement: checked by _checks.multi_matrix_nms_check
+    _, fn = _registry.select("multi_image_matrix_nms", dev, w, backend)
+    return fn(_as(boxes, w), _as(scores, w), _class_ids(labels).reshape(labels.shape), max_output,
+              kernel, sigma, score_threshold, pre_top_k)
 
 
 # ---- detect ------------------------------------------------------------------------------------------

@@ -30,7 +30,8 @@ How each op exports (``exporting()`` is true under either exporter):
   operators, within a few ulp of 1 of detkernels (ONNX Runtime's Cos/Sin/Log/Exp are not libm's).
 * ``matrix_nms`` and ``nms_probiou(fast=True)``: fully parallel, so torch compositions over the
   ``[n, n]`` IoU / ProbIoU matrix (below): standard operators, O(n²) memory.
-* ``soft_nms``, ``multi_image_soft_nms``, ``diou_nms``, the rotated ``box_iou``, ``nms_rotated``,
+* ``soft_nms``, ``multi_image_soft_nms``, ``diou_nms``, ``multi_image_diou_nms``,
+  ``multi_image_matrix_nms``, the rotated ``box_iou``, ``nms_rotated``,
   ``batched_nms_rotated``, greedy ``nms_probiou``: no translation yet (greedy selection needs an
   ONNX Loop, the rotated IoU a custom-domain node): export fails with the exporter's error.
 

@@ -302,6 +302,20 @@ def diou_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float, beta: 
     return keep[:count]
 
 
+@register("multi_image_diou_nms", "native")  # CPU only: no CUDA kernel yet (README status)
+def multi_image_diou_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float, max_output: int,
+                         beta: float) -> tuple[Any, Any]:
+    """boxes [B, N, 4], scores [B, N], classes int64 [B, N] or None -> (indices [B, K], counts [B]);
+    the images in parallel on the CPU thread pool."""
+    B, N = boxes.shape[0], boxes.shape[1]
+    out = A.empty((B, max_output), "int64", like=boxes)
+    counts = A.empty((B,), "int64", like=boxes)
+    _C.diou_nms_multi_cpu(DTYPE_CODES[A.dtype_name(boxes)], A.data_ptr(boxes), A.data_ptr(scores),
+                          0 if classes is None else A.data_ptr(classes), B, N, float(iou_threshold),
+                          float(beta), int(max_output), A.data_ptr(out), A.data_ptr(counts))
+    return out, counts
+
+
 MATRIX_NMS_KERNELS = {"gaussian": 0, "linear": 1}  # csrc/ops/nms/matrix_nms.h: MatrixNmsKernel
 
 
@@ -336,6 +350,26 @@ def matrix_nms(boxes: Any, scores: Any, labels: Any, kernel: str, sigma: float,
                               -1 if pre_top_k is None else int(pre_top_k), A.data_ptr(keep),
                               A.data_ptr(kept))
     return keep[:count], kept[:count]
+
+
+@register("multi_image_matrix_nms", "native")  # CPU only: no multi-image CUDA path yet (README status)
+def multi_image_matrix_nms(boxes: Any, scores: Any, labels: Any, max_output: int, kernel: str,
+                           sigma: float, score_threshold: float | None,
+                           pre_top_k: int | None) -> tuple[Any, Any, Any]:
+    """boxes [B, N, 4], scores [B, N], labels int64 [B, N] -> (indices [B, K], decayed scores
+    [B, K], counts [B]); the images in parallel on the CPU thread pool."""
+    B, N = boxes.shape[0], boxes.shape[1]
+    dt = A.dtype_name(boxes)
+    out = A.empty((B, max_output), "int64", like=boxes)
+    vals = A.empty((B, max_output), dt, like=boxes)
+    counts = A.empty((B,), "int64", like=boxes)
+    _C.matrix_nms_multi_cpu(DTYPE_CODES[dt], A.data_ptr(boxes), A.data_ptr(scores),
+                            A.data_ptr(labels), B, N, MATRIX_NMS_KERNELS[kernel], float(sigma),
+                            score_threshold is not None,
+                            0.0 if score_threshold is None else float(score_threshold),
+                            int(max_output), -1 if pre_top_k is None else int(pre_top_k),
+                            A.data_ptr(out), A.data_ptr(vals), A.data_ptr(counts))
+    return out, vals, counts
 
 
 @register("multi_image_nms", "native", devices=IOU_DEVICES)

@@ -106,6 +106,15 @@ def diou_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float, beta: 
     return A.from_numpy(keep, like=boxes)
 
 
+@register("multi_image_diou_nms", "numpy")
+def multi_image_diou_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float, max_output: int,
+                         beta: float) -> tuple[Any, Any]:
+    out = ref_diou_nms.multi_image_diou_nms(
+        A.to_numpy_view(boxes), A.to_numpy_view(scores), iou_threshold, max_output, beta,
+        idxs=None if classes is None else A.to_numpy_view(classes))
+    return tuple(A.from_numpy(x, like=boxes) for x in out)
+
+
 from ..reference import matrix_nms as ref_matrix_nms  # noqa: E402
 
 
@@ -117,6 +126,16 @@ def matrix_nms(boxes: Any, scores: Any, labels: Any, kernel: str, sigma: float,
                                            A.to_numpy_view(labels), kernel, sigma, score_threshold,
                                            max_output, pre_top_k)
     return A.from_numpy(keep, like=boxes), A.from_numpy(kept, like=boxes)
+
+
+@register("multi_image_matrix_nms", "numpy")
+def multi_image_matrix_nms(boxes: Any, scores: Any, labels: Any, max_output: int, kernel: str,
+                           sigma: float, score_threshold: float | None,
+                           pre_top_k: int | None) -> tuple[Any, Any, Any]:
+    out = ref_matrix_nms.multi_image_matrix_nms(
+        A.to_numpy_view(boxes), A.to_numpy_view(scores), A.to_numpy_view(labels), max_output,
+        kernel, sigma, score_threshold, pre_top_k)
+    return tuple(A.from_numpy(x, like=boxes) for x in out)
 
 
 from ..reference import detect as ref_detect  # noqa: E402

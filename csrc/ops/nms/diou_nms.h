@@ -146,6 +146,14 @@ template <typename T> struct DiouNmsSuppress {
 int64_t diou_nms_cpu(int dtype, const void* boxes, const void* scores, const int64_t* classes,
                      int64_t n, double iou_threshold, double beta, int64_t* keep);
 
+/// @brief diou_nms_cpu per image of a batch, fixed-size outputs (reference/diou_nms.py,
+/// multi_image_diou_nms): boxes [B, N, 4], scores [B, N], classes int64 [B, N] or nullptr; image
+/// b's first counts[b] kept (descending score, at most max_output) fill out_idx[b] (box index in
+/// the image, then -1). Images run in parallel on the CPU thread pool.
+void diou_nms_multi_cpu(int dtype, const void* boxes, const void* scores, const int64_t* classes,
+                        int64_t B, int64_t N, double iou_threshold, double beta, int64_t max_output,
+                        int64_t* out_idx, int64_t* counts);
+
 /// @brief DIoU-NMS by the CUDA algorithm (nms_bitmask.h with DiouNmsSuppress), run sequentially
 /// on the CPU: nms_multi_emulate_cpu's arguments (multi-image, per class, score filter, fixed-size
 /// outputs) plus beta. For testing the GPU logic without a GPU.
