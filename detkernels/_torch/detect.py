@@ -35,6 +35,8 @@ def _(boxes, scores, objectness, idxs, iou_threshold, max_det, score_threshold, 
     w, K, _, _, _ = _checks.detect_check(boxes, scores, objectness, idxs, max_det, pre_nms_top_k,
                                          fmt, multi_label, class_agnostic)
     _checks.detect_nms_check(nms, beta, decay, sigma, min_score)
+    if _onnx.exporting():  # the ONNX exporter's strict fallback traces past detect's own check
+        _onnx.refuse_detect_nms(nms)
     B, dt = boxes.shape[0], getattr(torch, w)
     return (boxes.new_empty((B, K, 4), dtype=dt), boxes.new_empty((B, K), dtype=dt),
             boxes.new_empty((B, K), dtype=torch.int64), boxes.new_empty((B, K), dtype=torch.int64),

@@ -206,6 +206,14 @@ def _xyxy(boxes: Tensor, fmt: str) -> Tensor:
     return boxes
 
 
+def refuse_detect_nms(nms: str) -> None:
+    """detect's NMS modes other than "iou" have no standard ONNX operator: a clear error (here, and
+    in detkernels::detect's fake kernel, which the exporter's fallback strict trace reaches)."""
+    if nms != "iou":
+        raise NotImplementedError(f"detect(nms={nms!r}) has no ONNX export: standard ONNX has only "
+                                  f"greedy IoU NonMaxSuppression (export detect with nms='iou')")
+
+
 def detect(boxes: Tensor, scores: Tensor, objectness: Tensor | None, idxs: Tensor | None, thr: float,
            max_det: int, sthr: float | None, top_k: int | None, fmt: str, multi_label: bool,
            class_agnostic: bool, w: str, nms: str = "iou") -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -218,9 +226,7 @@ def detect(boxes: Tensor, scores: Tensor, objectness: Tensor | None, idxs: Tenso
     output order and a scatter into the padded outputs. Boxes and scores come out in the working
     dtype ``w``; ranking and NMS run on float32 (NonMaxSuppression's only type). Greedy IoU NMS
     only: ``nms`` other than "iou" (DIoU-, Soft-, Matrix NMS: no standard ONNX operator) raises."""
-    if nms != "iou":
-        raise NotImplementedError(f"detect(nms={nms!r}) has no ONNX export: standard ONNX has only "
-                                  f"greedy IoU NonMaxSuppression (export detect with nms='iou')")
+    refuse_detect_nms(nms)
     dt = getattr(torch, w)
     B, A = boxes.shape[:2]
     xyxy = _xyxy(boxes.to(dt), fmt)  # [B, A, 4] in T: the output boxes
