@@ -169,20 +169,23 @@ PYBIND11_MODULE(_C, m) {
                   st.has, st.value, max_output, ptr<int64_t>(out_idx), ptr<int64_t>(out_cls),
                   ptr<int64_t>(counts));
   });
-  // detect: objectness / idxs 0 = none; top_k < 0 = all; strides: the 8 DetectStrides fields.
+  // detect: objectness / idxs 0 = none; top_k < 0 = all; strides: the 8 DetectStrides fields;
+  // then the NMS mode (a DetectNmsMode) and its DetectNms fields, min_score None = none.
   m.def("detect_cpu", [](int dtype, uintptr_t boxes, uintptr_t scores, uintptr_t objectness,
                          uintptr_t idxs, int64_t B, int64_t A, int64_t C,
                          const std::vector<int64_t>& strides, int fmt, double thr,
                          py::object score_thr, int64_t top_k, int64_t max_det, bool multi_label,
-                         bool class_agnostic, uintptr_t out_boxes, uintptr_t out_scores,
+                         bool class_agnostic, int nms_mode, double beta, int decay, double sigma,
+                         py::object min_score, uintptr_t out_boxes, uintptr_t out_scores,
                          uintptr_t out_cls, uintptr_t out_idx, uintptr_t counts) {
     if (strides.size() != 8) throw std::invalid_argument("detect_cpu: strides must have 8 entries");
     const DetectStrides ds{strides[0], strides[1], strides[2], strides[3],
                            strides[4], strides[5], strides[6], strides[7]};
-    const ScoreThr st(score_thr);
+    const ScoreThr st(score_thr), ms(min_score);
+    const DetectNms nms{nms_mode, beta, decay, sigma, ms.has, ms.value};
     ReleaseGil release;
     detect_cpu(dtype, ptr(boxes), ptr(scores), ptr(objectness), ptr<const int64_t>(idxs), B, A, C,
-               ds, fmt, thr, st.has, st.value, top_k, max_det, multi_label, class_agnostic,
+               ds, fmt, thr, st.has, st.value, top_k, max_det, multi_label, class_agnostic, nms,
                ptr(out_boxes), ptr(out_scores), ptr<int64_t>(out_cls), ptr<int64_t>(out_idx),
                ptr<int64_t>(counts));
   });

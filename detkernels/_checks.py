@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numbers
 import sys
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -26,6 +26,7 @@ __all__ = [
     "roi_grad_check", "roi_pool_index_check", "check_sampling_ratio", "check_plane",
     "soft_nms_check", "diou_nms_check", "matrix_nms_check", "multi_soft_nms_check",
     "multi_diou_nms_check", "multi_matrix_nms_check",
+    "DetectNms", "detect_nms_check",
 ]
 
 ROTATED = ("cxcywhr", "xywhr", "xyxyxyxy")
@@ -383,6 +384,47 @@ def detect_check(boxes: Any, scores: Any, objectness: Any, idxs: Any, max_det: A
     if objectness is not None:
         named["objectness"] = objectness
     return _float_dtypes(**named), non_negative_int("max_det", max_det), k, multi_label, class_agnostic
+
+
+class DetectNms(NamedTuple):
+    """detect's NMS mode and the parameters it uses (the others None): detect_nms_check's result,
+    which detect_nms_check takes back unchanged (the torch op re-checks it)."""
+    mode: str = "iou"
+    beta: float | None = None
+    decay: str | None = None
+    sigma: float | None = None
+    min_score: float | None = None
+
+
+def detect_nms_check(nms: Any, beta: Any, decay: Any, sigma: Any, min_score: Any) -> DetectNms:
+    """Validate detect's ``nms`` mode and its parameters (reference/detect.py NMS_PARAMETERS:
+    None takes the mode's default; one the mode does not use must be None) as diou_nms,
+    soft_nms and matrix_nms validate theirs."""
+    from .reference.detect import NMS_MODES, nms_parameters
+    from .reference.matrix_nms import KERNELS
+    from .reference.soft_nms import METHODS
+
+    if not isinstance(nms, str) or nms not in NMS_MODES:
+        raise ValueError(f"nms must be one of {NMS_MODES}, got {nms!r}")
+    p = nms_parameters(nms, beta, decay, sigma, min_score)
+    if p["beta"] is not None:
+        b = threshold_value(p["beta"], "beta")
+        if not (b > 0 and b < float("inf")):  # NaN too
+            raise ValueError(f"beta must be a positive finite number, got {beta!r}")
+        p["beta"] = b
+    if p["decay"] is not None:
+        allowed = METHODS if nms == "soft" else KERNELS
+        if not isinstance(p["decay"], str) or p["decay"] not in allowed:
+            raise ValueError(f"decay must be one of {allowed} for nms={nms!r}, got {decay!r}")
+    if p["sigma"] is not None:
+        sig = threshold_value(p["sigma"], "sigma")
+        finite = nms == "matrix"  # as matrix_nms; soft_nms takes sigma = inf (weight 1)
+        if not (sig > 0 and (sig < float("inf") or not finite)):  # NaN too
+            raise ValueError(f"sigma must be a positive{' finite' if finite else ''} number, got {sigma!r}")
+        p["sigma"] = sig
+    if p["min_score"] is not None:
+        p["min_score"] = threshold_value(p["min_score"], "min_score")
+    return DetectNms(nms, p["beta"], p["decay"], p["sigma"], p["min_score"])
 
 
 # ---- RoI ops -----------------------------------------------------------------------------------------

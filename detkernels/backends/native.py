@@ -391,13 +391,26 @@ def multi_image_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float,
     return out, cls, counts
 
 
+DETECT_NMS_MODES = {"iou": 0, "diou": 1, "soft": 2, "matrix": 3}  # detect.h: DetectNmsMode
+
+
+def _detect_nms_args(nms: Any) -> tuple:
+    """(mode, beta, decay, sigma, min_score) for detect_cpu: detect.h's DetectNms fields."""
+    if nms is None:
+        return 0, 1.0, 0, 0.0, None
+    decay = (SOFT_NMS_METHODS if nms.mode == "soft" else MATRIX_NMS_KERNELS).get(nms.decay, 0)
+    return (DETECT_NMS_MODES[nms.mode], 1.0 if nms.beta is None else float(nms.beta), decay,
+            0.0 if nms.sigma is None else float(nms.sigma), nms.min_score)
+
+
 @register("detect", "native", devices=IOU_DEVICES)
 def detect(boxes: Any, scores: Any, objectness: Any, idxs: Any, iou_threshold: float, max_det: int,
            score_threshold: float | None, top_k: int | None, fmt: str, multi_label: bool,
-           class_agnostic: bool) -> tuple:
+           class_agnostic: bool, nms: Any = None) -> tuple:
     """boxes [B, A, 4], scores [B, A] or [B, A, C], objectness [B, A] or None (one float dtype,
     any strides), idxs int64 [B, A] contiguous or None -> (boxes [B, K, 4], scores [B, K],
-    classes, indices [B, K], counts [B]). On CUDA: no host synchronisation (issue 12)."""
+    classes, indices [B, K], counts [B]). On CUDA: no host synchronisation (issue 12). ``nms``
+    (_checks.DetectNms; None: "iou"): the CPU serves every mode, CUDA "iou" only (nms_modes)."""
     boxes, scores, objectness = (_element_strided(x) for x in (boxes, scores, objectness))
     B, N = boxes.shape[0], boxes.shape[1]
     C = scores.shape[2] if scores.ndim == 3 else 0  # C = 0 means [B, A] scores to the core
@@ -416,19 +429,25 @@ def detect(boxes: Any, scores: Any, objectness: Any, idxs: Any, iou_threshold: f
             0 if objectness is None else A.data_ptr(objectness),
             0 if idxs is None else A.data_ptr(idxs), B, N, C, strides, FMT_CODES[fmt],
             float(iou_threshold), score_threshold, -1 if top_k is None else int(top_k),
-            max_det, bool(multi_label), bool(class_agnostic), A.data_ptr(ob),
-            A.data_ptr(os_), A.data_ptr(oc), A.data_ptr(oi), A.data_ptr(counts))
+            max_det, bool(multi_label), bool(class_agnostic))
+    outs = (A.data_ptr(ob), A.data_ptr(os_), A.data_ptr(oc), A.data_ptr(oi), A.data_ptr(counts))
     if A.device(boxes) != "cpu":  # csrc/ops/detect/detect_gpu.h; workspace from static shapes
+        if nms is not None and nms.mode != "iou":  # _dispatch.detect_select refuses it first
+            raise NotImplementedError(f"native CUDA detect runs nms='iou' only, got nms={nms.mode!r}")
         dev = _device_index(boxes)
         k = -1 if top_k is None else int(top_k)
         nbytes = _C.detect_cuda_workspace_bytes(DTYPE_CODES[dt], B, N, C, bool(multi_label), k,
                                                 NMS_MASK_BYTES, dev)
         cand = N * (C if multi_label and C else 1)
         ws = _workspace(boxes, nbytes, f"detect of {B} x {cand} candidates (set pre_nms_top_k)")
-        _C.detect_cuda(*args, A.data_ptr(ws), nbytes, NMS_MASK_BYTES, dev, A.current_stream(boxes))
+        _C.detect_cuda(*args, *outs, A.data_ptr(ws), nbytes, NMS_MASK_BYTES, dev,
+                       A.current_stream(boxes))
         return ob, os_, oc, oi, counts
-    _C.detect_cpu(*args)
+    _C.detect_cpu(*args, *_detect_nms_args(nms), *outs)
     return ob, os_, oc, oi, counts
+
+
+detect.nms_modes = {"cpu": tuple(DETECT_NMS_MODES)}  # CUDA (detect_gpu.h): greedy IoU NMS only
 
 
 def _element_strided(x: Any) -> Any:

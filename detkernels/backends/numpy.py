@@ -144,12 +144,17 @@ from ..reference import detect as ref_detect  # noqa: E402
 @register("detect", "numpy")
 def detect(boxes: Any, scores: Any, objectness: Any, idxs: Any, iou_threshold: float, max_det: int,
            score_threshold: float | None, top_k: int | None, fmt: str, multi_label: bool,
-           class_agnostic: bool) -> tuple:
+           class_agnostic: bool, nms: Any = None) -> tuple:
     v = (lambda x: None if x is None else A.to_numpy_view(x))
+    mode = {} if nms is None else nms._asdict()
     out = ref_detect.detect(v(boxes), v(scores), iou_threshold, max_det, score_threshold=score_threshold,
                             pre_nms_top_k=top_k, fmt=fmt, objectness=v(objectness),
-                            multi_label=multi_label, class_agnostic=class_agnostic, idxs=v(idxs))
+                            multi_label=multi_label, class_agnostic=class_agnostic, idxs=v(idxs),
+                            **{("nms" if k == "mode" else k): x for k, x in mode.items()})
     return tuple(A.from_numpy(x, like=boxes) for x in out)
+
+
+detect.nms_modes = {"cpu": ref_detect.NMS_MODES}
 
 
 # ---- RoI ops ---------------------------------------------------------------------------------------
