@@ -20,6 +20,13 @@ CUDA tensors the plan (per-image stable sorts, segments by a running max) and th
 are torch ops on the device: no host synchronisation. With Numba or CuPy device arrays the plan is
 made on the host (the scores and classes are copied there and the keep flags back).
 
+NMS variants (issue 13; CPU only): soft_nms, multi_image_soft_nms, diou_nms and matrix_nms run
+their loops in numba/cpu.py over the scalar maths of box_math.py (nms_iou, diou_penalty_of, dk_log,
+dk_exp, the decay weights); orders, merges and filters are host NumPy, the reference's own code
+(score_order). multi_image_soft_nms runs every (image, class) segment in one call on numba's
+threads; matrix_nms computes its columns in parallel (each column's max and min in the
+reference's row order, so the bytes do not depend on the thread count).
+
 RoI ops (roi_align, ps_roi_align, roi_pool, ps_roi_pool, forward and backward) run on the CPU
 (numba/roi_cpu.py, ``parallel=True``) and on CUDA (numba/roi_cuda.py); their arithmetic is written
 once (numba/roi_math.py) and compiled for both targets, one kernel set per dtype (float32,
