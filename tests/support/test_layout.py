@@ -126,11 +126,11 @@ TWINS = {  # C++ function -> "module:function" of its twin
     "box_area": NB + "box_math:box_area", "box_corners": NB + "box_math:box_corners",
     "pair_iou": NB + "box_math:pair_iou",
     "diou_penalty": NB + "box_math:diou_penalty", "diou_penalty_of": NB + "box_math:diou_penalty_of",
-    # soft_nms.h (issue 13; numba CPU only: compiled by numba/cpu.py, not for numba.cuda)
+    # soft_nms.h (issue 13; numba/cpu.py, and numba/cuda.py for matrix_nms)
     "dk_exp": NB + "box_math:dk_exp", "dk_floor": NB + "box_math:dk_floor",
     "dk_ldexp": NB + "box_math:dk_ldexp", "dk_pow2": NB + "box_math:dk_ldexp",  # math.ldexp there
     "soft_nms_weight": NB + "box_math:soft_nms_weight",
-    # diou_nms.h, matrix_nms.h (issue 13; numba CPU only, compiled by numba/cpu.py with dk_exp)
+    # diou_nms.h, matrix_nms.h (issue 13; numba/cpu.py; matrix_nms_term also numba/cuda.py)
     "dk_log": NB + "box_math:dk_log", "dk_pow": NB + "box_math:dk_pow",
     "diou_nms_measure": NB + "box_math:diou_nms_measure", "matrix_nms_term": NB + "box_math:matrix_nms_term",
     # nms.h
@@ -182,7 +182,7 @@ NOT_NEEDED = {
                                 "nms_sparse_neutralise")},
     # soft_nms_gpu.h, matrix_nms_gpu.h (issue 13): steps of the native CUDA Soft-NMS / Matrix NMS
     **{f: "a step of the native CUDA Soft-NMS / Matrix NMS (issue 13); the numba backend serves "
-          "soft_nms and matrix_nms on the CPU only (README status)"
+          "soft_nms on the CPU only and matrix_nms with its own column kernels (README status)"
        for f in ("ranks_before", "soft_pick_none", "soft_pick_better", "soft_nms_init",
                  "soft_nms_rescale", "soft_nms_pick_limit", "soft_nms_emit", "matrix_nms_gather",
                  "matrix_nms_comp_tile", "matrix_nms_decay_tile", "matrix_nms_tile_rows",

@@ -20,8 +20,9 @@ CUDA tensors the plan (per-image stable sorts, segments by a running max) and th
 are torch ops on the device: no host synchronisation. With Numba or CuPy device arrays the plan is
 made on the host (the scores and classes are copied there and the keep flags back).
 
-NMS variants (issue 13; CPU only): soft_nms, multi_image_soft_nms, diou_nms and matrix_nms run
-their loops in numba/cpu.py over the scalar maths of box_math.py (nms_iou, diou_penalty_of, dk_log,
+NMS variants (issue 13): soft_nms, multi_image_soft_nms, diou_nms and matrix_nms run their loops
+in numba/cpu.py (matrix_nms on CUDA too: numba/cuda.py, a thread per column, the plan and the
+finish on the host) over the scalar maths of box_math.py (nms_iou, diou_penalty_of, dk_log,
 dk_exp, the decay weights); orders, merges and filters are host NumPy, the reference's own code
 (score_order). multi_image_soft_nms runs every (image, class) segment in one call on numba's
 threads; matrix_nms computes its columns in parallel (each column's max and min in the
@@ -369,24 +370,32 @@ def diou_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float, beta: 
 _MATRIX_KERNELS = {"gaussian": 0, "linear": 1}  # box_math.matrix_nms_term's kernel codes
 
 
-@register("matrix_nms", "numba")  # CPU only (numba.cuda: not served, README status)
+@register("matrix_nms", "numba", devices=("cpu", "cuda"))
 def matrix_nms(boxes: Any, scores: Any, labels: Any, kernel: str, sigma: float,
                score_threshold: float | None, max_output: int | None,
                pre_top_k: int | None) -> tuple[Any, Any]:
     """boxes [N, 4], scores [N] (same float dtype), labels int64 [N] -> (indices, decayed scores):
     the ranks (score order, pre_top_k) grouped by class on the host, the decays in numba
-    (numba/cpu.py, columns in parallel), the filter and final order on the host as the
-    reference's."""
-    from . import cpu as _cpu
-
-    b, s = A.to_numpy_view(boxes), A.to_numpy_view(scores)
+    (numba/cpu.py, columns in parallel; numba/cuda.py, a thread per column), the filter and final
+    order on the host as the reference's. CUDA: the scores and labels are copied to the host and
+    the decays back (host syncs)."""
+    s = _to_host(scores)
     order = score_order(s)
     if pre_top_k is not None:
         order = order[:int(pre_top_k)]
     n = order.shape[0]
-    o, seg = _class_segments(np.arange(n, dtype=np.int64), A.to_numpy_view(labels)[order])
-    decay = np.empty(n, b.dtype)
-    decay[o] = _cpu.matrix_nms_decay(b, order[o], seg, _MATRIX_KERNELS[kernel], sigma)
+    o, seg = _class_segments(np.arange(n, dtype=np.int64), _to_host(labels)[order])
+    decay = np.empty(n, s.dtype)
+    if A.device(boxes) == "cpu":
+        from . import cpu as _cpu
+
+        decay[o] = _cpu.matrix_nms_decay(A.to_numpy_view(boxes), order[o], seg,
+                                         _MATRIX_KERNELS[kernel], sigma)
+    else:
+        cuda, K = _cuda()
+        with cuda.gpus[_device_index(boxes)]:
+            decay[o] = K.matrix_nms_decay(_as_numba(cuda, boxes), order[o], seg,
+                                          _MATRIX_KERNELS[kernel], sigma, _stream(cuda, boxes))
     with np.errstate(all="ignore"):
         dec = s[order] * decay
     sel = np.arange(n)

@@ -182,9 +182,9 @@ def nms_suppresses(ax1, ay1, ax2, ay2, area_a, bx1, by1, bx2, by2, area_b, thr):
 
 
 # ---- soft_nms.h (issue 13) ------------------------------------------------------------------------
-# The numba CPU twins of dk_floor / dk_ldexp / dk_exp / soft_nms_weight. Not in SCALAR_FUNCS: the
-# numba backend serves soft_nms on the CPU only (numba/cpu.py compiles these as extras), so the
-# CUDA specialisations and their PTX lint are unchanged. TYPE (np.float32 / np.float64) and the
+# The numba twins of dk_floor / dk_ldexp / dk_exp / soft_nms_weight. Not in SCALAR_FUNCS: they
+# are compiled as extras where a kernel needs them (numba/cpu.py's _build_exp; numba/cuda.py's
+# _specialise for matrix_nms, without soft_nms_weight). TYPE (np.float32 / np.float64) and the
 # E32_* / E64_* constants come from soft_nms_constants.
 
 def dk_floor(v):  # |v| < 2^31: the truncation, lowered by 1 where it rounded up (exact)
@@ -268,9 +268,9 @@ SOFT_NMS_FUNCS = (dk_floor, dk_ldexp, dk_exp, soft_nms_weight)
 
 
 # ---- diou_nms.h, matrix_nms.h (issue 13) ----------------------------------------------------------
-# The numba CPU twins of dk_log / dk_pow / diou_nms_measure / matrix_nms_term, compiled with the
-# soft_nms functions above (they need dk_exp; numba/cpu.py's _build_exp); the L_* constants come
-# from soft_nms_constants.
+# The numba twins of dk_log / dk_pow / diou_nms_measure / matrix_nms_term, compiled with the
+# soft_nms functions above (they need dk_exp; numba/cpu.py's _build_exp; numba/cuda.py compiles
+# matrix_nms_term for its matrix_nms kernels); the L_* constants come from soft_nms_constants.
 
 def dk_log(x):  # frexp (exact), then the atanh series of z = (m - 1) / (m + 1)
     if x != x:
