@@ -51,6 +51,7 @@ from torch import Tensor
 
 from .. import _registry
 from ..api.detect import detect
+from ..api.rotated import nms_probiou
 
 __all__ = ["non_max_suppression", "patch_ultralytics", "Unsupported"]
 
@@ -64,10 +65,11 @@ def _f(v: float, dtype: torch.dtype) -> float:
     return float(torch.tensor(float(v), dtype=dtype))
 
 
-def _served(t: Tensor) -> bool:
-    """A detect backend runs on ``t``'s device (today: the CPU)."""
+def _served(t: Tensor, ops: tuple[str, ...] = ("detect",)) -> bool:
+    """A backend of each of ``ops`` runs on ``t``'s device (today: the CPU)."""
     try:
-        _registry.select("detect", str(t.device), "float64" if t.dtype == torch.float64 else "float32")
+        for op in ops:
+            _registry.select(op, str(t.device), "float64" if t.dtype == torch.float64 else "float32")
     except RuntimeError:
         return False
     return True
@@ -150,14 +152,12 @@ def non_max_suppression(prediction: Any, conf_thres: float = 0.25, iou_thres: fl
     cls_t = None if classes is None else torch.tensor(classes, device=prediction.device)
     if prediction.shape[-1] == 6 or end2end:
         return _end2end(prediction, conf_thres, cls_t, max_det, return_idxs)
-    if rotated:
-        raise Unsupported("rotated=True (OBB probiou NMS) is not reproduced by detkernels; "
-                          "use ultralytics.utils.nms.non_max_suppression")
     if prediction.dtype not in (torch.float32, torch.float64):
         raise Unsupported(f"{prediction.dtype} predictions: ultralytics computes thresholds, boxes and "
                           "class offsets in that dtype, detkernels in float32; pass prediction.float()")
-    if not _served(prediction):
-        raise Unsupported(f"detkernels.detect has no backend on {prediction.device} yet")
+    if not (_served(prediction, ("detect", "nms_probiou")) if rotated else _served(prediction)):
+        raise Unsupported(f"detkernels.{'nms_probiou' if rotated else 'detect'} has no backend on "
+                          f"{prediction.device} yet")
     dt, dev = prediction.dtype, prediction.device
     B, F, A = prediction.shape
     nc = nc or (F - 4)
@@ -195,6 +195,9 @@ def non_max_suppression(prediction: Any, conf_thres: float = 0.25, iou_thres: fl
             wh = xywh[:, 2:] / 2  # ultralytics' xywh2xyxy (detect's cxcywh rule)
             b1[i, :m] = torch.cat([xywh[:, :2] - wh, xywh[:, :2] + wh], 1).to(b1.dtype)
             s1[i, :m], c1[i, :m], a1[i, :m] = ss[o], cc[o], aa
+    if rotated:
+        return _rotated(p, nc, multi, s1, c1, a1, n1, max_nms, iou_thres, agnostic, max_det, max_wh,
+                        return_idxs)
     w2 = max(1, min(width, max_nms))  # stage 2 sees the live slots only
     b1, s1, c1, a1 = b1[:, :w2], s1[:, :w2], c1[:, :w2], a1[:, :w2]
     slot = torch.arange(w2, device=dev)
@@ -213,6 +216,41 @@ def non_max_suppression(prediction: Any, conf_thres: float = 0.25, iou_thres: fl
     for i, (reached, n) in enumerate(zip((n1 > 0).tolist(), n2.tolist())):
         if reached:  # ultralytics' empty-image defaults otherwise
             output[i], keepi[i] = out[i, :n], anchor[i, :n]
+    return (output, keepi) if return_idxs else output
+
+
+def _rotated(p: Tensor, nc: int, multi: bool, s1: Tensor, c1: Tensor, a1: Tensor, n1: Tensor,
+             max_nms: int, iou_thres: float, agnostic: bool, max_det: int, max_wh: int,
+             return_idxs: bool) -> Any:
+    """ultralytics' OBB branch on stage 1's candidates, one ``nms_probiou(fast=True)`` per image:
+    rows ``(x, y, w, h, conf, cls, extra...)`` with the raw xywh boxes, the NMS on
+    ``(xy + cls * max_wh, wh, last column)`` in the prediction's dtype (``p``: ``[B, A, F]``)."""
+    dt, dev = p.dtype, p.device
+    B, F = p.shape[0], p.shape[2]
+    thr = _f(iou_thres, dt)  # ultralytics compares its ProbIoU matrix (dtype dt) with the threshold
+    output = [torch.zeros((0, 6 + F - 4 - nc), device=dev)] * B
+    keepi = [torch.zeros((0, 1), device=dev)] * B
+    for i, n in enumerate(n1.tolist()):
+        if n == 0:  # ultralytics' empty-image defaults
+            continue
+        capped, n = n > max_nms, min(n, max_nms)
+        s, c, a = s1[i, :n].to(dt), c1[i, :n], a1[i, :n]
+        x = p[i, a]
+        rows = torch.cat([x[:, :4], s[:, None], c[:, None].to(dt), x[:, 4 + nc:]], 1)
+        if n > 1 and bool((s[1:] == s[:-1]).any()):
+            # Tied scores: fast_nms's argsort(descending=True) is unstable, and its tie order
+            # depends on its input order -- candidate order (anchor, then class), or above max_nms
+            # the cap's order (stage 1's slots then hold it). The same sort on the same scores in
+            # that order gives the same order; nms_probiou's stable sort then keeps it.
+            if not capped:
+                o = (a * nc + c if multi else a).argsort()
+                rows, a = rows[o], a[o]
+            o = rows[:, 4].argsort(descending=True)
+            rows, a = rows[o], a[o]
+        off = rows[:, 5:6] * (0 if agnostic else max_wh)  # ultralytics' x[:, 5:6] * max_wh, in dt
+        boxes = torch.cat([rows[:, :2] + off, rows[:, 2:4], rows[:, -1:]], 1)  # its xywhr
+        k = nms_probiou(boxes, rows[:, 4].contiguous(), thr, fast=True)[:max_det]
+        output[i], keepi[i] = rows[k], a[k]
     return (output, keepi) if return_idxs else output
 
 

@@ -120,6 +120,68 @@ def test_end2end_branch():
     both(torch.rand(1, 20, 9), conf_thres=0.5, end2end=True)
 
 
+# ---- OBB (rotated=True): ProbIoU Fast-NMS ---------------------------------------------------------
+
+OBB_NC = 15
+
+
+@pytest.fixture(scope="module")
+def obb_head():
+    """Eval-mode output of yolov8n-obb (random weights, nc=15; class biases spread as above, angle
+    biases spread over the head's [-pi/4, 3pi/4] range) on 2 random 256x320 images: [2, 20, 1680]
+    (xywh, 15 class scores, angle in radians). The random backbone makes the scores nearly constant
+    per level (almost every score tied: ultralytics' unstable argsort decides their order), so a
+    second copy has the class scores replaced by distinct random ones (any sort agrees)."""
+    from ultralytics.nn.tasks import OBBModel
+
+    torch.manual_seed(0)
+    m = OBBModel("yolov8n-obb.yaml", nc=OBB_NC, verbose=False).eval()
+    head = m.model[-1]
+    for seq in head.cv3:
+        torch.nn.init.normal_(seq[-1].bias, -3.0, 1.0)
+    for seq in head.cv4:  # the angle branch's last conv
+        torch.nn.init.normal_(seq[-1].bias, 0.0, 2.0)
+        torch.nn.init.normal_(seq[-1].weight, 0.0, 1.0)
+    with torch.no_grad():
+        y = m(torch.rand(2, 3, 256, 320))
+    assert isinstance(y, tuple) and y[0].shape == (2, 4 + OBB_NC + 1, 1680)
+    distinct = y[0].clone()
+    g = torch.Generator().manual_seed(1)
+    distinct[:, 4:4 + OBB_NC] = (torch.randn(2, OBB_NC, 1680, generator=g) * 2 - 4).sigmoid()
+    return y, distinct
+
+
+OBB_KWARGS = [
+    {"conf_thres": 0.25, "iou_thres": 0.7},                      # the predictor's defaults
+    {"conf_thres": 0.1},
+    {"conf_thres": 0.1, "iou_thres": 0.3, "max_det": 20},
+    {"conf_thres": 0.2, "iou_thres": 0.7, "multi_label": True},  # the validator's call
+    {"conf_thres": 0.1, "agnostic": True, "return_idxs": True},
+    {"conf_thres": 0.05, "max_nms": 500, "return_idxs": True},   # the cap: ultralytics' own sort
+    {"conf_thres": 0.1, "multi_label": True, "max_nms": 1000},
+    {"conf_thres": 0.1, "classes": [0, 3, 7]},
+    {"conf_thres": 0.1, "classes": [0, 3, 7], "multi_label": True, "return_idxs": True},
+    {"conf_thres": 0.9, "return_idxs": True},                    # empty images: ultralytics' defaults
+    {"conf_thres": 0.1, "max_det": 0},
+]
+
+
+def obb_both(pred, **kw):
+    # max_time_img: ultralytics' N x N ProbIoU matrices are slow; its time limit must not cut it
+    # short (the drop-in ignores the argument).
+    return both(pred, nc=OBB_NC, rotated=True, max_time_img=600.0, **kw)
+
+
+@pytest.mark.parametrize("kw", OBB_KWARGS, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
+@pytest.mark.parametrize("scores", ["model", "distinct"])
+def test_obb_model(obb_head, kw, scores):
+    y, distinct = obb_head
+    out = obb_both(y if scores == "model" else distinct, **kw)
+    rows = out[0] if isinstance(out, tuple) else out
+    if kw["conf_thres"] < 0.5 and kw.get("max_det", 1) > 0:
+        assert all(r.shape[0] > 0 and r.shape[1] == 7 for r in rows)
+
+
 # ---- hand-made predictions -----------------------------------------------------------------------
 
 def pred_of(boxes_cxcywh, cls_scores) -> "torch.Tensor":
@@ -250,10 +312,10 @@ def test_many_images_in_one_call():
 
 def test_unsupported_and_invalid_arguments(heads):
     det, _ = heads
-    with pytest.raises(NotImplementedError, match="rotated"):
-        dk_nms(det, rotated=True)
     with pytest.raises(NotImplementedError, match="float16"):
         dk_nms(det[0].half())
+    with pytest.raises(NotImplementedError, match="float16"):
+        dk_nms(det[0].half(), rotated=True)
     with pytest.raises(ValueError, match="conf_thres"):
         dk_nms(det, conf_thres=1.5)
     with pytest.raises(ValueError, match="iou_thres"):
