@@ -182,6 +182,86 @@ def test_obb_model(obb_head, kw, scores):
         assert all(r.shape[0] > 0 and r.shape[1] == 7 for r in rows)
 
 
+def obb_pred_of(boxes_xywhr, cls_scores, dtype=np.float32) -> "torch.Tensor":
+    """[1, 4 + C + 1, A]: xywh, class scores, angle (radians) last, as the OBB head lays them out."""
+    b = np.asarray(boxes_xywhr, np.float64)
+    s = np.asarray(cls_scores, np.float64)
+    return torch.as_tensor(np.concatenate([b[:, :4], s, b[:, 4:]], 1).astype(dtype)).T[None].contiguous()
+
+
+def random_obbs(rng, A, C, levels=(0.5, 0.75)):
+    """A clustered rotated boxes (heavy overlaps) with one class each and tied scores."""
+    boxes = np.concatenate([rng.uniform(0, 120, (A, 2)), rng.uniform(8, 40, (A, 2)),
+                            rng.uniform(-np.pi / 4, 3 * np.pi / 4, (A, 1))], 1)
+    scores = np.zeros((A, C))
+    scores[np.arange(A), rng.integers(0, C, A)] = rng.choice(levels, A)
+    return boxes, scores
+
+
+def test_obb_tied_scores():
+    # Hundreds of tied scores (torch's argsort is unstable from ~100 elements up): ultralytics'
+    # fast_nms order among ties is its argsort's; the drop-in runs that sort on the same scores in
+    # the same (candidate) order, so the same boxes survive in the same order.
+    rng = np.random.default_rng(7)
+    boxes, scores = random_obbs(rng, 600, 3)
+    pred = obb_pred_of(boxes, scores)
+    for kw in ({}, {"agnostic": True}, {"multi_label": True, "return_idxs": True}, {"classes": [0, 2]},
+               {"max_nms": 250, "return_idxs": True}, {"max_nms": 250, "multi_label": True}):
+        for iou in (0.2, 0.5, 0.7):
+            out = both(pred, conf_thres=0.25, iou_thres=iou, nc=3, rotated=True, **kw)
+            rows = out[0] if isinstance(out, tuple) else out
+            assert 0 < rows[0].shape[0] < 600
+    # Stage 1's stable tie order (nms_probiou alone) keeps another set: the sort matters here.
+    p = pred[0].T
+    boxes_t = torch.cat([p[:, :2] + p[:, 4:7].argmax(1, keepdim=True).float() * 7680, p[:, 2:4], p[:, -1:]], 1)
+    stable = detkernels.nms_probiou(boxes_t, p[:, 4:7].amax(1), 0.5, fast=True)
+    assert not torch.equal(stable, UL(pred, conf_thres=0.25, iou_thres=0.5, nc=3, rotated=True,
+                                      return_idxs=True)[1][0])
+
+
+def test_obb_batch_float64_nan():
+    rng = np.random.default_rng(8)
+    imgs = []
+    for k in range(3):
+        boxes, scores = random_obbs(rng, 300, 4, levels=(0.3, 0.6, 0.9))
+        scores[:5, 1] = np.nan  # NaN rows: dropped (ultralytics' amax filter), with multi_label too
+        imgs.append(obb_pred_of(boxes, scores))
+    imgs[1][..., 4:8, :] = 0.0  # an empty image
+    pred = torch.cat(imgs)
+    for p in (pred, pred.double()):
+        for kw in ({}, {"multi_label": True}, {"agnostic": True, "max_det": 7, "return_idxs": True}):
+            out = both(p, conf_thres=0.25, iou_thres=0.45, nc=4, rotated=True, **kw)
+            rows = out[0] if isinstance(out, tuple) else out
+            assert rows[1].shape[0] == 0 and rows[0].dtype == p.dtype
+    keep = both(pred, conf_thres=0.25, nc=4, rotated=True, multi_label=True, return_idxs=True)[1]
+    assert not any(i < 5 for k in keep for i in k.tolist())
+
+
+def test_obb_probiou_ulp_pinned():
+    """ultralytics' batch_probiou runs torch's exp/log/cos/sin (SLEEF), detkernels' ProbIoU libm's:
+    they can differ by an ulp. This pair (found by search) has detkernels' ProbIoU two float32 ulp
+    above ultralytics'; with iou_thres equal to ultralytics' value ultralytics keeps the second box
+    (u > thr is false) and the drop-in suppresses it (d > thr). Each follows its own ProbIoU against
+    the same float32 threshold, so results can differ only where a ProbIoU is within a few ulp of
+    iou_thres."""
+    from ultralytics.utils.metrics import batch_probiou
+
+    pair = [[30.769254684448242, 19.18387794494629, 12.892659187316895, 10.842328071594238, 0.5871503353118896],
+            [29.871183395385742, 12.530688285827637, 9.392228126525879, 7.804869174957275, 0.48433640599250793]]
+    b = torch.tensor(pair, dtype=torch.float32)
+    u, d = float(batch_probiou(b, b)[0, 1]), float(detkernels.probiou(b, b)[0, 1])
+    pred = obb_pred_of(pair, [[0.9], [0.8]])
+    for thr in (u, d):
+        kw = {"conf_thres": 0.25, "iou_thres": thr, "rotated": True, "nc": 1}
+        assert UL(pred, **kw)[0].shape[0] == (2 if u <= thr else 1)
+        assert dk_nms(pred, **kw)[0].shape[0] == (2 if d <= thr else 1)
+    if u == d:
+        pytest.skip("this torch build's ProbIoU agrees with detkernels' on the pinned pair")
+    assert abs(u - d) <= 6e-8 and d > u  # two float32 ulp (2**-25 each near 0.28)
+    kw = {"conf_thres": 0.25, "iou_thres": u, "rotated": True, "nc": 1}
+    assert (UL(pred, **kw)[0].shape[0], dk_nms(pred, **kw)[0].shape[0]) == (2, 1)
+
+
 # ---- hand-made predictions -----------------------------------------------------------------------
 
 def pred_of(boxes_cxcywh, cls_scores) -> "torch.Tensor":
