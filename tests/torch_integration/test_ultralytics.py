@@ -239,7 +239,7 @@ def test_obb_batch_float64_nan():
 
 def test_obb_probiou_ulp_pinned():
     """ultralytics' batch_probiou runs torch's exp/log/cos/sin (SLEEF), detkernels' ProbIoU libm's:
-    they can differ by an ulp. This pair (found by search) has detkernels' ProbIoU two float32 ulp
+    they can differ by a few ulp. This pair (found by search) has detkernels' ProbIoU two float32 ulp
     above ultralytics'; with iou_thres equal to ultralytics' value ultralytics keeps the second box
     (u > thr is false) and the drop-in suppresses it (d > thr). Each follows its own ProbIoU against
     the same float32 threshold, so results can differ only where a ProbIoU is within a few ulp of
@@ -423,6 +423,40 @@ def test_patch_ultralytics(heads):
     assert ul_nms.non_max_suppression is not UL
     p.restore()
     assert ul_nms.non_max_suppression is UL
+
+
+def test_patch_ultralytics_obb_predictor(obb_head, monkeypatch):
+    """ultralytics' OBBPredictor.postprocess (rotated=True, nc=len(names)) under the patch: the
+    drop-in runs (not the fallback) and the Results' obb rows are ultralytics' own."""
+    import types
+
+    from ultralytics.models.yolo.obb import OBBPredictor
+
+    from detkernels._torch import ultralytics as mod
+
+    distinct = obb_head[1][..., :400].contiguous()  # few candidates: its 2.1 s time limit stays far
+    pr = OBBPredictor(overrides={"conf": 0.25, "iou": 0.7, "verbose": False})
+    pr.model = types.SimpleNamespace(names={i: str(i) for i in range(OBB_NC)}, end2end=False)
+    pr.batch = (["a.jpg", "b.jpg"],)
+    img, orig = torch.zeros(2, 3, 256, 320), [np.zeros((256, 320, 3), np.uint8)] * 2
+    want = pr.postprocess(distinct.clone(), img, orig)
+    calls = []
+
+    def counted(*a, **k):
+        calls.append(k.get("rotated"))
+        return dk_nms(*a, **k)
+
+    monkeypatch.setattr(mod, "non_max_suppression", counted)
+    with mod.patch_ultralytics():
+        got = pr.postprocess(distinct.clone(), img, orig)
+        # Unsupported rotated calls (half precision) still go to ultralytics' own function.
+        half = distinct.half()
+        same(ul_nms.non_max_suppression(half, 0.25, 0.7, nc=OBB_NC, rotated=True),
+             UL(half, 0.25, 0.7, nc=OBB_NC, rotated=True))
+    assert calls == [True, True]
+    assert len(got) == len(want) == 2
+    for a, b in zip(want, got):
+        assert a.obb.data.shape[0] > 0 and torch.equal(a.obb.data, b.obb.data)
 
 
 def test_devices_without_a_detect_backend(heads, monkeypatch):
