@@ -1,6 +1,7 @@
 """ultralytics' ``non_max_suppression`` (ultralytics 8.4, ``ultralytics.utils.nms``) through the
 fused ``detkernels.detect``: same signature and defaults, same list of ``[n, 6 + extra]`` rows
-(xyxy, conf, cls, extra columns), same kept rows in the same order; and ``patch_ultralytics``,
+(xyxy, conf, cls, extra columns; OBB with ``rotated=True``: xywh, conf, cls, extra, angle), same
+kept rows in the same order; and ``patch_ultralytics``,
 which makes ultralytics' predictors and validators call it.
 
 How ultralytics' per-image loop maps onto two batched ``detect`` calls (no loop over images,
@@ -18,6 +19,21 @@ except the rare ``max_nms`` overflow below):
    wider than ``max_wh`` overlap other classes' boxes) -- through ``detect`` class-agnostic with
    ``iou_thres``, ``max_det``. Its IoU and ``>`` rule are torchvision ``nms``'s (docs/SPEC.md §1).
 
+``rotated=True`` (OBB heads: ``[B, 4 + nc + extra, A]``, xywh boxes, the angle in radians the last
+extra channel): stage 1 as above (only its scores, classes and anchors are used), then per image
+(a Python loop, as ultralytics') ``detkernels.nms_probiou(fast=True)`` -- ultralytics'
+``TorchNMS.fast_nms(..., iou_func=batch_probiou)`` rule without its N x N matrix -- on the boxes
+ultralytics builds, ``(xy + class * max_wh, wh, last column)`` in the prediction's dtype, with
+``iou_thres`` rounded to that dtype (ultralytics compares its ProbIoU tensor with it). Rows are
+``(x, y, w, h, conf, cls, extra..., angle)``, the boxes not converted. fast_nms orders its input by
+an unstable ``argsort(descending=True)``: with tied scores in an image its order is reproduced by
+running that sort on the same scores in ultralytics' order (candidate order, or the ``max_nms``
+cap's), which ``nms_probiou``'s stable sort then keeps. Where results can still differ: a ProbIoU
+within a few ulp of ``iou_thres`` -- ultralytics' ``batch_probiou`` runs torch's exp/log/cos/sin
+(SLEEF), detkernels libm's (docs/SPEC.md §8); a float32 pair whose two values straddle the
+threshold is pinned in tests/torch_integration/test_ultralytics.py. (A different torch sort
+algorithm, e.g. on another device, would also change the tie order; only the CPU is served.)
+
 ultralytics' own rules kept exactly: ``conf > conf_thres`` compared in the prediction's dtype (torch
 rounds the Python threshold to float32 first; ``detect`` compares in float64, so the threshold is
 passed rounded); an anchor whose class scores hold a NaN is dropped, also with ``multi_label``
@@ -34,10 +50,10 @@ Not reproduced:
 * ``max_time_img``: accepted and ignored. ultralytics stops its loop (and returns empty rows for the
   remaining images) once ``2 + max_time_img * B`` seconds have passed; the batched call never
   stops early.
-* ``rotated=True`` (OBB: probiou fast-NMS on xywhr), float16/bfloat16 predictions (ultralytics
-  thresholds, converts and offsets in half precision, where ``class * 7680`` overflows above class
-  8) and devices detect does not serve yet (CUDA): ``NotImplementedError`` (``Unsupported``). ``patch_ultralytics`` hands those calls to
-  ultralytics' own function.
+* float16/bfloat16 predictions (ultralytics thresholds, converts and offsets in half precision,
+  where ``class * 7680`` overflows above class 8) and devices detect (or, rotated, nms_probiou)
+  does not serve yet (CUDA): ``NotImplementedError`` (``Unsupported``). ``patch_ultralytics`` hands
+  those calls to ultralytics' own function.
 * Invalid ``conf_thres`` / ``iou_thres`` raise ``ValueError`` (ultralytics: ``AssertionError``).
 """
 from __future__ import annotations
@@ -118,8 +134,8 @@ def non_max_suppression(prediction: Any, conf_thres: float = 0.25, iou_thres: fl
 
     Args:
         prediction: ``[B, 4 + nc + extra, A]`` (cxcywh boxes, class scores, extra columns such as
-            mask coefficients), or a list/tuple whose first element is; ``[B, N, 6 + extra]`` with
-            ``end2end``.
+            mask coefficients; with ``rotated`` the angle in radians last), or a list/tuple whose
+            first element is; ``[B, N, 6 + extra]`` with ``end2end``.
         conf_thres: keep ``conf > conf_thres`` (compared in the prediction's dtype), in [0, 1].
         iou_thres: suppress IoU > iou_thres, in [0, 1].
         classes: class ids to keep (after each anchor's best class is chosen), or None.
@@ -130,18 +146,20 @@ def non_max_suppression(prediction: Any, conf_thres: float = 0.25, iou_thres: fl
         max_time_img: ignored (the batched call has no per-image time limit).
         max_nms: candidates per image entering NMS (ultralytics' sort, ties included).
         max_wh: per-class coordinate offset of the class-aware NMS.
-        rotated: must be False (``Unsupported``).
+        rotated: OBB: ProbIoU Fast-NMS (``nms_probiou(fast=True)``) on xywhr boxes; identical
+            rows except where a ProbIoU is within a few ulp of ``iou_thres`` (module docstring).
         end2end: ultralytics' NMS-free branch.
         return_idxs: also return, per image, the kept anchors' indices.
 
     Returns:
-        A list of ``[n, 6 + extra]`` tensors ``(x1, y1, x2, y2, conf, cls, extra...)``, one per
-        image (and the list of anchor indices with ``return_idxs``), as ultralytics returns them.
+        A list of ``[n, 6 + extra]`` tensors ``(x1, y1, x2, y2, conf, cls, extra...)`` (rotated:
+        ``(x, y, w, h, conf, cls, extra..., angle)``), one per image (and the list of anchor
+        indices with ``return_idxs``), as ultralytics returns them.
 
     Raises:
         ValueError: ``conf_thres`` or ``iou_thres`` outside [0, 1].
-        Unsupported (a NotImplementedError): ``rotated=True``; float16/bfloat16 predictions; a
-            device with no detect backend.
+        Unsupported (a NotImplementedError): float16/bfloat16 predictions; a device with no detect
+            (rotated: or nms_probiou) backend.
     """
     if not 0 <= conf_thres <= 1:
         raise ValueError(f"conf_thres must be in [0, 1], got {conf_thres}")
@@ -156,7 +174,7 @@ def non_max_suppression(prediction: Any, conf_thres: float = 0.25, iou_thres: fl
         raise Unsupported(f"{prediction.dtype} predictions: ultralytics computes thresholds, boxes and "
                           "class offsets in that dtype, detkernels in float32; pass prediction.float()")
     if not (_served(prediction, ("detect", "nms_probiou")) if rotated else _served(prediction)):
-        raise Unsupported(f"detkernels.{'nms_probiou' if rotated else 'detect'} has no backend on "
+        raise Unsupported(f"detkernels.{'detect/nms_probiou' if rotated else 'detect'} has no backend on "
                           f"{prediction.device} yet")
     dt, dev = prediction.dtype, prediction.device
     B, F, A = prediction.shape
@@ -258,7 +276,7 @@ class patch_ultralytics(contextlib.AbstractContextManager):
     """Make ultralytics call ``non_max_suppression`` above (its predictors and validators look it
     up as ``ultralytics.utils.nms.non_max_suppression`` at each call). Patches at construction;
     as a context manager restores on exit; ``.restore()`` undoes a global patch. Calls the drop-in
-    does not reproduce (``Unsupported``: rotated boxes, half-precision predictions, CUDA) go to
+    does not reproduce (``Unsupported``: half-precision predictions, CUDA) go to
     ultralytics' own function."""
 
     def __init__(self) -> None:

@@ -3,7 +3,10 @@ an optional test dependency): the same rows, bit for bit, in the same order -- o
 outputs (yolov8n / yolov8n-seg built from their yaml with random weights, no download) and on
 hand-made predictions (tied scores, IoU exactly at the threshold, scores exactly at conf_thres,
 NaN, the max_nms cap on ties), plus the pinned case where ultralytics' class-offset trick changes
-the kept set against exact per-class NMS (detkernels.detect)."""
+the kept set against exact per-class NMS (detkernels.detect). OBB (rotated=True): a yolov8n-obb
+head (random weights) and hand-made rotated boxes with tied scores (ultralytics' unstable fast_nms
+sort, reproduced), and the pinned pair where ultralytics' and detkernels' ProbIoU (SLEEF against
+libm, a few ulp) straddle iou_thres -- the one place the rows can differ."""
 from __future__ import annotations
 
 import numpy as np
