@@ -265,6 +265,26 @@ def test_obb_probiou_ulp_pinned():
     assert (UL(pred, **kw)[0].shape[0], dk_nms(pred, **kw)[0].shape[0]) == (2, 1)
 
 
+def test_obb_iou_thres_compared_in_float32():
+    # ultralytics compares its float32 ProbIoU matrix with iou_thres rounded to float32: a
+    # threshold just below a pair's ProbIoU v that rounds up to v keeps the pair (v > v is false);
+    # compared in float64 it would suppress. The drop-in passes the rounded threshold.
+    from ultralytics.utils.metrics import batch_probiou
+
+    pair = [[34.277099609375, 32.52296447753906, 20.84657859802246, 19.96751594543457, 0.5],
+            [32.560081481933594, 40.067195892333984, 23.153858184814453, 24.31163787841797, 0.25]]
+    b = torch.tensor(pair, dtype=torch.float32)
+    v = batch_probiou(b, b)[0, 1]
+    assert float(detkernels.probiou(b, b)[0, 1]) == float(v) and 0.1 < float(v) < 0.9
+    below = float(v) - float(np.spacing(np.float32(v))) / 4  # rounds to v in float32
+    assert below < float(v) and float(torch.tensor(below, dtype=torch.float32)) == float(v)
+    pred = obb_pred_of(pair, [[0.9], [0.8]])
+    for thr, n in ((below, 2), (float(np.nextafter(np.float32(v), np.float32(0))), 1)):
+        out = both(pred, conf_thres=0.25, iou_thres=thr, nc=1, rotated=True)
+        assert out[0].shape[0] == n
+    both(pred.double(), conf_thres=0.25, iou_thres=below, nc=1, rotated=True)  # float64: no rounding
+
+
 # ---- hand-made predictions -----------------------------------------------------------------------
 
 def pred_of(boxes_cxcywh, cls_scores) -> "torch.Tensor":
