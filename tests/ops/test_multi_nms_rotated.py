@@ -232,3 +232,31 @@ def test_compile_and_export(rng, torch):
     b2, s2, c2 = b[:2, :25].contiguous(), s[:2, :25].contiguous(), c[:2, :25].contiguous()
     for k, (g, w) in enumerate(zip(ep.module()(b2, s2, c2), f(b2, s2, c2))):
         assert_bytes_equal(g, w, f"export, other sizes, output {k}")
+
+
+def test_opcheck(rng, torch):
+    """torch.library.opcheck of both custom ops (schema, fake kernel, no aliasing)."""
+    b, s, c = _batch("clustered", rng, 2, 20, "float32", "iou")
+    b, s, c = torch.from_numpy(b), torch.from_numpy(s), torch.from_numpy(c)
+    ops = torch.ops.detkernels
+    torch.library.opcheck(ops.multi_image_nms_rotated, (b, s, c, 0.3, 6, 0.2, "xywhr"))
+    torch.library.opcheck(ops.multi_image_nms_rotated, (b, s, None, 0.3, 0, None))
+    torch.library.opcheck(ops.multi_image_nms_probiou, (b, s, c, 0.3, 6, None, True, 1e-7))
+
+
+def test_thread_count_does_not_matter(rng):
+    """Images run in parallel on the native thread pool: the bytes do not depend on its size."""
+    if why := _registry.why_not("native", "multi_image_nms_rotated"):
+        pytest.skip(why)
+    b, s, c = _batch("clustered", rng, 9, 60, "float32", "iou")
+    n0 = detkernels.get_num_threads()
+    try:
+        outs = []
+        for n in (1, 3, 8):
+            detkernels.set_num_threads(n)
+            outs.append([_call(m, b, s, 0.3, 20, c, 0.1, "native") for m in METRICS])
+    finally:
+        detkernels.set_num_threads(n0)
+    for got in outs[1:]:
+        for g, w in zip(got, outs[0]):
+            _same(g, w, "threads")
