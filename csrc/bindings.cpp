@@ -150,6 +150,7 @@ PYBIND11_MODULE(_C, m) {
   def(m, "nms_rotated_cpu", &nms_rotated_cpu);
   def(m, "probiou_cpu", &probiou_cpu);
   def(m, "nms_probiou_cpu", &nms_probiou_cpu);
+  def(m, "nms_rotated_multi_cpu", &nms_rotated_multi_cpu);  // issue 17: fixed-size, per image
   def(m, "nms_cpu", &nms_cpu);
   def(m, "soft_nms_cpu", &soft_nms_cpu);
   def(m, "soft_nms_multi_cpu", &soft_nms_multi_cpu);  // issue 13: fixed-size, per image

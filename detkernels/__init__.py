@@ -18,7 +18,8 @@ from .api.nms import batched_nms, multi_image_nms, nms, nms_padded
 from .api.nms_variants import (diou_nms, matrix_nms, multi_image_diou_nms, multi_image_matrix_nms,
                                multi_image_soft_nms, soft_nms)
 from .api.roi import ps_roi_align, ps_roi_pool, roi_align, roi_pool
-from .api.rotated import batched_nms_rotated, nms_probiou, nms_rotated, probiou
+from .api.rotated import (batched_nms_rotated, multi_image_nms_probiou, multi_image_nms_rotated, nms_probiou,
+                          nms_rotated, probiou)
 from .backends.native import build_info
 
 __version__ = "0.1.0"
@@ -64,6 +65,8 @@ __all__ = [
     "batched_nms_rotated",
     "probiou",
     "nms_probiou",
+    "multi_image_nms_rotated",
+    "multi_image_nms_probiou",
 ]
 
 

@@ -21,7 +21,7 @@ from .reference.roi_align import check_sampling_ratio
 from .reference.roi_pool import check_plane
 
 __all__ = [
-    "FLOATS", "INTS", "ROTATED", "iou_check", "rotated_iou_check", "nms_rotated_check", "probiou_check", "nms_check", "multi_check", "padded_check", "detect_check", "threshold_value",
+    "FLOATS", "INTS", "ROTATED", "iou_check", "rotated_iou_check", "nms_rotated_check", "multi_rotated_check", "probiou_check", "nms_check", "multi_check", "padded_check", "detect_check", "threshold_value",
     "non_negative_int", "score_threshold_value", "pair", "rois_from_boxes", "roi_check",
     "roi_grad_check", "roi_pool_index_check", "check_sampling_ratio", "check_plane",
     "soft_nms_check", "diou_nms_check", "matrix_nms_check", "multi_soft_nms_check",
@@ -174,6 +174,28 @@ def nms_rotated_check(boxes: Any, scores: Any, idxs: Any, fmt: str) -> str:
         if idxs.ndim != 1 or idxs.shape[0] != boxes.shape[0]:
             raise RuntimeError(f"idxs should be a 1d tensor of shape [{boxes.shape[0]}], got {tuple(idxs.shape)}")
         _numeric_ids(idxs)
+    return _float_dtypes(boxes=boxes, scores=scores)
+
+
+def multi_rotated_check(boxes: Any, scores: Any, idxs: Any, max_output: Any, fmt: str | None) -> str:
+    """multi_image_nms_rotated (``fmt`` its box format) / multi_image_nms_probiou (``fmt`` None:
+    ``(cx, cy, w, h, radians)`` boxes): boxes [B, N, 5] or [B, N, 8] ('xyxyxyxy'), scores [B, N],
+    idxs [B, N] or None, max_output; returns the working dtype (float32, or float64 if either is)."""
+    if fmt is not None and fmt not in ROTATED:
+        raise ValueError(f"fmt must be one of {ROTATED}, got {fmt!r}")
+    A.same_placement(boxes=boxes, scores=scores, idxs=idxs)
+    k = 8 if fmt == "xyxyxyxy" else 5
+    what = "(cx, cy, w, h, radians)" if fmt is None else f"for fmt={fmt!r}"
+    if boxes.ndim != 3 or boxes.shape[-1] != k:
+        raise ValueError(f"boxes must have shape [B, N, {k}] {what}, got {tuple(boxes.shape)}")
+    B, N = boxes.shape[0], boxes.shape[1]
+    if scores.ndim != 2 or tuple(scores.shape) != (B, N):
+        raise ValueError(f"scores must have shape [{B}, {N}], got {tuple(scores.shape)}")
+    if idxs is not None:
+        if tuple(idxs.shape) != (B, N):
+            raise ValueError(f"idxs must have shape [{B}, {N}], got {tuple(idxs.shape)}")
+        _numeric_ids(idxs)
+    non_negative_int("max_output", max_output)
     return _float_dtypes(boxes=boxes, scores=scores)
 
 

@@ -20,7 +20,7 @@ from . import _registry
 from ._checks import HALF, INTS, ROTATED, DetectNms
 from .reference.rotated import to_cxcywhr
 
-__all__ = ["iou", "probiou", "nms", "nms_rotated", "nms_probiou", "soft_nms", "multi_image_soft_nms", "diou_nms", "multi_image_diou_nms", "matrix_nms", "multi_image_matrix_nms", "multi_image_nms", "nms_padded", "detect", "detect_select", "roi_align", "roi_align_backward",
+__all__ = ["iou", "probiou", "nms", "nms_rotated", "nms_probiou", "multi_image_nms_rotated", "soft_nms", "multi_image_soft_nms", "diou_nms", "multi_image_diou_nms", "matrix_nms", "multi_image_matrix_nms", "multi_image_nms", "nms_padded", "detect", "detect_select", "roi_align", "roi_align_backward",
            "roi_pool", "roi_pool_backward"]
 
 
@@ -112,6 +112,18 @@ def nms_probiou(boxes: Any, scores: Any, idxs: Any, thr: float, fast: bool, eps:
         return A.empty((0,), "int64", like=boxes)
     _, fn = _registry.select("nms_probiou", A.device(boxes), w, backend)
     return fn(_as(boxes, w), _as(scores, w), None if idxs is None else _class_ids(idxs), thr, fast, eps)
+
+
+def multi_image_nms_rotated(boxes: Any, scores: Any, idxs: Any, thr: float, max_output: int,
+                            score_threshold: float | None, metric: str, eps: float, fmt: str, w: str,
+                            backend: str | None) -> tuple[Any, Any]:
+    """Fixed-size rotated NMS of [B, N] boxes: (indices [B, K], counts [B]). metric 'iou' (boxes in
+    ``fmt``, converted to cxcywhr here), 'probiou' or 'probiou_fast' (ultralytics xywhr boxes)."""
+    dev = A.device(boxes)  # placement: checked by _checks.multi_rotated_check
+    _, fn = _registry.select("multi_image_nms_rotated", dev, w, backend)
+    b = A.ascontig(_cxcywhr(boxes, fmt, w)) if metric == "iou" else _as(boxes, w)
+    c = None if idxs is None else _class_ids(idxs).reshape(idxs.shape)
+    return fn(b, _as(scores, w), c, thr, max_output, score_threshold, metric, eps)
 
 
 def nms(boxes: Any, scores: Any, idxs: Any, thr: float, w: str, backend: str | None) -> Any:

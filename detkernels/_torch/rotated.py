@@ -1,6 +1,7 @@
 """Rotated NMS on torch tensors: the custom ops ``detkernels::nms_rotated`` and
 ``detkernels::nms_probiou`` (data-dependent output size, as ``detkernels::nms``) and
-``detkernels::probiou`` with their fake kernels, and the eager entries of detkernels/api/rotated.py (arguments validated there). The
+``detkernels::probiou``, the fixed-size ``detkernels::multi_image_nms_rotated`` /
+``detkernels::multi_image_nms_probiou`` (static output shapes) with their fake kernels, and the eager entries of detkernels/api/rotated.py (arguments validated there). The
 rotated box_iou goes through ``detkernels::box_iou`` (detkernels/_torch/iou.py)."""
 from __future__ import annotations
 
@@ -52,6 +53,41 @@ def _(boxes1, boxes2, eps=1e-7):
     return boxes1.new_empty(tuple(batch) + (N, M), dtype=getattr(torch, w))
 
 
+@torch.library.custom_op("detkernels::multi_image_nms_rotated", mutates_args=())
+def multi_image_nms_rotated_op(boxes: Tensor, scores: Tensor, idxs: Optional[Tensor], iou_threshold: float,
+                               max_output: int, score_threshold: Optional[float],
+                               fmt: str = "cxcywhr") -> tuple[Tensor, Tensor]:
+    w = _checks.multi_rotated_check(boxes, scores, idxs, max_output, fmt)
+    idx, counts = _dispatch.multi_image_nms_rotated(boxes, scores, idxs, iou_threshold, max_output,
+                                                    score_threshold, "iou", 0.0, fmt, w, None)
+    return idx.clone(), counts.clone()
+
+
+@multi_image_nms_rotated_op.register_fake
+def _(boxes, scores, idxs, iou_threshold, max_output, score_threshold, fmt="cxcywhr"):
+    _checks.multi_rotated_check(boxes, scores, idxs, max_output, fmt)
+    return (boxes.new_empty((boxes.shape[0], max_output), dtype=torch.int64),
+            boxes.new_empty((boxes.shape[0],), dtype=torch.int64))
+
+
+@torch.library.custom_op("detkernels::multi_image_nms_probiou", mutates_args=())
+def multi_image_nms_probiou_op(boxes: Tensor, scores: Tensor, idxs: Optional[Tensor], iou_threshold: float,
+                               max_output: int, score_threshold: Optional[float], fast: bool = False,
+                               eps: float = 1e-7) -> tuple[Tensor, Tensor]:
+    w = _checks.multi_rotated_check(boxes, scores, idxs, max_output, None)
+    idx, counts = _dispatch.multi_image_nms_rotated(boxes, scores, idxs, iou_threshold, max_output,
+                                                    score_threshold, "probiou_fast" if fast else "probiou",
+                                                    eps, "xywhr", w, None)
+    return idx.clone(), counts.clone()
+
+
+@multi_image_nms_probiou_op.register_fake
+def _(boxes, scores, idxs, iou_threshold, max_output, score_threshold, fast=False, eps=1e-7):
+    _checks.multi_rotated_check(boxes, scores, idxs, max_output, None)
+    return (boxes.new_empty((boxes.shape[0], max_output), dtype=torch.int64),
+            boxes.new_empty((boxes.shape[0],), dtype=torch.int64))
+
+
 def probiou(b1: Tensor, b2: Tensor, eps: float, checked: tuple, backend: str | None) -> Tensor:
     if backend is None and _onnx.exporting():
         return _onnx.probiou(b1, b2, eps, checked)
@@ -74,3 +110,23 @@ def nms_probiou(boxes: Tensor, scores: Tensor, idxs: Tensor | None, thr: float, 
     if backend is None and traced(boxes, scores, idxs):
         return torch.ops.detkernels.nms_probiou(boxes, scores, idxs, thr, fast, eps)
     return _dispatch.nms_probiou(boxes, scores, idxs, thr, fast, eps, w, backend)
+
+
+def multi_image_nms_rotated(boxes: Tensor, scores: Tensor, idxs: Tensor | None, thr: float, max_output: int,
+                            score_threshold: float | None, fmt: str, w: str,
+                            backend: str | None) -> tuple[Tensor, Tensor]:
+    if backend is None and traced(boxes, scores, idxs):
+        return torch.ops.detkernels.multi_image_nms_rotated(boxes, scores, idxs, thr, max_output,
+                                                            score_threshold, fmt)
+    return _dispatch.multi_image_nms_rotated(boxes, scores, idxs, thr, max_output, score_threshold, "iou", 0.0,
+                                             fmt, w, backend)
+
+
+def multi_image_nms_probiou(boxes: Tensor, scores: Tensor, idxs: Tensor | None, thr: float, max_output: int,
+                            score_threshold: float | None, fast: bool, eps: float, w: str,
+                            backend: str | None) -> tuple[Tensor, Tensor]:
+    if backend is None and traced(boxes, scores, idxs):
+        return torch.ops.detkernels.multi_image_nms_probiou(boxes, scores, idxs, thr, max_output,
+                                                            score_threshold, fast, eps)
+    return _dispatch.multi_image_nms_rotated(boxes, scores, idxs, thr, max_output, score_threshold,
+                                             "probiou_fast" if fast else "probiou", eps, "xywhr", w, backend)

@@ -113,6 +113,12 @@ _VARIANT_SCHEMAS = {
                                        "str fmt='cxcywhr') -> Tensor",
     (_rotated, "nms_probiou"): "Tensor boxes, Tensor scores, float iou_threshold, Tensor? idxs=None, *, "
                                "bool fast=False, float eps=1e-7) -> Tensor",
+    (_rotated, "multi_image_nms_rotated"): "Tensor boxes, Tensor scores, float iou_threshold, int max_output, "
+                                           "str fmt='cxcywhr', *, Tensor? idxs=None, "
+                                           "float? score_threshold=None) -> (Tensor, Tensor)",
+    (_rotated, "multi_image_nms_probiou"): "Tensor boxes, Tensor scores, float iou_threshold, int max_output, "
+                                           "*, Tensor? idxs=None, bool fast=False, float eps=1e-7, "
+                                           "float? score_threshold=None) -> (Tensor, Tensor)",
 }
 for (_mod, _name), _schema in _VARIANT_SCHEMAS.items():
     _lib.define(f"{_name}_script({_schema}")

@@ -136,3 +136,18 @@ def probiou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7) -> Tensor:
 def nms_probiou(boxes: Tensor, scores: Tensor, iou_threshold: float, idxs: Tensor | None = None,
                 fast: bool = False, eps: float = 1e-7) -> Tensor:
     return torch.ops.detkernels.nms_probiou_script(boxes, scores, iou_threshold, idxs, fast=fast, eps=eps)
+
+
+def multi_image_nms_rotated(boxes: Tensor, scores: Tensor, iou_threshold: float, max_output: int,
+                            fmt: str = "cxcywhr", idxs: Tensor | None = None,
+                            score_threshold: float | None = None) -> tuple[Tensor, Tensor]:
+    return torch.ops.detkernels.multi_image_nms_rotated_script(boxes, scores, iou_threshold, max_output, fmt,
+                                                               idxs=idxs, score_threshold=score_threshold)
+
+
+def multi_image_nms_probiou(boxes: Tensor, scores: Tensor, iou_threshold: float, max_output: int,
+                            idxs: Tensor | None = None, fast: bool = False, eps: float = 1e-7,
+                            score_threshold: float | None = None) -> tuple[Tensor, Tensor]:
+    return torch.ops.detkernels.multi_image_nms_probiou_script(boxes, scores, iou_threshold, max_output,
+                                                               idxs=idxs, fast=fast, eps=eps,
+                                                               score_threshold=score_threshold)

@@ -150,6 +150,25 @@ def nms_probiou(boxes: Any, scores: Any, classes: Any, iou_threshold: float, fas
     return keep[:count]
 
 
+ROTATED_METRICS = {"iou": 0, "probiou": 1, "probiou_fast": 2}  # box_iou_rotated.h: nms_rotated_multi_cpu
+
+
+@register("multi_image_nms_rotated", "native", devices=("cpu",))
+def multi_image_nms_rotated(boxes: Any, scores: Any, classes: Any, iou_threshold: float, max_output: int,
+                            score_threshold: float | None, metric: str, eps: float) -> tuple[Any, Any]:
+    """boxes [B, N, 5] (cxcywhr for 'iou', ultralytics xywhr for 'probiou' / 'probiou_fast'),
+    scores [B, N] (same float dtype), classes int64 [B, N] or None -> (indices [B, K], counts [B])."""
+    B, N = boxes.shape[0], boxes.shape[1]
+    out = A.empty((B, max_output), "int64", like=boxes)
+    counts = A.empty((B,), "int64", like=boxes)
+    _C.nms_rotated_multi_cpu(DTYPE_CODES[A.dtype_name(boxes)], ROTATED_METRICS[metric], A.data_ptr(boxes),
+                             A.data_ptr(scores), 0 if classes is None else A.data_ptr(classes), B, N,
+                             float(iou_threshold), score_threshold is not None,
+                             0.0 if score_threshold is None else float(score_threshold), float(eps),
+                             int(max_output), A.data_ptr(out), A.data_ptr(counts))
+    return out, counts
+
+
 def _device_index(x: Any) -> int:
     dev = A.device(x)
     return int(dev.split(":")[1]) if ":" in dev else 0

@@ -49,6 +49,21 @@ def nms_probiou(boxes: Any, scores: Any, classes: Any, iou_threshold: float, fas
     return A.from_numpy(keep, like=boxes)
 
 
+@register("multi_image_nms_rotated", "numpy")
+def multi_image_nms_rotated(boxes: Any, scores: Any, classes: Any, iou_threshold: float, max_output: int,
+                            score_threshold: float | None, metric: str, eps: float) -> tuple[Any, Any]:
+    b, s = A.to_numpy_view(boxes), A.to_numpy_view(scores)
+    c = None if classes is None else A.to_numpy_view(classes)
+    if metric == "iou":
+        out = ref_rotated.multi_image_nms_rotated(b, s, iou_threshold, max_output, idxs=c,
+                                                  score_threshold=score_threshold)
+    else:
+        out = ref_rotated.multi_image_nms_probiou(b, s, iou_threshold, max_output, idxs=c,
+                                                  fast=metric == "probiou_fast", eps=eps,
+                                                  score_threshold=score_threshold)
+    return tuple(A.from_numpy(x, like=boxes) for x in out)
+
+
 @register("nms", "numpy")
 def nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float) -> Any:
     b, s = A.to_numpy_view(boxes), A.to_numpy_view(scores)

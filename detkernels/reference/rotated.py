@@ -1,5 +1,6 @@
 """NumPy reference (the specification) of rotated boxes: the format conversions to cxcywhr,
-``box_iou_rotated`` and greedy ``nms_rotated`` / ``batched_nms_rotated``.
+``box_iou_rotated``, greedy ``nms_rotated`` / ``batched_nms_rotated``, ultralytics' ProbIoU and
+``nms_probiou``, and the fixed-size multi-image forms of both NMS (defined per image through them).
 
 Semantics: torchvision 0.29.1 (``box_iou(..., fmt='cxcywhr' | 'xywhr' | 'xyxyxyxy')``, the CPU
 kernel of ``torchvision::box_iou_rotated``), every float operation in the order and precision of
@@ -33,7 +34,8 @@ import math
 import numpy as np
 
 __all__ = ["ROTATED_FORMATS", "box_dim", "to_cxcywhr", "half_cos_sin", "pair_iou", "box_iou_rotated",
-           "nms_rotated", "batched_nms_rotated", "probiou_pair", "probiou", "nms_probiou"]
+           "nms_rotated", "batched_nms_rotated", "probiou_pair", "probiou", "nms_probiou",
+           "multi_image_nms_rotated", "multi_image_nms_probiou"]
 
 ROTATED_FORMATS = ("cxcywhr", "xywhr", "xyxyxyxy")
 _EPS = 1e-5  # torchvision's tolerance of the point tests (a double)
@@ -454,3 +456,74 @@ def nms_probiou(boxes, scores, iou_threshold: float, idxs=None, fast: bool = Fal
                          tuple(np.full(rest.size, x[a]) for x in cv), tuple(x[rest] for x in cv), eps)
         dead[rest] |= (v.astype(np.float64) > thr) & (cls[rest] == cls[a])
     return order[~dead].astype(np.int64)
+
+
+# ---- fixed-size multi-image forms (issue 17) ------------------------------------------------------------
+
+def _multi_working(boxes, scores, idxs, max_output: int, k: int):
+    """boxes [B, N, k], scores [B, N], idxs [B, N] or None -> (boxes, scores in the working dtype,
+    idxs, max_output)."""
+    b, s = np.asarray(boxes), np.asarray(scores)
+    if b.ndim != 3 or b.shape[2] != k:
+        raise ValueError(f"boxes must have shape [B, N, {k}], got {tuple(b.shape)}")
+    if s.shape != b.shape[:2]:
+        raise ValueError(f"scores must have shape [{b.shape[0]}, {b.shape[1]}], got {tuple(s.shape)}")
+    if idxs is not None:
+        idxs = np.asarray(idxs)
+        if idxs.shape != s.shape:
+            raise ValueError(f"idxs must have shape {tuple(s.shape)}, got {tuple(idxs.shape)}")
+    K = int(max_output)
+    if K < 0:
+        raise ValueError(f"max_output must be >= 0, got {max_output}")
+    dt = np.result_type(b.dtype, s.dtype, np.float32)
+    if dt.kind != "f":
+        raise TypeError(f"boxes and scores must be floating point, got {b.dtype} and {s.dtype}")
+    return b.astype(dt, copy=False), s.astype(dt, copy=False), idxs, K
+
+
+def _per_image(b, s, idxs, K: int, score_threshold, nms_one):
+    """The fixed-size rule of :func:`detkernels.reference.nms.multi_image_nms`, per image: the
+    candidates with ``double(score) > score_threshold`` (all if None; NaN scores then fail),
+    ``nms_one(boxes, scores, classes or None)`` on them, the kept indices (into the image's N
+    boxes, by descending score) truncated to K. Returns (indices [B, K] -1 padded, counts [B])."""
+    B, N = s.shape
+    out = np.full((B, K), -1, np.int64)
+    counts = np.zeros(B, np.int64)
+    for i in range(B):
+        sel = np.arange(N, dtype=np.int64)
+        if score_threshold is not None:
+            sel = sel[s[i].astype(np.float64) > float(score_threshold)]
+        if sel.size == 0:
+            continue
+        q = sel[nms_one(b[i][sel], s[i][sel], None if idxs is None else idxs[i][sel])][:K]
+        counts[i] = q.size
+        out[i, :q.size] = q
+    return out, counts
+
+
+def multi_image_nms_rotated(boxes, scores, iou_threshold: float, max_output: int, fmt: str = "cxcywhr",
+                            idxs=None, score_threshold: float | None = None):
+    """:func:`nms_rotated` (:func:`batched_nms_rotated` with ``idxs`` ``[B, N]``) of each image of
+    ``boxes`` ``[B, N, 5 or 8]`` / ``scores`` ``[B, N]`` on its boxes with ``double(score) >
+    score_threshold``, with fixed-size outputs: ``(indices [B, max_output] int64 padded with -1,
+    counts [B] int64)``, the indices into the image's N boxes by descending score."""
+    if fmt not in ROTATED_FORMATS:
+        raise ValueError(f"fmt must be one of {ROTATED_FORMATS}, got {fmt!r}")
+    b, s, c, K = _multi_working(boxes, scores, idxs, max_output, box_dim(fmt))
+    b = to_cxcywhr(b, fmt).astype(b.dtype, copy=False)
+    thr = float(iou_threshold)
+
+    def one(bb, ss, cc):
+        return nms_rotated(bb, ss, thr) if cc is None else batched_nms_rotated(bb, ss, cc, thr)
+
+    return _per_image(b, s, c, K, score_threshold, one)
+
+
+def multi_image_nms_probiou(boxes, scores, iou_threshold: float, max_output: int, idxs=None,
+                            fast: bool = False, eps: float = 1e-7, score_threshold: float | None = None):
+    """:func:`nms_probiou` of each image of ultralytics-xywhr ``boxes`` ``[B, N, 5]`` / ``scores``
+    ``[B, N]`` (classes ``idxs`` ``[B, N]``) on its boxes with ``double(score) > score_threshold``;
+    outputs as :func:`multi_image_nms_rotated`'s."""
+    b, s, c, K = _multi_working(boxes, scores, idxs, max_output, 5)
+    thr = float(iou_threshold)
+    return _per_image(b, s, c, K, score_threshold, lambda bb, ss, cc: nms_probiou(bb, ss, thr, cc, fast, eps))

@@ -301,7 +301,9 @@ def test_roi_matches_reference(op, backend, device, lib, dtype, cfg):
 # ---- rotated boxes (issue 17) ------------------------------------------------------------------------
 
 ROTATED_OPS = {"box_iou_rotated": "box_iou_rotated", "nms_rotated": "nms_rotated",
-               "batched_nms_rotated": "nms_rotated", "probiou": "probiou", "nms_probiou": "nms_probiou"}
+               "batched_nms_rotated": "nms_rotated", "probiou": "probiou", "nms_probiou": "nms_probiou",
+               "multi_image_nms_rotated": "multi_image_nms_rotated",
+               "multi_image_nms_probiou": "multi_image_nms_rotated"}
 
 
 # ---- NMS variants (issue 13): soft_nms, diou_nms, matrix_nms and their multi_image_ forms -----------
@@ -382,6 +384,19 @@ def test_rotated_matches_reference(op, backend, device, lib, dtype, rng):
                 want = RR.batched_nms_rotated(b, s, c, 0.3)
             elif op == "probiou":
                 got, want = detkernels.probiou(x, x, backend=backend), RR.probiou(b, b)
+            elif op.startswith("multi_image"):  # two images: the boxes and the boxes reversed
+                B, S, C = (np.stack([a, a[::-1]]) for a in (b, s, c))
+                X, Y, Z = (_put(a, lib, device, mod) for a in (B, S, C))
+                if op == "multi_image_nms_rotated":
+                    got = detkernels.multi_image_nms_rotated(X, Y, 0.3, 9, idxs=Z, score_threshold=0.2, backend=backend)
+                    want = RR.multi_image_nms_rotated(B, S, 0.3, 9, idxs=C, score_threshold=0.2)
+                else:
+                    got = detkernels.multi_image_nms_probiou(X, Y, 0.3, 9, fast=True, backend=backend)
+                    want = RR.multi_image_nms_probiou(B, S, 0.3, 9, fast=True)
+                for k, (g, w) in enumerate(zip(got, want)):
+                    _check_placement(g, lib, device)
+                    assert_bytes_equal(to_numpy(g), w, f"{op} {family} n={n} output {k}")
+                continue
             else:
                 got, want = detkernels.nms_probiou(x, y, 0.3, fast=True, backend=backend), RR.nms_probiou(b, s, 0.3, fast=True)
             _check_placement(got, lib, device)
@@ -434,6 +449,7 @@ COVERED = {"box_iou": "test_matches_reference (iou, giou, diou, ciou), test_form
            "roi_pool": "test_roi_matches_reference", "roi_pool_backward": "test_roi_matches_reference",
            "box_iou_rotated": "test_rotated_matches_reference", "nms_rotated": "test_rotated_matches_reference",
            "probiou": "test_rotated_matches_reference", "nms_probiou": "test_rotated_matches_reference",
+           "multi_image_nms_rotated": "test_rotated_matches_reference",
            **{op: "test_nms_variants_match_reference" for op in VARIANT_OPS}}
 
 

@@ -203,6 +203,11 @@ VARIANTS = {  # name -> (function of (b, s, c, rb, rr) tensors, indices of the o
     "batched_nms_rotated": (lambda rb, s, c: detkernels.batched_nms_rotated(rb, s, c, 0.2), (3, 1, 2)),
     "probiou": (lambda rr: detkernels.probiou(rr, rr), (4,)),
     "nms_probiou": (lambda rr, s, c: detkernels.nms_probiou(rr, s, 0.2, c, fast=True), (4, 1, 2)),
+    "multi_image_nms_rotated": (lambda rb, s, c: detkernels.multi_image_nms_rotated(
+        torch.stack([rb, rb.flip(0)]), torch.stack([s, s.flip(0)]), 0.2, 10, idxs=torch.stack([c, c]),
+        score_threshold=0.1), (3, 1, 2)),
+    "multi_image_nms_probiou": (lambda rr, s: detkernels.multi_image_nms_probiou(
+        torch.stack([rr, rr.flip(0)]), torch.stack([s, s.flip(0)]), 0.2, 10, fast=True), (4, 1)),
 }
 
 

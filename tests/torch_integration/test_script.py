@@ -221,6 +221,10 @@ VARIANTS = {  # name -> (args, keyword arguments)
     "batched_nms_rotated": (lambda: (_rboxes(0, 30), _scores(30), _CLS, 0.2, "xywhr"), {}),
     "probiou": (lambda: (_rboxes(0, 30, True), _rboxes(1, 7, True)), {"eps": 1e-6}),
     "nms_probiou": (lambda: (_rboxes(0, 30, True), _scores(30), 0.2, _CLS), {"fast": True}),
+    "multi_image_nms_rotated": (lambda: (_rboxes(0, 30)[None], _scores(30)[None], 0.2, 12, "xywhr"),
+                                {"idxs": _CLS[None], "score_threshold": 0.1}),
+    "multi_image_nms_probiou": (lambda: (_rboxes(0, 30, True)[None], _scores(30)[None], 0.2, 12),
+                                {"idxs": _CLS[None], "fast": True, "eps": 1e-6}),
 }
 
 
@@ -253,7 +257,9 @@ class _Variants(torch.nn.Module):
         p = dk.probiou(rr, rr[:5], eps=1e-7)
         pn = dk.nms_probiou(rr, s, 0.3, c, fast=False)
         ri = dk.box_iou(rb, rb[:6], fmt="cxcywhr")
-        return k, v, k2, v2, n2, d, mk, mv, r, r2, p, pn, ri, dk2, dn2, mk2, mv2, mn2
+        mr, mrn = dk.multi_image_nms_rotated(rb[None], s[None], 0.3, 8, idxs=c[None], score_threshold=0.1)
+        mp, mpn = dk.multi_image_nms_probiou(rr[None], s[None], 0.3, 8, fast=True)
+        return k, v, k2, v2, n2, d, mk, mv, r, r2, p, pn, ri, dk2, dn2, mk2, mv2, mn2, mr, mrn, mp, mpn
 
 
 def test_variants_inside_scripted_code_equal_eager_and_save_load():
@@ -262,7 +268,8 @@ def test_variants_inside_scripted_code_equal_eager_and_save_load():
     graph = str(scripted.inlined_graph)
     for op in ("soft_nms_script", "diou_nms_script", "matrix_nms_script", "nms_rotated_script",
                "multi_image_diou_nms_script", "multi_image_matrix_nms_script",
-               "detkernels::probiou", "nms_probiou_script", "detkernels::box_iou"):
+               "detkernels::probiou", "nms_probiou_script", "detkernels::box_iou",
+               "multi_image_nms_rotated_script", "multi_image_nms_probiou_script"):
         assert op in graph, op
     want = _Variants()(*args)
     got = scripted(*args)

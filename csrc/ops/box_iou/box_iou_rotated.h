@@ -343,6 +343,17 @@ void probiou_cpu(int dtype, double eps, int64_t B, int64_t N, int64_t M, const v
 /// TorchNMS.fast_nms). Kept indices by descending score (NaN first, ties by index); returns count.
 int64_t nms_probiou_cpu(int dtype, const void* boxes, const void* scores, const int64_t* classes,
                         int64_t N, double iou_threshold, double eps, int fast, int64_t* keep);
+/// @brief Fixed-size rotated NMS of B images (multi_image_nms_rotated / _probiou, issue 17):
+/// boxes [B, N, 5] (cxcywhr for metric 0, ultralytics xywhr for 1 and 2), scores [B, N] (same
+/// dtype, kFloat32/kFloat64), classes int64 [B, N] or null. metric: 0 rotated IoU (greedy),
+/// 1 ProbIoU greedy, 2 ProbIoU Fast-NMS. Per image: the candidates with double(score) >
+/// score_threshold (all if !has_score_threshold), then nms_rotated_cpu / nms_probiou_cpu's
+/// rules on them; the first min(kept, max_output) kept indices (into the image's N boxes, by
+/// descending score) to out_idx[b, :], the rest -1; counts[b] = that number. Images in parallel.
+void nms_rotated_multi_cpu(int dtype, int metric, const void* boxes, const void* scores,
+                           const int64_t* classes, int64_t B, int64_t N, double iou_threshold,
+                           bool has_score_threshold, double score_threshold, double eps,
+                           int64_t max_output, int64_t* out_idx, int64_t* counts);
 #ifdef DETKERNELS_WITH_CUDA
 /// @brief As box_iou_rotated_cpu / probiou_cpu, on device pointers of device `device`, enqueued on
 /// `stream` (a cudaStream_t of that device); the trig is the device's double cos/sin.

@@ -5,6 +5,7 @@
 #include "ops/box_iou/box_iou_rotated.h"
 
 #include <algorithm>
+#include <stdexcept>
 #include <vector>
 
 #include "common/dispatch.h"
@@ -81,6 +82,30 @@ int64_t nms(const Metric& m, const T* boxes, const T* scores, const int64_t* cla
   return count;
 }
 
+// One image of nms_rotated_multi_cpu: the candidates passing the score filter gathered (in index
+// order, so ties still go by ascending index), nms() on them, the kept positions mapped back.
+template <typename T, typename Metric>
+int64_t multi_image(const Metric& m, bool fast, const T* boxes, const T* scores, const int64_t* classes,
+                    int64_t N, double thr, bool has_sthr, double sthr, int64_t K, int64_t* out) {
+  std::vector<int64_t> sel;
+  sel.reserve(static_cast<size_t>(N));
+  for (int64_t i = 0; i < N; ++i)
+    if (!has_sthr || static_cast<double>(scores[i]) > sthr) sel.push_back(i);
+  const int64_t n = static_cast<int64_t>(sel.size());
+  std::vector<T> b(static_cast<size_t>(5 * n)), s(static_cast<size_t>(n));
+  std::vector<int64_t> c(classes ? static_cast<size_t>(n) : 0), keep(static_cast<size_t>(n));
+  for (int64_t k = 0; k < n; ++k) {
+    std::copy(boxes + 5 * sel[k], boxes + 5 * sel[k] + 5, b.begin() + 5 * k);
+    s[k] = scores[sel[k]];
+    if (classes) c[k] = classes[sel[k]];
+  }
+  const int64_t kept =
+      n == 0 ? 0 : nms<T>(m, b.data(), s.data(), classes ? c.data() : nullptr, n, thr, fast, keep.data());
+  const int64_t count = std::min(kept, K);
+  for (int64_t k = 0; k < K; ++k) out[k] = k < count ? sel[keep[k]] : -1;
+  return count;
+}
+
 }  // namespace
 
 void box_iou_rotated_cpu(int dtype, int64_t B, int64_t N, int64_t M, const void* boxes1,
@@ -120,6 +145,34 @@ int64_t nms_probiou_cpu(int dtype, const void* boxes, const void* scores, const 
     using T = decltype(t);
     return nms<T>(ProbIouMetric<T>{static_cast<T>(eps)}, static_cast<const T*>(boxes),
                   static_cast<const T*>(scores), classes, N, iou_threshold, fast != 0, keep);
+  });
+}
+
+void nms_rotated_multi_cpu(int dtype, int metric, const void* boxes, const void* scores,
+                           const int64_t* classes, int64_t B, int64_t N, double iou_threshold,
+                           bool has_score_threshold, double score_threshold, double eps,
+                           int64_t max_output, int64_t* out_idx, int64_t* counts) {
+  if (metric < 0 || metric > 2)
+    throw std::invalid_argument(
+        "nms_rotated_multi_cpu: metric must be 0 (iou), 1 (probiou) or 2 (probiou fast)");
+  if (B <= 0) return;
+  dispatch_float(dtype, "nms_rotated_multi", [&](auto t) {
+    using T = decltype(t);
+    const T* bx = static_cast<const T*>(boxes);
+    const T* sc = static_cast<const T*>(scores);
+    parallel_for(B, 1, [&](int64_t lo, int64_t hi) {
+      for (int64_t im = lo; im < hi; ++im) {
+        const int64_t* cl = classes ? classes + im * N : nullptr;
+        int64_t* out = out_idx + im * max_output;
+        counts[im] =
+            metric == 0
+                ? multi_image<T>(RotatedIouMetric<T>{}, false, bx + 5 * im * N, sc + im * N, cl, N,
+                                 iou_threshold, has_score_threshold, score_threshold, max_output, out)
+                : multi_image<T>(ProbIouMetric<T>{static_cast<T>(eps)}, metric == 2, bx + 5 * im * N,
+                                 sc + im * N, cl, N, iou_threshold, has_score_threshold,
+                                 score_threshold, max_output, out);
+      }
+    });
   });
 }
 
