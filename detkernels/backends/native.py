@@ -81,7 +81,7 @@ def box_iou_rotated(b1: Any, b2: Any) -> Any:
     return out
 
 
-# csrc/ops/nms/nms_rotated_gpu.h: RotatedNmsMetric (the CUDA engine's rotated predicates)
+# csrc/ops/box_iou/box_iou_rotated.h: RotatedNmsMetric (CPU multi-image loop and the CUDA engine)
 ROTATED_NMS_METRICS = {"iou": 0, "probiou": 1, "probiou_fast": 2}
 
 
@@ -150,18 +150,21 @@ def nms_probiou(boxes: Any, scores: Any, classes: Any, iou_threshold: float, fas
     return keep[:count]
 
 
-ROTATED_METRICS = {"iou": 0, "probiou": 1, "probiou_fast": 2}  # box_iou_rotated.h: nms_rotated_multi_cpu
 
 
-@register("multi_image_nms_rotated", "native", devices=("cpu",))
+@register("multi_image_nms_rotated", "native", devices=IOU_DEVICES)
 def multi_image_nms_rotated(boxes: Any, scores: Any, classes: Any, iou_threshold: float, max_output: int,
                             score_threshold: float | None, metric: str, eps: float) -> tuple[Any, Any]:
     """boxes [B, N, 5] (cxcywhr for 'iou', ultralytics xywhr for 'probiou' / 'probiou_fast'),
-    scores [B, N] (same float dtype), classes int64 [B, N] or None -> (indices [B, K], counts [B])."""
+    scores [B, N] (same float dtype), classes int64 [B, N] or None -> (indices [B, K], counts [B]).
+    On CUDA: the bitmask engine, no host synchronisation."""
+    if A.device(boxes) != "cpu":
+        return _rotated_multi_cuda(boxes, scores, classes, iou_threshold, max_output, score_threshold,
+                                   metric, eps)
     B, N = boxes.shape[0], boxes.shape[1]
     out = A.empty((B, max_output), "int64", like=boxes)
     counts = A.empty((B,), "int64", like=boxes)
-    _C.nms_rotated_multi_cpu(DTYPE_CODES[A.dtype_name(boxes)], ROTATED_METRICS[metric], A.data_ptr(boxes),
+    _C.nms_rotated_multi_cpu(DTYPE_CODES[A.dtype_name(boxes)], ROTATED_NMS_METRICS[metric], A.data_ptr(boxes),
                              A.data_ptr(scores), 0 if classes is None else A.data_ptr(classes), B, N,
                              float(iou_threshold), score_threshold is not None,
                              0.0 if score_threshold is None else float(score_threshold), float(eps),

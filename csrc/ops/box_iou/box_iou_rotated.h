@@ -305,6 +305,10 @@ template <typename T> struct RotatedIouMetric {
   }
 };
 
+// The rotated NMS metrics, by code (CPU nms_rotated_multi_cpu and the CUDA engine; Python:
+// detkernels/backends/native.py ROTATED_NMS_METRICS).
+enum RotatedNmsMetric : int { kRotatedIou = 0, kRotatedProbIou = 1, kRotatedProbIouFast = 2 };
+
 template <typename T> struct ProbIouMetric {
   struct Prep {
     T a, b, c;

@@ -152,7 +152,7 @@ void nms_rotated_multi_cpu(int dtype, int metric, const void* boxes, const void*
                            const int64_t* classes, int64_t B, int64_t N, double iou_threshold,
                            bool has_score_threshold, double score_threshold, double eps,
                            int64_t max_output, int64_t* out_idx, int64_t* counts) {
-  if (metric < 0 || metric > 2)
+  if (metric != kRotatedIou && metric != kRotatedProbIou && metric != kRotatedProbIouFast)
     throw std::invalid_argument(
         "nms_rotated_multi_cpu: metric must be 0 (iou), 1 (probiou) or 2 (probiou fast)");
   if (B <= 0) return;
@@ -165,12 +165,13 @@ void nms_rotated_multi_cpu(int dtype, int metric, const void* boxes, const void*
         const int64_t* cl = classes ? classes + im * N : nullptr;
         int64_t* out = out_idx + im * max_output;
         counts[im] =
-            metric == 0
+            metric == kRotatedIou
                 ? multi_image<T>(RotatedIouMetric<T>{}, false, bx + 5 * im * N, sc + im * N, cl, N,
                                  iou_threshold, has_score_threshold, score_threshold, max_output, out)
-                : multi_image<T>(ProbIouMetric<T>{static_cast<T>(eps)}, metric == 2, bx + 5 * im * N,
-                                 sc + im * N, cl, N, iou_threshold, has_score_threshold,
-                                 score_threshold, max_output, out);
+                : multi_image<T>(ProbIouMetric<T>{static_cast<T>(eps)},
+                                 metric == kRotatedProbIouFast, bx + 5 * im * N, sc + im * N, cl,
+                                 N, iou_threshold, has_score_threshold, score_threshold,
+                                 max_output, out);
       }
     });
   });
