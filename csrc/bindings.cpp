@@ -27,6 +27,7 @@
 #include "ops/nms/matrix_nms_gpu.h"
 #include "ops/roi_align/roi_align.h"
 #include "ops/roi_align/roi_align_gpu.h"
+#include "ops/roi_align/roi_align_rotated.h"
 #include "ops/roi_pool/roi_pool.h"
 #include "ops/roi_pool/roi_pool_gpu.h"
 #ifdef DETKERNELS_WITH_CUDA
@@ -186,6 +187,8 @@ PYBIND11_MODULE(_C, m) {
   // RoI ops: strides are the element strides [4] of the strided operand (input, or grad).
   def(m, "roi_align_forward_cpu", &roi_align_forward_cpu);
   def(m, "roi_align_backward_cpu", &roi_align_backward_cpu);
+  def(m, "roi_align_rotated_forward_cpu", &roi_align_rotated_forward_cpu);
+  def(m, "roi_align_rotated_backward_cpu", &roi_align_rotated_backward_cpu);
   def(m, "roi_pool_forward_cpu", &roi_pool_forward_cpu);
   def(m, "roi_pool_backward_cpu", &roi_pool_backward_cpu);
 

@@ -497,6 +497,33 @@ def roi_align_backward(grad: Any, rois: Any, spatial_scale: float, ph: int, pw: 
     return gi
 
 
+# roi_align_rotated: rois contiguous [K, 6] (batch, cx, cy, w, h, angle in degrees).
+
+@register("roi_align_rotated", "native", devices=("cpu",))
+def roi_align_rotated(input: Any, rois: Any, spatial_scale: float, ph: int, pw: int, sampling_ratio: int,
+                      aligned: bool, clockwise: bool) -> Any:
+    """input [N, C, H, W] -> [K, C, PH, PW]."""
+    N, C, H, W = (int(s) for s in input.shape)
+    dt = A.dtype_name(input)
+    out = A.empty((int(rois.shape[0]), C, ph, pw), dt, like=input)
+    _C.roi_align_rotated_forward_cpu(DTYPE_CODES[dt], A.data_ptr(input), _strides(input), N, C, H, W,
+                                     A.data_ptr(rois), int(rois.shape[0]), float(spatial_scale), ph, pw,
+                                     int(sampling_ratio), bool(aligned), bool(clockwise), A.data_ptr(out))
+    return out
+
+
+@register("roi_align_rotated_backward", "native", devices=("cpu",))
+def roi_align_rotated_backward(grad: Any, rois: Any, spatial_scale: float, ph: int, pw: int, n: int, c: int,
+                               h: int, w: int, sampling_ratio: int, aligned: bool, clockwise: bool) -> Any:
+    """grad [K, C, PH, PW] -> grad_input [N, C, H, W] (contiguous)."""
+    dt = A.dtype_name(grad)
+    gi = A.empty((n, c, h, w), dt, like=grad)
+    _C.roi_align_rotated_backward_cpu(DTYPE_CODES[dt], A.data_ptr(grad), _strides(grad), A.data_ptr(rois),
+                                      int(rois.shape[0]), float(spatial_scale), ph, pw, n, c, h, w,
+                                      int(sampling_ratio), bool(aligned), bool(clockwise), A.data_ptr(gi))
+    return gi
+
+
 # The CUDA RoIPool backward sorts one slot per output element (roi_pool: K*C*PH*PW) or per bin
 # pixel (ps_roi_pool), 32 bytes each plus the sort's scratch: refused above ROI_POOL_MAX_SLOTS.
 
