@@ -20,7 +20,8 @@ BUILD_FLAGS = ["--fmad=false", "-prec-div=true", "-prec-sqrt=true", "-ftz=false"
 SOURCES = ["csrc/ops/box_iou/box_iou_cuda.cu", "csrc/ops/nms/nms_cuda.cu",
            "csrc/ops/roi_align/roi_align_cuda.cu", "csrc/ops/roi_pool/roi_pool_cuda.cu",
            "csrc/ops/nms/soft_nms_cuda.cu", "csrc/ops/nms/matrix_nms_cuda.cu",  # issue 13
-           "csrc/ops/detect/detect_cuda.cu"]  # issue 12
+           "csrc/ops/detect/detect_cuda.cu",  # issue 12
+           "csrc/ops/roi_align/roi_align_rotated_cuda.cu"]  # issue 17
 FORBIDDEN = re.compile(r"\bfma\.rn\.f(32|64)\b|\bdiv\.approx\b|\bdiv\.full\b|\.ftz\b|\brcp\.approx\b")
 
 

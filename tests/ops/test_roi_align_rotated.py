@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from _helpers import assert_bytes_equal
-from _roi_inputs import C, H, N, W, boxes_adversarial, boxes_valid, features, grad_like
+from _roi_inputs import C, H, N, W, features, grad_like, rotated_family
 
 torch = pytest.importorskip("torch")
 
@@ -24,20 +24,6 @@ DTYPES = ["float32", "float64", "float16", "bfloat16"]
 def _t(a, dtype=None):
     t = torch.from_numpy(np.ascontiguousarray(a))
     return t if dtype is None else t.to(getattr(torch, dtype))
-
-
-def rotated_family(seed: int, dtype=np.float32) -> np.ndarray:
-    """[K, 6] rois from tests/_roi_inputs.py's valid and adversarial boxes (centre, size, NaN/inf,
-    inverted = negative size, huge), with angles: 0, +-90, 180, 45, -30, 360 + 30, random in
-    [-400, 400], NaN, inf, 1e30."""
-    b = np.concatenate([boxes_valid(seed, 10, np.float64), boxes_adversarial(seed, np.float64)])
-    with np.errstate(all="ignore"):
-        cx, cy = (b[:, 1] + b[:, 3]) / 2, (b[:, 2] + b[:, 4]) / 2
-        w, h = b[:, 3] - b[:, 1], b[:, 4] - b[:, 2]
-    a = np.random.default_rng(3000 + seed).uniform(-400, 400, len(b))
-    fixed = [0, 90, -90, 180, 45, -30, 390, np.nan, np.inf, 1e30]
-    a[: len(fixed)] = fixed
-    return np.stack([b[:, 0], cx, cy, w, h, a], 1).astype(dtype)
 
 
 # ---- sin/cos of degrees ------------------------------------------------------------------------------

@@ -190,7 +190,8 @@ NOT_NEEDED = {
                  "matrix_nms_finish")},
     # roi_align_rotated.h (issue 17): native and numpy only (README status)
     **{f: "roi_align_rotated: not served by the numba backend (README status)"
-       for f in ("sincos_deg", "roi_rotated_grid", "roi_rotated_box", "roi_rotated_sample")},
+       for f in ("sincos_deg", "roi_rotated_grid", "roi_rotated_box", "roi_rotated_sample",
+                 "roi_rotated_contrib_count", "roi_rotated_contrib", "roi_rotated_output")},
     **{f: _SCATTER for f in ("roi_contrib_count", "roi_contrib", "box", "slots", "contrib", "roi_pool_max_key",
                              "roi_pool_max_run_sum", "ps_roi_pool_len")},
     # detect_gpu.h (issue 12): the numba CUDA detect is not written yet; its steps are tested
