@@ -120,3 +120,9 @@ def probiou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7) -> Tensor:
 def nms_probiou(boxes: Tensor, scores: Tensor, iou_threshold: float, idxs: Tensor | None = None,
                 fast: bool = False, eps: float = 1e-7) -> Tensor:
     return torch.ops.detkernels.nms_probiou_script(boxes, scores, iou_threshold, idxs, fast=fast, eps=eps)
+
+
+def roi_align_rotated(input: Tensor, rois: Tensor, output_size: BroadcastingList2[int], spatial_scale: float = 1.0,
+                      sampling_ratio: int = 0, aligned: bool = True, clockwise: bool = False) -> Tensor:
+    return torch.ops.detkernels.roi_align_rotated_script(input, rois, output_size, spatial_scale, sampling_ratio,
+                                                         aligned, clockwise)
