@@ -143,6 +143,7 @@ TWINS = {  # C++ function -> "module:function" of its twin
     # roi_align.h / roi_align_gpu.h forward
     "roi_batch_index": NB + "roi_math:batch_index", "roi_grid": NB + "roi_math:grid_size",
     "roi_align_box": NB + "roi_math:align_geometry", "roi_axis_sample": NB + "roi_math:sample_pos",
+    "roi_axis_coord": NB + "roi_math:sample_pos", "roi_axis_tap": NB + "roi_math:sample_pos",  # its two halves
     "roi_weights": NB + "roi_math:bilinear_weights", "roi_bilinear": NB + "roi_math:bilinear",
     "roi_align_output": NB + "roi_math:align_element",
     # roi_pool.h / roi_pool_gpu.h forward
@@ -198,6 +199,10 @@ NOT_NEEDED = {
                  "soft_nms_rescale", "soft_nms_pick_limit", "soft_nms_emit", "matrix_nms_gather",
                  "matrix_nms_comp_tile", "matrix_nms_decay_tile", "matrix_nms_tile_rows",
                  "matrix_nms_finish")},
+    # roi_align_rotated.h (issue 17): native and numpy only (README status)
+    **{f: "roi_align_rotated: not served by the numba backend (README status)"
+       for f in ("sincos_deg", "roi_rotated_grid", "roi_rotated_box", "roi_rotated_sample",
+                 "roi_rotated_contrib_count", "roi_rotated_contrib", "roi_rotated_output")},
     **{f: _SCATTER for f in ("roi_contrib_count", "roi_contrib", "box", "slots", "contrib", "roi_pool_max_key",
                              "roi_pool_max_run_sum", "ps_roi_pool_len")},
     # detect_gpu.h (issue 12): the numba CUDA detect is not written yet; its steps are tested
