@@ -130,6 +130,9 @@ TWINS = {  # C++ function -> "module:function" of its twin
     "dk_exp": NB + "box_math:dk_exp", "dk_floor": NB + "box_math:dk_floor",
     "dk_ldexp": NB + "box_math:dk_ldexp", "dk_pow2": NB + "box_math:dk_ldexp",  # math.ldexp there
     "soft_nms_weight": NB + "box_math:soft_nms_weight",
+    # ExpCoef's two halves and the Gaussian's exponent (split out for the CPU's vector lanes)
+    "round_arg": NB + "box_math:dk_exp", "mantissa": NB + "box_math:dk_exp",
+    "soft_gaussian_arg": NB + "box_math:soft_nms_weight",
     # diou_nms.h, matrix_nms.h (issue 13; numba/cpu.py; matrix_nms_term also numba/cuda.py)
     "dk_log": NB + "box_math:dk_log", "dk_pow": NB + "box_math:dk_pow",
     "diou_nms_measure": NB + "box_math:diou_nms_measure", "matrix_nms_term": NB + "box_math:matrix_nms_term",
