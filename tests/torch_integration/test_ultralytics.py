@@ -488,11 +488,15 @@ def test_devices_without_a_detect_backend(heads, monkeypatch):
     det, _ = heads
     from detkernels._torch import ultralytics as mod
 
-    monkeypatch.setattr(mod, "_served", lambda t: False)
+    obb = obb_pred_of(*random_obbs(np.random.default_rng(9), 50, 2))
+    monkeypatch.setattr(mod, "_served", lambda t, ops=("detect",): False)
     with pytest.raises(NotImplementedError, match="no backend"):
         dk_nms(det)
+    with pytest.raises(NotImplementedError, match="nms_probiou has no backend"):
+        dk_nms(obb, nc=2, rotated=True)
     with mod.patch_ultralytics():
         same(ul_nms.non_max_suppression(det, conf_thres=0.01), UL(det, conf_thres=0.01))
+        same(ul_nms.non_max_suppression(obb, nc=2, rotated=True), UL(obb, nc=2, rotated=True))
     assert mod._served(det[0]) is False
     monkeypatch.undo()
-    assert mod._served(det[0]) is True
+    assert mod._served(det[0]) is True and mod._served(obb, ("detect", "nms_probiou")) is True
