@@ -448,9 +448,10 @@ def test_patch_ultralytics(heads):
     assert ul_nms.non_max_suppression is UL
 
 
-def test_patch_ultralytics_obb_predictor(obb_head, monkeypatch):
-    """ultralytics' OBBPredictor.postprocess (rotated=True, nc=len(names)) under the patch: the
-    drop-in runs (not the fallback) and the Results' obb rows are ultralytics' own."""
+def test_patch_ultralytics_obb_predictor_and_validator(obb_head, monkeypatch):
+    """ultralytics' OBBPredictor / OBBValidator .postprocess (rotated=True) under the patch: the
+    drop-in runs (not the fallback) and the Results' obb rows / the validator's dicts are
+    ultralytics' own."""
     import types
 
     from ultralytics.models.yolo.obb import OBBPredictor
@@ -480,6 +481,20 @@ def test_patch_ultralytics_obb_predictor(obb_head, monkeypatch):
     assert len(got) == len(want) == 2
     for a, b in zip(want, got):
         assert a.obb.data.shape[0] > 0 and torch.equal(a.obb.data, b.obb.data)
+
+    # OBBValidator.postprocess: multi_label=True, rotated=True, the angle appended to the boxes.
+    from ultralytics.models.yolo.obb import OBBValidator
+
+    val = OBBValidator(args={"conf": 0.2, "iou": 0.7, "task": "obb", "verbose": False})
+    val.nc, val.end2end = OBB_NC, False
+    want = val.postprocess(distinct.clone())
+    with mod.patch_ultralytics():
+        got = val.postprocess(distinct.clone())
+    assert len(calls) == 3 and len(got) == len(want) == 2
+    for a, b in zip(want, got):
+        assert a.keys() == b.keys() and a["bboxes"].shape[0] > 0 and a["bboxes"].shape[1] == 5
+        for k in a:
+            assert torch.equal(a[k], b[k]), k
 
 
 def test_devices_without_a_detect_backend(heads, monkeypatch):
