@@ -448,9 +448,10 @@ def test_patch_ultralytics(heads):
     assert ul_nms.non_max_suppression is UL
 
 
-def test_patch_ultralytics_obb_predictor(obb_head, monkeypatch):
-    """ultralytics' OBBPredictor.postprocess (rotated=True, nc=len(names)) under the patch: the
-    drop-in runs (not the fallback) and the Results' obb rows are ultralytics' own."""
+def test_patch_ultralytics_obb_predictor_and_validator(obb_head, monkeypatch):
+    """ultralytics' OBBPredictor / OBBValidator .postprocess (rotated=True) under the patch: the
+    drop-in runs (not the fallback) and the Results' obb rows / the validator's dicts are
+    ultralytics' own."""
     import types
 
     from ultralytics.models.yolo.obb import OBBPredictor
@@ -481,6 +482,20 @@ def test_patch_ultralytics_obb_predictor(obb_head, monkeypatch):
     for a, b in zip(want, got):
         assert a.obb.data.shape[0] > 0 and torch.equal(a.obb.data, b.obb.data)
 
+    # OBBValidator.postprocess: multi_label=True, rotated=True, the angle appended to the boxes.
+    from ultralytics.models.yolo.obb import OBBValidator
+
+    val = OBBValidator(args={"conf": 0.2, "iou": 0.7, "task": "obb", "verbose": False})
+    val.nc, val.end2end = OBB_NC, False
+    want = val.postprocess(distinct.clone())
+    with mod.patch_ultralytics():
+        got = val.postprocess(distinct.clone())
+    assert len(calls) == 3 and len(got) == len(want) == 2
+    for a, b in zip(want, got):
+        assert a.keys() == b.keys() and a["bboxes"].shape[0] > 0 and a["bboxes"].shape[1] == 5
+        for k in a:
+            assert torch.equal(a[k], b[k]), k
+
 
 def test_devices_without_a_detect_backend(heads, monkeypatch):
     """Where detect serves no backend (CUDA today) the drop-in raises Unsupported and the patch
@@ -488,11 +503,15 @@ def test_devices_without_a_detect_backend(heads, monkeypatch):
     det, _ = heads
     from detkernels._torch import ultralytics as mod
 
-    monkeypatch.setattr(mod, "_served", lambda t: False)
+    obb = obb_pred_of(*random_obbs(np.random.default_rng(9), 50, 2))
+    monkeypatch.setattr(mod, "_served", lambda t, ops=("detect",): False)
     with pytest.raises(NotImplementedError, match="no backend"):
         dk_nms(det)
+    with pytest.raises(NotImplementedError, match="nms_probiou has no backend"):
+        dk_nms(obb, nc=2, rotated=True)
     with mod.patch_ultralytics():
         same(ul_nms.non_max_suppression(det, conf_thres=0.01), UL(det, conf_thres=0.01))
+        same(ul_nms.non_max_suppression(obb, nc=2, rotated=True), UL(obb, nc=2, rotated=True))
     assert mod._served(det[0]) is False
     monkeypatch.undo()
-    assert mod._served(det[0]) is True
+    assert mod._served(det[0]) is True and mod._served(obb, ("detect", "nms_probiou")) is True
