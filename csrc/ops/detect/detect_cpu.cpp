@@ -148,6 +148,11 @@ DK_ALWAYS_INLINE int64_t first_equal(const T* r, int64_t C, T o, T v) {
   using M = typename Vec<T, kBytes>::m;
   using I = typename Vec<T, kBytes>::lane_int;
   constexpr int L = Vec<T, kBytes>::n;
+  if (sizeof(I) < sizeof(int64_t) && C > (int64_t{1} << 30)) {  // columns beyond the lane ints
+    int64_t c = 0;
+    while (!(at<T, Obj>(r, c, o) == v)) ++c;
+    return c;
+  }
   const V b = V{} + v;
   M col, first = M{} + static_cast<I>(C);
   for (int l = 0; l < L; ++l) col[l] = static_cast<I>(l);
