@@ -18,6 +18,7 @@
 #include "ops/detect/detect_gpu.h"
 #include "ops/nms/nms.h"
 #include "ops/nms/nms_bitmask.h"
+#include "ops/nms/nms_rotated_gpu.h"
 #include "ops/nms/nms_sparse.h"
 #include "ops/nms/soft_nms.h"
 #include "ops/nms/diou_nms.h"
@@ -155,6 +156,8 @@ PYBIND11_MODULE(_C, m) {
   def(m, "soft_nms_multi_cpu", &soft_nms_multi_cpu);  // issue 13: fixed-size, per image
   def(m, "diou_nms_cpu", &diou_nms_cpu);  // issue 13: classes 0 = none
   def(m, "matrix_nms_cpu", &matrix_nms_cpu);  // issue 13: max_output / pre_top_k < 0 = none  // issue 13: classes 0 = none, max_output < 0 = all
+  def(m, "diou_nms_multi_cpu", &diou_nms_multi_cpu);  // issue 13: fixed-size, per image
+  def(m, "matrix_nms_multi_cpu", &matrix_nms_multi_cpu);  // issue 13: fixed-size, per image
   // Multi-image NMS (also nms_padded and, with B = 1, max_output = N, the drop-in nms on CUDA).
   // classes: 0 = none. out_cls: 0 = not wanted.
   m.def("nms_multi_cpu", [](int dtype, uintptr_t boxes, uintptr_t scores, uintptr_t classes,
@@ -167,20 +170,23 @@ PYBIND11_MODULE(_C, m) {
                   st.has, st.value, max_output, ptr<int64_t>(out_idx), ptr<int64_t>(out_cls),
                   ptr<int64_t>(counts));
   });
-  // detect: objectness / idxs 0 = none; top_k < 0 = all; strides: the 8 DetectStrides fields.
+  // detect: objectness / idxs 0 = none; top_k < 0 = all; strides: the 8 DetectStrides fields;
+  // then the NMS mode (a DetectNmsMode) and its DetectNms fields, min_score None = none.
   m.def("detect_cpu", [](int dtype, uintptr_t boxes, uintptr_t scores, uintptr_t objectness,
                          uintptr_t idxs, int64_t B, int64_t A, int64_t C,
                          const std::vector<int64_t>& strides, int fmt, double thr,
                          py::object score_thr, int64_t top_k, int64_t max_det, bool multi_label,
-                         bool class_agnostic, uintptr_t out_boxes, uintptr_t out_scores,
+                         bool class_agnostic, int nms_mode, double beta, int decay, double sigma,
+                         py::object min_score, uintptr_t out_boxes, uintptr_t out_scores,
                          uintptr_t out_cls, uintptr_t out_idx, uintptr_t counts) {
     if (strides.size() != 8) throw std::invalid_argument("detect_cpu: strides must have 8 entries");
     const DetectStrides ds{strides[0], strides[1], strides[2], strides[3],
                            strides[4], strides[5], strides[6], strides[7]};
-    const ScoreThr st(score_thr);
+    const ScoreThr st(score_thr), ms(min_score);
+    const DetectNms nms{nms_mode, beta, decay, sigma, ms.has, ms.value};
     ReleaseGil release;
     detect_cpu(dtype, ptr(boxes), ptr(scores), ptr(objectness), ptr<const int64_t>(idxs), B, A, C,
-               ds, fmt, thr, st.has, st.value, top_k, max_det, multi_label, class_agnostic,
+               ds, fmt, thr, st.has, st.value, top_k, max_det, multi_label, class_agnostic, nms,
                ptr(out_boxes), ptr(out_scores), ptr<int64_t>(out_cls), ptr<int64_t>(out_idx),
                ptr<int64_t>(counts));
   });
@@ -206,6 +212,34 @@ PYBIND11_MODULE(_C, m) {
                    st.has, st.value, max_output, ptr<int64_t>(out_idx), ptr<int64_t>(out_cls),
                    ptr<int64_t>(counts), ptr(workspace), workspace_bytes, mask_cap_bytes, device,
                    ptr(stream));
+  });
+  // issue 13: DIoU-NMS on CUDA (nms_multi_cuda's arguments + beta, the same workspace).
+  m.def("diou_nms_multi_cuda", [](int dtype, uintptr_t boxes, uintptr_t scores, uintptr_t classes,
+                                  int64_t B, int64_t N, int64_t C, double thr, double beta,
+                                  py::object score_thr, int64_t max_output, uintptr_t out_idx,
+                                  uintptr_t out_cls, uintptr_t counts, uintptr_t workspace,
+                                  int64_t workspace_bytes, int64_t mask_cap_bytes, int device,
+                                  uintptr_t stream) {
+    const ScoreThr st(score_thr);
+    ReleaseGil release;
+    diou_nms_multi_cuda(dtype, ptr(boxes), ptr(scores), ptr<const int64_t>(classes), B, N, C, thr,
+                        beta, st.has, st.value, max_output, ptr<int64_t>(out_idx),
+                        ptr<int64_t>(out_cls), ptr<int64_t>(counts), ptr(workspace),
+                        workspace_bytes, mask_cap_bytes, device, ptr(stream));
+  });
+  // issue 17: rotated NMS on the bitmask engine (rotated IoU or ProbIoU; nms_multi_cuda's workspace).
+  m.def("nms_rotated_multi_cuda", [](int dtype, int metric, uintptr_t boxes, uintptr_t scores,
+                                     uintptr_t classes, int64_t B, int64_t N, double thr,
+                                     double eps, py::object score_thr, int64_t max_output,
+                                     uintptr_t out_idx, uintptr_t counts, uintptr_t workspace,
+                                     int64_t workspace_bytes, int64_t mask_cap_bytes, int device,
+                                     uintptr_t stream) {
+    const ScoreThr st(score_thr);
+    ReleaseGil release;
+    nms_rotated_multi_cuda(dtype, metric, ptr(boxes), ptr(scores), ptr<const int64_t>(classes), B,
+                           N, thr, eps, st.has, st.value, max_output, ptr<int64_t>(out_idx),
+                           ptr<int64_t>(counts), ptr(workspace), workspace_bytes, mask_cap_bytes,
+                           device, ptr(stream));
   });
   // issue 12: detect on CUDA (arguments as detect_cpu, then the workspace, device and stream).
   def(m, "detect_cuda_workspace_bytes", &detect_cuda_workspace_bytes);
@@ -280,6 +314,34 @@ PYBIND11_MODULE(_C, m) {
                                 C, thr, st.has, st.value, max_output, ptr<int64_t>(out_idx),
                                 ptr<int64_t>(out_cls), ptr<int64_t>(counts), tile_rows,
                                 mask_cap_bytes, scan_threads);
+        });
+  // issue 13: DIoU-NMS on the same emulated engine (nms_multi_emulate_cpu's arguments + beta).
+  t.def("diou_nms_multi_emulate_cpu",
+        [](int dtype, uintptr_t boxes, uintptr_t scores, uintptr_t classes, int64_t B, int64_t N,
+           int64_t C, double thr, double beta, py::object score_thr, int64_t max_output,
+           uintptr_t out_idx, uintptr_t out_cls, uintptr_t counts, int64_t tile_rows,
+           int64_t mask_cap_bytes, int scan_threads) {
+          const ScoreThr st(score_thr);
+          ReleaseGil release;
+          diou_nms_multi_emulate_cpu(dtype, ptr(boxes), ptr(scores), ptr<const int64_t>(classes),
+                                     B, N, C, thr, beta, st.has, st.value, max_output,
+                                     ptr<int64_t>(out_idx), ptr<int64_t>(out_cls),
+                                     ptr<int64_t>(counts), tile_rows, mask_cap_bytes,
+                                     scan_threads);
+        });
+  // issue 17: rotated NMS on the same emulated engine.
+  t.def("nms_rotated_multi_emulate_cpu",
+        [](int dtype, int metric, uintptr_t boxes, uintptr_t scores, uintptr_t classes, int64_t B,
+           int64_t N, double thr, double eps, py::object score_thr, int64_t max_output,
+           uintptr_t out_idx, uintptr_t counts, int64_t tile_rows, int64_t mask_cap_bytes,
+           int scan_threads) {
+          const ScoreThr st(score_thr);
+          ReleaseGil release;
+          nms_rotated_multi_emulate_cpu(dtype, metric, ptr(boxes), ptr(scores),
+                                        ptr<const int64_t>(classes), B, N, thr, eps, st.has,
+                                        st.value, max_output, ptr<int64_t>(out_idx),
+                                        ptr<int64_t>(counts), tile_rows, mask_cap_bytes,
+                                        scan_threads);
         });
   // issue 12: the GPU detect pipeline emulated (arguments as detect_cpu, then the NMS tiling).
   t.def("detect_emulate_cpu",

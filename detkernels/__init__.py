@@ -15,7 +15,8 @@ from ._registry import available_backends, explain, get_backend, set_backend
 from .api.detect import Detections, detect
 from .api.boxes import box_area, box_iou, complete_box_iou, distance_box_iou, generalized_box_iou
 from .api.nms import batched_nms, multi_image_nms, nms, nms_padded
-from .api.nms_variants import diou_nms, matrix_nms, multi_image_soft_nms, soft_nms
+from .api.nms_variants import (diou_nms, matrix_nms, multi_image_diou_nms, multi_image_matrix_nms,
+                               multi_image_soft_nms, soft_nms)
 from .api.roi import ps_roi_align, ps_roi_pool, roi_align, roi_pool
 from .api.rotated import (batched_nms_rotated, multi_image_nms_probiou, multi_image_nms_rotated, nms_probiou,
                           nms_rotated, probiou)
@@ -40,6 +41,8 @@ __all__ = [
     "generalized_box_iou",
     "get_backend",
     "matrix_nms",
+    "multi_image_diou_nms",
+    "multi_image_matrix_nms",
     "multi_image_nms",
     "multi_image_soft_nms",
     "nms",

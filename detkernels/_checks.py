@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numbers
 import sys
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -25,6 +25,8 @@ __all__ = [
     "non_negative_int", "score_threshold_value", "pair", "rois_from_boxes", "roi_check",
     "roi_grad_check", "roi_pool_index_check", "check_sampling_ratio", "check_plane",
     "soft_nms_check", "diou_nms_check", "matrix_nms_check", "multi_soft_nms_check",
+    "multi_diou_nms_check", "multi_matrix_nms_check",
+    "DetectNms", "detect_nms_check",
 ]
 
 ROTATED = ("cxcywhr", "xywhr", "xyxyxyxy")
@@ -295,16 +297,34 @@ def multi_soft_nms_check(boxes: Any, scores: Any, idxs: Any, max_output: Any, io
 def diou_nms_check(boxes: Any, scores: Any, idxs: Any, iou_threshold: Any, beta: Any) -> tuple:
     """Validate diou_nms (arrays as nms/batched_nms); return ``(working dtype, iou_threshold, beta)``."""
     thr = threshold_value(iou_threshold)
+    b = _beta_value(beta)
+    return nms_check(boxes, scores, idxs), thr, b
+
+
+def _beta_value(beta: Any) -> float:
     b = threshold_value(beta, "beta")
     if not (b > 0 and b < float("inf")):  # NaN too
         raise ValueError(f"beta must be a positive finite number, got {beta!r}")
-    return nms_check(boxes, scores, idxs), thr, b
+    return b
 
 
 def matrix_nms_check(boxes: Any, scores: Any, labels: Any, kernel: Any, sigma: Any,
                      score_threshold: Any, max_output: Any, pre_top_k: Any) -> tuple:
     """Validate matrix_nms (arrays as batched_nms, ``labels`` in the role of idxs); return
     ``(working dtype, kernel, sigma, score_threshold or None, max_output or None, pre_top_k or None)``."""
+    kernel, sig, sthr, k, pre = _matrix_nms_scalars(labels, kernel, sigma, score_threshold,
+                                                    max_output, pre_top_k)
+    try:
+        w = nms_check(boxes, scores, labels)
+    except RuntimeError as e:  # name the argument as this function calls it
+        raise RuntimeError(str(e).replace("idxs", "labels")) from None
+    except TypeError as e:
+        raise TypeError(str(e).replace("idxs", "labels")) from None
+    return w, kernel, sig, sthr, k, pre
+
+
+def _matrix_nms_scalars(labels: Any, kernel: Any, sigma: Any, score_threshold: Any,
+                        max_output: Any, pre_top_k: Any) -> tuple:
     from .reference.matrix_nms import KERNELS
 
     if labels is None:
@@ -317,13 +337,44 @@ def matrix_nms_check(boxes: Any, scores: Any, labels: Any, kernel: Any, sigma: A
     sthr = None if score_threshold is None else threshold_value(score_threshold, "score_threshold")
     k = None if max_output is None else non_negative_int("max_output", max_output)
     pre = None if pre_top_k is None else non_negative_int("pre_top_k", pre_top_k)
-    try:
-        w = nms_check(boxes, scores, labels)
-    except RuntimeError as e:  # name the argument as this function calls it
-        raise RuntimeError(str(e).replace("idxs", "labels")) from None
-    except TypeError as e:
-        raise TypeError(str(e).replace("idxs", "labels")) from None
-    return w, kernel, sig, sthr, k, pre
+    return kernel, sig, sthr, k, pre
+
+
+def _multi_boxes_scores(boxes: Any, scores: Any, ids: Any, name: str) -> None:
+    """boxes [B, N, 4], scores [B, N], ``ids`` (named ``name``: idxs / labels) [B, N] or None."""
+    A.same_placement(**{"boxes": boxes, "scores": scores, name: ids})
+    if boxes.ndim != 3 or boxes.shape[-1] != 4:
+        raise ValueError(f"boxes must have shape [B, N, 4], got {tuple(boxes.shape)}")
+    B, N = boxes.shape[0], boxes.shape[1]
+    if scores.ndim != 2 or tuple(scores.shape) != (B, N):
+        raise ValueError(f"scores must have shape [{B}, {N}] (one class per box; use {name}), "
+                         f"got {tuple(scores.shape)}")
+    if ids is not None:
+        if tuple(ids.shape) != (B, N):
+            raise ValueError(f"{name} must have shape [{B}, {N}], got {tuple(ids.shape)}")
+        if A.dtype_name(ids) not in FLOATS + INTS:
+            raise TypeError(f"{name} must be a numeric array, got {A.dtype_name(ids)}")
+
+
+def multi_diou_nms_check(boxes: Any, scores: Any, idxs: Any, iou_threshold: Any, max_output: Any,
+                         beta: Any) -> tuple:
+    """Validate multi_image_diou_nms (boxes [B, N, 4], scores [B, N], idxs [B, N] or None);
+    return ``(working dtype, iou_threshold, max_output, beta)``."""
+    thr = threshold_value(iou_threshold)
+    _multi_boxes_scores(boxes, scores, idxs, "idxs")
+    k = non_negative_int("max_output", max_output)
+    return _float_dtypes(boxes=boxes, scores=scores), thr, k, _beta_value(beta)
+
+
+def multi_matrix_nms_check(boxes: Any, scores: Any, labels: Any, max_output: Any, kernel: Any,
+                           sigma: Any, score_threshold: Any, pre_top_k: Any) -> tuple:
+    """Validate multi_image_matrix_nms (boxes [B, N, 4], scores and labels [B, N]); return
+    ``(working dtype, max_output, kernel, sigma, score_threshold or None, pre_top_k or None)``."""
+    kern, sig, sthr, _, pre = _matrix_nms_scalars(labels, kernel, sigma, score_threshold, None,
+                                                  pre_top_k)
+    _multi_boxes_scores(boxes, scores, labels, "labels")
+    k = non_negative_int("max_output", max_output)
+    return _float_dtypes(boxes=boxes, scores=scores), k, kern, sig, sthr, pre
 
 
 # ---- detect ------------------------------------------------------------------------------------------
@@ -355,6 +406,47 @@ def detect_check(boxes: Any, scores: Any, objectness: Any, idxs: Any, max_det: A
     if objectness is not None:
         named["objectness"] = objectness
     return _float_dtypes(**named), non_negative_int("max_det", max_det), k, multi_label, class_agnostic
+
+
+class DetectNms(NamedTuple):
+    """detect's NMS mode and the parameters it uses (the others None): detect_nms_check's result,
+    which detect_nms_check takes back unchanged (the torch op re-checks it)."""
+    mode: str = "iou"
+    beta: float | None = None
+    decay: str | None = None
+    sigma: float | None = None
+    min_score: float | None = None
+
+
+def detect_nms_check(nms: Any, beta: Any, decay: Any, sigma: Any, min_score: Any) -> DetectNms:
+    """Validate detect's ``nms`` mode and its parameters (reference/detect.py NMS_PARAMETERS:
+    None takes the mode's default; one the mode does not use must be None) as diou_nms,
+    soft_nms and matrix_nms validate theirs."""
+    from .reference.detect import NMS_MODES, nms_parameters
+    from .reference.matrix_nms import KERNELS
+    from .reference.soft_nms import METHODS
+
+    if not isinstance(nms, str) or nms not in NMS_MODES:
+        raise ValueError(f"nms must be one of {NMS_MODES}, got {nms!r}")
+    p = nms_parameters(nms, beta, decay, sigma, min_score)
+    if p["beta"] is not None:
+        b = threshold_value(p["beta"], "beta")
+        if not (b > 0 and b < float("inf")):  # NaN too
+            raise ValueError(f"beta must be a positive finite number, got {beta!r}")
+        p["beta"] = b
+    if p["decay"] is not None:
+        allowed = METHODS if nms == "soft" else KERNELS
+        if not isinstance(p["decay"], str) or p["decay"] not in allowed:
+            raise ValueError(f"decay must be one of {allowed} for nms={nms!r}, got {decay!r}")
+    if p["sigma"] is not None:
+        sig = threshold_value(p["sigma"], "sigma")
+        finite = nms == "matrix"  # as matrix_nms; soft_nms takes sigma = inf (weight 1)
+        if not (sig > 0 and (sig < float("inf") or not finite)):  # NaN too
+            raise ValueError(f"sigma must be a positive{' finite' if finite else ''} number, got {sigma!r}")
+        p["sigma"] = sig
+    if p["min_score"] is not None:
+        p["min_score"] = threshold_value(p["min_score"], "min_score")
+    return DetectNms(nms, p["beta"], p["decay"], p["sigma"], p["min_score"])
 
 
 # ---- RoI ops -----------------------------------------------------------------------------------------

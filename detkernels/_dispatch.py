@@ -17,10 +17,10 @@ import numpy as np
 
 from . import _arrays as A
 from . import _registry
-from ._checks import HALF, INTS, ROTATED
+from ._checks import HALF, INTS, ROTATED, DetectNms
 from .reference.rotated import to_cxcywhr
 
-__all__ = ["iou", "probiou", "nms", "nms_rotated", "nms_probiou", "multi_image_nms_rotated", "soft_nms", "multi_image_soft_nms", "diou_nms", "matrix_nms", "multi_image_nms", "nms_padded", "detect", "roi_align", "roi_align_backward",
+__all__ = ["iou", "probiou", "nms", "nms_rotated", "nms_probiou", "multi_image_nms_rotated", "soft_nms", "multi_image_soft_nms", "diou_nms", "multi_image_diou_nms", "matrix_nms", "multi_image_matrix_nms", "multi_image_nms", "nms_padded", "detect", "detect_select", "roi_align", "roi_align_backward",
            "roi_pool", "roi_pool_backward"]
 
 
@@ -195,21 +195,64 @@ def matrix_nms(boxes: Any, scores: Any, labels: Any, kernel: str, sigma: float,
               max_output, pre_top_k)
 
 
+def multi_image_diou_nms(boxes: Any, scores: Any, idxs: Any, thr: float, max_output: int, beta: float,
+                         w: str, backend: str | None) -> tuple[Any, Any]:
+    """(indices [B, K] -1 padded, counts [B]); arguments from _checks.multi_diou_nms_check."""
+    dev = A.device(boxes)  # placement: checked by _checks.multi_diou_nms_check
+    _, fn = _registry.select("multi_image_diou_nms", dev, w, backend)
+    c = None if idxs is None else _class_ids(idxs).reshape(idxs.shape)
+    return fn(_as(boxes, w), _as(scores, w), c, thr, max_output, beta)
+
+
+def multi_image_matrix_nms(boxes: Any, scores: Any, labels: Any, max_output: int, kernel: str,
+                           sigma: float, score_threshold: float | None, pre_top_k: int | None, w: str,
+                           backend: str | None) -> tuple[Any, Any, Any]:
+    """(indices [B, K] -1 padded, decayed scores [B, K] 0 padded, counts [B]); arguments from
+    _checks.multi_matrix_nms_check."""
+    dev = A.device(boxes)  # placement: checked by _checks.multi_matrix_nms_check
+    _, fn = _registry.select("multi_image_matrix_nms", dev, w, backend)
+    return fn(_as(boxes, w), _as(scores, w), _class_ids(labels).reshape(labels.shape), max_output,
+              kernel, sigma, score_threshold, pre_top_k)
+
+
 # ---- detect ------------------------------------------------------------------------------------------
+
+_DEFAULT_NMS = DetectNms()
+
+
+def detect_select(device: str, w: str, nms: Any, backend: str | None) -> Any:
+    """The detect implementation for ``device`` and ``w`` that serves the NMS mode ``nms``
+    (_checks.DetectNms). A backend lists the modes other than "iou" it serves per device type
+    in its detect's ``nms_modes`` ({device type: modes}; none: "iou" only); the registry's choice
+    serving another mode is a NotImplementedError naming the mode, never greedy NMS instead."""
+    name, fn = _registry.select("detect", device, w, backend)
+    dev = device.split(":")[0]
+    if nms.mode != "iou" and nms.mode not in getattr(fn, "nms_modes", {}).get(dev, ()):
+        serving = [b for b, t in _registry._TABLE.items() if t.available and "detect" in t.impls
+                   and nms.mode in getattr(t.impls["detect"][0], "nms_modes", {}).get(dev, ())]
+        hint = (f"; backend= {' or '.join(map(repr, serving))} does" if serving
+                else f"; no backend serves it on {dev}")
+        raise NotImplementedError(f"detect(nms={nms.mode!r}) is not implemented on {dev} by backend "
+                                  f"{name!r} (it runs nms='iou' only there){hint}")
+    return fn
+
 
 def detect(boxes: Any, scores: Any, objectness: Any, idxs: Any, thr: float, max_det: int,
            score_threshold: float | None, top_k: int | None, fmt: str, multi_label: bool,
-           class_agnostic: bool, w: str, backend: str | None) -> tuple:
+           class_agnostic: bool, w: str, backend: str | None, nms: Any = None) -> tuple:
     """(boxes [B, K, 4] w, scores [B, K] w, classes [B, K], indices [B, K], counts [B]);
-    ``checked`` by _checks.detect_check (placement included)."""
-    dev = A.device(boxes)
-    _, fn = _registry.select("detect", dev, w, backend)
+    ``checked`` by _checks.detect_check (placement included) and _checks.detect_nms_check
+    (``nms``; None: greedy IoU NMS)."""
+    fn = detect_select(A.device(boxes), w, nms or _DEFAULT_NMS, backend)
+    # The NMS mode goes to the backend only when it is not the default, so backends serving
+    # "iou" alone keep their signature.
+    extra = {} if nms is None or nms.mode == "iou" else {"nms": nms}
     # Float inputs keep their layout (a sliced or transposed head output is read in place: the
     # backends take strides); the small idxs are made contiguous int64.
     return fn(A.astype(boxes, w), A.astype(scores, w),
               None if objectness is None else A.astype(objectness, w),
               None if idxs is None else _as(idxs, "int64"), thr, max_det, score_threshold, top_k,
-              fmt, multi_label, class_agnostic)
+              fmt, multi_label, class_agnostic, **extra)
 
 
 # ---- RoI ops -----------------------------------------------------------------------------------------

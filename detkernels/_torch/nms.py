@@ -149,6 +149,43 @@ def _(boxes, scores, labels, kernel, sigma, score_threshold, max_output, pre_top
             boxes.new_empty((k,), dtype=getattr(torch, w)))
 
 
+@torch.library.custom_op("detkernels::multi_image_diou_nms", mutates_args=())
+def multi_image_diou_nms_op(boxes: Tensor, scores: Tensor, idxs: Optional[Tensor], iou_threshold: float,
+                            max_output: int, beta: float) -> tuple[Tensor, Tensor]:
+    w, *_ = _checks.multi_diou_nms_check(boxes, scores, idxs, iou_threshold, max_output, beta)
+    out = _dispatch.multi_image_diou_nms(boxes, scores, idxs, iou_threshold, max_output, beta, w, None)
+    return tuple(x.clone() for x in out)
+
+
+@multi_image_diou_nms_op.register_fake
+def _(boxes, scores, idxs, iou_threshold, max_output, beta):
+    _checks.multi_diou_nms_check(boxes, scores, idxs, iou_threshold, max_output, beta)
+    B = boxes.shape[0]
+    return (boxes.new_empty((B, max_output), dtype=torch.int64),
+            boxes.new_empty((B,), dtype=torch.int64))
+
+
+@torch.library.custom_op("detkernels::multi_image_matrix_nms", mutates_args=())
+def multi_image_matrix_nms_op(boxes: Tensor, scores: Tensor, labels: Tensor, max_output: int,
+                              kernel: str, sigma: float, score_threshold: Optional[float],
+                              pre_top_k: Optional[int]) -> tuple[Tensor, Tensor, Tensor]:
+    w, *_ = _checks.multi_matrix_nms_check(boxes, scores, labels, max_output, kernel, sigma,
+                                           score_threshold, pre_top_k)
+    out = _dispatch.multi_image_matrix_nms(boxes, scores, labels, max_output, kernel, sigma,
+                                           score_threshold, pre_top_k, w, None)
+    return tuple(x.clone() for x in out)
+
+
+@multi_image_matrix_nms_op.register_fake
+def _(boxes, scores, labels, max_output, kernel, sigma, score_threshold, pre_top_k):
+    w, *_ = _checks.multi_matrix_nms_check(boxes, scores, labels, max_output, kernel, sigma,
+                                           score_threshold, pre_top_k)
+    B = boxes.shape[0]
+    return (boxes.new_empty((B, max_output), dtype=torch.int64),
+            boxes.new_empty((B, max_output), dtype=getattr(torch, w)),
+            boxes.new_empty((B,), dtype=torch.int64))
+
+
 # ---- eager entries -----------------------------------------------------------------------------------
 
 _FAST = {torch.float32: "float32", torch.float64: "float64"}
@@ -246,3 +283,20 @@ def multi_image_soft_nms(boxes: Tensor, scores: Tensor, idxs: Tensor | None, max
                                                          method, score_threshold)
     return _dispatch.multi_image_soft_nms(boxes, scores, idxs, max_output, thr, sigma, method,
                                           score_threshold, w, backend)
+
+
+def multi_image_diou_nms(boxes: Tensor, scores: Tensor, idxs: Tensor | None, thr: float, max_output: int,
+                         beta: float, w: str, backend: str | None) -> tuple[Tensor, Tensor]:
+    if backend is None and traced(boxes, scores, idxs):
+        return torch.ops.detkernels.multi_image_diou_nms(boxes, scores, idxs, thr, max_output, beta)
+    return _dispatch.multi_image_diou_nms(boxes, scores, idxs, thr, max_output, beta, w, backend)
+
+
+def multi_image_matrix_nms(boxes: Tensor, scores: Tensor, labels: Tensor, max_output: int, kernel: str,
+                           sigma: float, score_threshold: float | None, pre_top_k: int | None, w: str,
+                           backend: str | None) -> tuple[Tensor, Tensor, Tensor]:
+    if backend is None and traced(boxes, scores, labels):
+        return torch.ops.detkernels.multi_image_matrix_nms(boxes, scores, labels, max_output, kernel,
+                                                           sigma, score_threshold, pre_top_k)
+    return _dispatch.multi_image_matrix_nms(boxes, scores, labels, max_output, kernel, sigma,
+                                            score_threshold, pre_top_k, w, backend)

@@ -16,7 +16,8 @@ How each op exports (``exporting()`` is true under either exporter):
   scores as detect's float64 compare does), two stable ``TopK`` passes for the pre-NMS top-k, one
   ``NonMaxSuppression`` over ``[B, C, k]`` scores (other classes' and dropped candidates at -inf
   under a -inf score threshold; without a threshold, the zeroed-boxes rows above), then the
-  ordering passes and scatter of ``multi_image_nms`` into the ``max_det`` slots.
+  ordering passes and scatter of ``multi_image_nms`` into the ``max_det`` slots. Greedy IoU NMS
+  only: ``detect(nms="diou"|"soft"|"matrix")`` raises NotImplementedError when exported.
 * ``roi_align`` -> ``RoiAlign`` (opset 16: ``coordinate_transformation_mode`` carries
   ``aligned``), ``roi_pool`` -> ``MaxRoiPool`` (its argmax output, used only by the backward, is
   exported as -1s).
@@ -30,7 +31,8 @@ How each op exports (``exporting()`` is true under either exporter):
   operators, within a few ulp of 1 of detkernels (ONNX Runtime's Cos/Sin/Log/Exp are not libm's).
 * ``matrix_nms`` and ``nms_probiou(fast=True)``: fully parallel, so torch compositions over the
   ``[n, n]`` IoU / ProbIoU matrix (below): standard operators, O(n²) memory.
-* ``soft_nms``, ``multi_image_soft_nms``, ``diou_nms``, the rotated ``box_iou``, ``nms_rotated``,
+* ``soft_nms``, ``multi_image_soft_nms``, ``diou_nms``, ``multi_image_diou_nms``,
+  ``multi_image_matrix_nms``, the rotated ``box_iou``, ``nms_rotated``,
   ``batched_nms_rotated``, greedy ``nms_probiou``: no translation yet (greedy selection needs an
   ONNX Loop, the rotated IoU a custom-domain node): export fails with the exporter's error.
 
@@ -205,9 +207,17 @@ def _xyxy(boxes: Tensor, fmt: str) -> Tensor:
     return boxes
 
 
+def refuse_detect_nms(nms: str) -> None:
+    """detect's NMS modes other than "iou" have no standard ONNX operator: a clear error (here, and
+    in detkernels::detect's fake kernel, which the exporter's fallback strict trace reaches)."""
+    if nms != "iou":
+        raise NotImplementedError(f"detect(nms={nms!r}) has no ONNX export: standard ONNX has only "
+                                  f"greedy IoU NonMaxSuppression (export detect with nms='iou')")
+
+
 def detect(boxes: Tensor, scores: Tensor, objectness: Tensor | None, idxs: Tensor | None, thr: float,
            max_det: int, sthr: float | None, top_k: int | None, fmt: str, multi_label: bool,
-           class_agnostic: bool, w: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+           class_agnostic: bool, w: str, nms: str = "iou") -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """detect (reference/detect.py) in standard ONNX operators: ``ArgMax`` (single-label, NaN rows
     mapped to their first NaN as detect does), ``Greater`` (the threshold as the float32 that
     compares alike), two stable ``TopK`` passes (score, then passed/failed) for the pre-NMS top-k,
@@ -215,7 +225,9 @@ def detect(boxes: Tensor, scores: Tensor, objectness: Tensor | None, idxs: Tenso
     -inf below a -inf score threshold; without a threshold one batch row per (image, class) with
     the other classes' boxes zeroed, as ``_class_exclusive``), three stable ``TopK`` passes for the
     output order and a scatter into the padded outputs. Boxes and scores come out in the working
-    dtype ``w``; ranking and NMS run on float32 (NonMaxSuppression's only type)."""
+    dtype ``w``; ranking and NMS run on float32 (NonMaxSuppression's only type). Greedy IoU NMS
+    only: ``nms`` other than "iou" (DIoU-, Soft-, Matrix NMS: no standard ONNX operator) raises."""
+    refuse_detect_nms(nms)
     dt = getattr(torch, w)
     B, A = boxes.shape[:2]
     xyxy = _xyxy(boxes.to(dt), fmt)  # [B, A, 4] in T: the output boxes

@@ -99,6 +99,12 @@ _VARIANT_SCHEMAS = {
                                          "-> (Tensor, Tensor, Tensor)",
     (_variants, "diou_nms"): "Tensor boxes, Tensor scores, float iou_threshold, *, float beta=1.0, "
                              "Tensor? idxs=None) -> Tensor",
+    (_variants, "multi_image_diou_nms"): "Tensor boxes, Tensor scores, float iou_threshold, int max_output, "
+                                         "*, float beta=1.0, Tensor? idxs=None) -> (Tensor, Tensor)",
+    (_variants, "multi_image_matrix_nms"): "Tensor boxes, Tensor scores, Tensor labels, int max_output, *, "
+                                           "str kernel='gaussian', float sigma=2.0, "
+                                           "float? score_threshold=None, int? pre_top_k=None) "
+                                           "-> (Tensor, Tensor, Tensor)",
     (_variants, "matrix_nms"): "Tensor boxes, Tensor scores, Tensor labels, *, str kernel='gaussian', "
                                "float sigma=2.0, float? score_threshold=None, int? max_output=None, "
                                "int? pre_top_k=None) -> (Tensor, Tensor)",

@@ -104,6 +104,22 @@ def matrix_nms(boxes: Tensor, scores: Tensor, labels: Tensor, kernel: str = "gau
                                                   pre_top_k=pre_top_k)
 
 
+def multi_image_diou_nms(boxes: Tensor, scores: Tensor, iou_threshold: float, max_output: int,
+                         beta: float = 1.0, idxs: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    return torch.ops.detkernels.multi_image_diou_nms_script(boxes, scores, iou_threshold, max_output,
+                                                            beta=beta, idxs=idxs)
+
+
+def multi_image_matrix_nms(boxes: Tensor, scores: Tensor, labels: Tensor, max_output: int,
+                           kernel: str = "gaussian", sigma: float = 2.0,
+                           score_threshold: float | None = None,
+                           pre_top_k: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    return torch.ops.detkernels.multi_image_matrix_nms_script(boxes, scores, labels, max_output,
+                                                              kernel=kernel, sigma=sigma,
+                                                              score_threshold=score_threshold,
+                                                              pre_top_k=pre_top_k)
+
+
 def nms_rotated(boxes: Tensor, scores: Tensor, iou_threshold: float, fmt: str = "cxcywhr") -> Tensor:
     return torch.ops.detkernels.nms_rotated_script(boxes, scores, iou_threshold, fmt)
 

@@ -13,7 +13,8 @@ from .. import _arrays as A
 from .. import _checks, _dispatch
 from . import public
 
-__all__ = ["soft_nms", "multi_image_soft_nms", "diou_nms", "matrix_nms"]
+__all__ = ["soft_nms", "multi_image_soft_nms", "diou_nms", "multi_image_diou_nms", "matrix_nms",
+           "multi_image_matrix_nms"]
 
 
 @public
@@ -107,6 +108,33 @@ def diou_nms(boxes: Any, scores: Any, iou_threshold: float, *, beta: float = 1.0
 
 
 @public
+def multi_image_diou_nms(boxes: Any, scores: Any, iou_threshold: float, max_output: int, *,
+                         beta: float = 1.0, idxs: Any = None, backend: str | None = None) -> tuple[Any, Any]:
+    """``diou_nms`` of each image of a batch in one call, with fixed-size outputs (as
+    ``multi_image_nms``: shapes set by the inputs and ``max_output``, traceable by torch.export
+    without data-dependent sizes).
+
+    Args:
+        boxes: ``[B, N, 4]`` boxes per image.
+        scores: ``[B, N]`` scores.
+        iou_threshold, beta: as ``diou_nms``.
+        max_output: output slots per image.
+        idxs: optional ``[B, N]`` class ids (per-class DIoU-NMS within each image).
+
+    Returns:
+        ``(indices, counts)``: ``indices`` ``[B, max_output]`` int64 (per image, the first
+        ``counts[b]`` equal ``diou_nms(boxes[b], scores[b], ...)[:max_output]``, then -1),
+        ``counts`` ``[B]`` int64.
+    """
+    w, thr, k, b = _checks.multi_diou_nms_check(boxes, scores, idxs, iou_threshold, max_output, beta)
+    if A.is_torch(boxes):
+        from .._torch import nms as T
+
+        return T.multi_image_diou_nms(boxes, scores, idxs, thr, k, b, w, backend)
+    return _dispatch.multi_image_diou_nms(boxes, scores, idxs, thr, k, b, w, backend)
+
+
+@public
 def matrix_nms(boxes: Any, scores: Any, labels: Any, *, kernel: str = "gaussian", sigma: float = 2.0,
                score_threshold: float | None = None, max_output: int | None = None,
                pre_top_k: int | None = None, backend: str | None = None) -> tuple[Any, Any]:
@@ -138,3 +166,34 @@ def matrix_nms(boxes: Any, scores: Any, labels: Any, *, kernel: str = "gaussian"
 
         return T.matrix_nms(boxes, scores, labels, kern, sig, sthr, k, pre, w, backend)
     return _dispatch.matrix_nms(boxes, scores, labels, kern, sig, sthr, k, pre, w, backend)
+
+
+@public
+def multi_image_matrix_nms(boxes: Any, scores: Any, labels: Any, max_output: int, *,
+                           kernel: str = "gaussian", sigma: float = 2.0,
+                           score_threshold: float | None = None, pre_top_k: int | None = None,
+                           backend: str | None = None) -> tuple[Any, Any, Any]:
+    """``matrix_nms`` of each image of a batch in one call, with fixed-size outputs (as
+    ``multi_image_soft_nms``: traceable by torch.export without data-dependent sizes).
+
+    Args:
+        boxes: ``[B, N, 4]`` boxes per image.
+        scores: ``[B, N]`` scores.
+        labels: ``[B, N]`` class ids.
+        max_output: output slots per image (``matrix_nms``'s max_output).
+        kernel, sigma, score_threshold, pre_top_k: as ``matrix_nms`` (pre_top_k per image).
+
+    Returns:
+        ``(indices, scores, counts)``: ``indices`` ``[B, max_output]`` int64 (per image, the first
+        ``counts[b]`` equal ``matrix_nms(boxes[b], scores[b], labels[b], ...,
+        max_output=max_output)``, then -1), ``scores`` ``[B, max_output]`` their decayed scores
+        (then 0), ``counts`` ``[B]`` int64.
+    """
+    w, k, kern, sig, sthr, pre = _checks.multi_matrix_nms_check(boxes, scores, labels, max_output,
+                                                                kernel, sigma, score_threshold,
+                                                                pre_top_k)
+    if A.is_torch(boxes):
+        from .._torch import nms as T
+
+        return T.multi_image_matrix_nms(boxes, scores, labels, k, kern, sig, sthr, pre, w, backend)
+    return _dispatch.multi_image_matrix_nms(boxes, scores, labels, k, kern, sig, sthr, pre, w, backend)

@@ -81,10 +81,42 @@ def box_iou_rotated(b1: Any, b2: Any) -> Any:
     return out
 
 
-@register("nms_rotated", "native", devices=("cpu",))
+# csrc/ops/nms/nms_rotated_gpu.h: RotatedNmsMetric (the CUDA engine's rotated predicates); the same
+# codes for nms_rotated_multi_cpu (box_iou_rotated.h)
+ROTATED_NMS_METRICS = {"iou": 0, "probiou": 1, "probiou_fast": 2}
+
+
+def _rotated_multi_cuda(boxes: Any, scores: Any, classes: Any, iou_threshold: float, max_output: int,
+                        score_threshold: float | None, metric: str, eps: float) -> tuple[Any, Any]:
+    """Rotated NMS on the CUDA bitmask engine (csrc/ops/nms/nms_rotated_gpu.h): boxes [B, N, 5],
+    scores [B, N], classes [B, N] or None -> (indices [B, max_output], counts [B]); no host sync."""
+    B, N = boxes.shape[0], boxes.shape[1]
+    dt, dev = DTYPE_CODES[A.dtype_name(boxes)], _device_index(boxes)
+    out = A.empty((B, max_output), "int64", like=boxes)
+    counts = A.empty((B,), "int64", like=boxes)
+    nbytes = _C.nms_multi_cuda_workspace_bytes(dt, B, N, 0, classes is not None, NMS_MASK_BYTES, dev)
+    ws = _workspace(boxes, nbytes, f"rotated NMS of {B} x {N} boxes")
+    _C.nms_rotated_multi_cuda(dt, ROTATED_NMS_METRICS[metric], A.data_ptr(boxes), A.data_ptr(scores),
+                              0 if classes is None else A.data_ptr(classes), B, N, float(iou_threshold),
+                              float(eps), score_threshold, max_output, A.data_ptr(out), A.data_ptr(counts),
+                              A.data_ptr(ws), nbytes, NMS_MASK_BYTES, dev, A.current_stream(boxes))
+    return out, counts
+
+
+def _rotated_one_cuda(boxes: Any, scores: Any, classes: Any, iou_threshold: float, metric: str,
+                      eps: float) -> Any:
+    """One image through _rotated_multi_cuda; the only host sync is reading the number kept."""
+    out, counts = _rotated_multi_cuda(boxes[None], scores[None], None if classes is None else classes[None],
+                                      iou_threshold, boxes.shape[0], None, metric, eps)
+    return out[0, :int(counts[0])]
+
+
+@register("nms_rotated", "native", devices=IOU_DEVICES)
 def nms_rotated(boxes: Any, scores: Any, classes: Any, iou_threshold: float) -> Any:
     """boxes [N, 5] cxcywhr, scores [N] (same float dtype), classes int64 [N] or None -> kept indices."""
     n = boxes.shape[0]
+    if A.device(boxes) != "cpu":
+        return _rotated_one_cuda(boxes, scores, classes, iou_threshold, "iou", 0.0)
     keep = A.empty((n,), "int64", like=boxes)
     count = _C.nms_rotated_cpu(DTYPE_CODES[A.dtype_name(boxes)], A.data_ptr(boxes), A.data_ptr(scores),
                                0 if classes is None else A.data_ptr(classes), n, float(iou_threshold),
@@ -106,17 +138,17 @@ def probiou(b1: Any, b2: Any, eps: float) -> Any:
     return out
 
 
-@register("nms_probiou", "native", devices=("cpu",))
+@register("nms_probiou", "native", devices=IOU_DEVICES)
 def nms_probiou(boxes: Any, scores: Any, classes: Any, iou_threshold: float, fast: bool, eps: float) -> Any:
     n = boxes.shape[0]
+    if A.device(boxes) != "cpu":
+        return _rotated_one_cuda(boxes, scores, classes, iou_threshold,
+                                 "probiou_fast" if fast else "probiou", eps)
     keep = A.empty((n,), "int64", like=boxes)
     count = _C.nms_probiou_cpu(DTYPE_CODES[A.dtype_name(boxes)], A.data_ptr(boxes), A.data_ptr(scores),
                                0 if classes is None else A.data_ptr(classes), n, float(iou_threshold),
                                float(eps), int(bool(fast)), A.data_ptr(keep))
     return keep[:count]
-
-
-ROTATED_METRICS = {"iou": 0, "probiou": 1, "probiou_fast": 2}  # box_iou_rotated.h: nms_rotated_multi_cpu
 
 
 @register("multi_image_nms_rotated", "native", devices=("cpu",))
@@ -127,7 +159,7 @@ def multi_image_nms_rotated(boxes: Any, scores: Any, classes: Any, iou_threshold
     B, N = boxes.shape[0], boxes.shape[1]
     out = A.empty((B, max_output), "int64", like=boxes)
     counts = A.empty((B,), "int64", like=boxes)
-    _C.nms_rotated_multi_cpu(DTYPE_CODES[A.dtype_name(boxes)], ROTATED_METRICS[metric], A.data_ptr(boxes),
+    _C.nms_rotated_multi_cpu(DTYPE_CODES[A.dtype_name(boxes)], ROTATED_NMS_METRICS[metric], A.data_ptr(boxes),
                              A.data_ptr(scores), 0 if classes is None else A.data_ptr(classes), B, N,
                              float(iou_threshold), score_threshold is not None,
                              0.0 if score_threshold is None else float(score_threshold), float(eps),
@@ -166,7 +198,10 @@ def _multi_args(boxes: Any, scores: Any, classes: Any) -> tuple[int, int, int, i
 
 
 def _multi_cuda(boxes: Any, scores: Any, classes: Any, iou_threshold: float, max_output: int,
-                score_threshold: float | None, want_cls: bool) -> tuple[Any, Any, Any]:
+                score_threshold: float | None, want_cls: bool,
+                beta: float | None = None) -> tuple[Any, Any, Any]:
+    """The bitmask NMS engine on CUDA; with ``beta``, DIoU-NMS (the same engine, the DIoU
+    predicate: csrc/ops/nms/diou_nms.h)."""
     dt, B, N, C = _multi_args(boxes, scores, classes)
     dev = _device_index(boxes)
     out = A.empty((B, max_output), "int64", like=boxes)
@@ -174,11 +209,14 @@ def _multi_cuda(boxes: Any, scores: Any, classes: Any, iou_threshold: float, max
     counts = A.empty((B,), "int64", like=boxes)
     nbytes = _C.nms_multi_cuda_workspace_bytes(dt, B, N, C, classes is not None, NMS_MASK_BYTES, dev)
     ws = _workspace(boxes, nbytes, f"NMS of {B} x {N * max(C, 1)} candidates")
-    _C.nms_multi_cuda(dt, A.data_ptr(boxes), A.data_ptr(scores),
-                      0 if classes is None else A.data_ptr(classes), B, N, C, float(iou_threshold),
-                      score_threshold, max_output, A.data_ptr(out),
-                      0 if cls is None else A.data_ptr(cls), A.data_ptr(counts), A.data_ptr(ws),
-                      nbytes, NMS_MASK_BYTES, dev, A.current_stream(boxes))
+    head = (dt, A.data_ptr(boxes), A.data_ptr(scores), 0 if classes is None else A.data_ptr(classes),
+            B, N, C, float(iou_threshold))
+    tail = (score_threshold, max_output, A.data_ptr(out), 0 if cls is None else A.data_ptr(cls),
+            A.data_ptr(counts), A.data_ptr(ws), nbytes, NMS_MASK_BYTES, dev, A.current_stream(boxes))
+    if beta is None:
+        _C.nms_multi_cuda(*head, *tail)
+    else:
+        _C.diou_nms_multi_cuda(*head, float(beta), *tail)
     return out, cls, counts
 
 
@@ -264,15 +302,35 @@ def multi_image_soft_nms(boxes: Any, scores: Any, classes: Any, max_output: int,
     return out, vals, counts
 
 
-@register("diou_nms", "native")  # CPU only: no CUDA kernel yet (README status)
+@register("diou_nms", "native", devices=IOU_DEVICES)
 def diou_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float, beta: float) -> Any:
-    """boxes [N, 4], scores [N] (same float dtype), classes int64 [N] or None -> kept indices."""
+    """boxes [N, 4], scores [N] (same float dtype), classes int64 [N] or None -> kept indices.
+    On CUDA: the bitmask NMS engine with the DIoU predicate (issue 13), one image, per class by
+    its segments; the only host synchronisation is reading the number kept."""
     n = boxes.shape[0]
+    if A.device(boxes) != "cpu":
+        out, _, counts = _multi_cuda(boxes[None], scores[None], None if classes is None else classes[None],
+                                     iou_threshold, n, None, False, beta=beta)
+        return out[0, :int(counts[0])]
     keep = A.empty((n,), "int64", like=boxes)
     count = _C.diou_nms_cpu(DTYPE_CODES[A.dtype_name(boxes)], A.data_ptr(boxes), A.data_ptr(scores),
                             0 if classes is None else A.data_ptr(classes), n, float(iou_threshold),
                             float(beta), A.data_ptr(keep))
     return keep[:count]
+
+
+@register("multi_image_diou_nms", "native")  # CPU only: no CUDA kernel yet (README status)
+def multi_image_diou_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float, max_output: int,
+                         beta: float) -> tuple[Any, Any]:
+    """boxes [B, N, 4], scores [B, N], classes int64 [B, N] or None -> (indices [B, K], counts [B]);
+    the images in parallel on the CPU thread pool."""
+    B, N = boxes.shape[0], boxes.shape[1]
+    out = A.empty((B, max_output), "int64", like=boxes)
+    counts = A.empty((B,), "int64", like=boxes)
+    _C.diou_nms_multi_cpu(DTYPE_CODES[A.dtype_name(boxes)], A.data_ptr(boxes), A.data_ptr(scores),
+                          0 if classes is None else A.data_ptr(classes), B, N, float(iou_threshold),
+                          float(beta), int(max_output), A.data_ptr(out), A.data_ptr(counts))
+    return out, counts
 
 
 MATRIX_NMS_KERNELS = {"gaussian": 0, "linear": 1}  # csrc/ops/nms/matrix_nms.h: MatrixNmsKernel
@@ -311,6 +369,26 @@ def matrix_nms(boxes: Any, scores: Any, labels: Any, kernel: str, sigma: float,
     return keep[:count], kept[:count]
 
 
+@register("multi_image_matrix_nms", "native")  # CPU only: no multi-image CUDA path yet (README status)
+def multi_image_matrix_nms(boxes: Any, scores: Any, labels: Any, max_output: int, kernel: str,
+                           sigma: float, score_threshold: float | None,
+                           pre_top_k: int | None) -> tuple[Any, Any, Any]:
+    """boxes [B, N, 4], scores [B, N], labels int64 [B, N] -> (indices [B, K], decayed scores
+    [B, K], counts [B]); the images in parallel on the CPU thread pool."""
+    B, N = boxes.shape[0], boxes.shape[1]
+    dt = A.dtype_name(boxes)
+    out = A.empty((B, max_output), "int64", like=boxes)
+    vals = A.empty((B, max_output), dt, like=boxes)
+    counts = A.empty((B,), "int64", like=boxes)
+    _C.matrix_nms_multi_cpu(DTYPE_CODES[dt], A.data_ptr(boxes), A.data_ptr(scores),
+                            A.data_ptr(labels), B, N, MATRIX_NMS_KERNELS[kernel], float(sigma),
+                            score_threshold is not None,
+                            0.0 if score_threshold is None else float(score_threshold),
+                            int(max_output), -1 if pre_top_k is None else int(pre_top_k),
+                            A.data_ptr(out), A.data_ptr(vals), A.data_ptr(counts))
+    return out, vals, counts
+
+
 @register("multi_image_nms", "native", devices=IOU_DEVICES)
 def multi_image_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float, max_output: int,
                     score_threshold: float | None) -> tuple[Any, Any, Any]:
@@ -330,13 +408,26 @@ def multi_image_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float,
     return out, cls, counts
 
 
+DETECT_NMS_MODES = {"iou": 0, "diou": 1, "soft": 2, "matrix": 3}  # detect.h: DetectNmsMode
+
+
+def _detect_nms_args(nms: Any) -> tuple:
+    """(mode, beta, decay, sigma, min_score) for detect_cpu: detect.h's DetectNms fields."""
+    if nms is None:
+        return 0, 1.0, 0, 0.0, None
+    decay = (SOFT_NMS_METHODS if nms.mode == "soft" else MATRIX_NMS_KERNELS).get(nms.decay, 0)
+    return (DETECT_NMS_MODES[nms.mode], 1.0 if nms.beta is None else float(nms.beta), decay,
+            0.0 if nms.sigma is None else float(nms.sigma), nms.min_score)
+
+
 @register("detect", "native", devices=IOU_DEVICES)
 def detect(boxes: Any, scores: Any, objectness: Any, idxs: Any, iou_threshold: float, max_det: int,
            score_threshold: float | None, top_k: int | None, fmt: str, multi_label: bool,
-           class_agnostic: bool) -> tuple:
+           class_agnostic: bool, nms: Any = None) -> tuple:
     """boxes [B, A, 4], scores [B, A] or [B, A, C], objectness [B, A] or None (one float dtype,
     any strides), idxs int64 [B, A] contiguous or None -> (boxes [B, K, 4], scores [B, K],
-    classes, indices [B, K], counts [B]). On CUDA: no host synchronisation (issue 12)."""
+    classes, indices [B, K], counts [B]). On CUDA: no host synchronisation (issue 12). ``nms``
+    (_checks.DetectNms; None: "iou"): the CPU serves every mode, CUDA "iou" only (nms_modes)."""
     boxes, scores, objectness = (_element_strided(x) for x in (boxes, scores, objectness))
     B, N = boxes.shape[0], boxes.shape[1]
     C = scores.shape[2] if scores.ndim == 3 else 0  # C = 0 means [B, A] scores to the core
@@ -355,19 +446,25 @@ def detect(boxes: Any, scores: Any, objectness: Any, idxs: Any, iou_threshold: f
             0 if objectness is None else A.data_ptr(objectness),
             0 if idxs is None else A.data_ptr(idxs), B, N, C, strides, FMT_CODES[fmt],
             float(iou_threshold), score_threshold, -1 if top_k is None else int(top_k),
-            max_det, bool(multi_label), bool(class_agnostic), A.data_ptr(ob),
-            A.data_ptr(os_), A.data_ptr(oc), A.data_ptr(oi), A.data_ptr(counts))
+            max_det, bool(multi_label), bool(class_agnostic))
+    outs = (A.data_ptr(ob), A.data_ptr(os_), A.data_ptr(oc), A.data_ptr(oi), A.data_ptr(counts))
     if A.device(boxes) != "cpu":  # csrc/ops/detect/detect_gpu.h; workspace from static shapes
+        if nms is not None and nms.mode != "iou":  # _dispatch.detect_select refuses it first
+            raise NotImplementedError(f"native CUDA detect runs nms='iou' only, got nms={nms.mode!r}")
         dev = _device_index(boxes)
         k = -1 if top_k is None else int(top_k)
         nbytes = _C.detect_cuda_workspace_bytes(DTYPE_CODES[dt], B, N, C, bool(multi_label), k,
                                                 NMS_MASK_BYTES, dev)
         cand = N * (C if multi_label and C else 1)
         ws = _workspace(boxes, nbytes, f"detect of {B} x {cand} candidates (set pre_nms_top_k)")
-        _C.detect_cuda(*args, A.data_ptr(ws), nbytes, NMS_MASK_BYTES, dev, A.current_stream(boxes))
+        _C.detect_cuda(*args, *outs, A.data_ptr(ws), nbytes, NMS_MASK_BYTES, dev,
+                       A.current_stream(boxes))
         return ob, os_, oc, oi, counts
-    _C.detect_cpu(*args)
+    _C.detect_cpu(*args, *_detect_nms_args(nms), *outs)
     return ob, os_, oc, oi, counts
+
+
+detect.nms_modes = {"cpu": tuple(DETECT_NMS_MODES)}  # CUDA (detect_gpu.h): greedy IoU NMS only
 
 
 def _element_strided(x: Any) -> Any:
@@ -379,22 +476,47 @@ def _element_strided(x: Any) -> Any:
 
 def multi_image_nms_emulated(boxes: Any, scores: Any, classes: Any, iou_threshold: float,
                              max_output: int, score_threshold: float | None, *, tile_rows: int = 0,
-                             mask_cap_bytes: int = NMS_MASK_BYTES,
-                             scan_threads: int = 256) -> tuple[Any, Any, Any]:
+                             mask_cap_bytes: int = NMS_MASK_BYTES, scan_threads: int = 256,
+                             beta: float | None = None) -> tuple[Any, Any, Any]:
     """The CUDA algorithm (nms_bitmask.h) run sequentially on the CPU, for NumPy inputs laid out as
-    for multi_image_nms. Tests only: it verifies the GPU logic where there is no GPU."""
+    for multi_image_nms; with ``beta``, DIoU-NMS's (the DIoU predicate, issue 13). Tests only: it
+    verifies the GPU logic where there is no GPU."""
     import numpy as np
 
     dt, B, N, C = _multi_args(boxes, scores, classes)
     out = np.empty((B, max_output), np.int64)
     cls = np.empty((B, max_output), np.int64) if scores.ndim == 3 else None
     counts = np.empty((B,), np.int64)
-    _C.testing.nms_multi_emulate_cpu(dt, A.data_ptr(boxes), A.data_ptr(scores),
-                             0 if classes is None else A.data_ptr(classes), B, N, C,
-                             float(iou_threshold), score_threshold, max_output, A.data_ptr(out),
-                             0 if cls is None else A.data_ptr(cls), A.data_ptr(counts),
-                             int(tile_rows), int(mask_cap_bytes), int(scan_threads))
+    head = (dt, A.data_ptr(boxes), A.data_ptr(scores), 0 if classes is None else A.data_ptr(classes),
+            B, N, C, float(iou_threshold))
+    tail = (score_threshold, max_output, A.data_ptr(out), 0 if cls is None else A.data_ptr(cls),
+            A.data_ptr(counts), int(tile_rows), int(mask_cap_bytes), int(scan_threads))
+    if beta is None:
+        _C.testing.nms_multi_emulate_cpu(*head, *tail)
+    else:
+        _C.testing.diou_nms_multi_emulate_cpu(*head, float(beta), *tail)
     return out, cls, counts
+
+
+def nms_rotated_multi_emulated(boxes: Any, scores: Any, classes: Any, iou_threshold: float,
+                               max_output: int, score_threshold: float | None, metric: str = "iou",
+                               eps: float = 1e-7, *, tile_rows: int = 0,
+                               mask_cap_bytes: int = NMS_MASK_BYTES,
+                               scan_threads: int = 256) -> tuple[Any, Any]:
+    """The CUDA rotated NMS (the bitmask engine with nms_rotated_gpu.h's predicate) run
+    sequentially on the CPU, for NumPy boxes [B, N, 5], scores [B, N], classes [B, N] or None.
+    Tests only: it verifies the GPU logic where there is no GPU."""
+    import numpy as np
+
+    B, N = boxes.shape[0], boxes.shape[1]
+    out = np.empty((B, max_output), np.int64)
+    counts = np.empty((B,), np.int64)
+    _C.testing.nms_rotated_multi_emulate_cpu(
+        DTYPE_CODES[A.dtype_name(boxes)], ROTATED_NMS_METRICS[metric], A.data_ptr(boxes),
+        A.data_ptr(scores), 0 if classes is None else A.data_ptr(classes), B, N, float(iou_threshold),
+        float(eps), score_threshold, max_output, A.data_ptr(out), A.data_ptr(counts), int(tile_rows),
+        int(mask_cap_bytes), int(scan_threads))
+    return out, counts
 
 
 def soft_nms_multi_emulated(boxes: Any, scores: Any, classes: Any, max_output: int,

@@ -121,6 +121,15 @@ def diou_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float, beta: 
     return A.from_numpy(keep, like=boxes)
 
 
+@register("multi_image_diou_nms", "numpy")
+def multi_image_diou_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float, max_output: int,
+                         beta: float) -> tuple[Any, Any]:
+    out = ref_diou_nms.multi_image_diou_nms(
+        A.to_numpy_view(boxes), A.to_numpy_view(scores), iou_threshold, max_output, beta,
+        idxs=None if classes is None else A.to_numpy_view(classes))
+    return tuple(A.from_numpy(x, like=boxes) for x in out)
+
+
 from ..reference import matrix_nms as ref_matrix_nms  # noqa: E402
 
 
@@ -134,18 +143,33 @@ def matrix_nms(boxes: Any, scores: Any, labels: Any, kernel: str, sigma: float,
     return A.from_numpy(keep, like=boxes), A.from_numpy(kept, like=boxes)
 
 
+@register("multi_image_matrix_nms", "numpy")
+def multi_image_matrix_nms(boxes: Any, scores: Any, labels: Any, max_output: int, kernel: str,
+                           sigma: float, score_threshold: float | None,
+                           pre_top_k: int | None) -> tuple[Any, Any, Any]:
+    out = ref_matrix_nms.multi_image_matrix_nms(
+        A.to_numpy_view(boxes), A.to_numpy_view(scores), A.to_numpy_view(labels), max_output,
+        kernel, sigma, score_threshold, pre_top_k)
+    return tuple(A.from_numpy(x, like=boxes) for x in out)
+
+
 from ..reference import detect as ref_detect  # noqa: E402
 
 
 @register("detect", "numpy")
 def detect(boxes: Any, scores: Any, objectness: Any, idxs: Any, iou_threshold: float, max_det: int,
            score_threshold: float | None, top_k: int | None, fmt: str, multi_label: bool,
-           class_agnostic: bool) -> tuple:
+           class_agnostic: bool, nms: Any = None) -> tuple:
     v = (lambda x: None if x is None else A.to_numpy_view(x))
+    mode = {} if nms is None else nms._asdict()
     out = ref_detect.detect(v(boxes), v(scores), iou_threshold, max_det, score_threshold=score_threshold,
                             pre_nms_top_k=top_k, fmt=fmt, objectness=v(objectness),
-                            multi_label=multi_label, class_agnostic=class_agnostic, idxs=v(idxs))
+                            multi_label=multi_label, class_agnostic=class_agnostic, idxs=v(idxs),
+                            **{("nms" if k == "mode" else k): x for k, x in mode.items()})
     return tuple(A.from_numpy(x, like=boxes) for x in out)
+
+
+detect.nms_modes = {"cpu": ref_detect.NMS_MODES}
 
 
 # ---- RoI ops ---------------------------------------------------------------------------------------

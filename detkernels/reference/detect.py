@@ -1,7 +1,8 @@
 """NumPy reference (the specification) of ``detect``: the fused detection post-process of a
 one-stage head -- score threshold, pre-NMS top-k, exact per-class (or class-agnostic) NMS,
 ``max_det`` -- with fixed-size outputs. It composes the NMS reference (``nms``,
-``batched_nms``, ``score_order``) and the IoU functions' box formats (``to_xyxy``).
+``batched_nms``, ``score_order``; with ``nms="diou"|"soft"|"matrix"`` the DIoU-, Soft- and
+Matrix-NMS references instead of greedy NMS) and the IoU functions' box formats (``to_xyxy``).
 
 Inputs: ``boxes [B, A, 4]`` in ``fmt``; ``scores [B, A, C]`` (a class column per anchor) or
 ``[B, A]`` (one score per anchor, classes from ``idxs [B, A]`` integer ids, else one class);
@@ -22,14 +23,28 @@ Per image, in this order (docs/SPEC.md §7):
    NaN never passes). Without a threshold every candidate (NaN included) stays.
 4. Pre-NMS top-k (when ``pre_nms_top_k`` is given): the ``k`` first candidates by descending
    score, NaN first, ties by ascending candidate index (``score_order``); all if fewer.
-5. Exact NMS (``batched_nms`` rules) on the selected candidates in ascending candidate index,
-   boxes converted to xyxy in T: per class, or over all candidates with ``class_agnostic`` (or
-   ``[B, A]`` scores without idxs). IoU ``>`` iou_threshold suppresses, compared in float64.
-6. The kept candidates by descending score (NaN first), ties by ascending candidate index, the
-   first ``max_det`` of them fill the outputs.
+5. NMS on the selected candidates in ascending candidate index, boxes converted to xyxy in T:
+   per class, or over all candidates with ``class_agnostic`` (or ``[B, A]`` scores without idxs).
+   ``nms`` chooses the single-image op, called as is (no maths of its own here; positions in the
+   candidate list are the ops' input indices, so their "ties by ascending index" is "by ascending
+   candidate index"):
+
+   * ``"iou"`` (default): exact greedy NMS (``batched_nms`` rules): IoU ``>`` iou_threshold
+     suppresses, compared in float64.
+   * ``"diou"``: DIoU-NMS (reference/diou_nms.py ``diou_nms`` / ``batched_diou_nms``, ``beta``).
+   * ``"soft"``: Soft-NMS (reference/soft_nms.py ``batched_soft_nms``, one class when
+     class-agnostic: ``method = decay``, ``sigma``, ``score_threshold = min_score``, ``max_output
+     = max_det``; ``iou_threshold`` is the linear decay's threshold, unused by the Gaussian).
+   * ``"matrix"``: Matrix NMS (reference/matrix_nms.py ``matrix_nms``, labels = the classes, or
+     one class when class-agnostic: ``kernel = decay``, ``sigma``, ``score_threshold =
+     min_score``, ``max_output = max_det``; ``iou_threshold`` is unused).
+
+   ``"soft"`` and ``"matrix"`` return decayed scores: those are the output scores and the order.
+6. The kept candidates by descending (decayed) score (NaN first), ties by ascending candidate
+   index, the first ``max_det`` of them fill the outputs.
 
 Outputs (fixed shapes): ``boxes [B, max_det, 4]`` xyxy in T, ``scores [B, max_det]`` in T (the
-product with objectness), ``classes [B, max_det]`` int64, ``indices [B, max_det]`` int64 (anchor
+product with objectness; decayed by ``"soft"`` / ``"matrix"``), ``classes [B, max_det]`` int64, ``indices [B, max_det]`` int64 (anchor
 index), ``counts [B]`` int64. Slots past ``counts[b]`` hold 0 (boxes, scores) and -1 (classes,
 indices).
 """
@@ -38,9 +53,39 @@ from __future__ import annotations
 import numpy as np
 
 from .box_iou import FORMATS, to_xyxy
-from .nms import batched_nms, nms, score_order
+from .diou_nms import batched_diou_nms, diou_nms
+from .matrix_nms import matrix_nms
+from .nms import batched_nms, score_order
+from .nms import nms as iou_nms
+from .soft_nms import batched_soft_nms
 
-__all__ = ["detect", "best_class"]
+__all__ = ["detect", "best_class", "NMS_MODES", "NMS_PARAMETERS", "nms_parameters"]
+
+#: ``detect``'s NMS modes.
+NMS_MODES = ("iou", "diou", "soft", "matrix")
+#: The parameters of each mode and their defaults (those of diou_nms, soft_nms, matrix_nms);
+#: a parameter left None takes its mode's default, and must be None for a mode that has no use
+#: for it.
+NMS_PARAMETERS = {
+    "iou": {},
+    "diou": {"beta": 1.0},
+    "soft": {"decay": "linear", "sigma": 0.5, "min_score": 0.001},
+    "matrix": {"decay": "gaussian", "sigma": 2.0, "min_score": None},
+}
+
+
+def nms_parameters(nms: str = "iou", beta=None, decay=None, sigma=None, min_score=None) -> dict:
+    """``{beta, decay, sigma, min_score}`` of mode ``nms``: the given values over the mode's
+    defaults (NMS_PARAMETERS); the parameters the mode does not use are None."""
+    if nms not in NMS_MODES:
+        raise ValueError(f"nms must be one of {NMS_MODES}, got {nms!r}")
+    given = dict(beta=beta, decay=decay, sigma=sigma, min_score=min_score)
+    used = NMS_PARAMETERS[nms]
+    for name, v in given.items():
+        if v is not None and name not in used:
+            modes = [m for m in NMS_MODES if name in NMS_PARAMETERS[m]]
+            raise ValueError(f"{name} applies to nms={' or '.join(map(repr, modes))}, not nms={nms!r}")
+    return {name: (v if v is not None else used.get(name)) for name, v in given.items()}
 
 
 def best_class(scores) -> np.ndarray:
@@ -57,9 +102,12 @@ def best_class(scores) -> np.ndarray:
 
 def detect(boxes, scores, iou_threshold: float, max_det: int, *, score_threshold: float | None = None,
            pre_nms_top_k: int | None = None, fmt: str = "xyxy", objectness=None,
-           multi_label: bool = False, class_agnostic: bool = False, idxs=None):
+           multi_label: bool = False, class_agnostic: bool = False, idxs=None, nms: str = "iou",
+           beta: float | None = None, decay: str | None = None, sigma: float | None = None,
+           min_score: float | None = None):
     """The fused post-process (module docstring). Returns ``(boxes, scores, classes, indices,
     counts)`` as NumPy arrays."""
+    mode, prm = nms, nms_parameters(nms, beta, decay, sigma, min_score)
     b, s = np.asarray(boxes), np.asarray(scores)
     if b.ndim != 3 or b.shape[2] != 4:
         raise ValueError(f"boxes must have shape [B, A, 4], got {tuple(b.shape)}")
@@ -111,15 +159,24 @@ def detect(boxes, scores, iou_threshold: float, max_det: int, *, score_threshold
         if sel.size == 0:
             continue
         bb, ss = xyxy[i][anchor[sel]], cs[sel]
-        if class_agnostic or (not per_column and idxs is None):
-            keep = nms(bb, ss, iou_threshold)
+        agnostic = class_agnostic or (not per_column and idxs is None)
+        labels = np.zeros(sel.size, np.int64) if agnostic else cls[sel]
+        decayed = None
+        if mode == "iou":
+            keep = iou_nms(bb, ss, iou_threshold) if agnostic else batched_nms(bb, ss, labels, iou_threshold)
+        elif mode == "diou":
+            keep = (diou_nms(bb, ss, iou_threshold, prm["beta"]) if agnostic
+                    else batched_diou_nms(bb, ss, labels, iou_threshold, prm["beta"]))
+        elif mode == "soft":
+            keep, decayed = batched_soft_nms(bb, ss, labels, iou_threshold, prm["sigma"], prm["decay"],
+                                             prm["min_score"], K)
         else:
-            keep = batched_nms(bb, ss, cls[sel], iou_threshold)
+            keep, decayed = matrix_nms(bb, ss, labels, prm["decay"], prm["sigma"], prm["min_score"], K)
         q = sel[keep[:K]]
         n = q.size
         counts[i] = n
         out_b[i, :n] = xyxy[i][anchor[q]]
-        out_s[i, :n] = cs[q]
+        out_s[i, :n] = cs[q] if decayed is None else decayed[:K]
         out_c[i, :n] = cls[q]
         out_i[i, :n] = anchor[q]
     return out_b, out_s, out_c, out_i, counts

@@ -29,7 +29,7 @@ from .box_iou import _Ops, diou_penalty_of
 from .nms import _std_max, _std_min, _working, per_class, score_order
 from .soft_nms import dk_exp
 
-__all__ = ["dk_log", "dk_pow", "diou_nms", "batched_diou_nms"]
+__all__ = ["dk_log", "dk_pow", "diou_nms", "batched_diou_nms", "multi_image_diou_nms"]
 
 _SQRT_HALF = 0.70710678118654752440
 _LN2 = 0.69314718055994530942
@@ -107,3 +107,29 @@ def batched_diou_nms(boxes, scores, idxs, iou_threshold: float, beta: float = 1.
     first), ties by ascending index."""
     b, s = _working(boxes, scores)
     return per_class(lambda bb, ss, thr: diou_nms(bb, ss, thr, beta), b, s, idxs, iou_threshold)
+
+
+def multi_image_diou_nms(boxes, scores, iou_threshold: float, max_output: int, beta: float = 1.0,
+                         idxs=None):
+    """DIoU-NMS of a batch, fixed-size outputs: ``boxes`` ``[B, N, 4]``, ``scores`` ``[B, N]``,
+    ``idxs`` ``[B, N]`` or None. Per image, ``diou_nms`` (``batched_diou_nms`` with idxs)
+    truncated to ``max_output``. Returns ``(indices [B, K] int64 padded with -1, counts [B]
+    int64)``, as ``multi_image_nms`` (reference/nms.py) with ``[B, N]`` scores."""
+    b, s = np.asarray(boxes), np.asarray(scores)
+    if b.ndim != 3 or b.shape[2] != 4 or s.shape != b.shape[:2]:
+        raise ValueError(f"boxes must be [B, N, 4] and scores [B, N], got {b.shape} and {s.shape}")
+    K = int(max_output)
+    if K < 0:
+        raise ValueError(f"max_output must be >= 0, got {max_output}")
+    B = b.shape[0]
+    out = np.full((B, K), -1, np.int64)
+    counts = np.zeros(B, np.int64)
+    for i in range(B):
+        if idxs is None:
+            k = diou_nms(b[i], s[i], iou_threshold, beta)
+        else:
+            k = batched_diou_nms(b[i], s[i], np.asarray(idxs)[i], iou_threshold, beta)
+        k = k[:K]
+        counts[i] = k.size
+        out[i, :k.size] = k
+    return out, counts

@@ -41,7 +41,7 @@ import numpy as np
 from .nms import _std_max, _std_min, _working, score_order
 from .soft_nms import dk_exp
 
-__all__ = ["KERNELS", "matrix_nms"]
+__all__ = ["KERNELS", "matrix_nms", "multi_image_matrix_nms"]
 
 KERNELS = ("gaussian", "linear")
 
@@ -100,3 +100,29 @@ def matrix_nms(boxes, scores, labels, kernel: str = "gaussian", sigma: float = 2
     if max_output is not None:
         o = o[:int(max_output)]
     return idx[o].astype(np.int64), val[o]
+
+
+def multi_image_matrix_nms(boxes, scores, labels, max_output: int, kernel: str = "gaussian",
+                           sigma: float = 2.0, score_threshold: float | None = None,
+                           pre_top_k: int | None = None):
+    """Matrix NMS of a batch, fixed-size outputs: ``boxes`` ``[B, N, 4]``, ``scores`` and
+    ``labels`` ``[B, N]``. Per image, ``matrix_nms`` with ``max_output``. Returns ``(indices
+    [B, K] int64 padded with -1, decayed scores [B, K] padded with 0, counts [B] int64)``, as
+    ``multi_image_soft_nms`` (reference/soft_nms.py)."""
+    b, s, lab = np.asarray(boxes), np.asarray(scores), np.asarray(labels)
+    if b.ndim != 3 or b.shape[2] != 4 or s.shape != b.shape[:2] or lab.shape != s.shape:
+        raise ValueError(f"boxes must be [B, N, 4], scores and labels [B, N], got {b.shape}, "
+                         f"{s.shape} and {lab.shape}")
+    dt = np.result_type(b.dtype, s.dtype, np.float32)
+    K = int(max_output)
+    if K < 0:
+        raise ValueError(f"max_output must be >= 0, got {max_output}")
+    B = b.shape[0]
+    out = np.full((B, K), -1, np.int64)
+    vals = np.zeros((B, K), dt)
+    counts = np.zeros(B, np.int64)
+    for i in range(B):
+        k, v = matrix_nms(b[i], s[i], lab[i], kernel, sigma, score_threshold, K, pre_top_k)
+        counts[i] = k.size
+        out[i, :k.size], vals[i, :k.size] = k, v
+    return out, vals, counts

@@ -306,8 +306,9 @@ ROTATED_OPS = {"box_iou_rotated": "box_iou_rotated", "nms_rotated": "nms_rotated
                "multi_image_nms_probiou": "multi_image_nms_rotated"}
 
 
-# ---- NMS variants (issue 13): soft_nms, multi_image_soft_nms, diou_nms, matrix_nms ------------------
-VARIANT_OPS = ("soft_nms", "multi_image_soft_nms", "diou_nms", "matrix_nms")
+# ---- NMS variants (issue 13): soft_nms, diou_nms, matrix_nms and their multi_image_ forms -----------
+VARIANT_OPS = ("soft_nms", "multi_image_soft_nms", "diou_nms", "multi_image_diou_nms", "matrix_nms",
+               "multi_image_matrix_nms")
 
 
 def _variant_calls(b, s, c):
@@ -330,6 +331,15 @@ def _variant_calls(b, s, c):
                       lambda B, S, C, be: d.diou_nms(B, S, 0.5, backend=be)),
                      (RD.batched_diou_nms(b, s, c, 0.3, 0.6),
                       lambda B, S, C, be: d.diou_nms(B, S, 0.3, beta=0.6, idxs=C, backend=be))],
+        "multi_image_diou_nms": [(RD.multi_image_diou_nms(np.stack([b, b[::-1]]), np.stack([s, s[::-1]]), 0.4, 5,
+                                                          0.6, np.stack([c, c[::-1]])),
+                                  lambda B, S, C, be: d.multi_image_diou_nms(
+                                      _stack2(B), _stack2(S), 0.4, 5, beta=0.6, idxs=_stack2(C), backend=be))],
+        "multi_image_matrix_nms": [(RM.multi_image_matrix_nms(np.stack([b, b[::-1]]), np.stack([s, s[::-1]]),
+                                                              np.stack([c, c[::-1]]), 6, "linear", 2.0, 0.05),
+                                    lambda B, S, C, be: d.multi_image_matrix_nms(
+                                        _stack2(B), _stack2(S), _stack2(C), 6, kernel="linear",
+                                        score_threshold=0.05, backend=be))],
         "matrix_nms": [(RM.matrix_nms(b, s, c, "gaussian", 2.0, 0.05),
                         lambda B, S, C, be: d.matrix_nms(B, S, C, score_threshold=0.05, backend=be)),
                        (RM.matrix_nms(b, s, c, "linear", 2.0, None, 4, 50),

@@ -488,3 +488,87 @@ def test_matrix_nms_launch_arguments_match_the_kernels(monkeypatch):
         got = ["u64" if isinstance(a, np.ndarray) else ARG_TYPES[type(a)] for a in args]
         assert got == params, f"{name}: launched with {got}, kernel takes {params}"
         assert grid == (1,) and block == (C.MATRIX_NMS_THREADS,)
+
+
+# ---- DIoU-NMS (issue 13) ------------------------------------------------------------------------
+
+def test_diou_nms_kernel_is_the_native_one():
+    """DIoU-NMS's mask kernel is diou_nms_kernels.cuh's, which nms_cuda.cu launches; its other
+    steps are NMS's (the same name expressions)."""
+    root = Path(__file__).resolve().parents[2]
+    cuh = "ops/nms/diou_nms_kernels.cuh"
+    assert f'#include "{cuh}"' in C.source()
+    assert f'#include "{cuh}"' in (root / "csrc/ops/nms/nms_cuda.cu").read_text()
+    assert cuh in C.HEADERS and "ops/nms/diou_nms.h" in C.HEADERS
+    assert set(C.diou_nms_name_expressions()) <= set(C.name_expressions())
+
+
+class _NumpyCupyDiou(_NumpyCupy):
+    """_NumpyCupy whose emulated scan keeps by DIoU-NMS (reference diou_nms over each segment in
+    plan order) and which checks that the mask tiles are DIoU's, with thr and beta rounded to T."""
+
+    def __init__(self, boxes, thr, beta):
+        super().__init__(boxes, thr)
+        self.beta = beta
+
+    def get_function(self, name):
+        assert "detkernels::nms_mask_kernel" not in name, "plain NMS mask tiles for DIoU-NMS"
+        record = _Recorder.get_function(self, name)
+
+        def launch(grid, block, args):
+            record(grid, block, args)
+            if "nms_gather_kernel" in name:
+                cand, M, N, Cc = args[0], int(args[10]), int(args[11]), int(args[12])
+                self.rows = (cand // M) * N + (cand % M) // Cc
+            elif "diou_nms_mask_kernel" in name:
+                t, b = args[-2], args[-1]
+                assert type(t) is type(b) and b == type(b)(self.beta)
+            elif "nms_scan_kernel" in name:
+                from detkernels.reference.diou_nms import diou_nms
+
+                seg, valid, keep = args[8], args[9], args[10]
+                keep[:] = 0
+                for start in np.unique(seg):
+                    p = np.flatnonzero(seg == start)
+                    bx = self.boxes2d[self.rows[p]]
+                    keep[p[diou_nms(bx, (-np.arange(p.size)).astype(bx.dtype), self.thr, self.beta)]] = 1
+
+        return launch
+
+
+@pytest.mark.parametrize("with_idxs", [False, True])
+def test_diou_nms_launches_match_the_kernels(monkeypatch, with_idxs):
+    """Without a GPU: diou_nms launches NMS's gather and scan and the DIoU mask kernel (never the
+    sparse path or the IoU mask kernel) with exactly their PTX argument types, tiles included, and
+    -- the kernels emulated over the launch arguments -- equals the reference."""
+    import _nms_families as NF
+
+    from detkernels.reference import diou_nms as RD
+
+    entries, _ = _compile(C.nvrtc_options())
+    monkeypatch.setattr(C, "NMS_MASK_BYTES", 1)  # one row block per tile: several tiles
+    monkeypatch.setattr(C, "SPARSE_PATH", 2)  # the sparse path would be forced for nms: not here
+    for family in ("uniform", "clusters", "at_threshold"):
+        boxes, scores, classes = NF.batch(family, 5, 1, 150)
+        for dtype in (np.float32, np.float64):
+            b, sc = boxes[0].astype(dtype), scores[0].astype(dtype)
+            c = classes[0] if with_idxs else None
+            rec = _NumpyCupyDiou(b, 0.4, 0.6)
+            for attr, val in (("_cupy", lambda: rec), ("_module", lambda cp: rec)):
+                monkeypatch.setattr(C, attr, val)
+            monkeypatch.setattr(C, "_On", _NoStream)
+            monkeypatch.setattr(C, "_view", lambda cp, x: x)
+            monkeypatch.setattr(C, "_as_kind", lambda r, like: r)
+            got = C.diou_nms(b, sc, c, 0.4, 0.6)
+            want = RD.diou_nms(b, sc, 0.4, 0.6) if c is None else RD.batched_diou_nms(b, sc, c, 0.4, 0.6)
+            np.testing.assert_array_equal(got, want, err_msg=f"{family} {dtype}")
+            T = C.C_TYPES[np.dtype(dtype).name]
+            launched = [name for name, *_ in rec.calls]
+            assert set(launched) == {f"detkernels::nms_gather_kernel<{T}>", "detkernels::nms_scan_kernel",
+                                     f"detkernels::diou_nms_mask_kernel<{T}>"}
+            assert launched.count("detkernels::nms_scan_kernel") > 1, "one tile only"
+            for name, grid, block, args in rec.calls:
+                params = PTX_PARAM.findall(entries[name].split(")")[0])
+                got_t = ["u64" if isinstance(a, np.ndarray) else ARG_TYPES[type(a)] for a in args]
+                assert got_t == params, f"{name}: launched with {got_t}, kernel takes {params}"
+                assert all(0 < g <= 65535 for g in grid)

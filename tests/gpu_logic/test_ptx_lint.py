@@ -17,6 +17,7 @@ pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH (CI ha
 
 BUILD_FLAGS = ["--fmad=false", "-prec-div=true", "-prec-sqrt=true", "-ftz=false",
                "-Xcompiler=-ffp-contract=off"]
+# nms_cuda.cu's PTX holds the DIoU-NMS mask kernel too (diou_nms_kernels.cuh, issue 13).
 SOURCES = ["csrc/ops/box_iou/box_iou_cuda.cu", "csrc/ops/nms/nms_cuda.cu",
            "csrc/ops/roi_align/roi_align_cuda.cu", "csrc/ops/roi_pool/roi_pool_cuda.cu",
            "csrc/ops/nms/soft_nms_cuda.cu", "csrc/ops/nms/matrix_nms_cuda.cu",  # issue 13
@@ -25,7 +26,7 @@ SOURCES = ["csrc/ops/box_iou/box_iou_cuda.cu", "csrc/ops/nms/nms_cuda.cu",
 # The device's double cos/sin/exp/log (the rotated metrics' libm, as torchvision's CUDA kernel) use
 # fma by design: those sources are linted with the libm calls stood in by identities
 # (box_iou_rotated.h: DK_LINT_NO_LIBM), so any fma left is a contraction of detkernels' own code.
-NO_LIBM = {"csrc/ops/box_iou/box_iou_rotated_cuda.cu"}
+NO_LIBM = {"csrc/ops/box_iou/box_iou_rotated_cuda.cu", "csrc/ops/nms/nms_cuda.cu"}
 FORBIDDEN = re.compile(r"\bfma\.rn\.f(32|64)\b|\bdiv\.approx\b|\bdiv\.full\b|\.ftz\b|\brcp\.approx\b")
 
 

@@ -168,6 +168,120 @@ def test_many_candidates_split_over_threads():
                ref.detect(boxes, scores, 0.45, 100, **kw), str(sorted(kw)))
 
 
+# ---- NMS modes (issue 13: DIoU-, Soft-, Matrix NMS inside detect) -------------------------------------
+
+MODES = {
+    "diou": dict(nms="diou"),
+    "diou_beta": dict(nms="diou", beta=0.6),
+    "soft_linear": dict(nms="soft"),
+    "soft_gaussian": dict(nms="soft", decay="gaussian", sigma=0.3, min_score=0.05),
+    "matrix_gaussian": dict(nms="matrix"),
+    "matrix_linear": dict(nms="matrix", decay="linear", min_score=0.1),
+}
+MODE_OPTIONS = {k: OPTIONS[k] for k in ("single", "single_no_thr_topk", "multi", "agnostic_obj")}
+MODE_BACKENDS = [backend_param(b, "detect") for b in ("native", "numpy")]
+
+
+@pytest.mark.parametrize("backend", MODE_BACKENDS)
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_nms_modes_equal_reference(backend, family, mode):
+    for option, opts in MODE_OPTIONS.items():
+        kw = dict(opts, **MODES[mode])
+        with_obj = kw.pop("objectness", False)
+        for C in (1, 5):
+            for dtype in (np.float32, np.float64):
+                boxes, scores, _, obj = _inputs(family, C, 2, 60, C, dtype)
+                if with_obj:
+                    kw["objectness"] = obj
+                for K in (0, 6, 400):
+                    want = ref.detect(boxes, scores, 0.5, K, **kw)
+                    got = dk.detect(boxes, scores, 0.5, K, backend=backend, **kw)
+                    _check(got, want, f"{backend} {family} {mode} {option} C={C} {dtype.__name__} K={K}")
+
+
+@pytest.mark.parametrize("family", ["ties", "nonfinite", "many_classes"])
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_nms_modes_idxs_form_and_threads(family, mode):
+    boxes, scores, classes, obj = _inputs(family, 9, 3, 80, 0)
+    for kw in (dict(idxs=classes, score_threshold=0.2), dict(idxs=classes, objectness=obj),
+               dict(idxs=classes, class_agnostic=True, pre_nms_top_k=9), dict()):
+        kw.update(MODES[mode])
+        want = ref.detect(boxes, scores, 0.5, 30, **kw)
+        _check(dk.detect(boxes, scores, 0.5, 30, backend="native", **kw), want, f"{family} {sorted(kw)}")
+    boxes, scores, _, _ = _inputs("clusters", 11, 1, 3000, 7)  # anchor blocks on the pool
+    kw = dict(score_threshold=0.5, pre_nms_top_k=300, **MODES[mode])
+    _check(dk.detect(boxes, scores, 0.45, 100, backend="native", **kw),
+           ref.detect(boxes, scores, 0.45, 100, **kw), "split")
+
+
+def test_reference_modes_compose_the_single_image_ops():
+    """Per image, the candidates (threshold, top-k) go to diou_nms / soft_nms / matrix_nms as
+    those ops are called directly; soft and matrix give the decayed scores."""
+    from detkernels.reference.diou_nms import batched_diou_nms
+    from detkernels.reference.matrix_nms import matrix_nms
+    from detkernels.reference.soft_nms import soft_nms
+
+    boxes, scores, _, _ = _inputs("clusters", 4, 2, 120, 3, np.float64)
+    scores += np.random.default_rng(4).uniform(0, 1e-6, scores.shape)  # no ties
+    kw = dict(score_threshold=0.3, pre_nms_top_k=50)
+    for im in range(2):
+        s, c = scores[im].max(1), scores[im].argmax(1)
+        sel = np.flatnonzero(s > 0.3)
+        sel = np.sort(sel[np.argsort(-s[sel], kind="stable")[:50]])
+        bb, ss = boxes[im][sel], s[sel]
+        _, _, cl, i, n = ref.detect(boxes, scores, 0.5, 20, nms="diou", beta=0.6, **kw)
+        assert i[im, :n[im]].tolist() == sel[batched_diou_nms(bb, ss, c[sel], 0.5, 0.6)[:20]].tolist()
+        _, sc, _, i, n = ref.detect(boxes, scores, 0.4, 20, nms="soft", decay="gaussian",
+                                    class_agnostic=True, **kw)
+        k, v = soft_nms(bb, ss, 0.4, 0.5, "gaussian", 0.001, 20)  # regular boxes: pick order
+        assert i[im, :n[im]].tolist() == sel[k].tolist() and sc[im, :n[im]].tolist() == v.tolist()
+        _, sc, _, i, n = ref.detect(boxes, scores, 0.5, 20, nms="matrix", min_score=0.2, **kw)
+        k, v = matrix_nms(bb, ss, c[sel], "gaussian", 2.0, 0.2, 20)
+        assert i[im, :n[im]].tolist() == sel[k].tolist() and sc[im, :n[im]].tolist() == v.tolist()
+    # "iou" spelled out is the default, bit for bit
+    _check(ref.detect(boxes, scores, 0.5, 20, nms="iou", **kw), ref.detect(boxes, scores, 0.5, 20, **kw), "iou")
+
+
+@pytest.mark.parametrize("kwargs,exc,name", [
+    (dict(nms="nms"), ValueError, "nms must be one of"),
+    (dict(nms=None), ValueError, "nms must be one of"),
+    (dict(beta=0.6), ValueError, "beta applies to nms='diou', not nms='iou'"),
+    (dict(nms="soft", beta=0.6), ValueError, "beta applies"),
+    (dict(nms="diou", sigma=0.5), ValueError, "sigma applies to nms='soft' or 'matrix'"),
+    (dict(nms="diou", min_score=0.5), ValueError, "min_score applies"),
+    (dict(nms="iou", decay="linear"), ValueError, "decay applies"),
+    (dict(nms="diou", beta=0.0), ValueError, "beta must be a positive"),
+    (dict(nms="diou", beta="1"), TypeError, "beta"),
+    (dict(nms="soft", decay="cubic"), ValueError, "decay must be one of"),
+    (dict(nms="soft", sigma=0.0), ValueError, "sigma must be a positive"),
+    (dict(nms="matrix", sigma=float("inf")), ValueError, "sigma must be a positive finite"),
+    (dict(nms="soft", min_score="0.1"), TypeError, "min_score"),
+])
+def test_bad_nms_mode_arguments_name_the_argument(kwargs, exc, name):
+    with pytest.raises(exc, match=name):
+        dk.detect(B3, S3, 0.5, 10, **kwargs)
+
+
+def test_nms_modes_refused_where_not_served(monkeypatch):
+    """numba (CPU) and native CUDA run greedy IoU NMS only: another mode is a NotImplementedError
+    naming it and the device, never greedy NMS in its place."""
+    from detkernels import _checks, _dispatch, _registry
+
+    if _registry.why_not("numba", "detect") is None:
+        with pytest.raises(NotImplementedError, match=r"nms='soft'.* on cpu by backend 'numba'"):
+            dk.detect(B3, S3, 0.5, 10, nms="soft", backend="numba")
+    if _registry.why_not("native", "detect") is None:
+        from detkernels.backends import native
+
+        # The registry's choice for a CUDA array (no GPU here: the selection itself is stubbed).
+        monkeypatch.setattr(_registry, "select", lambda op, dev, w, backend=None: ("native", native.detect))
+        for mode in ("diou", "soft", "matrix"):
+            with pytest.raises(NotImplementedError, match=rf"nms='{mode}'.* on cuda by backend 'native'"):
+                _dispatch.detect_select("cuda:0", "float32", _checks.DetectNms(mode), None)
+        assert _dispatch.detect_select("cuda:0", "float32", _checks.DetectNms(), None) is native.detect
+
+
 # ---- torch --------------------------------------------------------------------------------------------
 
 def _tensors(torch, dtype="float32"):
@@ -216,6 +330,35 @@ def test_opcheck(torch):
     op = torch.ops.detkernels.detect.default
     torch.library.opcheck(op, (b, s, o, None, 0.5, 30, 0.1, 50, "xyxy", False, False))
     torch.library.opcheck(op, (b, s[..., 0], None, c, 0.5, 30, None, None, "cxcywh", False, True))
+    torch.library.opcheck(op, (b, s, o, None, 0.5, 30, 0.1, 50, "xyxy", False, False, "soft", None,
+                               "gaussian", 0.5, 0.001))
+    torch.library.opcheck(op, (b, s, None, None, 0.5, 30, None, None, "xyxy", True, False, "matrix",
+                               None, "gaussian", 2.0, None))
+    torch.library.opcheck(op, (b, s, None, None, 0.5, 30, 0.2, None, "xyxy", False, False, "diou",
+                               0.6, None, None, None))
+
+
+@pytest.mark.parametrize("mode", ["diou_beta", "soft_gaussian", "matrix_linear"])
+def test_nms_modes_compile_and_export(torch, mode):
+    b, s, c, o = _tensors(torch)
+
+    def f(b, s, o):
+        r = dk.detect(b, s, 0.5, 25, score_threshold=0.2, pre_nms_top_k=100, objectness=o, **MODES[mode])
+        return r.boxes, r.scores, r.classes, r.indices, r.counts
+
+    want = f(b, s, o)
+    _check(want, ref.detect(b.numpy(), s.numpy(), 0.5, 25, score_threshold=0.2, pre_nms_top_k=100,
+                            objectness=o.numpy(), **MODES[mode]), "eager")
+    for g, w in zip(torch.compile(f, fullgraph=True)(b, s, o), want):
+        assert_bytes_equal(g, w, "compiled")
+
+    class M(torch.nn.Module):
+        def forward(self, b, s, o):
+            return f(b, s, o)
+
+    ep = torch.export.export(M(), (b, s, o))
+    for g, w in zip(ep.module()(b, s, o), want):
+        assert_bytes_equal(g, w, "exported")
 
 
 # ---- argument checks ----------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import detkernels as dk
 from detkernels.reference import diou_nms as ref
 
 from _helpers import assert_bytes_equal
-from _nms_families import FAMILIES
+from _nms_families import FAMILIES, batch
 from conftest import CPU_BACKENDS, backend_param
 
 BACKENDS = [backend_param(b, "diou_nms") for b in CPU_BACKENDS]
@@ -155,3 +155,99 @@ def test_torch(torch):
     assert_bytes_equal(ep.module()(b, s), dk.diou_nms(b, s, 0.5), "exported")
     torch.library.opcheck(torch.ops.detkernels.diou_nms.default, (b, s, c, 0.5, 0.6))
     torch.library.opcheck(torch.ops.detkernels.diou_nms.default, (b.double(), s.double(), None, 0.5, 1.0))
+
+
+# ---- multi_image_diou_nms: the fixed-size batch form ---------------------------------------------
+
+MULTI_BACKENDS = [backend_param(b, "multi_image_diou_nms") for b in CPU_BACKENDS]
+
+
+@pytest.mark.parametrize("backend", MULTI_BACKENDS)
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_multi_image_is_per_image_diou_nms(backend, family):
+    """Per image, byte for byte the single-image reference truncated to max_output (smaller and
+    larger than the kept count), padded with -1."""
+    boxes, scores, classes = batch(family, 31, 3, 70)
+    for dtype in DTYPES:
+        b, s = boxes.astype(dtype), scores.astype(dtype)
+        for idxs in (None, classes):
+            for thr, beta in ((0.5, 1.0), (0.3, 0.6)):
+                for K in (0, 4, 100):
+                    idx, counts = dk.multi_image_diou_nms(b, s, thr, K, beta=beta, idxs=idxs,
+                                                          backend=backend)
+                    assert idx.shape == (3, K) and idx.dtype == np.int64
+                    assert counts.shape == (3,) and counts.dtype == np.int64
+                    for i in range(3):
+                        k = (ref.diou_nms(b[i], s[i], thr, beta) if idxs is None else
+                             ref.batched_diou_nms(b[i], s[i], idxs[i], thr, beta))[:K]
+                        what = f"{backend} {family} {dtype.__name__} idxs={idxs is not None} K={K} image {i}"
+                        assert counts[i] == k.size, what
+                        assert_bytes_equal(idx[i, :k.size], k, what)
+                        assert (idx[i, k.size:] == -1).all(), what
+
+
+@pytest.mark.parametrize("backend", MULTI_BACKENDS)
+def test_multi_image_empty(backend):
+    for B, N, K in ((0, 5, 3), (2, 0, 3), (0, 0, 0), (2, 1, 0)):
+        idx, counts = dk.multi_image_diou_nms(np.zeros((B, N, 4), np.float32), np.zeros((B, N), np.float32),
+                                              0.5, K, backend=backend)
+        assert idx.shape == (B, K) and counts.shape == (B,)
+        assert (idx == -1).all() and (counts == 0).all()
+
+
+def test_multi_image_half_and_noncontiguous():
+    boxes, scores, classes = batch("clusters", 37, 4, 50)
+    b = boxes.astype(np.float16)[::2]
+    s = np.asfortranarray(scores.astype(np.float32))[::2]
+    idx, counts = dk.multi_image_diou_nms(b, s, 0.5, 20, beta=0.6, idxs=classes[::2])
+    want, wc = ref.multi_image_diou_nms(b.astype(np.float32), s, 0.5, 20, 0.6, classes[::2])
+    assert_bytes_equal(idx, want, "indices")
+    assert_bytes_equal(counts, wc, "counts")
+
+
+def test_multi_image_bad_arguments_name_themselves():
+    b, s = np.zeros((2, 3, 4), np.float32), np.zeros((2, 3), np.float32)
+    cases = [
+        (dict(max_output=-1), ValueError, "max_output"), (dict(max_output=2.5), ValueError, "max_output"),
+        (dict(max_output=None), ValueError, "max_output"), (dict(beta=0.0), ValueError, "beta"),
+        (dict(beta=float("nan")), ValueError, "beta"), (dict(iou_threshold="0.5"), TypeError, "iou_threshold"),
+        (dict(boxes=b[0]), ValueError, "boxes"), (dict(boxes=b[..., :3]), ValueError, "boxes"),
+        (dict(scores=s[0]), ValueError, "scores"), (dict(scores=np.zeros((2, 3, 2), np.float32)), ValueError, "scores"),
+        (dict(idxs=np.zeros((2, 4), np.int64)), ValueError, "idxs"),
+        (dict(idxs=np.zeros((2, 3), "U1")), TypeError, "idxs"),
+        (dict(scores=s.astype(np.int32)), TypeError, "scores"),
+    ]
+    for kw, exc, match in cases:
+        args = {"boxes": b, "scores": s, "iou_threshold": 0.5, "max_output": 4, **kw}
+        with pytest.raises(exc, match=match):
+            dk.multi_image_diou_nms(**args)
+
+
+def test_multi_image_torch_compiles_and_exports_with_static_shapes(torch):
+    boxes, scores, classes = batch("clusters", 41, 3, 80)
+    b, s, c = (torch.from_numpy(boxes.astype(np.float32)), torch.from_numpy(scores.astype(np.float32)),
+               torch.from_numpy(classes))
+    want = ref.multi_image_diou_nms(b.numpy(), s.numpy(), 0.45, 25, 0.6, classes)
+    got = dk.multi_image_diou_nms(b, s, 0.45, 25, beta=0.6, idxs=c)
+    assert isinstance(got[0], torch.Tensor) and len(got) == 2
+    for g, w in zip(got, want):
+        assert_bytes_equal(g, w, "eager")
+
+    class M(torch.nn.Module):
+        def forward(self, b, s, c):
+            return dk.multi_image_diou_nms(b, s, 0.45, 25, beta=0.6, idxs=c)
+
+    ep = torch.export.export(M(), (b, s, c))
+    assert "detkernels.multi_image_diou_nms" in str(ep.graph)
+    out_specs = [n for n in ep.graph.nodes if n.op == "output"][0].args[0]
+    assert [tuple(x.meta["val"].shape) for x in out_specs] == [(3, 25), (3,)]  # static, no u0
+    out = ep.module()(b, s, c)
+    for g, w in zip(out, want):
+        assert_bytes_equal(g, w, "exported")
+    torch._dynamo.reset()
+    f = torch.compile(lambda b, s: dk.multi_image_diou_nms(b, s, 0.5, 25), fullgraph=True)
+    for g, w in zip(f(b, s), dk.multi_image_diou_nms(b, s, 0.5, 25)):
+        assert_bytes_equal(g, w, "compiled")
+    op = torch.ops.detkernels.multi_image_diou_nms.default
+    torch.library.opcheck(op, (b, s, c, 0.5, 25, 0.6))
+    torch.library.opcheck(op, (b.double(), s.double(), None, 0.3, 7, 1.0))

@@ -11,7 +11,7 @@ import detkernels as dk
 from detkernels.reference import matrix_nms as ref
 
 from _helpers import assert_bytes_equal
-from _nms_families import FAMILIES
+from _nms_families import FAMILIES, batch
 from conftest import CPU_BACKENDS, backend_param
 
 BACKENDS = [backend_param(b, "matrix_nms") for b in CPU_BACKENDS]
@@ -180,3 +180,101 @@ def test_torch(torch):
     op = torch.ops.detkernels.matrix_nms.default
     torch.library.opcheck(op, (b, s, c, "gaussian", 2.0, None, None, None))
     torch.library.opcheck(op, (b.double(), s.double(), c, "linear", 1.0, 0.1, 10, 50))
+
+
+# ---- multi_image_matrix_nms: the fixed-size batch form -------------------------------------------
+
+MULTI_BACKENDS = [backend_param(b, "multi_image_matrix_nms") for b in CPU_BACKENDS]
+MULTI_PARAMS = [("gaussian", 2.0, None, None), ("linear", 2.0, 0.1, 40), ("gaussian", 0.5, 0.3, None)]
+
+
+@pytest.mark.parametrize("backend", MULTI_BACKENDS)
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_multi_image_is_per_image_matrix_nms(backend, family):
+    """Per image, byte for byte the single-image reference with max_output (smaller and larger
+    than the kept count), padded with -1 / 0."""
+    boxes, scores, classes = batch(family, 43, 3, 70)
+    for dtype in DTYPES:
+        b, s = boxes.astype(dtype), scores.astype(dtype)
+        for kernel, sigma, sthr, pre in MULTI_PARAMS:
+            for K in (0, 4, 100):
+                idx, val, counts = dk.multi_image_matrix_nms(b, s, classes, K, kernel=kernel, sigma=sigma,
+                                                             score_threshold=sthr, pre_top_k=pre,
+                                                             backend=backend)
+                assert idx.shape == val.shape == (3, K) and counts.shape == (3,)
+                assert idx.dtype == counts.dtype == np.int64 and val.dtype == dtype
+                for i in range(3):
+                    k, v = ref.matrix_nms(b[i], s[i], classes[i], kernel, sigma, sthr, K, pre)
+                    what = f"{backend} {family} {dtype.__name__} {kernel} K={K} image {i}"
+                    assert counts[i] == k.size, what
+                    assert_bytes_equal(idx[i, :k.size], k, what + " indices")
+                    assert_bytes_equal(val[i, :k.size], v, what + " scores")
+                    assert (idx[i, k.size:] == -1).all() and (val[i, k.size:] == 0).all(), what
+
+
+@pytest.mark.parametrize("backend", MULTI_BACKENDS)
+def test_multi_image_empty(backend):
+    for B, N, K in ((0, 5, 3), (2, 0, 3), (0, 0, 0), (2, 1, 0)):
+        z = np.zeros((B, N), np.float64)
+        idx, val, counts = dk.multi_image_matrix_nms(np.zeros((B, N, 4), np.float64), z, z.astype(np.int64),
+                                                     K, pre_top_k=0, backend=backend)
+        assert idx.shape == val.shape == (B, K) and counts.shape == (B,) and val.dtype == np.float64
+        assert (idx == -1).all() and (val == 0).all() and (counts == 0).all()
+
+
+def test_multi_image_half_noncontiguous_and_float_labels():
+    boxes, scores, classes = batch("clusters", 59, 4, 50)
+    b = boxes.astype(np.float16)[::2]
+    s = np.asfortranarray(scores.astype(np.float32))[::2]
+    lab = (classes[::2] * 0.5).astype(np.float32)  # any numeric labels: equal values = one class
+    got = dk.multi_image_matrix_nms(b, s, lab, 20, kernel="linear", score_threshold=0.05)
+    want = ref.multi_image_matrix_nms(b.astype(np.float32), s, lab, 20, "linear", 2.0, 0.05)
+    for g, w, what in zip(got, want, ("indices", "scores", "counts")):
+        assert_bytes_equal(g, w, what)
+
+
+def test_multi_image_bad_arguments_name_themselves():
+    b, s, lab = np.zeros((2, 3, 4), np.float32), np.zeros((2, 3), np.float32), np.zeros((2, 3), np.int64)
+    cases = [
+        (dict(max_output=-1), ValueError, "max_output"), (dict(max_output=None), ValueError, "max_output"),
+        (dict(kernel="box"), ValueError, "kernel"), (dict(sigma=0.0), ValueError, "sigma"),
+        (dict(score_threshold="0.1"), TypeError, "score_threshold"), (dict(pre_top_k=-2), ValueError, "pre_top_k"),
+        (dict(labels=None), TypeError, "labels"), (dict(labels=lab[:, :2]), ValueError, "labels"),
+        (dict(labels=np.zeros((2, 3), "U1")), TypeError, "labels"),
+        (dict(boxes=b[0]), ValueError, "boxes"), (dict(scores=s[:1]), ValueError, "scores"),
+        (dict(scores=np.zeros((2, 3, 2), np.float32)), ValueError, "scores"),
+        (dict(boxes=b.astype(np.int64)), TypeError, "boxes"),
+    ]
+    for kw, exc, match in cases:
+        args = {"boxes": b, "scores": s, "labels": lab, "max_output": 4, **kw}
+        with pytest.raises(exc, match=match):
+            dk.multi_image_matrix_nms(**args)
+
+
+def test_multi_image_torch_compiles_and_exports_with_static_shapes(torch):
+    boxes, scores, classes = batch("clusters", 61, 3, 80)
+    b, s, c = (torch.from_numpy(boxes.astype(np.float32)), torch.from_numpy(scores.astype(np.float32)),
+               torch.from_numpy(classes))
+    want = ref.multi_image_matrix_nms(b.numpy(), s.numpy(), classes, 25, "linear", 2.0, 0.1, 60)
+    got = dk.multi_image_matrix_nms(b, s, c, 25, kernel="linear", score_threshold=0.1, pre_top_k=60)
+    assert isinstance(got[0], torch.Tensor) and len(got) == 3
+    for g, w in zip(got, want):
+        assert_bytes_equal(g, w, "eager")
+
+    class M(torch.nn.Module):
+        def forward(self, b, s, c):
+            return dk.multi_image_matrix_nms(b, s, c, 25, kernel="linear", score_threshold=0.1, pre_top_k=60)
+
+    ep = torch.export.export(M(), (b, s, c))
+    assert "detkernels.multi_image_matrix_nms" in str(ep.graph)
+    out_specs = [n for n in ep.graph.nodes if n.op == "output"][0].args[0]
+    assert [tuple(x.meta["val"].shape) for x in out_specs] == [(3, 25), (3, 25), (3,)]  # static
+    for g, w in zip(ep.module()(b, s, c), want):
+        assert_bytes_equal(g, w, "exported")
+    torch._dynamo.reset()
+    f = torch.compile(lambda b, s, c: dk.multi_image_matrix_nms(b, s, c, 25), fullgraph=True)
+    for g, w in zip(f(b, s, c), dk.multi_image_matrix_nms(b, s, c, 25)):
+        assert_bytes_equal(g, w, "compiled")
+    op = torch.ops.detkernels.multi_image_matrix_nms.default
+    torch.library.opcheck(op, (b, s, c, 25, "gaussian", 2.0, None, None))
+    torch.library.opcheck(op, (b.double(), s.double(), c, 7, "linear", 1.0, 0.1, 50))

@@ -171,10 +171,17 @@ NOT_NEEDED = {
                              "dk_libm_exp", "dk_libm_log", "probiou_cov", "probiou_from_bd", "probiou_pair",
                              "dk_dcos", "dk_dsin", "dk_dexp", "dk_dlog",
                              # RotatedIouMetric / ProbIouMetric members
-                             "make", "prep", "value")},
+                             "make", "prep", "value",
+                             # the bitmask engine's box kinds (nms.h, nms_rotated_gpu.h) and its
+                             # Fast-NMS switch: numba's NMS gathers axis-aligned boxes itself
+                             "columns", "nms_pred_fast")},
     # diou_nms.h, matrix_nms.h (issue 13): the numba backend serves neither (the registry says so)
     **{f: "diou_nms / matrix_nms: not served by the numba backend (README status)"
-       for f in ("dk_log", "dk_pow", "diou_nms_measure", "diou_penalty_of", "matrix_nms_term")},
+       for f in ("dk_log", "dk_pow", "diou_nms_measure", "diou_penalty_of", "matrix_nms_term",
+                 "dk_frexp")},
+    # the bitmask engine's predicates (issue 13): NmsIouSuppress::operator() is nms_suppresses
+    # (numba's twin is that), DiouNmsSuppress::operator() diou_nms_measure (numba serves no diou_nms)
+    "operator": "the bitmask NMS engine's predicate call operators (NmsIouSuppress, DiouNmsSuppress)",
     **{f: _SPARSE_GPU for f in ("nms_finite", "nms_sparse_coord_key", "nms_sparse_spread",
                                 "nms_sparse_morton_key", "nms_sparse_regular", "nms_sparse_gather",
                                 "nms_sparse_inf", "nms_sparse_block_box", "nms_sparse_blocks_meet",

@@ -521,3 +521,18 @@ def test_nms_probiou_fast_in_onnxruntime(exporter, dtype, tmp_path):
     want = dk.nms_probiou(boxes, scores, thr, idxs, fast=True)
     assert 0 < want.numel() < 40
     assert_bytes_equal(got, want, "kept")
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize("mode", ["diou", "soft", "matrix"])
+def test_detect_nms_modes_refuse_to_export(mode, exporter, tmp_path):
+    """DIoU-, Soft- and Matrix NMS have no standard ONNX operator: exporting detect with them
+    raises (naming the mode) instead of exporting greedy NonMaxSuppression."""
+    args = tuple(detect_inputs("single_thr", "uniform", 0))
+    fn = lambda b, s: tuple(dk.detect(b, s, 0.5, DET_K, score_threshold=0.3, nms=mode))  # noqa: E731
+    with pytest.raises(Exception, match=rf"detect\(nms='{mode}'\) has no ONNX export") as e:
+        export(fn, args, exporter, tmp_path / "m.onnx")
+    err = e.value
+    while not isinstance(err, NotImplementedError) and err.__cause__ is not None:
+        err = err.__cause__
+    assert isinstance(err, NotImplementedError)

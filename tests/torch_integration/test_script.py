@@ -211,6 +211,10 @@ VARIANTS = {  # name -> (args, keyword arguments)
     "soft_nms": (lambda: (_boxes(0, 30), _scores(30), 0.3), {"sigma": 0.7, "method": "gaussian", "idxs": _CLS}),
     "multi_image_soft_nms": (lambda: (_boxes(0, 30)[None], _scores(30)[None], 6, 0.4), {"method": "linear"}),
     "diou_nms": (lambda: (_boxes(0, 30), _scores(30), 0.4), {"beta": 0.6, "idxs": _CLS}),
+    "multi_image_diou_nms": (lambda: (_boxes(0, 30)[None], _scores(30)[None], 0.4, 6),
+                             {"beta": 0.6, "idxs": _CLS[None]}),
+    "multi_image_matrix_nms": (lambda: (_boxes(0, 30)[None], _scores(30)[None], _CLS[None], 9),
+                               {"kernel": "linear", "score_threshold": 0.1, "pre_top_k": 25}),
     "matrix_nms": (lambda: (_boxes(0, 30), _scores(30), _CLS), {"kernel": "linear", "score_threshold": 0.1,
                                                                "max_output": 9, "pre_top_k": 25}),
     "nms_rotated": (lambda: (_rboxes(0, 30), _scores(30), 0.2), {}),
@@ -246,6 +250,8 @@ class _Variants(torch.nn.Module):
         k2, v2, n2 = dk.multi_image_soft_nms(b[None], s[None], 5, score_threshold=0.01)
         d = dk.diou_nms(b, s, 0.5, beta=0.6)
         mk, mv = dk.matrix_nms(b, s, c, sigma=1.5, max_output=7)
+        dk2, dn2 = dk.multi_image_diou_nms(b[None], s[None], 0.5, 6, beta=0.6, idxs=c[None])
+        mk2, mv2, mn2 = dk.multi_image_matrix_nms(b[None], s[None], c[None], 7, sigma=1.5)
         r = dk.nms_rotated(rb, s, 0.3)
         r2 = dk.batched_nms_rotated(rb, s, c, 0.3, "xywhr")
         p = dk.probiou(rr, rr[:5], eps=1e-7)
@@ -253,7 +259,7 @@ class _Variants(torch.nn.Module):
         ri = dk.box_iou(rb, rb[:6], fmt="cxcywhr")
         mr, mrn = dk.multi_image_nms_rotated(rb[None], s[None], 0.3, 8, idxs=c[None], score_threshold=0.1)
         mp, mpn = dk.multi_image_nms_probiou(rr[None], s[None], 0.3, 8, fast=True)
-        return k, v, k2, v2, n2, d, mk, mv, r, r2, p, pn, ri, mr, mrn, mp, mpn
+        return k, v, k2, v2, n2, d, mk, mv, r, r2, p, pn, ri, dk2, dn2, mk2, mv2, mn2, mr, mrn, mp, mpn
 
 
 def test_variants_inside_scripted_code_equal_eager_and_save_load():
@@ -261,6 +267,7 @@ def test_variants_inside_scripted_code_equal_eager_and_save_load():
     scripted = _save_load(torch.jit.script(_Variants()))
     graph = str(scripted.inlined_graph)
     for op in ("soft_nms_script", "diou_nms_script", "matrix_nms_script", "nms_rotated_script",
+               "multi_image_diou_nms_script", "multi_image_matrix_nms_script",
                "detkernels::probiou", "nms_probiou_script", "detkernels::box_iou",
                "multi_image_nms_rotated_script", "multi_image_nms_probiou_script"):
         assert op in graph, op

@@ -11,6 +11,7 @@
 #include "common/dispatch.h"
 #include "common/parallel.h"
 #include "ops/nms/nms.h"  // score_before
+#include "ops/nms/nms_rotated_gpu.h"  // RotatedNmsMetric: the metric codes
 
 namespace detkernels {
 namespace {
@@ -152,7 +153,7 @@ void nms_rotated_multi_cpu(int dtype, int metric, const void* boxes, const void*
                            const int64_t* classes, int64_t B, int64_t N, double iou_threshold,
                            bool has_score_threshold, double score_threshold, double eps,
                            int64_t max_output, int64_t* out_idx, int64_t* counts) {
-  if (metric < 0 || metric > 2)
+  if (metric != kRotatedIou && metric != kRotatedProbIou && metric != kRotatedProbIouFast)
     throw std::invalid_argument(
         "nms_rotated_multi_cpu: metric must be 0 (iou), 1 (probiou) or 2 (probiou fast)");
   if (B <= 0) return;
@@ -160,17 +161,18 @@ void nms_rotated_multi_cpu(int dtype, int metric, const void* boxes, const void*
     using T = decltype(t);
     const T* bx = static_cast<const T*>(boxes);
     const T* sc = static_cast<const T*>(scores);
+    const bool fast = metric == kRotatedProbIouFast;
     parallel_for(B, 1, [&](int64_t lo, int64_t hi) {
       for (int64_t im = lo; im < hi; ++im) {
+        const T* b = bx + 5 * im * N;
         const int64_t* cl = classes ? classes + im * N : nullptr;
         int64_t* out = out_idx + im * max_output;
-        counts[im] =
-            metric == 0
-                ? multi_image<T>(RotatedIouMetric<T>{}, false, bx + 5 * im * N, sc + im * N, cl, N,
-                                 iou_threshold, has_score_threshold, score_threshold, max_output, out)
-                : multi_image<T>(ProbIouMetric<T>{static_cast<T>(eps)}, metric == 2, bx + 5 * im * N,
-                                 sc + im * N, cl, N, iou_threshold, has_score_threshold,
-                                 score_threshold, max_output, out);
+        counts[im] = metric == kRotatedIou
+                         ? multi_image<T>(RotatedIouMetric<T>{}, false, b, sc + im * N, cl, N, iou_threshold,
+                                          has_score_threshold, score_threshold, max_output, out)
+                         : multi_image<T>(ProbIouMetric<T>{static_cast<T>(eps)}, fast, b, sc + im * N, cl, N,
+                                          iou_threshold, has_score_threshold, score_threshold, max_output,
+                                          out);
       }
     });
   });

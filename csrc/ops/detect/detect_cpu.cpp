@@ -2,7 +2,9 @@
 // collects the candidates that pass the score filter, in ascending candidate index; the top-k is a
 // partial selection (nth_element, then the k back in candidate order); the selected boxes go to
 // the existing exact NMS (nms_cpu), whose result order -- descending score, ties by ascending
-// position -- is the output order, since positions ascend with the candidate index.
+// position -- is the output order, since positions ascend with the candidate index. The other NMS
+// modes call their own CPU op the same way (diou_nms_cpu, soft_nms_cpu, matrix_nms_cpu: the same
+// result order; soft and matrix also give the decayed scores, which become the output scores).
 //
 // Threads: images on the pool; a single image (or fewer images than threads) splits its score
 // pass over anchor blocks instead (a nested parallel_for runs inline, parallel.h), and nms_cpu
@@ -15,13 +17,17 @@
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <stdexcept>
 #include <type_traits>
 #include <vector>
 
 #include "common/dispatch.h"
 #include "common/parallel.h"
 #include "ops/box_iou/box_iou.h"
+#include "ops/nms/diou_nms.h"
+#include "ops/nms/matrix_nms.h"
 #include "ops/nms/nms.h"
+#include "ops/nms/soft_nms.h"
 
 namespace detkernels {
 
@@ -337,10 +343,43 @@ template <typename T> void top_k(std::vector<Cand<T>>& cand, int64_t k) {
   std::sort(cand.begin(), cand.end(), [](const Cand<T>& a, const Cand<T>& b) { return a.q < b.q; });
 }
 
+// Step 5: the chosen NMS over the n candidates (xyxy [n, 4], scores, classes; contiguous, in
+// ascending candidate index), each mode's own CPU op called as is. The kept positions go to
+// `keep` in output order; soft and matrix also fill `decayed` (the kept ones' scores, in that
+// order), with at most K kept. Soft and matrix take one class (zeros) when class-agnostic: their
+// per-class form orders the kept boxes by decayed score, ties by position (reference/detect.py).
+template <typename T>
+int64_t run_nms(const DetectNms& nms, const T* xyxy, const T* sc, const int64_t* cls,
+                bool per_class, int64_t n, double iou_thr, int64_t K, int64_t* keep,
+                std::vector<T>& decayed) {
+  const int dt = std::is_same_v<T, float> ? kFloat32 : kFloat64;
+  const int64_t* classes = per_class ? cls : nullptr;
+  switch (nms.mode) {
+    case kDetectIou:
+      return nms_cpu(dt, xyxy, sc, classes, n, iou_thr, keep);
+    case kDetectDiou:
+      return diou_nms_cpu(dt, xyxy, sc, classes, n, iou_thr, nms.beta, keep);
+    default:
+      break;
+  }
+  std::vector<int64_t> one_class;
+  if (!per_class) one_class.assign(static_cast<size_t>(n), 0);
+  const int64_t* labels = per_class ? cls : one_class.data();
+  decayed.resize(static_cast<size_t>(n));
+  const int64_t kept =
+      nms.mode == kDetectSoft
+          ? soft_nms_cpu(dt, xyxy, sc, labels, n, iou_thr, nms.sigma, nms.decay, nms.min_score, K,
+                         keep, decayed.data())
+          : matrix_nms_cpu(dt, xyxy, sc, labels, n, nms.decay, nms.sigma, nms.has_min_score,
+                           nms.min_score, K, -1, keep, decayed.data());
+  decayed.resize(static_cast<size_t>(kept));
+  return kept;
+}
+
 template <typename T>
 void run_image(const T* boxes, const T* s, const T* obj, const int64_t* idxs, const Params& p,
-               int fmt, double iou_thr, T thr, int64_t K, bool split, T* ob, T* os, int64_t* oc,
-               int64_t* oi, int64_t* count) {
+               int fmt, double iou_thr, const DetectNms& nms, T thr, int64_t K, bool split, T* ob,
+               T* os, int64_t* oc, int64_t* oi, int64_t* count) {
   const int64_t A = p.A, C = p.C;
   std::vector<Cand<T>> cand;
   const int64_t nblk = (A + kAnchorBlock - 1) / kAnchorBlock;
@@ -372,16 +411,16 @@ void run_image(const T* boxes, const T* s, const T* obj, const int64_t* idxs, co
     box_corners(b4, fmt, xyxy[4 * j], xyxy[4 * j + 1], xyxy[4 * j + 2], xyxy[4 * j + 3]);
   }
   const bool per_class = !p.agnostic && (pairs || idxs);
-  const int64_t kept = n ? nms_cpu(std::is_same_v<T, float> ? kFloat32 : kFloat64, xyxy.data(),
-                                   sc.data(), per_class ? cls.data() : nullptr, n, iou_thr,
-                                   keep.data())
+  std::vector<T> decayed;  // soft / matrix: the kept candidates' decayed scores
+  const int64_t kept = n ? run_nms(nms, xyxy.data(), sc.data(), cls.data(), per_class, n, iou_thr,
+                                   K, keep.data(), decayed)
                          : 0;
   const int64_t c = std::min(K, kept);
   *count = c;
   for (int64_t k = 0; k < K; ++k) {
     const int64_t j = k < c ? keep[k] : -1;
     for (int d = 0; d < 4; ++d) ob[4 * k + d] = j >= 0 ? xyxy[4 * j + d] : T(0);
-    os[k] = j >= 0 ? sc[j] : T(0);
+    os[k] = j < 0 ? T(0) : decayed.empty() ? sc[j] : decayed[k];
     oc[k] = j >= 0 ? cls[j] : -1;
     oi[k] = j >= 0 ? (pairs ? cand[j].q / C : cand[j].q) : -1;
   }
@@ -393,8 +432,10 @@ void detect_cpu(int dtype, const void* boxes, const void* scores, const void* ob
                 const int64_t* idxs, int64_t B, int64_t A, int64_t C, const DetectStrides& st,
                 int fmt, double iou_threshold, bool has_score_thr, double score_thr,
                 int64_t top_k, int64_t max_det, bool multi_label, bool class_agnostic,
-                void* out_boxes, void* out_scores, int64_t* out_cls, int64_t* out_idx,
-                int64_t* counts) {
+                const DetectNms& nms, void* out_boxes, void* out_scores, int64_t* out_cls,
+                int64_t* out_idx, int64_t* counts) {
+  if (nms.mode < kDetectIou || nms.mode > kDetectMatrix)
+    throw std::invalid_argument("detect_cpu: nms mode must be 0 (iou), 1 (diou), 2 (soft), 3 (matrix)");
   dispatch_float(dtype, "detect", [&](auto t) {
     using T = decltype(t);
     const Params p{A, C, has_score_thr, multi_label && C > 0, class_agnostic, top_k, st};
@@ -411,7 +452,7 @@ void detect_cpu(int dtype, const void* boxes, const void* scores, const void* ob
       for (int64_t im = lo; im < hi; ++im)
         run_image(b + im * st.box_image, s + im * st.score_image,
                   o ? o + im * st.obj_image : nullptr, idxs ? idxs + im * A : nullptr, p, fmt,
-                  iou_threshold, thr, K, split, ob + im * K * 4, os + im * K, out_cls + im * K,
+                  iou_threshold, nms, thr, K, split, ob + im * K * 4, os + im * K, out_cls + im * K,
                   out_idx + im * K, counts + im);
     });
   });

@@ -153,7 +153,8 @@ DK_HD void detect_gpu_output(int64_t b, int64_t k, int64_t K, int64_t N, const i
   out_idx[o] = kept ? canchor[s] : -1;
 }
 
-/// @brief The GPU pipeline run sequentially on the CPU (tests only), arguments as detect_cpu;
+/// @brief The GPU pipeline run sequentially on the CPU (tests only), arguments as detect_cpu
+/// (without DetectNms: the GPU pipeline is greedy IoU NMS only);
 /// tile_rows / mask_cap_bytes / scan_threads go to nms_multi_emulate_cpu.
 void detect_emulate_cpu(int dtype, const void* boxes, const void* scores, const void* objectness,
                         const int64_t* idxs, int64_t B, int64_t A, int64_t C,
@@ -167,7 +168,8 @@ void detect_emulate_cpu(int dtype, const void* boxes, const void* scores, const 
 int64_t detect_cuda_workspace_bytes(int dtype, int64_t B, int64_t A, int64_t C, bool multi_label,
                                     int64_t top_k, int64_t mask_cap_bytes, int device);
 
-/// @brief detect on the GPU, arguments as detect_cpu (device pointers), enqueued on `stream`
+/// @brief detect on the GPU, arguments as detect_cpu without DetectNms (greedy IoU NMS only;
+/// Python refuses the other modes), device pointers, enqueued on `stream`
 /// with no host synchronisation; `workspace` holds detect_cuda_workspace_bytes bytes.
 void detect_cuda(int dtype, const void* boxes, const void* scores, const void* objectness,
                  const int64_t* idxs, int64_t B, int64_t A, int64_t C, const DetectStrides& st,

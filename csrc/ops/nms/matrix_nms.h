@@ -28,6 +28,16 @@ template <typename T> DK_HD T matrix_nms_term(T x, int kernel, T neg_sigma) {
 int64_t matrix_nms_cpu(int dtype, const void* boxes, const void* scores, const int64_t* labels,
                        int64_t n, int kernel, double sigma, bool has_score_thr, double score_thr,
                        int64_t max_output, int64_t pre_top_k, int64_t* keep, void* out_scores);
+
+/// @brief matrix_nms_cpu per image of a batch, fixed-size outputs (reference/matrix_nms.py,
+/// multi_image_matrix_nms): boxes [B, N, 4], scores [B, N], labels int64 [B, N]; image b's first
+/// counts[b] kept (by decayed score, at most max_output >= 0) fill out_idx[b] (box index in the
+/// image, then -1) and out_scores[b] (decayed score, then 0). Images run in parallel on the CPU
+/// thread pool.
+void matrix_nms_multi_cpu(int dtype, const void* boxes, const void* scores, const int64_t* labels,
+                          int64_t B, int64_t N, int kernel, double sigma, bool has_score_thr,
+                          double score_thr, int64_t max_output, int64_t pre_top_k,
+                          int64_t* out_idx, void* out_scores, int64_t* counts);
 #endif
 
 }  // namespace detkernels

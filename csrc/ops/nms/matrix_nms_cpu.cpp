@@ -22,6 +22,7 @@
 #endif
 
 #include "common/dispatch.h"
+#include "common/parallel.h"
 #include "ops/nms/nms.h"
 
 namespace detkernels {
@@ -208,6 +209,35 @@ int64_t matrix_nms_cpu(int dtype, const void* boxes, const void* scores, const i
     return run(static_cast<const T*>(boxes), static_cast<const T*>(scores), labels, n, kernel,
                sigma, has_score_thr, score_thr, max_output, pre_top_k, keep,
                static_cast<T*>(out_scores));
+  });
+}
+
+void matrix_nms_multi_cpu(int dtype, const void* boxes, const void* scores, const int64_t* labels,
+                          int64_t B, int64_t N, int kernel, double sigma, bool has_score_thr,
+                          double score_thr, int64_t max_output, int64_t pre_top_k,
+                          int64_t* out_idx, void* out_scores, int64_t* counts) {
+  if (kernel != kMatrixGaussian && kernel != kMatrixLinear)
+    throw std::invalid_argument("matrix_nms_multi_cpu: kernel must be 0 (gaussian) or 1 (linear)");
+  dispatch_float(dtype, "matrix_nms_multi_cpu", [&](auto t) {
+    using T = decltype(t);
+    const T* bx = static_cast<const T*>(boxes);
+    const T* sc = static_cast<const T*>(scores);
+    T* os = static_cast<T*>(out_scores);
+    // Images in parallel (each written by one chunk: the same bytes for any thread count).
+    parallel_for(B, 1, [&](int64_t lo, int64_t hi) {
+      std::vector<int64_t> keep(static_cast<size_t>(N));
+      std::vector<T> kept(static_cast<size_t>(N));
+      for (int64_t b = lo; b < hi; ++b) {
+        const int64_t c = run(bx + b * N * 4, sc + b * N, labels + b * N, N, kernel, sigma,
+                              has_score_thr, score_thr, max_output, pre_top_k, keep.data(),
+                              kept.data());
+        counts[b] = c;
+        for (int64_t k = 0; k < max_output; ++k) {
+          out_idx[b * max_output + k] = k < c ? keep[k] : -1;
+          os[b * max_output + k] = k < c ? kept[k] : T(0);
+        }
+      }
+    });
   });
 }
 

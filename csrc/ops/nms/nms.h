@@ -17,6 +17,20 @@ namespace detkernels {
 
 template <typename T> DK_HD T nms_area(T x1, T y1, T x2, T y2) { return (x2 - x1) * (y2 - y1); }
 
+// The five sorted columns the bitmask engine gathers per candidate (nms_bitmask.h step 2), by box
+// kind: an axis-aligned box (4 values, x1 y1 x2 y2) gives (x1, y1, x2, y2, area), what the IoU
+// and DIoU predicates read. Rotated boxes: nms_rotated_gpu.h's NmsRotatedBoxes.
+template <typename T> struct NmsAxisBoxes {
+  static constexpr int kDim = 4;  // values per box row
+  DK_HD static void columns(const T* b, T& c0, T& c1, T& c2, T& c3, T& c4) {
+    c0 = b[0];
+    c1 = b[1];
+    c2 = b[2];
+    c3 = b[3];
+    c4 = nms_area(b[0], b[1], b[2], b[3]);
+  }
+};
+
 template <typename T>
 DK_HD T nms_iou(T ax1, T ay1, T ax2, T ay2, T area_a, T bx1, T by1, T bx2, T by2, T area_b) {
   const T w = std_max(T(0), std_min(ax2, bx2) - std_max(ax1, bx1));

@@ -16,8 +16,8 @@
 //     seg_start[j] <= i.
 //  3. in row tiles of R rows (R a multiple of 64, so tiles hold whole row blocks): the 64-bit
 //     mask word (row i, column block cb), stored at cb - rb(i) (nms_mask_width), has bit k set iff column j = 64 cb + k is in i's segment,
-//     j > i, and box i suppresses box j (nms.h). A (row block, column block) pair is computed only
-//     if it is live (nms_block_live); the keep scan reads live words only.
+//     j > i, and box i suppresses box j (the predicate: nms.h's IoU, or diou_nms.h's DIoU).
+//     A (row block, column block) pair is computed only if it is live (nms_block_live); the keep scan reads live words only.
 //  4. keep scan over row blocks in order (nms_scan_rowblock): removed words are owned by threads
 //     (word w by thread w % T), so threads of a row block never race and one barrier per row block
 //     suffices. Kept flags land in sorted order. Images are scanned independently (one block
@@ -114,17 +114,31 @@ DK_HD bool nms_block_live(int64_t col_block_seg_start, int64_t rb, int64_t total
   return col_block_seg_start <= (last_row < total ? last_row : total - 1);
 }
 
+// The suppression predicate the engine is generic over (issue 13): pred(a, b) with a the kept
+// (higher-ranked) box and b the candidate, each as its five gathered columns (Pred::Boxes: for
+// axis-aligned boxes x1, y1, x2, y2, area; for rotated ones cx, cy, w, h, angle). Plain NMS is this one;
+// DIoU-NMS's is diou_nms.h's DiouNmsSuppress. Everything else (sorts, segments, tiles, scan,
+// outputs) is the same for every predicate.
+template <typename T> struct NmsIouSuppress {
+  using Boxes = NmsAxisBoxes<T>;  // the columns it reads (nms.h)
+  T thr;  // nms_threshold<T>(iou_threshold)
+  DK_HD bool operator()(T ax1, T ay1, T ax2, T ay2, T aarea, T bx1, T by1, T bx2, T by2,
+                        T barea) const {
+    return nms_suppresses(ax1, ay1, ax2, ay2, aarea, bx1, by1, bx2, by2, barea, thr);
+  }
+};
+
 // Mask word of row i (box a, the higher-ranked one) against `ncols` column boxes starting at
 // sorted position col0 (column arrays indexed from 0 = col0; cseg = their seg_start).
-template <typename T>
+template <typename T, typename Pred>
 DK_HD uint64_t nms_mask_word(int64_t i, T ax1, T ay1, T ax2, T ay2, T aarea, const T* cx1,
                              const T* cy1, const T* cx2, const T* cy2, const T* carea,
-                             const int64_t* cseg, int64_t col0, int ncols, T thr) {
+                             const int64_t* cseg, int64_t col0, int ncols, const Pred& pred) {
   uint64_t w = 0;
   for (int k = 0; k < ncols; ++k) {
     const int64_t j = col0 + k;
     if (j > i && cseg[k] <= i &&
-        nms_suppresses(ax1, ay1, ax2, ay2, aarea, cx1[k], cy1[k], cx2[k], cy2[k], carea[k], thr))
+        pred(ax1, ay1, ax2, ay2, aarea, cx1[k], cy1[k], cx2[k], cy2[k], carea[k]))
       w |= uint64_t(1) << k;
   }
   return w;
@@ -157,11 +171,14 @@ DK_HD int64_t nms_tile_rows(int64_t total, int64_t W, int64_t cap_bytes) {
 // shared memory). Every thread computes the same `diag` (the row block's own removed word) and so
 // the same keep decisions; thread t ORs kept rows into the words w > rb it owns
 // (w % nthreads == t). A barrier must separate row blocks.
+// fast: Fast-NMS (Bolya et al. 2019, ultralytics' OBB NMS) instead of greedy: every valid row
+// suppresses, whether or not it was itself suppressed (a box is dropped iff any earlier box of
+// its segment suppresses it).
 DK_HD void nms_scan_rowblock(int64_t rb, int t, int nthreads, int64_t total, int64_t row0,
                              const uint64_t* mask, int64_t W, int64_t ncb,
                              const uint64_t* diag_words,
                              int64_t diag_stride, const uint8_t* valid_rows, uint64_t* removed,
-                             const int64_t* seg_start, uint8_t* keep) {
+                             const int64_t* seg_start, uint8_t* keep, bool fast = false) {
   uint64_t diag = removed[rb];
   const int64_t base = rb * kNmsWordBits;
   const int64_t rem = total - base;
@@ -173,14 +190,15 @@ DK_HD void nms_scan_rowblock(int64_t rb, int t, int nthreads, int64_t total, int
   const int64_t next_seg = first < ncb ? seg_start[first * kNmsWordBits] : total;
   for (int r = 0; r < nrows; ++r) {
     const int64_t i = base + r;
-    if (!valid_rows[r] || ((diag >> r) & 1)) continue;
+    const bool dead = (diag >> r) & 1;
+    if (!valid_rows[r] || (dead && !fast)) continue;
     diag |= diag_words[r * diag_stride];
     if (i >= next_seg) {
       const uint64_t* mrow = mask + (i - row0) * W;
       for (int64_t w = w0; w < ncb && seg_start[w * kNmsWordBits] <= i; w += nthreads)
         removed[w] |= mrow[w - rb];
     }
-    if (t == 0) keep[i] = 1;
+    if (t == 0 && !dead) keep[i] = 1;
   }
 }
 

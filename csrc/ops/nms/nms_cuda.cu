@@ -7,16 +7,24 @@
 // state, so a call can be captured in a CUDA graph. The bitmask is built in row tiles of at most
 // mask_cap_bytes (never less than 64 rows), so 10^6 boxes need ~8 MB of mask per tile instead of
 // the 125 GB a full N x N/64 mask would take.
+//
+// The engine is generic over the suppression predicate (issue 13): nms_multi_cuda runs it with
+// IoU (NmsIouSuppress), diou_nms_multi_cuda with DIoU (diou_nms.h DiouNmsSuppress; no sparse path),
+// nms_rotated_multi_cuda with rotated IoU or ProbIoU (nms_rotated_gpu.h, issue 17; no sparse path).
 #include <cub/cub.cuh>
 #include <cuda/functional>
 
 #include <algorithm>
 #include <stdexcept>
+#include <string>
+#include <type_traits>
 
 #include "common/cuda_check.h"
 #include "common/dispatch.h"
+#include "ops/nms/diou_nms_kernels.cuh"
 #include "ops/nms/nms.h"
 #include "ops/nms/nms_kernels.cuh"
+#include "ops/nms/nms_rotated_kernels.cuh"
 #include "ops/nms/nms_sparse_gpu_kernels.cuh"
 
 namespace detkernels {
@@ -227,9 +235,44 @@ void run_sparse(const T* x1, const T* y1, const T* x2, const T* y2, const T* are
   DK_CUDA_CHECK_LAUNCH("nms_sparse_neutralise_kernel");
 }
 
+// One mask tile's launch, by predicate (issue 13): the IoU one (nms_mask_kernel) or the DIoU one
+// (diou_nms_mask_kernel), both nms_mask_tile over nms_bitmask.h's nms_mask_word.
 template <typename T>
+void launch_mask(dim3 grid, cudaStream_t st, const T* x1, const T* y1, const T* x2, const T* y2,
+                 const T* area, const int64_t* seg, uint64_t* mask, const Layout& L, int64_t row0,
+                 const NmsIouSuppress<T>& pred) {
+  nms_mask_kernel<T><<<grid, kNmsWordBits, 0, st>>>(x1, y1, x2, y2, area, seg, mask, L.total,
+                                                    L.ncb, L.W, row0, pred.thr);
+  DK_CUDA_CHECK_LAUNCH("nms_mask_kernel");
+}
+template <typename T>
+void launch_mask(dim3 grid, cudaStream_t st, const T* x1, const T* y1, const T* x2, const T* y2,
+                 const T* area, const int64_t* seg, uint64_t* mask, const Layout& L, int64_t row0,
+                 const DiouNmsSuppress<T>& pred) {
+  diou_nms_mask_kernel<T><<<grid, kNmsWordBits, 0, st>>>(x1, y1, x2, y2, area, seg, mask, L.total,
+                                                         L.ncb, L.W, row0, pred.thr, pred.beta);
+  DK_CUDA_CHECK_LAUNCH("diou_nms_mask_kernel");
+}
+
+// The metric's scalar parameter, as the kernel takes it (RotatedIouMetric has none).
+template <typename T> T param_of(const RotatedIouMetric<T>&) { return T(0); }
+template <typename T> T param_of(const ProbIouMetric<T>& m) { return m.eps; }
+
+template <typename T, typename Metric>
+void launch_mask(dim3 grid, cudaStream_t st, const T* c0, const T* c1, const T* c2, const T* c3,
+                 const T* c4, const int64_t* seg, uint64_t* mask, const Layout& L, int64_t row0,
+                 const RotatedNmsSuppress<T, Metric>& pred) {
+  rotated_nms_mask_kernel<T, Metric><<<grid, kNmsWordBits, 0, st>>>(
+      c0, c1, c2, c3, c4, seg, mask, L.total, L.ncb, L.W, row0, pred.thr,
+      param_of(pred.metric));
+  DK_CUDA_CHECK_LAUNCH("rotated_nms_mask_kernel");
+}
+
+// `pred`: the suppression predicate (nms_bitmask.h NmsIouSuppress, diou_nms.h DiouNmsSuppress);
+// the sparse path is the IoU predicate's only (its pruning is IoU-specific).
+template <typename T, typename Pred>
 void run(const T* boxes, const T* scores, const int64_t* classes, int64_t B, int64_t N, int64_t C,
-         double iou_thr, bool has_sthr, double sthr, int64_t K, int64_t* out_idx,
+         const Pred& pred, bool has_sthr, double sthr, int64_t K, int64_t* out_idx,
          int64_t* out_cls, int64_t* counts, char* ws, const Layout& L, cudaStream_t st) {
   const int64_t Cc = C > 0 ? C : 1, M = N * Cc, total = L.total, ncb = L.ncb;
   const unsigned g = grid_1d(total);
@@ -274,8 +317,8 @@ void run(const T* boxes, const T* scores, const int64_t* classes, int64_t B, int
   auto* removed = reinterpret_cast<uint64_t*>(ws + L.removed);
   auto* mask = reinterpret_cast<uint64_t*>(ws + L.mask);
   int64_t* head = vals.Alternate();  // free until the final sorts
-  nms_gather_kernel<<<g, kThreads, 0, st>>>(order, boxes, scores, x1, y1, x2, y2, area, valid,
-                                            total, M, N, Cc, has_sthr, sthr);
+  nms_gather_kernel<T, typename Pred::Boxes><<<g, kThreads, 0, st>>>(
+      order, boxes, scores, x1, y1, x2, y2, area, valid, total, M, N, Cc, has_sthr, sthr);
   DK_CUDA_CHECK_LAUNCH("nms_gather_kernel");
   nms_head_kernel<<<g, kThreads, 0, st>>>(order, M, C, classes, valid, head, total);
   DK_CUDA_CHECK_LAUNCH("nms_head_kernel");
@@ -288,21 +331,27 @@ void run(const T* boxes, const T* scores, const int64_t* classes, int64_t B, int
   // 3.-4. mask tiles and keep scan
   DK_CUDA_CHECK(cudaMemsetAsync(keep, 0, total, st));
   DK_CUDA_CHECK(cudaMemsetAsync(removed, 0, 8 * ncb, st));
-  const T thr = nms_threshold<T>(iou_thr);
   // issue 16: the sparse path first where the host rule allows it (nms_sparse_gpu_use: shapes and
   // thr >= 0); `head` (vals.Alternate()) is free once the max-scan is done.
-  if (L.sparse && nms_sparse_gpu_use(total, M, static_cast<double>(thr)))
-    run_sparse(x1, y1, x2, y2, area, valid, seg, keep, head, thr, ws, L, st);
+  if constexpr (std::is_same<Pred, NmsIouSuppress<T>>::value) {
+    if (L.sparse && nms_sparse_gpu_use(total, M, static_cast<double>(pred.thr)))
+      run_sparse(x1, y1, x2, y2, area, valid, seg, keep, head, pred.thr, ws, L, st);
+  }
   for (int64_t row0 = 0; row0 < total; row0 += L.R) {
     const int64_t rb0 = row0 / kNmsWordBits, rb1 = std::min(ncb, (row0 + L.R) / kNmsWordBits);
     const int64_t nrb = rb1 - rb0;
     const int64_t gx = std::max<int64_t>(1, std::min<int64_t>({ncb - rb0, L.W, 16384 / nrb}));
-    nms_mask_kernel<T><<<dim3(static_cast<unsigned>(gx), static_cast<unsigned>(nrb)), kNmsWordBits,
-                         0, st>>>(x1, y1, x2, y2, area, seg, mask, total, ncb, L.W, row0, thr);
-    DK_CUDA_CHECK_LAUNCH("nms_mask_kernel");
-    nms_scan_kernel<<<static_cast<unsigned>(B), kNmsScanThreads, 0, st>>>(
-        M, L.R, total, row0, mask, L.W, ncb, removed, seg, valid, keep);
-    DK_CUDA_CHECK_LAUNCH("nms_scan_kernel");
+    launch_mask(dim3(static_cast<unsigned>(gx), static_cast<unsigned>(nrb)), st, x1, y1, x2, y2,
+                area, seg, mask, L, row0, pred);
+    if (nms_pred_fast(pred)) {
+      nms_fast_scan_kernel<<<static_cast<unsigned>(B), kNmsScanThreads, 0, st>>>(
+          M, L.R, total, row0, mask, L.W, ncb, removed, seg, valid, keep);
+      DK_CUDA_CHECK_LAUNCH("nms_fast_scan_kernel");
+    } else {
+      nms_scan_kernel<<<static_cast<unsigned>(B), kNmsScanThreads, 0, st>>>(
+          M, L.R, total, row0, mask, L.W, ncb, removed, seg, valid, keep);
+      DK_CUDA_CHECK_LAUNCH("nms_scan_kernel");
+    }
   }
 
   // 5. kept candidates by (image, score desc, q), counts, padded outputs
@@ -326,20 +375,14 @@ void run(const T* boxes, const T* scores, const int64_t* classes, int64_t B, int
   }
 }
 
-}  // namespace
-
-int64_t nms_multi_cuda_workspace_bytes(int dtype, int64_t B, int64_t N, int64_t C,
-                                       bool /*has_classes*/, int64_t mask_cap_bytes, int device) {
-  DeviceGuard guard(device);
-  return make_layout(dtype, B, N, C, mask_cap_bytes).bytes;
-}
-
-void nms_multi_cuda(int dtype, const void* boxes, const void* scores, const int64_t* classes,
-                    int64_t B, int64_t N, int64_t C, double iou_threshold, bool has_score_thr,
-                    double score_thr, int64_t max_output, int64_t* out_idx, int64_t* out_cls,
-                    int64_t* counts, void* workspace, int64_t workspace_bytes,
-                    int64_t mask_cap_bytes, int device, void* stream) {
-  dispatch_float(dtype, "nms", [&](auto t) {
+// The public launchers: one body, the predicate made per dtype by `make_pred` (issue 13).
+template <typename MakePred>
+void multi_cuda(const char* what, int dtype, const void* boxes, const void* scores,
+                const int64_t* classes, int64_t B, int64_t N, int64_t C, MakePred make_pred,
+                bool has_score_thr, double score_thr, int64_t max_output, int64_t* out_idx,
+                int64_t* out_cls, int64_t* counts, void* workspace, int64_t workspace_bytes,
+                int64_t mask_cap_bytes, int device, void* stream) {
+  dispatch_float(dtype, what, [&](auto t) {
     using T = decltype(t);
     DeviceGuard guard(device);
     auto st = static_cast<cudaStream_t>(stream);
@@ -353,13 +396,78 @@ void nms_multi_cuda(int dtype, const void* boxes, const void* scores, const int6
       return;
     }
     if (workspace_bytes < L.bytes)
-      throw std::invalid_argument("nms (CUDA): workspace of " + std::to_string(workspace_bytes) +
-                                  " bytes is smaller than the " + std::to_string(L.bytes) +
-                                  " needed");
+      throw std::invalid_argument(std::string(what) + " (CUDA): workspace of " +
+                                  std::to_string(workspace_bytes) + " bytes is smaller than the " +
+                                  std::to_string(L.bytes) + " needed");
     run(static_cast<const T*>(boxes), static_cast<const T*>(scores), classes, B, N, C,
-        iou_threshold, has_score_thr, score_thr, max_output, out_idx, out_cls, counts,
+        make_pred(t), has_score_thr, score_thr, max_output, out_idx, out_cls, counts,
         static_cast<char*>(workspace), L, st);
   });
+}
+
+}  // namespace
+
+int64_t nms_multi_cuda_workspace_bytes(int dtype, int64_t B, int64_t N, int64_t C,
+                                       bool /*has_classes*/, int64_t mask_cap_bytes, int device) {
+  DeviceGuard guard(device);
+  return make_layout(dtype, B, N, C, mask_cap_bytes).bytes;
+}
+
+void nms_multi_cuda(int dtype, const void* boxes, const void* scores, const int64_t* classes,
+                    int64_t B, int64_t N, int64_t C, double iou_threshold, bool has_score_thr,
+                    double score_thr, int64_t max_output, int64_t* out_idx, int64_t* out_cls,
+                    int64_t* counts, void* workspace, int64_t workspace_bytes,
+                    int64_t mask_cap_bytes, int device, void* stream) {
+  multi_cuda("nms", dtype, boxes, scores, classes, B, N, C,
+             [&](auto t) {
+               using T = decltype(t);
+               return NmsIouSuppress<T>{nms_threshold<T>(iou_threshold)};
+             },
+             has_score_thr, score_thr, max_output, out_idx, out_cls, counts, workspace,
+             workspace_bytes, mask_cap_bytes, device, stream);
+}
+
+void diou_nms_multi_cuda(int dtype, const void* boxes, const void* scores, const int64_t* classes,
+                         int64_t B, int64_t N, int64_t C, double iou_threshold, double beta,
+                         bool has_score_thr, double score_thr, int64_t max_output,
+                         int64_t* out_idx, int64_t* out_cls, int64_t* counts, void* workspace,
+                         int64_t workspace_bytes, int64_t mask_cap_bytes, int device,
+                         void* stream) {
+  multi_cuda("diou_nms", dtype, boxes, scores, classes, B, N, C,
+             [&](auto t) {
+               using T = decltype(t);
+               return DiouNmsSuppress<T>{nms_threshold<T>(iou_threshold), static_cast<T>(beta)};
+             },
+             has_score_thr, score_thr, max_output, out_idx, out_cls, counts, workspace,
+             workspace_bytes, mask_cap_bytes, device, stream);
+}
+
+void nms_rotated_multi_cuda(int dtype, int metric, const void* boxes, const void* scores,
+                            const int64_t* classes, int64_t B, int64_t N, double iou_threshold,
+                            double eps, bool has_score_thr, double score_thr, int64_t max_output,
+                            int64_t* out_idx, int64_t* counts, void* workspace,
+                            int64_t workspace_bytes, int64_t mask_cap_bytes, int device,
+                            void* stream) {
+  auto go = [&](auto make_pred) {
+    multi_cuda("nms_rotated", dtype, boxes, scores, classes, B, N, 0, make_pred, has_score_thr,
+               score_thr, max_output, out_idx, nullptr, counts, workspace, workspace_bytes,
+               mask_cap_bytes, device, stream);
+  };
+  if (metric == kRotatedIou) {
+    go([&](auto t) {
+      using T = decltype(t);
+      return RotatedNmsSuppress<T, RotatedIouMetric<T>>{iou_threshold, RotatedIouMetric<T>{},
+                                                        false};
+    });
+  } else if (metric == kRotatedProbIou || metric == kRotatedProbIouFast) {
+    go([&](auto t) {
+      using T = decltype(t);
+      return RotatedNmsSuppress<T, ProbIouMetric<T>>{
+          iou_threshold, ProbIouMetric<T>{static_cast<T>(eps)}, metric == kRotatedProbIouFast};
+    });
+  } else {
+    throw std::invalid_argument("nms_rotated (CUDA): unknown metric");
+  }
 }
 
 }  // namespace detkernels

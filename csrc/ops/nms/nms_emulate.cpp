@@ -2,16 +2,22 @@
 // functions: radix sorts become stable sorts by the same keys, kernels become loops over the same
 // (row block, column block) pairs and emulated scan threads. Slow on purpose; it exists so that
 // the GPU's mask layout, tiling, keep scan and segmentation are tested on machines without a GPU.
+// Generic over the suppression predicate as the GPU engine is: plain NMS (nms_multi_emulate_cpu)
+// DIoU-NMS (diou_nms_multi_emulate_cpu, issue 13) and rotated NMS (nms_rotated_multi_emulate_cpu,
+// issue 17).
 #include <algorithm>
 #include <array>
 #include <atomic>
 #include <numeric>
 #include <stdexcept>
+#include <type_traits>
 #include <vector>
 
 #include "common/dispatch.h"
+#include "ops/nms/diou_nms.h"
 #include "ops/nms/nms.h"
 #include "ops/nms/nms_bitmask.h"
+#include "ops/nms/nms_rotated_gpu.h"
 #include "ops/nms/nms_sparse_gpu.h"
 
 namespace detkernels {
@@ -149,9 +155,11 @@ void run_sparse(const std::vector<T>& x1, const std::vector<T>& y1, const std::v
   for (int64_t p = 0; p < total; ++p) nms_sparse_neutralise(p, seg.data(), valid.data());
 }
 
-template <typename T>
+// `pred`: the suppression predicate (nms_bitmask.h NmsIouSuppress, diou_nms.h DiouNmsSuppress);
+// the sparse path is the IoU predicate's only (its pruning is IoU-specific).
+template <typename T, typename Pred>
 void run(const T* boxes, const T* scores, const int64_t* classes, int64_t B, int64_t N, int64_t C,
-         double iou_thr, bool has_sthr, double sthr, int64_t K, int64_t* out_idx,
+         const Pred& pred, bool has_sthr, double sthr, int64_t K, int64_t* out_idx,
          int64_t* out_cls, int64_t* counts, int64_t tile_rows, int64_t cap, int nthreads) {
   const int64_t Cc = C > 0 ? C : 1, M = N * Cc, total = B * M;
   for (int64_t b = 0; b < B; ++b) counts[b] = 0;
@@ -186,9 +194,9 @@ void run(const T* boxes, const T* scores, const int64_t* classes, int64_t B, int
   std::vector<uint8_t> valid(total), keep(total, 0), kept_by_cand(total);
   for (int64_t p = 0; p < total; ++p) {
     const int64_t q = order[p];
-    const T* bx = boxes + 4 * nms_cand_box(q, M, N, Cc);
-    x1[p] = bx[0]; y1[p] = bx[1]; x2[p] = bx[2]; y2[p] = bx[3];
-    area[p] = nms_area(bx[0], bx[1], bx[2], bx[3]);
+    using Boxes = typename Pred::Boxes;
+    Boxes::columns(boxes + Boxes::kDim * nms_cand_box(q, M, N, Cc), x1[p], y1[p], x2[p], y2[p],
+                   area[p]);
     valid[p] = nms_cand_valid(scores[q], has_sthr, sthr);
   }
   std::vector<int64_t> seg(total);
@@ -197,7 +205,6 @@ void run(const T* boxes, const T* scores, const int64_t* classes, int64_t B, int
     seg[p] = run_max;
   }
   // 3.-4. mask tiles and keep scan (mask_kernel, scan_kernel)
-  const T thr = nms_threshold<T>(iou_thr);
   const int64_t ncb = (total + kNmsWordBits - 1) / kNmsWordBits;
   const int64_t W = nms_mask_width(total, M);
   const int64_t R = tile_rows > 0 ? tile_rows : nms_tile_rows(total, W, cap);
@@ -206,8 +213,13 @@ void run(const T* boxes, const T* scores, const int64_t* classes, int64_t B, int
   std::vector<uint64_t> removed(ncb, 0);
   // issue 16: the sparse path first (nms_cuda.cu: run_sparse); on success the tiles below find
   // nothing left to do, on fallback they run on the real inputs.
-  run_sparse(x1, y1, x2, y2, area, valid, seg, keep, total, M, thr,
-             static_cast<int64_t>(sizeof(uint64_t)) * R * W);
+  if constexpr (std::is_same_v<Pred, NmsIouSuppress<T>>) {
+    run_sparse(x1, y1, x2, y2, area, valid, seg, keep, total, M, pred.thr,
+               static_cast<int64_t>(sizeof(uint64_t)) * R * W);
+  } else {
+    g_outcome = kNmsOutcomePlain;
+    g_work = {0, 0, 0, 0};
+  }
   for (int64_t row0 = 0; row0 < total; row0 += R) {
     const int64_t rb0 = row0 / kNmsWordBits, rb1 = std::min(ncb, (row0 + R) / kNmsWordBits);
     for (int64_t rb = rb0; rb < rb1; ++rb) {
@@ -218,7 +230,7 @@ void run(const T* boxes, const T* scores, const int64_t* classes, int64_t B, int
         for (int64_t i = rb * kNmsWordBits; i < std::min(total, (rb + 1) * kNmsWordBits); ++i)
           mask[(i - row0) * W + (cb - rb)] =
               nms_mask_word(i, x1[i], y1[i], x2[i], y2[i], area[i], &x1[c0], &y1[c0], &x2[c0],
-                            &y2[c0], &area[c0], &seg[c0], c0, nc, thr);
+                            &y2[c0], &area[c0], &seg[c0], c0, nc, pred);
       }
     }
     // One scan block per image, independent (nms_scan_rows); run in reverse image order here so
@@ -234,7 +246,7 @@ void run(const T* boxes, const T* scores, const int64_t* classes, int64_t B, int
         for (int t = 0; t < nthreads; ++t)  // threads of one row block, then a barrier
           nms_scan_rowblock(rb, t, nthreads, total, row0, mask.data(), W, ncb,
                             &mask[(rb * kNmsWordBits - row0) * W], W, v,
-                            removed.data(), seg.data(), keep.data());
+                            removed.data(), seg.data(), keep.data(), nms_pred_fast(pred));
       }
     }
   }
@@ -271,8 +283,47 @@ void nms_multi_emulate_cpu(int dtype, const void* boxes, const void* scores,
   dispatch_float(dtype, "nms", [&](auto t) {
     using T = decltype(t);
     run(static_cast<const T*>(boxes), static_cast<const T*>(scores), classes, B, N, C,
-        iou_threshold, has_score_thr, score_thr, max_output, out_idx, out_cls, counts, tile_rows,
-        mask_cap_bytes, scan_threads);
+        NmsIouSuppress<T>{nms_threshold<T>(iou_threshold)}, has_score_thr, score_thr, max_output,
+        out_idx, out_cls, counts, tile_rows, mask_cap_bytes, scan_threads);
+  });
+}
+
+void diou_nms_multi_emulate_cpu(int dtype, const void* boxes, const void* scores,
+                                const int64_t* classes, int64_t B, int64_t N, int64_t C,
+                                double iou_threshold, double beta, bool has_score_thr,
+                                double score_thr, int64_t max_output, int64_t* out_idx,
+                                int64_t* out_cls, int64_t* counts, int64_t tile_rows,
+                                int64_t mask_cap_bytes, int scan_threads) {
+  if (scan_threads < 1) throw std::invalid_argument("scan_threads must be >= 1");
+  dispatch_float(dtype, "diou_nms", [&](auto t) {
+    using T = decltype(t);
+    run(static_cast<const T*>(boxes), static_cast<const T*>(scores), classes, B, N, C,
+        DiouNmsSuppress<T>{nms_threshold<T>(iou_threshold), static_cast<T>(beta)}, has_score_thr,
+        score_thr, max_output, out_idx, out_cls, counts, tile_rows, mask_cap_bytes, scan_threads);
+  });
+}
+
+void nms_rotated_multi_emulate_cpu(int dtype, int metric, const void* boxes, const void* scores,
+                                   const int64_t* classes, int64_t B, int64_t N,
+                                   double iou_threshold, double eps, bool has_score_thr,
+                                   double score_thr, int64_t max_output, int64_t* out_idx,
+                                   int64_t* counts, int64_t tile_rows, int64_t mask_cap_bytes,
+                                   int scan_threads) {
+  if (scan_threads < 1) throw std::invalid_argument("scan_threads must be >= 1");
+  if (metric != kRotatedIou && metric != kRotatedProbIou && metric != kRotatedProbIouFast)
+    throw std::invalid_argument("nms_rotated: unknown metric");
+  dispatch_float(dtype, "nms_rotated", [&](auto t) {
+    using T = decltype(t);
+    auto go = [&](const auto& pred) {
+      run(static_cast<const T*>(boxes), static_cast<const T*>(scores), classes, B, N, 0, pred,
+          has_score_thr, score_thr, max_output, out_idx, nullptr, counts, tile_rows,
+          mask_cap_bytes, scan_threads);
+    };
+    if (metric == kRotatedIou)
+      go(RotatedNmsSuppress<T, RotatedIouMetric<T>>{iou_threshold, RotatedIouMetric<T>{}, false});
+    else
+      go(RotatedNmsSuppress<T, ProbIouMetric<T>>{iou_threshold, ProbIouMetric<T>{static_cast<T>(eps)},
+                                                 metric == kRotatedProbIouFast});
   });
 }
 

@@ -40,16 +40,16 @@ __global__ void nms_image_key_kernel(const int64_t* order, const T* scores, uint
   }
 }
 
-template <typename T>
+// Boxes: the predicate's box kind (nms.h NmsAxisBoxes, the default; nms_rotated_gpu.h's
+// NmsRotatedBoxes), which says how many values a box row has and what the five columns hold.
+template <typename T, typename Boxes = NmsAxisBoxes<T>>
 __global__ void nms_gather_kernel(const int64_t* order, const T* boxes, const T* scores, T* x1,
                                   T* y1, T* x2, T* y2, T* area, uint8_t* valid, int64_t total,
                                   int64_t M, int64_t N, int64_t Cc, int has_sthr, double sthr) {
   DK_GRID_STRIDE(p, total) {
     const int64_t q = order[p];
-    const T* b = boxes + 4 * nms_cand_box(q, M, N, Cc);
-    const T bx1 = b[0], by1 = b[1], bx2 = b[2], by2 = b[3];
-    x1[p] = bx1; y1[p] = by1; x2[p] = bx2; y2[p] = by2;
-    area[p] = nms_area(bx1, by1, bx2, by2);
+    Boxes::columns(boxes + Boxes::kDim * nms_cand_box(q, M, N, Cc), x1[p], y1[p], x2[p], y2[p],
+                   area[p]);
     valid[p] = nms_cand_valid(scores[q], has_sthr != 0, sthr);
   }
 }
@@ -60,12 +60,14 @@ __global__ void nms_head_kernel(const int64_t* order, int64_t M, int64_t C, cons
 }
 
 // blockIdx.y: row block of the tile; blockIdx.x strides over column blocks cb >= rb until the
-// first dead one. One thread per row; the 64 column boxes are staged in shared memory.
-template <typename T>
-__global__ void __launch_bounds__(kNmsWordBits)
-    nms_mask_kernel(const T* x1, const T* y1, const T* x2, const T* y2, const T* area,
-                    const int64_t* seg, uint64_t* mask, int64_t total, int64_t ncb, int64_t W,
-                    int64_t row0, T thr) {
+// first dead one. One thread per row; the 64 column boxes are staged in shared memory. Generic
+// over the suppression predicate (nms_bitmask.h): nms_mask_kernel below (IoU) and
+// diou_nms_kernels.cuh's diou_nms_mask_kernel are thin wrappers, since a launch (and CuPy) passes
+// scalars, not the predicate.
+template <typename T, typename Pred>
+__device__ void nms_mask_tile(const T* x1, const T* y1, const T* x2, const T* y2, const T* area,
+                              const int64_t* seg, uint64_t* mask, int64_t total, int64_t ncb,
+                              int64_t W, int64_t row0, const Pred& pred) {
   __shared__ T sx1[kNmsWordBits], sy1[kNmsWordBits], sx2[kNmsWordBits], sy2[kNmsWordBits],
       sa[kNmsWordBits];
   __shared__ int64_t sseg[kNmsWordBits];
@@ -92,18 +94,27 @@ __global__ void __launch_bounds__(kNmsWordBits)
     __syncthreads();
     if (row_ok)
       mask[(i - row0) * W + (cb - rb)] =
-          nms_mask_word(i, ax1, ay1, ax2, ay2, aa, sx1, sy1, sx2, sy2, sa, sseg, c0, nc, thr);
+          nms_mask_word(i, ax1, ay1, ax2, ay2, aa, sx1, sy1, sx2, sy2, sa, sseg, c0, nc, pred);
   }
+}
+
+// Plain NMS: IoU > thr (thr = nms_threshold<T>(iou_threshold)).
+template <typename T>
+__global__ void __launch_bounds__(kNmsWordBits)
+    nms_mask_kernel(const T* x1, const T* y1, const T* x2, const T* y2, const T* area,
+                    const int64_t* seg, uint64_t* mask, int64_t total, int64_t ncb, int64_t W,
+                    int64_t row0, T thr) {
+  nms_mask_tile(x1, y1, x2, y2, area, seg, mask, total, ncb, W, row0, NmsIouSuppress<T>{thr});
 }
 
 // Block b scans image b's rows of the tile [row0, row0 + R) row block by row block
 // (nms_scan_rowblock; images are independent, see nms_bitmask.h). Each row block's diagonal words
 // and validity (rows outside the image: invalid) are staged in shared memory first; a barrier
 // closes each row block.
-__global__ void __launch_bounds__(kNmsScanThreads)
-    nms_scan_kernel(int64_t M, int64_t R, int64_t total, int64_t row0, const uint64_t* mask,
-                    int64_t W, int64_t ncb, uint64_t* removed, const int64_t* seg,
-                    const uint8_t* valid, uint8_t* keep) {
+// fast: Fast-NMS's scan (nms_scan_rowblock); nms_scan_kernel and nms_fast_scan_kernel below.
+__device__ void nms_scan_tile(int64_t M, int64_t R, int64_t total, int64_t row0,
+                              const uint64_t* mask, int64_t W, int64_t ncb, uint64_t* removed,
+                              const int64_t* seg, const uint8_t* valid, uint8_t* keep, bool fast) {
   __shared__ uint64_t s_diag[kNmsWordBits];
   __shared__ uint8_t s_valid[kNmsWordBits];
   const int t = threadIdx.x;
@@ -118,9 +129,24 @@ __global__ void __launch_bounds__(kNmsScanThreads)
     }
     __syncthreads();
     nms_scan_rowblock(rb, t, blockDim.x, total, row0, mask, W, ncb, s_diag, 1, s_valid, removed,
-                      seg, keep);
+                      seg, keep, fast);
     __syncthreads();
   }
+}
+
+__global__ void __launch_bounds__(kNmsScanThreads)
+    nms_scan_kernel(int64_t M, int64_t R, int64_t total, int64_t row0, const uint64_t* mask,
+                    int64_t W, int64_t ncb, uint64_t* removed, const int64_t* seg,
+                    const uint8_t* valid, uint8_t* keep) {
+  nms_scan_tile(M, R, total, row0, mask, W, ncb, removed, seg, valid, keep, false);
+}
+
+// Fast-NMS (issue 17: ultralytics' OBB NMS on ProbIoU, nms_probiou(fast=True)).
+__global__ void __launch_bounds__(kNmsScanThreads)
+    nms_fast_scan_kernel(int64_t M, int64_t R, int64_t total, int64_t row0, const uint64_t* mask,
+                         int64_t W, int64_t ncb, uint64_t* removed, const int64_t* seg,
+                         const uint8_t* valid, uint8_t* keep) {
+  nms_scan_tile(M, R, total, row0, mask, W, ncb, removed, seg, valid, keep, true);
 }
 
 __global__ void nms_scatter_kernel(const int64_t* order, const uint8_t* keep, uint8_t* kept_by_cand,

@@ -14,6 +14,9 @@ visiting order: no host synchronisation, outputs of fixed size. Before the mask 
 rule allows (_sparse_use), the sparse path of nms_sparse_gpu.h runs its kernels
 (nms_sparse_gpu_kernels.cuh; issue 16), as nms_cuda.cu does.
 
+diou_nms (issue 13) is nms's path with one kernel changed: the mask tiles are diou_nms_kernels.cuh's
+diou_nms_mask_kernel (the DIoU predicate of diou_nms.h) and the sparse path is not taken.
+
 soft_nms / multi_image_soft_nms (issue 13) launch the native build's soft_nms_kernel (one block
 per image, soft_nms_gpu.h); matrix_nms its gather and tiled column kernels (matrix_nms_gpu.h),
 with CuPy's stable sorts and searchsorted for the plan.
@@ -73,7 +76,9 @@ HEADERS = ("common/host_device.h", "ops/box_iou/box_iou.h", "ops/box_iou/box_iou
            "ops/roi_pool/roi_pool_gpu.h", "ops/roi_pool/roi_pool_kernels.cuh",
            # Soft-NMS (issue 13; section at the end of this file)
            "ops/nms/soft_nms.h", "ops/nms/soft_nms_gpu.h", "ops/nms/soft_nms_kernels.cuh",
-           "ops/nms/matrix_nms.h", "ops/nms/matrix_nms_gpu.h", "ops/nms/matrix_nms_kernels.cuh")
+           "ops/nms/matrix_nms.h", "ops/nms/matrix_nms_gpu.h", "ops/nms/matrix_nms_kernels.cuh",
+           # DIoU-NMS (issue 13): the bitmask engine's DIoU mask kernel
+           "ops/nms/diou_nms.h", "ops/nms/diou_nms_kernels.cuh")
 _MODULES: dict = {}
 
 
@@ -115,6 +120,7 @@ def name_expressions() -> list[str]:
     names += roi_name_expressions()
     names += soft_nms_name_expressions()
     names += matrix_nms_name_expressions()
+    names += diou_nms_name_expressions()
     return names
 
 
@@ -250,6 +256,11 @@ def nms_name_expressions() -> list[str]:
     """The NMS kernel instantiations the backend launches (nms_kernels.cuh)."""
     names = [f"detkernels::nms_{k}_kernel<{t}>" for t in C_TYPES.values() for k in ("gather", "mask")]
     return names + ["detkernels::nms_scan_kernel"]
+
+
+def diou_nms_name_expressions() -> list[str]:
+    """DIoU-NMS's own kernel (diou_nms_kernels.cuh, issue 13); its other steps are nms's."""
+    return [f"detkernels::diou_nms_mask_kernel<{t}>" for t in C_TYPES.values()]
 
 
 def nms_sparse_name_expressions() -> list[str]:
@@ -395,10 +406,11 @@ def _multi_outputs(xp: Any, o1: Any, o: Any, keep: Any, valid: Any, max_output: 
 
 
 def _multi_suppress(cp: Any, mod: Any, boxes: Any, scores: Any, o: Any, seg: Any, N: int, M: int,
-                    B: int, dt: str, thr: float, sthr: float | None) -> Any:
+                    B: int, dt: str, thr: float, sthr: float | None, beta: float | None = None) -> Any:
     """Keep flags (uint8, per sorted position) for the plan ``o`` (its ``seg``): columns gathered,
     then mask tiles and the per-image scan of nms_bitmask.h -- the native build's kernels
-    (nms_kernels.cuh) -- all enqueued on the current stream."""
+    (nms_kernels.cuh) -- all enqueued on the current stream. With ``beta``: DIoU-NMS (the mask
+    tiles are diou_nms_mask_kernel's, no sparse path), as nms_cuda.cu's diou_nms_multi_cuda."""
     T = C_TYPES[dt]
     n = B * M
     ncb = (n + 63) // 64
@@ -416,7 +428,7 @@ def _multi_suppress(cp: Any, mod: Any, boxes: Any, scores: Any, o: Any, seg: Any
          np.int64(n), np.int64(M), np.int64(N), np.int64(M // N), np.int32(has_sthr),
          np.float64(sthr if has_sthr else 0.0)))
     t = nms_threshold(thr, dt)
-    sparse = _sparse_use(n, M, t)
+    sparse = beta is None and _sparse_use(n, M, t)
     # The sparse path's edges alias the mask tiles (at least 16 int32 per candidate), as on nvcc.
     nbytes = max(R * W * 8, 4 * SPARSE_MIN_EDGES_PER_CAND * n) if sparse else R * W * 8
     try:
@@ -432,13 +444,16 @@ def _multi_suppress(cp: Any, mod: Any, boxes: Any, scores: Any, o: Any, seg: Any
         seg = seg.copy()  # neutralised on success; the plan's own stays intact
         _multi_sparse(cp, mod, cols, valid8, seg, keep, buf.view(cp.int32), R * W * 8, n,
                       T, t)
-    fmask = mod.get_function(f"detkernels::nms_mask_kernel<{T}>")
+    if beta is None:
+        fmask, extra = mod.get_function(f"detkernels::nms_mask_kernel<{T}>"), (t,)
+    else:  # thr and beta rounded to T, as DiouNmsSuppress takes them
+        fmask, extra = mod.get_function(f"detkernels::diou_nms_mask_kernel<{T}>"), (t, t.dtype.type(beta))
     fscan = mod.get_function("detkernels::nms_scan_kernel")
     for row0 in range(0, n, R):  # nms_cuda.cu's grid for each tile
         nrb = min(ncb, (row0 + R) // 64) - row0 // 64
         gx = max(1, min(ncb - row0 // 64, W, 16384 // nrb))
         fmask((gx, nrb), (64,), (cols[0], cols[1], cols[2], cols[3], cols[4], seg, mask,
-                                 np.int64(n), np.int64(ncb), np.int64(W), np.int64(row0), t))
+                                 np.int64(n), np.int64(ncb), np.int64(W), np.int64(row0), *extra))
         fscan((B,), (NMS_SCAN_THREADS,), (np.int64(M), np.int64(R), np.int64(n), np.int64(row0),
                                            mask, np.int64(W), np.int64(ncb), removed, seg, valid8,
                                            keep))
@@ -460,9 +475,10 @@ def multi_image_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float,
 
 
 def _multi_image_nms(cp: Any, boxes: Any, scores: Any, classes: Any, iou_threshold: float,
-                     max_output: int, score_threshold: float | None) -> tuple[Any, Any, Any]:
+                     max_output: int, score_threshold: float | None,
+                     beta: float | None = None) -> tuple[Any, Any, Any]:
     """multi_image_nms on CuPy views of scores and classes (boxes: any contiguous device array),
-    inside _On; returns CuPy arrays."""
+    inside _On; returns CuPy arrays. With ``beta``: DIoU-NMS's (issue 13)."""
     B, N = int(boxes.shape[0]), int(boxes.shape[1])
     C = int(scores.shape[2]) if scores.ndim == 3 else 0
     Cc = max(C, 1)
@@ -479,8 +495,22 @@ def _multi_image_nms(cp: Any, boxes: Any, scores: Any, classes: Any, iou_thresho
         cls = None if classes is None else classes.reshape(B, N)
     o1, o, valid, seg, _ = _multi_plan(cp, s, cls, N, Cc, score_threshold)
     keep = _multi_suppress(cp, _module(cp), boxes, s, o, seg, N, M, B, dt, iou_threshold,
-                           score_threshold)
+                           score_threshold, beta)
     return _multi_outputs(cp, o1, o, keep, valid, max_output, Cc, per_class)
+
+
+@register("diou_nms", "cupy", devices=("cuda",))
+def diou_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float, beta: float) -> Any:
+    """boxes [N, 4], scores [N] (same float dtype), classes int64 [N] or None -> kept indices.
+    nms's path (one image, max_output = N) with the DIoU mask kernel, as the native CUDA build's
+    diou_nms (issue 13); the one host sync is the output length."""
+    cp = _cupy()
+    n = int(boxes.shape[0])
+    with _On(cp, boxes):
+        b, s = _view(cp, boxes).reshape(1, n, 4), _view(cp, scores).reshape(1, n)
+        c = None if classes is None else _view(cp, classes).reshape(1, n)
+        idx, _, counts = _multi_image_nms(cp, b, s, c, iou_threshold, n, None, beta)
+        return _as_kind(idx[0, :int(counts[0])], like=boxes)
 
 
 # ---- RoI ops --------------------------------------------------------------------------------------

@@ -13,6 +13,8 @@
 //   Soft-NMS (issue 13): soft_nms_kernels.cuh, one launch (one block per image).
 //   Matrix NMS (issue 13): matrix_nms_kernels.cuh's gather and column kernels; CuPy's stable sorts
 //             and searchsorted make the plan.
+//   DIoU-NMS (issue 13): NMS's plan and kernels, the mask tiles diou_nms_kernels.cuh's (the DIoU
+//             predicate of diou_nms.h on nms_bitmask.h's mask word).
 #include "ops/box_iou/box_iou_kernel.cuh"
 #include "ops/nms/nms_kernels.cuh"
 #include "ops/nms/nms_sparse_gpu_kernels.cuh"
@@ -20,3 +22,4 @@
 #include "ops/roi_pool/roi_pool_kernels.cuh"
 #include "ops/nms/soft_nms_kernels.cuh"  // issue 13: Soft-NMS, one block per image
 #include "ops/nms/matrix_nms_kernels.cuh"  // issue 13: Matrix NMS (gather, tiled column passes)
+#include "ops/nms/diou_nms_kernels.cuh"  // issue 13: DIoU-NMS mask tiles (bitmask engine)
