@@ -28,6 +28,8 @@
 #include "ops/nms/matrix_nms_gpu.h"
 #include "ops/roi_align/roi_align.h"
 #include "ops/roi_align/roi_align_gpu.h"
+#include "ops/roi_align/roi_align_rotated.h"
+#include "ops/roi_align/roi_align_rotated_gpu.h"
 #include "ops/roi_pool/roi_pool.h"
 #include "ops/roi_pool/roi_pool_gpu.h"
 #ifdef DETKERNELS_WITH_CUDA
@@ -193,6 +195,8 @@ PYBIND11_MODULE(_C, m) {
   // RoI ops: strides are the element strides [4] of the strided operand (input, or grad).
   def(m, "roi_align_forward_cpu", &roi_align_forward_cpu);
   def(m, "roi_align_backward_cpu", &roi_align_backward_cpu);
+  def(m, "roi_align_rotated_forward_cpu", &roi_align_rotated_forward_cpu);
+  def(m, "roi_align_rotated_backward_cpu", &roi_align_rotated_backward_cpu);
   def(m, "roi_pool_forward_cpu", &roi_pool_forward_cpu);
   def(m, "roi_pool_backward_cpu", &roi_pool_backward_cpu);
 
@@ -266,6 +270,9 @@ PYBIND11_MODULE(_C, m) {
   def(m, "roi_align_backward_cuda_prepare", &roi_align_backward_cuda_prepare);
   def(m, "roi_align_backward_cuda_workspace_bytes", &roi_align_backward_cuda_workspace_bytes);
   def(m, "roi_align_backward_cuda", &roi_align_backward_cuda);
+  def(m, "roi_align_rotated_forward_cuda", &roi_align_rotated_forward_cuda);
+  def(m, "roi_align_rotated_backward_cuda_prepare", &roi_align_rotated_backward_cuda_prepare);
+  def(m, "roi_align_rotated_backward_cuda", &roi_align_rotated_backward_cuda);
   def(m, "roi_pool_forward_cuda", &roi_pool_forward_cuda);
   def(m, "ps_roi_pool_backward_cuda_pre_bytes", &ps_roi_pool_backward_cuda_pre_bytes);
   def(m, "ps_roi_pool_backward_cuda_prepare", &ps_roi_pool_backward_cuda_prepare);
@@ -364,6 +371,8 @@ PYBIND11_MODULE(_C, m) {
         });
   def(t, "roi_align_forward_emulate_cpu", &roi_align_forward_emulate_cpu);
   def(t, "roi_align_backward_emulate_cpu", &roi_align_backward_emulate_cpu);
+  def(t, "roi_align_rotated_forward_emulate_cpu", &roi_align_rotated_forward_emulate_cpu);
+  def(t, "roi_align_rotated_backward_emulate_cpu", &roi_align_rotated_backward_emulate_cpu);
   def(t, "roi_pool_forward_emulate_cpu", &roi_pool_forward_emulate_cpu);
   def(t, "roi_pool_backward_emulate_cpu", &roi_pool_backward_emulate_cpu);
   def(t, "soft_nms_exp_cpu", &soft_nms_exp_cpu);

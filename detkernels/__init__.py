@@ -17,7 +17,7 @@ from .api.boxes import box_area, box_iou, complete_box_iou, distance_box_iou, ge
 from .api.nms import batched_nms, multi_image_nms, nms, nms_padded
 from .api.nms_variants import (diou_nms, matrix_nms, multi_image_diou_nms, multi_image_matrix_nms,
                                multi_image_soft_nms, soft_nms)
-from .api.roi import ps_roi_align, ps_roi_pool, roi_align, roi_pool
+from .api.roi import ps_roi_align, ps_roi_pool, roi_align, roi_align_rotated, roi_pool
 from .api.rotated import (batched_nms_rotated, multi_image_nms_probiou, multi_image_nms_rotated, nms_probiou,
                           nms_rotated, probiou)
 from .backends.native import build_info
@@ -51,12 +51,14 @@ __all__ = [
     "ps_roi_align",
     "ps_roi_pool",
     "roi_align",
+    "roi_align_rotated",
     "roi_pool",
     "RoIAlign",
     "RoIPool",
     "PSRoIAlign",
     "PSRoIPool",
     "MultiScaleRoIAlign",
+    "RoIAlignRotated",
     "set_backend",
     "soft_nms",
     "set_num_threads",
@@ -86,7 +88,7 @@ def get_num_threads() -> int:
 
 def __getattr__(name: str):
     # The RoI nn.Modules need torch: created on first access, not at `import detkernels`.
-    if name in ("RoIAlign", "RoIPool", "PSRoIAlign", "PSRoIPool", "MultiScaleRoIAlign"):
+    if name in ("RoIAlign", "RoIPool", "PSRoIAlign", "PSRoIPool", "MultiScaleRoIAlign", "RoIAlignRotated"):
         from .api import roi_modules
 
         return getattr(roi_modules, name)

@@ -23,7 +23,7 @@ from .reference.roi_pool import check_plane
 __all__ = [
     "FLOATS", "INTS", "ROTATED", "iou_check", "rotated_iou_check", "nms_rotated_check", "multi_rotated_check", "probiou_check", "nms_check", "multi_check", "padded_check", "detect_check", "threshold_value",
     "non_negative_int", "score_threshold_value", "pair", "rois_from_boxes", "roi_check",
-    "roi_grad_check", "roi_pool_index_check", "check_sampling_ratio", "check_plane",
+    "roi_grad_check", "roi_pool_index_check", "roi_rotated_check", "roi_rotated_grad_check", "check_sampling_ratio", "check_plane",
     "soft_nms_check", "diou_nms_check", "matrix_nms_check", "multi_soft_nms_check",
     "multi_diou_nms_check", "multi_matrix_nms_check",
     "DetectNms", "detect_nms_check",
@@ -525,6 +525,34 @@ def roi_grad_check(grad: Any, rois: Any, ph: int, pw: int, c: int, h: int, w: in
         raise ValueError(f"grad must have shape {want}, got {tuple(grad.shape)}")
     if pool and not ps:
         check_plane(int(h), int(w))
+    return wd
+
+
+def _rotated_rois(rois: Any) -> None:
+    if rois.ndim != 2 or rois.shape[1] != 6:
+        raise AssertionError("The rois tensor shape is not correct as Tensor[K, 6] "
+                             f"(batch_index, cx, cy, w, h, angle), got {tuple(rois.shape)}")
+
+
+def roi_rotated_check(input: Any, rois: Any, ph: Any, pw: Any) -> str:
+    """Validate a roi_align_rotated forward; return the working dtype name (errors as roi_check)."""
+    _rotated_rois(rois)
+    if input.ndim != 4:
+        raise ValueError(f"input must have shape [N, C, H, W], got {tuple(input.shape)}")
+    if ph <= 0 or pw <= 0:
+        raise ValueError(f"output_size must be positive, got ({ph}, {pw})")
+    return _working(A.dtype_name(input), A.dtype_name(rois))
+
+
+def roi_rotated_grad_check(grad: Any, rois: Any, ph: int, pw: int, c: int) -> str:
+    """The rotated backward op is public (torch.ops.detkernels._roi_align_rotated_backward)."""
+    wd = _working(A.dtype_name(grad), A.dtype_name(rois))
+    _rotated_rois(rois)
+    if ph <= 0 or pw <= 0:
+        raise ValueError(f"bad pooled size ({ph}, {pw})")
+    want = (rois.shape[0], c, ph, pw)
+    if tuple(grad.shape) != tuple(want):
+        raise ValueError(f"grad must have shape {want}, got {tuple(grad.shape)}")
     return wd
 
 

@@ -21,7 +21,7 @@ from ._checks import HALF, INTS, ROTATED, DetectNms
 from .reference.rotated import to_cxcywhr
 
 __all__ = ["iou", "probiou", "nms", "nms_rotated", "nms_probiou", "multi_image_nms_rotated", "soft_nms", "multi_image_soft_nms", "diou_nms", "multi_image_diou_nms", "matrix_nms", "multi_image_matrix_nms", "multi_image_nms", "nms_padded", "detect", "detect_select", "roi_align", "roi_align_backward",
-           "roi_pool", "roi_pool_backward"]
+           "roi_pool", "roi_pool_backward", "roi_align_rotated", "roi_align_rotated_backward"]
 
 
 def _class_ids(idxs: Any) -> Any:
@@ -282,6 +282,26 @@ def roi_align_backward(grad: Any, rois: Any, spatial_scale: float, ph: int, pw: 
     _, fn = _registry.select("roi_align_backward", dev, w, backend)
     gi = fn(A.astype(grad, w), _as(rois, w), spatial_scale, ph, pw, n, c, h, w_, sampling_ratio,
             aligned, ps)
+    return _narrow(gi, A.dtype_name(grad))
+
+
+def roi_align_rotated(input: Any, rois: Any, spatial_scale: float, ph: int, pw: int, sampling_ratio: int,
+                      aligned: bool, clockwise: bool, w: str, backend: str | None) -> Any:
+    """Rotated RoIAlign forward: [K, C, PH, PW] in the input's dtype."""
+    dev = A.same_placement(input=input, rois=rois)
+    _, fn = _registry.select("roi_align_rotated", dev, w, backend)
+    out = fn(A.astype(input, w), _as(rois, w), spatial_scale, ph, pw, sampling_ratio, aligned, clockwise)
+    return _narrow(out, A.dtype_name(input))
+
+
+def roi_align_rotated_backward(grad: Any, rois: Any, spatial_scale: float, ph: int, pw: int, n: int, c: int,
+                               h: int, w_: int, sampling_ratio: int, aligned: bool, clockwise: bool, w: str,
+                               backend: str | None) -> Any:
+    """Gradient w.r.t. the features: [N, C, H, W] in grad's dtype, contiguous."""
+    dev = A.same_placement(grad=grad, rois=rois)
+    _, fn = _registry.select("roi_align_rotated_backward", dev, w, backend)
+    gi = fn(A.astype(grad, w), _as(rois, w), spatial_scale, ph, pw, n, c, h, w_, sampling_ratio, aligned,
+            clockwise)
     return _narrow(gi, A.dtype_name(grad))
 
 

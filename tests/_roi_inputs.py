@@ -1,4 +1,5 @@
-"""Seeded RoI test inputs shared by test_roi_align.py and test_roi_pool.py (docs/SPEC.md §3 families)."""
+"""Seeded RoI test inputs shared by test_roi_align.py, test_roi_pool.py and test_roi_align_rotated.py
+(docs/SPEC.md §3 families)."""
 from __future__ import annotations
 
 import numpy as np
@@ -57,3 +58,17 @@ def boxes_adversarial(seed: int, dtype=np.float32) -> np.ndarray:
 
 def grad_like(shape, seed: int, dtype) -> np.ndarray:
     return np.random.default_rng(2000 + seed).standard_normal(shape).astype(dtype)
+
+
+def rotated_family(seed: int, dtype=np.float32) -> np.ndarray:
+    """[K, 6] rois (batch, cx, cy, w, h, degrees) from the valid and adversarial boxes above (centre, size, NaN/inf,
+    inverted = negative size, huge), with angles: 0, +-90, 180, 45, -30, 360 + 30, random in
+    [-400, 400], NaN, inf, 1e30."""
+    b = np.concatenate([boxes_valid(seed, 10, np.float64), boxes_adversarial(seed, np.float64)])
+    with np.errstate(all="ignore"):
+        cx, cy = (b[:, 1] + b[:, 3]) / 2, (b[:, 2] + b[:, 4]) / 2
+        w, h = b[:, 3] - b[:, 1], b[:, 4] - b[:, 2]
+    a = np.random.default_rng(3000 + seed).uniform(-400, 400, len(b))
+    fixed = [0, 90, -90, 180, 45, -30, 390, np.nan, np.inf, 1e30]
+    a[: len(fixed)] = fixed
+    return np.stack([b[:, 0], cx, cy, w, h, a], 1).astype(dtype)

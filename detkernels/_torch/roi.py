@@ -1,5 +1,5 @@
 """The RoI ops on torch tensors: ``torch.ops.detkernels.{roi_align, roi_pool, ps_roi_align,
-ps_roi_pool}`` and their ``_*_backward`` ops (torchvision's argument lists), with fake kernels
+ps_roi_pool, roi_align_rotated}`` and their ``_*_backward`` ops (torchvision's argument lists), with fake kernels
 (torch.compile with dynamic shapes, torch.export, opcheck) and autograd; and the eager entries of
 detkernels/api/roi.py (arguments validated there).
 
@@ -276,6 +276,63 @@ def _ps_pool_k(input, rois, ss, ph, pw, w):
 # name -> (kernel, backward formula)
 _EAGER = {"roi_align": (_align_k, _roi_align_bw), "ps_roi_align": (_ps_align_k, _ps_roi_align_bw),
           "roi_pool": (_pool_k, _roi_pool_bw), "ps_roi_pool": (_ps_pool_k, _ps_roi_pool_bw)}
+
+
+# ---- roi_align_rotated (rois [K, 6], angle in degrees) ----------------------------------------------
+
+@torch.library.custom_op("detkernels::roi_align_rotated", mutates_args=())
+def roi_align_rotated_op(input: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int,
+                         pooled_width: int, sampling_ratio: int, aligned: bool, clockwise: bool) -> Tensor:
+    w = _checks.roi_rotated_check(input, rois, pooled_height, pooled_width)
+    sr = _checks.check_sampling_ratio(sampling_ratio)
+    return _dispatch.roi_align_rotated(input, rois, float(spatial_scale), int(pooled_height),
+                                       int(pooled_width), sr, bool(aligned), bool(clockwise), w, _BACKEND.get())
+
+
+@torch.library.custom_op("detkernels::_roi_align_rotated_backward", mutates_args=())
+def roi_align_rotated_backward_op(grad: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int,
+                                  pooled_width: int, batch_size: int, channels: int, height: int,
+                                  width: int, sampling_ratio: int, aligned: bool, clockwise: bool) -> Tensor:
+    wd = _checks.roi_rotated_grad_check(grad, rois, pooled_height, pooled_width, channels)
+    sr = _checks.check_sampling_ratio(sampling_ratio)
+    return _dispatch.roi_align_rotated_backward(grad, rois, float(spatial_scale), int(pooled_height),
+                                                int(pooled_width), int(batch_size), int(channels), int(height),
+                                                int(width), sr, bool(aligned), bool(clockwise), wd,
+                                                _BACKEND.get())
+
+
+@roi_align_rotated_op.register_fake
+def _(input, rois, spatial_scale, ph, pw, sampling_ratio, aligned, clockwise):
+    _checks.roi_rotated_check(input, rois, ph, pw)
+    _checks.check_sampling_ratio(sampling_ratio)
+    return input.new_empty((rois.shape[0], input.shape[1], ph, pw))
+
+
+@roi_align_rotated_backward_op.register_fake
+def _(grad, rois, spatial_scale, ph, pw, n, c, h, w, sampling_ratio, aligned, clockwise):
+    _checks.check_sampling_ratio(sampling_ratio)
+    return _fake_grad_input(grad, n, c, h, w)
+
+
+def _roi_align_rotated_bw(ctx, grad):
+    rois, _ = ctx.saved_tensors
+    ss, ph, pw, sr, aligned, clockwise = ctx.args
+    with _use_backend(ctx.backend):
+        gi = torch.ops.detkernels._roi_align_rotated_backward(grad, rois, ss, ph, pw, *ctx.input_shape, sr,
+                                                              aligned, clockwise)
+    return gi, None, None, None, None, None, None, None
+
+
+roi_align_rotated_op.register_autograd(_roi_align_rotated_bw, setup_context=_setup)
+roi_align_rotated_backward_op.register_autograd(_no_double_backward("roi_align_rotated"),
+                                                setup_context=lambda ctx, inputs, output: None)
+
+
+def _rot_align_k(input, rois, ss, ph, pw, sr, aligned, clockwise, w):
+    return _dispatch.roi_align_rotated(input, rois, ss, ph, pw, sr, aligned, clockwise, w, _BACKEND.get())
+
+
+_EAGER["roi_align_rotated"] = (_rot_align_k, _roi_align_rotated_bw)
 
 
 class _EagerRoi(torch.autograd.Function):

@@ -119,6 +119,8 @@ _VARIANT_SCHEMAS = {
     (_rotated, "multi_image_nms_probiou"): "Tensor boxes, Tensor scores, float iou_threshold, int max_output, "
                                            "*, Tensor? idxs=None, bool fast=False, float eps=1e-7, "
                                            "float? score_threshold=None) -> (Tensor, Tensor)",
+    (_roi, "roi_align_rotated"): "Tensor input, Tensor rois, int[2] output_size, float spatial_scale=1.0, "
+                                 "int sampling_ratio=0, bool aligned=True, bool clockwise=False) -> Tensor",
 }
 for (_mod, _name), _schema in _VARIANT_SCHEMAS.items():
     _lib.define(f"{_name}_script({_schema}")

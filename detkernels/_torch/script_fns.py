@@ -151,3 +151,9 @@ def multi_image_nms_probiou(boxes: Tensor, scores: Tensor, iou_threshold: float,
     return torch.ops.detkernels.multi_image_nms_probiou_script(boxes, scores, iou_threshold, max_output,
                                                                idxs=idxs, fast=fast, eps=eps,
                                                                score_threshold=score_threshold)
+
+
+def roi_align_rotated(input: Tensor, rois: Tensor, output_size: BroadcastingList2[int], spatial_scale: float = 1.0,
+                      sampling_ratio: int = 0, aligned: bool = True, clockwise: bool = False) -> Tensor:
+    return torch.ops.detkernels.roi_align_rotated_script(input, rois, output_size, spatial_scale, sampling_ratio,
+                                                         aligned, clockwise)

@@ -1,6 +1,7 @@
 """ultralytics' ``non_max_suppression`` (ultralytics 8.4, ``ultralytics.utils.nms``) through the
 fused ``detkernels.detect``: same signature and defaults, same list of ``[n, 6 + extra]`` rows
-(xyxy, conf, cls, extra columns), same kept rows in the same order; and ``patch_ultralytics``,
+(xyxy, conf, cls, extra columns; OBB with ``rotated=True``: xywh, conf, cls, extra, angle), same
+kept rows in the same order; and ``patch_ultralytics``,
 which makes ultralytics' predictors and validators call it.
 
 How ultralytics' per-image loop maps onto two batched ``detect`` calls (no loop over images,
@@ -18,6 +19,21 @@ except the rare ``max_nms`` overflow below):
    wider than ``max_wh`` overlap other classes' boxes) -- through ``detect`` class-agnostic with
    ``iou_thres``, ``max_det``. Its IoU and ``>`` rule are torchvision ``nms``'s (docs/SPEC.md §1).
 
+``rotated=True`` (OBB heads: ``[B, 4 + nc + extra, A]``, xywh boxes, the angle in radians the last
+extra channel): stage 1 as above (only its scores, classes and anchors are used), then per image
+(a Python loop, as ultralytics') ``detkernels.nms_probiou(fast=True)`` -- ultralytics'
+``TorchNMS.fast_nms(..., iou_func=batch_probiou)`` rule without its N x N matrix -- on the boxes
+ultralytics builds, ``(xy + class * max_wh, wh, last column)`` in the prediction's dtype, with
+``iou_thres`` rounded to that dtype (ultralytics compares its ProbIoU tensor with it). Rows are
+``(x, y, w, h, conf, cls, extra..., angle)``, the boxes not converted. fast_nms orders its input by
+an unstable ``argsort(descending=True)``: with tied scores in an image its order is reproduced by
+running that sort on the same scores in ultralytics' order (candidate order, or the ``max_nms``
+cap's), which ``nms_probiou``'s stable sort then keeps. Where results can still differ: a ProbIoU
+within a few ulp of ``iou_thres`` -- ultralytics' ``batch_probiou`` runs torch's exp/log/cos/sin
+(SLEEF), detkernels libm's (docs/SPEC.md §8); a float32 pair whose two values straddle the
+threshold is pinned in tests/torch_integration/test_ultralytics.py. (A different torch sort
+algorithm, e.g. on another device, would also change the tie order; only the CPU is served.)
+
 ultralytics' own rules kept exactly: ``conf > conf_thres`` compared in the prediction's dtype (torch
 rounds the Python threshold to float32 first; ``detect`` compares in float64, so the threshold is
 passed rounded); an anchor whose class scores hold a NaN is dropped, also with ``multi_label``
@@ -34,10 +50,10 @@ Not reproduced:
 * ``max_time_img``: accepted and ignored. ultralytics stops its loop (and returns empty rows for the
   remaining images) once ``2 + max_time_img * B`` seconds have passed; the batched call never
   stops early.
-* ``rotated=True`` (OBB: probiou fast-NMS on xywhr), float16/bfloat16 predictions (ultralytics
-  thresholds, converts and offsets in half precision, where ``class * 7680`` overflows above class
-  8) and devices detect does not serve yet (CUDA): ``NotImplementedError`` (``Unsupported``). ``patch_ultralytics`` hands those calls to
-  ultralytics' own function.
+* float16/bfloat16 predictions (ultralytics thresholds, converts and offsets in half precision,
+  where ``class * 7680`` overflows above class 8) and devices detect (or, rotated, nms_probiou)
+  does not serve yet (CUDA): ``NotImplementedError`` (``Unsupported``). ``patch_ultralytics`` hands
+  those calls to ultralytics' own function.
 * Invalid ``conf_thres`` / ``iou_thres`` raise ``ValueError`` (ultralytics: ``AssertionError``).
 """
 from __future__ import annotations
@@ -51,6 +67,7 @@ from torch import Tensor
 
 from .. import _registry
 from ..api.detect import detect
+from ..api.rotated import nms_probiou
 
 __all__ = ["non_max_suppression", "patch_ultralytics", "Unsupported"]
 
@@ -64,10 +81,11 @@ def _f(v: float, dtype: torch.dtype) -> float:
     return float(torch.tensor(float(v), dtype=dtype))
 
 
-def _served(t: Tensor) -> bool:
-    """A detect backend runs on ``t``'s device (today: the CPU)."""
+def _served(t: Tensor, ops: tuple[str, ...] = ("detect",)) -> bool:
+    """A backend of each of ``ops`` runs on ``t``'s device (today: the CPU)."""
     try:
-        _registry.select("detect", str(t.device), "float64" if t.dtype == torch.float64 else "float32")
+        for op in ops:
+            _registry.select(op, str(t.device), "float64" if t.dtype == torch.float64 else "float32")
     except RuntimeError:
         return False
     return True
@@ -116,8 +134,8 @@ def non_max_suppression(prediction: Any, conf_thres: float = 0.25, iou_thres: fl
 
     Args:
         prediction: ``[B, 4 + nc + extra, A]`` (cxcywh boxes, class scores, extra columns such as
-            mask coefficients), or a list/tuple whose first element is; ``[B, N, 6 + extra]`` with
-            ``end2end``.
+            mask coefficients; with ``rotated`` the angle in radians last), or a list/tuple whose
+            first element is; ``[B, N, 6 + extra]`` with ``end2end``.
         conf_thres: keep ``conf > conf_thres`` (compared in the prediction's dtype), in [0, 1].
         iou_thres: suppress IoU > iou_thres, in [0, 1].
         classes: class ids to keep (after each anchor's best class is chosen), or None.
@@ -128,18 +146,20 @@ def non_max_suppression(prediction: Any, conf_thres: float = 0.25, iou_thres: fl
         max_time_img: ignored (the batched call has no per-image time limit).
         max_nms: candidates per image entering NMS (ultralytics' sort, ties included).
         max_wh: per-class coordinate offset of the class-aware NMS.
-        rotated: must be False (``Unsupported``).
+        rotated: OBB: ProbIoU Fast-NMS (``nms_probiou(fast=True)``) on xywhr boxes; identical
+            rows except where a ProbIoU is within a few ulp of ``iou_thres`` (module docstring).
         end2end: ultralytics' NMS-free branch.
         return_idxs: also return, per image, the kept anchors' indices.
 
     Returns:
-        A list of ``[n, 6 + extra]`` tensors ``(x1, y1, x2, y2, conf, cls, extra...)``, one per
-        image (and the list of anchor indices with ``return_idxs``), as ultralytics returns them.
+        A list of ``[n, 6 + extra]`` tensors ``(x1, y1, x2, y2, conf, cls, extra...)`` (rotated:
+        ``(x, y, w, h, conf, cls, extra..., angle)``), one per image (and the list of anchor
+        indices with ``return_idxs``), as ultralytics returns them.
 
     Raises:
         ValueError: ``conf_thres`` or ``iou_thres`` outside [0, 1].
-        Unsupported (a NotImplementedError): ``rotated=True``; float16/bfloat16 predictions; a
-            device with no detect backend.
+        Unsupported (a NotImplementedError): float16/bfloat16 predictions; a device with no detect
+            (rotated: or nms_probiou) backend.
     """
     if not 0 <= conf_thres <= 1:
         raise ValueError(f"conf_thres must be in [0, 1], got {conf_thres}")
@@ -150,14 +170,12 @@ def non_max_suppression(prediction: Any, conf_thres: float = 0.25, iou_thres: fl
     cls_t = None if classes is None else torch.tensor(classes, device=prediction.device)
     if prediction.shape[-1] == 6 or end2end:
         return _end2end(prediction, conf_thres, cls_t, max_det, return_idxs)
-    if rotated:
-        raise Unsupported("rotated=True (OBB probiou NMS) is not reproduced by detkernels; "
-                          "use ultralytics.utils.nms.non_max_suppression")
     if prediction.dtype not in (torch.float32, torch.float64):
         raise Unsupported(f"{prediction.dtype} predictions: ultralytics computes thresholds, boxes and "
                           "class offsets in that dtype, detkernels in float32; pass prediction.float()")
-    if not _served(prediction):
-        raise Unsupported(f"detkernels.detect has no backend on {prediction.device} yet")
+    if not (_served(prediction, ("detect", "nms_probiou")) if rotated else _served(prediction)):
+        raise Unsupported(f"detkernels.{'detect/nms_probiou' if rotated else 'detect'} has no backend on "
+                          f"{prediction.device} yet")
     dt, dev = prediction.dtype, prediction.device
     B, F, A = prediction.shape
     nc = nc or (F - 4)
@@ -195,6 +213,9 @@ def non_max_suppression(prediction: Any, conf_thres: float = 0.25, iou_thres: fl
             wh = xywh[:, 2:] / 2  # ultralytics' xywh2xyxy (detect's cxcywh rule)
             b1[i, :m] = torch.cat([xywh[:, :2] - wh, xywh[:, :2] + wh], 1).to(b1.dtype)
             s1[i, :m], c1[i, :m], a1[i, :m] = ss[o], cc[o], aa
+    if rotated:
+        return _rotated(p, nc, multi, s1, c1, a1, n1, max_nms, iou_thres, agnostic, max_det, max_wh,
+                        return_idxs)
     w2 = max(1, min(width, max_nms))  # stage 2 sees the live slots only
     b1, s1, c1, a1 = b1[:, :w2], s1[:, :w2], c1[:, :w2], a1[:, :w2]
     slot = torch.arange(w2, device=dev)
@@ -216,11 +237,46 @@ def non_max_suppression(prediction: Any, conf_thres: float = 0.25, iou_thres: fl
     return (output, keepi) if return_idxs else output
 
 
+def _rotated(p: Tensor, nc: int, multi: bool, s1: Tensor, c1: Tensor, a1: Tensor, n1: Tensor,
+             max_nms: int, iou_thres: float, agnostic: bool, max_det: int, max_wh: int,
+             return_idxs: bool) -> Any:
+    """ultralytics' OBB branch on stage 1's candidates, one ``nms_probiou(fast=True)`` per image:
+    rows ``(x, y, w, h, conf, cls, extra...)`` with the raw xywh boxes, the NMS on
+    ``(xy + cls * max_wh, wh, last column)`` in the prediction's dtype (``p``: ``[B, A, F]``)."""
+    dt, dev = p.dtype, p.device
+    B, F = p.shape[0], p.shape[2]
+    thr = _f(iou_thres, dt)  # ultralytics compares its ProbIoU matrix (dtype dt) with the threshold
+    output = [torch.zeros((0, 6 + F - 4 - nc), device=dev)] * B
+    keepi = [torch.zeros((0, 1), device=dev)] * B
+    for i, n in enumerate(n1.tolist()):
+        if n == 0:  # ultralytics' empty-image defaults
+            continue
+        capped, n = n > max_nms, min(n, max_nms)
+        s, c, a = s1[i, :n].to(dt), c1[i, :n], a1[i, :n]
+        x = p[i, a]
+        rows = torch.cat([x[:, :4], s[:, None], c[:, None].to(dt), x[:, 4 + nc:]], 1)
+        if n > 1 and bool((s[1:] == s[:-1]).any()):
+            # Tied scores: fast_nms's argsort(descending=True) is unstable, and its tie order
+            # depends on its input order -- candidate order (anchor, then class), or above max_nms
+            # the cap's order (stage 1's slots then hold it). The same sort on the same scores in
+            # that order gives the same order; nms_probiou's stable sort then keeps it.
+            if not capped:
+                o = (a * nc + c if multi else a).argsort()
+                rows, a = rows[o], a[o]
+            o = rows[:, 4].argsort(descending=True)
+            rows, a = rows[o], a[o]
+        off = rows[:, 5:6] * (0 if agnostic else max_wh)  # ultralytics' x[:, 5:6] * max_wh, in dt
+        boxes = torch.cat([rows[:, :2] + off, rows[:, 2:4], rows[:, -1:]], 1)  # its xywhr
+        k = nms_probiou(boxes, rows[:, 4].contiguous(), thr, fast=True)[:max_det]
+        output[i], keepi[i] = rows[k], a[k]
+    return (output, keepi) if return_idxs else output
+
+
 class patch_ultralytics(contextlib.AbstractContextManager):
     """Make ultralytics call ``non_max_suppression`` above (its predictors and validators look it
     up as ``ultralytics.utils.nms.non_max_suppression`` at each call). Patches at construction;
     as a context manager restores on exit; ``.restore()`` undoes a global patch. Calls the drop-in
-    does not reproduce (``Unsupported``: rotated boxes, half-precision predictions, CUDA) go to
+    does not reproduce (``Unsupported``: half-precision predictions, CUDA) go to
     ultralytics' own function."""
 
     def __init__(self) -> None:

@@ -18,7 +18,7 @@ from .. import _arrays as A
 from .. import _checks, _dispatch
 from . import public
 
-__all__ = ["roi_align", "roi_pool", "ps_roi_align", "ps_roi_pool"]
+__all__ = ["roi_align", "roi_pool", "ps_roi_align", "ps_roi_pool", "roi_align_rotated"]
 
 
 def _torch():
@@ -100,3 +100,37 @@ def ps_roi_pool(input: Any, boxes: Any, output_size: Any, spatial_scale: float =
     ``[K, C/(PH*PW), PH, PW]``. Its gradient covers exactly the pixels the forward averaged
     (torchvision's does not at the bottom/right border)."""
     return _pool(input, boxes, output_size, spatial_scale, True, backend)
+
+
+@public
+def roi_align_rotated(input: Any, rois: Any, output_size: Any, spatial_scale: float = 1.0,
+                      sampling_ratio: int = 0, aligned: bool = True, clockwise: bool = False, *,
+                      backend: str | None = None) -> Any:
+    """Rotated RoIAlign, as mmcv's ``roi_align_rotated`` (and detectron2's ``ROIAlignRotated``:
+    ``aligned=True, clockwise=False``). Reference: detkernels/reference/roi_align_rotated.py.
+
+    Args:
+        input: ``[N, C, H, W]`` features (NCHW or channels-last; float16/bfloat16/float32/float64).
+        rois: ``[K, 6]`` = ``(batch_index, cx, cy, w, h, angle)``, the angle in **degrees**,
+            counter-clockwise positive (detectron2; mmcv's rois carry radians: pass
+            ``angle * 180 / pi``). Same dtype as ``input`` (float32 also for half features).
+        output_size: ``(PH, PW)`` or an int.
+        spatial_scale: factor from box coordinates to feature coordinates.
+        sampling_ratio: samples per bin and axis (an int, at most 256); <= 0 means
+            ``ceil(roi_size / output_size)`` (capped at 256).
+        aligned: shift the centre by -0.5 pixel; ``False`` is the legacy mode (w, h clamped to >= 1).
+        clockwise: the angle is clockwise positive (exactly the negated angle).
+
+    Returns:
+        ``[K, C, PH, PW]`` in the input's dtype; differentiable w.r.t. ``input`` for torch tensors
+        (deterministic backward). sin/cos are computed by one IEEE formula (not libm), so every
+        backend gives the same bits. Out-of-range samples contribute 0; RoIs whose batch index
+        names no image give 0.
+    """
+    ph, pw = _checks.pair(output_size)
+    w = _checks.roi_rotated_check(input, rois, ph, pw)
+    ss, sr = float(spatial_scale), _checks.check_sampling_ratio(sampling_ratio)
+    args = (ss, int(ph), int(pw), sr, bool(aligned), bool(clockwise))
+    if A.is_torch(input):
+        return _torch().call("roi_align_rotated", input, rois, args, w, backend)
+    return _dispatch.roi_align_rotated(input, rois, *args, w, backend)

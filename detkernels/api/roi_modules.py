@@ -1,6 +1,6 @@
 """The RoI nn.Modules with torchvision.ops' constructors, reprs and behaviour: ``RoIAlign``,
 ``RoIPool``, ``PSRoIAlign``, ``PSRoIPool``, ``MultiScaleRoIAlign`` (torchvision's level mapping
-and scale inference). Need torch; loaded on first access of ``detkernels.RoIAlign`` & co."""
+and scale inference); ``RoIAlignRotated`` with mmcv's constructor and repr. Need torch; loaded on first access of ``detkernels.RoIAlign`` & co."""
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -10,9 +10,9 @@ from torch import Tensor, nn
 
 from .._checks import rois_from_boxes
 from .._torch.common import traced
-from .roi import ps_roi_align, ps_roi_pool, roi_align, roi_pool
+from .roi import ps_roi_align, ps_roi_pool, roi_align, roi_align_rotated, roi_pool
 
-__all__ = ["RoIAlign", "RoIPool", "PSRoIAlign", "PSRoIPool", "MultiScaleRoIAlign"]
+__all__ = ["RoIAlign", "RoIPool", "PSRoIAlign", "PSRoIPool", "MultiScaleRoIAlign", "RoIAlignRotated"]
 
 
 class RoIAlign(nn.Module):
@@ -205,3 +205,27 @@ class MultiScaleRoIAlign(nn.Module):
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}(featmap_names={self.featmap_names}, "
                 f"output_size={self.output_size}, sampling_ratio={self.sampling_ratio})")
+
+
+class RoIAlignRotated(nn.Module):
+    """mmcv's ``RoIAlignRotated`` (detectron2's ``ROIAlignRotated`` is
+    ``RoIAlignRotated(output_size, spatial_scale, sampling_ratio)``: aligned, counter-clockwise) on
+    detkernels' roi_align_rotated. rois ``[K, 6]`` = ``(batch_index, cx, cy, w, h, angle)``, the
+    angle in degrees (mmcv's are radians: multiply by 180 / pi)."""
+
+    def __init__(self, output_size: Any, spatial_scale: float, sampling_ratio: int = 0, aligned: bool = True,
+                 clockwise: bool = False):
+        super().__init__()
+        self.output_size = output_size
+        self.spatial_scale = float(spatial_scale)
+        self.sampling_ratio = int(sampling_ratio)
+        self.aligned = aligned
+        self.clockwise = clockwise
+
+    def forward(self, input: Tensor, rois: Tensor) -> Tensor:
+        return roi_align_rotated(input, rois, self.output_size, self.spatial_scale, self.sampling_ratio,
+                                 self.aligned, self.clockwise)
+
+    def __repr__(self) -> str:
+        return (f"{self.__class__.__name__}(output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
+                f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned}, clockwise={self.clockwise})")

@@ -81,8 +81,7 @@ def box_iou_rotated(b1: Any, b2: Any) -> Any:
     return out
 
 
-# csrc/ops/nms/nms_rotated_gpu.h: RotatedNmsMetric (the CUDA engine's rotated predicates); the same
-# codes for nms_rotated_multi_cpu (box_iou_rotated.h)
+# csrc/ops/box_iou/box_iou_rotated.h: RotatedNmsMetric (CPU multi-image loop and the CUDA engine)
 ROTATED_NMS_METRICS = {"iou": 0, "probiou": 1, "probiou_fast": 2}
 
 
@@ -151,11 +150,17 @@ def nms_probiou(boxes: Any, scores: Any, classes: Any, iou_threshold: float, fas
     return keep[:count]
 
 
-@register("multi_image_nms_rotated", "native", devices=("cpu",))
+
+
+@register("multi_image_nms_rotated", "native", devices=IOU_DEVICES)
 def multi_image_nms_rotated(boxes: Any, scores: Any, classes: Any, iou_threshold: float, max_output: int,
                             score_threshold: float | None, metric: str, eps: float) -> tuple[Any, Any]:
     """boxes [B, N, 5] (cxcywhr for 'iou', ultralytics xywhr for 'probiou' / 'probiou_fast'),
-    scores [B, N] (same float dtype), classes int64 [B, N] or None -> (indices [B, K], counts [B])."""
+    scores [B, N] (same float dtype), classes int64 [B, N] or None -> (indices [B, K], counts [B]).
+    On CUDA: the bitmask engine, no host synchronisation."""
+    if A.device(boxes) != "cpu":
+        return _rotated_multi_cuda(boxes, scores, classes, iou_threshold, max_output, score_threshold,
+                                   metric, eps)
     B, N = boxes.shape[0], boxes.shape[1]
     out = A.empty((B, max_output), "int64", like=boxes)
     counts = A.empty((B,), "int64", like=boxes)
@@ -642,6 +647,66 @@ def roi_align_backward(grad: Any, rois: Any, spatial_scale: float, ph: int, pw: 
     _C.roi_align_backward_cpu(DTYPE_CODES[dt], ps, A.data_ptr(grad), _strides(grad), A.data_ptr(rois),
                               int(rois.shape[0]), float(spatial_scale), ph, pw, n, c, h, w,
                               int(sampling_ratio), bool(aligned), A.data_ptr(gi))
+    return gi
+
+
+# roi_align_rotated: rois contiguous [K, 6] (batch, cx, cy, w, h, angle in degrees).
+
+@register("roi_align_rotated", "native", devices=IOU_DEVICES)
+def roi_align_rotated(input: Any, rois: Any, spatial_scale: float, ph: int, pw: int, sampling_ratio: int,
+                      aligned: bool, clockwise: bool) -> Any:
+    """input [N, C, H, W] -> [K, C, PH, PW]."""
+    N, C, H, W = (int(s) for s in input.shape)
+    dt = A.dtype_name(input)
+    out = A.empty((int(rois.shape[0]), C, ph, pw), dt, like=input)
+    if A.device(input) != "cpu":
+        _C.roi_align_rotated_forward_cuda(DTYPE_CODES[dt], A.data_ptr(input), _strides(input), N, C, H, W,
+                                          A.data_ptr(rois), int(rois.shape[0]), float(spatial_scale), ph, pw,
+                                          int(sampling_ratio), bool(aligned), bool(clockwise), A.data_ptr(out),
+                                          _device_index(input), A.current_stream(input))
+        return out
+    _C.roi_align_rotated_forward_cpu(DTYPE_CODES[dt], A.data_ptr(input), _strides(input), N, C, H, W,
+                                     A.data_ptr(rois), int(rois.shape[0]), float(spatial_scale), ph, pw,
+                                     int(sampling_ratio), bool(aligned), bool(clockwise), A.data_ptr(out))
+    return out
+
+
+def _roi_align_rotated_backward_cuda(grad: Any, rois: Any, spatial_scale: float, ph: int, pw: int, n: int,
+                                     c: int, h: int, w: int, sampling_ratio: int, aligned: bool,
+                                     clockwise: bool, gi: Any) -> None:
+    """As _roi_align_backward_cuda (same slot cap and workspace), with the rotated slot policy."""
+    dt, K, dev = DTYPE_CODES[A.dtype_name(grad)], int(rois.shape[0]), _device_index(grad)
+    stream = A.current_stream(grad)
+    pre = A.empty((16 * (K + 1),), "uint8", like=grad)
+    M = _C.roi_align_rotated_backward_cuda_prepare(dt, A.data_ptr(rois), K, float(spatial_scale), ph, pw, n,
+                                                   int(sampling_ratio), bool(aligned), bool(clockwise),
+                                                   A.data_ptr(pre), dev, stream)
+    if M > ROI_ALIGN_MAX_SLOTS:
+        raise MemoryError(f"detkernels: the CUDA roi_align_rotated backward needs {M} sample slots "
+                          f"(rois x bins x samples x 4 taps), more than the cap of "
+                          f"{ROI_ALIGN_MAX_SLOTS} (32 bytes each); pass a positive sampling_ratio, "
+                          f"fewer or smaller rois, or raise DETKERNELS_ROI_ALIGN_MAX_SLOTS")
+    nbytes = _C.roi_align_backward_cuda_workspace_bytes(M, n, h, w, dev)
+    ws = _roi_workspace(grad, nbytes, "roi_align_rotated", "DETKERNELS_ROI_ALIGN_MAX_SLOTS")
+    _C.roi_align_rotated_backward_cuda(dt, A.data_ptr(grad), _strides(grad), A.data_ptr(rois), K,
+                                       float(spatial_scale), ph, pw, n, c, h, w, int(sampling_ratio),
+                                       bool(aligned), bool(clockwise), A.data_ptr(pre), M, A.data_ptr(ws),
+                                       nbytes, A.data_ptr(gi), dev, stream)
+
+
+@register("roi_align_rotated_backward", "native", devices=IOU_DEVICES)
+def roi_align_rotated_backward(grad: Any, rois: Any, spatial_scale: float, ph: int, pw: int, n: int, c: int,
+                               h: int, w: int, sampling_ratio: int, aligned: bool, clockwise: bool) -> Any:
+    """grad [K, C, PH, PW] -> grad_input [N, C, H, W] (contiguous)."""
+    dt = A.dtype_name(grad)
+    gi = A.empty((n, c, h, w), dt, like=grad)
+    if A.device(grad) != "cpu":
+        _roi_align_rotated_backward_cuda(grad, rois, spatial_scale, ph, pw, n, c, h, w, sampling_ratio,
+                                         aligned, clockwise, gi)
+        return gi
+    _C.roi_align_rotated_backward_cpu(DTYPE_CODES[dt], A.data_ptr(grad), _strides(grad), A.data_ptr(rois),
+                                      int(rois.shape[0]), float(spatial_scale), ph, pw, n, c, h, w,
+                                      int(sampling_ratio), bool(aligned), bool(clockwise), A.data_ptr(gi))
     return gi
 
 

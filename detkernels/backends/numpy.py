@@ -214,3 +214,25 @@ def roi_pool_backward(grad: Any, rois: Any, idx: Any, spatial_scale: float, ph: 
     g, r, i = A.to_numpy_view(grad), A.to_numpy_view(rois), A.to_numpy_view(idx)
     fn = ref_roi_pool.ps_roi_pool_backward if ps else ref_roi_pool.roi_pool_backward
     return A.from_numpy(fn(g, r, i, spatial_scale, ph, pw, n, c, h, w), like=grad)
+
+
+# ---- roi_align_rotated ---------------------------------------------------------------------------------
+
+from ..reference import roi_align_rotated as ref_roi_align_rotated  # noqa: E402
+
+
+@register("roi_align_rotated", "numpy")
+def roi_align_rotated(input: Any, rois: Any, spatial_scale: float, ph: int, pw: int, sampling_ratio: int,
+                      aligned: bool, clockwise: bool) -> Any:
+    out = ref_roi_align_rotated.roi_align_rotated(A.to_numpy_view(input), A.to_numpy_view(rois), spatial_scale,
+                                                  ph, pw, sampling_ratio, aligned, clockwise)
+    return A.from_numpy(out, like=input)
+
+
+@register("roi_align_rotated_backward", "numpy")
+def roi_align_rotated_backward(grad: Any, rois: Any, spatial_scale: float, ph: int, pw: int, n: int, c: int,
+                               h: int, w: int, sampling_ratio: int, aligned: bool, clockwise: bool) -> Any:
+    gi = ref_roi_align_rotated.roi_align_rotated_backward(A.to_numpy_view(grad), A.to_numpy_view(rois),
+                                                          spatial_scale, ph, pw, n, c, h, w, sampling_ratio,
+                                                          aligned, clockwise)
+    return A.from_numpy(gi, like=grad)

@@ -122,11 +122,19 @@ class _Axis(NamedTuple):
     h: np.ndarray  # hy
 
 
-def _axis(start, bin_size, P: int, grid: int, size: int, T) -> _Axis:
+def _coords(start, bin_size, P: int, grid: int, T) -> np.ndarray:
+    """``(start + T(p)*bin) + (T(float32(i) + 0.5f)*bin) / T(grid)`` as an array [P, G]."""
     p = np.arange(P).astype(T)[:, None]  # [P, 1]
     f = (np.arange(grid).astype(np.float32) + np.float32(0.5)).astype(T)[None, :]  # T(i + 0.5f)
     with np.errstate(all="ignore"):
-        c = (start + p * bin_size) + (f * bin_size) / T(grid)  # [P, G]
+        return (start + p * bin_size) + (f * bin_size) / T(grid)
+
+
+def _taps(c: np.ndarray, size: int, T) -> _Axis:
+    """The bilinear taps of coordinates ``c`` (any shape) on an axis of ``size`` pixels: in range
+    iff ``-1 <= c <= size`` (NaN never is), clamped as documented above. Shared with
+    roi_align_rotated (detkernels/reference/roi_align_rotated.py)."""
+    with np.errstate(all="ignore"):
         valid = (c >= T(-1)) & (c <= T(size)) & (size > 0)
         c = np.where(valid, c, T(0))
         c = np.where(c <= T(0), T(0), c)
@@ -140,6 +148,10 @@ def _axis(start, bin_size, P: int, grid: int, size: int, T) -> _Axis:
     lo = np.where(valid, lo, 0)
     hi = np.where(valid, hi, 0)
     return _Axis(valid, lo, hi, l.astype(T), h.astype(T))
+
+
+def _axis(start, bin_size, P: int, grid: int, size: int, T) -> _Axis:
+    return _taps(_coords(start, bin_size, P, grid, T), size, T)
 
 
 class _Roi(NamedTuple):

@@ -298,6 +298,43 @@ def test_roi_matches_reference(op, backend, device, lib, dtype, cfg):
         assert_bytes_equal(a, b, f"{op} {cfg} output {k}")
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("device,lib", PLACEMENTS, ids=[f"{d}-{l}" for d, l in PLACEMENTS])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_roi_align_rotated_matches_reference(backend, device, lib, dtype):
+    from _roi_inputs import features, grad_like
+    from detkernels import _checks, _dispatch
+    from detkernels.reference import roi_align_rotated as RR
+
+    mod = _library(lib)
+    if device == "cuda" and (why := _cuda_device_present()):
+        pytest.skip(why)
+    for r in ("roi_align_rotated", "roi_align_rotated_backward"):
+        if why := _registry.why_not(backend, r, device, dtype):
+            pytest.skip(f"backend {backend!r}: {why}")
+    T = np.dtype(dtype).type
+    x = features(7, T, c=4)
+    rng = np.random.default_rng(7)
+    k = 12
+    rois = np.stack([rng.integers(0, 2, k), rng.uniform(-4, 17, k), rng.uniform(-4, 15, k),
+                     rng.uniform(0, 9, k), rng.uniform(0, 9, k), rng.uniform(-400, 400, k)], 1)
+    rois[0, 5], rois[1, 5], rois[2, 0], rois[3, 3] = np.nan, 90, 2, np.inf
+    rois = rois.astype(T)
+    n, c, h, w = x.shape
+    xx, rr = _put(x, lib, device, mod), _put(rois, lib, device, mod)
+    wd = _checks.roi_rotated_check(xx, rr, 2, 3)
+    for sr, aligned, cw in ((0, True, False), (2, False, True)):
+        out = _dispatch.roi_align_rotated(xx, rr, 0.5, 2, 3, sr, aligned, cw, wd, backend)
+        want = RR.roi_align_rotated(x, rois, 0.5, 2, 3, sr, aligned, cw)
+        g = grad_like(want.shape, 7, T)
+        gi = _dispatch.roi_align_rotated_backward(_put(g, lib, device, mod), rr, 0.5, 2, 3, n, c, h, w, sr,
+                                                  aligned, cw, wd, backend)
+        want_gi = RR.roi_align_rotated_backward(g, rois, 0.5, 2, 3, n, c, h, w, sr, aligned, cw)
+        for a, b, what in ((out, want, "forward"), (gi, want_gi, "backward")):
+            _check_placement(a, lib, device)
+            assert_bytes_equal(to_numpy(a), b, f"roi_align_rotated {what} sr={sr}")
+
+
 # ---- rotated boxes (issue 17) ------------------------------------------------------------------------
 
 ROTATED_OPS = {"box_iou_rotated": "box_iou_rotated", "nms_rotated": "nms_rotated",
@@ -447,6 +484,8 @@ COVERED = {"box_iou": "test_matches_reference (iou, giou, diou, ciou), test_form
            "detect": "test_detect_matches_reference",
            "roi_align": "test_roi_matches_reference", "roi_align_backward": "test_roi_matches_reference",
            "roi_pool": "test_roi_matches_reference", "roi_pool_backward": "test_roi_matches_reference",
+           "roi_align_rotated": "test_roi_align_rotated_matches_reference",
+           "roi_align_rotated_backward": "test_roi_align_rotated_matches_reference",
            "box_iou_rotated": "test_rotated_matches_reference", "nms_rotated": "test_rotated_matches_reference",
            "probiou": "test_rotated_matches_reference", "nms_probiou": "test_rotated_matches_reference",
            "multi_image_nms_rotated": "test_rotated_matches_reference",

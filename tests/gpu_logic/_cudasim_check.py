@@ -84,6 +84,7 @@ def main() -> None:
     assert_bytes_equal(bc.copy_to_host(), np.broadcast_to(host[None, :2, :4], (3, 2, 4)), "broadcast")
     checks += 4
     checks += multi_image_checks(rng)
+    checks += matrix_nms_checks(rng)
     print(f"cudasim: {checks} checks passed in {time.time() - t0:.1f} s")
 
 
@@ -155,6 +156,30 @@ def multi_image_checks(rng) -> int:
                 checks += 2
     finally:
         NC.MASK_BYTES = saved[0]
+    return checks
+
+
+def matrix_nms_checks(rng) -> int:
+    """matrix_nms (issue 13) through the numba.cuda column kernels, Numba device arrays in and
+    out, against reference/matrix_nms.py on the NMS families (per class and one class)."""
+    import _nms_families as NF
+    from detkernels.reference import matrix_nms as RM
+
+    checks = 0
+    params = (("gaussian", 2.0, None, None, None), ("linear", 0.5, 0.05, 5, 12))
+    for dtype in ("float32", "float64"):
+        for family in sorted(NF.FAMILIES):
+            boxes, scores, classes = NF.FAMILIES[family](rng, 16)
+            b, s = boxes.astype(dtype), scores.astype(dtype)
+            for labels in (classes, np.zeros_like(classes)):
+                for p in params:
+                    want = RM.matrix_nms(b, s, labels, *p)
+                    got = NB.matrix_nms(cuda.to_device(b), cuda.to_device(s), cuda.to_device(labels), *p)
+                    what = f"matrix_nms {family} {dtype} {p}"
+                    assert A.kind(got[0]) == "numba" and A.kind(got[1]) == "numba", what
+                    assert_bytes_equal(got[0].copy_to_host(), want[0], what + " indices")
+                    assert_bytes_equal(got[1].copy_to_host(), want[1], what + " scores")
+                    checks += 1
     return checks
 
 

@@ -171,3 +171,28 @@ def test_gpu_nms_rotated_equals_reference(family, metric):
                 got = dk.nms_probiou(B, S, 0.3, Cc, fast=metric == "probiou_fast", backend="native")
             assert got.device.type == "cuda"
             assert_bytes_equal(got.cpu().numpy(), _want(b, s, cls, 0.3, metric), f"{family} {dtype}")
+
+
+@needs_gpu
+@pytest.mark.parametrize("metric", METRICS)
+def test_gpu_multi_image_equals_reference(metric):
+    """The public fixed-size forms on CUDA tensors: one launch sequence for the whole batch."""
+    import detkernels as dk
+
+    rng = np.random.default_rng(14)
+    fams = ("clustered", "identical", "containment", "uniform")
+    b = np.stack([_boxes(f, rng, 300, metric) for f in fams]).astype(np.float32)
+    s = np.stack([_scores(rng, 300) for _ in fams]).astype(np.float32)
+    c = rng.integers(0, 3, (4, 300))
+    B, S, C = (torch.from_numpy(x).cuda() for x in (b, s, c))
+    if metric == "iou":
+        got = dk.multi_image_nms_rotated(B, S, 0.4, 50, idxs=C, score_threshold=0.2, backend="native")
+    else:
+        got = dk.multi_image_nms_probiou(B, S, 0.4, 50, idxs=C, fast=metric == "probiou_fast",
+                                         score_threshold=0.2, backend="native")
+    for k in range(4):
+        keep = np.nonzero(s[k].astype(np.float64) > 0.2)[0]
+        want = keep[_want(b[k][keep], s[k][keep], c[k][keep], 0.4, metric)][:50]
+        n = int(got[1][k])
+        assert_bytes_equal(got[0][k, :n].cpu().numpy(), want, f"{metric} image {k}")
+        assert (got[0][k, n:] == -1).all()

@@ -22,7 +22,8 @@ SOURCES = ["csrc/ops/box_iou/box_iou_cuda.cu", "csrc/ops/nms/nms_cuda.cu",
            "csrc/ops/roi_align/roi_align_cuda.cu", "csrc/ops/roi_pool/roi_pool_cuda.cu",
            "csrc/ops/nms/soft_nms_cuda.cu", "csrc/ops/nms/matrix_nms_cuda.cu",  # issue 13
            "csrc/ops/detect/detect_cuda.cu",  # issue 12
-           "csrc/ops/box_iou/box_iou_rotated_cuda.cu"]  # issue 17
+           "csrc/ops/box_iou/box_iou_rotated_cuda.cu",  # issue 17
+           "csrc/ops/roi_align/roi_align_rotated_cuda.cu"]  # issue 17
 # The device's double cos/sin/exp/log (the rotated metrics' libm, as torchvision's CUDA kernel) use
 # fma by design: those sources are linted with the libm calls stood in by identities
 # (box_iou_rotated.h: DK_LINT_NO_LIBM), so any fma left is a contraction of detkernels' own code.

@@ -99,6 +99,33 @@ def test_dk_log_cpp_equals_reference(dtype):
     assert_bytes_equal(y, ref.dk_log(x), "dk_log")
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dk_log_numba_equals_reference(dtype):
+    """The numba twin (backends/numba/box_math.py dk_log, dk_pow), subnormals included."""
+    numba = pytest.importorskip("numba", reason="numba is not installed")
+    from detkernels.backends.numba import cpu
+
+    k = cpu.exp_kernels(np.dtype(dtype).name)
+    log, pow_ = k.dk_log, k.dk_pow
+    tiny = np.finfo(dtype).smallest_subnormal
+    x = np.concatenate([np.exp(np.linspace(-80, 80, 20001)), np.linspace(0, 2, 5001),
+                        np.arange(1, 2000) * tiny,
+                        [0.0, -0.0, -1.0, np.inf, -np.inf, np.finfo(dtype).max]]).astype(dtype)
+
+    @numba.njit
+    def run(x, y, b):
+        for i in range(x.shape[0]):
+            y[i] = log(x[i]) if b < 0 else pow_(abs(x[i]), b)
+        return y
+
+    want = ref.dk_log(x)
+    got = run(x, np.empty_like(x), dtype(-1))
+    nan = np.isnan(want)
+    assert np.isnan(got[nan]).all()
+    assert_bytes_equal(got[~nan], want[~nan], "dk_log")
+    assert_bytes_equal(run(x, np.empty_like(x), dtype(0.6)), ref.dk_pow(np.abs(x), 0.6), "dk_pow")
+
+
 def test_dk_log_accuracy_bound():
     """Pinned: within 2 ulp of the correctly rounded log (math.log), float32 and float64."""
     for dtype, it in ((np.float32, np.int32), (np.float64, np.int64)):

@@ -125,13 +125,16 @@ TWINS = {  # C++ function -> "module:function" of its twin
     "eval": NB + "box_math:atan_eval_f32", "dk_atan": NB + "box_math:dk_atan",
     "box_area": NB + "box_math:box_area", "box_corners": NB + "box_math:box_corners",
     "pair_iou": NB + "box_math:pair_iou",
-    "diou_penalty": NB + "box_math:pair_iou",  # inlined in pair_iou on the numba side
-    # soft_nms.h (issue 13; numba CPU only: compiled by numba/cpu.py, not for numba.cuda)
+    "diou_penalty": NB + "box_math:diou_penalty", "diou_penalty_of": NB + "box_math:diou_penalty_of",
+    # soft_nms.h (issue 13; numba/cpu.py, and numba/cuda.py for matrix_nms)
     "dk_exp": NB + "box_math:dk_exp", "dk_floor": NB + "box_math:dk_floor",
     "dk_ldexp": NB + "box_math:dk_ldexp", "dk_pow2": NB + "box_math:dk_ldexp",  # math.ldexp there
     "soft_nms_weight": NB + "box_math:soft_nms_weight",
-    # nms.h (nms_iou is inlined in nms_suppresses on both sides)
-    "nms_area": NB + "box_math:nms_area", "nms_iou": NB + "box_math:nms_suppresses",
+    # diou_nms.h, matrix_nms.h (issue 13; numba/cpu.py; matrix_nms_term also numba/cuda.py)
+    "dk_log": NB + "box_math:dk_log", "dk_pow": NB + "box_math:dk_pow",
+    "diou_nms_measure": NB + "box_math:diou_nms_measure", "matrix_nms_term": NB + "box_math:matrix_nms_term",
+    # nms.h
+    "nms_area": NB + "box_math:nms_area", "nms_iou": NB + "box_math:nms_iou",
     "nms_suppresses": NB + "box_math:nms_suppresses",
     # nms_bitmask.h: the bitmask and its scan, as numba.cuda kernels
     "nms_mask_word": NB + "cuda:nms_mask_kernel", "nms_block_live": NB + "cuda:nms_mask_kernel",
@@ -140,6 +143,7 @@ TWINS = {  # C++ function -> "module:function" of its twin
     # roi_align.h / roi_align_gpu.h forward
     "roi_batch_index": NB + "roi_math:batch_index", "roi_grid": NB + "roi_math:grid_size",
     "roi_align_box": NB + "roi_math:align_geometry", "roi_axis_sample": NB + "roi_math:sample_pos",
+    "roi_axis_coord": NB + "roi_math:sample_pos", "roi_axis_tap": NB + "roi_math:sample_pos",  # its two halves
     "roi_weights": NB + "roi_math:bilinear_weights", "roi_bilinear": NB + "roi_math:bilinear",
     "roi_align_output": NB + "roi_math:align_element",
     # roi_pool.h / roi_pool_gpu.h forward
@@ -175,12 +179,10 @@ NOT_NEEDED = {
                              # the bitmask engine's box kinds (nms.h, nms_rotated_gpu.h) and its
                              # Fast-NMS switch: numba's NMS gathers axis-aligned boxes itself
                              "columns", "nms_pred_fast")},
-    # diou_nms.h, matrix_nms.h (issue 13): the numba backend serves neither (the registry says so)
-    **{f: "diou_nms / matrix_nms: not served by the numba backend (README status)"
-       for f in ("dk_log", "dk_pow", "diou_nms_measure", "diou_penalty_of", "matrix_nms_term",
-                 "dk_frexp")},
-    # the bitmask engine's predicates (issue 13): NmsIouSuppress::operator() is nms_suppresses
-    # (numba's twin is that), DiouNmsSuppress::operator() diou_nms_measure (numba serves no diou_nms)
+    # diou_nms.h's frexp from bits (the device form of std::frexp; numba's dk_log uses math.frexp)
+    "dk_frexp": "the NVRTC/nvcc-safe frexp of diou_nms.h's dk_log; numba's twin of dk_log calls math.frexp",
+    # the bitmask engine's predicates (issue 13): NmsIouSuppress::operator() is nms_suppresses,
+    # DiouNmsSuppress::operator() diou_nms_measure (numba's twins are those)
     "operator": "the bitmask NMS engine's predicate call operators (NmsIouSuppress, DiouNmsSuppress)",
     **{f: _SPARSE_GPU for f in ("nms_finite", "nms_sparse_coord_key", "nms_sparse_spread",
                                 "nms_sparse_morton_key", "nms_sparse_regular", "nms_sparse_gather",
@@ -192,11 +194,15 @@ NOT_NEEDED = {
                                 "nms_sparse_neutralise")},
     # soft_nms_gpu.h, matrix_nms_gpu.h (issue 13): steps of the native CUDA Soft-NMS / Matrix NMS
     **{f: "a step of the native CUDA Soft-NMS / Matrix NMS (issue 13); the numba backend serves "
-          "soft_nms on the CPU only and matrix_nms not at all (README status)"
+          "soft_nms on the CPU only and matrix_nms with its own column kernels (README status)"
        for f in ("ranks_before", "soft_pick_none", "soft_pick_better", "soft_nms_init",
                  "soft_nms_rescale", "soft_nms_pick_limit", "soft_nms_emit", "matrix_nms_gather",
                  "matrix_nms_comp_tile", "matrix_nms_decay_tile", "matrix_nms_tile_rows",
                  "matrix_nms_finish")},
+    # roi_align_rotated.h (issue 17): native and numpy only (README status)
+    **{f: "roi_align_rotated: not served by the numba backend (README status)"
+       for f in ("sincos_deg", "roi_rotated_grid", "roi_rotated_box", "roi_rotated_sample",
+                 "roi_rotated_contrib_count", "roi_rotated_contrib", "roi_rotated_output")},
     **{f: _SCATTER for f in ("roi_contrib_count", "roi_contrib", "box", "slots", "contrib", "roi_pool_max_key",
                              "roi_pool_max_run_sum", "ps_roi_pool_len")},
     # detect_gpu.h (issue 12): the numba CUDA detect is not written yet; its steps are tested

@@ -3,7 +3,10 @@ an optional test dependency): the same rows, bit for bit, in the same order -- o
 outputs (yolov8n / yolov8n-seg built from their yaml with random weights, no download) and on
 hand-made predictions (tied scores, IoU exactly at the threshold, scores exactly at conf_thres,
 NaN, the max_nms cap on ties), plus the pinned case where ultralytics' class-offset trick changes
-the kept set against exact per-class NMS (detkernels.detect)."""
+the kept set against exact per-class NMS (detkernels.detect). OBB (rotated=True): a yolov8n-obb
+head (random weights) and hand-made rotated boxes with tied scores (ultralytics' unstable fast_nms
+sort, reproduced), and the pinned pair where ultralytics' and detkernels' ProbIoU (SLEEF against
+libm, a few ulp) straddle iou_thres -- the one place the rows can differ."""
 from __future__ import annotations
 
 import numpy as np
@@ -118,6 +121,168 @@ def test_end2end_branch():
     both(pred, conf_thres=0.3, max_det=10)
     both(pred, conf_thres=0.3, classes=[1, 2], return_idxs=True)
     both(torch.rand(1, 20, 9), conf_thres=0.5, end2end=True)
+
+
+# ---- OBB (rotated=True): ProbIoU Fast-NMS ---------------------------------------------------------
+
+OBB_NC = 15
+
+
+@pytest.fixture(scope="module")
+def obb_head():
+    """Eval-mode output of yolov8n-obb (random weights, nc=15; class biases spread as above, angle
+    biases spread over the head's [-pi/4, 3pi/4] range) on 2 random 256x320 images: [2, 20, 1680]
+    (xywh, 15 class scores, angle in radians). The random backbone makes the scores nearly constant
+    per level (almost every score tied: ultralytics' unstable argsort decides their order), so a
+    second copy has the class scores replaced by distinct random ones (any sort agrees)."""
+    from ultralytics.nn.tasks import OBBModel
+
+    torch.manual_seed(0)
+    m = OBBModel("yolov8n-obb.yaml", nc=OBB_NC, verbose=False).eval()
+    head = m.model[-1]
+    for seq in head.cv3:
+        torch.nn.init.normal_(seq[-1].bias, -3.0, 1.0)
+    for seq in head.cv4:  # the angle branch's last conv
+        torch.nn.init.normal_(seq[-1].bias, 0.0, 2.0)
+        torch.nn.init.normal_(seq[-1].weight, 0.0, 1.0)
+    with torch.no_grad():
+        y = m(torch.rand(2, 3, 256, 320))
+    assert isinstance(y, tuple) and y[0].shape == (2, 4 + OBB_NC + 1, 1680)
+    distinct = y[0].clone()
+    g = torch.Generator().manual_seed(1)
+    distinct[:, 4:4 + OBB_NC] = (torch.randn(2, OBB_NC, 1680, generator=g) * 2 - 4).sigmoid()
+    return y, distinct
+
+
+OBB_KWARGS = [
+    {"conf_thres": 0.25, "iou_thres": 0.7},                      # the predictor's defaults
+    {"conf_thres": 0.1},
+    {"conf_thres": 0.1, "iou_thres": 0.3, "max_det": 20},
+    {"conf_thres": 0.2, "iou_thres": 0.7, "multi_label": True},  # the validator's call
+    {"conf_thres": 0.1, "agnostic": True, "return_idxs": True},
+    {"conf_thres": 0.05, "max_nms": 500, "return_idxs": True},   # the cap: ultralytics' own sort
+    {"conf_thres": 0.1, "multi_label": True, "max_nms": 1000},
+    {"conf_thres": 0.1, "classes": [0, 3, 7]},
+    {"conf_thres": 0.1, "classes": [0, 3, 7], "multi_label": True, "return_idxs": True},
+    {"conf_thres": 0.9, "return_idxs": True},                    # empty images: ultralytics' defaults
+    {"conf_thres": 0.1, "max_det": 0},
+]
+
+
+def obb_both(pred, **kw):
+    # max_time_img: ultralytics' N x N ProbIoU matrices are slow; its time limit must not cut it
+    # short (the drop-in ignores the argument).
+    return both(pred, nc=OBB_NC, rotated=True, max_time_img=600.0, **kw)
+
+
+@pytest.mark.parametrize("kw", OBB_KWARGS, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
+@pytest.mark.parametrize("scores", ["model", "distinct"])
+def test_obb_model(obb_head, kw, scores):
+    y, distinct = obb_head
+    out = obb_both(y if scores == "model" else distinct, **kw)
+    rows = out[0] if isinstance(out, tuple) else out
+    if kw["conf_thres"] < 0.5 and kw.get("max_det", 1) > 0:
+        assert all(r.shape[0] > 0 and r.shape[1] == 7 for r in rows)
+
+
+def obb_pred_of(boxes_xywhr, cls_scores, dtype=np.float32) -> "torch.Tensor":
+    """[1, 4 + C + 1, A]: xywh, class scores, angle (radians) last, as the OBB head lays them out."""
+    b = np.asarray(boxes_xywhr, np.float64)
+    s = np.asarray(cls_scores, np.float64)
+    return torch.as_tensor(np.concatenate([b[:, :4], s, b[:, 4:]], 1).astype(dtype)).T[None].contiguous()
+
+
+def random_obbs(rng, A, C, levels=(0.5, 0.75)):
+    """A clustered rotated boxes (heavy overlaps) with one class each and tied scores."""
+    boxes = np.concatenate([rng.uniform(0, 120, (A, 2)), rng.uniform(8, 40, (A, 2)),
+                            rng.uniform(-np.pi / 4, 3 * np.pi / 4, (A, 1))], 1)
+    scores = np.zeros((A, C))
+    scores[np.arange(A), rng.integers(0, C, A)] = rng.choice(levels, A)
+    return boxes, scores
+
+
+def test_obb_tied_scores():
+    # Hundreds of tied scores (torch's argsort is unstable from ~100 elements up): ultralytics'
+    # fast_nms order among ties is its argsort's; the drop-in runs that sort on the same scores in
+    # the same (candidate) order, so the same boxes survive in the same order.
+    rng = np.random.default_rng(7)
+    boxes, scores = random_obbs(rng, 600, 3)
+    pred = obb_pred_of(boxes, scores)
+    for kw in ({}, {"agnostic": True}, {"multi_label": True, "return_idxs": True}, {"classes": [0, 2]},
+               {"max_nms": 250, "return_idxs": True}, {"max_nms": 250, "multi_label": True}):
+        for iou in (0.2, 0.5, 0.7):
+            out = both(pred, conf_thres=0.25, iou_thres=iou, nc=3, rotated=True, **kw)
+            rows = out[0] if isinstance(out, tuple) else out
+            assert 0 < rows[0].shape[0] < 600
+    # Stage 1's stable tie order (nms_probiou alone) keeps another set: the sort matters here.
+    p = pred[0].T
+    boxes_t = torch.cat([p[:, :2] + p[:, 4:7].argmax(1, keepdim=True).float() * 7680, p[:, 2:4], p[:, -1:]], 1)
+    stable = detkernels.nms_probiou(boxes_t, p[:, 4:7].amax(1), 0.5, fast=True)
+    assert not torch.equal(stable, UL(pred, conf_thres=0.25, iou_thres=0.5, nc=3, rotated=True,
+                                      return_idxs=True)[1][0])
+
+
+def test_obb_batch_float64_nan():
+    rng = np.random.default_rng(8)
+    imgs = []
+    for k in range(3):
+        boxes, scores = random_obbs(rng, 300, 4, levels=(0.3, 0.6, 0.9))
+        scores[:5, 1] = np.nan  # NaN rows: dropped (ultralytics' amax filter), with multi_label too
+        imgs.append(obb_pred_of(boxes, scores))
+    imgs[1][..., 4:8, :] = 0.0  # an empty image
+    pred = torch.cat(imgs)
+    for p in (pred, pred.double()):
+        for kw in ({}, {"multi_label": True}, {"agnostic": True, "max_det": 7, "return_idxs": True}):
+            out = both(p, conf_thres=0.25, iou_thres=0.45, nc=4, rotated=True, **kw)
+            rows = out[0] if isinstance(out, tuple) else out
+            assert rows[1].shape[0] == 0 and rows[0].dtype == p.dtype
+    keep = both(pred, conf_thres=0.25, nc=4, rotated=True, multi_label=True, return_idxs=True)[1]
+    assert not any(i < 5 for k in keep for i in k.tolist())
+
+
+def test_obb_probiou_ulp_pinned():
+    """ultralytics' batch_probiou runs torch's exp/log/cos/sin (SLEEF), detkernels' ProbIoU libm's:
+    they can differ by a few ulp. This pair (found by search) has detkernels' ProbIoU two float32 ulp
+    above ultralytics'; with iou_thres equal to ultralytics' value ultralytics keeps the second box
+    (u > thr is false) and the drop-in suppresses it (d > thr). Each follows its own ProbIoU against
+    the same float32 threshold, so results can differ only where a ProbIoU is within a few ulp of
+    iou_thres."""
+    from ultralytics.utils.metrics import batch_probiou
+
+    pair = [[30.769254684448242, 19.18387794494629, 12.892659187316895, 10.842328071594238, 0.5871503353118896],
+            [29.871183395385742, 12.530688285827637, 9.392228126525879, 7.804869174957275, 0.48433640599250793]]
+    b = torch.tensor(pair, dtype=torch.float32)
+    u, d = float(batch_probiou(b, b)[0, 1]), float(detkernels.probiou(b, b)[0, 1])
+    pred = obb_pred_of(pair, [[0.9], [0.8]])
+    for thr in (u, d):
+        kw = {"conf_thres": 0.25, "iou_thres": thr, "rotated": True, "nc": 1}
+        assert UL(pred, **kw)[0].shape[0] == (2 if u <= thr else 1)
+        assert dk_nms(pred, **kw)[0].shape[0] == (2 if d <= thr else 1)
+    if u == d:
+        pytest.skip("this torch build's ProbIoU agrees with detkernels' on the pinned pair")
+    assert abs(u - d) <= 6e-8 and d > u  # two float32 ulp (2**-25 each near 0.28)
+    kw = {"conf_thres": 0.25, "iou_thres": u, "rotated": True, "nc": 1}
+    assert (UL(pred, **kw)[0].shape[0], dk_nms(pred, **kw)[0].shape[0]) == (2, 1)
+
+
+def test_obb_iou_thres_compared_in_float32():
+    # ultralytics compares its float32 ProbIoU matrix with iou_thres rounded to float32: a
+    # threshold just below a pair's ProbIoU v that rounds up to v keeps the pair (v > v is false);
+    # compared in float64 it would suppress. The drop-in passes the rounded threshold.
+    from ultralytics.utils.metrics import batch_probiou
+
+    pair = [[34.277099609375, 32.52296447753906, 20.84657859802246, 19.96751594543457, 0.5],
+            [32.560081481933594, 40.067195892333984, 23.153858184814453, 24.31163787841797, 0.25]]
+    b = torch.tensor(pair, dtype=torch.float32)
+    v = batch_probiou(b, b)[0, 1]
+    assert float(detkernels.probiou(b, b)[0, 1]) == float(v) and 0.1 < float(v) < 0.9
+    below = float(v) - float(np.spacing(np.float32(v))) / 4  # rounds to v in float32
+    assert below < float(v) and float(torch.tensor(below, dtype=torch.float32)) == float(v)
+    pred = obb_pred_of(pair, [[0.9], [0.8]])
+    for thr, n in ((below, 2), (float(np.nextafter(np.float32(v), np.float32(0))), 1)):
+        out = both(pred, conf_thres=0.25, iou_thres=thr, nc=1, rotated=True)
+        assert out[0].shape[0] == n
+    both(pred.double(), conf_thres=0.25, iou_thres=below, nc=1, rotated=True)  # float64: no rounding
 
 
 # ---- hand-made predictions -----------------------------------------------------------------------
@@ -250,10 +415,10 @@ def test_many_images_in_one_call():
 
 def test_unsupported_and_invalid_arguments(heads):
     det, _ = heads
-    with pytest.raises(NotImplementedError, match="rotated"):
-        dk_nms(det, rotated=True)
     with pytest.raises(NotImplementedError, match="float16"):
         dk_nms(det[0].half())
+    with pytest.raises(NotImplementedError, match="float16"):
+        dk_nms(det[0].half(), rotated=True)
     with pytest.raises(ValueError, match="conf_thres"):
         dk_nms(det, conf_thres=1.5)
     with pytest.raises(ValueError, match="iou_thres"):
@@ -281,6 +446,40 @@ def test_patch_ultralytics(heads):
     assert ul_nms.non_max_suppression is not UL
     p.restore()
     assert ul_nms.non_max_suppression is UL
+
+
+def test_patch_ultralytics_obb_predictor(obb_head, monkeypatch):
+    """ultralytics' OBBPredictor.postprocess (rotated=True, nc=len(names)) under the patch: the
+    drop-in runs (not the fallback) and the Results' obb rows are ultralytics' own."""
+    import types
+
+    from ultralytics.models.yolo.obb import OBBPredictor
+
+    from detkernels._torch import ultralytics as mod
+
+    distinct = obb_head[1][..., :400].contiguous()  # few candidates: its 2.1 s time limit stays far
+    pr = OBBPredictor(overrides={"conf": 0.25, "iou": 0.7, "verbose": False})
+    pr.model = types.SimpleNamespace(names={i: str(i) for i in range(OBB_NC)}, end2end=False)
+    pr.batch = (["a.jpg", "b.jpg"],)
+    img, orig = torch.zeros(2, 3, 256, 320), [np.zeros((256, 320, 3), np.uint8)] * 2
+    want = pr.postprocess(distinct.clone(), img, orig)
+    calls = []
+
+    def counted(*a, **k):
+        calls.append(k.get("rotated"))
+        return dk_nms(*a, **k)
+
+    monkeypatch.setattr(mod, "non_max_suppression", counted)
+    with mod.patch_ultralytics():
+        got = pr.postprocess(distinct.clone(), img, orig)
+        # Unsupported rotated calls (half precision) still go to ultralytics' own function.
+        half = distinct.half()
+        same(ul_nms.non_max_suppression(half, 0.25, 0.7, nc=OBB_NC, rotated=True),
+             UL(half, 0.25, 0.7, nc=OBB_NC, rotated=True))
+    assert calls == [True, True]
+    assert len(got) == len(want) == 2
+    for a, b in zip(want, got):
+        assert a.obb.data.shape[0] > 0 and torch.equal(a.obb.data, b.obb.data)
 
 
 def test_devices_without_a_detect_backend(heads, monkeypatch):

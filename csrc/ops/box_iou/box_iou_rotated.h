@@ -305,6 +305,10 @@ template <typename T> struct RotatedIouMetric {
   }
 };
 
+// The rotated NMS metrics, by code (CPU nms_rotated_multi_cpu and the CUDA engine; Python:
+// detkernels/backends/native.py ROTATED_NMS_METRICS).
+enum RotatedNmsMetric : int { kRotatedIou = 0, kRotatedProbIou = 1, kRotatedProbIouFast = 2 };
+
 template <typename T> struct ProbIouMetric {
   struct Prep {
     T a, b, c;
@@ -345,8 +349,8 @@ int64_t nms_probiou_cpu(int dtype, const void* boxes, const void* scores, const 
                         int64_t N, double iou_threshold, double eps, int fast, int64_t* keep);
 /// @brief Fixed-size rotated NMS of B images (multi_image_nms_rotated / _probiou, issue 17):
 /// boxes [B, N, 5] (cxcywhr for metric 0, ultralytics xywhr for 1 and 2), scores [B, N] (same
-/// dtype, kFloat32/kFloat64), classes int64 [B, N] or null. metric (nms_rotated_gpu.h's
-/// RotatedNmsMetric): 0 rotated IoU (greedy), 1 ProbIoU greedy, 2 ProbIoU Fast-NMS. Per image: the candidates with double(score) >
+/// dtype, kFloat32/kFloat64), classes int64 [B, N] or null. metric: 0 rotated IoU (greedy),
+/// 1 ProbIoU greedy, 2 ProbIoU Fast-NMS. Per image: the candidates with double(score) >
 /// score_threshold (all if !has_score_threshold), then nms_rotated_cpu / nms_probiou_cpu's
 /// rules on them; the first min(kept, max_output) kept indices (into the image's N boxes, by
 /// descending score) to out_idx[b, :], the rest -1; counts[b] = that number. Images in parallel.

@@ -11,7 +11,6 @@
 #include "common/dispatch.h"
 #include "common/parallel.h"
 #include "ops/nms/nms.h"  // score_before
-#include "ops/nms/nms_rotated_gpu.h"  // RotatedNmsMetric: the metric codes
 
 namespace detkernels {
 namespace {
@@ -161,18 +160,18 @@ void nms_rotated_multi_cpu(int dtype, int metric, const void* boxes, const void*
     using T = decltype(t);
     const T* bx = static_cast<const T*>(boxes);
     const T* sc = static_cast<const T*>(scores);
-    const bool fast = metric == kRotatedProbIouFast;
     parallel_for(B, 1, [&](int64_t lo, int64_t hi) {
       for (int64_t im = lo; im < hi; ++im) {
-        const T* b = bx + 5 * im * N;
         const int64_t* cl = classes ? classes + im * N : nullptr;
         int64_t* out = out_idx + im * max_output;
-        counts[im] = metric == kRotatedIou
-                         ? multi_image<T>(RotatedIouMetric<T>{}, false, b, sc + im * N, cl, N, iou_threshold,
-                                          has_score_threshold, score_threshold, max_output, out)
-                         : multi_image<T>(ProbIouMetric<T>{static_cast<T>(eps)}, fast, b, sc + im * N, cl, N,
-                                          iou_threshold, has_score_threshold, score_threshold, max_output,
-                                          out);
+        counts[im] =
+            metric == kRotatedIou
+                ? multi_image<T>(RotatedIouMetric<T>{}, false, bx + 5 * im * N, sc + im * N, cl, N,
+                                 iou_threshold, has_score_threshold, score_threshold, max_output, out)
+                : multi_image<T>(ProbIouMetric<T>{static_cast<T>(eps)},
+                                 metric == kRotatedProbIouFast, bx + 5 * im * N, sc + im * N, cl,
+                                 N, iou_threshold, has_score_threshold, score_threshold,
+                                 max_output, out);
       }
     });
   });

@@ -42,8 +42,6 @@ template <typename P> DK_HD bool nms_pred_fast(const P&) { return false; }
 template <typename T, typename Metric>
 DK_HD bool nms_pred_fast(const RotatedNmsSuppress<T, Metric>& p) { return p.fast; }
 
-// Metric codes shared with Python (detkernels/backends/native.py: ROTATED_NMS_METRICS).
-enum RotatedNmsMetric : int { kRotatedIou = 0, kRotatedProbIou = 1, kRotatedProbIouFast = 2 };
 
 #ifndef __CUDACC_RTC__
 /// @brief The CUDA rotated NMS (nms_rotated_multi_cuda) run step by step on the CPU:

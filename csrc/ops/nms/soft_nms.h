@@ -69,43 +69,58 @@ template <typename T> DK_HD T dk_ldexp(T y, int n) {
 }
 
 template <typename T> struct ExpCoef;
+// Each ExpCoef splits exp(x) = y * 2^z: round_arg gives the value whose floor is z, mantissa
+// the y of (x, z). Both are written over V, a float (double) or a CPU vector of them whose
+// + - * / are lane-wise IEEE operations (soft_nms_cpu.cpp's exp_batch), so that every lane
+// computes what eval computes.
 template <> struct ExpCoef<float> {
   // Constants as exact float32 hex values (the same numbers as the reference's np.float32 ones).
+  template <typename V> static DK_HD V round_arg(V x) { return 0x1.715476p+0f * x + 0.5f; }
+  template <typename V> static DK_HD V mantissa(V x, V z) {
+    V r = x - z * 0x1.63p-1f;                           // ln2 = C1 + C2, C1 exact
+    r = r - z * -0x1.bd0106p-13f;
+    const V zz = r * r;
+    const V p = (((((0x1.a0d2cep-13f * r + 0x1.6e879cp-10f) * r + 0x1.111210p-7f) * r +
+                   0x1.555382p-5f) * r + 0x1.555554p-3f) * r + 0x1p-1f);
+    return ((p * zz) + r) + 1.0f;
+  }
   static DK_HD float eval(float x) {
     if (x != x) return x;
-    if (x < -0x1.9d1da0p+6f) return 0.0f;              // below ~ -103.28: underflows to 0
+    if (x < -0x1.9d1da0p+6f) return 0.0f;               // below ~ -103.28: underflows to 0
     if (x > 0x1.62e430p+6f) return INFINITY;            // above ~ 88.72: overflows
-    const float z = dk_floor(0x1.715476p+0f * x + 0.5f);  // n = round(x / ln2)
-    float r = x - z * 0x1.63p-1f;                       // ln2 = C1 + C2, C1 exact
-    r = r - z * -0x1.bd0106p-13f;
-    const float zz = r * r;
-    const float p = (((((0x1.a0d2cep-13f * r + 0x1.6e879cp-10f) * r + 0x1.111210p-7f) * r +
-                       0x1.555382p-5f) * r + 0x1.555554p-3f) * r + 0x1p-1f);
-    const float y = ((p * zz) + r) + 1.0f;
-    return dk_ldexp(y, static_cast<int>(z));
+    const float z = dk_floor(round_arg(x));             // n = round(x / ln2)
+    return dk_ldexp(mantissa(x, z), static_cast<int>(z));
   }
 };
 template <> struct ExpCoef<double> {
+  template <typename V> static DK_HD V round_arg(V x) { return 1.4426950408889634073599 * x + 0.5; }
+  template <typename V> static DK_HD V mantissa(V x, V px) {
+    V r = x - px * 6.93145751953125e-1;
+    r = r - px * 1.42860682030941723212e-6;
+    const V xx = r * r;
+    const V p = r * ((1.26177193074810590878e-4 * xx + 3.02994407707441961300e-2) * xx +
+                     9.99999999999999999910e-1);
+    const V q = ((3.00198505138664455042e-6 * xx + 2.52448340349684104192e-3) * xx +
+                 2.27265548208155028766e-1) * xx + 2.00000000000000000009e0;
+    r = p / (q - p);
+    return 1.0 + 2.0 * r;
+  }
   static DK_HD double eval(double x) {
     if (x != x) return x;
     if (x < -7.451332191019412076235e2) return 0.0;
     if (x > 7.09782712893383996843e2) return INFINITY;
-    const double px = dk_floor(1.4426950408889634073599 * x + 0.5);
-    double r = x - px * 6.93145751953125e-1;
-    r = r - px * 1.42860682030941723212e-6;
-    const double xx = r * r;
-    const double p = r * ((1.26177193074810590878e-4 * xx + 3.02994407707441961300e-2) * xx +
-                          9.99999999999999999910e-1);
-    const double q = ((3.00198505138664455042e-6 * xx + 2.52448340349684104192e-3) * xx +
-                      2.27265548208155028766e-1) * xx + 2.00000000000000000009e0;
-    r = p / (q - p);
-    r = 1.0 + 2.0 * r;
-    return dk_ldexp(r, static_cast<int>(px));
+    const double px = dk_floor(round_arg(x));
+    return dk_ldexp(mantissa(x, px), static_cast<int>(px));
   }
 };
 
 /// exp(x) in T, bit for bit as reference/soft_nms.py's dk_exp. dk_exp(+-0) == 1 exactly.
 template <typename T> DK_HD T dk_exp(T x) { return ExpCoef<T>::eval(x); }
+
+/// The Gaussian's exponent -(iou^2) / sigma (V: T or a CPU vector of T, as ExpCoef).
+template <typename V, typename T> DK_HD V soft_gaussian_arg(V iou, T sigma) {
+  return -(iou * iou) / sigma;
+}
 
 /// The decay weight of a remaining box whose IoU with the picked box is `iou` (T). `thr` is the
 /// IoU threshold (linear only; compared in double), `sigma` already rounded to T (gaussian only).
@@ -113,7 +128,7 @@ template <typename T> DK_HD T dk_exp(T x) { return ExpCoef<T>::eval(x); }
 template <typename T> DK_HD T soft_nms_weight(T iou, int method, double thr, T sigma) {
   if (method == kSoftLinear) return static_cast<double>(iou) > thr ? T(1) - iou : T(1);
   if (iou != iou) return T(1);
-  return dk_exp(-(iou * iou) / sigma);
+  return dk_exp(soft_gaussian_arg(iou, sigma));
 }
 
 /// The rank order of the soft/DIoU/Matrix NMS drivers: score_before (NaN first, -0 == +0), then

@@ -77,10 +77,16 @@ template <typename T> struct AxisSample {
   T l, h;
 };
 
-template <typename T>
-DK_HD AxisSample<T> roi_axis_sample(T start, T bin, int64_t p, int64_t i, int64_t grid, int64_t size) {
+// Coordinate of sample i of bin p along one axis (the reference's order of operations).
+template <typename T> DK_HD T roi_axis_coord(T start, T bin, int64_t p, int64_t i, int64_t grid) {
+  return (start + T(p) * bin) + (T(static_cast<float>(i) + 0.5f) * bin) / T(grid);
+}
+
+// The taps of coordinate c on an axis of `size` pixels: in range iff -1 <= c <= size (NaN never
+// is), then clamped (c <= 0 -> 0; lo >= size-1 -> lo = hi = size-1, c = lo). Shared by roi_align
+// and roi_align_rotated (roi_align_rotated.h): the one bilinear tap rule.
+template <typename T> DK_HD AxisSample<T> roi_axis_tap(T c, int64_t size) {
   AxisSample<T> s;
-  T c = (start + T(p) * bin) + (T(static_cast<float>(i) + 0.5f) * bin) / T(grid);
   s.valid = size > 0 && c >= T(-1) && c <= T(size);
   if (!s.valid) {
     s.lo = s.hi = 0;
@@ -99,6 +105,11 @@ DK_HD AxisSample<T> roi_axis_sample(T start, T bin, int64_t p, int64_t i, int64_
   s.l = c - T(s.lo);
   s.h = T(1) - s.l;
   return s;
+}
+
+template <typename T>
+DK_HD AxisSample<T> roi_axis_sample(T start, T bin, int64_t p, int64_t i, int64_t grid, int64_t size) {
+  return roi_axis_tap(roi_axis_coord(start, bin, p, i, grid), size);
 }
 
 // Bilinear weights of an in-range sample, in tap order (yl,xl), (yl,xh), (yh,xl), (yh,xh).

@@ -8,6 +8,7 @@
 // thread walks all RoIs in order, so every grad_input element receives its contributions in the
 // reference order whatever the thread count.
 #include "ops/roi_align/roi_align.h"
+#include "ops/roi_align/roi_align_rotated.h"
 
 #include <algorithm>
 #include <stdexcept>
@@ -120,6 +121,15 @@ template <typename T> DK_VEC_CLONES void average_bin(T* __restrict a, T count, i
   for (int64_t c = 0; c < C; ++c) a[c] = a[c] / count;
 }
 
+// acc [nb, C] (bin-major) -> o [C, nb], in blocks of 8 channels (see forward_cl).
+template <typename T> void store_bins(const T* acc, int64_t nb, int64_t C, T* o) {
+  for (int64_t c0 = 0; c0 < C; c0 += 8) {
+    const int64_t c1 = std::min(C, c0 + 8);
+    for (int64_t k = 0; k < nb; ++k)
+      for (int64_t c = c0; c < c1; ++c) o[c * nb + k] = acc[k * C + c];
+  }
+}
+
 // Per RoI the bins are summed channels-last into acc [nb, C] (contiguous, vectorised), then
 // transposed into the output's [C, nb]. Storing each bin straight to o[c * nb + k] cost half the
 // forward: 256 stores per bin to 256 cache lines 196 bytes apart. The transpose goes in blocks of
@@ -150,11 +160,7 @@ void forward_cl(const Nhwc<T>& in, int64_t N, int64_t C, int64_t H, int64_t W, c
         });
         average_bin(a, g.count, C);
       }
-      for (int64_t c0 = 0; c0 < C; c0 += 8) {
-        const int64_t c1 = std::min(C, c0 + 8);
-        for (int64_t k = 0; k < nb; ++k)
-          for (int64_t c = c0; c < c1; ++c) o[c * nb + k] = acc[k * C + c];
-      }
+      store_bins(acc.data(), nb, C, o);
     }
   });
 }
@@ -206,6 +212,37 @@ DK_VEC_CLONES void scatter_tap(T* __restrict ws, const T* __restrict g, T w, T c
   for (int64_t c = 0; c < n; ++c) ws[c] += (g[c] * w) / count;
 }
 
+// [N, H, W, C] -> contiguous [N, C, H, W] in tiles of 16 channels x 64 pixels, so the lines
+// read stay cached while their 16 channels are copied out.
+template <typename T> void nhwc_to_nchw(const T* ws, int64_t N, int64_t C, int64_t H, int64_t W, T* gi) {
+  const int64_t HW = H * W, ncb = (C + 15) / 16;
+  parallel_for(N * ncb, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; ++r) {
+      const int64_t n = r / ncb, c0 = (r % ncb) * 16, c1 = std::min(C, c0 + 16);
+      const T* src = ws + n * HW * C;
+      T* dst = gi + n * C * HW;
+      for (int64_t i0 = 0; i0 < HW; i0 += 64) {
+        const int64_t i1 = std::min(HW, i0 + 64);
+        for (int64_t c = c0; c < c1; ++c)
+          for (int64_t i = i0; i < i1; ++i) dst[c * HW + i] = src[i * C + c];
+      }
+    }
+  });
+}
+
+// One RoI's gradient for nc channels from gn (element strides gs), bin-major into gt [nb, nc],
+// in blocks of 8 channels.
+template <typename T>
+void gather_grad(const T* gn, const int64_t* gs, int64_t nb, int64_t PW, int64_t nc, T* gt) {
+  for (int64_t c0 = 0; c0 < nc; c0 += 8) {
+    const int64_t c1 = std::min(nc, c0 + 8);
+    for (int64_t k = 0; k < nb; ++k) {
+      const T* gk = gn + (k / PW) * gs[2] + (k % PW) * gs[3];
+      for (int64_t c = c0; c < c1; ++c) gt[k * nc + c] = gk[c * gs[1]];
+    }
+  }
+}
+
 // roi_align backward into a channels-last workspace [N, H, W, C]: threads own channel ranges and
 // walk all RoIs in order, so each element's sum keeps the order (roi, ph, pw, iy, ix, tap).
 template <typename T>
@@ -226,13 +263,7 @@ void backward_cl(const T* grad, const int64_t* gs, const T* rois, int64_t K, T s
       S.build(g, PH, PW, H, W);
       T* base = ws.data() + g.batch * H * W * C + c_lo;
       const T* gn = grad + n * gs[0] + c_lo * gs[1];
-      for (int64_t c0 = 0; c0 < nc; c0 += 8) {
-        const int64_t c1 = std::min(nc, c0 + 8);
-        for (int64_t k = 0; k < nb; ++k) {
-          const T* gk = gn + (k / PW) * gs[2] + (k % PW) * gs[3];
-          for (int64_t c = c0; c < c1; ++c) gt[k * nc + c] = gk[c * gs[1]];
-        }
-      }
+      gather_grad(gn, gs, nb, PW, nc, gt.data());
       for (int64_t k = 0; k < nb; ++k) {
         const T* gb = gt.data() + k * nc;
         S.for_each_tap(k / PW, k % PW, W * C, C, [&](const Taps<T>& tp) {
@@ -241,21 +272,7 @@ void backward_cl(const T* grad, const int64_t* gs, const T* rois, int64_t K, T s
       }
     }
   });
-  // [N, H, W, C] -> contiguous [N, C, H, W] in tiles of 16 channels x 64 pixels, so the lines
-  // read stay cached while their 16 channels are copied out.
-  const int64_t HW = H * W, ncb = (C + 15) / 16;
-  parallel_for(N * ncb, 1, [&](int64_t lo, int64_t hi) {
-    for (int64_t r = lo; r < hi; ++r) {
-      const int64_t n = r / ncb, c0 = (r % ncb) * 16, c1 = std::min(C, c0 + 16);
-      const T* src = ws.data() + n * HW * C;
-      T* dst = gi + n * C * HW;
-      for (int64_t i0 = 0; i0 < HW; i0 += 64) {
-        const int64_t i1 = std::min(HW, i0 + 64);
-        for (int64_t c = c0; c < c1; ++c)
-          for (int64_t i = i0; i < i1; ++i) dst[c * HW + i] = src[i * C + c];
-      }
-    }
-  });
+  nhwc_to_nchw(ws.data(), N, C, H, W, gi);
 }
 
 template <typename T>
@@ -313,6 +330,140 @@ void roi_align_backward_cpu(int dtype, bool ps, const void* grad, const Strides4
     backward(ps, static_cast<const T*>(grad), grad_strides.data(), static_cast<const T*>(rois), K,
              static_cast<T>(spatial_scale), PH, PW, N, C, H, W, sampling_ratio, aligned,
              static_cast<T*>(grad_input));
+  });
+}
+
+// ---- roi_align_rotated (roi_align_rotated.h) -------------------------------------------------------
+// The sample points of a rotated bin do not factor into two axes: each bin walks its gh x gw
+// samples (roi_rotated_sample) and applies every in-range one to all channels. Same two layouts
+// and the same thread split as roi_align; backward always through the channels-last workspace.
+
+namespace {
+
+// f(taps) for every in-range sample of bin (ph, pw), iy outer, ix inner (the reference order);
+// offsets through the element strides sH, sW.
+template <typename T, typename F>
+void for_each_rotated_tap(const RoiRotatedBox<T>& g, int64_t ph, int64_t pw, int64_t H, int64_t W,
+                          int64_t sH, int64_t sW, F&& f) {
+  for (int64_t iy = 0; iy < g.gh; ++iy)
+    for (int64_t ix = 0; ix < g.gw; ++ix) {
+      AxisSample<T> y, x;
+      if (!roi_rotated_sample(g, ph, pw, iy, ix, H, W, y, x)) continue;
+      Taps<T> t;
+      roi_weights(y, x, t.w);
+      t.o[0] = y.lo * sH + x.lo * sW;
+      t.o[1] = y.lo * sH + x.hi * sW;
+      t.o[2] = y.hi * sH + x.lo * sW;
+      t.o[3] = y.hi * sH + x.hi * sW;
+      f(static_cast<const Taps<T>&>(t));
+    }
+}
+
+template <typename T>
+void rotated_forward(const T* in, const int64_t* st, int64_t N, int64_t C, int64_t H, int64_t W,
+                     const T* rois, int64_t K, T ss, int64_t PH, int64_t PW, int64_t sr, bool aligned,
+                     bool cw, T* out) {
+  const int64_t nb = PH * PW;
+  std::vector<T> tmp;
+  Nhwc<T> v{in, st[0], st[2], st[3]};  // channel stride 1 (or a single channel)
+  bool cl = C == 1 || st[1] == 1;
+  if (!cl && use_channels_last(K, nb, N, H, W)) {
+    tmp.resize(static_cast<size_t>(N * H * W * C));
+    to_nhwc(in, st, N, C, H, W, tmp.data());
+    v = Nhwc<T>{tmp.data(), H * W * C, W * C, C};
+    cl = true;
+  }
+  parallel_for(K, 1, [&](int64_t lo, int64_t hi) {
+    std::vector<T> acc(cl ? static_cast<size_t>(nb * C) : 0);
+    for (int64_t n = lo; n < hi; ++n) {
+      T* o = out + n * C * nb;
+      const RoiRotatedBox<T> g = roi_rotated_box(rois + 6 * n, ss, PH, PW, sr, aligned, cw, N);
+      if (g.batch < 0 || g.gh == 0 || g.gw == 0) {
+        std::fill(o, o + C * nb, T(0));
+        continue;
+      }
+      if (cl) {
+        const T* base = v.p + g.batch * v.sN;
+        for (int64_t k = 0; k < nb; ++k) {
+          T* a = acc.data() + k * C;
+          std::fill(a, a + C, T(0));
+          for_each_rotated_tap(g, k / PW, k % PW, H, W, v.sH, v.sW, [&](const Taps<T>& tp) {
+            accumulate_sample(a, base + tp.o[0], base + tp.o[1], base + tp.o[2], base + tp.o[3],
+                              tp.w, C);
+          });
+          average_bin(a, g.count, C);
+        }
+        store_bins(acc.data(), nb, C, o);
+        continue;
+      }
+      // Per-channel gathers through the strides (few RoIs on a large NCHW map).
+      const T* base = in + g.batch * st[0];
+      for (int64_t c = 0; c < C; ++c) {
+        const T* p = base + c * st[1];
+        for (int64_t k = 0; k < nb; ++k) {
+          T a = T(0);
+          for_each_rotated_tap(g, k / PW, k % PW, H, W, st[2], st[3], [&](const Taps<T>& tp) {
+            a += roi_bilinear(tp.w, p[tp.o[0]], p[tp.o[1]], p[tp.o[2]], p[tp.o[3]]);
+          });
+          o[c * nb + k] = a / g.count;
+        }
+      }
+    }
+  });
+}
+
+// Channels-last workspace [N, H, W, C]: threads own channel ranges and walk all RoIs in order,
+// so each element's sum keeps the order (roi, ph, pw, iy, ix, tap) whatever the thread count.
+template <typename T>
+void rotated_backward(const T* grad, const int64_t* gs, const T* rois, int64_t K, T ss, int64_t PH,
+                      int64_t PW, int64_t N, int64_t C, int64_t H, int64_t W, int64_t sr,
+                      bool aligned, bool cw, T* gi) {
+  const int64_t nb = PH * PW;
+  std::vector<T> ws(static_cast<size_t>(N * H * W * C), T(0));
+  parallel_for(C, 16, [&](int64_t c_lo, int64_t c_hi) {
+    const int64_t nc = c_hi - c_lo;
+    std::vector<T> gt(static_cast<size_t>(nb * nc));
+    for (int64_t n = 0; n < K; ++n) {
+      const RoiRotatedBox<T> g = roi_rotated_box(rois + 6 * n, ss, PH, PW, sr, aligned, cw, N);
+      if (g.batch < 0 || g.gh == 0 || g.gw == 0) continue;
+      T* base = ws.data() + g.batch * H * W * C + c_lo;
+      gather_grad(grad + n * gs[0] + c_lo * gs[1], gs, nb, PW, nc, gt.data());
+      for (int64_t k = 0; k < nb; ++k) {
+        const T* gb = gt.data() + k * nc;
+        for_each_rotated_tap(g, k / PW, k % PW, H, W, W * C, C, [&](const Taps<T>& tp) {
+          for (int j = 0; j < 4; ++j) scatter_tap(base + tp.o[j], gb, tp.w[j], g.count, nc);
+        });
+      }
+    }
+  });
+  nhwc_to_nchw(ws.data(), N, C, H, W, gi);
+}
+
+}  // namespace
+
+void roi_align_rotated_forward_cpu(int dtype, const void* input, const Strides4& in_strides,
+                                   int64_t N, int64_t C, int64_t H, int64_t W, const void* rois,
+                                   int64_t K, double spatial_scale, int64_t PH, int64_t PW,
+                                   int64_t sampling_ratio, bool aligned, bool clockwise, void* out) {
+  if (K == 0) return;
+  dispatch_float(dtype, "roi_align_rotated", [&](auto t) {
+    using T = decltype(t);
+    rotated_forward(static_cast<const T*>(input), in_strides.data(), N, C, H, W,
+                    static_cast<const T*>(rois), K, static_cast<T>(spatial_scale), PH, PW,
+                    sampling_ratio, aligned, clockwise, static_cast<T*>(out));
+  });
+}
+
+void roi_align_rotated_backward_cpu(int dtype, const void* grad, const Strides4& grad_strides,
+                                    const void* rois, int64_t K, double spatial_scale, int64_t PH,
+                                    int64_t PW, int64_t N, int64_t C, int64_t H, int64_t W,
+                                    int64_t sampling_ratio, bool aligned, bool clockwise,
+                                    void* grad_input) {
+  dispatch_float(dtype, "roi_align_rotated", [&](auto t) {
+    using T = decltype(t);
+    rotated_backward(static_cast<const T*>(grad), grad_strides.data(), static_cast<const T*>(rois), K,
+                     static_cast<T>(spatial_scale), PH, PW, N, C, H, W, sampling_ratio, aligned,
+                     clockwise, static_cast<T*>(grad_input));
   });
 }
 

@@ -20,6 +20,14 @@ CUDA tensors the plan (per-image stable sorts, segments by a running max) and th
 are torch ops on the device: no host synchronisation. With Numba or CuPy device arrays the plan is
 made on the host (the scores and classes are copied there and the keep flags back).
 
+NMS variants (issue 13): soft_nms, multi_image_soft_nms, diou_nms and matrix_nms run their loops
+in numba/cpu.py (matrix_nms on CUDA too: numba/cuda.py, a thread per column, the plan and the
+finish on the host) over the scalar maths of box_math.py (nms_iou, diou_penalty_of, dk_log,
+dk_exp, the decay weights); orders, merges and filters are host NumPy, the reference's own code
+(score_order). multi_image_soft_nms runs every (image, class) segment in one call on numba's
+threads; matrix_nms computes its columns in parallel (each column's max and min in the
+reference's row order, so the bytes do not depend on the thread count).
+
 RoI ops (roi_align, ps_roi_align, roi_pool, ps_roi_pool, forward and backward) run on the CPU
 (numba/roi_cpu.py, ``parallel=True``) and on CUDA (numba/roi_cuda.py); their arithmetic is written
 once (numba/roi_math.py) and compiled for both targets, one kernel set per dtype (float32,
@@ -121,13 +129,19 @@ def _host_order(s: np.ndarray, c: np.ndarray | None) -> tuple[np.ndarray, np.nda
     """(score order, visiting order, segment starts + n): the score order is the reference's;
     with classes the visiting order groups them (stable, so score rank is kept inside a class)."""
     o1 = score_order(s)
+    return (o1, *_class_segments(o1, c))
+
+
+def _class_segments(o1: np.ndarray, c: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(visiting order, segment starts + n) of the indices ``o1`` grouped by class ``c``
+    (stable: o1's order is kept inside a class); one segment without classes."""
     n = o1.shape[0]
     if c is None:
-        return o1, o1, np.array([0, n], np.int64)
+        return o1, np.array([0, n], np.int64)
     o = o1[np.argsort(c[o1], kind="stable")]
     cs = c[o]
     starts = np.flatnonzero(cs[1:] != cs[:-1]) + 1
-    return o1, o, np.concatenate(([0], starts, [n])).astype(np.int64)
+    return o, np.concatenate(([0], starts, [n])).astype(np.int64)
 
 
 def _keep_from_flags(o1: np.ndarray, o: np.ndarray, flags: np.ndarray) -> np.ndarray:
@@ -268,6 +282,18 @@ def _multi_host_outputs(o1s: list, kept_by_cand: np.ndarray, M: int, Cc: int, K:
     return out, cls, counts
 
 
+def _soft_merge(idx: np.ndarray, val: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """The classes' picks of one image merged as batched_soft_nms merges them: by decayed score
+    (NaN first), ties by input index, the first ``limit``."""
+    by_index = np.argsort(idx, kind="stable")
+    idx, val = idx[by_index], val[by_index]
+    o = score_order(val)[:limit]
+    return idx[o], val[o]
+
+
+_SOFT_METHODS = {"linear": 0, "gaussian": 1}  # box_math.soft_nms_weight's method codes
+
+
 @register("soft_nms", "numba")  # CPU only (numba.cuda: not served, README status)
 def soft_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float, sigma: float, method: str,
              score_threshold: float, max_output: int | None) -> tuple[Any, Any]:
@@ -282,17 +308,100 @@ def soft_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float, sigma:
     if classes is None:
         order, seg = np.arange(n, dtype=np.int64), np.array([0, n], np.int64)
     else:
-        c = A.to_numpy_view(classes)
-        order = np.argsort(c, kind="stable").astype(np.int64)
-        cs = c[order]
-        seg = np.concatenate(([0], np.flatnonzero(cs[1:] != cs[:-1]) + 1, [n])).astype(np.int64)
-    idx, val = _cpu.soft_nms(b, s, order, seg, 0 if method == "linear" else 1, iou_threshold, sigma,
-                             score_threshold, limit)
+        order, seg = _class_segments(np.arange(n, dtype=np.int64), A.to_numpy_view(classes))
+    idx, val, _ = _cpu.soft_nms(b, s, order, seg, _SOFT_METHODS[method], iou_threshold, sigma,
+                                score_threshold, limit)
     if classes is not None:
-        by_index = np.argsort(idx, kind="stable")
-        idx, val = idx[by_index], val[by_index]
-        o = score_order(val)[:limit]
-        idx, val = idx[o], val[o]
+        idx, val = _soft_merge(idx, val, limit)
+    return A.from_numpy(idx, like=boxes), A.from_numpy(val, like=boxes)
+
+
+@register("multi_image_soft_nms", "numba")  # CPU only (numba.cuda: not served, README status)
+def multi_image_soft_nms(boxes: Any, scores: Any, classes: Any, max_output: int, iou_threshold: float,
+                         sigma: float, method: str, score_threshold: float) -> tuple[Any, Any, Any]:
+    """boxes [B, N, 4], scores [B, N] (same float dtype), classes int64 [B, N] or None ->
+    (indices [B, K] -1 padded, decayed scores [B, K] 0 padded, counts [B]): every (image, class)
+    segment of the batch through soft_nms's kernel in one call, the segments on numba's threads;
+    per image the classes' picks merged on the host as soft_nms merges them."""
+    from . import cpu as _cpu
+
+    B, N = int(boxes.shape[0]), int(boxes.shape[1])
+    K = int(max_output)
+    b = A.to_numpy_view(boxes).reshape(B * N, 4)
+    s = A.to_numpy_view(scores).reshape(B * N)
+    image = np.repeat(np.arange(B, dtype=np.int64), N)
+    if classes is None:
+        order, seg = np.arange(B * N, dtype=np.int64), np.arange(B + 1, dtype=np.int64) * N
+    else:  # (image, class) segments, input index ascending inside one (lexsort is stable)
+        c = A.to_numpy_view(classes).reshape(B * N)
+        order = np.lexsort((c, image)).astype(np.int64)
+        ci, cc = image[order], c[order]
+        starts = np.flatnonzero((ci[1:] != ci[:-1]) | (cc[1:] != cc[:-1])) + 1
+        seg = np.concatenate(([0], starts, [B * N])).astype(np.int64)
+    idx, val, _ = _cpu.soft_nms(b, s, order, seg, _SOFT_METHODS[method], iou_threshold, sigma,
+                                score_threshold, min(K, N), parallel=True)
+    out = np.full((B, K), -1, np.int64)
+    vals = np.zeros((B, K), b.dtype)
+    counts = np.zeros(B, np.int64)
+    bounds = np.searchsorted(image[idx], np.arange(B + 1))  # picks are image by image
+    for i in range(B):
+        k, v = idx[bounds[i]:bounds[i + 1]] - i * N, val[bounds[i]:bounds[i + 1]]
+        if classes is not None:
+            k, v = _soft_merge(k, v, K)
+        counts[i] = k.shape[0]
+        out[i, :k.shape[0]], vals[i, :k.shape[0]] = k, v
+    return tuple(A.from_numpy(x, like=boxes) for x in (out, vals, counts))
+
+
+@register("diou_nms", "numba")  # CPU only (numba.cuda: not served, README status)
+def diou_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float, beta: float) -> Any:
+    """boxes [N, 4], scores [N] (same float dtype), classes int64 [N] or None -> kept indices by
+    descending score: nms's visiting plan (host), the greedy loop with DIoU's measure (numba/cpu.py,
+    the classes on numba's threads)."""
+    from . import cpu as _cpu
+
+    s = A.to_numpy_view(scores)
+    c = None if classes is None else A.to_numpy_view(classes)
+    o1, o, seg = _host_order(s, c)
+    flags = _cpu.diou_nms_keep(A.to_numpy_view(boxes), o, seg, iou_threshold, beta)
+    return A.from_numpy(_keep_from_flags(o1, o, flags), like=boxes)
+
+
+_MATRIX_KERNELS = {"gaussian": 0, "linear": 1}  # box_math.matrix_nms_term's kernel codes
+
+
+@register("matrix_nms", "numba", devices=("cpu", "cuda"))
+def matrix_nms(boxes: Any, scores: Any, labels: Any, kernel: str, sigma: float,
+               score_threshold: float | None, max_output: int | None,
+               pre_top_k: int | None) -> tuple[Any, Any]:
+    """boxes [N, 4], scores [N] (same float dtype), labels int64 [N] -> (indices, decayed scores):
+    the ranks (score order, pre_top_k) grouped by class on the host, the decays in numba
+    (numba/cpu.py, columns in parallel; numba/cuda.py, a thread per column), the filter and final
+    order on the host as the reference's. CUDA: the scores and labels are copied to the host and
+    the decays back (host syncs)."""
+    s = _to_host(scores)
+    order = score_order(s)
+    if pre_top_k is not None:
+        order = order[:int(pre_top_k)]
+    n = order.shape[0]
+    o, seg = _class_segments(np.arange(n, dtype=np.int64), _to_host(labels)[order])
+    decay = np.empty(n, s.dtype)
+    if A.device(boxes) == "cpu":
+        from . import cpu as _cpu
+
+        decay[o] = _cpu.matrix_nms_decay(A.to_numpy_view(boxes), order[o], seg,
+                                         _MATRIX_KERNELS[kernel], sigma)
+    else:
+        cuda, K = _cuda()
+        with cuda.gpus[_device_index(boxes)]:
+            decay[o] = K.matrix_nms_decay(_as_numba(cuda, boxes), order[o], seg,
+                                          _MATRIX_KERNELS[kernel], sigma, _stream(cuda, boxes))
+    with np.errstate(all="ignore"):
+        dec = s[order] * decay
+    sel = np.arange(n)
+    if score_threshold is not None:
+        sel = sel[dec.astype(np.float64) >= float(score_threshold)]
+    idx, val = _soft_merge(order[sel], dec[sel], n if max_output is None else int(max_output))
     return A.from_numpy(idx, like=boxes), A.from_numpy(val, like=boxes)
 
 

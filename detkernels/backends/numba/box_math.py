@@ -121,6 +121,23 @@ def box_corners(b0, b1, b2, b3, fmt):
     return SUB(b0, hw), SUB(b1, hh), ADD(b0, hw), ADD(b1, hh)
 
 
+def diou_penalty(a0, a1, a2, a3, b0, b1, b2, b3, wc, hc, eps):
+    """DIoU's distance term cd2 / ((wc*wc + hc*hc) + eps) (box_iou.h's diou_penalty); wc, hc:
+    the enclosing box's clamped width and height."""
+    diag2 = ADD(ADD(MUL(wc, wc), MUL(hc, hc)), eps)
+    dx = SUB(DIV(ADD(a0, a2), TWO), DIV(ADD(b0, b2), TWO))
+    dy = SUB(DIV(ADD(a1, a3), TWO), DIV(ADD(b1, b3), TWO))
+    return DIV(ADD(MUL(dx, dx), MUL(dy, dy)), diag2)
+
+
+def diou_penalty_of(a0, a1, a2, a3, b0, b1, b2, b3, eps):
+    """diou_penalty with the enclosing box computed from the xyxy boxes (box_iou.h's
+    diou_penalty_of)."""
+    wc = clamp_min0(SUB(nan_max(a2, b2), nan_min(a0, b0)))
+    hc = clamp_min0(SUB(nan_max(a3, b3), nan_min(a1, b1)))
+    return diou_penalty(a0, a1, a2, a3, b0, b1, b2, b3, wc, hc, eps)
+
+
 def pair_iou(a0, a1, a2, a3, b0, b1, b2, b3, area_a, area_b, fmt, kind, eps):
     ax1, ay1, ax2, ay2 = box_corners(a0, a1, a2, a3, fmt)
     bx1, by1, bx2, by2 = box_corners(b0, b1, b2, b3, fmt)
@@ -136,10 +153,7 @@ def pair_iou(a0, a1, a2, a3, b0, b1, b2, b3, area_a, area_b, fmt, kind, eps):
     if kind == 1:
         area_c = MUL(wc, hc)
         return SUB(iou, DIV(SUB(area_c, uni), area_c))
-    diag2 = ADD(ADD(MUL(wc, wc), MUL(hc, hc)), eps)
-    dx = SUB(DIV(ADD(a0, a2), TWO), DIV(ADD(b0, b2), TWO))
-    dy = SUB(DIV(ADD(a1, a3), TWO), DIV(ADD(b1, b3), TWO))
-    diou = SUB(iou, DIV(ADD(MUL(dx, dx), MUL(dy, dy)), diag2))
+    diou = SUB(iou, diou_penalty(a0, a1, a2, a3, b0, b1, b2, b3, wc, hc, eps))
     if kind == 2:
         return diou
     d = SUB(dk_atan(DIV(SUB(a2, a0), SUB(a3, a1))), dk_atan(DIV(SUB(b2, b0), SUB(b3, b1))))
@@ -154,18 +168,23 @@ def nms_area(x1, y1, x2, y2):
     return MUL(SUB(x2, x1), SUB(y2, y1))
 
 
-def nms_suppresses(ax1, ay1, ax2, ay2, area_a, bx1, by1, bx2, by2, area_b, thr):
-    """``a`` is the kept (higher-ranked) box; ``thr`` is nms_threshold(iou_threshold) in T."""
+def nms_iou(ax1, ay1, ax2, ay2, area_a, bx1, by1, bx2, by2, area_b):
+    """nms.h's nms_iou: ``a`` is the kept (higher-ranked) box; std::max/min."""
     w = std_max(ZERO, SUB(std_min(ax2, bx2), std_max(ax1, bx1)))
     h = std_max(ZERO, SUB(std_min(ay2, by2), std_max(ay1, by1)))
     inter = MUL(w, h)
-    return DIV(inter, SUB(ADD(area_a, area_b), inter)) > thr
+    return DIV(inter, SUB(ADD(area_a, area_b), inter))
+
+
+def nms_suppresses(ax1, ay1, ax2, ay2, area_a, bx1, by1, bx2, by2, area_b, thr):
+    """``a`` is the kept (higher-ranked) box; ``thr`` is nms_threshold(iou_threshold) in T."""
+    return nms_iou(ax1, ay1, ax2, ay2, area_a, bx1, by1, bx2, by2, area_b) > thr
 
 
 # ---- soft_nms.h (issue 13) ------------------------------------------------------------------------
-# The numba CPU twins of dk_floor / dk_ldexp / dk_exp / soft_nms_weight. Not in SCALAR_FUNCS: the
-# numba backend serves soft_nms on the CPU only (numba/cpu.py compiles these as extras), so the
-# CUDA specialisations and their PTX lint are unchanged. TYPE (np.float32 / np.float64) and the
+# The numba twins of dk_floor / dk_ldexp / dk_exp / soft_nms_weight. Not in SCALAR_FUNCS: they
+# are compiled as extras where a kernel needs them (numba/cpu.py's _build_exp; numba/cuda.py's
+# _specialise for matrix_nms, without soft_nms_weight). TYPE (np.float32 / np.float64) and the
 # E32_* / E64_* constants come from soft_nms_constants.
 
 def dk_floor(v):  # |v| < 2^31: the truncation, lowered by 1 where it rounded up (exact)
@@ -224,11 +243,15 @@ def soft_nms_weight(iou, method, thr, sigma):
 
 
 def soft_nms_constants(dtype) -> dict:
-    """TYPE and the typed constants of dk_exp (reference/soft_nms.py's, exact in T)."""
+    """TYPE and the typed constants of dk_exp (reference/soft_nms.py's, exact in T) and of dk_log
+    (reference/diou_nms.py's, rounded to T as the C++ literals are)."""
     from ...reference import soft_nms as R
 
     T = np.dtype(dtype).type
-    c = dict(TYPE=T, E_HALF=T(0.5), E_INF=T(np.inf), math=__import__("math"))
+    from ...reference import diou_nms as RD
+
+    c = dict(TYPE=T, E_HALF=T(0.5), E_INF=T(np.inf), math=__import__("math"),
+             L_SQRT_HALF=T(RD._SQRT_HALF), L_LN2=T(RD._LN2), L_ATANH=tuple(T(v) for v in RD._ATANH))
     if T is np.float32:
         f = R._F
         c.update(E32_LOG2E=f["log2e"], E32_C1=f["c1"], E32_C2=f["c2"], E32_P0=f["p0"], E32_P1=f["p1"],
@@ -244,10 +267,61 @@ def soft_nms_constants(dtype) -> dict:
 SOFT_NMS_FUNCS = (dk_floor, dk_ldexp, dk_exp, soft_nms_weight)
 
 
+# ---- diou_nms.h, matrix_nms.h (issue 13) ----------------------------------------------------------
+# The numba twins of dk_log / dk_pow / diou_nms_measure / matrix_nms_term, compiled with the
+# soft_nms functions above (they need dk_exp; numba/cpu.py's _build_exp; numba/cuda.py compiles
+# matrix_nms_term for its matrix_nms kernels); the L_* constants come from soft_nms_constants.
+
+def dk_log(x):  # frexp (exact), then the atanh series of z = (m - 1) / (m + 1)
+    if x != x:
+        return x
+    if x < ZERO:
+        return DIV(ZERO, ZERO)
+    if x == ZERO:
+        return -E_INF
+    if x == E_INF:
+        return x
+    mf, e = math.frexp(float(x))  # exact in float64 for a float32 x; m in [0.5, 1)
+    m = TYPE(mf)
+    if m < L_SQRT_HALF:
+        m = ADD(m, m)
+        e = e - 1
+    z = DIV(SUB(m, ONE), ADD(m, ONE))
+    z2 = MUL(z, z)
+    p = L_ATANH[0]
+    for k in range(1, 11):
+        p = ADD(MUL(p, z2), L_ATANH[k])
+    tz = ADD(z, z)
+    return ADD(ADD(tz, MUL(MUL(tz, z2), p)), MUL(TYPE(e), L_LN2))
+
+
+def dk_pow(r, beta):  # r^beta for r >= 0 (or NaN), beta > 0; beta == 1: r itself
+    if beta == ONE:
+        return r
+    if r == ZERO:
+        return ZERO
+    return dk_exp(MUL(beta, dk_log(r)))
+
+
+def diou_nms_measure(ax1, ay1, ax2, ay2, area_a, bx1, by1, bx2, by2, area_b, beta):
+    """DIoU-NMS's measure of candidate b against kept box a: nms_iou - R^beta (R: eps = 0)."""
+    iou = nms_iou(ax1, ay1, ax2, ay2, area_a, bx1, by1, bx2, by2, area_b)
+    return SUB(iou, dk_pow(diou_penalty_of(ax1, ay1, ax2, ay2, bx1, by1, bx2, by2, ZERO), beta))
+
+
+def matrix_nms_term(x, kernel, neg_sigma):  # the weight's numerator (x = d) or denominator (c)
+    if kernel == 0:
+        return dk_exp(MUL(neg_sigma, MUL(x, x)))
+    return SUB(ONE, x)
+
+
+DIOU_MATRIX_FUNCS = (dk_log, dk_pow, diou_nms_measure, matrix_nms_term)
+
+
 # ---- compilation ----------------------------------------------------------------------------------
 
 SCALAR_FUNCS = (std_max, std_min, nan_max, nan_min, clamp_min0, dk_atan, box_area, box_corners,
-                pair_iou, nms_area, nms_suppresses)
+                diou_penalty, diou_penalty_of, pair_iou, nms_area, nms_iou, nms_suppresses)
 
 
 def constants(dtype) -> dict:

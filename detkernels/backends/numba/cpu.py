@@ -461,7 +461,11 @@ def detect_pass(boxes: np.ndarray, scores: np.ndarray, obj: np.ndarray | None, f
     return xyxy, cs, cls
 
 
-# ---- soft_nms (issue 13): the reference's sequential loop, per class segment ----------------------
+# ---- soft_nms, diou_nms, matrix_nms (issue 13): the kernels over dk_exp ----------------------------
+# Each is compiled twice from one function: plain @njit (prange runs as range) and parallel=True,
+# where the independent segments (classes, images) -- or matrix_nms's columns -- are spread over
+# numba's threads. Every output element is written by one thread, in the reference's order, so the
+# bytes do not depend on the thread count.
 
 def soft_nms_segment(x1, y1, x2, y2, ar, s, gid, alive, lo, hi, method, thr, sigma, sthr, limit,
                      out_idx, out_s, nout):
@@ -489,10 +493,7 @@ def soft_nms_segment(x1, y1, x2, y2, ar, s, gid, alive, lo, hi, method, thr, sig
         kept += 1
         for q in range(lo, hi):
             if alive[q]:
-                w = std_max(ZERO, SUB(std_min(x2[a], x2[q]), std_max(x1[a], x1[q])))
-                h = std_max(ZERO, SUB(std_min(y2[a], y2[q]), std_max(y1[a], y1[q])))
-                inter = MUL(w, h)
-                iou = DIV(inter, SUB(ADD(ar[a], ar[q]), inter))
+                iou = nms_iou(x1[a], y1[a], x2[a], y2[a], ar[a], x1[q], y1[q], x2[q], y2[q], ar[q])
                 ns = MUL(s[q], soft_nms_weight(iou, method, thr, sigma))
                 s[q] = ns
                 if float(ns) < sthr:
@@ -500,10 +501,11 @@ def soft_nms_segment(x1, y1, x2, y2, ar, s, gid, alive, lo, hi, method, thr, sig
     return kept
 
 
-def soft_nms_kernel(boxes, scores, order, seg, method, thr, sigma, sthr, limit, out_idx, out_s):
+def soft_nms_kernel(boxes, scores, order, seg, method, thr, sigma, sthr, limit, out_idx, out_s,
+                    counts):
     """Soft-NMS of boxes visited in ``order`` (class-grouped, input index ascending within one),
-    ``seg`` the class segment starts plus n. Returns the number of picks written to out_*
-    (segment by segment, each in pick order)."""
+    ``seg`` the segment starts plus n. Segment g's picks (pick order) are written at
+    out_*[seg[g]:seg[g] + counts[g]]."""
     n = order.shape[0]
     x1, y1, x2, y2, ar = columns(n, boxes.dtype)
     nms_gather(boxes, order, x1, y1, x2, y2, ar)
@@ -512,37 +514,122 @@ def soft_nms_kernel(boxes, scores, order, seg, method, thr, sigma, sthr, limit, 
     for p in range(n):
         s[p] = scores[order[p]]
         alive[p] = 0 if float(s[p]) < sthr else 1
-    nout = 0
-    for g in range(seg.shape[0] - 1):
-        nout += soft_nms_segment(x1, y1, x2, y2, ar, s, order, alive, seg[g], seg[g + 1], method, thr,
-                                 sigma, sthr, limit, out_idx, out_s, nout)
-    return nout
+    for g in prange(seg.shape[0] - 1):
+        counts[g] = soft_nms_segment(x1, y1, x2, y2, ar, s, order, alive, seg[g], seg[g + 1], method,
+                                     thr, sigma, sthr, limit, out_idx, out_s, seg[g])
 
 
 def soft_nms(boxes: np.ndarray, scores: np.ndarray, order: np.ndarray, seg: np.ndarray, method: int,
-             thr: float, sigma: float, sthr: float, limit: int) -> tuple[np.ndarray, np.ndarray]:
-    """(input indices, decayed scores), segment by segment in pick order."""
-    k = soft_kernels(boxes.dtype.name)
+             thr: float, sigma: float, sthr: float, limit: int,
+             parallel: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(input indices, decayed scores, picks per segment): the segments' picks one after the
+    other, each in pick order."""
+    k = exp_kernels(boxes.dtype.name)
     n = order.shape[0]
     out_idx = np.empty(n, np.int64)
     out_s = np.empty(n, boxes.dtype)
-    c = k.soft_nms_kernel(boxes, scores, order, seg, method, float(thr), boxes.dtype.type(sigma),
-                          float(sthr), limit, out_idx, out_s)
-    return out_idx[:c], out_s[:c]
+    counts = np.zeros(seg.shape[0] - 1, np.int64)
+    fn = k.soft_nms_parallel_kernel if parallel and seg.shape[0] > 2 else k.soft_nms_kernel
+    fn(boxes, scores, order, seg, method, float(thr), boxes.dtype.type(sigma), float(sthr), limit,
+       out_idx, out_s, counts)
+    lengths = np.diff(seg)
+    rel = np.arange(n, dtype=np.int64) - np.repeat(seg[:-1], lengths)
+    picked = rel < np.repeat(counts, lengths)
+    return out_idx[picked], out_s[picked], counts
 
 
-_SOFT: dict = {}
+def diou_nms_kernel(boxes, order, seg, thr, beta, keep):
+    """Greedy DIoU-NMS over boxes visited in ``order`` (class, then score rank), ``seg`` the
+    class segment starts plus n: position j is kept iff no position kept before it in its
+    segment has ``(double)diou_nms_measure > thr`` against it. Sets keep[j] = 1."""
+    n = order.shape[0]
+    x1, y1, x2, y2, ar = columns(n, boxes.dtype)
+    nms_gather(boxes, order, x1, y1, x2, y2, ar)
+    for g in prange(seg.shape[0] - 1):
+        lo, hi = seg[g], seg[g + 1]
+        kx1, ky1, kx2, ky2, ka = columns(hi - lo, boxes.dtype)  # kept boxes of the segment
+        nk = 0
+        for j in range(lo, hi):
+            cx1, cy1, cx2, cy2, ca = x1[j], y1[j], x2[j], y2[j], ar[j]
+            alive = True
+            for t in range(nk):
+                if float(diou_nms_measure(kx1[t], ky1[t], kx2[t], ky2[t], ka[t], cx1, cy1, cx2, cy2,
+                                          ca, beta)) > thr:
+                    alive = False
+                    break
+            if alive:
+                keep[j] = 1
+                kx1[nk], ky1[nk], kx2[nk], ky2[nk], ka[nk] = cx1, cy1, cx2, cy2, ca
+                nk += 1
 
 
-def _build_soft(dt: np.dtype):
-    jit = numba.njit(**_JIT)
+def diou_nms_keep(boxes: np.ndarray, order: np.ndarray, seg: np.ndarray, thr: float,
+                  beta: float) -> np.ndarray:
+    """uint8 flags over positions of ``order``: 1 where that box is kept (beta rounded to T)."""
+    keep = np.zeros(order.shape[0], np.uint8)
+    k = exp_kernels(boxes.dtype.name)
+    fn = k.diou_nms_parallel_kernel if seg.shape[0] > 2 else k.diou_nms_kernel
+    fn(boxes, order, seg, float(thr), boxes.dtype.type(beta), keep)
+    return keep
+
+
+def matrix_nms_kernel(boxes, order, seg_of, kernel, neg_sigma, comp, den, decay):
+    """Matrix NMS's decays over boxes visited in ``order`` (class, then score rank); seg_of[p]
+    the first position of p's class segment. Column by column (in parallel): comp[p] = the
+    NaN-skipping max of nms_iou(i, p) over the earlier positions i of the segment (from 0), then
+    decay[p] = the NaN-skipping min (from 1) of num(iou(i, p)) / den(comp[i]) over i ascending --
+    the reference's updates of column p, in its order."""
+    n = order.shape[0]
+    x1, y1, x2, y2, ar = columns(n, boxes.dtype)
+    nms_gather(boxes, order, x1, y1, x2, y2, ar)
+    for p in prange(n):
+        c = ZERO
+        for i in range(seg_of[p], p):
+            d = nms_iou(x1[i], y1[i], x2[i], y2[i], ar[i], x1[p], y1[p], x2[p], y2[p], ar[p])
+            if d > c:
+                c = d
+        comp[p] = c
+    for p in prange(n):
+        den[p] = matrix_nms_term(comp[p], kernel, neg_sigma)
+    for p in prange(n):
+        m = ONE
+        for i in range(seg_of[p], p):
+            d = nms_iou(x1[i], y1[i], x2[i], y2[i], ar[i], x1[p], y1[p], x2[p], y2[p], ar[p])
+            w = DIV(matrix_nms_term(d, kernel, neg_sigma), den[i])
+            if w < m:
+                m = w
+        decay[p] = m
+
+
+def matrix_nms_decay(boxes: np.ndarray, order: np.ndarray, seg: np.ndarray, kernel: int,
+                     sigma: float) -> np.ndarray:
+    """decay (T) over positions of ``order``; ``seg`` the class segment starts plus n."""
+    n = order.shape[0]
+    dt = boxes.dtype
+    comp, den, decay = np.empty(n, dt), np.empty(n, dt), np.empty(n, dt)
+    seg_of = np.repeat(seg[:-1], np.diff(seg))
+    exp_kernels(dt.name).matrix_nms_kernel(boxes, order, seg_of, kernel, dt.type(-float(sigma)),
+                                           comp, den, decay)
+    return decay
+
+
+_EXP: dict = {}
+
+
+def _build_exp(dt: np.dtype):
+    jit, pjit = numba.njit(**_JIT), numba.njit(parallel=True, **_JIT)
     exp_src = M.exp_eval_f32 if dt == np.float32 else M.exp_eval_f64
     extra = (("columns", _columns, jit), ("nms_gather", nms_gather, jit), ("EXP_EVAL", exp_src, jit),
-             *((f.__name__, f, jit) for f in M.SOFT_NMS_FUNCS),
-             ("soft_nms_segment", soft_nms_segment, jit), ("soft_nms_kernel", soft_nms_kernel, jit))
+             *((f.__name__, f, jit) for f in M.SOFT_NMS_FUNCS + M.DIOU_MATRIX_FUNCS),
+             ("soft_nms_segment", soft_nms_segment, jit), ("soft_nms_kernel", soft_nms_kernel, jit),
+             ("soft_nms_parallel_kernel", soft_nms_kernel, pjit),
+             ("diou_nms_kernel", diou_nms_kernel, jit),
+             ("diou_nms_parallel_kernel", diou_nms_kernel, pjit),
+             ("matrix_nms_kernel", matrix_nms_kernel, pjit))
     return M.specialise(dt, _OPS, jit, extra, env=dict(np=np, prange=prange, **M.soft_nms_constants(dt)))
 
 
-def soft_kernels(dtype: str):
-    """The compiled soft-NMS kernel (and its scalar functions) for ``dtype``."""
-    return M.per_dtype(_SOFT, _build_soft, dtype)
+def exp_kernels(dtype: str):
+    """The compiled soft_nms / diou_nms / matrix_nms kernels (and their scalar functions, dk_exp
+    among them) for ``dtype``."""
+    return M.per_dtype(_EXP, _build_exp, dtype)

@@ -17,6 +17,10 @@ of i's class i suppresses; a scan keeps a box iff no kept box has marked it, one
 independent range of boxes (an image), its ORs atomic because a word can straddle two ranges.
 Column blocks whose first box's segment starts after a row block are dead: neither computed nor
 read.
+
+matrix_nms (issue 13): three column kernels (compensation, denominator, decay), one thread per
+box, each column's max and min taken in the reference's row order (numba/cpu.py's
+matrix_nms_kernel, the same formulas from box_math.py); the plan and the finish are host NumPy.
 """
 from __future__ import annotations
 
@@ -159,16 +163,58 @@ def nms_scan_kernel(mask, row0, row1, ranges, seg, removed, keep):
         cuda.syncthreads()  # the ORs are visible before the next row is read
 
 
-KERNELS = ("box_iou_kernel", "nms_gather_kernel", "nms_mask_kernel", "nms_scan_kernel")
+# ---- matrix_nms (issue 13): numba/cpu.py's matrix_nms_kernel, one thread per column ----------------
+
+def matrix_nms_comp_kernel(cols, seg_of, comp):
+    """comp[p] = the NaN-skipping max (from 0) of nms_iou(i, p) over the earlier positions i of
+    p's class segment (seg_of[p]: its first position), i ascending."""
+    p = cuda.grid(1)
+    if p < comp.shape[0]:
+        c = ZERO
+        for i in range(seg_of[p], p):
+            d = nms_iou(cols[0, i], cols[1, i], cols[2, i], cols[3, i], cols[4, i], cols[0, p],
+                        cols[1, p], cols[2, p], cols[3, p], cols[4, p])
+            if d > c:
+                c = d
+        comp[p] = c
+
+
+def matrix_nms_den_kernel(comp, kernel, neg_sigma, den):
+    p = cuda.grid(1)
+    if p < den.shape[0]:
+        den[p] = matrix_nms_term(comp[p], kernel, neg_sigma)
+
+
+def matrix_nms_decay_kernel(cols, seg_of, den, kernel, neg_sigma, decay):
+    """decay[p] = the NaN-skipping min (from 1) of num(iou(i, p)) / den[i], i ascending."""
+    p = cuda.grid(1)
+    if p < decay.shape[0]:
+        m = ONE
+        for i in range(seg_of[p], p):
+            d = nms_iou(cols[0, i], cols[1, i], cols[2, i], cols[3, i], cols[4, i], cols[0, p],
+                        cols[1, p], cols[2, p], cols[3, p], cols[4, p])
+            w = DIV(matrix_nms_term(d, kernel, neg_sigma), den[i])
+            if w < m:
+                m = w
+        decay[p] = m
+
+
+MATRIX_KERNELS = ("matrix_nms_comp_kernel", "matrix_nms_den_kernel", "matrix_nms_decay_kernel")
+KERNELS = ("box_iou_kernel", "nms_gather_kernel", "nms_mask_kernel", "nms_scan_kernel") + MATRIX_KERNELS
 _SPECS: dict = {}
 
 
 def _specialise(dt: np.dtype, ops: dict | None = None) -> object:
     kern = cuda.jit(**_JIT)
-    extra = tuple((name, globals()[name], kern) for name in KERNELS)
+    dev = cuda.jit(device=True, **_JIT)
+    exp_src = M.exp_eval_f32 if dt == np.float32 else M.exp_eval_f64
+    # dk_exp and matrix_nms_term (box_math's soft_nms / matrix_nms sections) for matrix_nms
+    extra = (("EXP_EVAL", exp_src, dev), *((f.__name__, f, dev) for f in (M.dk_floor, M.dk_ldexp, M.dk_exp,
+                                                                          M.matrix_nms_term)),
+             *((name, globals()[name], kern) for name in KERNELS))
     env = dict(np=np, numba=numba, cuda=cuda, WORD=WORD, ONE64=ONE64,
-               SHARED_T=numba.float32 if dt == np.float32 else numba.float64)
-    return M.specialise(dt, ops or _ops(dt), cuda.jit(device=True, **_JIT), extra, env)
+               SHARED_T=numba.float32 if dt == np.float32 else numba.float64, **M.soft_nms_constants(dt))
+    return M.specialise(dt, ops or _ops(dt), dev, extra, env)
 
 
 def kernels(dtype) -> object:
@@ -185,6 +231,9 @@ def signatures(dtype) -> dict:
         "nms_gather_kernel": (T[:, ::1], i64[::1], i64[::1], numba.boolean, T[:, ::1], i64[::1]),
         "nms_mask_kernel": (T[:, ::1], i64[::1], i64[::1], T, i64[:, ::1], i64),
         "nms_scan_kernel": (i64[:, ::1], i64, i64, i64[:, ::1], i64[::1], i64[::1], numba.uint8[::1]),
+        "matrix_nms_comp_kernel": (T[:, ::1], i64[::1], T[::1]),
+        "matrix_nms_den_kernel": (T[::1], i64, T, T[::1]),
+        "matrix_nms_decay_kernel": (T[:, ::1], i64[::1], T[::1], i64, T, T[::1]),
     }
 
 
@@ -317,3 +366,31 @@ def nms_keep_segments(boxes, rows, seg, ranges, width: int, thr: float, stream, 
     k = kernels(dt)
     cols, _ = _gather(k, boxes, rows, None, stream, alloc)
     return _suppress(k, cols, seg, seg, ranges, width, M.nms_threshold(thr, dt), stream, alloc)
+
+
+def matrix_nms_decay(boxes, order: np.ndarray, seg: np.ndarray, kernel: int, sigma: float, stream):
+    """decay (host, T) over positions of ``order`` (host int64; class then score rank), ``seg``
+    the class segment starts plus n: the three column kernels on ``boxes`` (numba device array
+    [N, 4]) on ``stream``, one copy back."""
+    n = order.shape[0]
+    dt = np.dtype(boxes.dtype)
+    k = kernels(dt)
+    if n == 0:
+        return np.empty(0, dt)
+    threads = 128
+    grid = (n + threads - 1) // threads
+    cols = cuda.device_array((5, n), dt, stream=stream)
+    d_order = cuda.to_device(order, stream=stream)
+    scls = cuda.device_array(n, np.int64, stream=stream)  # no classes: the gather writes 0s
+    _configure(k.nms_gather_kernel, grid, threads, stream)(boxes, d_order, d_order, False, cols, scls)
+    seg_of = cuda.to_device(np.repeat(seg[:-1], np.diff(seg)), stream=stream)
+    comp = cuda.device_array(n, dt, stream=stream)
+    den = cuda.device_array(n, dt, stream=stream)
+    decay = cuda.device_array(n, dt, stream=stream)
+    neg = dt.type(-float(sigma))
+    _configure(k.matrix_nms_comp_kernel, grid, threads, stream)(cols, seg_of, comp)
+    _configure(k.matrix_nms_den_kernel, grid, threads, stream)(comp, kernel, neg, den)
+    _configure(k.matrix_nms_decay_kernel, grid, threads, stream)(cols, seg_of, den, kernel, neg, decay)
+    out = decay.copy_to_host(stream=stream)
+    stream.synchronize()
+    return out
