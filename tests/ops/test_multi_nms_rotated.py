@@ -260,3 +260,20 @@ def test_thread_count_does_not_matter(rng):
     for got in outs[1:]:
         for g, w in zip(got, outs[0]):
             _same(g, w, "threads")
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("family", ["clustered", "identical", "nonfinite", "degenerate"])
+def test_cpu_loop_equals_the_cuda_emulation(metric, family, rng):
+    """The same backend contract on its two native paths: the CPU loop (nms_rotated_multi_cpu) and
+    the CUDA bitmask engine run step by step on the CPU (nms_rotated_multi_emulate_cpu)."""
+    from detkernels.backends import native
+
+    if why := _registry.why_not("native", "multi_image_nms_rotated"):
+        pytest.skip(why)
+    b, s, c = _batch(family, rng, 3, 70, "float32", metric)
+    for classes in (None, c):
+        for sthr in (None, 0.3):
+            args = (b, s, classes, 0.3, 25, sthr, metric, 1e-7)
+            _same(native.multi_image_nms_rotated(*args), native.nms_rotated_multi_emulated(*args),
+                  f"classes={classes is not None} sthr={sthr}")
