@@ -5,29 +5,13 @@
 #include <numeric>
 #include <vector>
 
+#include "common/cub_emulate.h"
 #include "common/dispatch.h"
 #include "ops/detect/detect_gpu.h"
 #include "ops/nms/nms.h"
 
 namespace detkernels {
 namespace {
-
-// What cub::DeviceRadixSort::SortPairs does with bits [0, end_bit): a stable sort by key.
-void stable_sort_pairs(std::vector<uint64_t>& keys, std::vector<int64_t>& vals, int end_bit) {
-  const uint64_t m = end_bit >= 64 ? ~uint64_t(0) : ((uint64_t(1) << end_bit) - 1);
-  std::vector<size_t> idx(keys.size());
-  std::iota(idx.begin(), idx.end(), size_t{0});
-  std::stable_sort(idx.begin(), idx.end(),
-                   [&](size_t a, size_t b) { return (keys[a] & m) < (keys[b] & m); });
-  std::vector<uint64_t> k2(keys.size());
-  std::vector<int64_t> v2(vals.size());
-  for (size_t p = 0; p < idx.size(); ++p) {
-    k2[p] = keys[idx[p]];
-    v2[p] = vals[idx[p]];
-  }
-  keys.swap(k2);
-  vals.swap(v2);
-}
 
 template <typename T>
 void run(const DetectGpuArgs<T>& g, int64_t B, double iou_thr, int64_t top_k, int64_t K,
@@ -45,9 +29,9 @@ void run(const DetectGpuArgs<T>& g, int64_t B, double iou_thr, int64_t top_k, in
       keys[gq] = nms_score_key(score[gq]);
       order[gq] = gq;
     }
-    stable_sort_pairs(keys, order, nms_score_key_bits<T>());
+    cub_sort_pairs_emulate(keys, order, nms_score_key_bits<T>());
     for (int64_t p = 0; p < total; ++p) keys[p] = nms_image_key(order[p], M, valid[order[p]] != 0);
-    stable_sort_pairs(keys, order, nms_key_bits(uint64_t(2 * B - 1)));
+    cub_sort_pairs_emulate(keys, order, nms_key_bits(uint64_t(2 * B - 1)));
     for (int64_t p = 0; p < total; ++p) detect_gpu_select(p, order.data(), valid.data(), M, N, sel.data());
   } else {
     for (int64_t p = 0; p < total; ++p) detect_gpu_select(p, nullptr, valid.data(), M, M, sel.data());

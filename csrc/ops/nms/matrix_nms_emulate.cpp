@@ -7,28 +7,12 @@
 #include <stdexcept>
 #include <vector>
 
+#include "common/cub_emulate.h"
 #include "common/dispatch.h"
 #include "ops/nms/matrix_nms_gpu.h"
 
 namespace detkernels {
 namespace {
-
-// cub::DeviceRadixSort::SortPairs over key bits [0, end_bit): a stable sort by the masked key.
-void sort_pairs(std::vector<uint64_t>& keys, std::vector<int64_t>& vals, int end_bit) {
-  const uint64_t msk = end_bit >= 64 ? ~uint64_t(0) : ((uint64_t(1) << end_bit) - 1);
-  std::vector<int64_t> idx(keys.size());
-  std::iota(idx.begin(), idx.end(), int64_t{0});
-  std::stable_sort(idx.begin(), idx.end(),
-                   [&](int64_t a, int64_t b) { return (keys[a] & msk) < (keys[b] & msk); });
-  std::vector<uint64_t> k2(keys.size());
-  std::vector<int64_t> v2(vals.size());
-  for (size_t p = 0; p < idx.size(); ++p) {
-    k2[p] = keys[idx[p]];
-    v2[p] = vals[idx[p]];
-  }
-  keys.swap(k2);
-  vals.swap(v2);
-}
 
 template <typename T>
 int64_t run(const T* boxes, const T* scores, const int64_t* labels, int64_t n, int kernel,
@@ -42,7 +26,7 @@ int64_t run(const T* boxes, const T* scores, const int64_t* labels, int64_t n, i
     keys[q] = nms_score_key(scores[q]);
     order[q] = q;
   }
-  sort_pairs(keys, order, nms_score_key_bits<T>());
+  cub_sort_pairs_emulate(keys, order, nms_score_key_bits<T>());
   const int64_t m = pre_top_k >= 0 && pre_top_k < n ? pre_top_k : n;
   std::vector<uint8_t> kept(n, 0);
   std::vector<T> dec(n, T(0));
@@ -54,7 +38,7 @@ int64_t run(const T* boxes, const T* scores, const int64_t* labels, int64_t n, i
       ck[r] = nms_class_key(labels[order[r]]);
       pos_rank[r] = r;
     }
-    sort_pairs(ck, pos_rank, 64);
+    cub_sort_pairs_emulate(ck, pos_rank, 64);
     // S3
     std::vector<T> x1(m), y1(m), x2(m), y2(m), area(m), den(m);
     std::vector<int64_t> seg(m);
@@ -98,7 +82,7 @@ int64_t run(const T* boxes, const T* scores, const int64_t* labels, int64_t n, i
     keys[q] = nms_final_key<T>(kept[q] != 0, dec[q]);
     fin[q] = q;
   }
-  sort_pairs(keys, fin, nms_score_key_bits<T>());
+  cub_sort_pairs_emulate(keys, fin, nms_score_key_bits<T>());
   const int64_t count = nms_count_kept(fin.data(), kept.data(), 0, n, max_output >= 0 ? max_output : n);
   for (int64_t k = 0; k < count; ++k) {
     keep[k] = fin[k];

@@ -13,6 +13,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "common/cub_emulate.h"
 #include "common/dispatch.h"
 #include "ops/nms/diou_nms.h"
 #include "ops/nms/nms.h"
@@ -28,23 +29,6 @@ std::atomic<int> g_outcome{0};
 // Its work counts: live block pairs, block-pair visits (the density rule's totals, auto path),
 // edges, rounds that left a box undecided.
 std::array<int64_t, 4> g_work{};
-
-// What cub::DeviceRadixSort::SortPairs does with bits [0, end_bit): a stable sort by key.
-void radix_sort_pairs(std::vector<uint64_t>& keys, std::vector<int64_t>& vals, int end_bit) {
-  const uint64_t m = end_bit >= 64 ? ~uint64_t(0) : ((uint64_t(1) << end_bit) - 1);
-  std::vector<int64_t> idx(keys.size());
-  std::iota(idx.begin(), idx.end(), int64_t{0});
-  std::stable_sort(idx.begin(), idx.end(),
-                   [&](int64_t a, int64_t b) { return (keys[a] & m) < (keys[b] & m); });
-  std::vector<uint64_t> k2(keys.size());
-  std::vector<int64_t> v2(vals.size());
-  for (size_t p = 0; p < idx.size(); ++p) {
-    k2[p] = keys[idx[p]];
-    v2[p] = vals[idx[p]];
-  }
-  keys.swap(k2);
-  vals.swap(v2);
-}
 
 // The sparse path (nms_sparse_gpu.h S1-S6), as nms_cuda.cu's run_sparse launches it: same sorts,
 // same steps, the block kernels as loops over (block, thread), the rounds reading the previous
@@ -67,9 +51,9 @@ void run_sparse(const std::vector<T>& x1, const std::vector<T>& y1, const std::v
     keys[p] = nms_sparse_morton_key(x1[p], y1[p]);
     sp[p] = p;
   }
-  radix_sort_pairs(keys, sp, 64);
+  cub_sort_pairs_emulate(keys, sp, 64);
   for (int64_t s = 0; s < total; ++s) keys[s] = static_cast<uint64_t>(seg[sp[s]]);
-  radix_sort_pairs(keys, sp, std::max(1, nms_key_bits(uint64_t(total - 1))));
+  cub_sort_pairs_emulate(keys, sp, std::max(1, nms_key_bits(uint64_t(total - 1))));
   // S2: spatial columns, block boxes
   std::vector<T> sx1(total), sy1(total), sx2(total), sy2(total), sarea(total);
   std::vector<int64_t> sseg(total);
@@ -179,15 +163,15 @@ void run(const T* boxes, const T* scores, const int64_t* classes, int64_t B, int
     keys[q] = nms_score_key(scores[q]);
     order[q] = q;
   }
-  radix_sort_pairs(keys, order, nms_score_key_bits<T>());
+  cub_sort_pairs_emulate(keys, order, nms_score_key_bits<T>());
   if (has_cls) {
     for (int64_t p = 0; p < total; ++p) keys[p] = nms_class_key(nms_cand_class(order[p], M, C, classes));
-    radix_sort_pairs(keys, order, C > 0 ? nms_key_bits(uint64_t(C - 1)) : 64);
+    cub_sort_pairs_emulate(keys, order, C > 0 ? nms_key_bits(uint64_t(C - 1)) : 64);
   }
   if (has_img) {
     for (int64_t p = 0; p < total; ++p)
       keys[p] = nms_image_key(order[p], M, nms_cand_valid(scores[order[p]], has_sthr, sthr));
-    radix_sort_pairs(keys, order, nms_key_bits(uint64_t(2 * B - 1)));
+    cub_sort_pairs_emulate(keys, order, nms_key_bits(uint64_t(2 * B - 1)));
   }
   // 2. sorted columns, validity, segments (gather_kernel, head_kernel + inclusive max-scan)
   std::vector<T> x1(total), y1(total), x2(total), y2(total), area(total);
@@ -256,10 +240,10 @@ void run(const T* boxes, const T* scores, const int64_t* classes, int64_t B, int
     keys[q] = nms_final_key(kept_by_cand[q] != 0, scores[q]);
     order[q] = q;
   }
-  radix_sort_pairs(keys, order, nms_score_key_bits<T>());
+  cub_sort_pairs_emulate(keys, order, nms_score_key_bits<T>());
   if (B > 1) {
     for (int64_t p = 0; p < total; ++p) keys[p] = nms_image_key(order[p], M, true);
-    radix_sort_pairs(keys, order, nms_key_bits(uint64_t(2 * B - 1)));
+    cub_sort_pairs_emulate(keys, order, nms_key_bits(uint64_t(2 * B - 1)));
   }
   for (int64_t b = 0; b < B; ++b)
     counts[b] = nms_count_kept(order.data(), kept_by_cand.data(), b * M, (b + 1) * M, K);
