@@ -17,12 +17,11 @@ from detkernels.reference import nms as ref
 from _helpers import assert_bytes_equal
 from _nms_families import FAMILIES, batch
 from _nms_emulation import check as _check, emulate as _emulate
+from _gpu import cuda_devices as _cuda_devices, needs_gpu, torch
 
 pytestmark = pytest.mark.skipif(native._C is None, reason="detkernels._C not built")
 
 DTYPES = (np.float32, np.float64)
-
-
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -136,19 +135,6 @@ def test_cuda_entry_points_built_and_fail_cleanly_without_a_gpu():
         C.nms_multi_cuda_workspace_bytes(0, 1, 10, 0, False, 1 << 20, 0)
     with pytest.raises(RuntimeError, match="CUDA error"):
         C.nms_multi_cuda(0, 0, 0, 0, 1, 10, 0, 0.5, None, 10, 0, 0, 0, 0, 0, 1 << 20, 0, 0)
-
-
-def _cuda_devices() -> int:
-    if not native.HAS_CUDA:
-        return 0
-    return native._C.cuda_device_count()
-
-
-torch = pytest.importorskip("torch") if _cuda_devices() else None
-needs_gpu = pytest.mark.skipif(
-    not _cuda_devices() or torch is None or not torch.cuda.is_available(),
-    reason="no CUDA device here (the CPU emulation above covers the algorithm); "
-    "these run on any machine with a GPU and a CUDA build")
 
 
 @needs_gpu

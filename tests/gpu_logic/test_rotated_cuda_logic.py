@@ -23,19 +23,7 @@ from detkernels.reference import rotated as R
 
 from _helpers import assert_bytes_equal
 from _rotated_families import FAMILIES, make
-
-
-def _cuda_devices() -> int:
-    if not native.HAS_CUDA:
-        return 0
-    return native._C.cuda_device_count()
-
-
-torch = pytest.importorskip("torch") if _cuda_devices() else None
-needs_gpu = pytest.mark.skipif(
-    not _cuda_devices() or torch is None or not torch.cuda.is_available(),
-    reason="no CUDA device here (the CPU tests cover the per-pair code); these run on any "
-    "machine with a GPU and a CUDA build")
+from _gpu import needs_gpu, torch
 
 
 @pytest.mark.skipif(not native.HAS_CUDA, reason="detkernels._C built without CUDA (no nvcc)")

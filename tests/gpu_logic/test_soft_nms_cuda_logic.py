@@ -17,6 +17,7 @@ from detkernels.reference import soft_nms as ref
 
 from _helpers import assert_bytes_equal
 from _nms_families import FAMILIES, batch
+from _gpu import needs_gpu, torch
 
 pytestmark = pytest.mark.skipif(native._C is None, reason="detkernels._C not built")
 
@@ -125,18 +126,6 @@ def test_empty_one_box_and_zero_slots():
 
 
 # ---- on a GPU --------------------------------------------------------------------------------------
-
-def _cuda_devices() -> int:
-    if not native.HAS_CUDA:
-        return 0
-    return native._C.cuda_device_count()
-
-
-torch = pytest.importorskip("torch") if _cuda_devices() else None
-needs_gpu = pytest.mark.skipif(
-    not _cuda_devices() or torch is None or not torch.cuda.is_available(),
-    reason="no CUDA device here (the CPU emulation above covers the algorithm); "
-    "these run on any machine with a GPU and a CUDA build")
 
 
 @pytest.mark.skipif(not native.HAS_CUDA, reason="detkernels._C built without CUDA (no nvcc)")
