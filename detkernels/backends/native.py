@@ -611,6 +611,16 @@ def roi_align(input: Any, rois: Any, spatial_scale: float, ph: int, pw: int, sam
     return out
 
 
+def _roi_align_slot_cap(M: int, op: str) -> None:
+    """The CUDA RoIAlign backwards (plain and rotated) refuse more than ROI_ALIGN_MAX_SLOTS slots
+    before allocating their workspace."""
+    if M > ROI_ALIGN_MAX_SLOTS:
+        raise MemoryError(f"detkernels: the CUDA {op} backward needs {M} sample slots "
+                          f"(rois x bins x samples x 4 taps), more than the cap of "
+                          f"{ROI_ALIGN_MAX_SLOTS} (32 bytes each); pass a positive sampling_ratio, "
+                          f"fewer or smaller rois, or raise DETKERNELS_ROI_ALIGN_MAX_SLOTS")
+
+
 def _roi_align_backward_cuda(grad: Any, rois: Any, spatial_scale: float, ph: int, pw: int, n: int,
                              c: int, h: int, w: int, sampling_ratio: int, aligned: bool,
                              ps: bool, gi: Any) -> None:
@@ -621,11 +631,7 @@ def _roi_align_backward_cuda(grad: Any, rois: Any, spatial_scale: float, ph: int
     M = _C.roi_align_backward_cuda_prepare(dt, ps, A.data_ptr(rois), K, float(spatial_scale), ph, pw,
                                            n, int(sampling_ratio), bool(aligned), A.data_ptr(pre),
                                            dev, stream)
-    if M > ROI_ALIGN_MAX_SLOTS:
-        raise MemoryError(f"detkernels: the CUDA roi_align backward needs {M} sample slots "
-                          f"(rois x bins x samples x 4 taps), more than the cap of "
-                          f"{ROI_ALIGN_MAX_SLOTS} (32 bytes each); pass a positive sampling_ratio, "
-                          f"fewer or smaller rois, or raise DETKERNELS_ROI_ALIGN_MAX_SLOTS")
+    _roi_align_slot_cap(M, "roi_align")
     nbytes = _C.roi_align_backward_cuda_workspace_bytes(M, n, h, w, dev)
     ws = _roi_workspace(grad, nbytes, "roi_align", "DETKERNELS_ROI_ALIGN_MAX_SLOTS")
     _C.roi_align_backward_cuda(dt, ps, A.data_ptr(grad), _strides(grad), A.data_ptr(rois), K,
@@ -681,11 +687,7 @@ def _roi_align_rotated_backward_cuda(grad: Any, rois: Any, spatial_scale: float,
     M = _C.roi_align_rotated_backward_cuda_prepare(dt, A.data_ptr(rois), K, float(spatial_scale), ph, pw, n,
                                                    int(sampling_ratio), bool(aligned), bool(clockwise),
                                                    A.data_ptr(pre), dev, stream)
-    if M > ROI_ALIGN_MAX_SLOTS:
-        raise MemoryError(f"detkernels: the CUDA roi_align_rotated backward needs {M} sample slots "
-                          f"(rois x bins x samples x 4 taps), more than the cap of "
-                          f"{ROI_ALIGN_MAX_SLOTS} (32 bytes each); pass a positive sampling_ratio, "
-                          f"fewer or smaller rois, or raise DETKERNELS_ROI_ALIGN_MAX_SLOTS")
+    _roi_align_slot_cap(M, "roi_align_rotated")
     nbytes = _C.roi_align_backward_cuda_workspace_bytes(M, n, h, w, dev)
     ws = _roi_workspace(grad, nbytes, "roi_align_rotated", "DETKERNELS_ROI_ALIGN_MAX_SLOTS")
     _C.roi_align_rotated_backward_cuda(dt, A.data_ptr(grad), _strides(grad), A.data_ptr(rois), K,

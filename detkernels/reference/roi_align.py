@@ -193,13 +193,14 @@ def _channels(C_out: int, PH: int, PW: int, ps: bool) -> np.ndarray:
     return (c * PH + np.arange(PH)[None, :, None]) * PW + np.arange(PW)[None, None, :]
 
 
-def _prepare(input, rois):
+def _prepare(input, rois, roi_cols: int = 5):
+    """(input, rois, T) in the working dtype T; rois [K, roi_cols] (roi_align_rotated: 6)."""
     x = np.asarray(input)
     r = np.asarray(rois)
     if x.ndim != 4:
         raise ValueError(f"input must have shape [N, C, H, W], got {x.shape}")
-    if r.ndim != 2 or r.shape[1] != 5:
-        raise ValueError(f"rois must have shape [K, 5], got {r.shape}")
+    if r.ndim != 2 or r.shape[1] != roi_cols:
+        raise ValueError(f"rois must have shape [K, {roi_cols}], got {r.shape}")
     T = working_dtype(x.dtype).type
     return x.astype(T, copy=False), r.astype(T, copy=False), T
 

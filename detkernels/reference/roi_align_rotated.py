@@ -53,6 +53,7 @@ from __future__ import annotations
 import numpy as np
 
 from .roi_align import _coords, _scatter_in_order, _taps, batch_index, check_sampling_ratio, working_dtype
+from .roi_align import _prepare as _prepare_rois
 
 __all__ = ["MAX_GRID_ROTATED", "sincos_deg", "roi_align_rotated", "roi_align_rotated_backward"]
 
@@ -137,14 +138,7 @@ def _samples(roi, T, n_images, H, W, spatial_scale, PH, PW, sampling_ratio, alig
 
 
 def _prepare(input, rois):
-    x = np.asarray(input)
-    r = np.asarray(rois)
-    if x.ndim != 4:
-        raise ValueError(f"input must have shape [N, C, H, W], got {x.shape}")
-    if r.ndim != 2 or r.shape[1] != 6:
-        raise ValueError(f"rois must have shape [K, 6], got {r.shape}")
-    T = working_dtype(x.dtype).type
-    return x.astype(T, copy=False), r.astype(T, copy=False), T
+    return _prepare_rois(input, rois, 6)
 
 
 def roi_align_rotated(input, rois, spatial_scale: float, pooled_height: int, pooled_width: int,
