@@ -310,6 +310,7 @@ PYBIND11_MODULE(_C, m) {
   py::module_ t = m.def_submodule("testing", "test-only entry points of detkernels._C");
   def(t, "parallel_probe", &testing::parallel_probe);
   def(t, "parallel_backoff_probe", &testing::parallel_backoff_probe);
+  def(t, "parallel_coarse_probe", &testing::parallel_coarse_probe);
   t.def("nms_multi_emulate_cpu",
         [](int dtype, uintptr_t boxes, uintptr_t scores, uintptr_t classes, int64_t B, int64_t N,
            int64_t C, double thr, py::object score_thr, int64_t max_output, uintptr_t out_idx,

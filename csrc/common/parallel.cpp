@@ -159,16 +159,17 @@ struct Pool {
 #endif
   }
 
-  // Runs chunks [0, chunks) of f with up to chunks - 1 workers (caller holds run_m).
-  void run(const Fn& f, int64_t n, int64_t step, int64_t chunks) {
-    grow(static_cast<int>(chunks - 1));
+  // Runs chunks [0, chunks) of f with up to `helpers` workers (caller holds run_m); `learn`:
+  // whether a contended job sets the backoff (coarse jobs do not: parallel_for_coarse).
+  void run(const Fn& f, int64_t n, int64_t step, int64_t chunks, int helpers, bool learn) {
+    grow(helpers);
     Job j;
     j.f = &f;
     j.n = n;
     j.step = step;
     j.chunks = chunks;
     j.errors.resize(static_cast<size_t>(chunks));
-    j.wanted = std::min(workers, static_cast<int>(chunks - 1));
+    j.wanted = std::min(workers, helpers);
     {
       std::lock_guard<std::mutex> lk(m);
       job = &j;
@@ -192,10 +193,10 @@ struct Pool {
       nobody = j.entered == 0;
       done_cv.wait(lk, [&] { return j.inside.load(std::memory_order_acquire) == 0; });
     }
-    if (nobody || Clock::now() - t1 > t1 - t0) {  // contended: the split did not pay
+    if (learn && (nobody || Clock::now() - t1 > t1 - t0)) {  // contended: the split did not pay
       skip.store(penalty, std::memory_order_relaxed);
       penalty = std::min(2 * penalty, kMaxBackoff);
-    } else {
+    } else if (learn) {
       penalty = 1;
     }
     for (auto& e : j.errors)
@@ -267,7 +268,25 @@ void parallel_for(int64_t n, int64_t grain, const Fn& f) {
   }
   const int64_t step = (n + chunks - 1) / chunks;
   chunks = (n + step - 1) / step;  // no empty trailing chunk
-  p->run(f, n, step, chunks);
+  p->run(f, n, step, chunks, static_cast<int>(chunks - 1), true);
+}
+
+void parallel_for_coarse(int64_t n, const Fn& f) {
+  if (n <= 0) return;
+  const int64_t helpers = std::min<int64_t>(num_threads(), n) - 1;
+  if (helpers <= 0 || t_in_parallel) {
+    f(0, n);
+    return;
+  }
+  // No backoff check: see parallel.h (a long job split over busy cores still beats inline, and
+  // one-element claims bound what a slow worker costs).
+  Pool* p = pool();
+  std::unique_lock<std::mutex> lk(p->run_m, std::try_to_lock);
+  if (!lk.owns_lock()) {  // another thread's job holds the pool
+    f(0, n);
+    return;
+  }
+  p->run(f, n, 1, n, static_cast<int>(helpers), false);
 }
 
 }  // namespace detkernels
@@ -337,6 +356,43 @@ std::vector<int64_t> parallel_backoff_probe(int64_t hold_us) {
   const int64_t after = pool()->skip.load();
   reset_backoff();
   return {skip, static_cast<int64_t>(threads.size()), after};
+}
+
+std::vector<int64_t> parallel_coarse_probe(int64_t n, int64_t hold_us, int64_t rendezvous) {
+  reset_backoff();
+  const auto caller = std::this_thread::get_id();
+  parallel_for(2, 1, [&](int64_t, int64_t) {  // a contended job: the backoff is now set
+    if (std::this_thread::get_id() != caller) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  });
+  const int64_t before = pool()->skip.load();
+  std::atomic<int64_t> started{0}, by_caller{0}, elements{0}, timed_out{0};
+  std::mutex tm;
+  std::vector<std::thread::id> threads;
+  parallel_for_coarse(n, [&](int64_t lo, int64_t hi) {
+    elements.fetch_add(hi - lo);
+    const bool mine = std::this_thread::get_id() == caller;
+    if (mine) by_caller.fetch_add(hi - lo);
+    {
+      std::lock_guard<std::mutex> lk(tm);
+      if (std::find(threads.begin(), threads.end(), std::this_thread::get_id()) == threads.end())
+        threads.push_back(std::this_thread::get_id());
+    }
+    if (started.fetch_add(1) < rendezvous) {  // the first `rendezvous` elements meet
+      const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+      while (started.load() < rendezvous) {
+        if (std::chrono::steady_clock::now() > end) {
+          timed_out.store(1);
+          break;
+        }
+        std::this_thread::yield();
+      }
+    }
+    if (!mine) std::this_thread::sleep_for(std::chrono::microseconds(hold_us));
+  });
+  const int64_t after = pool()->skip.load();
+  reset_backoff();
+  return {before, after, elements.load(), by_caller.load(), static_cast<int64_t>(threads.size()),
+          timed_out.load()};
 }
 
 }  // namespace testing

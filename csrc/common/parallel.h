@@ -26,6 +26,15 @@ void set_num_threads(int n);
 // exception thrown by a chunk is rethrown here (the lowest chunk's, once all chunks finished).
 void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& f);
 
+// parallel_for(n, 1, f) for coarse elements (each ~0.1 ms of work or more: detect's images, its
+// anchor blocks): f(i, i + 1) for each i, the caller and up to num_threads() - 1 workers claiming
+// elements one at a time. So a worker that is preempted or shares its core (busy machine) delays
+// the call by at most one element (with parallel_for's contiguous halves the caller waits for the
+// worker's whole half), and the contention backoff neither applies to such a call nor learns from
+// it: the backoff is set by short jobs (another op's 100 us split), and a long job run inline
+// because of them runs at the single-thread speed.
+void parallel_for_coarse(int64_t n, const std::function<void(int64_t, int64_t)>& f);
+
 namespace testing {
 // For tests/backends/test_parallel.py (the kernels reach no nesting, exceptions or rendezvous): runs
 // parallel_for(n, grain) with chunks that count their visits to each element, optionally run a
@@ -41,6 +50,11 @@ void reset_backoff();
 // Returns {inline calls owed after the contended job, distinct threads of the next call, inline
 // calls owed after it}: with the backoff working, {1, 1, 0}.
 std::vector<int64_t> parallel_backoff_probe(int64_t hold_us);
+// A contended parallel_for (the backoff is set), then parallel_for_coarse over n elements, each
+// of the first `rendezvous` waiting (up to 10 s) until that many have started, each a worker runs
+// then sleeping hold_us. Returns {backoff before the coarse call, after it, elements run,
+// elements the caller ran, distinct threads, rendezvous timed out (0/1)}.
+std::vector<int64_t> parallel_coarse_probe(int64_t n, int64_t hold_us, int64_t rendezvous);
 }  // namespace testing
 
 }  // namespace detkernels

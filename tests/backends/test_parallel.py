@@ -420,3 +420,19 @@ def test_contended_job_backs_off_to_inline():
     assert _C.testing.parallel_backoff_probe(5000) == [1, 1, 0]
     # The probes of the pool itself reset the backoff: splitting works again at once.
     assert _C.testing.parallel_probe(2, 1, 0, -1, 2)[:5] == [2, 2, 0, 0, 0]
+
+
+def test_coarse_jobs_claim_elements_one_at_a_time_and_ignore_the_backoff():
+    """parallel_for_coarse (detect's images and anchor blocks): a backoff set by a contended short
+    job does not make it run inline (the rendezvous of 2 elements completes only on 2 threads),
+    nor does it spend or set the backoff; and a worker that sleeps 50 ms in each element it takes
+    leaves the other elements to the caller (one-element claims), where contiguous halves would
+    have given the worker half of them."""
+    detkernels.set_num_threads(2)
+    before, after, n, mine, threads, timed_out = _C.testing.parallel_coarse_probe(2, 0, 2)
+    assert (before, after, n, mine, threads, timed_out) == (1, 1, 2, 1, 2, 0)
+    before, after, n, mine, threads, timed_out = _C.testing.parallel_coarse_probe(16, 50_000, 0)
+    assert (before, after, n) == (1, 1, 16)
+    assert mine >= 14, mine  # the worker took at most 2 (it wakes, takes one, sleeps 50 ms)
+    detkernels.set_num_threads(1)
+    assert _C.testing.parallel_coarse_probe(4, 0, 0)[2:5] == [4, 4, 1]  # one thread: inline

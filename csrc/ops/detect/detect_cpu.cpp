@@ -6,9 +6,10 @@
 // modes call their own CPU op the same way (diou_nms_cpu, soft_nms_cpu, matrix_nms_cpu: the same
 // result order; soft and matrix also give the decayed scores, which become the output scores).
 //
-// Threads: images on the pool; a single image (or fewer images than threads) splits its score
-// pass over anchor blocks instead (a nested parallel_for runs inline, parallel.h), and nms_cpu
-// parallelises inside when it is called outside a split job. Results never depend on threads:
+// Threads: images on the pool, claimed one at a time (parallel_for_coarse); a single image (or
+// fewer images than threads) splits its score pass over anchor blocks instead, claimed one at a
+// time too (a nested parallel call runs inline, parallel.h), and nms_cpu parallelises inside
+// when it is called outside a split job. Results never depend on threads:
 // each block's candidates are concatenated in block order.
 #include "ops/detect/detect.h"
 
@@ -440,7 +441,7 @@ void run_image(const T* boxes, const T* s, const T* obj, const int64_t* idxs, co
   const int64_t nblk = (A + kAnchorBlock - 1) / kAnchorBlock;
   if (split && nblk > 1) {
     std::vector<std::vector<Cand<T>>> part(static_cast<size_t>(nblk));
-    parallel_for(nblk, 1, [&](int64_t lo, int64_t hi) {
+    parallel_for_coarse(nblk, [&](int64_t lo, int64_t hi) {
       for (int64_t k = lo; k < hi; ++k)
         collect(s, obj, p, thr, k * kAnchorBlock, std::min(A, (k + 1) * kAnchorBlock), part[k]);
     });
@@ -503,7 +504,7 @@ void detect_cpu(int dtype, const void* boxes, const void* scores, const void* ob
     const int64_t K = max_det;
     // Fewer images than threads: split each image's score pass instead of the images.
     const bool split = B < num_threads();
-    parallel_for(B, 1, [&](int64_t lo, int64_t hi) {
+    parallel_for_coarse(B, [&](int64_t lo, int64_t hi) {
       for (int64_t im = lo; im < hi; ++im)
         run_image(b + im * st.box_image, s + im * st.score_image,
                   o ? o + im * st.obj_image : nullptr, idxs ? idxs + im * A : nullptr, p, fmt,
