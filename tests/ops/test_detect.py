@@ -168,6 +168,36 @@ def test_many_candidates_split_over_threads():
                ref.detect(boxes, scores, 0.45, 100, **kw), str(sorted(kw)))
 
 
+def _bin_stress_scores(rng, n):
+    """float32 scores that stress the native top-k's radix select (a histogram of the score keys'
+    top 12 bits, then nth_element inside the bin holding the k-th): values packed into one bin
+    (one exponent, the same top mantissa bits), long runs of ties, bin edges (consecutive floats
+    across a bin boundary), -0 / +0, negatives, +-inf and NaN (no threshold: they are candidates)."""
+    one_bin = (np.float32(0.5) + rng.integers(0, 1000, n).astype(np.float32) * np.float32(2 ** -24))
+    edge = np.float32(0.5625)  # 0.5 + 2^-4: a 12-bit bin boundary of the score keys
+    around = np.nextafter(edge, np.float32(0), dtype=np.float32)
+    pool = np.array([0.0, -0.0, -1.5, np.inf, -np.inf, np.nan, edge, around, 0.25, 0.75], np.float32)
+    mixed = rng.choice(pool, n)
+    ties = np.repeat(rng.uniform(0, 1, max(1, n // 20)).astype(np.float32), 20)[:n]
+    return {"one_bin": one_bin, "mixed": mixed, "ties": ties}
+
+
+def test_top_k_selects_exactly_across_score_bins():
+    """Every k from 0 past the candidate count, single label and multi-label, against the
+    reference: the k-th candidate falls inside a bin, at a bin's first or last key, in a run of
+    ties and among NaNs."""
+    rng = np.random.default_rng(5)
+    A, C = 120, 3
+    boxes = _inputs("uniform", 5, 1, A, C)[0]
+    for name, flat in _bin_stress_scores(rng, A * C).items():
+        scores = flat.reshape(1, A, C)
+        for multi in (False, True):
+            for k in list(range(0, 40)) + [59, 60, 61, 119, 120, 121, 200, 359, 360, 361]:
+                kw = dict(pre_nms_top_k=k, multi_label=multi)
+                _check(dk.detect(boxes, scores, 0.5, 400, backend="native", **kw),
+                       ref.detect(boxes, scores, 0.5, 400, **kw), f"{name} multi={multi} k={k}")
+
+
 # ---- NMS modes (issue 13: DIoU-, Soft-, Matrix NMS inside detect) -------------------------------------
 
 MODES = {
