@@ -2,9 +2,9 @@
 
 One source of truth for GPU maths: ``kernels.cu`` (next to this file) includes the same
 ``__host__ __device__`` headers (csrc/common, csrc/ops/*/) and the very kernels (box_iou_kernel.cuh,
-nms_kernels.cuh, roi_align_kernels.cuh, roi_pool_kernels.cuh, roi_scatter_kernels.cuh) that nvcc
-compiles into detkernels._C, with the same float flags (``--fmad=false``, IEEE division
-and square root, no flush-to-zero). Compiled once per device on first use (CuPy also caches the
+nms_kernels.cuh, roi_align_kernels.cuh, roi_pool_kernels.cuh, roi_scatter_kernels.cuh,
+detect_kernels.cuh, ...) that nvcc compiles into detkernels._C, with the same float flags
+(``--fmad=false``, IEEE division and square root, no flush-to-zero). Compiled once per device on first use (CuPy also caches the
 binary on disk; the headers' hash is part of the source, so a changed header recompiles).
 
 multi_image_nms (and so nms_padded, and nms as one image) runs nms_bitmask.h's algorithm with the
@@ -20,6 +20,14 @@ diou_nms_mask_kernel (the DIoU predicate of diou_nms.h) and the sparse path is n
 soft_nms / multi_image_soft_nms (issue 13) launch the native build's soft_nms_kernel (one block
 per image, soft_nms_gpu.h); matrix_nms its gather and tiled column kernels (matrix_nms_gpu.h),
 with CuPy's stable sorts and searchsorted for the plan.
+
+detect (issue 12) runs csrc/ops/detect/detect_gpu.h's pipeline with the native build's kernels
+(detect_kernels.cuh: score pass, image keys, selection, padding, compaction, output gather) in
+detect_cuda.cu's order; CuPy's stable argsort on the kernels' own keys stands in for CUB's two
+radix sorts (top-k, only when k < M), cupy.cumsum for its exclusive sum, and the [B, N] slots go
+through multi_image_nms above. Greedy IoU NMS only (the other modes: NotImplementedError), no
+host synchronisation, outputs of fixed size. Compiled and emulated (NumPy for CuPy,
+tests/gpu_logic/test_cupy_sources.py), never run on a GPU.
 
 Inputs may be torch CUDA tensors, CuPy arrays or Numba device arrays (zero-copy views of their
 memory); kernels and CuPy ops run on the caller's current stream; outputs are the caller's kind.
