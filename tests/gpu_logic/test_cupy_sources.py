@@ -589,6 +589,23 @@ def test_detect_kernels_are_the_native_ones():
     assert {cuh, "ops/detect/detect_gpu.h", "ops/detect/detect.h"} <= set(C.HEADERS)
     assert set(C.detect_name_expressions()) <= set(C.name_expressions())
     assert len(C.detect_name_expressions()) == 10
+    # The backend passes DetectGpuArgs in the macro's field order; the macro rebuilds the struct
+    # in DetectGpuArgs' declaration order (the brace initialiser: same names, same order).
+    text = (root / "csrc" / cuh).read_text()
+    params = re.search(r"#define DK_DETECT_GPU_PARAMS(.*?)\n// ", text, re.S).group(1)
+    assert tuple(re.findall(r"\bg_(\w+)", params)) == C.DETECT_GPU_FIELDS
+    struct = re.search(r"#define DK_DETECT_GPU_STRUCT(.*?)\n// ", text, re.S).group(1)
+    assert tuple(re.findall(r"\bg_(\w+)", struct)) == C.DETECT_GPU_FIELDS
+    gpu = (root / "csrc/ops/detect/detect_gpu.h").read_text()
+    body = re.search(r"struct DetectGpuArgs \{(.*?)\};", gpu, re.S).group(1)
+    body = re.sub(r"//[^\n]*", "", body)
+    strides = re.search(r"struct DetectStrides \{(.*?)\};",
+                        (root / "csrc/ops/detect/detect.h").read_text(), re.S).group(1)
+    strides = re.findall(r"\b(\w+)\s*[,;]", re.sub(r"//[^\n]*", "", strides))
+    fields = []
+    for name in re.findall(r"\b(\w+)\s*[,;]", body):
+        fields += strides if name == "st" else [name]
+    assert tuple(fields) == C.DETECT_GPU_FIELDS, fields
 
 
 def _score_key(v: np.ndarray) -> np.ndarray:

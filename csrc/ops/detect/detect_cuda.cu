@@ -131,8 +131,8 @@ void run(const DetectGpuArgs<T>& g, int64_t B, double iou_thr, int64_t K, bool a
     }
     detect_pad_kernel<T><<<grid_1d(L.slots), kThreads, 0, st>>>(cbox, cscore, ccls, canchor, L.slots);
     DK_CUDA_CHECK_LAUNCH("detect_pad_kernel");
-    detect_compact_kernel<T><<<gt, kThreads, 0, st>>>(DK_DETECT_GPU_ARGS(g), N, sel, pos, score, cls, cbox, cscore,
-                                                      ccls, canchor, total);
+    detect_compact_kernel<T><<<gt, kThreads, 0, st>>>(DK_DETECT_GPU_ARGS(g), N, sel, pos, score,
+                                                      cls, cbox, cscore, ccls, canchor, total);
     DK_CUDA_CHECK_LAUNCH("detect_compact_kernel");
   }
   // 4. NMS of the [B, N] slots (N == 0: it writes the padding and zero counts)

@@ -920,18 +920,29 @@ def detect_shape(B: int, A: int, C: int, multi_label: bool, top_k: int | None) -
     return M, N, N < M and B * M > 0
 
 
+# DK_DETECT_GPU_PARAMS's fields in order (detect_kernels.cuh; the test compares the two lists).
+DETECT_GPU_FIELDS = ("boxes", "scores", "obj", "idxs", "A", "C", "M", "box_image", "box_anchor",
+                     "box_coord", "score_image", "score_anchor", "score_class", "obj_image",
+                     "obj_anchor", "fmt", "multi", "has_thr", "thr")
+
+
 def _detect_args(boxes: Any, scores: Any, objectness: Any, idxs: Any, A_: int, C: int, M: int,
                  fmt: str, multi: bool, score_threshold: float | None) -> tuple:
-    """DetectGpuArgs field by field (detect_kernels.cuh DK_DETECT_GPU_PARAMS): inputs in any
-    layout, read through their element strides as on native."""
+    """DetectGpuArgs field by field (DETECT_GPU_FIELDS' order): inputs in any layout, read
+    through their element strides as on native."""
     bst, sst = _elem_strides(boxes), _elem_strides(scores)
     ost = (np.int64(0), np.int64(0)) if objectness is None else _elem_strides(objectness)
     has_thr = score_threshold is not None
     null = np.uint64(0)
-    return (_ptr(boxes), _ptr(scores), null if objectness is None else _ptr(objectness),
-            null if idxs is None else _ptr(idxs), np.int64(A_), np.int64(C), np.int64(M), *bst,
-            *sst[:2], sst[2] if C else np.int64(0), *ost, np.int32(FMT_CODES[fmt]), np.int32(multi),
-            np.int32(has_thr), np.float64(score_threshold if has_thr else 0.0))
+    f = dict(boxes=_ptr(boxes), scores=_ptr(scores),
+             obj=null if objectness is None else _ptr(objectness),
+             idxs=null if idxs is None else _ptr(idxs), A=np.int64(A_), C=np.int64(C),
+             M=np.int64(M), box_image=bst[0], box_anchor=bst[1], box_coord=bst[2],
+             score_image=sst[0], score_anchor=sst[1], score_class=sst[2] if C else np.int64(0),
+             obj_image=ost[0], obj_anchor=ost[1], fmt=np.int32(FMT_CODES[fmt]),
+             multi=np.int32(multi), has_thr=np.int32(has_thr),
+             thr=np.float64(score_threshold if has_thr else 0.0))
+    return tuple(f[name] for name in DETECT_GPU_FIELDS)
 
 
 def _detect(cp: Any, boxes: Any, scores: Any, objectness: Any, idxs: Any, iou_threshold: float,
