@@ -57,7 +57,8 @@ def _compile(options: tuple) -> tuple[dict, str]:
 
 # NMS's score filter is a double compare by definition ((double)score > score_threshold,
 # nms_bitmask.h nms_cand_valid, as torchvision's detection heads): the only float64 instructions a
-# float32 kernel may hold, and only the NMS gather, which applies that filter.
+# float32 kernel may hold, and only the kernels applying that filter: the NMS gather and detect's
+# score pass (issue 12; the same nms_cand_valid).
 SCORE_FILTER_F64 = {"ld.param.f64", "cvt.f64.f32", "setp.gt.f64"}
 
 
@@ -86,12 +87,14 @@ def test_nvrtc_source_is_exact():
         assert not re.search(r"\bfma\.", body), f"{name}: fused multiply-add"
         assert not re.search(r"\.(approx|full)\b|\.ftz\b", body), f"{name}: approximate/FTZ op"
         if "<float" in name:
-            allowed = (SCORE_FILTER_F64 if name.startswith("detkernels::nms_gather_kernel<")
+            allowed = (SCORE_FILTER_F64 if name.startswith(("detkernels::nms_gather_kernel<",
+                                                            "detkernels::detect_score_kernel<"))
                        else SOFT_NMS_F64 if name.startswith("detkernels::soft_nms_kernel<")
                        else MATRIX_NMS_F64 if name.startswith("detkernels::matrix_nms_column_kernel<")
                        else set())
             assert _f64_ops(body) <= allowed, f"{name}: float64 arithmetic in a float32 kernel"
     assert _f64_ops(entries["detkernels::nms_gather_kernel<float>"]) == SCORE_FILTER_F64
+    assert _f64_ops(entries["detkernels::detect_score_kernel<float>"]) == SCORE_FILTER_F64
 
 
 def test_lint_sees_contraction():
@@ -572,3 +575,289 @@ def test_diou_nms_launches_match_the_kernels(monkeypatch, with_idxs):
                 got_t = ["u64" if isinstance(a, np.ndarray) else ARG_TYPES[type(a)] for a in args]
                 assert got_t == params, f"{name}: launched with {got_t}, kernel takes {params}"
                 assert all(0 < g <= 65535 for g in grid)
+
+
+# ---- detect (issue 12) --------------------------------------------------------------------------
+
+def test_detect_kernels_are_the_native_ones():
+    """detect's kernels are detect_kernels.cuh's, which detect_cuda.cu launches; its NMS stage is
+    the multi-image NMS's (nms_kernels.cuh)."""
+    root = Path(__file__).resolve().parents[2]
+    cuh = "ops/detect/detect_kernels.cuh"
+    assert f'#include "{cuh}"' in C.source()
+    assert f'#include "{cuh}"' in (root / "csrc/ops/detect/detect_cuda.cu").read_text()
+    assert {cuh, "ops/detect/detect_gpu.h", "ops/detect/detect.h"} <= set(C.HEADERS)
+    assert set(C.detect_name_expressions()) <= set(C.name_expressions())
+    assert len(C.detect_name_expressions()) == 10
+    # The backend passes DetectGpuArgs in the macro's field order; the macro rebuilds the struct
+    # in DetectGpuArgs' declaration order (the brace initialiser: same names, same order).
+    text = (root / "csrc" / cuh).read_text()
+    params = re.search(r"#define DK_DETECT_GPU_PARAMS(.*?)\n// ", text, re.S).group(1)
+    assert tuple(re.findall(r"\bg_(\w+)", params)) == C.DETECT_GPU_FIELDS
+    struct = re.search(r"#define DK_DETECT_GPU_STRUCT(.*?)\n// ", text, re.S).group(1)
+    assert tuple(re.findall(r"\bg_(\w+)", struct)) == C.DETECT_GPU_FIELDS
+    gpu = (root / "csrc/ops/detect/detect_gpu.h").read_text()
+    body = re.search(r"struct DetectGpuArgs \{(.*?)\};", gpu, re.S).group(1)
+    body = re.sub(r"//[^\n]*", "", body)
+    strides = re.search(r"struct DetectStrides \{(.*?)\};",
+                        (root / "csrc/ops/detect/detect.h").read_text(), re.S).group(1)
+    strides = re.findall(r"\b(\w+)\s*[,;]", re.sub(r"//[^\n]*", "", strides))
+    fields = []
+    for name in re.findall(r"\b(\w+)\s*[,;]", body):
+        fields += strides if name == "st" else [name]
+    assert tuple(fields) == C.DETECT_GPU_FIELDS, fields
+
+
+def _score_key(v: np.ndarray) -> np.ndarray:
+    """nms_bitmask.h nms_score_key over an array (the emulated score kernel's sort keys):
+    ascending key = descending score, NaN first (key 0), -0.0 == +0.0."""
+    U = np.uint32 if v.dtype == np.float32 else np.uint64
+    sign = U(1) << U(8 * v.itemsize - 1)
+    with np.errstate(invalid="ignore"):
+        u = np.where(v == 0, v.dtype.type(0), v).view(U)
+    key = (~np.where(u & sign, ~u, u | sign)).astype(np.uint64)
+    key[np.isnan(v)] = 0
+    return key
+
+
+def test_emulated_score_key_is_the_reference_order():
+    """Control for the emulation below: a stable sort of _score_key is score_order."""
+    rng = np.random.default_rng(1)
+    for dtype in (np.float32, np.float64):
+        s = rng.choice(np.array([np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, 0.5, -0.25], dtype), 300)
+        s[::3] = rng.standard_normal(len(s[::3]))
+        np.testing.assert_array_equal(np.argsort(_score_key(s), kind="stable"), score_order(s))
+
+
+class _NumpyCupyDetect(_NumpyCupy):
+    """NumPy standing in for cupy, every kernel detect launches emulated over its launch arguments:
+    detect_gpu.h's steps written out with the reference's pieces (best_class, to_xyxy), after
+    checking the DetectGpuArgs fields against the inputs; the NMS stage as _NumpyCupy's."""
+
+    def __init__(self, boxes, scores, obj, idxs, thr, fmt, multi, sthr):
+        super().__init__(np.zeros((0, 4)), thr)
+        self.inp = boxes, scores, obj, idxs
+        self.fmt, self.multi, self.sthr = fmt, multi, sthr
+
+    def _args(self, g):
+        """Check the 19 DetectGpuArgs fields; returns (A, C, M, multi)."""
+        boxes, scores, obj, idxs = self.inp
+        elem = lambda x: [v // x.itemsize for v in x.strides]  # noqa: E731
+        C_ = int(g[5])
+        want = [boxes.ctypes.data, scores.ctypes.data, 0 if obj is None else obj.ctypes.data,
+                0 if idxs is None else idxs.ctypes.data]
+        assert [int(p) for p in g[:4]] == want, "input pointers"
+        assert int(g[4]) == (boxes.shape[1] if scores.ndim == 2 or scores.shape[2] else 0)
+        assert C_ == (scores.shape[2] if scores.ndim == 3 else 0)
+        ss = elem(scores)
+        st = elem(boxes) + ss[:2] + [ss[2] if C_ else 0] + ([0, 0] if obj is None else elem(obj))
+        assert [int(v) for v in g[7:15]] == st, "strides"
+        assert int(g[15]) == C.FMT_CODES[self.fmt] and int(g[16]) == int(self.multi and C_ > 0)
+        assert int(g[17]) == (self.sthr is not None)
+        assert float(g[18]) == (0.0 if self.sthr is None else self.sthr)
+        return int(g[4]), C_, int(g[6]), bool(g[16])
+
+    def _score(self, g, score, cls, valid, keys, vals):
+        from detkernels.reference.detect import best_class
+
+        boxes, scores, obj, idxs = self.inp
+        A_, C_, M, multi = self._args(g)
+        B = boxes.shape[0]
+        s = scores if obj is None else scores * (obj[:, :, None] if scores.ndim == 3 else obj)
+        if C_ == 0:
+            v, c = s, (np.zeros((B, A_), np.int64) if idxs is None else idxs)
+        elif multi:
+            v, c = s.reshape(B, M), np.broadcast_to(np.tile(np.arange(C_), A_), (B, M))
+        else:
+            c = best_class(s)
+            v = np.take_along_axis(s, c[:, :, None], 2)[:, :, 0]
+        score[:], cls[:] = v.reshape(-1), c.reshape(-1)
+        valid[:] = True if self.sthr is None else score.astype(np.float64) > self.sthr
+        if not isinstance(keys, np.uint64):
+            keys[:], vals[:] = _score_key(score), np.arange(score.size)
+
+    def _compact(self, g, N, sel, pos, score, cls, cbox, cscore, ccls, canchor):
+        from detkernels.reference.box_iou import to_xyxy
+
+        A_, C_, M, multi = self._args(g)
+        gq = np.flatnonzero(sel)
+        b, q = gq // M, gq % M
+        s = b * N + pos[gq] - pos[b * M]
+        a = q // C_ if multi else q
+        cbox[s] = to_xyxy(self.inp[0][b, a], self.fmt)
+        cscore[s], ccls[s], canchor[s] = score[gq], cls[gq], a
+        self.boxes2d = cbox  # the NMS stage's boxes [B * N, 4]
+
+    def get_function(self, name):
+        record = super().get_function(name)
+
+        def launch(grid, block, args):
+            record(grid, block, args)
+            if "detect_score_kernel" in name:
+                self._score(args[:19], *args[19:24])
+            elif "detect_image_key_kernel" in name:
+                order, valid, keys, M = args[0], args[1], args[2], int(args[4])
+                keys[:] = (order // M) * 2 + (valid[order] == 0)
+            elif "detect_select_kernel" in name:
+                order, valid, M, k, sel = args[0], args[1], int(args[2]), int(args[3]), args[4]
+                p = np.arange(sel.size)
+                gq = p if isinstance(order, np.uint64) else order
+                sel[gq] = (valid[gq] != 0) & (p % M < k)
+            elif "detect_pad_kernel" in name:
+                cbox, cscore, ccls, canchor = args[:4]
+                cbox[:], cscore[:], ccls[:], canchor[:] = 0, np.nan, 0, -1
+            elif "detect_compact_kernel" in name:
+                self._compact(args[:19], int(args[19]), *args[20:28])
+            elif "detect_output_kernel" in name:
+                B, K, N = int(args[0]), int(args[1]), int(args[2])
+                counts, cbox, cscore, ccls, canchor, ob, os_, oc, oi = args[3:12]
+                kept = np.arange(K)[None, :] < counts[:, None]
+                s = np.where(kept, np.arange(B)[:, None] * N + oi, 0)
+                ob[:] = np.where(kept[..., None], cbox.reshape(-1, 4)[s] if cbox.size else 0, 0)
+                os_[:] = np.where(kept, cscore[s] if cscore.size else 0, 0)
+                oc[:] = np.where(kept, ccls[s] if ccls.size else 0, -1)
+                oi[:] = np.where(kept, canchor[s] if canchor.size else 0, -1)
+
+        return launch
+
+
+def _cupy_detect(monkeypatch, boxes, scores, thr, K, *, score_threshold=None, pre_nms_top_k=None,
+                 fmt="xyxy", objectness=None, multi_label=False, class_agnostic=False, idxs=None):
+    """The CuPy backend's detect with NumPy for cupy and the kernels emulated; (outputs, launches)."""
+    multi = multi_label and scores.ndim == 3
+    rec = _NumpyCupyDetect(boxes, scores, objectness, idxs, thr, fmt, multi, score_threshold)
+    for attr, val in (("_cupy", lambda: rec), ("_module", lambda cp: rec), ("_On", _NoStream),
+                      ("_view", lambda cp, x: x), ("_as_kind", lambda r, like: r)):
+        monkeypatch.setattr(C, attr, val)
+    out = C.detect(boxes, scores, objectness, idxs, thr, K, score_threshold, pre_nms_top_k, fmt,
+                   multi, class_agnostic)
+    return out, rec.calls
+
+
+def _check_detect(got, want, what):
+    from _helpers import assert_bytes_equal
+
+    for g, w, name in zip(got, want, ("boxes", "scores", "classes", "indices", "counts")):
+        assert_bytes_equal(g, w, f"{what} {name}")
+
+
+@pytest.mark.parametrize("option", ["single", "single_no_thr_topk", "multi", "agnostic_obj",
+                                    "multi_agnostic", "cxcywh_obj", "xywh_all_below", "k0"])
+def test_detect_plan_logic(monkeypatch, option):
+    """The CuPy detect's host orchestration (sorts, selection, exclusive sum, slots, the NMS call,
+    the outputs) with NumPy standing in for CuPy and the kernels emulated over their launch
+    arguments equals the reference byte for byte: every NMS family, tests/ops/test_detect.py's
+    options, C = 1 / 5 / 37, both dtypes, K = 0 / 6 / 400."""
+    from _nms_families import FAMILIES
+    from ops.test_detect import OPTIONS, _inputs
+
+    from detkernels.reference import detect as RD
+
+    monkeypatch.setattr(C, "NMS_MASK_BYTES", 1)  # several mask tiles
+    kw = dict(OPTIONS[option])
+    with_obj = kw.pop("objectness", False)
+    for family in sorted(FAMILIES):
+        for C_, dtype in ((1, np.float32), (5, np.float64), (37, np.float32)):
+            boxes, scores, _, obj = _inputs(family, C_, 2, 40, C_, dtype)
+            if with_obj:
+                kw["objectness"] = obj
+            for K in (0, 6, 400):
+                got, _ = _cupy_detect(monkeypatch, boxes, scores, 0.5, K, **kw)
+                _check_detect(got, RD.detect(boxes, scores, 0.5, K, **kw),
+                              f"{family} {option} C={C_} {dtype.__name__} K={K}")
+
+
+@pytest.mark.parametrize("family", ["ties", "nonfinite", "many_classes"])
+def test_detect_plan_idxs_form(monkeypatch, family):
+    from ops.test_detect import _inputs
+
+    from detkernels.reference import detect as RD
+
+    boxes, scores, classes, obj = _inputs(family, 9, 3, 60, 0)
+    for kw in (dict(idxs=classes, score_threshold=0.2), dict(idxs=classes, objectness=obj),
+               dict(idxs=classes, class_agnostic=True, pre_nms_top_k=9), dict(pre_nms_top_k=5),
+               dict()):
+        got, _ = _cupy_detect(monkeypatch, boxes, scores, 0.5, 30, **kw)
+        _check_detect(got, RD.detect(boxes, scores, 0.5, 30, **kw), f"{family} {sorted(kw)}")
+
+
+def test_detect_plan_top_k_ties_nan_and_signed_zero(monkeypatch):
+    """The top-k sorts on the kernels' keys keep candidate order among ties, NaN first, -0 == +0;
+    k = 1 .. beyond the candidates."""
+    from detkernels.reference import detect as RD
+
+    rng = np.random.default_rng(4)
+    A_, C_ = 30, 3
+    boxes = np.tile(np.array([[0, 0, 10, 10]], np.float32), (2, A_, 1)) + \
+        rng.integers(0, 30, (2, A_, 1)).astype(np.float32)
+    scores = rng.choice(np.array([0.5, 0.25, -0.0, 0.0, np.nan, np.inf], np.float32), (2, A_, C_))
+    for k in (1, 7, A_ - 1, A_, A_ * C_ - 1, A_ * C_, A_ * C_ + 5):
+        for kw in (dict(), dict(multi_label=True), dict(score_threshold=0.0),
+                   dict(multi_label=True, class_agnostic=True, score_threshold=-1.0)):
+            got, calls = _cupy_detect(monkeypatch, boxes, scores, 0.3, 50, pre_nms_top_k=k, **kw)
+            _check_detect(got, RD.detect(boxes, scores, 0.3, 50, pre_nms_top_k=k, **kw), f"k={k} {kw}")
+            M = A_ * (C_ if kw.get("multi_label") else 1)
+            sorted_ = any("detect_image_key_kernel" in n for n, *_ in calls)
+            assert sorted_ == (k < M), "the top-k sorts run exactly when k < M"
+
+
+def test_detect_plan_empty_and_strided(monkeypatch):
+    from ops.test_detect import _inputs
+
+    from detkernels.reference import detect as RD
+
+    for B, A_, C_ in ((0, 5, 3), (2, 0, 3), (2, 5, 0), (0, 0, 0)):
+        boxes = np.zeros((B, A_, 4), np.float32)
+        scores = np.full((B, A_, C_), 0.5, np.float32)
+        for multi in (False, True):
+            got, calls = _cupy_detect(monkeypatch, boxes, scores, 0.5, 4, multi_label=multi)
+            _check_detect(got, RD.detect(boxes, scores, 0.5, 4, multi_label=multi), f"B={B} A={A_} C={C_}")
+            assert not [n for n, *_ in calls if "detect_" in n and "output" not in n]
+    # ultralytics' [B, 4 + C, A] head read in place: anchors contiguous, classes strided
+    boxes, scores, _, obj = _inputs("clusters", 3, 2, 50, 6)
+    head = np.ascontiguousarray(np.concatenate([boxes, scores], 2).transpose(0, 2, 1))
+    b, s = head[:, :4].transpose(0, 2, 1), head[:, 4:].transpose(0, 2, 1)
+    for kw in (dict(score_threshold=0.3, fmt="cxcywh"), dict(multi_label=True, pre_nms_top_k=20),
+               dict(objectness=obj[:, ::-1], pre_nms_top_k=7)):
+        got, _ = _cupy_detect(monkeypatch, b, s, 0.45, 25, **kw)
+        _check_detect(got, RD.detect(b, s, 0.45, 25, **kw), str(sorted(kw)))
+
+
+def test_detect_launch_arguments_match_the_kernels(monkeypatch):
+    """Without a GPU: every kernel detect launches (its own and the NMS stage's) is compiled and
+    gets exactly the PTX argument count and types of its entry -- DetectGpuArgs field by field --
+    on a grid-strided 1-d grid."""
+    from ops.test_detect import _inputs
+
+    entries, _ = _compile(C.nvrtc_options())
+    launched = set()
+    for dtype in (np.float32, np.float64):
+        boxes, scores, classes, obj = _inputs("clusters", 2, 2, 30, 4, dtype)
+        for kw in (dict(objectness=obj, pre_nms_top_k=9, score_threshold=0.2, fmt="cxcywh"),
+                   dict(multi_label=True), dict(scores=scores[..., 0], idxs=classes)):
+            s = kw.pop("scores", scores)
+            _, calls = _cupy_detect(monkeypatch, boxes, s, 0.5, 7, **kw)
+            for name, grid, block, args in calls:
+                launched.add(name)
+                params = PTX_PARAM.findall(entries[name].split(")")[0])
+                got = ["u64" if isinstance(a, np.ndarray) else ARG_TYPES[type(a)] for a in args]
+                assert got == params, f"{name}: launched with {got}, kernel takes {params}"
+                if "detect_" in name:
+                    assert block == (C.DETECT_THREADS,) and len(grid) == 1 and 0 < grid[0] <= 1 << 16
+    assert set(C.detect_name_expressions()) <= launched, set(C.detect_name_expressions()) - launched
+
+
+def test_detect_refuses_other_nms_modes(monkeypatch):
+    """CuPy detect runs greedy IoU NMS only: detect_select refuses the other modes for it (a
+    NotImplementedError naming the mode), never greedy NMS in their place."""
+    from detkernels import _checks, _dispatch, _registry
+
+    assert C.detect.nms_modes == {}
+    monkeypatch.setattr(_registry, "select", lambda op, dev, w, backend=None: ("cupy", C.detect))
+    for mode in ("diou", "soft", "matrix"):
+        with pytest.raises(NotImplementedError, match=rf"nms='{mode}'.* on cuda by backend 'cupy'"):
+            _dispatch.detect_select("cuda:0", "float32", _checks.DetectNms(mode), None)
+        with pytest.raises(NotImplementedError, match=mode):
+            C.detect(None, None, None, None, 0.5, 1, None, None, "xyxy", False, False,
+                     _checks.DetectNms(mode))
+    assert _dispatch.detect_select("cuda:0", "float32", _checks.DetectNms(), None) is C.detect

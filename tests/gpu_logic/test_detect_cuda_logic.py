@@ -135,3 +135,94 @@ def test_cuda_graph_capture():
     g.replay()
     torch.cuda.synchronize()
     _check([x.cpu().numpy() for x in out], ref.detect(boxes, scores, 0.5, 30, **kw), "graph")
+
+
+# ---- the CuPy backend (issue 12): the same kernels through NVRTC -------------------------------
+
+def _cupy_device():
+    """cupy with a CUDA device and the cupy detect registered and runnable, else a skip."""
+    cupy = pytest.importorskip("cupy", reason="cupy is not installed (the CuPy detect's CPU check: "
+                               "tests/gpu_logic/test_cupy_sources.py)")
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            pytest.skip("cupy sees no CUDA device")
+    except Exception as e:
+        pytest.skip(f"cupy sees no CUDA device ({type(e).__name__})")
+    from detkernels import _registry
+
+    if why := _registry.why_not("cupy", "detect", "cuda", "float32"):
+        pytest.skip(f"backend 'cupy': {why}")
+    return cupy
+
+
+@pytest.mark.parametrize("option", sorted(OPTIONS))
+def test_cupy_equals_reference(option):
+    """CuPy arrays in, CuPy arrays out (GPU hosts with cupy only): the reference's bytes on every
+    family, C = 1 / 5 / 37, both dtypes, K = 0 / 6 / 400."""
+    cp = _cupy_device()
+    import detkernels as dk
+
+    kw = dict(OPTIONS[option])
+    with_obj = kw.pop("objectness", False)
+    for family in sorted(FAMILIES):
+        for C, dtype in ((1, np.float32), (5, np.float64), (37, np.float32)):
+            boxes, scores, _, obj = _inputs(family, C, 2, 40, C, dtype)
+            for K in (0, 6, 400):
+                want = ref.detect(boxes, scores, 0.5, K, **kw, **(dict(objectness=obj) if with_obj else {}))
+                got = dk.detect(cp.asarray(boxes), cp.asarray(scores), 0.5, K, backend="cupy", **kw,
+                                **(dict(objectness=cp.asarray(obj)) if with_obj else {}))
+                assert all(isinstance(x, cp.ndarray) for x in got)
+                _check([cp.asnumpy(x) for x in got], want, f"cupy {family} {option} C={C} K={K}")
+
+
+def test_cupy_idxs_top_k_ties_empty_and_strided():
+    cp = _cupy_device()
+    import detkernels as dk
+
+    for family in ("ties", "nonfinite", "many_classes"):
+        boxes, scores, classes, obj = _inputs(family, 9, 3, 60, 0)
+        for kw in (dict(idxs=classes, score_threshold=0.2), dict(idxs=classes, objectness=obj),
+                   dict(idxs=classes, class_agnostic=True, pre_nms_top_k=9), dict(pre_nms_top_k=5)):
+            dkw = {k: cp.asarray(v) if isinstance(v, np.ndarray) else v for k, v in kw.items()}
+            got = dk.detect(cp.asarray(boxes), cp.asarray(scores), 0.5, 30, backend="cupy", **dkw)
+            _check([cp.asnumpy(x) for x in got], ref.detect(boxes, scores, 0.5, 30, **kw), f"{family} {sorted(kw)}")
+    rng = np.random.default_rng(4)
+    boxes = np.tile(np.array([[0, 0, 10, 10]], np.float32), (2, 30, 1)) + \
+        rng.integers(0, 30, (2, 30, 1)).astype(np.float32)
+    scores = rng.choice(np.array([0.5, 0.25, -0.0, 0.0, np.nan, np.inf], np.float32), (2, 30, 3))
+    for k in (1, 7, 29, 30, 89, 90, 95):
+        for kw in (dict(), dict(multi_label=True), dict(score_threshold=0.0)):
+            got = dk.detect(cp.asarray(boxes), cp.asarray(scores), 0.3, 50, pre_nms_top_k=k,
+                            backend="cupy", **kw)
+            _check([cp.asnumpy(x) for x in got], ref.detect(boxes, scores, 0.3, 50, pre_nms_top_k=k, **kw),
+                   f"k={k} {kw}")
+    for B, A, C in ((0, 5, 3), (2, 0, 3), (2, 5, 0)):
+        b, s = np.zeros((B, A, 4), np.float32), np.full((B, A, C), 0.5, np.float32)
+        got = dk.detect(cp.asarray(b), cp.asarray(s), 0.5, 4, backend="cupy")
+        _check([cp.asnumpy(x) for x in got], ref.detect(b, s, 0.5, 4), f"B={B} A={A} C={C}")
+    boxes, scores, _, _ = _inputs("clusters", 3, 2, 50, 6)
+    head = cp.asarray(np.ascontiguousarray(np.concatenate([boxes, scores], 2).transpose(0, 2, 1)))
+    b, s = head[:, :4].transpose(0, 2, 1), head[:, 4:].transpose(0, 2, 1)  # read in place
+    for kw in (dict(score_threshold=0.3, fmt="cxcywh"), dict(multi_label=True, pre_nms_top_k=20)):
+        got = dk.detect(b, s, 0.45, 25, backend="cupy", **kw)
+        _check([cp.asnumpy(x) for x in got], ref.detect(cp.asnumpy(b), cp.asnumpy(s), 0.45, 25, **kw), str(kw))
+
+
+def test_cupy_equals_native_cuda_and_refuses_other_modes():
+    """The same bytes as the native CUDA pipeline (torch CUDA tensors in, torch out, both
+    backends); nms modes other than 'iou' are refused, never run as greedy NMS."""
+    _cupy_device()
+    torch = _cuda_torch()
+    import detkernels as dk
+
+    boxes, scores, _, obj = _inputs("clusters", 5, 2, 300, 4)
+    t = lambda a: torch.from_numpy(a).cuda()  # noqa: E731
+    for kw in (dict(multi_label=True, score_threshold=0.1, pre_nms_top_k=500),
+               dict(score_threshold=0.2, pre_nms_top_k=50), dict(class_agnostic=True)):
+        a = dk.detect(t(boxes), t(scores), 0.5, 100, objectness=t(obj), backend="cupy", **kw)
+        n = dk.detect(t(boxes), t(scores), 0.5, 100, objectness=t(obj), backend="native", **kw)
+        assert all(x.is_cuda for x in a)
+        _check([x.cpu().numpy() for x in a], [x.cpu().numpy() for x in n], f"cupy vs native {kw}")
+    for mode in ("diou", "soft", "matrix"):
+        with pytest.raises(NotImplementedError, match=mode):
+            dk.detect(t(boxes), t(scores), 0.5, 100, nms=mode, backend="cupy")

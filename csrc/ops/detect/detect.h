@@ -11,7 +11,7 @@
 // single-image NMS instead of nms_cpu: diou_nms_cpu, soft_nms_cpu or matrix_nms_cpu, called as is
 // (their maths stays theirs: diou_nms.h, soft_nms.h, matrix_nms.h).
 #pragma once
-#include <cstdint>
+#include "common/host_device.h"  // <cstdint>, or its NVRTC stand-in (the CuPy backend)
 
 namespace detkernels {
 
@@ -38,6 +38,7 @@ struct DetectNms {
   double min_score = 0.0;
 };
 
+#ifndef __CUDACC_RTC__  // host entry points: not for NVRTC (the CuPy backend)
 /// @brief Fused post-process of B images on the CPU (images on the thread pool).
 /// @param dtype      kFloat32 or kFloat64: boxes [B, A, 4], scores, objectness (strides `st`)
 /// @param scores     [B, A, C], or [B, A] when C == 0
@@ -56,5 +57,6 @@ void detect_cpu(int dtype, const void* boxes, const void* scores, const void* ob
                 int64_t top_k, int64_t max_det, bool multi_label, bool class_agnostic,
                 const DetectNms& nms, void* out_boxes, void* out_scores, int64_t* out_cls, int64_t* out_idx,
                 int64_t* counts);
+#endif  // __CUDACC_RTC__
 
 }  // namespace detkernels

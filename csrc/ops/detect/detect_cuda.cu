@@ -104,7 +104,7 @@ void run(const DetectGpuArgs<T>& g, int64_t B, double iou_thr, int64_t K, bool a
     cub::DoubleBuffer<int64_t> vals(reinterpret_cast<int64_t*>(ws + L.vals0),
                                     reinterpret_cast<int64_t*>(ws + L.vals1));
     // 1. score pass (and, with a top-k, the first sort's keys)
-    detect_score_kernel<T><<<gt, kThreads, 0, st>>>(g, score, cls, valid,
+    detect_score_kernel<T><<<gt, kThreads, 0, st>>>(DK_DETECT_GPU_ARGS(g), score, cls, valid,
                                                     L.sort ? keys.Current() : nullptr,
                                                     L.sort ? vals.Current() : nullptr, total);
     DK_CUDA_CHECK_LAUNCH("detect_score_kernel");
@@ -131,8 +131,8 @@ void run(const DetectGpuArgs<T>& g, int64_t B, double iou_thr, int64_t K, bool a
     }
     detect_pad_kernel<T><<<grid_1d(L.slots), kThreads, 0, st>>>(cbox, cscore, ccls, canchor, L.slots);
     DK_CUDA_CHECK_LAUNCH("detect_pad_kernel");
-    detect_compact_kernel<T><<<gt, kThreads, 0, st>>>(g, N, sel, pos, score, cls, cbox, cscore,
-                                                      ccls, canchor, total);
+    detect_compact_kernel<T><<<gt, kThreads, 0, st>>>(DK_DETECT_GPU_ARGS(g), N, sel, pos, score,
+                                                      cls, cbox, cscore, ccls, canchor, total);
     DK_CUDA_CHECK_LAUNCH("detect_compact_kernel");
   }
   // 4. NMS of the [B, N] slots (N == 0: it writes the padding and zero counts)

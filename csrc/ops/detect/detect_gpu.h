@@ -22,9 +22,7 @@
 //  5. output slot (b, k) (detect_gpu_output): the k-th kept slot's box, score, class and anchor,
 //     or 0 / -1 padding past counts[b].
 #pragma once
-#include <cstdint>
-
-#include "common/host_device.h"
+#include "common/host_device.h"  // <cstdint>, or its NVRTC stand-in (the CuPy backend)
 #include "ops/box_iou/box_iou.h"
 #include "ops/detect/detect.h"
 #include "ops/nms/nms_bitmask.h"
@@ -153,6 +151,7 @@ DK_HD void detect_gpu_output(int64_t b, int64_t k, int64_t K, int64_t N, const i
   out_idx[o] = kept ? canchor[s] : -1;
 }
 
+#ifndef __CUDACC_RTC__  // host entry points: not for NVRTC (the CuPy backend)
 /// @brief The GPU pipeline run sequentially on the CPU (tests only), arguments as detect_cpu
 /// (without DetectNms: the GPU pipeline is greedy IoU NMS only);
 /// tile_rows / mask_cap_bytes / scan_threads go to nms_multi_emulate_cpu.
@@ -178,5 +177,6 @@ void detect_cuda(int dtype, const void* boxes, const void* scores, const void* o
                  void* out_boxes, void* out_scores, int64_t* out_cls, int64_t* out_idx,
                  int64_t* counts, void* workspace, int64_t workspace_bytes,
                  int64_t mask_cap_bytes, int device, void* stream);
+#endif  // __CUDACC_RTC__
 
 }  // namespace detkernels

@@ -2,9 +2,9 @@
 
 One source of truth for GPU maths: ``kernels.cu`` (next to this file) includes the same
 ``__host__ __device__`` headers (csrc/common, csrc/ops/*/) and the very kernels (box_iou_kernel.cuh,
-nms_kernels.cuh, roi_align_kernels.cuh, roi_pool_kernels.cuh, roi_scatter_kernels.cuh) that nvcc
-compiles into detkernels._C, with the same float flags (``--fmad=false``, IEEE division
-and square root, no flush-to-zero). Compiled once per device on first use (CuPy also caches the
+nms_kernels.cuh, roi_align_kernels.cuh, roi_pool_kernels.cuh, roi_scatter_kernels.cuh,
+detect_kernels.cuh, ...) that nvcc compiles into detkernels._C, with the same float flags
+(``--fmad=false``, IEEE division and square root, no flush-to-zero). Compiled once per device on first use (CuPy also caches the
 binary on disk; the headers' hash is part of the source, so a changed header recompiles).
 
 multi_image_nms (and so nms_padded, and nms as one image) runs nms_bitmask.h's algorithm with the
@@ -20,6 +20,14 @@ diou_nms_mask_kernel (the DIoU predicate of diou_nms.h) and the sparse path is n
 soft_nms / multi_image_soft_nms (issue 13) launch the native build's soft_nms_kernel (one block
 per image, soft_nms_gpu.h); matrix_nms its gather and tiled column kernels (matrix_nms_gpu.h),
 with CuPy's stable sorts and searchsorted for the plan.
+
+detect (issue 12) runs csrc/ops/detect/detect_gpu.h's pipeline with the native build's kernels
+(detect_kernels.cuh: score pass, image keys, selection, padding, compaction, output gather) in
+detect_cuda.cu's order; CuPy's stable argsort on the kernels' own keys stands in for CUB's two
+radix sorts (top-k, only when k < M), cupy.cumsum for its exclusive sum, and the [B, N] slots go
+through multi_image_nms above. Greedy IoU NMS only (the other modes: NotImplementedError), no
+host synchronisation, outputs of fixed size. Compiled and emulated (NumPy for CuPy,
+tests/gpu_logic/test_cupy_sources.py), never run on a GPU.
 
 Inputs may be torch CUDA tensors, CuPy arrays or Numba device arrays (zero-copy views of their
 memory); kernels and CuPy ops run on the caller's current stream; outputs are the caller's kind.
@@ -78,7 +86,9 @@ HEADERS = ("common/host_device.h", "ops/box_iou/box_iou.h", "ops/box_iou/box_iou
            "ops/nms/soft_nms.h", "ops/nms/soft_nms_gpu.h", "ops/nms/soft_nms_kernels.cuh",
            "ops/nms/matrix_nms.h", "ops/nms/matrix_nms_gpu.h", "ops/nms/matrix_nms_kernels.cuh",
            # DIoU-NMS (issue 13): the bitmask engine's DIoU mask kernel
-           "ops/nms/diou_nms.h", "ops/nms/diou_nms_kernels.cuh")
+           "ops/nms/diou_nms.h", "ops/nms/diou_nms_kernels.cuh",
+           # detect (issue 12): the fused post-process's steps (section at the end of this file)
+           "ops/detect/detect.h", "ops/detect/detect_gpu.h", "ops/detect/detect_kernels.cuh")
 _MODULES: dict = {}
 
 
@@ -121,6 +131,7 @@ def name_expressions() -> list[str]:
     names += soft_nms_name_expressions()
     names += matrix_nms_name_expressions()
     names += diou_nms_name_expressions()
+    names += detect_name_expressions()
     return names
 
 
@@ -874,3 +885,147 @@ def matrix_nms(boxes: Any, scores: Any, labels: Any, kernel: str, sigma: float,
         idx, val = _matrix_nms(cp, _view(cp, boxes), _view(cp, scores), _view(cp, labels), kernel,
                                sigma, score_threshold, max_output, pre_top_k)
         return _as_kind(idx, like=boxes), _as_kind(val, like=boxes)
+
+
+# ---- detect (issue 12) --------------------------------------------------------------------------
+# csrc/ops/detect/detect_gpu.h's pipeline with the native build's kernels (detect_kernels.cuh),
+# launched in detect_cuda.cu's order: score pass -> (top-k only when k < M: two stable sorts of
+# every candidate -- CuPy's argsort standing in for CUB's radix sorts, on the same keys the
+# kernels write) -> selection -> exclusive sum (cupy.cumsum) + compaction into [B, N] slots ->
+# this backend's multi-image NMS (_multi_image_nms) over the slots -> output gather. No host
+# synchronisation, fixed-size outputs. Greedy IoU NMS only (nms_modes), as native CUDA.
+
+DETECT_THREADS = 256  # detect_cuda.cu kThreads
+
+
+def detect_name_expressions() -> list[str]:
+    """The detect kernel instantiations the backend launches (detect_kernels.cuh)."""
+    names = [f"detkernels::detect_{k}_kernel<{t}>" for t in C_TYPES.values()
+             for k in ("score", "pad", "compact", "output")]
+    return names + ["detkernels::detect_image_key_kernel", "detkernels::detect_select_kernel"]
+
+
+def _grid_1d(n: int) -> tuple:
+    """detect_cuda.cu's grid_1d: the kernels grid-stride, the grid is only capped."""
+    return (max(1, min((n + DETECT_THREADS - 1) // DETECT_THREADS, 1 << 16)),)
+
+
+def detect_shape(B: int, A: int, C: int, multi_label: bool, top_k: int | None) -> tuple:
+    """(M, N, sort): candidates per image (detect_gpu_candidates), slots per image entering NMS
+    (detect_gpu_slots) and whether the top-k sorts run (k < M, some candidate)."""
+    multi = bool(multi_label) and C > 0
+    M = A * C if multi else A
+    k = -1 if top_k is None else int(top_k)
+    N = k if 0 <= k < M else M
+    return M, N, N < M and B * M > 0
+
+
+# DK_DETECT_GPU_PARAMS's fields in order (detect_kernels.cuh; the test compares the two lists).
+DETECT_GPU_FIELDS = ("boxes", "scores", "obj", "idxs", "A", "C", "M", "box_image", "box_anchor",
+                     "box_coord", "score_image", "score_anchor", "score_class", "obj_image",
+                     "obj_anchor", "fmt", "multi", "has_thr", "thr")
+
+
+def _detect_args(boxes: Any, scores: Any, objectness: Any, idxs: Any, A_: int, C: int, M: int,
+                 fmt: str, multi: bool, score_threshold: float | None) -> tuple:
+    """DetectGpuArgs field by field (DETECT_GPU_FIELDS' order): inputs in any layout, read
+    through their element strides as on native."""
+    bst, sst = _elem_strides(boxes), _elem_strides(scores)
+    ost = (np.int64(0), np.int64(0)) if objectness is None else _elem_strides(objectness)
+    has_thr = score_threshold is not None
+    null = np.uint64(0)
+    f = dict(boxes=_ptr(boxes), scores=_ptr(scores),
+             obj=null if objectness is None else _ptr(objectness),
+             idxs=null if idxs is None else _ptr(idxs), A=np.int64(A_), C=np.int64(C),
+             M=np.int64(M), box_image=bst[0], box_anchor=bst[1], box_coord=bst[2],
+             score_image=sst[0], score_anchor=sst[1], score_class=sst[2] if C else np.int64(0),
+             obj_image=ost[0], obj_anchor=ost[1], fmt=np.int32(FMT_CODES[fmt]),
+             multi=np.int32(multi), has_thr=np.int32(has_thr),
+             thr=np.float64(score_threshold if has_thr else 0.0))
+    return tuple(f[name] for name in DETECT_GPU_FIELDS)
+
+
+def _detect(cp: Any, boxes: Any, scores: Any, objectness: Any, idxs: Any, iou_threshold: float,
+            max_det: int, score_threshold: float | None, top_k: int | None, fmt: str,
+            multi_label: bool, class_agnostic: bool) -> tuple:
+    """detect inside _On, on ``cp`` (cupy; NumPy with emulated kernels in the tests): CuPy arrays
+    (boxes [B, K, 4], scores [B, K], classes [B, K], indices [B, K], counts [B])."""
+    B, A_ = int(boxes.shape[0]), int(boxes.shape[1])
+    C = int(scores.shape[2]) if scores.ndim == 3 else 0  # C = 0: [B, A] scores, as on native
+    if scores.ndim == 3 and C == 0:  # [B, A, 0]: no candidates at all
+        A_ = 0
+    multi = bool(multi_label) and C > 0
+    M, N, sort = detect_shape(B, A_, C, multi, top_k)
+    total, slots, K = B * M, B * N, int(max_det)
+    dt = np.dtype(A.dtype_name(boxes))
+    T = C_TYPES[dt.name]
+    i64, blk = np.int64, (DETECT_THREADS,)
+    cbox = cp.empty((slots, 4), dtype=dt)
+    cscore = cp.empty((slots,), dtype=dt)
+    ccls = cp.empty((slots,), dtype=np.int64)
+    canchor = cp.empty((slots,), dtype=np.int64)
+    if slots > 0:
+        f = _module(cp).get_function
+        g = _detect_args(boxes, scores, objectness, idxs, A_, C, M, fmt, multi, score_threshold)
+        score = cp.empty((total,), dtype=dt)
+        cls = cp.empty((total,), dtype=np.int64)
+        valid = cp.empty((total,), dtype=np.uint8)
+        # 1. score pass; with a top-k, the first sort's keys (nms_score_key) and values (gq)
+        keys = cp.empty((total,), dtype=np.uint64) if sort else None
+        vals = cp.empty((total,), dtype=np.int64) if sort else None
+        null = np.uint64(0)
+        f(f"detkernels::detect_score_kernel<{T}>")(_grid_1d(total), blk, (
+            *g, score, cls, valid, null if keys is None else keys, null if vals is None else vals,
+            i64(total)))
+        # 2. top-k: CUB's SortPairs by score key, then by image key (detect_image_key_kernel:
+        # image, valid first) -- both stable, so ties keep ascending gq, as the radix sorts.
+        order = None
+        if sort:
+            order = vals[_argsort(cp, keys)]
+            ikeys = cp.empty((total,), dtype=np.uint64)
+            f("detkernels::detect_image_key_kernel")(_grid_1d(total), blk,
+                                                     (order, valid, ikeys, i64(total), i64(M)))
+            order = order[_argsort(cp, ikeys)]
+        sel = cp.empty((total,), dtype=np.int64)
+        f("detkernels::detect_select_kernel")(_grid_1d(total), blk, (
+            null if order is None else order, valid, i64(M), i64(N if sort else M), sel, i64(total)))
+        # 3. slots: exclusive sum of the selection in gq order, padding, compaction
+        pos = cp.cumsum(sel) - sel
+        f(f"detkernels::detect_pad_kernel<{T}>")(_grid_1d(slots), blk,
+                                                 (cbox, cscore, ccls, canchor, i64(slots)))
+        f(f"detkernels::detect_compact_kernel<{T}>")(_grid_1d(total), blk, (
+            *g, i64(N), sel, pos, score, cls, cbox, cscore, ccls, canchor, i64(total)))
+    # 4. NMS of the [B, N] slots: slot order is candidate order, so its ties are the reference's
+    # (N == 0: padding and zero counts)
+    per_class = not class_agnostic and (C > 0 or idxs is not None)
+    idx, _, counts = _multi_image_nms(cp, cbox.reshape(B, N, 4), cscore.reshape(B, N),
+                                      ccls.reshape(B, N) if per_class else None, iou_threshold, K,
+                                      score_threshold)
+    # 5. outputs (idx: the kept slots on entry, the anchors on exit)
+    ob = cp.empty((B, K, 4), dtype=dt)
+    os_ = cp.empty((B, K), dtype=dt)
+    oc = cp.empty((B, K), dtype=np.int64)
+    if B * K > 0:
+        _module(cp).get_function(f"detkernels::detect_output_kernel<{T}>")(_grid_1d(B * K), blk, (
+            i64(B), i64(K), i64(N), counts, cbox, cscore, ccls, canchor, ob, os_, oc, idx))
+    return ob, os_, oc, idx, counts
+
+
+@register("detect", "cupy", devices=("cuda",))
+def detect(boxes: Any, scores: Any, objectness: Any, idxs: Any, iou_threshold: float, max_det: int,
+           score_threshold: float | None, top_k: int | None, fmt: str, multi_label: bool,
+           class_agnostic: bool, nms: Any = None) -> tuple:
+    """boxes [B, A, 4], scores [B, A] or [B, A, C], objectness [B, A] or None (one float dtype,
+    any strides), idxs int64 [B, A] contiguous or None -> (boxes [B, K, 4] xyxy, scores [B, K],
+    classes [B, K], indices [B, K], counts [B]) of the caller's kind; no host synchronisation.
+    Greedy IoU NMS only (``nms`` other than "iou": _dispatch.detect_select refuses it first)."""
+    if nms is not None and nms.mode != "iou":
+        raise NotImplementedError(f"cupy detect runs nms='iou' only, got nms={nms.mode!r}")
+    cp = _cupy()
+    with _On(cp, boxes):
+        outs = _detect(cp, boxes, scores, objectness, idxs, iou_threshold, max_det,
+                       score_threshold, top_k, fmt, multi_label, class_agnostic)
+        return tuple(_as_kind(x, like=boxes) for x in outs)
+
+
+detect.nms_modes = {}  # CUDA: greedy IoU NMS only (detect_gpu.h), as native CUDA

@@ -15,6 +15,9 @@
 //             and searchsorted make the plan.
 //   DIoU-NMS (issue 13): NMS's plan and kernels, the mask tiles diou_nms_kernels.cuh's (the DIoU
 //             predicate of diou_nms.h on nms_bitmask.h's mask word).
+//   detect (issue 12): detect_kernels.cuh (score, selection, padding, compaction, output steps
+//             of detect_gpu.h); CuPy's stable argsort / cumsum for CUB's sorts and scan, and
+//             the NMS stage is the multi-image NMS above.
 #include "ops/box_iou/box_iou_kernel.cuh"
 #include "ops/nms/nms_kernels.cuh"
 #include "ops/nms/nms_sparse_gpu_kernels.cuh"
@@ -23,3 +26,4 @@
 #include "ops/nms/soft_nms_kernels.cuh"  // issue 13: Soft-NMS, one block per image
 #include "ops/nms/matrix_nms_kernels.cuh"  // issue 13: Matrix NMS (gather, tiled column passes)
 #include "ops/nms/diou_nms_kernels.cuh"  // issue 13: DIoU-NMS mask tiles (bitmask engine)
+#include "ops/detect/detect_kernels.cuh"  // issue 12: detect (fused post-process)
