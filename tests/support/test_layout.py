@@ -201,7 +201,7 @@ NOT_NEEDED = {
        for f in ("ranks_before", "soft_pick_none", "soft_pick_better", "soft_nms_init",
                  "soft_nms_rescale", "soft_nms_pick_limit", "soft_nms_emit", "matrix_nms_gather",
                  "matrix_nms_comp_tile", "matrix_nms_decay_tile", "matrix_nms_tile_rows",
-                 "matrix_nms_finish")},
+                 "matrix_nms_finish", "matrix_nms_multi_emit")},
     # roi_align_rotated.h (issue 17): native and numpy only (README status)
     **{f: "roi_align_rotated: not served by the numba backend (README status)"
        for f in ("sincos_deg", "roi_rotated_grid", "roi_rotated_box", "roi_rotated_sample",
@@ -212,7 +212,7 @@ NOT_NEEDED = {
     # through the C++ emulator (tests/gpu_logic/test_detect_cuda_logic.py)
     **{f: "detect: no numba CUDA kernel yet (README status); emulated in C++" for f in (
         "detect_gpu_candidates", "detect_gpu_slots", "detect_gpu_score", "detect_gpu_select",
-        "detect_gpu_pad", "detect_gpu_compact", "detect_gpu_output")},
+        "detect_gpu_pad", "detect_gpu_compact", "detect_gpu_count", "detect_gpu_output")},
 }
 
 

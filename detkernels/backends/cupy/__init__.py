@@ -764,7 +764,7 @@ def _soft_nms_multi(cp: Any, boxes: Any, scores: Any, classes: Any, max_output: 
         (boxes, scores, null if classes is None else classes, np.int64(N),
          np.int32(SOFT_NMS_METHODS[method]), np.float64(iou_threshold), np.float64(sigma),
          np.float64(score_threshold), np.int64(K), s, alive, null if cnt is None else cnt, pick_idx,
-         pick_s, out, vals, counts))
+         pick_s, out, vals, counts, null))  # n_valid: none (every box of each image)
     return out, vals, counts
 
 
