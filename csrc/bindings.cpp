@@ -245,23 +245,26 @@ PYBIND11_MODULE(_C, m) {
                            ptr<int64_t>(counts), ptr(workspace), workspace_bytes, mask_cap_bytes,
                            device, ptr(stream));
   });
-  // issue 12: detect on CUDA (arguments as detect_cpu, then the workspace, device and stream).
+  // issue 12: detect on CUDA (arguments as detect_cpu, NMS mode included, then the workspace,
+  // device and stream); the workspace size takes the mode (its NMS stage's share).
   def(m, "detect_cuda_workspace_bytes", &detect_cuda_workspace_bytes);
   m.def("detect_cuda", [](int dtype, uintptr_t boxes, uintptr_t scores, uintptr_t objectness,
                           uintptr_t idxs, int64_t B, int64_t A, int64_t C,
                           const std::vector<int64_t>& strides, int fmt, double thr,
                           py::object score_thr, int64_t top_k, int64_t max_det, bool multi_label,
-                          bool class_agnostic, uintptr_t out_boxes, uintptr_t out_scores,
+                          bool class_agnostic, int nms_mode, double beta, int decay, double sigma,
+                          py::object min_score, uintptr_t out_boxes, uintptr_t out_scores,
                           uintptr_t out_cls, uintptr_t out_idx, uintptr_t counts,
                           uintptr_t workspace, int64_t workspace_bytes, int64_t mask_cap_bytes,
                           int device, uintptr_t stream) {
     if (strides.size() != 8) throw std::invalid_argument("detect_cuda: strides must have 8 entries");
     const DetectStrides ds{strides[0], strides[1], strides[2], strides[3],
                            strides[4], strides[5], strides[6], strides[7]};
-    const ScoreThr st(score_thr);
+    const ScoreThr st(score_thr), ms(min_score);
+    const DetectNms nms{nms_mode, beta, decay, sigma, ms.has, ms.value};
     ReleaseGil release;
     detect_cuda(dtype, ptr(boxes), ptr(scores), ptr(objectness), ptr<const int64_t>(idxs), B, A, C,
-                ds, fmt, thr, st.has, st.value, top_k, max_det, multi_label, class_agnostic,
+                ds, fmt, thr, st.has, st.value, top_k, max_det, multi_label, class_agnostic, nms,
                 ptr(out_boxes), ptr(out_scores), ptr<int64_t>(out_cls), ptr<int64_t>(out_idx),
                 ptr<int64_t>(counts), ptr(workspace), workspace_bytes, mask_cap_bytes, device,
                 ptr(stream));
@@ -291,6 +294,9 @@ PYBIND11_MODULE(_C, m) {
                         ptr<int64_t>(counts), ptr(workspace), workspace_bytes, device, ptr(stream));
   });
   def(m, "matrix_nms_cuda_workspace_bytes", &matrix_nms_cuda_workspace_bytes);
+  // multi-image Matrix NMS (no host sync); n_valid 0 = every box (detect passes its slot counts)
+  def(m, "matrix_nms_multi_cuda_workspace_bytes", &matrix_nms_multi_cuda_workspace_bytes);
+  def(m, "matrix_nms_multi_cuda", &matrix_nms_multi_cuda);
   m.def("matrix_nms_cuda", [](int dtype, uintptr_t boxes, uintptr_t scores, uintptr_t labels,
                               int64_t n, int kernel, double sigma, bool has_thr, double thr,
                               int64_t max_output, int64_t pre_top_k, uintptr_t keep,
@@ -351,22 +357,25 @@ PYBIND11_MODULE(_C, m) {
                                         ptr<int64_t>(counts), tile_rows, mask_cap_bytes,
                                         scan_threads);
         });
-  // issue 12: the GPU detect pipeline emulated (arguments as detect_cpu, then the NMS tiling).
+  // issue 12: the GPU detect pipeline emulated (arguments as detect_cpu, NMS mode included,
+  // then the NMS tiling).
   t.def("detect_emulate_cpu",
         [](int dtype, uintptr_t boxes, uintptr_t scores, uintptr_t objectness, uintptr_t idxs,
            int64_t B, int64_t A, int64_t C, const std::vector<int64_t>& strides, int fmt,
            double thr, py::object score_thr, int64_t top_k, int64_t max_det, bool multi_label,
-           bool class_agnostic, uintptr_t out_boxes, uintptr_t out_scores, uintptr_t out_cls,
+           bool class_agnostic, int nms_mode, double beta, int decay, double sigma,
+           py::object min_score, uintptr_t out_boxes, uintptr_t out_scores, uintptr_t out_cls,
            uintptr_t out_idx, uintptr_t counts, int64_t tile_rows, int64_t mask_cap_bytes,
            int scan_threads) {
           if (strides.size() != 8) throw std::invalid_argument("detect: strides must have 8 entries");
           const DetectStrides ds{strides[0], strides[1], strides[2], strides[3],
                                  strides[4], strides[5], strides[6], strides[7]};
-          const ScoreThr st(score_thr);
+          const ScoreThr st(score_thr), ms(min_score);
+          const DetectNms nms{nms_mode, beta, decay, sigma, ms.has, ms.value};
           ReleaseGil release;
           detect_emulate_cpu(dtype, ptr(boxes), ptr(scores), ptr(objectness),
                              ptr<const int64_t>(idxs), B, A, C, ds, fmt, thr, st.has, st.value,
-                             top_k, max_det, multi_label, class_agnostic, ptr(out_boxes),
+                             top_k, max_det, multi_label, class_agnostic, nms, ptr(out_boxes),
                              ptr(out_scores), ptr<int64_t>(out_cls), ptr<int64_t>(out_idx),
                              ptr<int64_t>(counts), tile_rows, mask_cap_bytes, scan_threads);
         });
@@ -379,6 +388,7 @@ PYBIND11_MODULE(_C, m) {
   def(t, "soft_nms_exp_cpu", &soft_nms_exp_cpu);
   def(t, "soft_nms_multi_emulate_cpu", &soft_nms_multi_emulate_cpu);  // issue 13: CUDA Soft-NMS
   def(t, "matrix_nms_emulate_cpu", &matrix_nms_emulate_cpu);  // issue 13: CUDA Matrix NMS
+  def(t, "matrix_nms_multi_emulate_cpu", &matrix_nms_multi_emulate_cpu);  // its multi-image form
   def(t, "diou_nms_log_cpu", &diou_nms_log_cpu);  // issue 13: dk_log against the reference  // issue 13: dk_exp against the reference
   def(t, "nms_set_path", &nms_set_path);  // issue 16: force the pruned/plain CPU NMS path
   def(t, "nms_gpu_set_path", &nms_gpu_set_path);  // issue 16: the GPU path (and its rounds)

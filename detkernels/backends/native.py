@@ -324,11 +324,16 @@ def diou_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float, beta: 
     return keep[:count]
 
 
-@register("multi_image_diou_nms", "native")  # CPU only: no CUDA kernel yet (README status)
+@register("multi_image_diou_nms", "native", devices=IOU_DEVICES)
 def multi_image_diou_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float, max_output: int,
                          beta: float) -> tuple[Any, Any]:
     """boxes [B, N, 4], scores [B, N], classes int64 [B, N] or None -> (indices [B, K], counts [B]);
-    the images in parallel on the CPU thread pool."""
+    the images in parallel on the CPU thread pool; on CUDA the bitmask engine with the DIoU
+    predicate (diou_nms_multi_cuda), no host synchronisation."""
+    if A.device(boxes) != "cpu":
+        out, _, counts = _multi_cuda(boxes, scores, classes, iou_threshold, max_output, None, False,
+                                     beta=beta)
+        return out, counts
     B, N = boxes.shape[0], boxes.shape[1]
     out = A.empty((B, max_output), "int64", like=boxes)
     counts = A.empty((B,), "int64", like=boxes)
@@ -374,17 +379,30 @@ def matrix_nms(boxes: Any, scores: Any, labels: Any, kernel: str, sigma: float,
     return keep[:count], kept[:count]
 
 
-@register("multi_image_matrix_nms", "native")  # CPU only: no multi-image CUDA path yet (README status)
+@register("multi_image_matrix_nms", "native", devices=IOU_DEVICES)
 def multi_image_matrix_nms(boxes: Any, scores: Any, labels: Any, max_output: int, kernel: str,
                            sigma: float, score_threshold: float | None,
                            pre_top_k: int | None) -> tuple[Any, Any, Any]:
     """boxes [B, N, 4], scores [B, N], labels int64 [B, N] -> (indices [B, K], decayed scores
-    [B, K], counts [B]); the images in parallel on the CPU thread pool."""
+    [B, K], counts [B]); the images in parallel on the CPU thread pool; on CUDA matrix_nms_cuda
+    per image then one output launch (matrix_nms_multi_cuda), no host synchronisation."""
     B, N = boxes.shape[0], boxes.shape[1]
     dt = A.dtype_name(boxes)
     out = A.empty((B, max_output), "int64", like=boxes)
     vals = A.empty((B, max_output), dt, like=boxes)
     counts = A.empty((B,), "int64", like=boxes)
+    if A.device(boxes) != "cpu":
+        dev = _device_index(boxes)
+        nbytes = _C.matrix_nms_multi_cuda_workspace_bytes(DTYPE_CODES[dt], B, N, dev)
+        ws = _workspace(boxes, nbytes, f"Matrix NMS of {B} x {N} boxes")
+        _C.matrix_nms_multi_cuda(DTYPE_CODES[dt], A.data_ptr(boxes), A.data_ptr(scores),
+                                 A.data_ptr(labels), B, N, MATRIX_NMS_KERNELS[kernel], float(sigma),
+                                 score_threshold is not None,
+                                 0.0 if score_threshold is None else float(score_threshold),
+                                 int(max_output), -1 if pre_top_k is None else int(pre_top_k),
+                                 A.data_ptr(out), A.data_ptr(vals), A.data_ptr(counts),
+                                 A.data_ptr(ws), nbytes, dev, A.current_stream(boxes), 0)
+        return out, vals, counts
     _C.matrix_nms_multi_cpu(DTYPE_CODES[dt], A.data_ptr(boxes), A.data_ptr(scores),
                             A.data_ptr(labels), B, N, MATRIX_NMS_KERNELS[kernel], float(sigma),
                             score_threshold is not None,
@@ -432,7 +450,7 @@ def detect(boxes: Any, scores: Any, objectness: Any, idxs: Any, iou_threshold: f
     """boxes [B, A, 4], scores [B, A] or [B, A, C], objectness [B, A] or None (one float dtype,
     any strides), idxs int64 [B, A] contiguous or None -> (boxes [B, K, 4], scores [B, K],
     classes, indices [B, K], counts [B]). On CUDA: no host synchronisation (issue 12). ``nms``
-    (_checks.DetectNms; None: "iou"): the CPU serves every mode, CUDA "iou" only (nms_modes)."""
+    (_checks.DetectNms; None: "iou"): CPU and CUDA serve every mode (nms_modes)."""
     boxes, scores, objectness = (_element_strided(x) for x in (boxes, scores, objectness))
     B, N = boxes.shape[0], boxes.shape[1]
     C = scores.shape[2] if scores.ndim == 3 else 0  # C = 0 means [B, A] scores to the core
@@ -453,23 +471,23 @@ def detect(boxes: Any, scores: Any, objectness: Any, idxs: Any, iou_threshold: f
             float(iou_threshold), score_threshold, -1 if top_k is None else int(top_k),
             max_det, bool(multi_label), bool(class_agnostic))
     outs = (A.data_ptr(ob), A.data_ptr(os_), A.data_ptr(oc), A.data_ptr(oi), A.data_ptr(counts))
+    mode = _detect_nms_args(nms)
     if A.device(boxes) != "cpu":  # csrc/ops/detect/detect_gpu.h; workspace from static shapes
-        if nms is not None and nms.mode != "iou":  # _dispatch.detect_select refuses it first
-            raise NotImplementedError(f"native CUDA detect runs nms='iou' only, got nms={nms.mode!r}")
         dev = _device_index(boxes)
         k = -1 if top_k is None else int(top_k)
         nbytes = _C.detect_cuda_workspace_bytes(DTYPE_CODES[dt], B, N, C, bool(multi_label), k,
-                                                NMS_MASK_BYTES, dev)
+                                                mode[0], NMS_MASK_BYTES, dev)
         cand = N * (C if multi_label and C else 1)
         ws = _workspace(boxes, nbytes, f"detect of {B} x {cand} candidates (set pre_nms_top_k)")
-        _C.detect_cuda(*args, *outs, A.data_ptr(ws), nbytes, NMS_MASK_BYTES, dev,
+        _C.detect_cuda(*args, *mode, *outs, A.data_ptr(ws), nbytes, NMS_MASK_BYTES, dev,
                        A.current_stream(boxes))
         return ob, os_, oc, oi, counts
-    _C.detect_cpu(*args, *_detect_nms_args(nms), *outs)
+    _C.detect_cpu(*args, *mode, *outs)
     return ob, os_, oc, oi, counts
 
 
-detect.nms_modes = {"cpu": tuple(DETECT_NMS_MODES)}  # CUDA (detect_gpu.h): greedy IoU NMS only
+# CUDA (detect_gpu.h): each mode's multi-image CUDA entry after the shared steps 1-3
+detect.nms_modes = {"cpu": tuple(DETECT_NMS_MODES), "cuda": tuple(DETECT_NMS_MODES)}
 
 
 def _element_strided(x: Any) -> Any:
@@ -526,9 +544,10 @@ def nms_rotated_multi_emulated(boxes: Any, scores: Any, classes: Any, iou_thresh
 
 def soft_nms_multi_emulated(boxes: Any, scores: Any, classes: Any, max_output: int,
                             iou_threshold: float, sigma: float, method: str, score_threshold: float,
-                            *, threads: int = 256) -> tuple[Any, Any, Any]:
+                            *, threads: int = 256, n_valid: Any = None) -> tuple[Any, Any, Any]:
     """The CUDA Soft-NMS kernel's steps (soft_nms_gpu.h) run on the CPU with ``threads`` emulated
-    threads per block, for contiguous NumPy inputs laid out as for multi_image_soft_nms. Tests only."""
+    threads per block, for contiguous NumPy inputs laid out as for multi_image_soft_nms; n_valid
+    (int64 [B] or None): image b's boxes are its first n_valid[b]. Tests only."""
     import numpy as np
 
     B, N = boxes.shape[0], boxes.shape[1]
@@ -540,7 +559,8 @@ def soft_nms_multi_emulated(boxes: Any, scores: Any, classes: Any, max_output: i
                                           B, N, float(iou_threshold), float(sigma),
                                           SOFT_NMS_METHODS[method], float(score_threshold),
                                           int(max_output), A.data_ptr(out), A.data_ptr(vals),
-                                          A.data_ptr(counts), int(threads))
+                                          A.data_ptr(counts), int(threads),
+                                          0 if n_valid is None else A.data_ptr(n_valid))
     return out, vals, counts
 
 
@@ -563,6 +583,28 @@ def matrix_nms_emulated(boxes: Any, scores: Any, labels: Any, kernel: str, sigma
                                               -1 if pre_top_k is None else int(pre_top_k),
                                               A.data_ptr(keep), A.data_ptr(kept))
     return keep[:count], kept[:count]
+
+
+def matrix_nms_multi_emulated(boxes: Any, scores: Any, labels: Any, max_output: int, kernel: str,
+                              sigma: float, score_threshold: float | None, pre_top_k: int | None,
+                              n_valid: Any = None) -> tuple[Any, Any, Any]:
+    """matrix_nms_multi_cuda's algorithm (matrix_nms_gpu.h: S1-S6 per image, then
+    matrix_nms_multi_emit) on the CPU, for contiguous NumPy inputs laid out as for
+    multi_image_matrix_nms; n_valid (int64 [B] or None): image b's boxes are its first n_valid[b]
+    (the others must rank below them). Tests only."""
+    import numpy as np
+
+    B, N = boxes.shape[0], boxes.shape[1]
+    out = np.full((B, max_output), 7, np.int64)  # poison: all written
+    vals = np.full((B, max_output), 7, boxes.dtype)
+    counts = np.full((B,), 7, np.int64)
+    _C.testing.matrix_nms_multi_emulate_cpu(
+        DTYPE_CODES[A.dtype_name(boxes)], A.data_ptr(boxes), A.data_ptr(scores), A.data_ptr(labels),
+        B, N, MATRIX_NMS_KERNELS[kernel], float(sigma), score_threshold is not None,
+        0.0 if score_threshold is None else float(score_threshold), int(max_output),
+        -1 if pre_top_k is None else int(pre_top_k), A.data_ptr(out), A.data_ptr(vals),
+        A.data_ptr(counts), 0 if n_valid is None else A.data_ptr(n_valid))
+    return out, vals, counts
 
 
 # ---- RoI ops (CPU and CUDA) ---------------------------------------------------------------------------------
@@ -782,10 +824,11 @@ def roi_pool_backward(grad: Any, rois: Any, idx: Any, spatial_scale: float, ph: 
 
 def detect_emulated(boxes: Any, scores: Any, objectness: Any, idxs: Any, iou_threshold: float,
                     max_det: int, score_threshold: float | None, top_k: int | None, fmt: str,
-                    multi_label: bool, class_agnostic: bool, *, tile_rows: int = 0,
+                    multi_label: bool, class_agnostic: bool, nms: Any = None, *, tile_rows: int = 0,
                     mask_cap_bytes: int = NMS_MASK_BYTES, scan_threads: int = 256) -> tuple:
     """The CUDA detect pipeline (csrc/ops/detect/detect_gpu.h) run sequentially on the CPU, for
-    NumPy inputs in the working dtype laid out as for detect. Tests only (issue 12)."""
+    NumPy inputs in the working dtype laid out as for detect; ``nms`` a _checks.DetectNms (None:
+    "iou"). Tests only (issue 12)."""
     import numpy as np
 
     boxes, scores, objectness = (_element_strided(x) for x in (boxes, scores, objectness))
@@ -805,5 +848,6 @@ def detect_emulated(boxes: Any, scores: Any, objectness: Any, idxs: Any, iou_thr
         0 if objectness is None else A.data_ptr(objectness), 0 if idxs is None else A.data_ptr(idxs),
         B, N, C, strides, FMT_CODES[fmt], float(iou_threshold), score_threshold,
         -1 if top_k is None else int(top_k), max_det, bool(multi_label), bool(class_agnostic),
-        *(A.data_ptr(x) for x in out), int(tile_rows), int(mask_cap_bytes), int(scan_threads))
+        *_detect_nms_args(nms), *(A.data_ptr(x) for x in out), int(tile_rows), int(mask_cap_bytes),
+        int(scan_threads))
     return out

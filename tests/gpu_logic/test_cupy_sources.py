@@ -705,12 +705,13 @@ class _NumpyCupyDetect(_NumpyCupy):
                 sel[gq] = (valid[gq] != 0) & (p % M < k)
             elif "detect_pad_kernel" in name:
                 cbox, cscore, ccls, canchor = args[:4]
-                cbox[:], cscore[:], ccls[:], canchor[:] = 0, np.nan, 0, -1
+                cbox[:], cscore[:], ccls[:], canchor[:] = 0, -np.inf, 0, -1
             elif "detect_compact_kernel" in name:
                 self._compact(args[:19], int(args[19]), *args[20:28])
             elif "detect_output_kernel" in name:
                 B, K, N = int(args[0]), int(args[1]), int(args[2])
-                counts, cbox, cscore, ccls, canchor, ob, os_, oc, oi = args[3:12]
+                counts, cbox, cscore, ccls, canchor, dec, ob, os_, oc, oi = args[3:13]
+                assert isinstance(dec, np.uint64) and int(dec) == 0, "greedy NMS: no decayed scores"
                 kept = np.arange(K)[None, :] < counts[:, None]
                 s = np.where(kept, np.arange(B)[:, None] * N + oi, 0)
                 ob[:] = np.where(kept[..., None], cbox.reshape(-1, 4)[s] if cbox.size else 0, 0)

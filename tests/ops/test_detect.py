@@ -294,8 +294,8 @@ def test_bad_nms_mode_arguments_name_the_argument(kwargs, exc, name):
 
 
 def test_nms_modes_refused_where_not_served(monkeypatch):
-    """numba (CPU) and native CUDA run greedy IoU NMS only: another mode is a NotImplementedError
-    naming it and the device, never greedy NMS in its place."""
+    """numba (CPU) runs greedy IoU NMS only: another mode is a NotImplementedError naming it and
+    the device, never greedy NMS in its place. Native serves every mode on CPU and CUDA."""
     from detkernels import _checks, _dispatch, _registry
 
     if _registry.why_not("numba", "detect") is None:
@@ -306,10 +306,15 @@ def test_nms_modes_refused_where_not_served(monkeypatch):
 
         # The registry's choice for a CUDA array (no GPU here: the selection itself is stubbed).
         monkeypatch.setattr(_registry, "select", lambda op, dev, w, backend=None: ("native", native.detect))
-        for mode in ("diou", "soft", "matrix"):
-            with pytest.raises(NotImplementedError, match=rf"nms='{mode}'.* on cuda by backend 'native'"):
-                _dispatch.detect_select("cuda:0", "float32", _checks.DetectNms(mode), None)
-        assert _dispatch.detect_select("cuda:0", "float32", _checks.DetectNms(), None) is native.detect
+        for mode in ("iou", "diou", "soft", "matrix"):
+            assert _dispatch.detect_select("cuda:0", "float32", _checks.DetectNms(mode), None) is native.detect
+        # A backend whose detect lists no CUDA modes is refused there, naming the mode.
+        def iou_only(*args, **kwargs):
+            raise AssertionError("not called")
+        iou_only.nms_modes = {"cpu": ("iou", "soft")}
+        monkeypatch.setattr(_registry, "select", lambda op, dev, w, backend=None: ("native", iou_only))
+        with pytest.raises(NotImplementedError, match=r"nms='soft'.* on cuda by backend 'native'"):
+            _dispatch.detect_select("cuda:0", "float32", _checks.DetectNms("soft"), None)
 
 
 # ---- torch --------------------------------------------------------------------------------------------

@@ -168,6 +168,7 @@ NOT_NEEDED = {
     "wrap_sub": "integer boxes: the numba backend serves float boxes only (README status)",
     "wrap_mul": "integer boxes: the numba backend serves float boxes only (README status)",
     "score_before": "numba orders candidates with reference.nms.score_order (a host/torch stable sort)",
+    "nms_inf": "+inf from its bits, for NVRTC (no <cmath>); numba and NumPy have math.inf",
     **{f: _SORT_KEYS for f in ("nms_bits_of", "nms_score_key", "nms_score_key_bits", "nms_dropped_key",
                                "nms_class_key", "nms_image_key", "nms_key_bits", "nms_final_key")},
     **{f: _PLAN for f in ("nms_cand_box", "nms_cand_class", "nms_cand_valid", "nms_head", "nms_count_kept",
@@ -189,7 +190,7 @@ NOT_NEEDED = {
     "operator": "the bitmask NMS engine's predicate call operators (NmsIouSuppress, DiouNmsSuppress)",
     **{f: _SPARSE_GPU for f in ("nms_finite", "nms_sparse_coord_key", "nms_sparse_spread",
                                 "nms_sparse_morton_key", "nms_sparse_regular", "nms_sparse_gather",
-                                "nms_sparse_inf", "nms_sparse_block_box", "nms_sparse_blocks_meet",
+                                "nms_sparse_block_box", "nms_sparse_blocks_meet",
                                 "nms_sparse_block_span", "nms_sparse_block_pairs",
                                 "nms_sparse_partial_sum", "nms_sparse_decide", "nms_sparse_in_edges",
                                 "nms_sparse_edge_cap", "nms_sparse_check_cap", "nms_sparse_round_step",
@@ -201,7 +202,7 @@ NOT_NEEDED = {
        for f in ("ranks_before", "soft_pick_none", "soft_pick_better", "soft_nms_init",
                  "soft_nms_rescale", "soft_nms_pick_limit", "soft_nms_emit", "matrix_nms_gather",
                  "matrix_nms_comp_tile", "matrix_nms_decay_tile", "matrix_nms_tile_rows",
-                 "matrix_nms_finish")},
+                 "matrix_nms_finish", "matrix_nms_multi_emit")},
     # roi_align_rotated.h (issue 17): native and numpy only (README status)
     **{f: "roi_align_rotated: not served by the numba backend (README status)"
        for f in ("sincos_deg", "roi_rotated_grid", "roi_rotated_box", "roi_rotated_sample",
@@ -212,7 +213,7 @@ NOT_NEEDED = {
     # through the C++ emulator (tests/gpu_logic/test_detect_cuda_logic.py)
     **{f: "detect: no numba CUDA kernel yet (README status); emulated in C++" for f in (
         "detect_gpu_candidates", "detect_gpu_slots", "detect_gpu_score", "detect_gpu_select",
-        "detect_gpu_pad", "detect_gpu_compact", "detect_gpu_output")},
+        "detect_gpu_pad", "detect_gpu_compact", "detect_gpu_count", "detect_gpu_output")},
 }
 
 

@@ -14,13 +14,25 @@
 //     No candidate cap: the sorts cover every candidate (memory: detect_cuda_workspace_bytes).
 //  3. compaction (detect_gpu_compact): an exclusive sum of the selection flags in gq order gives
 //     each selected candidate its slot b * N + rank in image b, N = min(k, M) (static), so slots
-//     ascend with the candidate index; free slots are padding (NaN score: fails the filter).
-//  4. NMS of the [B, N] slots on the existing multi-image bitmask engine (nms_multi_cuda, classes
-//     per slot or none for class-agnostic): per class, greedy in descending score, ties by slot =
-//     candidate index, its output in descending score, ties by slot -- what detect_cpu gets from
-//     nms_cpu. Without a score filter every image has exactly N selected (no padding).
-//  5. output slot (b, k) (detect_gpu_output): the k-th kept slot's box, score, class and anchor,
-//     or 0 / -1 padding past counts[b].
+//     ascend with the candidate index; free slots are padding (score -inf: fails every score
+//     filter, `-inf > thr` being false for any thr, NaN included; and it ranks below every real
+//     slot of its image, -inf ones included, since padding slots come last). detect_gpu_count
+//     gives each image its number of real slots (n_valid, on the device).
+//  4. the NMS of the [B, N] slots, by mode (DetectNms; each mode's existing multi-image CUDA
+//     entry, its own workspace slice), classes per slot or none / zeros for class-agnostic:
+//     - iou, diou: the multi-image bitmask engine (nms_multi_cuda, diou_nms_multi_cuda): per
+//       class, greedy in descending score, ties by slot = candidate index, its output in
+//       descending score, ties by slot -- what detect_cpu gets from nms_cpu / diou_nms_cpu. The
+//       padding fails the engine's score filter; without one every image has exactly N selected
+//       (no padding).
+//     - soft: soft_nms_multi_cuda with n_valid (slots past it are never alive) and labels always
+//       (zeros when class-agnostic, as detect_cpu), max_output = max_det, score_threshold =
+//       min_score: its out_idx / decayed scores / counts are the kept slots in output order.
+//     - matrix: matrix_nms_multi_cuda with n_valid: per image matrix_nms_cuda over all N slots
+//       (the -inf padding ranks after every real slot, so no real slot's decay sees it), then the
+//       real slots of its output, the first max_det (matrix_nms_multi_emit).
+//  5. output slot (b, k) (detect_gpu_output): the k-th kept slot's box, score (the decayed one for
+//     soft / matrix), class and anchor, or 0 / -1 padding past counts[b].
 #pragma once
 #include "common/host_device.h"  // <cstdint>, or its NVRTC stand-in (the CuPy backend)
 #include "ops/box_iou/box_iou.h"
@@ -112,7 +124,7 @@ DK_HD void detect_gpu_select(int64_t p, const int64_t* order, const uint8_t* val
 template <typename T>
 DK_HD void detect_gpu_pad(int64_t s, T* cbox, T* cscore, int64_t* ccls, int64_t* canchor) {
   for (int d = 0; d < 4; ++d) cbox[4 * s + d] = T(0);
-  cscore[s] = T(0) / T(0);  // NaN (no <cmath> on NVRTC): fails the score filter
+  cscore[s] = -nms_inf<T>();  // step 3 in the header
   ccls[s] = 0;
   canchor[s] = -1;
 }
@@ -135,46 +147,59 @@ DK_HD void detect_gpu_compact(const DetectGpuArgs<T>& g, int64_t gq, int64_t N,
   canchor[s] = a;
 }
 
+// 3c. Image b's number of real slots (selected candidates): the exclusive sum at its end.
+DK_HD void detect_gpu_count(int64_t b, int64_t M, const int64_t* sel, const int64_t* pos,
+                            int64_t* n_valid) {
+  const int64_t last = (b + 1) * M - 1;
+  n_valid[b] = pos[last] + sel[last] - pos[b * M];
+}
+
 // 5. Output slot (b, k) of K; out_idx holds NMS's kept slot (within image b) on entry and the
-// anchor index on exit.
+// anchor index on exit. dec: soft / matrix's decayed scores [B, K] (the output scores; may be
+// out_scores itself: each element is read before it is written), or nullptr (iou, diou: the
+// slot's score).
 template <typename T>
 DK_HD void detect_gpu_output(int64_t b, int64_t k, int64_t K, int64_t N, const int64_t* counts,
                              const T* cbox, const T* cscore, const int64_t* ccls,
-                             const int64_t* canchor, T* out_boxes, T* out_scores, int64_t* out_cls,
-                             int64_t* out_idx) {
+                             const int64_t* canchor, const T* dec, T* out_boxes, T* out_scores,
+                             int64_t* out_cls, int64_t* out_idx) {
   const int64_t o = b * K + k;
   const bool kept = k < counts[b];
   const int64_t s = kept ? b * N + out_idx[o] : 0;
   for (int d = 0; d < 4; ++d) out_boxes[4 * o + d] = kept ? cbox[4 * s + d] : T(0);
-  out_scores[o] = kept ? cscore[s] : T(0);
+  out_scores[o] = kept ? (dec ? dec[o] : cscore[s]) : T(0);
   out_cls[o] = kept ? ccls[s] : -1;
   out_idx[o] = kept ? canchor[s] : -1;
 }
 
 #ifndef __CUDACC_RTC__  // host entry points: not for NVRTC (the CuPy backend)
-/// @brief The GPU pipeline run sequentially on the CPU (tests only), arguments as detect_cpu
-/// (without DetectNms: the GPU pipeline is greedy IoU NMS only);
-/// tile_rows / mask_cap_bytes / scan_threads go to nms_multi_emulate_cpu.
+/// @brief The GPU pipeline run sequentially on the CPU (tests only), arguments as detect_cpu;
+/// each mode's NMS stage is its emulated CUDA form (nms_multi_emulate_cpu,
+/// diou_nms_multi_emulate_cpu: tile_rows / mask_cap_bytes / scan_threads; soft_nms_multi_emulate_cpu:
+/// scan_threads emulated threads per block, rounded down to a power of two;
+/// matrix_nms_multi_emulate_cpu).
 void detect_emulate_cpu(int dtype, const void* boxes, const void* scores, const void* objectness,
                         const int64_t* idxs, int64_t B, int64_t A, int64_t C,
                         const DetectStrides& st, int fmt, double iou_threshold, bool has_score_thr,
                         double score_thr, int64_t top_k, int64_t max_det, bool multi_label,
-                        bool class_agnostic, void* out_boxes, void* out_scores, int64_t* out_cls,
+                        bool class_agnostic, const DetectNms& nms, void* out_boxes, void* out_scores, int64_t* out_cls,
                         int64_t* out_idx, int64_t* counts, int64_t tile_rows,
                         int64_t mask_cap_bytes, int scan_threads);
 
-/// @brief Device workspace (bytes) of detect_cuda for these static shapes.
+/// @brief Device workspace (bytes) of detect_cuda for these static shapes and NMS mode (the
+/// mode's own workspace included).
 int64_t detect_cuda_workspace_bytes(int dtype, int64_t B, int64_t A, int64_t C, bool multi_label,
-                                    int64_t top_k, int64_t mask_cap_bytes, int device);
+                                    int64_t top_k, int nms_mode, int64_t mask_cap_bytes,
+                                    int device);
 
-/// @brief detect on the GPU, arguments as detect_cpu without DetectNms (greedy IoU NMS only;
-/// Python refuses the other modes), device pointers, enqueued on `stream`
-/// with no host synchronisation; `workspace` holds detect_cuda_workspace_bytes bytes.
+/// @brief detect on the GPU, arguments as detect_cpu (every DetectNms mode), device pointers,
+/// enqueued on `stream` with no host synchronisation; `workspace` holds
+/// detect_cuda_workspace_bytes bytes (for the same nms.mode).
 void detect_cuda(int dtype, const void* boxes, const void* scores, const void* objectness,
                  const int64_t* idxs, int64_t B, int64_t A, int64_t C, const DetectStrides& st,
                  int fmt, double iou_threshold, bool has_score_thr, double score_thr,
                  int64_t top_k, int64_t max_det, bool multi_label, bool class_agnostic,
-                 void* out_boxes, void* out_scores, int64_t* out_cls, int64_t* out_idx,
+                 const DetectNms& nms, void* out_boxes, void* out_scores, int64_t* out_cls, int64_t* out_idx,
                  int64_t* counts, void* workspace, int64_t workspace_bytes,
                  int64_t mask_cap_bytes, int device, void* stream);
 #endif  // __CUDACC_RTC__

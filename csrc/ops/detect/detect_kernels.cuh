@@ -68,13 +68,18 @@ __global__ void detect_compact_kernel(DK_DETECT_GPU_PARAMS, int64_t N, const int
     detect_gpu_compact(g, gq, N, sel, pos, score, cls, cbox, cscore, ccls, canchor);
 }
 
+__global__ void detect_count_kernel(int64_t B, int64_t M, const int64_t* sel, const int64_t* pos,
+                                    int64_t* n_valid) {
+  DK_GRID_STRIDE(b, B) detect_gpu_count(b, M, sel, pos, n_valid);
+}
+
 template <typename T>
 __global__ void detect_output_kernel(int64_t B, int64_t K, int64_t N, const int64_t* counts,
                                      const T* cbox, const T* cscore, const int64_t* ccls,
-                                     const int64_t* canchor, T* out_boxes, T* out_scores,
-                                     int64_t* out_cls, int64_t* out_idx) {
+                                     const int64_t* canchor, const T* dec, T* out_boxes,
+                                     T* out_scores, int64_t* out_cls, int64_t* out_idx) {
   DK_GRID_STRIDE(o, B * K)
-    detect_gpu_output(o / K, o % K, K, N, counts, cbox, cscore, ccls, canchor, out_boxes,
+    detect_gpu_output(o / K, o % K, K, N, counts, cbox, cscore, ccls, canchor, dec, out_boxes,
                       out_scores, out_cls, out_idx);
 }
 

@@ -168,4 +168,73 @@ void matrix_nms_cuda(int dtype, const void* boxes, const void* scores, const int
   });
 }
 
+namespace {
+
+struct MultiLayout {
+  int64_t one, keep, dec, cnt, bytes;
+};
+
+MultiLayout multi_layout(int dtype, int64_t B, int64_t N) {
+  const int64_t ts = dtype == kFloat64 ? 8 : 4, n = B * N;
+  MultiLayout L{};
+  int64_t off = 0;
+  auto take = [&](int64_t bytes) {
+    const int64_t at = off;
+    off += ceil_div<int64_t>(std::max<int64_t>(bytes, 1), kAlign) * kAlign;
+    return at;
+  };
+  L.one = take(N > 0 ? matrix_layout(dtype, N).bytes : 0);  // one image's, reused in stream order
+  L.keep = take(8 * n);
+  L.dec = take(ts * n);
+  L.cnt = take(8 * B);
+  L.bytes = off;
+  return L;
+}
+
+}  // namespace
+
+int64_t matrix_nms_multi_cuda_workspace_bytes(int dtype, int64_t B, int64_t N, int device) {
+  DeviceGuard guard(device);
+  return multi_layout(dtype, B, N).bytes;
+}
+
+void matrix_nms_multi_cuda(int dtype, const void* boxes, const void* scores,
+                           const int64_t* labels, int64_t B, int64_t N, int kernel, double sigma,
+                           bool has_score_thr, double score_thr, int64_t max_output,
+                           int64_t pre_top_k, int64_t* out_idx, void* out_scores, int64_t* counts,
+                           void* workspace, int64_t workspace_bytes, int device, void* stream,
+                           const int64_t* n_valid) {
+  if (kernel != kMatrixGaussian && kernel != kMatrixLinear)
+    throw std::invalid_argument("matrix_nms (CUDA): kernel must be 0 (gaussian) or 1 (linear)");
+  if (B == 0) return;
+  dispatch_float(dtype, "matrix_nms", [&](auto t) {
+    using T = decltype(t);
+    DeviceGuard guard(device);
+    auto st = static_cast<cudaStream_t>(stream);
+    const MultiLayout L = multi_layout(dtype, B, N);
+    if (workspace_bytes < L.bytes)
+      throw std::invalid_argument("matrix_nms (CUDA): workspace of " +
+                                  std::to_string(workspace_bytes) + " bytes is smaller than the " +
+                                  std::to_string(L.bytes) + " needed");
+    char* ws = static_cast<char*>(workspace);
+    auto* keep = reinterpret_cast<int64_t*>(ws + L.keep);
+    T* dec = reinterpret_cast<T*>(ws + L.dec);
+    auto* cnt = reinterpret_cast<int64_t*>(ws + L.cnt);
+    const T* bx = static_cast<const T*>(boxes);
+    const T* sc = static_cast<const T*>(scores);
+    // With n_valid the padding may sit anywhere in an image's output (its decayed score is
+    // -inf times the decay, NaN for a zero linear term): every kept entry is kept for the filter.
+    const int64_t per_image = n_valid ? -1 : max_output;
+    if (N == 0) DK_CUDA_CHECK(cudaMemsetAsync(cnt, 0, 8 * B, st));
+    const MatrixLayout one = N > 0 ? matrix_layout(dtype, N) : MatrixLayout{};
+    for (int64_t b = 0; b < B && N > 0; ++b) {
+      run(bx + 4 * b * N, sc + b * N, labels + b * N, N, kernel, sigma, has_score_thr, score_thr,
+          per_image, pre_top_k, keep + b * N, dec + b * N, cnt + b, ws + L.one, one, st);
+    }
+    matrix_nms_multi_emit_kernel<T><<<grid_1d(B), kThreads, 0, st>>>(
+        B, N, max_output, n_valid, keep, dec, cnt, out_idx, static_cast<T*>(out_scores), counts);
+    DK_CUDA_CHECK_LAUNCH("matrix_nms_multi_emit_kernel");
+  });
+}
+
 }  // namespace detkernels

@@ -107,4 +107,27 @@ int64_t matrix_nms_emulate_cpu(int dtype, const void* boxes, const void* scores,
   });
 }
 
+void matrix_nms_multi_emulate_cpu(int dtype, const void* boxes, const void* scores,
+                                  const int64_t* labels, int64_t B, int64_t N, int kernel,
+                                  double sigma, bool has_score_thr, double score_thr,
+                                  int64_t max_output, int64_t pre_top_k, int64_t* out_idx,
+                                  void* out_scores, int64_t* counts, const int64_t* n_valid) {
+  if (kernel != kMatrixGaussian && kernel != kMatrixLinear)
+    throw std::invalid_argument("matrix_nms_multi_emulate_cpu: kernel must be 0 (gaussian) or 1 (linear)");
+  dispatch_float(dtype, "matrix_nms_multi_emulate_cpu", [&](auto t) {
+    using T = decltype(t);
+    const T* bx = static_cast<const T*>(boxes);
+    const T* sc = static_cast<const T*>(scores);
+    std::vector<int64_t> keep(B * N), cnt(B);
+    std::vector<T> dec(B * N);
+    const int64_t per_image = n_valid ? -1 : max_output;  // as matrix_nms_multi_cuda
+    for (int64_t b = 0; b < B; ++b)
+      cnt[b] = run(bx + 4 * b * N, sc + b * N, labels + b * N, N, kernel, sigma, has_score_thr,
+                   score_thr, per_image, pre_top_k, keep.data() + b * N, dec.data() + b * N);
+    for (int64_t b = 0; b < B; ++b)
+      matrix_nms_multi_emit(b, N, max_output, n_valid, keep.data(), dec.data(), cnt.data(),
+                            out_idx, static_cast<T*>(out_scores), counts);
+  });
+}
+
 }  // namespace detkernels

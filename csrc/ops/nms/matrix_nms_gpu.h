@@ -91,6 +91,31 @@ DK_HD void matrix_nms_finish(int64_t j, T mn, const int64_t* pos_rank, const int
   kept_by_q[q] = (!has_thr || static_cast<double>(v) >= thr) ? 1 : 0;
 }
 
+/// Multi-image Matrix NMS (matrix_nms_multi_cuda), image b (one thread): image b's single-image
+/// result (keep / dec at b * N, cnt[b] entries, in output order) filtered to its real boxes
+/// (index < n_valid[b]; all when n_valid is nullptr), the first K of them, fill out_idx / out_s
+/// [b, :counts[b]]; slots past counts[b] are -1 / 0. Sequential over the result: the entries are
+/// already in output order, so the filter keeps it.
+template <typename T>
+DK_HD void matrix_nms_multi_emit(int64_t b, int64_t N, int64_t K, const int64_t* n_valid,
+                                 const int64_t* keep, const T* dec, const int64_t* cnt,
+                                 int64_t* out_idx, T* out_s, int64_t* counts) {
+  const int64_t nb = n_valid ? n_valid[b] : N;
+  int64_t c = 0;
+  for (int64_t k = 0; k < cnt[b] && c < K; ++k) {
+    const int64_t q = keep[b * N + k];
+    if (q >= nb) continue;  // a padding slot
+    out_idx[b * K + c] = q;
+    out_s[b * K + c] = dec[b * N + k];
+    ++c;
+  }
+  counts[b] = c;
+  for (; c < K; ++c) {
+    out_idx[b * K + c] = -1;
+    out_s[b * K + c] = T(0);
+  }
+}
+
 #ifndef __CUDACC_RTC__
 /// @brief The CUDA algorithm (S1-S6) on the CPU with the same step functions; sorts are stable
 /// sorts by the same keys and bit counts. Arguments as matrix_nms_cpu. Tests only.
@@ -98,6 +123,14 @@ int64_t matrix_nms_emulate_cpu(int dtype, const void* boxes, const void* scores,
                                const int64_t* labels, int64_t n, int kernel, double sigma,
                                bool has_score_thr, double score_thr, int64_t max_output,
                                int64_t pre_top_k, int64_t* keep, void* out_scores);
+
+/// @brief matrix_nms_multi_cuda's algorithm on the CPU: matrix_nms_emulate_cpu per image, then
+/// matrix_nms_multi_emit. Arguments as matrix_nms_multi_cuda's. Tests only.
+void matrix_nms_multi_emulate_cpu(int dtype, const void* boxes, const void* scores,
+                                  const int64_t* labels, int64_t B, int64_t N, int kernel,
+                                  double sigma, bool has_score_thr, double score_thr,
+                                  int64_t max_output, int64_t pre_top_k, int64_t* out_idx,
+                                  void* out_scores, int64_t* counts, const int64_t* n_valid);
 
 #ifdef DETKERNELS_WITH_CUDA
 /// @brief Workspace bytes of matrix_nms_cuda for n boxes.
@@ -109,6 +142,23 @@ void matrix_nms_cuda(int dtype, const void* boxes, const void* scores, const int
                      int64_t max_output, int64_t pre_top_k, int64_t* keep, void* out_scores,
                      int64_t* count, void* workspace, int64_t workspace_bytes, int device,
                      void* stream);
+
+/// @brief Workspace bytes of matrix_nms_multi_cuda for B images of N boxes.
+int64_t matrix_nms_multi_cuda_workspace_bytes(int dtype, int64_t B, int64_t N, int device);
+/// @brief multi_image_matrix_nms (reference/matrix_nms.py) on the GPU: boxes [B, N, 4], scores
+/// and labels [B, N] (contiguous, device) -> out_idx [B, K] (-1 padded), out_scores [B, K]
+/// decayed (0 padded), counts [B], K = max_output. Per image matrix_nms_cuda on its N boxes
+/// (launches sized from N alone: B x its kernels, one workspace slice reused in stream order),
+/// then one matrix_nms_multi_emit launch; no host synchronisation. n_valid: int64 [B] on the
+/// device, image b's boxes being its first n_valid[b] and the others ignored -- which needs
+/// their scores to rank below every real one of the image (detect's -inf padding slots, after
+/// the real ones: then no real box's decay reads them) -- or nullptr (all N).
+void matrix_nms_multi_cuda(int dtype, const void* boxes, const void* scores,
+                           const int64_t* labels, int64_t B, int64_t N, int kernel, double sigma,
+                           bool has_score_thr, double score_thr, int64_t max_output,
+                           int64_t pre_top_k, int64_t* out_idx, void* out_scores, int64_t* counts,
+                           void* workspace, int64_t workspace_bytes, int device, void* stream,
+                           const int64_t* n_valid = nullptr);
 #endif
 #endif
 

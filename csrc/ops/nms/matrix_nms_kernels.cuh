@@ -110,4 +110,12 @@ __global__ void matrix_nms_output_kernel(const int64_t* final_order, const T* de
   }
 }
 
+template <typename T>
+__global__ void matrix_nms_multi_emit_kernel(int64_t B, int64_t N, int64_t K,
+                                             const int64_t* n_valid, const int64_t* keep,
+                                             const T* dec, const int64_t* cnt, int64_t* out_idx,
+                                             T* out_s, int64_t* counts) {
+  DK_GRID_STRIDE(b, B) matrix_nms_multi_emit(b, N, K, n_valid, keep, dec, cnt, out_idx, out_s, counts);
+}
+
 }  // namespace detkernels

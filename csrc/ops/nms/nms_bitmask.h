@@ -41,6 +41,11 @@ template <typename U, typename F> DK_HD U nms_bits_of(F v) {
   x.f = v;
   return x.u;
 }
+// +inf in T from its bits (NVRTC, which builds these headers for CuPy, has no <cmath>).
+template <typename T> DK_HD T nms_inf() {
+  return sizeof(T) == 4 ? static_cast<T>(nms_bits_of<float>(uint32_t(0x7F800000u)))
+                        : static_cast<T>(nms_bits_of<double>(uint64_t(0x7FF0000000000000ull)));
+}
 
 // Ascending key = descending score, NaN first (key 0), -0.0 and +0.0 equal: a stable ascending
 // sort by this key is torch.sort(descending=True, stable=True). Never all-ones (that is a NaN).

@@ -128,18 +128,13 @@ DK_HD void nms_sparse_gather(int64_t s, const int64_t* sp, const T* x1, const T*
     *fallback = 1;  // benign race: every writer stores 1
 }
 
-template <typename T> DK_HD T nms_sparse_inf() {
-  return sizeof(T) == 4 ? static_cast<T>(nms_bits_of<float>(uint32_t(0x7F800000u)))
-                        : static_cast<T>(nms_bits_of<double>(uint64_t(0x7FF0000000000000ull)));
-}
-
 // S2, per block A: bounding box [bx1, by1, bx2, by2] of its regular boxes (+inf, +inf, -inf,
 // -inf when it has none) and its segment range [blo, bhi] (sseg is non-decreasing in s).
 template <typename T>
 DK_HD void nms_sparse_block_box(int64_t A, int64_t total, const T* sx1, const T* sy1,
                                 const T* sx2, const T* sy2, const uint8_t* svalid,
                                 const int64_t* sseg, T* bbox, int64_t* blo, int64_t* bhi) {
-  const T inf = nms_sparse_inf<T>();
+  const T inf = nms_inf<T>();
   T a = inf, b = inf, c = -inf, d = -inf;
   const int64_t s0 = A * kNmsWordBits;
   const int64_t s1 = s0 + kNmsWordBits < total ? s0 + kNmsWordBits : total;

@@ -47,7 +47,8 @@ void soft_nms_multi_cuda(int dtype, const void* boxes, const void* scores, const
                          int64_t B, int64_t N, double iou_threshold, double sigma, int method,
                          double score_threshold, int64_t max_output, int64_t* out_idx,
                          void* out_scores, int64_t* counts, void* workspace,
-                         int64_t workspace_bytes, int device, void* stream) {
+                         int64_t workspace_bytes, int device, void* stream,
+                         const int64_t* n_valid) {
   if (method != kSoftLinear && method != kSoftGaussian)
     throw std::invalid_argument("soft_nms (CUDA): method must be 0 (linear) or 1 (gaussian)");
   if (B == 0) return;
@@ -67,7 +68,7 @@ void soft_nms_multi_cuda(int dtype, const void* boxes, const void* scores, const
         reinterpret_cast<uint8_t*>(ws + L.alive),
         classes ? reinterpret_cast<int32_t*>(ws + L.cnt) : nullptr,
         reinterpret_cast<int64_t*>(ws + L.pick_idx), reinterpret_cast<T*>(ws + L.pick_s), out_idx,
-        static_cast<T*>(out_scores), counts);
+        static_cast<T*>(out_scores), counts, n_valid);
     DK_CUDA_CHECK_LAUNCH("soft_nms_kernel");
   });
 }

@@ -14,7 +14,7 @@ namespace {
 template <typename T>
 void run(const T* boxes, const T* scores, const int64_t* classes, int64_t B, int64_t N,
          double thr, double sigma, int method, double sthr, int64_t K, int64_t* out_idx,
-         T* out_s, int64_t* counts, int threads) {
+         T* out_s, int64_t* counts, int threads, const int64_t* n_valid) {
   std::vector<T> s(N), pick_s(N);
   std::vector<uint8_t> alive(N);
   std::vector<int32_t> cnt(N);
@@ -25,10 +25,11 @@ void run(const T* boxes, const T* scores, const int64_t* classes, int64_t B, int
     const T* bx = boxes + b * N * 4;
     const int64_t* cl = classes ? classes + b * N : nullptr;
     int32_t* cn = cl ? cnt.data() : nullptr;
-    const int64_t limit = soft_nms_pick_limit(cl != nullptr, N, K);
+    const int64_t nb = n_valid ? n_valid[b] : N;  // as the kernel: boxes past it untouched
+    const int64_t limit = soft_nms_pick_limit(cl != nullptr, nb, K);
     for (int t = 0; t < threads; ++t) {
       mine[t] = soft_pick_none<T>();
-      for (int64_t j = t; j < N; j += threads)
+      for (int64_t j = t; j < nb; j += threads)
         mine[t] = soft_pick_better(mine[t], soft_nms_init(j, scores + b * N, s.data(),
                                                           alive.data(), cn, sthr));
     }
@@ -44,7 +45,7 @@ void run(const T* boxes, const T* scores, const int64_t* classes, int64_t B, int
       ++P;
       for (int t = 0; t < threads; ++t) {
         mine[t] = soft_pick_none<T>();
-        for (int64_t j = t; j < N; j += threads)
+        for (int64_t j = t; j < nb; j += threads)
           mine[t] = soft_pick_better(mine[t], soft_nms_rescale(j, pick.p, bx, cl, s.data(),
                                                                alive.data(), cn, prm, K));
       }
@@ -63,7 +64,7 @@ void soft_nms_multi_emulate_cpu(int dtype, const void* boxes, const void* scores
                                 const int64_t* classes, int64_t B, int64_t N, double iou_threshold,
                                 double sigma, int method, double score_threshold,
                                 int64_t max_output, int64_t* out_idx, void* out_scores,
-                                int64_t* counts, int threads) {
+                                int64_t* counts, int threads, const int64_t* n_valid) {
   if (method != kSoftLinear && method != kSoftGaussian)
     throw std::invalid_argument("soft_nms_multi_emulate_cpu: method must be 0 or 1");
   if (threads < 1 || (threads & (threads - 1)) != 0)
@@ -72,7 +73,7 @@ void soft_nms_multi_emulate_cpu(int dtype, const void* boxes, const void* scores
     using T = decltype(t);
     run(static_cast<const T*>(boxes), static_cast<const T*>(scores), classes, B, N, iou_threshold,
         sigma, method, score_threshold, max_output, out_idx, static_cast<T*>(out_scores), counts,
-        threads);
+        threads, n_valid);
   });
 }
 

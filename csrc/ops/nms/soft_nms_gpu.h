@@ -135,23 +135,26 @@ DK_HD void soft_nms_emit(int64_t k, int64_t P, int64_t K, bool has_classes, cons
 #ifndef __CUDACC_RTC__
 /// @brief The CUDA kernel's algorithm run on the CPU with the same step functions, `threads`
 /// emulated threads per block (a power of two; the tree reduction as the kernel does it).
-/// Arguments as soft_nms_multi_cpu. Tests only.
+/// Arguments as soft_nms_multi_cpu, and n_valid as soft_nms_multi_cuda's. Tests only.
 void soft_nms_multi_emulate_cpu(int dtype, const void* boxes, const void* scores,
                                 const int64_t* classes, int64_t B, int64_t N, double iou_threshold,
                                 double sigma, int method, double score_threshold,
                                 int64_t max_output, int64_t* out_idx, void* out_scores,
-                                int64_t* counts, int threads);
+                                int64_t* counts, int threads, const int64_t* n_valid = nullptr);
 
 #ifdef DETKERNELS_WITH_CUDA
 /// @brief Workspace bytes of soft_nms_multi_cuda for B images of N boxes.
 int64_t soft_nms_multi_cuda_workspace_bytes(int dtype, int64_t B, int64_t N, bool has_classes);
 /// @brief soft_nms_multi_cpu's contract on the GPU (device pointers, `stream`): one launch, one
-/// block per image, no host synchronisation.
+/// block per image, no host synchronisation. n_valid: int64 [B] on the device, image b's boxes
+/// being its first n_valid[b] (<= N; detect's padded slots: the others are ignored, as if absent),
+/// or nullptr (all N).
 void soft_nms_multi_cuda(int dtype, const void* boxes, const void* scores, const int64_t* classes,
                          int64_t B, int64_t N, double iou_threshold, double sigma, int method,
                          double score_threshold, int64_t max_output, int64_t* out_idx,
                          void* out_scores, int64_t* counts, void* workspace,
-                         int64_t workspace_bytes, int device, void* stream);
+                         int64_t workspace_bytes, int device, void* stream,
+                         const int64_t* n_valid = nullptr);
 #endif
 #endif
 

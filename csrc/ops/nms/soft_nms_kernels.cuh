@@ -13,7 +13,7 @@ __global__ void __launch_bounds__(kSoftNmsThreads)
     soft_nms_kernel(const T* boxes, const T* scores, const int64_t* classes, int64_t N,
                     int method, double thr, double sigma, double sthr, int64_t K, T* s_ws,
                     uint8_t* alive_ws, int32_t* cnt_ws, int64_t* pick_idx_ws, T* pick_s_ws,
-                    int64_t* out_idx, T* out_s, int64_t* counts) {
+                    int64_t* out_idx, T* out_s, int64_t* counts, const int64_t* n_valid) {
   __shared__ T red_s[kSoftNmsThreads];
   __shared__ int64_t red_p[kSoftNmsThreads];
   const int t = threadIdx.x;
@@ -26,10 +26,12 @@ __global__ void __launch_bounds__(kSoftNmsThreads)
   int64_t* pick_idx = pick_idx_ws + b * N;
   T* pick_s = pick_s_ws + b * N;
   const SoftNmsParams<T> prm{method, thr, sthr, static_cast<T>(sigma)};
-  const int64_t limit = soft_nms_pick_limit(cl != nullptr, N, K);
+  // Image b's boxes are its first n_valid[b] (detect's padded slots); the rest are never touched.
+  const int64_t nb = n_valid ? n_valid[b] : N;
+  const int64_t limit = soft_nms_pick_limit(cl != nullptr, nb, K);
 
   SoftPick<T> mine = soft_pick_none<T>();
-  for (int64_t j = t; j < N; j += blockDim.x)
+  for (int64_t j = t; j < nb; j += blockDim.x)
     mine = soft_pick_better(mine, soft_nms_init(j, scores + b * N, s, alive, cnt, sthr));
   int64_t P = 0;
   while (P < limit) {
@@ -55,7 +57,7 @@ __global__ void __launch_bounds__(kSoftNmsThreads)
     }
     ++P;
     mine = soft_pick_none<T>();
-    for (int64_t j = t; j < N; j += blockDim.x)
+    for (int64_t j = t; j < nb; j += blockDim.x)
       mine = soft_pick_better(mine, soft_nms_rescale(j, a, bx, cl, s, alive, cnt, prm, K));
   }
   __syncthreads();  // the pick list (thread 0's writes) is complete

@@ -775,7 +775,7 @@ def _soft_nms_multi(cp: Any, boxes: Any, scores: Any, classes: Any, max_output: 
         (boxes, scores, null if classes is None else classes, np.int64(N),
          np.int32(SOFT_NMS_METHODS[method]), np.float64(iou_threshold), np.float64(sigma),
          np.float64(score_threshold), np.int64(K), s, alive, null if cnt is None else cnt, pick_idx,
-         pick_s, out, vals, counts))
+         pick_s, out, vals, counts, null))  # n_valid: none (every box of each image)
     return out, vals, counts
 
 
@@ -1007,7 +1007,9 @@ def _detect(cp: Any, boxes: Any, scores: Any, objectness: Any, idxs: Any, iou_th
     oc = cp.empty((B, K), dtype=np.int64)
     if B * K > 0:
         _module(cp).get_function(f"detkernels::detect_output_kernel<{T}>")(_grid_1d(B * K), blk, (
-            i64(B), i64(K), i64(N), counts, cbox, cscore, ccls, canchor, ob, os_, oc, idx))
+            i64(B), i64(K), i64(N), counts, cbox, cscore, ccls, canchor,
+            np.uint64(0),  # dec: none (greedy NMS keeps the scores)
+            ob, os_, oc, idx))
     return ob, os_, oc, idx, counts
 
 
