@@ -33,12 +33,21 @@ import families as F  # noqa: E402
 from _helpers import assert_bytes_equal  # noqa: E402
 
 
-def main() -> None:
+def main(sections: list[str]) -> None:
+    """Run the named sections ("kernels": box_iou, nms, multi_image_nms, matrix_nms; "detect")."""
     # The simulated device raises no floating-point exceptions (NumPy's per-thread error state
     # cannot be set for the simulator's threads; warning filters are process-wide).
     warnings.filterwarnings("ignore", category=RuntimeWarning)
-    rng = np.random.default_rng(20261123)
     t0 = time.time()
+    checks = 0
+    if "kernels" in sections:
+        checks += kernel_checks(np.random.default_rng(20261123))
+    if "detect" in sections:
+        checks += detect_checks(np.random.default_rng(20261207))
+    print(f"cudasim: {checks} checks passed in {time.time() - t0:.1f} s")
+
+
+def kernel_checks(rng) -> int:
     checks = 0
     for dtype in ("float32", "float64"):
         for family in F.FAMILIES:
@@ -85,7 +94,7 @@ def main() -> None:
     checks += 4
     checks += multi_image_checks(rng)
     checks += matrix_nms_checks(rng)
-    print(f"cudasim: {checks} checks passed in {time.time() - t0:.1f} s")
+    return checks
 
 
 def _multi_cases(rng):
@@ -183,5 +192,83 @@ def matrix_nms_checks(rng) -> int:
     return checks
 
 
+F32, F64 = "float32", "float64"
+
+
+def _detect_cases(rng):
+    """(what, boxes [B, A, 4], scores [B, A] or [B, A, C], options, max_det, dtypes): detect's
+    families (docs/SPEC.md §3, tests/_nms_families.py) at simulator sizes. Every option set runs
+    on ties and nonfinite (tied scores and top-k ties by candidate index; NaN / +-inf / +-0
+    scores, NaN boxes), one in float32 and the other in float64; one option set on each other
+    family. (The scan's per-row barriers make each simulated call ~0.3 s: one dtype per case.)"""
+    import _nms_families as NF
+
+    # (name, C, options, max_det); objectness=True / idxs=True stand for the family's arrays.
+    options = [
+        ("threshold", 3, dict(score_threshold=0.3), 40),
+        ("top-k, max_det < kept", 3, dict(pre_nms_top_k=5), 3),
+        ("multi-label", 3, dict(multi_label=True, score_threshold=0.2, pre_nms_top_k=12), 40),
+        ("agnostic, objectness", 3, dict(class_agnostic=True, objectness=True, fmt="cxcywh"), 40),
+        ("multi-label agnostic", 3, dict(multi_label=True, class_agnostic=True, fmt="xywh"), 6),
+        ("idxs, objectness", 0, dict(idxs=True, score_threshold=0.1, objectness=True), 40),
+        ("[B, A], k >= candidates", 0, dict(pre_nms_top_k=1000), 40),
+        ("all below threshold", 3, dict(score_threshold=2.0, objectness=True), 5),
+    ]
+    others = [f for f in sorted(NF.FAMILIES) if f not in ("ties", "nonfinite")]
+    for fi, family in enumerate(["ties", "nonfinite"] + others):
+        picked = options if fi < 2 else [options[fi % len(options)]]
+        for oi, (name, C, kw, K) in enumerate(picked):
+            dtypes = (F32, F64)[(fi + oi) % 2],
+            seed = int(rng.integers(1 << 30))
+            boxes, scores, classes = NF.batch(family, seed, 2, 9, C)
+            obj = np.random.default_rng(seed).uniform(0.5, 1.0, (2, 9))
+            kw = dict(kw)
+            if kw.get("objectness"):
+                kw["objectness"] = obj
+            if kw.get("idxs"):
+                kw["idxs"] = classes
+            yield f"{family} {name}", boxes, scores, kw, K, dtypes
+    # An image with no candidate above the threshold next to one with some (an empty scan range).
+    boxes, scores, _ = NF.batch("clusters", 3, 2, 9, 3)
+    scores[0] *= 0.01
+    yield "empty image", boxes, scores, dict(score_threshold=0.3), 10, (F32, F64)
+    # 70 anchors: two 64-wide column blocks in the bitmask.
+    boxes, scores, _ = NF.batch("clusters", 4, 1, 70, 2)
+    yield "A=70", boxes, scores, dict(pre_nms_top_k=66), 80, (F32,)
+    # No candidates at all, and no output slots: padding only.
+    both = (F32, F64)
+    yield "A=0", np.zeros((2, 0, 4)), np.zeros((2, 0, 3)), {}, 4, both
+    yield "C=0", boxes, scores[..., :0], {}, 4, both
+    yield "max_det=0", boxes, scores, dict(score_threshold=0.3), 0, both
+    yield "B=0", np.zeros((0, 5, 4)), np.zeros((0, 5)), {}, 4, both
+
+
+def detect_checks(rng) -> int:
+    """detect (issue 12) through the numba.cuda kernels (the per-anchor pass, multi_image_nms's
+    suppression, the padded outputs), Numba device arrays in and out, against
+    reference/detect.py, float32 and float64."""
+    from detkernels.reference import detect as RD
+
+    checks = 0
+    names = ("boxes", "scores", "classes", "indices", "counts")
+    for what, boxes, scores, kw, K, dtypes in _detect_cases(rng):
+        for dtype in dtypes:
+            b, s = boxes.astype(dtype), scores.astype(dtype)
+            o = kw.get("objectness")
+            o = None if o is None else o.astype(dtype)
+            opts = dict(kw, **({} if o is None else {"objectness": o}))
+            want = RD.detect(b, s, 0.5, K, **opts)
+            idxs = kw.get("idxs")
+            got = NB.detect(cuda.to_device(b), cuda.to_device(s), None if o is None else cuda.to_device(o),
+                            None if idxs is None else cuda.to_device(idxs), 0.5, K,
+                            kw.get("score_threshold"), kw.get("pre_nms_top_k"), kw.get("fmt", "xyxy"),
+                            kw.get("multi_label", False), kw.get("class_agnostic", False))
+            for g, w, name in zip(got, want, names):
+                assert A.kind(g) == "numba", f"detect {what} {dtype} {name}: not a Numba array"
+                assert_bytes_equal(g.copy_to_host(), w, f"detect {what} {dtype} {name}")
+            checks += 1
+    return checks
+
+
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:] or ["kernels"])

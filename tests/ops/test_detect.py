@@ -264,8 +264,8 @@ def test_bad_nms_mode_arguments_name_the_argument(kwargs, exc, name):
 
 
 def test_nms_modes_refused_where_not_served(monkeypatch):
-    """numba (CPU) and native CUDA run greedy IoU NMS only: another mode is a NotImplementedError
-    naming it and the device, never greedy NMS in its place."""
+    """numba (CPU and CUDA) and native CUDA run greedy IoU NMS only: another mode is a
+    NotImplementedError naming it and the device, never greedy NMS in its place."""
     from detkernels import _checks, _dispatch, _registry
 
     if _registry.why_not("numba", "detect") is None:
@@ -280,6 +280,14 @@ def test_nms_modes_refused_where_not_served(monkeypatch):
             with pytest.raises(NotImplementedError, match=rf"nms='{mode}'.* on cuda by backend 'native'"):
                 _dispatch.detect_select("cuda:0", "float32", _checks.DetectNms(mode), None)
         assert _dispatch.detect_select("cuda:0", "float32", _checks.DetectNms(), None) is native.detect
+    if _registry.why_not("numba", "detect") is None:
+        from detkernels.backends import numba as nb
+
+        monkeypatch.setattr(_registry, "select", lambda op, dev, w, backend=None: ("numba", nb.detect))
+        for mode in ("diou", "soft", "matrix"):
+            with pytest.raises(NotImplementedError, match=rf"nms='{mode}'.* on cuda by backend 'numba'"):
+                _dispatch.detect_select("cuda:0", "float32", _checks.DetectNms(mode), None)
+        assert _dispatch.detect_select("cuda:0", "float32", _checks.DetectNms(), None) is nb.detect
 
 
 # ---- torch --------------------------------------------------------------------------------------------

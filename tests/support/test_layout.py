@@ -154,6 +154,8 @@ TWINS = {  # C++ function -> "module:function" of its twin
     "roi_pool_box": NB + "roi_math:pool_geometry", "roi_pool_bin": NB + "roi_math:pool_bin",
     "roi_pool_lowest": NB + "roi_math:constants", "roi_pool_bin_value": NB + "roi_math:pool_element",
     "roi_pool_output": NB + "roi_math:pool_element",
+    # detect_gpu.h (issue 12): the per-anchor pass and the padded outputs
+    "detect_gpu_score": NB + "box_math:detect_anchor", "detect_gpu_output": NB + "cuda:detect_output_kernel",
 }
 _SORT_KEYS = "radix-sort key packing of the native/CuPy CUDA plan; numba plans with stable torch/NumPy sorts"
 _PLAN = "candidate planning of the native/CuPy CUDA plan; numba's is torch/NumPy array code (numba/__init__.py)"
@@ -208,11 +210,10 @@ NOT_NEEDED = {
                  "roi_rotated_contrib_count", "roi_rotated_contrib", "roi_rotated_output")},
     **{f: _SCATTER for f in ("roi_contrib_count", "roi_contrib", "box", "slots", "contrib", "roi_pool_max_key",
                              "roi_pool_max_run_sum", "ps_roi_pool_len")},
-    # detect_gpu.h (issue 12): the numba CUDA detect is not written yet; its steps are tested
-    # through the C++ emulator (tests/gpu_logic/test_detect_cuda_logic.py)
-    **{f: "detect: no numba CUDA kernel yet (README status); emulated in C++" for f in (
-        "detect_gpu_candidates", "detect_gpu_slots", "detect_gpu_score", "detect_gpu_select",
-        "detect_gpu_pad", "detect_gpu_compact", "detect_gpu_output")},
+    # detect_gpu.h (issue 12): numba's detect selects and compacts candidates in its host NumPy
+    # plan (numba/__init__.py _multi_host_plan), not with the native sort/scan steps
+    **{f: _PLAN for f in ("detect_gpu_candidates", "detect_gpu_slots", "detect_gpu_select",
+                          "detect_gpu_pad", "detect_gpu_compact")},
 }
 
 

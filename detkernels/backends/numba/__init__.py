@@ -20,6 +20,11 @@ CUDA tensors the plan (per-image stable sorts, segments by a running max) and th
 are torch ops on the device: no host synchronisation. With Numba or CuPy device arrays the plan is
 made on the host (the scores and classes are copied there and the keep flags back).
 
+detect (issue 12) runs greedy IoU NMS on the CPU and on CUDA: its per-anchor pass is a kernel
+(numba/cpu.py, numba/cuda.py), the candidate selection and plan are multi_image_nms's host plan
+(NumPy, with detect's pre-NMS top-k), the suppression multi_image_nms's kernels; on CUDA the
+padded outputs are a kernel too, and the plan makes each call synchronise with the host.
+
 NMS variants (issue 13): soft_nms, multi_image_soft_nms, diou_nms and matrix_nms run their loops
 in numba/cpu.py (matrix_nms on CUDA too: numba/cuda.py, a thread per column, the plan and the
 finish on the host) over the scalar maths of box_math.py (nms_iou, diou_penalty_of, dk_log,
@@ -227,10 +232,12 @@ def _multi_dims(boxes: Any, scores: Any) -> tuple[int, int, int, int]:
     return B, N, C, max(C, 1)
 
 
-def _multi_host_plan(s: np.ndarray, c: np.ndarray | None,
-                     sthr: float | None) -> tuple[list, np.ndarray, np.ndarray, np.ndarray]:
+def _multi_host_plan(s: np.ndarray, c: np.ndarray | None, sthr: float | None,
+                     top_k: int | None = None) -> tuple[list, np.ndarray, np.ndarray, np.ndarray]:
     """Visiting plan on the host. ``s`` [B, M] scores by candidate, ``c`` [B, M] int64 classes or
-    None. Returns (o1s, o, seg): o1s[b] image b's candidates that pass the filter, as global ids
+    None; ``top_k`` (detect's pre-NMS top-k): of the candidates that pass the filter, only the
+    ``top_k`` first in score order (score_order: NaN first, ties by q) are planned. Returns
+    (o1s, o, seg, bounds): o1s[b] image b's candidates that pass the filter (and top-k), as global ids
     b * M + q, in the reference's order (descending score, NaN first, ties by q); o every image's
     in visiting order (image, class, score rank); seg the (image, class) segment starts in o plus
     len(o) (an image without candidates adds an empty segment); bounds[b] where image b starts in
@@ -246,6 +253,8 @@ def _multi_host_plan(s: np.ndarray, c: np.ndarray | None,
             sel = np.arange(M, dtype=np.int64)
         else:  # (double)score > score_threshold: NaN fails
             sel = np.flatnonzero(sb.astype(np.float64) > sthr)
+        if top_k is not None and sel.shape[0] > top_k:  # reference/detect.py step 4
+            sel = np.sort(sel[score_order(sb[sel])[:top_k]])
         o1, o, seg = _host_order(sb[sel], None if c is None else c[b][sel])
         o1s.append(sel[o1] + b * M)
         orders.append(sel[o] + b * M)
@@ -539,24 +548,63 @@ def _multi_torch_cuda(cuda: Any, K: Any, boxes: Any, scores: Any, classes: Any, 
     return out, cls, counts
 
 
-# ---- detect (issue 12, CPU) ----------------------------------------------------------------------
-# The per-anchor pass (objectness product, best class, xyxy corners) is a numba kernel
-# (numba/cpu.py detect_candidates); the candidate selection (score filter, pre-NMS top-k) and the
-# visiting plan are host NumPy, as for nms; every image's (class) segments then run through the NMS
-# kernels of nms/multi_image_nms in one call, spread over numba's threads.
+# ---- detect (issue 12) ---------------------------------------------------------------------------
+# The per-anchor pass (objectness product, best class, xyxy corners) is box_math.detect_anchor, run
+# by numba/cpu.py's detect_candidates (anchors on threads) or numba/cuda.py's
+# detect_candidates_kernel (a thread per anchor). The candidate selection (score filter, pre-NMS
+# top-k) and the visiting plan are multi_image_nms's host plan (_multi_host_plan, NumPy); every
+# image's (class) segments then run through multi_image_nms's suppression in one call: numba's
+# threads on the CPU, the bitmask kernels on CUDA (_multi_host_cuda).
 
 def _np_contig(x: Any) -> np.ndarray | None:
     """A contiguous NumPy view (or copy, for a strided head output) of a CPU array; None stays."""
     return None if x is None else np.ascontiguousarray(A.to_numpy_view(x))
 
 
-@register("detect", "numba")  # CPU only (numba.cuda: not served, README status)
+def _detect_picks(cs: np.ndarray, classes: np.ndarray | None, N: int, Cc: int, sthr: float | None,
+                  top_k: int | None, K: int, suppress: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(picks [B, K] int64, counts [B]): image b's kept candidates q by descending score (NaN
+    first, ties by q; reference/detect.py steps 3-6), -1 past counts[b]. ``cs`` [B, M] host
+    candidate scores, ``classes`` [B, M] int64 (None: class-agnostic), candidate q on box row
+    b * N + q // Cc; ``suppress(rows, seg, bounds)`` -> keep flags over the plan's positions."""
+    B, M = cs.shape
+    if M == 0 or K == 0:
+        return np.full((B, K), -1, np.int64), np.zeros(B, np.int64)
+    o1s, o, seg, bounds = _multi_host_plan(cs, classes, sthr, None if top_k is None else int(top_k))
+    kept_by_cand = np.zeros(B * M, bool)
+    if o.shape[0]:
+        rows = (o // M) * N + (o % M) // Cc  # box row of each visited candidate in xyxy [B * N, 4]
+        kept_by_cand[o[suppress(rows, seg, bounds).astype(bool)]] = True
+    picks, _, counts = _multi_host_outputs(o1s, kept_by_cand, M, 1, K, False)
+    return picks, counts
+
+
+def _detect_classes(cls: np.ndarray, B: int, N: int, C: int, multi: bool,
+                    agnostic: bool) -> np.ndarray | None:
+    """[B, M] int64 NMS class of each candidate on the host (None: class-agnostic)."""
+    if agnostic:
+        return None
+    if multi:
+        return np.broadcast_to(np.tile(np.arange(C, dtype=np.int64), N), (B, N * C))
+    return cls
+
+
+@register("detect", "numba", devices=("cpu", "cuda"))
 def detect(boxes: Any, scores: Any, objectness: Any, idxs: Any, iou_threshold: float, max_det: int,
            score_threshold: float | None, top_k: int | None, fmt: str, multi_label: bool,
            class_agnostic: bool) -> tuple:
     """boxes [B, A, 4], scores [B, A] or [B, A, C], objectness [B, A] or None (one float dtype,
-    any strides), idxs int64 [B, A] or None -> (boxes [B, K, 4], scores [B, K], classes,
-    indices [B, K], counts [B]); the rule is reference/detect.py's."""
+    any strides: copied contiguous), idxs int64 [B, A] or None -> (boxes [B, K, 4], scores [B, K],
+    classes, indices [B, K], counts [B]); the rule is reference/detect.py's, greedy IoU NMS only
+    (no ``nms_modes``: _dispatch.detect_select refuses the other modes).
+
+    CUDA (numba.cuda, any CUDA array kind): the per-anchor pass, the suppression and the padded
+    outputs are kernels on the caller's stream; the plan between them is host NumPy, as for
+    multi_image_nms with Numba/CuPy arrays: the candidate scores (and classes) are copied to the
+    host and the keep flags and picks back, so a call synchronises with the host."""
+    if A.device(boxes) != "cpu":
+        return _detect_cuda(boxes, scores, objectness, idxs, iou_threshold, int(max_det),
+                            score_threshold, top_k, fmt, multi_label, class_agnostic)
     from . import cpu as _cpu
 
     b, s, o = _np_contig(boxes), _np_contig(scores), _np_contig(objectness)
@@ -568,47 +616,74 @@ def detect(boxes: Any, scores: Any, objectness: Any, idxs: Any, iou_threshold: f
     xyxy, cs, best = _cpu.detect_pass(b, s3, o, FMT_CODES[fmt], multi)
     M = 0 if C == 0 else cs.shape[1]  # candidates per image, index q
     Cc = C if multi else 1  # anchor = q // Cc
-    if multi:
-        cls = np.broadcast_to(np.tile(np.arange(C, dtype=np.int64), N), (B, M))
-    elif per_column:
-        cls = best
+    if per_column or idxs is None:
+        cls = best  # [B, A] scores: 0 (one class)
     else:
-        cls = np.zeros((B, N), np.int64) if idxs is None else A.to_numpy_view(idxs).reshape(B, N)
+        cls = A.to_numpy_view(idxs).reshape(B, N)
     agnostic = class_agnostic or (not per_column and idxs is None)
-    picks, orders, starts = [], [], []  # per image: selected q, score order o1, visiting order o
-    n = 0
-    for i in range(B):
-        sel = np.arange(M, dtype=np.int64)
-        if score_threshold is not None:  # (double)s > score_threshold: NaN fails
-            sel = sel[cs[i, :M].astype(np.float64) > float(score_threshold)]
-        if top_k is not None and sel.shape[0] > int(top_k):
-            sel = np.sort(sel[score_order(cs[i][sel])[:int(top_k)]])
-        o1, o, seg = _host_order(cs[i][sel], None if agnostic else cls[i][sel])
-        picks.append((sel, o1, o))
-        orders.append(i * N + sel[o] // Cc)  # box rows of xyxy [B * N, 4] in visiting order
-        starts.append(seg[:-1] + n)
-        n += o.shape[0]
     K = int(max_det)
+    picks, counts = _detect_picks(
+        cs[:, :M], _detect_classes(cls, B, N, C, multi, agnostic), N, Cc, score_threshold, top_k, K,
+        lambda rows, seg, _: _cpu.nms_keep(xyxy.reshape(B * N, 4), rows, seg, iou_threshold,
+                                           parallel=True))
     ob = np.zeros((B, K, 4), b.dtype)
     os_ = np.zeros((B, K), b.dtype)
     oc = np.full((B, K), -1, np.int64)
     oi = np.full((B, K), -1, np.int64)
-    counts = np.zeros(B, np.int64)
-    if n:
-        rows = np.concatenate(orders).astype(np.int64, copy=False)
-        seg = np.concatenate(starts + [np.array([n], np.int64)]).astype(np.int64, copy=False)
-        flags = _cpu.nms_keep(xyxy.reshape(B * N, 4), rows, seg, iou_threshold, parallel=True)
-        at = 0
-        for i, (sel, o1, o) in enumerate(picks):
-            q = sel[_keep_from_flags(o1, o, flags[at:at + o.shape[0]])][:K]
-            at += o.shape[0]
-            k, a = q.shape[0], q // Cc
-            counts[i] = k
-            ob[i, :k] = xyxy[i, a]
-            os_[i, :k] = cs[i, q]
-            oc[i, :k] = cls[i, q] if multi else cls[i, a]
-            oi[i, :k] = a
+    for i in range(B):
+        k = int(counts[i])
+        q = picks[i, :k]
+        a = q // Cc
+        ob[i, :k] = xyxy[i, a]
+        os_[i, :k] = cs[i, q]
+        oc[i, :k] = q % Cc if multi else cls[i, a]
+        oi[i, :k] = a
     return tuple(A.from_numpy(x, like=boxes) for x in (ob, os_, oc, oi, counts))
+
+
+def _detect_cuda(boxes: Any, scores: Any, objectness: Any, idxs: Any, thr: float, K: int,
+                 sthr: float | None, top_k: int | None, fmt: str, multi_label: bool,
+                 class_agnostic: bool) -> tuple:
+    """detect on numba.cuda (see detect): outputs of ``boxes``' array kind, on its device."""
+    cuda, NC = _cuda()
+    b, s = A.ascontig(boxes), A.ascontig(scores)
+    o = None if objectness is None else A.ascontig(objectness)
+    per_column = s.ndim == 3
+    B, N = int(b.shape[0]), int(b.shape[1])
+    s3 = s if per_column else s.reshape(B, N, 1)
+    C = int(s3.shape[2])
+    multi = bool(multi_label) and per_column
+    M = N * C if multi else (N if C else 0)  # candidates per image, index q
+    Cc = C if multi else 1  # anchor = q // Cc
+    dt = A.dtype_name(b)
+    if M == 0 or K == 0:  # no candidates or no slots: padding only (no kernel on empty arrays)
+        return tuple(A.from_numpy(x, like=b) for x in (
+            np.zeros((B, K, 4), dt), np.zeros((B, K), dt), np.full((B, K), -1, np.int64),
+            np.full((B, K), -1, np.int64), np.zeros(B, np.int64)))
+    xyxy = A.empty((B, N, 4), dt, like=b)
+    cs = A.empty((B, N * C if multi else N), dt, like=b)
+    best = A.empty((B, N), "int64", like=b)
+    cls = best if per_column or idxs is None else idxs  # [B, A] scores: best is 0 (one class)
+    agnostic = class_agnostic or (not per_column and idxs is None)
+    with cuda.gpus[_device_index(b)]:
+        stream = _stream(cuda, b)
+
+        def nb(x: Any) -> Any:
+            return _as_numba(cuda, x)
+
+        NC.detect_candidates(nb(b), nb(s3), nb(o), FMT_CODES[fmt], multi, nb(xyxy), nb(cs), nb(best),
+                             stream)
+        c_host = None if agnostic or multi else _to_host(cls).reshape(B, N)
+        picks, counts = _detect_picks(
+            _to_host(cs), _detect_classes(c_host, B, N, C, multi, agnostic), N, Cc, sthr, top_k, K,
+            lambda rows, seg, bounds: _multi_host_cuda(xyxy, rows, seg, bounds, thr, B * N))
+        ob = A.empty((B, K, 4), dt, like=b)
+        os_ = A.empty((B, K), dt, like=b)
+        oc = A.empty((B, K), "int64", like=b)
+        oi = A.empty((B, K), "int64", like=b)
+        NC.detect_outputs(nb(xyxy), nb(cs), nb(cls), nb(A.from_numpy(picks, like=b)), Cc, multi,
+                          nb(ob), nb(os_), nb(oc), nb(oi), stream)
+    return ob, os_, oc, oi, A.from_numpy(counts, like=b)
 
 
 # ---- RoI ops (CPU and CUDA) ------------------------------------------------------------------------

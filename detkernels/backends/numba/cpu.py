@@ -359,38 +359,12 @@ def nms_parallel_kernel(boxes, order, seg, thr, keep, path):
 
 
 def detect_candidates(boxes, scores, obj, has_obj, fmt, multi_label, xyxy, cs, cls):
-    """detect's per-anchor pass (reference/detect.py steps 1-2), anchors in parallel (each
-    anchor's outputs are written by one thread). boxes [B, A, 4] in ``fmt`` -> xyxy [B, A, 4]
-    (box_corners); scores [B, A, C] times obj [B, A] (one MUL in T, before anything else) ->
-    candidate scores cs: multi-label cs[b, a * C + c], else cs[b, a] the best class cls[b, a] --
-    the first NaN column, else the lowest column holding the row maximum (a strict ``>`` scan:
-    ties and -0.0 == +0.0 keep the lower column)."""
-    B, A, C = scores.shape
+    """detect's per-anchor pass (box_math.detect_anchor), anchors in parallel (each anchor's
+    outputs are written by one thread)."""
+    B, A = scores.shape[0], scores.shape[1]
     for r in prange(B * A):
         b = r // A
-        a = r - b * A
-        x1, y1, x2, y2 = box_corners(boxes[b, a, 0], boxes[b, a, 1], boxes[b, a, 2], boxes[b, a, 3], fmt)
-        xyxy[b, a, 0], xyxy[b, a, 1], xyxy[b, a, 2], xyxy[b, a, 3] = x1, y1, x2, y2
-        if multi_label:
-            for c in range(C):
-                v = scores[b, a, c]
-                cs[b, a * C + c] = MUL(v, obj[b, a]) if has_obj else v
-        elif C > 0:
-            best = -1
-            m = ZERO
-            for c in range(C):
-                v = scores[b, a, c]
-                if has_obj:
-                    v = MUL(v, obj[b, a])
-                if v != v:  # NaN ranks above everything: the first one wins
-                    best = c
-                    m = v
-                    break
-                if best < 0 or v > m:
-                    best = c
-                    m = v
-            cs[b, a] = m
-            cls[b, a] = best
+        detect_anchor(boxes, scores, obj, has_obj, fmt, multi_label, xyxy, cs, cls, b, r - b * A)
 
 
 _OPS = dict(ADD=numba.njit(**_JIT)(_add), SUB=numba.njit(**_JIT)(_sub),

@@ -18,6 +18,10 @@ independent range of boxes (an image), its ORs atomic because a word can straddl
 Column blocks whose first box's segment starts after a row block are dead: neither computed nor
 read.
 
+detect (issue 12): a thread per anchor for the per-anchor pass (box_math.detect_anchor, numba/cpu.py's
+copy), multi_image_nms's suppression kernels, a thread per output slot for the padded outputs;
+the candidate selection and visiting plan between them are host NumPy (numba/__init__.py).
+
 matrix_nms (issue 13): three column kernels (compensation, denominator, decay), one thread per
 box, each column's max and min taken in the reference's row order (numba/cpu.py's
 matrix_nms_kernel, the same formulas from box_math.py); the plan and the finish are host NumPy.
@@ -40,6 +44,9 @@ WORD = 64  # boxes per mask word and per mask-kernel block
 # The simulator runs threads ~2.7k/s: 2 scan threads still exercise the strided word loop.
 SCAN_THREADS = 2 if SIM else 256
 ONE64 = np.int64(1)
+# detect's element kernels (a thread per anchor / output slot); the simulator runs every thread
+# of a block, needed or not.
+DETECT_THREADS = 32 if SIM else 128
 # Bytes of one bitmask tile (rows x words): the native CUDA build's cap.
 MASK_BYTES = NMS_MASK_BYTES
 
@@ -199,8 +206,46 @@ def matrix_nms_decay_kernel(cols, seg_of, den, kernel, neg_sigma, decay):
         decay[p] = m
 
 
+# ---- detect (issue 12): the per-anchor pass and the fixed-size outputs ------------------------------
+
+def detect_candidates_kernel(boxes, scores, obj, has_obj, fmt, multi_label, xyxy, cs, cls):
+    """A thread per anchor r = b * A + a: box_math.detect_anchor (numba/cpu.py's, one copy)."""
+    r = cuda.grid(1)
+    A = scores.shape[1]
+    if r < scores.shape[0] * A:
+        b = r // A
+        detect_anchor(boxes, scores, obj, has_obj, fmt, multi_label, xyxy, cs, cls, b, r - b * A)
+
+
+def detect_output_kernel(xyxy, cs, cls, picks, Cc, multi_label, ob, os_, oc, oi):
+    """A thread per output slot (b, k) (detect_gpu.h's detect_gpu_output): picks[b, k] is the
+    k-th kept candidate q of image b (-1 past its count) -> its xyxy corners (anchor q // Cc),
+    score cs[b, q], class (q % Cc multi-label, else cls[b, anchor]) and anchor; 0 / -1 padding."""
+    r = cuda.grid(1)
+    K = picks.shape[1]
+    if r < picks.shape[0] * K:
+        b = r // K
+        k = r - b * K
+        q = picks[b, k]
+        if q < 0:
+            for d in range(4):
+                ob[b, k, d] = ZERO
+            os_[b, k] = ZERO
+            oc[b, k] = -1
+            oi[b, k] = -1
+        else:
+            a = q // Cc
+            for d in range(4):
+                ob[b, k, d] = xyxy[b, a, d]
+            os_[b, k] = cs[b, q]
+            oc[b, k] = q - a * Cc if multi_label else cls[b, a]
+            oi[b, k] = a
+
+
+DETECT_KERNELS = ("detect_candidates_kernel", "detect_output_kernel")
 MATRIX_KERNELS = ("matrix_nms_comp_kernel", "matrix_nms_den_kernel", "matrix_nms_decay_kernel")
-KERNELS = ("box_iou_kernel", "nms_gather_kernel", "nms_mask_kernel", "nms_scan_kernel") + MATRIX_KERNELS
+KERNELS = (("box_iou_kernel", "nms_gather_kernel", "nms_mask_kernel", "nms_scan_kernel") + MATRIX_KERNELS
+           + DETECT_KERNELS)
 _SPECS: dict = {}
 
 
@@ -234,14 +279,19 @@ def signatures(dtype) -> dict:
         "matrix_nms_comp_kernel": (T[:, ::1], i64[::1], T[::1]),
         "matrix_nms_den_kernel": (T[::1], i64, T, T[::1]),
         "matrix_nms_decay_kernel": (T[:, ::1], i64[::1], T[::1], i64, T, T[::1]),
+        "detect_candidates_kernel": (T[:, :, ::1], T[:, :, ::1], T[:, ::1], numba.boolean, i64,
+                                     numba.boolean, T[:, :, ::1], T[:, ::1], i64[:, ::1]),
+        "detect_output_kernel": (T[:, :, ::1], T[:, ::1], i64[:, ::1], i64[:, ::1], i64, numba.boolean,
+                                 T[:, :, ::1], T[:, ::1], i64[:, ::1], i64[:, ::1]),
     }
 
 
-def ptx(dtype, cc: tuple = (9, 0), plain_operators: bool = False) -> dict:
-    """PTX of every kernel for ``dtype``, compiled without a GPU (needs NVVM and libdevice, e.g.
-    a CUDA toolkit under CUDA_HOME or /usr/local/cuda). For a lint: uses its own, fresh
-    specialisation, never the one that launches kernels. ``plain_operators`` compiles with + - * /
-    instead of the *_rn intrinsics (the lint's control: NVVM then emits FMAs)."""
+def ptx(dtype, cc: tuple = (9, 0), plain_operators: bool = False, names: tuple | None = None) -> dict:
+    """PTX of every kernel (or of the kernels ``names``) for ``dtype``, compiled without a GPU
+    (needs NVVM and libdevice, e.g. a CUDA toolkit under CUDA_HOME or /usr/local/cuda). For a
+    lint: uses its own, fresh specialisation, never the one that launches kernels.
+    ``plain_operators`` compiles with + - * / instead of the *_rn intrinsics (the lint's control:
+    NVVM then emits FMAs)."""
     import numba.cuda.dispatcher as D
 
     plain = {n: cuda.jit(device=True, **_JIT)(f)
@@ -253,7 +303,7 @@ def ptx(dtype, cc: tuple = (9, 0), plain_operators: bool = False) -> dict:
     D.get_current_device = lambda: types.SimpleNamespace(compute_capability=cc)
     try:
         return {name: cuda.compile_ptx(k.py[name], sig, cc=cc)[0]
-                for name, sig in signatures(dtype).items()}
+                for name, sig in signatures(dtype).items() if names is None or name in names}
     finally:
         D.get_current_device = saved
 
@@ -394,3 +444,30 @@ def matrix_nms_decay(boxes, order: np.ndarray, seg: np.ndarray, kernel: int, sig
     out = decay.copy_to_host(stream=stream)
     stream.synchronize()
     return out
+
+
+def detect_candidates(boxes, scores, obj, fmt: int, multi_label: bool, xyxy, cs, cls, stream) -> None:
+    """detect's per-anchor pass on ``stream``: boxes [B, A, 4], scores [B, A, C], obj [B, A] or
+    None (numba device arrays, C-contiguous, one float dtype) -> xyxy [B, A, 4], cs [B, A * C]
+    (multi-label) or [B, A], cls int64 [B, A] (see detect_candidates_kernel)."""
+    B, A = scores.shape[0], scores.shape[1]
+    if B * A == 0:
+        return
+    dt = np.dtype(boxes.dtype)
+    has_obj = obj is not None
+    if not has_obj:  # never read (has_obj is False): a typed placeholder
+        obj = cuda.device_array((1, 1), dt, stream=stream)
+    threads = DETECT_THREADS
+    _configure(kernels(dt).detect_candidates_kernel, (B * A + threads - 1) // threads, threads, stream)(
+        boxes, scores, obj, has_obj, fmt, bool(multi_label), xyxy, cs, cls)
+
+
+def detect_outputs(xyxy, cs, cls, picks, Cc: int, multi_label: bool, ob, os_, oc, oi, stream) -> None:
+    """detect's fixed-size outputs ob [B, K, 4], os_ [B, K], oc, oi int64 [B, K] on ``stream``
+    from picks int64 [B, K] (the kept candidates, -1 padded; see detect_output_kernel)."""
+    B, K = picks.shape
+    if B * K == 0:
+        return
+    threads = DETECT_THREADS
+    _configure(kernels(np.dtype(xyxy.dtype)).detect_output_kernel, (B * K + threads - 1) // threads,
+               threads, stream)(xyxy, cs, cls, picks, Cc, bool(multi_label), ob, os_, oc, oi)
