@@ -34,7 +34,8 @@ from _helpers import assert_bytes_equal  # noqa: E402
 
 
 def main(sections: list[str]) -> None:
-    """Run the named sections ("kernels": box_iou, nms, multi_image_nms, matrix_nms; "detect")."""
+    """Run the named sections ("kernels": box_iou, nms, multi_image_nms, matrix_nms; "detect";
+    "diou": diou_nms)."""
     # The simulated device raises no floating-point exceptions (NumPy's per-thread error state
     # cannot be set for the simulator's threads; warning filters are process-wide).
     warnings.filterwarnings("ignore", category=RuntimeWarning)
@@ -44,6 +45,8 @@ def main(sections: list[str]) -> None:
         checks += kernel_checks(np.random.default_rng(20261123))
     if "detect" in sections:
         checks += detect_checks(np.random.default_rng(20261207))
+    if "diou" in sections:
+        checks += diou_nms_checks(np.random.default_rng(20261208))
     print(f"cudasim: {checks} checks passed in {time.time() - t0:.1f} s")
 
 
@@ -267,6 +270,61 @@ def detect_checks(rng) -> int:
                 assert A.kind(g) == "numba", f"detect {what} {dtype} {name}: not a Numba array"
                 assert_bytes_equal(g.copy_to_host(), w, f"detect {what} {dtype} {name}")
             checks += 1
+    return checks
+
+
+def diou_nms_checks(rng) -> int:
+    """diou_nms (issue 13) on numba.cuda -- nms's bitmask path with DIoU-NMS's predicate --
+    against reference/diou_nms.py: Numba device arrays (host plan) and the torch plan
+    (_nms_torch_cuda on CPU tensors standing in for CUDA ones, the simulator's kernels for the
+    suppression); per class and one class, beta 1 (R itself) and 0.6 (dk_pow)."""
+    import _nms_families as NF
+    import torch
+
+    from detkernels.backends.numba import cuda as NC
+    from detkernels.reference import diou_nms as RD
+
+    class HostFlags:
+        """The simulator's kernels, flags handed back as a host array for CPU tensors."""
+
+        @staticmethod
+        def nms_keep(*a):
+            return NC.nms_keep(*a).copy_to_host()
+
+    saved = NB._as_numba, NB._stream
+    checks = differ = 0
+    # (family, dtype, per class, beta, n, torch plan too): every family once, both dtypes, both
+    # class forms, beta 1 (R itself) and 0.6 (dk_pow); 70 boxes (two column blocks).
+    cases = [("at_threshold", F32, False, 1.0, 16, True), ("clusters", F64, True, 0.6, 16, True),
+             ("degenerate", F32, True, 1.0, 16, False), ("many_classes", F64, False, 1.0, 16, True),
+             ("nonfinite", F32, True, 0.6, 16, False), ("ties", F64, False, 0.6, 16, True),
+             ("uniform", F32, False, 0.6, 16, False), ("clusters", F32, False, 0.6, 70, False)]
+    for family, dtype, per_class, beta, n, torch_plan in cases:
+        boxes, scores, classes = NF.FAMILIES[family](rng, n)
+        b, s = boxes.astype(dtype), scores.astype(dtype)
+        c = classes if per_class else None
+        want = RD.diou_nms(b, s, 0.5, beta) if c is None else RD.batched_diou_nms(b, s, c, 0.5, beta)
+        iou = RN.nms(b, s, 0.5) if c is None else RN.batched_nms(b, s, c, 0.5)
+        differ += not np.array_equal(want, iou)
+        what = f"diou_nms {family} {dtype} n={n} classes={per_class} beta={beta}"
+        got = NB.diou_nms(cuda.to_device(b), cuda.to_device(s), None if c is None else cuda.to_device(c),
+                          0.5, beta)
+        assert A.kind(got) == "numba", what
+        assert_bytes_equal(got.copy_to_host(), want, what)
+        checks += 1
+        if not torch_plan:
+            continue
+        NB._as_numba = lambda cuda_, x: x if x is None else cuda.to_device(x.numpy())
+        NB._stream = lambda cuda_, x: cuda.stream()
+        try:
+            got = NB._nms_torch_cuda(cuda, HostFlags, torch.from_numpy(b), torch.from_numpy(s),
+                                     None if c is None else torch.from_numpy(c), 0.5, beta)
+        finally:
+            NB._as_numba, NB._stream = saved
+        assert_bytes_equal(got.numpy(), want, what + " (torch plan)")
+        checks += 1
+    # The cases tell DIoU-NMS from greedy IoU NMS (an IoU predicate in its place would fail).
+    assert differ >= 3, f"only {differ} diou_nms cases differ from nms"
     return checks
 
 

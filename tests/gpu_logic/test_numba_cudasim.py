@@ -13,10 +13,10 @@ import pytest
 pytest.importorskip("numba", reason="numba is not installed (pip install 'detkernels[numba]')")
 
 
-def _run(section: str) -> None:
+def _run(*sections: str) -> None:
     here = Path(__file__).resolve().parent
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", PYTHONPATH=os.pathsep.join(sys.path))
-    out = subprocess.run([sys.executable, str(here / "_cudasim_check.py"), section], capture_output=True,
+    out = subprocess.run([sys.executable, str(here / "_cudasim_check.py"), *sections], capture_output=True,
                          text=True, env=env, timeout=900)
     assert out.returncode == 0, f"simulator check failed:\n{out.stdout}\n{out.stderr}"
     assert "checks passed" in out.stdout
@@ -26,7 +26,8 @@ def test_numba_cuda_kernels_in_simulator():
     _run("kernels")
 
 
-def test_numba_cuda_detect_in_simulator():
-    """detect (issue 12) on numba.cuda: the per-anchor pass, the multi-image suppression and the
-    padded outputs, byte-exact against reference/detect.py (~15 s)."""
-    _run("detect")
+def test_numba_cuda_detect_and_diou_nms_in_simulator():
+    """detect (issue 12) on numba.cuda -- the per-anchor pass, the multi-image suppression and the
+    padded outputs -- and diou_nms (issue 13, the bitmask path with DIoU's predicate), byte-exact
+    against reference/detect.py and reference/diou_nms.py (one process: ~20 s)."""
+    _run("detect", "diou")

@@ -176,8 +176,9 @@ def box_iou(b1: Any, b2: Any, kind: str, fmt: str, eps: float) -> Any:
 
 
 @register("nms", "numba", devices=("cpu", "cuda"))
-def nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float) -> Any:
-    """boxes [N, 4], scores [N] (same float dtype), classes int64 [N] or None -> kept indices."""
+def nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float, beta: float | None = None) -> Any:
+    """boxes [N, 4], scores [N] (same float dtype), classes int64 [N] or None -> kept indices.
+    ``beta`` (CUDA only; diou_nms's call): DIoU-NMS's predicate instead of IoU's."""
     if A.device(boxes) == "cpu":
         from . import cpu as _cpu
 
@@ -189,21 +190,22 @@ def nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float) -> Any:
     cuda, K = _cuda()
     with cuda.gpus[_device_index(boxes)]:
         if A.kind(boxes) == "torch":
-            return _nms_torch_cuda(cuda, K, boxes, scores, classes, iou_threshold)
+            return _nms_torch_cuda(cuda, K, boxes, scores, classes, iou_threshold, beta)
         s = _to_host(scores)
         c = None if classes is None else _to_host(classes)
         o1, o, _ = _host_order(s, c)
         stream = _stream(cuda, boxes)
         d_cls = None if c is None else cuda.to_device(np.ascontiguousarray(c), stream=stream)
         flags = K.nms_keep(_as_numba(cuda, boxes), cuda.to_device(o, stream=stream), d_cls,
-                           iou_threshold, stream).copy_to_host(stream=stream)
+                           iou_threshold, stream, beta).copy_to_host(stream=stream)
         stream.synchronize()
         return A.from_numpy(_keep_from_flags(o1, o, flags), like=boxes)
 
 
-def _nms_torch_cuda(cuda: Any, K: Any, boxes: Any, scores: Any, classes: Any, thr: float) -> Any:
+def _nms_torch_cuda(cuda: Any, K: Any, boxes: Any, scores: Any, classes: Any, thr: float,
+                    beta: float | None = None) -> Any:
     """torch CUDA tensors: sorting and compaction stay on the device (torch ops on the current
-    stream); the one host sync is the output length, as in torchvision."""
+    stream); the one host sync is the output length, as in torchvision. ``beta``: DIoU-NMS."""
     torch = sys.modules["torch"]
     # + 0 turns -0.0 into +0.0, so a radix sort cannot order -0.0 before +0.0 (the reference
     # treats them as equal); NaN ranks first in torch's descending sort.
@@ -211,7 +213,7 @@ def _nms_torch_cuda(cuda: Any, K: Any, boxes: Any, scores: Any, classes: Any, th
     o = o1 if classes is None else o1[torch.sort(classes[o1], stable=True).indices]
     stream = _stream(cuda, boxes)
     flags = K.nms_keep(_as_numba(cuda, boxes), _as_numba(cuda, o), _as_numba(cuda, classes), thr,
-                       stream)
+                       stream, beta)
     f = torch.as_tensor(flags, device=boxes.device).bool()
     if classes is None:
         return o1[f]
@@ -362,11 +364,14 @@ def multi_image_soft_nms(boxes: Any, scores: Any, classes: Any, max_output: int,
     return tuple(A.from_numpy(x, like=boxes) for x in (out, vals, counts))
 
 
-@register("diou_nms", "numba")  # CPU only (numba.cuda: not served, README status)
+@register("diou_nms", "numba", devices=("cpu", "cuda"))
 def diou_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float, beta: float) -> Any:
     """boxes [N, 4], scores [N] (same float dtype), classes int64 [N] or None -> kept indices by
     descending score: nms's visiting plan (host), the greedy loop with DIoU's measure (numba/cpu.py,
-    the classes on numba's threads)."""
+    the classes on numba's threads). CUDA: nms's path (host or torch plan, the bitmask kernels)
+    with DIoU-NMS's predicate."""
+    if A.device(boxes) != "cpu":
+        return nms(boxes, scores, classes, iou_threshold, beta=beta)
     from . import cpu as _cpu
 
     s = A.to_numpy_view(scores)

@@ -16,7 +16,8 @@ row tiles of at most MASK_BYTES) marks, for each box i and 64-wide column block,
 of i's class i suppresses; a scan keeps a box iff no kept box has marked it, one block per
 independent range of boxes (an image), its ORs atomic because a word can straddle two ranges.
 Column blocks whose first box's segment starts after a row block are dead: neither computed nor
-read.
+read. diou_nms (issue 13) is the same path with DIoU-NMS's predicate (the mask kernel compiled a
+second time with diou_suppress).
 
 detect (issue 12): a thread per anchor for the per-anchor pass (box_math.detect_anchor, numba/cpu.py's
 copy), multi_image_nms's suppression kernels, a thread per output slot for the padded outputs;
@@ -96,14 +97,26 @@ def nms_gather_kernel(boxes, order, cls, has_cls, cols, scls):
         scls[p] = cls[q] if has_cls else 0
 
 
-def nms_mask_kernel(cols, scls, seg, thr, mask, row0):
+def iou_suppress(ax1, ay1, ax2, ay2, area_a, bx1, by1, bx2, by2, area_b, thr, beta):
+    """nms's predicate (nms.h NmsIouSuppress); beta unused."""
+    return nms_suppresses(ax1, ay1, ax2, ay2, area_a, bx1, by1, bx2, by2, area_b, thr)
+
+
+def diou_suppress(ax1, ay1, ax2, ay2, area_a, bx1, by1, bx2, by2, area_b, thr, beta):
+    """diou_nms's predicate (diou_nms.h DiouNmsSuppress): ``(double)measure > thr`` is
+    ``measure > thr`` with thr = nms_threshold(iou_threshold) in T (NaN fails both)."""
+    return diou_nms_measure(ax1, ay1, ax2, ay2, area_a, bx1, by1, bx2, by2, area_b, beta) > thr
+
+
+def nms_mask_kernel(cols, scls, seg, thr, beta, mask, row0):
     """One tile of the bitmask: rows row0 .. row0 + 64 * gridDim.y - 1, each storing W =
     mask.shape[1] words, word cb of row i (row block rb) at mask[i - row0, cb - rb]
     (csrc/ops/nms/nms_bitmask.h's layout). Block (x, y), thread t: row i = 64 rb + t,
     rb = row0 / 64 + y, over column blocks cb = rb + x, rb + x + gridDim.x, ... (cb - rb < W),
     stopping at the first dead one -- whose first box's segment starts after the block's last row
     (``seg`` is non-decreasing) -- as the scan stops there too. Bit c of the word is set iff box i
-    suppresses box j = 64 cb + c, j > i, of i's class (equal ``scls``)."""
+    suppresses box j = 64 cb + c, j > i, of i's class (equal ``scls``): SUPPRESS, iou_suppress
+    (nms_mask_kernel) or diou_suppress (diou_nms_mask_kernel, the same code compiled with it)."""
     n = cols.shape[1]
     ncb = (n + WORD - 1) // WORD
     W = mask.shape[1]
@@ -134,8 +147,8 @@ def nms_mask_kernel(cols, scls, seg, thr, mask, row0):
             start = t + 1 if cb == rb else 0
             stop = n - j0 if n - j0 < WORD else WORD
             for c in range(start, stop):
-                if shc[c] == ci and nms_suppresses(ax1, ay1, ax2, ay2, aa, sh[0, c], sh[1, c],
-                                                   sh[2, c], sh[3, c], sh[4, c], thr):
+                if shc[c] == ci and SUPPRESS(ax1, ay1, ax2, ay2, aa, sh[0, c], sh[1, c], sh[2, c],
+                                             sh[3, c], sh[4, c], thr, beta):
                     bits |= ONE64 << c
             mask[i - row0, cb - rb] = bits
         cb += cuda.gridDim.x
@@ -244,8 +257,9 @@ def detect_output_kernel(xyxy, cs, cls, picks, Cc, multi_label, ob, os_, oc, oi)
 
 DETECT_KERNELS = ("detect_candidates_kernel", "detect_output_kernel")
 MATRIX_KERNELS = ("matrix_nms_comp_kernel", "matrix_nms_den_kernel", "matrix_nms_decay_kernel")
-KERNELS = (("box_iou_kernel", "nms_gather_kernel", "nms_mask_kernel", "nms_scan_kernel") + MATRIX_KERNELS
-           + DETECT_KERNELS)
+KERNELS = (("box_iou_kernel", "nms_gather_kernel", "nms_mask_kernel", "diou_nms_mask_kernel",
+            "nms_scan_kernel") + MATRIX_KERNELS + DETECT_KERNELS)
+_MASK_KERNELS = ("nms_mask_kernel", "diou_nms_mask_kernel")  # nms_mask_kernel per predicate
 _SPECS: dict = {}
 
 
@@ -253,13 +267,22 @@ def _specialise(dt: np.dtype, ops: dict | None = None) -> object:
     kern = cuda.jit(**_JIT)
     dev = cuda.jit(device=True, **_JIT)
     exp_src = M.exp_eval_f32 if dt == np.float32 else M.exp_eval_f64
-    # dk_exp and matrix_nms_term (box_math's soft_nms / matrix_nms sections) for matrix_nms
-    extra = (("EXP_EVAL", exp_src, dev), *((f.__name__, f, dev) for f in (M.dk_floor, M.dk_ldexp, M.dk_exp,
-                                                                          M.matrix_nms_term)),
-             *((name, globals()[name], kern) for name in KERNELS))
+    # dk_exp, dk_log, dk_pow, diou_nms_measure, matrix_nms_term (box_math's soft_nms / diou_nms /
+    # matrix_nms sections) for matrix_nms and diou_nms
+    extra = (("EXP_EVAL", exp_src, dev), *((f.__name__, f, dev) for f in (M.dk_floor, M.dk_ldexp, M.dk_exp)
+                                           + M.DIOU_MATRIX_FUNCS),
+             ("iou_suppress", iou_suppress, dev), ("diou_suppress", diou_suppress, dev),
+             *((name, globals()[name], kern) for name in KERNELS if name not in _MASK_KERNELS))
     env = dict(np=np, numba=numba, cuda=cuda, WORD=WORD, ONE64=ONE64,
                SHARED_T=numba.float32 if dt == np.float32 else numba.float64, **M.soft_nms_constants(dt))
-    return M.specialise(dt, ops or _ops(dt), dev, extra, env)
+    env["SUPPRESS"] = None  # bound below, per mask kernel
+    k = M.specialise(dt, ops or _ops(dt), dev, extra, env)
+    # The one mask kernel, compiled once per predicate: its SUPPRESS global is the predicate.
+    for name, pred in zip(_MASK_KERNELS, (k.iou_suppress, k.diou_suppress)):
+        g = types.FunctionType(nms_mask_kernel.__code__, dict(k.ns, SUPPRESS=pred), name)
+        k.py[name] = g
+        setattr(k, name, kern(g))
+    return k
 
 
 def kernels(dtype) -> object:
@@ -274,7 +297,8 @@ def signatures(dtype) -> dict:
     return {
         "box_iou_kernel": (T[:, :, ::1], T[:, :, ::1], T[:, :, ::1], i64, i64, T),
         "nms_gather_kernel": (T[:, ::1], i64[::1], i64[::1], numba.boolean, T[:, ::1], i64[::1]),
-        "nms_mask_kernel": (T[:, ::1], i64[::1], i64[::1], T, i64[:, ::1], i64),
+        "nms_mask_kernel": (T[:, ::1], i64[::1], i64[::1], T, T, i64[:, ::1], i64),
+        "diou_nms_mask_kernel": (T[:, ::1], i64[::1], i64[::1], T, T, i64[:, ::1], i64),
         "nms_scan_kernel": (i64[:, ::1], i64, i64, i64[:, ::1], i64[::1], i64[::1], numba.uint8[::1]),
         "matrix_nms_comp_kernel": (T[:, ::1], i64[::1], T[::1]),
         "matrix_nms_den_kernel": (T[::1], i64, T, T[::1]),
@@ -356,8 +380,11 @@ def _gather(k, boxes, order, cls, stream, alloc):
     return cols, scls
 
 
-def _suppress(k, cols, scls, seg, ranges, width: int, thr, stream, alloc):
-    """Keep flags (uint8 [n]) by the tiled bitmask and the per-block scan (see the kernels)."""
+def _suppress(k, cols, scls, seg, ranges, width: int, thr, stream, alloc, beta=None):
+    """Keep flags (uint8 [n]) by the tiled bitmask and the per-block scan (see the kernels);
+    ``beta`` (in T) selects DIoU-NMS's predicate, None nms's."""
+    mask_kernel = k.nms_mask_kernel if beta is None else k.diou_nms_mask_kernel
+    beta = cols.dtype.type(1) if beta is None else beta
     n = cols.shape[1]
     ncb = (n + WORD - 1) // WORD
     width = max(1, min(width, ncb))
@@ -375,15 +402,16 @@ def _suppress(k, cols, scls, seg, ranges, width: int, thr, stream, alloc):
         rb0 = row0 // WORD
         nrb = min(ncb, (row0 + R) // WORD) - rb0
         gx = max(1, min(width, ncb - rb0, 16384 // nrb))
-        _configure(k.nms_mask_kernel, (gx, nrb), WORD, stream)(cols, scls, seg, thr, mask, row0)
+        _configure(mask_kernel, (gx, nrb), WORD, stream)(cols, scls, seg, thr, beta, mask, row0)
         _configure(k.nms_scan_kernel, nblocks, SCAN_THREADS, stream)(
             mask, row0, min(n, row0 + R), ranges, seg, removed, keep)
     return keep
 
 
-def nms_keep(boxes, order, cls, thr: float, stream):
+def nms_keep(boxes, order, cls, thr: float, stream, beta: float | None = None):
     """Flags (uint8 device array) over positions of ``order``: 1 where that box is kept.
-    boxes [n, 4], order int64 [n] (visiting order: class, then score rank), cls int64 [n] or None."""
+    boxes [n, 4], order int64 [n] (visiting order: class, then score rank), cls int64 [n] or None;
+    ``beta``: DIoU-NMS (diou_nms's predicate, beta rounded to T) instead of nms."""
     n = order.shape[0]
     if n == 0:
         return cuda.device_array(0, dtype=np.uint8, stream=stream)
@@ -396,7 +424,7 @@ def nms_keep(boxes, order, cls, thr: float, stream):
     seg = cuda.to_device(np.zeros(n, np.int64), stream=stream)
     ranges = cuda.to_device(np.array([[0, n]], np.int64), stream=stream)
     return _suppress(k, cols, scls, seg, ranges, (n + WORD - 1) // WORD, M.nms_threshold(thr, dt),
-                     stream, alloc)
+                     stream, alloc, None if beta is None else dt.type(beta))
 
 
 def nms_keep_segments(boxes, rows, seg, ranges, width: int, thr: float, stream, alloc=None):
