@@ -26,8 +26,9 @@ def test_numba_cuda_kernels_in_simulator():
     _run("kernels")
 
 
-def test_numba_cuda_detect_and_diou_nms_in_simulator():
+def test_numba_cuda_detect_diou_soft_nms_in_simulator():
     """detect (issue 12) on numba.cuda -- the per-anchor pass, the multi-image suppression and the
-    padded outputs -- and diou_nms (issue 13, the bitmask path with DIoU's predicate), byte-exact
-    against reference/detect.py and reference/diou_nms.py (one process: ~20 s)."""
-    _run("detect", "diou")
+    padded outputs --, diou_nms (issue 13, the bitmask path with DIoU's predicate) and soft_nms /
+    multi_image_soft_nms (issue 13, a block per segment), byte-exact against the references (one
+    process: ~25 s)."""
+    _run("detect", "diou", "soft")

@@ -129,7 +129,7 @@ TWINS = {  # C++ function -> "module:function" of its twin
     # soft_nms.h (issue 13; numba/cpu.py, and numba/cuda.py for matrix_nms)
     "dk_exp": NB + "box_math:dk_exp", "dk_floor": NB + "box_math:dk_floor",
     "dk_ldexp": NB + "box_math:dk_ldexp", "dk_pow2": NB + "box_math:dk_ldexp",  # math.ldexp there
-    "soft_nms_weight": NB + "box_math:soft_nms_weight",
+    "soft_nms_weight": NB + "box_math:soft_nms_weight", "ranks_before": NB + "box_math:ranks_before",
     # ExpCoef's two halves and the Gaussian's exponent (split out for the CPU's vector lanes)
     "round_arg": NB + "box_math:dk_exp", "mantissa": NB + "box_math:dk_exp",
     "soft_gaussian_arg": NB + "box_math:soft_nms_weight",
@@ -198,9 +198,10 @@ NOT_NEEDED = {
                                 "nms_sparse_init_state", "nms_sparse_finish", "nms_sparse_output",
                                 "nms_sparse_neutralise")},
     # soft_nms_gpu.h, matrix_nms_gpu.h (issue 13): steps of the native CUDA Soft-NMS / Matrix NMS
-    **{f: "a step of the native CUDA Soft-NMS / Matrix NMS (issue 13); the numba backend serves "
-          "soft_nms on the CPU only and matrix_nms with its own column kernels (README status)"
-       for f in ("ranks_before", "soft_pick_none", "soft_pick_better", "soft_nms_init",
+    **{f: "a step of the native CUDA Soft-NMS / Matrix NMS (issue 13); the numba backend runs "
+          "soft_nms with its own block kernel (numba/cuda.py soft_nms_kernel over box_math's "
+          "ranks_before) and matrix_nms with its own column kernels"
+       for f in ("soft_pick_none", "soft_pick_better", "soft_nms_init",
                  "soft_nms_rescale", "soft_nms_pick_limit", "soft_nms_emit", "matrix_nms_gather",
                  "matrix_nms_comp_tile", "matrix_nms_decay_tile", "matrix_nms_tile_rows",
                  "matrix_nms_finish")},

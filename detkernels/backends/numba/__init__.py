@@ -305,54 +305,67 @@ def _soft_merge(idx: np.ndarray, val: np.ndarray, limit: int) -> tuple[np.ndarra
 _SOFT_METHODS = {"linear": 0, "gaussian": 1}  # box_math.soft_nms_weight's method codes
 
 
-@register("soft_nms", "numba")  # CPU only (numba.cuda: not served, README status)
+def _soft_nms_run(boxes: Any, scores: Any, rows: int, order: np.ndarray, seg: np.ndarray, method: str,
+                  thr: float, sigma: float, sthr: float, limit: int,
+                  parallel: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(input indices, decayed scores, picks per segment) on the host: the segments of ``order``
+    (host) through numba/cpu.py's soft_nms (``parallel``: segments on numba's threads) or
+    numba/cuda.py's (a block per segment; the picks are copied back), boxes viewed [rows, 4]."""
+    if A.device(boxes) == "cpu":
+        from . import cpu as _cpu
+
+        return _cpu.soft_nms(A.to_numpy_view(boxes).reshape(rows, 4), A.to_numpy_view(scores).reshape(rows),
+                             order, seg, _SOFT_METHODS[method], thr, sigma, sthr, limit, parallel=parallel)
+    cuda, K = _cuda()
+    with cuda.gpus[_device_index(boxes)]:
+        b, s = A.ascontig(boxes), A.ascontig(scores)
+        return K.soft_nms(_as_numba(cuda, b).reshape(rows, 4), _as_numba(cuda, s).reshape(rows), order, seg,
+                          _SOFT_METHODS[method], thr, sigma, sthr, limit, _stream(cuda, b))
+
+
+@register("soft_nms", "numba", devices=("cpu", "cuda"))
 def soft_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float, sigma: float, method: str,
              score_threshold: float, max_output: int | None) -> tuple[Any, Any]:
     """boxes [N, 4], scores [N] (same float dtype), classes int64 [N] or None -> (kept indices,
-    decayed scores): per class segment the reference's sequential loop (numba/cpu.py), the
-    classes' picks merged on the host by decayed score, ties by index."""
-    from . import cpu as _cpu
-
-    b, s = A.to_numpy_view(boxes), A.to_numpy_view(scores)
-    n = b.shape[0]
+    decayed scores): per class segment the reference's sequential loop (numba/cpu.py; on CUDA a
+    block per segment, numba/cuda.py), the classes' picks merged on the host by decayed score,
+    ties by index. CUDA: the plan (class segments) and the merge are host NumPy (a host sync)."""
+    n = int(boxes.shape[0])
     limit = n if max_output is None else min(int(max_output), n)
     if classes is None:
         order, seg = np.arange(n, dtype=np.int64), np.array([0, n], np.int64)
     else:
-        order, seg = _class_segments(np.arange(n, dtype=np.int64), A.to_numpy_view(classes))
-    idx, val, _ = _cpu.soft_nms(b, s, order, seg, _SOFT_METHODS[method], iou_threshold, sigma,
-                                score_threshold, limit)
+        order, seg = _class_segments(np.arange(n, dtype=np.int64), _to_host(classes))
+    idx, val, _ = _soft_nms_run(boxes, scores, n, order, seg, method, iou_threshold, sigma,
+                                score_threshold, limit, False)
     if classes is not None:
         idx, val = _soft_merge(idx, val, limit)
     return A.from_numpy(idx, like=boxes), A.from_numpy(val, like=boxes)
 
 
-@register("multi_image_soft_nms", "numba")  # CPU only (numba.cuda: not served, README status)
+@register("multi_image_soft_nms", "numba", devices=("cpu", "cuda"))
 def multi_image_soft_nms(boxes: Any, scores: Any, classes: Any, max_output: int, iou_threshold: float,
                          sigma: float, method: str, score_threshold: float) -> tuple[Any, Any, Any]:
     """boxes [B, N, 4], scores [B, N] (same float dtype), classes int64 [B, N] or None ->
     (indices [B, K] -1 padded, decayed scores [B, K] 0 padded, counts [B]): every (image, class)
-    segment of the batch through soft_nms's kernel in one call, the segments on numba's threads;
-    per image the classes' picks merged on the host as soft_nms merges them."""
-    from . import cpu as _cpu
-
+    segment of the batch through soft_nms's kernel in one call (the segments on numba's threads;
+    on CUDA a block each); per image the classes' picks merged on the host as soft_nms merges
+    them (CUDA: a host sync)."""
     B, N = int(boxes.shape[0]), int(boxes.shape[1])
     K = int(max_output)
-    b = A.to_numpy_view(boxes).reshape(B * N, 4)
-    s = A.to_numpy_view(scores).reshape(B * N)
     image = np.repeat(np.arange(B, dtype=np.int64), N)
     if classes is None:
         order, seg = np.arange(B * N, dtype=np.int64), np.arange(B + 1, dtype=np.int64) * N
     else:  # (image, class) segments, input index ascending inside one (lexsort is stable)
-        c = A.to_numpy_view(classes).reshape(B * N)
+        c = _to_host(classes).reshape(B * N)
         order = np.lexsort((c, image)).astype(np.int64)
         ci, cc = image[order], c[order]
         starts = np.flatnonzero((ci[1:] != ci[:-1]) | (cc[1:] != cc[:-1])) + 1
         seg = np.concatenate(([0], starts, [B * N])).astype(np.int64)
-    idx, val, _ = _cpu.soft_nms(b, s, order, seg, _SOFT_METHODS[method], iou_threshold, sigma,
-                                score_threshold, min(K, N), parallel=True)
+    idx, val, _ = _soft_nms_run(boxes, scores, B * N, order, seg, method, iou_threshold, sigma,
+                                score_threshold, min(K, N), True)
     out = np.full((B, K), -1, np.int64)
-    vals = np.zeros((B, K), b.dtype)
+    vals = np.zeros((B, K), A.dtype_name(boxes))
     counts = np.zeros(B, np.int64)
     bounds = np.searchsorted(image[idx], np.arange(B + 1))  # picks are image by image
     for i in range(B):

@@ -274,8 +274,11 @@ def dk_exp(x):  # EXP_EVAL is exp_eval_f32 or exp_eval_f64
 
 
 def soft_nms_weight(iou, method, thr, sigma):
+    # thr: the double threshold (numba/cpu.py: iou is widened for the compare, soft_nms.h's), or
+    # nms_threshold(thr, T) (numba/cuda.py: the same result compared in T, no float64 in a
+    # float32 kernel).
     if method == 0:
-        return SUB(ONE, iou) if float(iou) > thr else ONE
+        return SUB(ONE, iou) if iou > thr else ONE
     if iou != iou:
         return ONE
     return dk_exp(DIV(-MUL(iou, iou), sigma))
@@ -303,7 +306,18 @@ def soft_nms_constants(dtype) -> dict:
     return c
 
 
-SOFT_NMS_FUNCS = (dk_floor, dk_ldexp, dk_exp, soft_nms_weight)
+def ranks_before(sa, a, sb, b):
+    """soft_nms.h's ranks_before: (score sa, index a) ranks before (sb, b) -- NaN first, then the
+    higher score (-0 == +0), then the lower index. A strict total order on distinct indices, so a
+    block-wide argmax under it picks the same in any reduction order."""
+    if (sa != sa and sb == sb) or sa > sb:
+        return True
+    if (sb != sb and sa == sa) or sb > sa:
+        return False
+    return a < b
+
+
+SOFT_NMS_FUNCS = (dk_floor, dk_ldexp, dk_exp, soft_nms_weight, ranks_before)
 
 
 # ---- diou_nms.h, matrix_nms.h (issue 13) ----------------------------------------------------------

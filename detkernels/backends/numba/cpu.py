@@ -454,11 +454,8 @@ def soft_nms_segment(x1, y1, x2, y2, ar, s, gid, alive, lo, hi, method, thr, sig
             if alive[p]:
                 if a < 0:
                     a = p
-                else:
-                    sp, sa = s[p], s[a]
-                    if ((sp != sp and sa == sa) or sp > sa) or (
-                            not ((sa != sa and sp == sp) or sa > sp) and gid[p] < gid[a]):
-                        a = p
+                elif ranks_before(s[p], gid[p], s[a], gid[a]):
+                    a = p
         if a < 0:
             break
         alive[a] = 0
@@ -506,8 +503,15 @@ def soft_nms(boxes: np.ndarray, scores: np.ndarray, order: np.ndarray, seg: np.n
     fn = k.soft_nms_parallel_kernel if parallel and seg.shape[0] > 2 else k.soft_nms_kernel
     fn(boxes, scores, order, seg, method, float(thr), boxes.dtype.type(sigma), float(sthr), limit,
        out_idx, out_s, counts)
+    return segment_picks(out_idx, out_s, seg, counts)
+
+
+def segment_picks(out_idx: np.ndarray, out_s: np.ndarray, seg: np.ndarray,
+                  counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(indices, scores, counts): segment g's counts[g] picks, written at out_*[seg[g]:], one
+    segment after the other (soft_nms's kernels' output, CPU and numba.cuda)."""
     lengths = np.diff(seg)
-    rel = np.arange(n, dtype=np.int64) - np.repeat(seg[:-1], lengths)
+    rel = np.arange(out_idx.shape[0], dtype=np.int64) - np.repeat(seg[:-1], lengths)
     picked = rel < np.repeat(counts, lengths)
     return out_idx[picked], out_s[picked], counts
 

@@ -45,9 +45,12 @@ WORD = 64  # boxes per mask word and per mask-kernel block
 # The simulator runs threads ~2.7k/s: 2 scan threads still exercise the strided word loop.
 SCAN_THREADS = 2 if SIM else 256
 ONE64 = np.int64(1)
-# detect's element kernels (a thread per anchor / output slot); the simulator runs every thread
-# of a block, needed or not.
-DETECT_THREADS = 32 if SIM else 128
+# Threads per block of the element kernels (a thread per box, anchor or output slot): the
+# simulator runs every thread of a block, needed or not.
+ELEMENT_THREADS = 32 if SIM else 128
+# Threads of a Soft-NMS block (a power of two: the argmax is a tree reduction); the simulator's
+# barriers are slow, 4 threads still exercise the strided loops and the reduction.
+SOFT_THREADS = 4 if SIM else 256
 # Bytes of one bitmask tile (rows x words): the native CUDA build's cap.
 MASK_BYTES = NMS_MASK_BYTES
 
@@ -256,9 +259,86 @@ def detect_output_kernel(xyxy, cs, cls, picks, Cc, multi_label, ob, os_, oc, oi)
 
 
 DETECT_KERNELS = ("detect_candidates_kernel", "detect_output_kernel")
+
+
+# ---- soft_nms, multi_image_soft_nms (issue 13): one block per (image, class) segment ---------------
+
+def soft_nms_kernel(boxes, scores, order, seg, method, thr, sigma, sthr, limit, cols, s, alive,
+                    out_idx, out_s, counts):
+    """Block g runs Soft-NMS on segment g: positions seg[g] .. seg[g + 1] - 1 of ``order`` (input
+    indices, ascending in the segment), numba/cpu.py's soft_nms_segment in parallel. Each
+    position is owned by one thread (strided), which gathers its box into cols and its score into
+    s (alive unless below sthr). Per pick: each thread's best alive position under ranks_before,
+    then a tree reduction (the same pick in any order: a strict total order); the pick is
+    written at out_*[seg[g] + kept]; every other alive position is rescaled by its owner
+    (soft_nms_weight of nms_iou, the pick first) and dies below sthr. thr (linear decay) and sthr
+    are T-rounded so that the compares in T are the reference's double ones. counts[g] = picks."""
+    g = cuda.blockIdx.x
+    t = cuda.threadIdx.x
+    nt = cuda.blockDim.x
+    lo, hi = seg[g], seg[g + 1]
+    red_s = cuda.shared.array(SOFT_THREADS, SHARED_T)
+    red_p = cuda.shared.array(SOFT_THREADS, numba.int64)
+    for p in range(lo + t, hi, nt):
+        q = order[p]
+        x1, y1, x2, y2 = boxes[q, 0], boxes[q, 1], boxes[q, 2], boxes[q, 3]
+        cols[0, p] = x1
+        cols[1, p] = y1
+        cols[2, p] = x2
+        cols[3, p] = y2
+        cols[4, p] = nms_area(x1, y1, x2, y2)
+        v = scores[q]
+        s[p] = v
+        alive[p] = 0 if v < sthr else 1
+    kept = 0
+    while kept < limit:  # uniform over the block (kept and the pick come from shared memory)
+        cuda.syncthreads()  # rescales and kills of the previous pick are visible
+        a = -1
+        sa = ZERO
+        for p in range(lo + t, hi, nt):
+            if alive[p] and (a < 0 or ranks_before(s[p], order[p], sa, order[a])):
+                a = p
+                sa = s[p]
+        red_p[t] = a
+        red_s[t] = sa
+        step = nt // 2
+        while step > 0:
+            cuda.syncthreads()
+            if t < step:
+                b = red_p[t + step]
+                if b >= 0 and (red_p[t] < 0 or ranks_before(red_s[t + step], order[b], red_s[t],
+                                                            order[red_p[t]])):
+                    red_p[t] = b
+                    red_s[t] = red_s[t + step]
+            step //= 2
+        cuda.syncthreads()
+        a = red_p[0]
+        if a < 0:
+            break
+        if t == 0:
+            out_idx[lo + kept] = order[a]
+            out_s[lo + kept] = s[a]
+        ax1, ay1, ax2, ay2, aa = cols[0, a], cols[1, a], cols[2, a], cols[3, a], cols[4, a]
+        for q in range(lo + t, hi, nt):
+            if q == a:
+                alive[q] = 0
+            elif alive[q]:
+                iou = nms_iou(ax1, ay1, ax2, ay2, aa, cols[0, q], cols[1, q], cols[2, q], cols[3, q],
+                              cols[4, q])
+                ns = MUL(s[q], soft_nms_weight(iou, method, thr, sigma))
+                s[q] = ns
+                if ns < sthr:
+                    alive[q] = 0
+        kept += 1
+        cuda.syncthreads()  # red_p[0] is read by all before the next pick overwrites it
+    if t == 0:
+        counts[g] = kept
+
+
+SOFT_KERNELS = ("soft_nms_kernel",)
 MATRIX_KERNELS = ("matrix_nms_comp_kernel", "matrix_nms_den_kernel", "matrix_nms_decay_kernel")
 KERNELS = (("box_iou_kernel", "nms_gather_kernel", "nms_mask_kernel", "diou_nms_mask_kernel",
-            "nms_scan_kernel") + MATRIX_KERNELS + DETECT_KERNELS)
+            "nms_scan_kernel") + MATRIX_KERNELS + DETECT_KERNELS + SOFT_KERNELS)
 _MASK_KERNELS = ("nms_mask_kernel", "diou_nms_mask_kernel")  # nms_mask_kernel per predicate
 _SPECS: dict = {}
 
@@ -269,11 +349,10 @@ def _specialise(dt: np.dtype, ops: dict | None = None) -> object:
     exp_src = M.exp_eval_f32 if dt == np.float32 else M.exp_eval_f64
     # dk_exp, dk_log, dk_pow, diou_nms_measure, matrix_nms_term (box_math's soft_nms / diou_nms /
     # matrix_nms sections) for matrix_nms and diou_nms
-    extra = (("EXP_EVAL", exp_src, dev), *((f.__name__, f, dev) for f in (M.dk_floor, M.dk_ldexp, M.dk_exp)
-                                           + M.DIOU_MATRIX_FUNCS),
+    extra = (("EXP_EVAL", exp_src, dev), *((f.__name__, f, dev) for f in M.SOFT_NMS_FUNCS + M.DIOU_MATRIX_FUNCS),
              ("iou_suppress", iou_suppress, dev), ("diou_suppress", diou_suppress, dev),
              *((name, globals()[name], kern) for name in KERNELS if name not in _MASK_KERNELS))
-    env = dict(np=np, numba=numba, cuda=cuda, WORD=WORD, ONE64=ONE64,
+    env = dict(np=np, numba=numba, cuda=cuda, WORD=WORD, ONE64=ONE64, SOFT_THREADS=SOFT_THREADS,
                SHARED_T=numba.float32 if dt == np.float32 else numba.float64, **M.soft_nms_constants(dt))
     env["SUPPRESS"] = None  # bound below, per mask kernel
     k = M.specialise(dt, ops or _ops(dt), dev, extra, env)
@@ -303,6 +382,8 @@ def signatures(dtype) -> dict:
         "matrix_nms_comp_kernel": (T[:, ::1], i64[::1], T[::1]),
         "matrix_nms_den_kernel": (T[::1], i64, T, T[::1]),
         "matrix_nms_decay_kernel": (T[:, ::1], i64[::1], T[::1], i64, T, T[::1]),
+        "soft_nms_kernel": (T[:, ::1], T[::1], i64[::1], i64[::1], i64, T, T, T, i64, T[:, ::1], T[::1],
+                            numba.uint8[::1], i64[::1], T[::1], i64[::1]),
         "detect_candidates_kernel": (T[:, :, ::1], T[:, :, ::1], T[:, ::1], numba.boolean, i64,
                                      numba.boolean, T[:, :, ::1], T[:, ::1], i64[:, ::1]),
         "detect_output_kernel": (T[:, :, ::1], T[:, ::1], i64[:, ::1], i64[:, ::1], i64, numba.boolean,
@@ -375,7 +456,7 @@ def _gather(k, boxes, order, cls, stream, alloc):
     has_cls = cls is not None
     if not has_cls:
         cls = alloc((1,), np.dtype(np.int64), False)
-    _configure(k.nms_gather_kernel, (n + 127) // 128, 128, stream)(
+    _configure(k.nms_gather_kernel, (n + ELEMENT_THREADS - 1) // ELEMENT_THREADS, ELEMENT_THREADS, stream)(
         boxes, order, cls, has_cls, cols, scls)
     return cols, scls
 
@@ -485,7 +566,7 @@ def detect_candidates(boxes, scores, obj, fmt: int, multi_label: bool, xyxy, cs,
     has_obj = obj is not None
     if not has_obj:  # never read (has_obj is False): a typed placeholder
         obj = cuda.device_array((1, 1), dt, stream=stream)
-    threads = DETECT_THREADS
+    threads = ELEMENT_THREADS
     _configure(kernels(dt).detect_candidates_kernel, (B * A + threads - 1) // threads, threads, stream)(
         boxes, scores, obj, has_obj, fmt, bool(multi_label), xyxy, cs, cls)
 
@@ -496,6 +577,44 @@ def detect_outputs(xyxy, cs, cls, picks, Cc: int, multi_label: bool, ob, os_, oc
     B, K = picks.shape
     if B * K == 0:
         return
-    threads = DETECT_THREADS
+    threads = ELEMENT_THREADS
     _configure(kernels(np.dtype(xyxy.dtype)).detect_output_kernel, (B * K + threads - 1) // threads,
                threads, stream)(xyxy, cs, cls, picks, Cc, bool(multi_label), ob, os_, oc, oi)
+
+
+def _at_least(x: float, dt: np.dtype) -> np.generic:
+    """Smallest value of ``dt`` >= x: for v of that dtype, ``v < result`` iff ``float(v) < x``."""
+    t = dt.type(x)
+    if float(t) < x:
+        t = np.nextafter(t, dt.type(np.inf))
+    return t
+
+
+def soft_nms(boxes, scores, order: np.ndarray, seg: np.ndarray, method: int, thr: float, sigma: float,
+             sthr: float, limit: int, stream) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """numba/cpu.py soft_nms's contract (host order / seg in, host picks out) on the device:
+    boxes [R, 4] and scores [R] numba device arrays, one block per segment (soft_nms_kernel) on
+    ``stream``; the picks are copied back (a host sync)."""
+    from .cpu import segment_picks
+
+    dt = np.dtype(boxes.dtype)
+    n, nseg = order.shape[0], seg.shape[0] - 1
+    out_idx = np.empty(n, np.int64)
+    out_s = np.empty(n, dt)
+    if n == 0 or nseg == 0 or limit <= 0:
+        return segment_picks(out_idx, out_s, seg, np.zeros(nseg, np.int64))
+    cols = cuda.device_array((5, n), dt, stream=stream)
+    s = cuda.device_array(n, dt, stream=stream)
+    alive = cuda.device_array(n, np.uint8, stream=stream)
+    d_idx = cuda.device_array(n, np.int64, stream=stream)
+    d_s = cuda.device_array(n, dt, stream=stream)
+    d_counts = cuda.device_array(nseg, np.int64, stream=stream)
+    _configure(kernels(dt).soft_nms_kernel, nseg, SOFT_THREADS, stream)(
+        boxes, scores, cuda.to_device(order, stream=stream), cuda.to_device(seg, stream=stream), method,
+        M.nms_threshold(thr, dt), dt.type(sigma), _at_least(float(sthr), dt), int(limit), cols, s, alive,
+        d_idx, d_s, d_counts)
+    d_idx.copy_to_host(out_idx, stream=stream)
+    d_s.copy_to_host(out_s, stream=stream)
+    counts = d_counts.copy_to_host(stream=stream)
+    stream.synchronize()
+    return segment_picks(out_idx, out_s, seg, counts)
