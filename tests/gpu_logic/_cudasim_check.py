@@ -220,6 +220,7 @@ def _detect_cases(rng):
         ("idxs, objectness", 0, dict(idxs=True, score_threshold=0.1, objectness=True), 12),
         ("[B, A], k >= candidates", 0, dict(pre_nms_top_k=1000), 12),
         ("all below threshold", 3, dict(score_threshold=2.0, objectness=True), 5),
+        ("idxs agnostic, k >= candidates", 0, dict(idxs=True, class_agnostic=True, pre_nms_top_k=9), 12),
     ]
     others = [f for f in sorted(NF.FAMILIES) if f not in ("ties", "nonfinite")]
     for fi, family in enumerate(["ties", "nonfinite"] + others):

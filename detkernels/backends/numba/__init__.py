@@ -26,8 +26,9 @@ detect (issue 12) runs greedy IoU NMS on the CPU and on CUDA: its per-anchor pas
 padded outputs are a kernel too, and the plan makes each call synchronise with the host.
 
 NMS variants (issue 13): soft_nms, multi_image_soft_nms, diou_nms and matrix_nms run their loops
-in numba/cpu.py (matrix_nms on CUDA too: numba/cuda.py, a thread per column, the plan and the
-finish on the host) over the scalar maths of box_math.py (nms_iou, diou_penalty_of, dk_log,
+in numba/cpu.py and on CUDA in numba/cuda.py (soft_nms: a block per (image, class) segment;
+diou_nms: nms's bitmask kernels with DIoU's predicate; matrix_nms: a thread per column; the plans
+and the finishes on the host) over the scalar maths of box_math.py (nms_iou, diou_penalty_of, dk_log,
 dk_exp, the decay weights); orders, merges and filters are host NumPy, the reference's own code
 (score_order). multi_image_soft_nms runs every (image, class) segment in one call on numba's
 threads; matrix_nms computes its columns in parallel (each column's max and min in the
