@@ -294,8 +294,9 @@ def test_bad_nms_mode_arguments_name_the_argument(kwargs, exc, name):
 
 
 def test_nms_modes_refused_where_not_served(monkeypatch):
-    """numba (CPU) runs greedy IoU NMS only: another mode is a NotImplementedError naming it and
-    the device, never greedy NMS in its place. Native serves every mode on CPU and CUDA."""
+    """numba (CPU and CUDA) runs greedy IoU NMS only: another mode is a NotImplementedError
+    naming it and the device, never greedy NMS in its place. Native serves every mode on CPU and
+    CUDA."""
     from detkernels import _checks, _dispatch, _registry
 
     if _registry.why_not("numba", "detect") is None:
@@ -315,6 +316,14 @@ def test_nms_modes_refused_where_not_served(monkeypatch):
         monkeypatch.setattr(_registry, "select", lambda op, dev, w, backend=None: ("native", iou_only))
         with pytest.raises(NotImplementedError, match=r"nms='soft'.* on cuda by backend 'native'"):
             _dispatch.detect_select("cuda:0", "float32", _checks.DetectNms("soft"), None)
+    if _registry.why_not("numba", "detect") is None:
+        from detkernels.backends import numba as nb
+
+        monkeypatch.setattr(_registry, "select", lambda op, dev, w, backend=None: ("numba", nb.detect))
+        for mode in ("diou", "soft", "matrix"):
+            with pytest.raises(NotImplementedError, match=rf"nms='{mode}'.* on cuda by backend 'numba'"):
+                _dispatch.detect_select("cuda:0", "float32", _checks.DetectNms(mode), None)
+        assert _dispatch.detect_select("cuda:0", "float32", _checks.DetectNms(), None) is nb.detect
 
 
 # ---- torch --------------------------------------------------------------------------------------------

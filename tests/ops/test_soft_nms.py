@@ -305,14 +305,17 @@ def test_bad_arrays_name_themselves():
 
 
 def test_cuda_serving_is_declared():
-    """native declares soft_nms on cuda (compiled, emulated in tests/gpu_logic); numba does not run
-    it there, and the registry says so (README status) instead of a silent fallback."""
+    """native and numba declare soft_nms and multi_image_soft_nms on cuda (compiled, emulated /
+    simulated in tests/gpu_logic); numpy does not run them there, and the registry says so
+    instead of a silent fallback."""
     from detkernels import _registry
     from detkernels.backends._table import TABLE
 
     _registry._load()
-    assert "cuda" in TABLE["native"].impls["soft_nms"][1]
-    assert "does not run soft_nms on cuda" in _registry.why_not("numba", "soft_nms", "cuda")
+    for op in ("soft_nms", "multi_image_soft_nms"):
+        assert "cuda" in TABLE["native"].impls[op][1]
+        assert "cuda" in TABLE["numba"].impls[op][1]
+    assert "does not run soft_nms on cuda" in _registry.why_not("numpy", "soft_nms", "cuda")
 
 
 # ---- torch -------------------------------------------------------------------------------------

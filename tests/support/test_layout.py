@@ -129,7 +129,7 @@ TWINS = {  # C++ function -> "module:function" of its twin
     # soft_nms.h (issue 13; numba/cpu.py, and numba/cuda.py for matrix_nms)
     "dk_exp": NB + "box_math:dk_exp", "dk_floor": NB + "box_math:dk_floor",
     "dk_ldexp": NB + "box_math:dk_ldexp", "dk_pow2": NB + "box_math:dk_ldexp",  # math.ldexp there
-    "soft_nms_weight": NB + "box_math:soft_nms_weight",
+    "soft_nms_weight": NB + "box_math:soft_nms_weight", "ranks_before": NB + "box_math:ranks_before",
     # ExpCoef's two halves and the Gaussian's exponent (split out for the CPU's vector lanes)
     "round_arg": NB + "box_math:dk_exp", "mantissa": NB + "box_math:dk_exp",
     "soft_gaussian_arg": NB + "box_math:soft_nms_weight",
@@ -154,6 +154,8 @@ TWINS = {  # C++ function -> "module:function" of its twin
     "roi_pool_box": NB + "roi_math:pool_geometry", "roi_pool_bin": NB + "roi_math:pool_bin",
     "roi_pool_lowest": NB + "roi_math:constants", "roi_pool_bin_value": NB + "roi_math:pool_element",
     "roi_pool_output": NB + "roi_math:pool_element",
+    # detect_gpu.h (issue 12): the per-anchor pass and the padded outputs
+    "detect_gpu_score": NB + "box_math:detect_anchor", "detect_gpu_output": NB + "cuda:detect_output_kernel",
 }
 _SORT_KEYS = "radix-sort key packing of the native/CuPy CUDA plan; numba plans with stable torch/NumPy sorts"
 _PLAN = "candidate planning of the native/CuPy CUDA plan; numba's is torch/NumPy array code (numba/__init__.py)"
@@ -197,9 +199,10 @@ NOT_NEEDED = {
                                 "nms_sparse_init_state", "nms_sparse_finish", "nms_sparse_output",
                                 "nms_sparse_neutralise")},
     # soft_nms_gpu.h, matrix_nms_gpu.h (issue 13): steps of the native CUDA Soft-NMS / Matrix NMS
-    **{f: "a step of the native CUDA Soft-NMS / Matrix NMS (issue 13); the numba backend serves "
-          "soft_nms on the CPU only and matrix_nms with its own column kernels (README status)"
-       for f in ("ranks_before", "soft_pick_none", "soft_pick_better", "soft_nms_init",
+    **{f: "a step of the native CUDA Soft-NMS / Matrix NMS (issue 13); the numba backend runs "
+          "soft_nms with its own block kernel (numba/cuda.py soft_nms_kernel over box_math's "
+          "ranks_before) and matrix_nms with its own column kernels"
+       for f in ("soft_pick_none", "soft_pick_better", "soft_nms_init",
                  "soft_nms_rescale", "soft_nms_pick_limit", "soft_nms_emit", "matrix_nms_gather",
                  "matrix_nms_comp_tile", "matrix_nms_decay_tile", "matrix_nms_tile_rows",
                  "matrix_nms_finish", "matrix_nms_multi_emit")},
@@ -209,11 +212,10 @@ NOT_NEEDED = {
                  "roi_rotated_contrib_count", "roi_rotated_contrib", "roi_rotated_output")},
     **{f: _SCATTER for f in ("roi_contrib_count", "roi_contrib", "box", "slots", "contrib", "roi_pool_max_key",
                              "roi_pool_max_run_sum", "ps_roi_pool_len")},
-    # detect_gpu.h (issue 12): the numba CUDA detect is not written yet; its steps are tested
-    # through the C++ emulator (tests/gpu_logic/test_detect_cuda_logic.py)
-    **{f: "detect: no numba CUDA kernel yet (README status); emulated in C++" for f in (
-        "detect_gpu_candidates", "detect_gpu_slots", "detect_gpu_score", "detect_gpu_select",
-        "detect_gpu_pad", "detect_gpu_compact", "detect_gpu_count", "detect_gpu_output")},
+    # detect_gpu.h (issue 12): numba's detect selects and compacts candidates in its host NumPy
+    # plan (numba/__init__.py _multi_host_plan), not with the native sort/scan steps
+    **{f: _PLAN for f in ("detect_gpu_candidates", "detect_gpu_slots", "detect_gpu_select",
+                          "detect_gpu_pad", "detect_gpu_compact", "detect_gpu_count")},
 }
 
 

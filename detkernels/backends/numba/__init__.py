@@ -20,9 +20,15 @@ CUDA tensors the plan (per-image stable sorts, segments by a running max) and th
 are torch ops on the device: no host synchronisation. With Numba or CuPy device arrays the plan is
 made on the host (the scores and classes are copied there and the keep flags back).
 
+detect (issue 12) runs greedy IoU NMS on the CPU and on CUDA: its per-anchor pass is a kernel
+(numba/cpu.py, numba/cuda.py), the candidate selection and plan are multi_image_nms's host plan
+(NumPy, with detect's pre-NMS top-k), the suppression multi_image_nms's kernels; on CUDA the
+padded outputs are a kernel too, and the plan makes each call synchronise with the host.
+
 NMS variants (issue 13): soft_nms, multi_image_soft_nms, diou_nms and matrix_nms run their loops
-in numba/cpu.py (matrix_nms on CUDA too: numba/cuda.py, a thread per column, the plan and the
-finish on the host) over the scalar maths of box_math.py (nms_iou, diou_penalty_of, dk_log,
+in numba/cpu.py and on CUDA in numba/cuda.py (soft_nms: a block per (image, class) segment;
+diou_nms: nms's bitmask kernels with DIoU's predicate; matrix_nms: a thread per column; the plans
+and the finishes on the host) over the scalar maths of box_math.py (nms_iou, diou_penalty_of, dk_log,
 dk_exp, the decay weights); orders, merges and filters are host NumPy, the reference's own code
 (score_order). multi_image_soft_nms runs every (image, class) segment in one call on numba's
 threads; matrix_nms computes its columns in parallel (each column's max and min in the
@@ -171,8 +177,9 @@ def box_iou(b1: Any, b2: Any, kind: str, fmt: str, eps: float) -> Any:
 
 
 @register("nms", "numba", devices=("cpu", "cuda"))
-def nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float) -> Any:
-    """boxes [N, 4], scores [N] (same float dtype), classes int64 [N] or None -> kept indices."""
+def nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float, beta: float | None = None) -> Any:
+    """boxes [N, 4], scores [N] (same float dtype), classes int64 [N] or None -> kept indices.
+    ``beta`` (CUDA only; diou_nms's call): DIoU-NMS's predicate instead of IoU's."""
     if A.device(boxes) == "cpu":
         from . import cpu as _cpu
 
@@ -184,21 +191,22 @@ def nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float) -> Any:
     cuda, K = _cuda()
     with cuda.gpus[_device_index(boxes)]:
         if A.kind(boxes) == "torch":
-            return _nms_torch_cuda(cuda, K, boxes, scores, classes, iou_threshold)
+            return _nms_torch_cuda(cuda, K, boxes, scores, classes, iou_threshold, beta)
         s = _to_host(scores)
         c = None if classes is None else _to_host(classes)
         o1, o, _ = _host_order(s, c)
         stream = _stream(cuda, boxes)
         d_cls = None if c is None else cuda.to_device(np.ascontiguousarray(c), stream=stream)
         flags = K.nms_keep(_as_numba(cuda, boxes), cuda.to_device(o, stream=stream), d_cls,
-                           iou_threshold, stream).copy_to_host(stream=stream)
+                           iou_threshold, stream, beta).copy_to_host(stream=stream)
         stream.synchronize()
         return A.from_numpy(_keep_from_flags(o1, o, flags), like=boxes)
 
 
-def _nms_torch_cuda(cuda: Any, K: Any, boxes: Any, scores: Any, classes: Any, thr: float) -> Any:
+def _nms_torch_cuda(cuda: Any, K: Any, boxes: Any, scores: Any, classes: Any, thr: float,
+                    beta: float | None = None) -> Any:
     """torch CUDA tensors: sorting and compaction stay on the device (torch ops on the current
-    stream); the one host sync is the output length, as in torchvision."""
+    stream); the one host sync is the output length, as in torchvision. ``beta``: DIoU-NMS."""
     torch = sys.modules["torch"]
     # + 0 turns -0.0 into +0.0, so a radix sort cannot order -0.0 before +0.0 (the reference
     # treats them as equal); NaN ranks first in torch's descending sort.
@@ -206,7 +214,7 @@ def _nms_torch_cuda(cuda: Any, K: Any, boxes: Any, scores: Any, classes: Any, th
     o = o1 if classes is None else o1[torch.sort(classes[o1], stable=True).indices]
     stream = _stream(cuda, boxes)
     flags = K.nms_keep(_as_numba(cuda, boxes), _as_numba(cuda, o), _as_numba(cuda, classes), thr,
-                       stream)
+                       stream, beta)
     f = torch.as_tensor(flags, device=boxes.device).bool()
     if classes is None:
         return o1[f]
@@ -227,10 +235,12 @@ def _multi_dims(boxes: Any, scores: Any) -> tuple[int, int, int, int]:
     return B, N, C, max(C, 1)
 
 
-def _multi_host_plan(s: np.ndarray, c: np.ndarray | None,
-                     sthr: float | None) -> tuple[list, np.ndarray, np.ndarray, np.ndarray]:
+def _multi_host_plan(s: np.ndarray, c: np.ndarray | None, sthr: float | None,
+                     top_k: int | None = None) -> tuple[list, np.ndarray, np.ndarray, np.ndarray]:
     """Visiting plan on the host. ``s`` [B, M] scores by candidate, ``c`` [B, M] int64 classes or
-    None. Returns (o1s, o, seg): o1s[b] image b's candidates that pass the filter, as global ids
+    None; ``top_k`` (detect's pre-NMS top-k): of the candidates that pass the filter, only the
+    ``top_k`` first in score order (score_order: NaN first, ties by q) are planned. Returns
+    (o1s, o, seg, bounds): o1s[b] image b's candidates that pass the filter (and top-k), as global ids
     b * M + q, in the reference's order (descending score, NaN first, ties by q); o every image's
     in visiting order (image, class, score rank); seg the (image, class) segment starts in o plus
     len(o) (an image without candidates adds an empty segment); bounds[b] where image b starts in
@@ -246,6 +256,8 @@ def _multi_host_plan(s: np.ndarray, c: np.ndarray | None,
             sel = np.arange(M, dtype=np.int64)
         else:  # (double)score > score_threshold: NaN fails
             sel = np.flatnonzero(sb.astype(np.float64) > sthr)
+        if top_k is not None and sel.shape[0] > top_k:  # reference/detect.py step 4
+            sel = np.sort(sel[score_order(sb[sel])[:top_k]])
         o1, o, seg = _host_order(sb[sel], None if c is None else c[b][sel])
         o1s.append(sel[o1] + b * M)
         orders.append(sel[o] + b * M)
@@ -294,54 +306,67 @@ def _soft_merge(idx: np.ndarray, val: np.ndarray, limit: int) -> tuple[np.ndarra
 _SOFT_METHODS = {"linear": 0, "gaussian": 1}  # box_math.soft_nms_weight's method codes
 
 
-@register("soft_nms", "numba")  # CPU only (numba.cuda: not served, README status)
+def _soft_nms_run(boxes: Any, scores: Any, rows: int, order: np.ndarray, seg: np.ndarray, method: str,
+                  thr: float, sigma: float, sthr: float, limit: int,
+                  parallel: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(input indices, decayed scores, picks per segment) on the host: the segments of ``order``
+    (host) through numba/cpu.py's soft_nms (``parallel``: segments on numba's threads) or
+    numba/cuda.py's (a block per segment; the picks are copied back), boxes viewed [rows, 4]."""
+    if A.device(boxes) == "cpu":
+        from . import cpu as _cpu
+
+        return _cpu.soft_nms(A.to_numpy_view(boxes).reshape(rows, 4), A.to_numpy_view(scores).reshape(rows),
+                             order, seg, _SOFT_METHODS[method], thr, sigma, sthr, limit, parallel=parallel)
+    cuda, K = _cuda()
+    with cuda.gpus[_device_index(boxes)]:
+        b, s = A.ascontig(boxes), A.ascontig(scores)
+        return K.soft_nms(_as_numba(cuda, b).reshape(rows, 4), _as_numba(cuda, s).reshape(rows), order, seg,
+                          _SOFT_METHODS[method], thr, sigma, sthr, limit, _stream(cuda, b))
+
+
+@register("soft_nms", "numba", devices=("cpu", "cuda"))
 def soft_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float, sigma: float, method: str,
              score_threshold: float, max_output: int | None) -> tuple[Any, Any]:
     """boxes [N, 4], scores [N] (same float dtype), classes int64 [N] or None -> (kept indices,
-    decayed scores): per class segment the reference's sequential loop (numba/cpu.py), the
-    classes' picks merged on the host by decayed score, ties by index."""
-    from . import cpu as _cpu
-
-    b, s = A.to_numpy_view(boxes), A.to_numpy_view(scores)
-    n = b.shape[0]
+    decayed scores): per class segment the reference's sequential loop (numba/cpu.py; on CUDA a
+    block per segment, numba/cuda.py), the classes' picks merged on the host by decayed score,
+    ties by index. CUDA: the plan (class segments) and the merge are host NumPy (a host sync)."""
+    n = int(boxes.shape[0])
     limit = n if max_output is None else min(int(max_output), n)
     if classes is None:
         order, seg = np.arange(n, dtype=np.int64), np.array([0, n], np.int64)
     else:
-        order, seg = _class_segments(np.arange(n, dtype=np.int64), A.to_numpy_view(classes))
-    idx, val, _ = _cpu.soft_nms(b, s, order, seg, _SOFT_METHODS[method], iou_threshold, sigma,
-                                score_threshold, limit)
+        order, seg = _class_segments(np.arange(n, dtype=np.int64), _to_host(classes))
+    idx, val, _ = _soft_nms_run(boxes, scores, n, order, seg, method, iou_threshold, sigma,
+                                score_threshold, limit, False)
     if classes is not None:
         idx, val = _soft_merge(idx, val, limit)
     return A.from_numpy(idx, like=boxes), A.from_numpy(val, like=boxes)
 
 
-@register("multi_image_soft_nms", "numba")  # CPU only (numba.cuda: not served, README status)
+@register("multi_image_soft_nms", "numba", devices=("cpu", "cuda"))
 def multi_image_soft_nms(boxes: Any, scores: Any, classes: Any, max_output: int, iou_threshold: float,
                          sigma: float, method: str, score_threshold: float) -> tuple[Any, Any, Any]:
     """boxes [B, N, 4], scores [B, N] (same float dtype), classes int64 [B, N] or None ->
     (indices [B, K] -1 padded, decayed scores [B, K] 0 padded, counts [B]): every (image, class)
-    segment of the batch through soft_nms's kernel in one call, the segments on numba's threads;
-    per image the classes' picks merged on the host as soft_nms merges them."""
-    from . import cpu as _cpu
-
+    segment of the batch through soft_nms's kernel in one call (the segments on numba's threads;
+    on CUDA a block each); per image the classes' picks merged on the host as soft_nms merges
+    them (CUDA: a host sync)."""
     B, N = int(boxes.shape[0]), int(boxes.shape[1])
     K = int(max_output)
-    b = A.to_numpy_view(boxes).reshape(B * N, 4)
-    s = A.to_numpy_view(scores).reshape(B * N)
     image = np.repeat(np.arange(B, dtype=np.int64), N)
     if classes is None:
         order, seg = np.arange(B * N, dtype=np.int64), np.arange(B + 1, dtype=np.int64) * N
     else:  # (image, class) segments, input index ascending inside one (lexsort is stable)
-        c = A.to_numpy_view(classes).reshape(B * N)
+        c = _to_host(classes).reshape(B * N)
         order = np.lexsort((c, image)).astype(np.int64)
         ci, cc = image[order], c[order]
         starts = np.flatnonzero((ci[1:] != ci[:-1]) | (cc[1:] != cc[:-1])) + 1
         seg = np.concatenate(([0], starts, [B * N])).astype(np.int64)
-    idx, val, _ = _cpu.soft_nms(b, s, order, seg, _SOFT_METHODS[method], iou_threshold, sigma,
-                                score_threshold, min(K, N), parallel=True)
+    idx, val, _ = _soft_nms_run(boxes, scores, B * N, order, seg, method, iou_threshold, sigma,
+                                score_threshold, min(K, N), True)
     out = np.full((B, K), -1, np.int64)
-    vals = np.zeros((B, K), b.dtype)
+    vals = np.zeros((B, K), A.dtype_name(boxes))
     counts = np.zeros(B, np.int64)
     bounds = np.searchsorted(image[idx], np.arange(B + 1))  # picks are image by image
     for i in range(B):
@@ -353,11 +378,14 @@ def multi_image_soft_nms(boxes: Any, scores: Any, classes: Any, max_output: int,
     return tuple(A.from_numpy(x, like=boxes) for x in (out, vals, counts))
 
 
-@register("diou_nms", "numba")  # CPU only (numba.cuda: not served, README status)
+@register("diou_nms", "numba", devices=("cpu", "cuda"))
 def diou_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float, beta: float) -> Any:
     """boxes [N, 4], scores [N] (same float dtype), classes int64 [N] or None -> kept indices by
     descending score: nms's visiting plan (host), the greedy loop with DIoU's measure (numba/cpu.py,
-    the classes on numba's threads)."""
+    the classes on numba's threads). CUDA: nms's path (host or torch plan, the bitmask kernels)
+    with DIoU-NMS's predicate."""
+    if A.device(boxes) != "cpu":
+        return nms(boxes, scores, classes, iou_threshold, beta=beta)
     from . import cpu as _cpu
 
     s = A.to_numpy_view(scores)
@@ -539,24 +567,63 @@ def _multi_torch_cuda(cuda: Any, K: Any, boxes: Any, scores: Any, classes: Any, 
     return out, cls, counts
 
 
-# ---- detect (issue 12, CPU) ----------------------------------------------------------------------
-# The per-anchor pass (objectness product, best class, xyxy corners) is a numba kernel
-# (numba/cpu.py detect_candidates); the candidate selection (score filter, pre-NMS top-k) and the
-# visiting plan are host NumPy, as for nms; every image's (class) segments then run through the NMS
-# kernels of nms/multi_image_nms in one call, spread over numba's threads.
+# ---- detect (issue 12) ---------------------------------------------------------------------------
+# The per-anchor pass (objectness product, best class, xyxy corners) is box_math.detect_anchor, run
+# by numba/cpu.py's detect_candidates (anchors on threads) or numba/cuda.py's
+# detect_candidates_kernel (a thread per anchor). The candidate selection (score filter, pre-NMS
+# top-k) and the visiting plan are multi_image_nms's host plan (_multi_host_plan, NumPy); every
+# image's (class) segments then run through multi_image_nms's suppression in one call: numba's
+# threads on the CPU, the bitmask kernels on CUDA (_multi_host_cuda).
 
 def _np_contig(x: Any) -> np.ndarray | None:
     """A contiguous NumPy view (or copy, for a strided head output) of a CPU array; None stays."""
     return None if x is None else np.ascontiguousarray(A.to_numpy_view(x))
 
 
-@register("detect", "numba")  # CPU only (numba.cuda: not served, README status)
+def _detect_picks(cs: np.ndarray, classes: np.ndarray | None, N: int, Cc: int, sthr: float | None,
+                  top_k: int | None, K: int, suppress: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(picks [B, K] int64, counts [B]): image b's kept candidates q by descending score (NaN
+    first, ties by q; reference/detect.py steps 3-6), -1 past counts[b]. ``cs`` [B, M] host
+    candidate scores, ``classes`` [B, M] int64 (None: class-agnostic), candidate q on box row
+    b * N + q // Cc; ``suppress(rows, seg, bounds)`` -> keep flags over the plan's positions."""
+    B, M = cs.shape
+    if M == 0 or K == 0:
+        return np.full((B, K), -1, np.int64), np.zeros(B, np.int64)
+    o1s, o, seg, bounds = _multi_host_plan(cs, classes, sthr, None if top_k is None else int(top_k))
+    kept_by_cand = np.zeros(B * M, bool)
+    if o.shape[0]:
+        rows = (o // M) * N + (o % M) // Cc  # box row of each visited candidate in xyxy [B * N, 4]
+        kept_by_cand[o[suppress(rows, seg, bounds).astype(bool)]] = True
+    picks, _, counts = _multi_host_outputs(o1s, kept_by_cand, M, 1, K, False)
+    return picks, counts
+
+
+def _detect_classes(cls: np.ndarray, B: int, N: int, C: int, multi: bool,
+                    agnostic: bool) -> np.ndarray | None:
+    """[B, M] int64 NMS class of each candidate on the host (None: class-agnostic)."""
+    if agnostic:
+        return None
+    if multi:
+        return np.broadcast_to(np.tile(np.arange(C, dtype=np.int64), N), (B, N * C))
+    return cls
+
+
+@register("detect", "numba", devices=("cpu", "cuda"))
 def detect(boxes: Any, scores: Any, objectness: Any, idxs: Any, iou_threshold: float, max_det: int,
            score_threshold: float | None, top_k: int | None, fmt: str, multi_label: bool,
            class_agnostic: bool) -> tuple:
     """boxes [B, A, 4], scores [B, A] or [B, A, C], objectness [B, A] or None (one float dtype,
-    any strides), idxs int64 [B, A] or None -> (boxes [B, K, 4], scores [B, K], classes,
-    indices [B, K], counts [B]); the rule is reference/detect.py's."""
+    any strides: copied contiguous), idxs int64 [B, A] or None -> (boxes [B, K, 4], scores [B, K],
+    classes, indices [B, K], counts [B]); the rule is reference/detect.py's, greedy IoU NMS only
+    (no ``nms_modes``: _dispatch.detect_select refuses the other modes).
+
+    CUDA (numba.cuda, any CUDA array kind): the per-anchor pass, the suppression and the padded
+    outputs are kernels on the caller's stream; the plan between them is host NumPy, as for
+    multi_image_nms with Numba/CuPy arrays: the candidate scores (and classes) are copied to the
+    host and the keep flags and picks back, so a call synchronises with the host."""
+    if A.device(boxes) != "cpu":
+        return _detect_cuda(boxes, scores, objectness, idxs, iou_threshold, int(max_det),
+                            score_threshold, top_k, fmt, multi_label, class_agnostic)
     from . import cpu as _cpu
 
     b, s, o = _np_contig(boxes), _np_contig(scores), _np_contig(objectness)
@@ -568,47 +635,74 @@ def detect(boxes: Any, scores: Any, objectness: Any, idxs: Any, iou_threshold: f
     xyxy, cs, best = _cpu.detect_pass(b, s3, o, FMT_CODES[fmt], multi)
     M = 0 if C == 0 else cs.shape[1]  # candidates per image, index q
     Cc = C if multi else 1  # anchor = q // Cc
-    if multi:
-        cls = np.broadcast_to(np.tile(np.arange(C, dtype=np.int64), N), (B, M))
-    elif per_column:
-        cls = best
+    if per_column or idxs is None:
+        cls = best  # [B, A] scores: 0 (one class)
     else:
-        cls = np.zeros((B, N), np.int64) if idxs is None else A.to_numpy_view(idxs).reshape(B, N)
+        cls = A.to_numpy_view(idxs).reshape(B, N)
     agnostic = class_agnostic or (not per_column and idxs is None)
-    picks, orders, starts = [], [], []  # per image: selected q, score order o1, visiting order o
-    n = 0
-    for i in range(B):
-        sel = np.arange(M, dtype=np.int64)
-        if score_threshold is not None:  # (double)s > score_threshold: NaN fails
-            sel = sel[cs[i, :M].astype(np.float64) > float(score_threshold)]
-        if top_k is not None and sel.shape[0] > int(top_k):
-            sel = np.sort(sel[score_order(cs[i][sel])[:int(top_k)]])
-        o1, o, seg = _host_order(cs[i][sel], None if agnostic else cls[i][sel])
-        picks.append((sel, o1, o))
-        orders.append(i * N + sel[o] // Cc)  # box rows of xyxy [B * N, 4] in visiting order
-        starts.append(seg[:-1] + n)
-        n += o.shape[0]
     K = int(max_det)
+    picks, counts = _detect_picks(
+        cs[:, :M], _detect_classes(cls, B, N, C, multi, agnostic), N, Cc, score_threshold, top_k, K,
+        lambda rows, seg, _: _cpu.nms_keep(xyxy.reshape(B * N, 4), rows, seg, iou_threshold,
+                                           parallel=True))
     ob = np.zeros((B, K, 4), b.dtype)
     os_ = np.zeros((B, K), b.dtype)
     oc = np.full((B, K), -1, np.int64)
     oi = np.full((B, K), -1, np.int64)
-    counts = np.zeros(B, np.int64)
-    if n:
-        rows = np.concatenate(orders).astype(np.int64, copy=False)
-        seg = np.concatenate(starts + [np.array([n], np.int64)]).astype(np.int64, copy=False)
-        flags = _cpu.nms_keep(xyxy.reshape(B * N, 4), rows, seg, iou_threshold, parallel=True)
-        at = 0
-        for i, (sel, o1, o) in enumerate(picks):
-            q = sel[_keep_from_flags(o1, o, flags[at:at + o.shape[0]])][:K]
-            at += o.shape[0]
-            k, a = q.shape[0], q // Cc
-            counts[i] = k
-            ob[i, :k] = xyxy[i, a]
-            os_[i, :k] = cs[i, q]
-            oc[i, :k] = cls[i, q] if multi else cls[i, a]
-            oi[i, :k] = a
+    for i in range(B):
+        k = int(counts[i])
+        q = picks[i, :k]
+        a = q // Cc
+        ob[i, :k] = xyxy[i, a]
+        os_[i, :k] = cs[i, q]
+        oc[i, :k] = q % Cc if multi else cls[i, a]
+        oi[i, :k] = a
     return tuple(A.from_numpy(x, like=boxes) for x in (ob, os_, oc, oi, counts))
+
+
+def _detect_cuda(boxes: Any, scores: Any, objectness: Any, idxs: Any, thr: float, K: int,
+                 sthr: float | None, top_k: int | None, fmt: str, multi_label: bool,
+                 class_agnostic: bool) -> tuple:
+    """detect on numba.cuda (see detect): outputs of ``boxes``' array kind, on its device."""
+    cuda, NC = _cuda()
+    b, s = A.ascontig(boxes), A.ascontig(scores)
+    o = None if objectness is None else A.ascontig(objectness)
+    per_column = s.ndim == 3
+    B, N = int(b.shape[0]), int(b.shape[1])
+    s3 = s if per_column else s.reshape(B, N, 1)
+    C = int(s3.shape[2])
+    multi = bool(multi_label) and per_column
+    M = N * C if multi else (N if C else 0)  # candidates per image, index q
+    Cc = C if multi else 1  # anchor = q // Cc
+    dt = A.dtype_name(b)
+    if M == 0 or K == 0:  # no candidates or no slots: padding only (no kernel on empty arrays)
+        return tuple(A.from_numpy(x, like=b) for x in (
+            np.zeros((B, K, 4), dt), np.zeros((B, K), dt), np.full((B, K), -1, np.int64),
+            np.full((B, K), -1, np.int64), np.zeros(B, np.int64)))
+    xyxy = A.empty((B, N, 4), dt, like=b)
+    cs = A.empty((B, N * C if multi else N), dt, like=b)
+    best = A.empty((B, N), "int64", like=b)
+    cls = best if per_column or idxs is None else idxs  # [B, A] scores: best is 0 (one class)
+    agnostic = class_agnostic or (not per_column and idxs is None)
+    with cuda.gpus[_device_index(b)]:
+        stream = _stream(cuda, b)
+
+        def nb(x: Any) -> Any:
+            return _as_numba(cuda, x)
+
+        NC.detect_candidates(nb(b), nb(s3), nb(o), FMT_CODES[fmt], multi, nb(xyxy), nb(cs), nb(best),
+                             stream)
+        c_host = None if agnostic or multi else _to_host(cls).reshape(B, N)
+        picks, counts = _detect_picks(
+            _to_host(cs), _detect_classes(c_host, B, N, C, multi, agnostic), N, Cc, sthr, top_k, K,
+            lambda rows, seg, bounds: _multi_host_cuda(xyxy, rows, seg, bounds, thr, B * N))
+        ob = A.empty((B, K, 4), dt, like=b)
+        os_ = A.empty((B, K), dt, like=b)
+        oc = A.empty((B, K), "int64", like=b)
+        oi = A.empty((B, K), "int64", like=b)
+        NC.detect_outputs(nb(xyxy), nb(cs), nb(cls), nb(A.from_numpy(picks, like=b)), Cc, multi,
+                          nb(ob), nb(os_), nb(oc), nb(oi), stream)
+    return ob, os_, oc, oi, A.from_numpy(counts, like=b)
 
 
 # ---- RoI ops (CPU and CUDA) ------------------------------------------------------------------------

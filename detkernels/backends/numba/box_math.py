@@ -1,5 +1,6 @@
-"""The scalar maths of csrc/ops/box_iou/box_iou.h and csrc/ops/nms/nms.h, written once as plain
-Python and compiled per (target, dtype) by :func:`specialise`, for the Numba backend.
+"""The scalar maths of csrc/ops/box_iou/box_iou.h and csrc/ops/nms/nms.h (and detect's
+per-anchor pass), written once as plain Python and compiled per (target, dtype) by
+:func:`specialise`, for the Numba backend.
 
 Every float operation goes through ADD/SUB/MUL/DIV and every constant is a named global of the
 working type, because the two targets need different things for the same formula:
@@ -181,6 +182,44 @@ def nms_suppresses(ax1, ay1, ax2, ay2, area_a, bx1, by1, bx2, by2, area_b, thr):
     return nms_iou(ax1, ay1, ax2, ay2, area_a, bx1, by1, bx2, by2, area_b) > thr
 
 
+# ---- detect_gpu.h (issue 12) ----------------------------------------------------------------------
+
+def detect_anchor(boxes, scores, obj, has_obj, fmt, multi_label, xyxy, cs, cls, b, a):
+    """detect's per-anchor pass (reference/detect.py steps 1-2; detect_gpu.h's detect_gpu_score)
+    for anchor ``a`` of image ``b``: the one copy run by numba/cpu.py (anchors on threads) and
+    numba/cuda.py (a thread per anchor). boxes [B, A, 4] in ``fmt`` -> xyxy[b, a] (box_corners);
+    scores [B, A, C] times obj [B, A] (one MUL in T, before anything else) -> candidate scores
+    cs: multi-label cs[b, a * C + c], else cs[b, a] the best class cls[b, a] -- the first NaN
+    column, else the lowest column holding the row maximum (a strict ``>`` scan: ties and
+    -0.0 == +0.0 keep the lower column). With C = 0 only xyxy is written."""
+    C = scores.shape[2]
+    x1, y1, x2, y2 = box_corners(boxes[b, a, 0], boxes[b, a, 1], boxes[b, a, 2], boxes[b, a, 3], fmt)
+    xyxy[b, a, 0] = x1
+    xyxy[b, a, 1] = y1
+    xyxy[b, a, 2] = x2
+    xyxy[b, a, 3] = y2
+    if multi_label:
+        for c in range(C):
+            v = scores[b, a, c]
+            cs[b, a * C + c] = MUL(v, obj[b, a]) if has_obj else v
+    elif C > 0:
+        best = -1
+        m = ZERO
+        for c in range(C):
+            v = scores[b, a, c]
+            if has_obj:
+                v = MUL(v, obj[b, a])
+            if v != v:  # NaN ranks above everything: the first one wins
+                best = c
+                m = v
+                break
+            if best < 0 or v > m:
+                best = c
+                m = v
+        cs[b, a] = m
+        cls[b, a] = best
+
+
 # ---- soft_nms.h (issue 13) ------------------------------------------------------------------------
 # The numba twins of dk_floor / dk_ldexp / dk_exp / soft_nms_weight. Not in SCALAR_FUNCS: they
 # are compiled as extras where a kernel needs them (numba/cpu.py's _build_exp; numba/cuda.py's
@@ -235,8 +274,11 @@ def dk_exp(x):  # EXP_EVAL is exp_eval_f32 or exp_eval_f64
 
 
 def soft_nms_weight(iou, method, thr, sigma):
+    # thr: the double threshold (numba/cpu.py: iou is widened for the compare, soft_nms.h's), or
+    # nms_threshold(thr, T) (numba/cuda.py: the same result compared in T, no float64 in a
+    # float32 kernel).
     if method == 0:
-        return SUB(ONE, iou) if float(iou) > thr else ONE
+        return SUB(ONE, iou) if iou > thr else ONE
     if iou != iou:
         return ONE
     return dk_exp(DIV(-MUL(iou, iou), sigma))
@@ -264,7 +306,18 @@ def soft_nms_constants(dtype) -> dict:
     return c
 
 
-SOFT_NMS_FUNCS = (dk_floor, dk_ldexp, dk_exp, soft_nms_weight)
+def ranks_before(sa, a, sb, b):
+    """soft_nms.h's ranks_before: (score sa, index a) ranks before (sb, b) -- NaN first, then the
+    higher score (-0 == +0), then the lower index. A strict total order on distinct indices, so a
+    block-wide argmax under it picks the same in any reduction order."""
+    if (sa != sa and sb == sb) or sa > sb:
+        return True
+    if (sb != sb and sa == sa) or sb > sa:
+        return False
+    return a < b
+
+
+SOFT_NMS_FUNCS = (dk_floor, dk_ldexp, dk_exp, soft_nms_weight, ranks_before)
 
 
 # ---- diou_nms.h, matrix_nms.h (issue 13) ----------------------------------------------------------
@@ -321,7 +374,8 @@ DIOU_MATRIX_FUNCS = (dk_log, dk_pow, diou_nms_measure, matrix_nms_term)
 # ---- compilation ----------------------------------------------------------------------------------
 
 SCALAR_FUNCS = (std_max, std_min, nan_max, nan_min, clamp_min0, dk_atan, box_area, box_corners,
-                diou_penalty, diou_penalty_of, pair_iou, nms_area, nms_iou, nms_suppresses)
+                diou_penalty, diou_penalty_of, pair_iou, nms_area, nms_iou, nms_suppresses,
+                detect_anchor)
 
 
 def constants(dtype) -> dict:

@@ -359,38 +359,12 @@ def nms_parallel_kernel(boxes, order, seg, thr, keep, path):
 
 
 def detect_candidates(boxes, scores, obj, has_obj, fmt, multi_label, xyxy, cs, cls):
-    """detect's per-anchor pass (reference/detect.py steps 1-2), anchors in parallel (each
-    anchor's outputs are written by one thread). boxes [B, A, 4] in ``fmt`` -> xyxy [B, A, 4]
-    (box_corners); scores [B, A, C] times obj [B, A] (one MUL in T, before anything else) ->
-    candidate scores cs: multi-label cs[b, a * C + c], else cs[b, a] the best class cls[b, a] --
-    the first NaN column, else the lowest column holding the row maximum (a strict ``>`` scan:
-    ties and -0.0 == +0.0 keep the lower column)."""
-    B, A, C = scores.shape
+    """detect's per-anchor pass (box_math.detect_anchor), anchors in parallel (each anchor's
+    outputs are written by one thread)."""
+    B, A = scores.shape[0], scores.shape[1]
     for r in prange(B * A):
         b = r // A
-        a = r - b * A
-        x1, y1, x2, y2 = box_corners(boxes[b, a, 0], boxes[b, a, 1], boxes[b, a, 2], boxes[b, a, 3], fmt)
-        xyxy[b, a, 0], xyxy[b, a, 1], xyxy[b, a, 2], xyxy[b, a, 3] = x1, y1, x2, y2
-        if multi_label:
-            for c in range(C):
-                v = scores[b, a, c]
-                cs[b, a * C + c] = MUL(v, obj[b, a]) if has_obj else v
-        elif C > 0:
-            best = -1
-            m = ZERO
-            for c in range(C):
-                v = scores[b, a, c]
-                if has_obj:
-                    v = MUL(v, obj[b, a])
-                if v != v:  # NaN ranks above everything: the first one wins
-                    best = c
-                    m = v
-                    break
-                if best < 0 or v > m:
-                    best = c
-                    m = v
-            cs[b, a] = m
-            cls[b, a] = best
+        detect_anchor(boxes, scores, obj, has_obj, fmt, multi_label, xyxy, cs, cls, b, r - b * A)
 
 
 _OPS = dict(ADD=numba.njit(**_JIT)(_add), SUB=numba.njit(**_JIT)(_sub),
@@ -480,11 +454,8 @@ def soft_nms_segment(x1, y1, x2, y2, ar, s, gid, alive, lo, hi, method, thr, sig
             if alive[p]:
                 if a < 0:
                     a = p
-                else:
-                    sp, sa = s[p], s[a]
-                    if ((sp != sp and sa == sa) or sp > sa) or (
-                            not ((sa != sa and sp == sp) or sa > sp) and gid[p] < gid[a]):
-                        a = p
+                elif ranks_before(s[p], gid[p], s[a], gid[a]):
+                    a = p
         if a < 0:
             break
         alive[a] = 0
@@ -532,8 +503,15 @@ def soft_nms(boxes: np.ndarray, scores: np.ndarray, order: np.ndarray, seg: np.n
     fn = k.soft_nms_parallel_kernel if parallel and seg.shape[0] > 2 else k.soft_nms_kernel
     fn(boxes, scores, order, seg, method, float(thr), boxes.dtype.type(sigma), float(sthr), limit,
        out_idx, out_s, counts)
+    return segment_picks(out_idx, out_s, seg, counts)
+
+
+def segment_picks(out_idx: np.ndarray, out_s: np.ndarray, seg: np.ndarray,
+                  counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(indices, scores, counts): segment g's counts[g] picks, written at out_*[seg[g]:], one
+    segment after the other (soft_nms's kernels' output, CPU and numba.cuda)."""
     lengths = np.diff(seg)
-    rel = np.arange(n, dtype=np.int64) - np.repeat(seg[:-1], lengths)
+    rel = np.arange(out_idx.shape[0], dtype=np.int64) - np.repeat(seg[:-1], lengths)
     picked = rel < np.repeat(counts, lengths)
     return out_idx[picked], out_s[picked], counts
 

@@ -16,7 +16,12 @@ row tiles of at most MASK_BYTES) marks, for each box i and 64-wide column block,
 of i's class i suppresses; a scan keeps a box iff no kept box has marked it, one block per
 independent range of boxes (an image), its ORs atomic because a word can straddle two ranges.
 Column blocks whose first box's segment starts after a row block are dead: neither computed nor
-read.
+read. diou_nms (issue 13) is the same path with DIoU-NMS's predicate (the mask kernel compiled a
+second time with diou_suppress).
+
+detect (issue 12): a thread per anchor for the per-anchor pass (box_math.detect_anchor, numba/cpu.py's
+copy), multi_image_nms's suppression kernels, a thread per output slot for the padded outputs;
+the candidate selection and visiting plan between them are host NumPy (numba/__init__.py).
 
 matrix_nms (issue 13): three column kernels (compensation, denominator, decay), one thread per
 box, each column's max and min taken in the reference's row order (numba/cpu.py's
@@ -40,6 +45,12 @@ WORD = 64  # boxes per mask word and per mask-kernel block
 # The simulator runs threads ~2.7k/s: 2 scan threads still exercise the strided word loop.
 SCAN_THREADS = 2 if SIM else 256
 ONE64 = np.int64(1)
+# Threads per block of the element kernels (a thread per box, anchor or output slot): the
+# simulator runs every thread of a block, needed or not.
+ELEMENT_THREADS = 32 if SIM else 128
+# Threads of a Soft-NMS block (a power of two: the argmax is a tree reduction); the simulator's
+# barriers are slow, 4 threads still exercise the strided loops and the reduction.
+SOFT_THREADS = 4 if SIM else 256
 # Bytes of one bitmask tile (rows x words): the native CUDA build's cap.
 MASK_BYTES = NMS_MASK_BYTES
 
@@ -89,14 +100,26 @@ def nms_gather_kernel(boxes, order, cls, has_cls, cols, scls):
         scls[p] = cls[q] if has_cls else 0
 
 
-def nms_mask_kernel(cols, scls, seg, thr, mask, row0):
+def iou_suppress(ax1, ay1, ax2, ay2, area_a, bx1, by1, bx2, by2, area_b, thr, beta):
+    """nms's predicate (nms.h NmsIouSuppress); beta unused."""
+    return nms_suppresses(ax1, ay1, ax2, ay2, area_a, bx1, by1, bx2, by2, area_b, thr)
+
+
+def diou_suppress(ax1, ay1, ax2, ay2, area_a, bx1, by1, bx2, by2, area_b, thr, beta):
+    """diou_nms's predicate (diou_nms.h DiouNmsSuppress): ``(double)measure > thr`` is
+    ``measure > thr`` with thr = nms_threshold(iou_threshold) in T (NaN fails both)."""
+    return diou_nms_measure(ax1, ay1, ax2, ay2, area_a, bx1, by1, bx2, by2, area_b, beta) > thr
+
+
+def nms_mask_kernel(cols, scls, seg, thr, beta, mask, row0):
     """One tile of the bitmask: rows row0 .. row0 + 64 * gridDim.y - 1, each storing W =
     mask.shape[1] words, word cb of row i (row block rb) at mask[i - row0, cb - rb]
     (csrc/ops/nms/nms_bitmask.h's layout). Block (x, y), thread t: row i = 64 rb + t,
     rb = row0 / 64 + y, over column blocks cb = rb + x, rb + x + gridDim.x, ... (cb - rb < W),
     stopping at the first dead one -- whose first box's segment starts after the block's last row
     (``seg`` is non-decreasing) -- as the scan stops there too. Bit c of the word is set iff box i
-    suppresses box j = 64 cb + c, j > i, of i's class (equal ``scls``)."""
+    suppresses box j = 64 cb + c, j > i, of i's class (equal ``scls``): SUPPRESS, iou_suppress
+    (nms_mask_kernel) or diou_suppress (diou_nms_mask_kernel, the same code compiled with it)."""
     n = cols.shape[1]
     ncb = (n + WORD - 1) // WORD
     W = mask.shape[1]
@@ -127,8 +150,8 @@ def nms_mask_kernel(cols, scls, seg, thr, mask, row0):
             start = t + 1 if cb == rb else 0
             stop = n - j0 if n - j0 < WORD else WORD
             for c in range(start, stop):
-                if shc[c] == ci and nms_suppresses(ax1, ay1, ax2, ay2, aa, sh[0, c], sh[1, c],
-                                                   sh[2, c], sh[3, c], sh[4, c], thr):
+                if shc[c] == ci and SUPPRESS(ax1, ay1, ax2, ay2, aa, sh[0, c], sh[1, c], sh[2, c],
+                                             sh[3, c], sh[4, c], thr, beta):
                     bits |= ONE64 << c
             mask[i - row0, cb - rb] = bits
         cb += cuda.gridDim.x
@@ -199,8 +222,124 @@ def matrix_nms_decay_kernel(cols, seg_of, den, kernel, neg_sigma, decay):
         decay[p] = m
 
 
+# ---- detect (issue 12): the per-anchor pass and the fixed-size outputs ------------------------------
+
+def detect_candidates_kernel(boxes, scores, obj, has_obj, fmt, multi_label, xyxy, cs, cls):
+    """A thread per anchor r = b * A + a: box_math.detect_anchor (numba/cpu.py's, one copy)."""
+    r = cuda.grid(1)
+    A = scores.shape[1]
+    if r < scores.shape[0] * A:
+        b = r // A
+        detect_anchor(boxes, scores, obj, has_obj, fmt, multi_label, xyxy, cs, cls, b, r - b * A)
+
+
+def detect_output_kernel(xyxy, cs, cls, picks, Cc, multi_label, ob, os_, oc, oi):
+    """A thread per output slot (b, k) (detect_gpu.h's detect_gpu_output): picks[b, k] is the
+    k-th kept candidate q of image b (-1 past its count) -> its xyxy corners (anchor q // Cc),
+    score cs[b, q], class (q % Cc multi-label, else cls[b, anchor]) and anchor; 0 / -1 padding."""
+    r = cuda.grid(1)
+    K = picks.shape[1]
+    if r < picks.shape[0] * K:
+        b = r // K
+        k = r - b * K
+        q = picks[b, k]
+        if q < 0:
+            for d in range(4):
+                ob[b, k, d] = ZERO
+            os_[b, k] = ZERO
+            oc[b, k] = -1
+            oi[b, k] = -1
+        else:
+            a = q // Cc
+            for d in range(4):
+                ob[b, k, d] = xyxy[b, a, d]
+            os_[b, k] = cs[b, q]
+            oc[b, k] = q - a * Cc if multi_label else cls[b, a]
+            oi[b, k] = a
+
+
+DETECT_KERNELS = ("detect_candidates_kernel", "detect_output_kernel")
+
+
+# ---- soft_nms, multi_image_soft_nms (issue 13): one block per (image, class) segment ---------------
+
+def soft_nms_kernel(boxes, scores, order, seg, method, thr, sigma, sthr, limit, cols, s, alive,
+                    out_idx, out_s, counts):
+    """Block g runs Soft-NMS on segment g: positions seg[g] .. seg[g + 1] - 1 of ``order`` (input
+    indices, ascending in the segment), numba/cpu.py's soft_nms_segment in parallel. Each
+    position is owned by one thread (strided), which gathers its box into cols and its score into
+    s (alive unless below sthr). Per pick: each thread's best alive position under ranks_before,
+    then a tree reduction (the same pick in any order: a strict total order); the pick is
+    written at out_*[seg[g] + kept]; every other alive position is rescaled by its owner
+    (soft_nms_weight of nms_iou, the pick first) and dies below sthr. thr (linear decay) and sthr
+    are T-rounded so that the compares in T are the reference's double ones. counts[g] = picks."""
+    g = cuda.blockIdx.x
+    t = cuda.threadIdx.x
+    nt = cuda.blockDim.x
+    lo, hi = seg[g], seg[g + 1]
+    red_s = cuda.shared.array(SOFT_THREADS, SHARED_T)
+    red_p = cuda.shared.array(SOFT_THREADS, numba.int64)
+    for p in range(lo + t, hi, nt):
+        q = order[p]
+        x1, y1, x2, y2 = boxes[q, 0], boxes[q, 1], boxes[q, 2], boxes[q, 3]
+        cols[0, p] = x1
+        cols[1, p] = y1
+        cols[2, p] = x2
+        cols[3, p] = y2
+        cols[4, p] = nms_area(x1, y1, x2, y2)
+        v = scores[q]
+        s[p] = v
+        alive[p] = 0 if v < sthr else 1
+    kept = 0
+    while kept < limit:  # uniform over the block (kept and the pick come from shared memory)
+        cuda.syncthreads()  # rescales and kills of the previous pick are visible
+        a = -1
+        sa = ZERO
+        for p in range(lo + t, hi, nt):
+            if alive[p] and (a < 0 or ranks_before(s[p], order[p], sa, order[a])):
+                a = p
+                sa = s[p]
+        red_p[t] = a
+        red_s[t] = sa
+        step = nt // 2
+        while step > 0:
+            cuda.syncthreads()
+            if t < step:
+                b = red_p[t + step]
+                if b >= 0 and (red_p[t] < 0 or ranks_before(red_s[t + step], order[b], red_s[t],
+                                                            order[red_p[t]])):
+                    red_p[t] = b
+                    red_s[t] = red_s[t + step]
+            step //= 2
+        cuda.syncthreads()
+        a = red_p[0]
+        if a < 0:
+            break
+        if t == 0:
+            out_idx[lo + kept] = order[a]
+            out_s[lo + kept] = s[a]
+        ax1, ay1, ax2, ay2, aa = cols[0, a], cols[1, a], cols[2, a], cols[3, a], cols[4, a]
+        for q in range(lo + t, hi, nt):
+            if q == a:
+                alive[q] = 0
+            elif alive[q]:
+                iou = nms_iou(ax1, ay1, ax2, ay2, aa, cols[0, q], cols[1, q], cols[2, q], cols[3, q],
+                              cols[4, q])
+                ns = MUL(s[q], soft_nms_weight(iou, method, thr, sigma))
+                s[q] = ns
+                if ns < sthr:
+                    alive[q] = 0
+        kept += 1
+        cuda.syncthreads()  # red_p[0] is read by all before the next pick overwrites it
+    if t == 0:
+        counts[g] = kept
+
+
+SOFT_KERNELS = ("soft_nms_kernel",)
 MATRIX_KERNELS = ("matrix_nms_comp_kernel", "matrix_nms_den_kernel", "matrix_nms_decay_kernel")
-KERNELS = ("box_iou_kernel", "nms_gather_kernel", "nms_mask_kernel", "nms_scan_kernel") + MATRIX_KERNELS
+KERNELS = (("box_iou_kernel", "nms_gather_kernel", "nms_mask_kernel", "diou_nms_mask_kernel",
+            "nms_scan_kernel") + MATRIX_KERNELS + DETECT_KERNELS + SOFT_KERNELS)
+_MASK_KERNELS = ("nms_mask_kernel", "diou_nms_mask_kernel")  # nms_mask_kernel per predicate
 _SPECS: dict = {}
 
 
@@ -208,13 +347,21 @@ def _specialise(dt: np.dtype, ops: dict | None = None) -> object:
     kern = cuda.jit(**_JIT)
     dev = cuda.jit(device=True, **_JIT)
     exp_src = M.exp_eval_f32 if dt == np.float32 else M.exp_eval_f64
-    # dk_exp and matrix_nms_term (box_math's soft_nms / matrix_nms sections) for matrix_nms
-    extra = (("EXP_EVAL", exp_src, dev), *((f.__name__, f, dev) for f in (M.dk_floor, M.dk_ldexp, M.dk_exp,
-                                                                          M.matrix_nms_term)),
-             *((name, globals()[name], kern) for name in KERNELS))
-    env = dict(np=np, numba=numba, cuda=cuda, WORD=WORD, ONE64=ONE64,
+    # dk_exp, dk_log, dk_pow, diou_nms_measure, matrix_nms_term (box_math's soft_nms / diou_nms /
+    # matrix_nms sections) for matrix_nms and diou_nms
+    extra = (("EXP_EVAL", exp_src, dev), *((f.__name__, f, dev) for f in M.SOFT_NMS_FUNCS + M.DIOU_MATRIX_FUNCS),
+             ("iou_suppress", iou_suppress, dev), ("diou_suppress", diou_suppress, dev),
+             *((name, globals()[name], kern) for name in KERNELS if name not in _MASK_KERNELS))
+    env = dict(np=np, numba=numba, cuda=cuda, WORD=WORD, ONE64=ONE64, SOFT_THREADS=SOFT_THREADS,
                SHARED_T=numba.float32 if dt == np.float32 else numba.float64, **M.soft_nms_constants(dt))
-    return M.specialise(dt, ops or _ops(dt), dev, extra, env)
+    env["SUPPRESS"] = None  # bound below, per mask kernel
+    k = M.specialise(dt, ops or _ops(dt), dev, extra, env)
+    # The one mask kernel, compiled once per predicate: its SUPPRESS global is the predicate.
+    for name, pred in zip(_MASK_KERNELS, (k.iou_suppress, k.diou_suppress)):
+        g = types.FunctionType(nms_mask_kernel.__code__, dict(k.ns, SUPPRESS=pred), name)
+        k.py[name] = g
+        setattr(k, name, kern(g))
+    return k
 
 
 def kernels(dtype) -> object:
@@ -229,19 +376,27 @@ def signatures(dtype) -> dict:
     return {
         "box_iou_kernel": (T[:, :, ::1], T[:, :, ::1], T[:, :, ::1], i64, i64, T),
         "nms_gather_kernel": (T[:, ::1], i64[::1], i64[::1], numba.boolean, T[:, ::1], i64[::1]),
-        "nms_mask_kernel": (T[:, ::1], i64[::1], i64[::1], T, i64[:, ::1], i64),
+        "nms_mask_kernel": (T[:, ::1], i64[::1], i64[::1], T, T, i64[:, ::1], i64),
+        "diou_nms_mask_kernel": (T[:, ::1], i64[::1], i64[::1], T, T, i64[:, ::1], i64),
         "nms_scan_kernel": (i64[:, ::1], i64, i64, i64[:, ::1], i64[::1], i64[::1], numba.uint8[::1]),
         "matrix_nms_comp_kernel": (T[:, ::1], i64[::1], T[::1]),
         "matrix_nms_den_kernel": (T[::1], i64, T, T[::1]),
         "matrix_nms_decay_kernel": (T[:, ::1], i64[::1], T[::1], i64, T, T[::1]),
+        "soft_nms_kernel": (T[:, ::1], T[::1], i64[::1], i64[::1], i64, T, T, T, i64, T[:, ::1], T[::1],
+                            numba.uint8[::1], i64[::1], T[::1], i64[::1]),
+        "detect_candidates_kernel": (T[:, :, ::1], T[:, :, ::1], T[:, ::1], numba.boolean, i64,
+                                     numba.boolean, T[:, :, ::1], T[:, ::1], i64[:, ::1]),
+        "detect_output_kernel": (T[:, :, ::1], T[:, ::1], i64[:, ::1], i64[:, ::1], i64, numba.boolean,
+                                 T[:, :, ::1], T[:, ::1], i64[:, ::1], i64[:, ::1]),
     }
 
 
-def ptx(dtype, cc: tuple = (9, 0), plain_operators: bool = False) -> dict:
-    """PTX of every kernel for ``dtype``, compiled without a GPU (needs NVVM and libdevice, e.g.
-    a CUDA toolkit under CUDA_HOME or /usr/local/cuda). For a lint: uses its own, fresh
-    specialisation, never the one that launches kernels. ``plain_operators`` compiles with + - * /
-    instead of the *_rn intrinsics (the lint's control: NVVM then emits FMAs)."""
+def ptx(dtype, cc: tuple = (9, 0), plain_operators: bool = False, names: tuple | None = None) -> dict:
+    """PTX of every kernel (or of the kernels ``names``) for ``dtype``, compiled without a GPU
+    (needs NVVM and libdevice, e.g. a CUDA toolkit under CUDA_HOME or /usr/local/cuda). For a
+    lint: uses its own, fresh specialisation, never the one that launches kernels.
+    ``plain_operators`` compiles with + - * / instead of the *_rn intrinsics (the lint's control:
+    NVVM then emits FMAs)."""
     import numba.cuda.dispatcher as D
 
     plain = {n: cuda.jit(device=True, **_JIT)(f)
@@ -253,7 +408,7 @@ def ptx(dtype, cc: tuple = (9, 0), plain_operators: bool = False) -> dict:
     D.get_current_device = lambda: types.SimpleNamespace(compute_capability=cc)
     try:
         return {name: cuda.compile_ptx(k.py[name], sig, cc=cc)[0]
-                for name, sig in signatures(dtype).items()}
+                for name, sig in signatures(dtype).items() if names is None or name in names}
     finally:
         D.get_current_device = saved
 
@@ -301,13 +456,16 @@ def _gather(k, boxes, order, cls, stream, alloc):
     has_cls = cls is not None
     if not has_cls:
         cls = alloc((1,), np.dtype(np.int64), False)
-    _configure(k.nms_gather_kernel, (n + 127) // 128, 128, stream)(
+    _configure(k.nms_gather_kernel, (n + ELEMENT_THREADS - 1) // ELEMENT_THREADS, ELEMENT_THREADS, stream)(
         boxes, order, cls, has_cls, cols, scls)
     return cols, scls
 
 
-def _suppress(k, cols, scls, seg, ranges, width: int, thr, stream, alloc):
-    """Keep flags (uint8 [n]) by the tiled bitmask and the per-block scan (see the kernels)."""
+def _suppress(k, cols, scls, seg, ranges, width: int, thr, stream, alloc, beta=None):
+    """Keep flags (uint8 [n]) by the tiled bitmask and the per-block scan (see the kernels);
+    ``beta`` (in T) selects DIoU-NMS's predicate, None nms's."""
+    mask_kernel = k.nms_mask_kernel if beta is None else k.diou_nms_mask_kernel
+    beta = cols.dtype.type(1) if beta is None else beta
     n = cols.shape[1]
     ncb = (n + WORD - 1) // WORD
     width = max(1, min(width, ncb))
@@ -325,15 +483,16 @@ def _suppress(k, cols, scls, seg, ranges, width: int, thr, stream, alloc):
         rb0 = row0 // WORD
         nrb = min(ncb, (row0 + R) // WORD) - rb0
         gx = max(1, min(width, ncb - rb0, 16384 // nrb))
-        _configure(k.nms_mask_kernel, (gx, nrb), WORD, stream)(cols, scls, seg, thr, mask, row0)
+        _configure(mask_kernel, (gx, nrb), WORD, stream)(cols, scls, seg, thr, beta, mask, row0)
         _configure(k.nms_scan_kernel, nblocks, SCAN_THREADS, stream)(
             mask, row0, min(n, row0 + R), ranges, seg, removed, keep)
     return keep
 
 
-def nms_keep(boxes, order, cls, thr: float, stream):
+def nms_keep(boxes, order, cls, thr: float, stream, beta: float | None = None):
     """Flags (uint8 device array) over positions of ``order``: 1 where that box is kept.
-    boxes [n, 4], order int64 [n] (visiting order: class, then score rank), cls int64 [n] or None."""
+    boxes [n, 4], order int64 [n] (visiting order: class, then score rank), cls int64 [n] or None;
+    ``beta``: DIoU-NMS (diou_nms's predicate, beta rounded to T) instead of nms."""
     n = order.shape[0]
     if n == 0:
         return cuda.device_array(0, dtype=np.uint8, stream=stream)
@@ -346,7 +505,7 @@ def nms_keep(boxes, order, cls, thr: float, stream):
     seg = cuda.to_device(np.zeros(n, np.int64), stream=stream)
     ranges = cuda.to_device(np.array([[0, n]], np.int64), stream=stream)
     return _suppress(k, cols, scls, seg, ranges, (n + WORD - 1) // WORD, M.nms_threshold(thr, dt),
-                     stream, alloc)
+                     stream, alloc, None if beta is None else dt.type(beta))
 
 
 def nms_keep_segments(boxes, rows, seg, ranges, width: int, thr: float, stream, alloc=None):
@@ -394,3 +553,68 @@ def matrix_nms_decay(boxes, order: np.ndarray, seg: np.ndarray, kernel: int, sig
     out = decay.copy_to_host(stream=stream)
     stream.synchronize()
     return out
+
+
+def detect_candidates(boxes, scores, obj, fmt: int, multi_label: bool, xyxy, cs, cls, stream) -> None:
+    """detect's per-anchor pass on ``stream``: boxes [B, A, 4], scores [B, A, C], obj [B, A] or
+    None (numba device arrays, C-contiguous, one float dtype) -> xyxy [B, A, 4], cs [B, A * C]
+    (multi-label) or [B, A], cls int64 [B, A] (see detect_candidates_kernel)."""
+    B, A = scores.shape[0], scores.shape[1]
+    if B * A == 0:
+        return
+    dt = np.dtype(boxes.dtype)
+    has_obj = obj is not None
+    if not has_obj:  # never read (has_obj is False): a typed placeholder
+        obj = cuda.device_array((1, 1), dt, stream=stream)
+    threads = ELEMENT_THREADS
+    _configure(kernels(dt).detect_candidates_kernel, (B * A + threads - 1) // threads, threads, stream)(
+        boxes, scores, obj, has_obj, fmt, bool(multi_label), xyxy, cs, cls)
+
+
+def detect_outputs(xyxy, cs, cls, picks, Cc: int, multi_label: bool, ob, os_, oc, oi, stream) -> None:
+    """detect's fixed-size outputs ob [B, K, 4], os_ [B, K], oc, oi int64 [B, K] on ``stream``
+    from picks int64 [B, K] (the kept candidates, -1 padded; see detect_output_kernel)."""
+    B, K = picks.shape
+    if B * K == 0:
+        return
+    threads = ELEMENT_THREADS
+    _configure(kernels(np.dtype(xyxy.dtype)).detect_output_kernel, (B * K + threads - 1) // threads,
+               threads, stream)(xyxy, cs, cls, picks, Cc, bool(multi_label), ob, os_, oc, oi)
+
+
+def _at_least(x: float, dt: np.dtype) -> np.generic:
+    """Smallest value of ``dt`` >= x: for v of that dtype, ``v < result`` iff ``float(v) < x``."""
+    t = dt.type(x)
+    if float(t) < x:
+        t = np.nextafter(t, dt.type(np.inf))
+    return t
+
+
+def soft_nms(boxes, scores, order: np.ndarray, seg: np.ndarray, method: int, thr: float, sigma: float,
+             sthr: float, limit: int, stream) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """numba/cpu.py soft_nms's contract (host order / seg in, host picks out) on the device:
+    boxes [R, 4] and scores [R] numba device arrays, one block per segment (soft_nms_kernel) on
+    ``stream``; the picks are copied back (a host sync)."""
+    from .cpu import segment_picks
+
+    dt = np.dtype(boxes.dtype)
+    n, nseg = order.shape[0], seg.shape[0] - 1
+    out_idx = np.empty(n, np.int64)
+    out_s = np.empty(n, dt)
+    if n == 0 or nseg == 0 or limit <= 0:
+        return segment_picks(out_idx, out_s, seg, np.zeros(nseg, np.int64))
+    cols = cuda.device_array((5, n), dt, stream=stream)
+    s = cuda.device_array(n, dt, stream=stream)
+    alive = cuda.device_array(n, np.uint8, stream=stream)
+    d_idx = cuda.device_array(n, np.int64, stream=stream)
+    d_s = cuda.device_array(n, dt, stream=stream)
+    d_counts = cuda.device_array(nseg, np.int64, stream=stream)
+    _configure(kernels(dt).soft_nms_kernel, nseg, SOFT_THREADS, stream)(
+        boxes, scores, cuda.to_device(order, stream=stream), cuda.to_device(seg, stream=stream), method,
+        M.nms_threshold(thr, dt), dt.type(sigma), _at_least(float(sthr), dt), int(limit), cols, s, alive,
+        d_idx, d_s, d_counts)
+    d_idx.copy_to_host(out_idx, stream=stream)
+    d_s.copy_to_host(out_s, stream=stream)
+    counts = d_counts.copy_to_host(stream=stream)
+    stream.synchronize()
+    return segment_picks(out_idx, out_s, seg, counts)
