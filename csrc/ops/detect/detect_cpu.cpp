@@ -37,6 +37,11 @@ namespace {
 
 constexpr int64_t kAnchorBlock = 2048;  // anchors per score-pass block
 constexpr int64_t kBoxAhead = 8;        // box prefetch distance of the candidate gather
+// Score-row prefetch distance (bytes). Measured on this 2-core VM (B = 8, A = 25 200, C = 80,
+// float32, 64 MB of scores, 2 threads, five alternating runs of 60 calls each): median 6.9 ms
+// without, 5.9 ms at 2048 (1024 and 4096: between the two); the hardware prefetcher alone
+// leaves the scan waiting on DRAM.
+constexpr int64_t kRowPrefetch = 2048;
 
 template <typename T> struct Cand {
   T s;
@@ -206,8 +211,17 @@ DK_ALWAYS_INLINE void collect_rows(const T* s, const T* obj, const Params& p, T 
     out.resize(base + static_cast<size_t>(hi - lo));
     w = out.data() + base;
   }
+  // Software prefetch kRowPrefetch bytes ahead of the scan (rows with unit class stride): every
+  // cache line of the rows [lo, hi) once, in order (a prefetch never faults: the run past the last
+  // row is harmless).
+  const char* pf = reinterpret_cast<const char*>(s + lo * sa) + kRowPrefetch;
+  const int64_t row_bytes = sa * static_cast<int64_t>(sizeof(T));
   for (int64_t a = lo; a < hi; ++a) {
     const T* r = s + a * sa;
+    if (sc == 1)
+      for (const char* end = reinterpret_cast<const char*>(r) + row_bytes + kRowPrefetch; pf < end;
+           pf += 64)
+        __builtin_prefetch(pf);
     if (sc != 1) {
       for (int64_t c = 0; c < C; ++c) row[c] = r[c * sc];
       r = row.data();
