@@ -38,16 +38,22 @@ def _check(got, want, what):
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 @pytest.mark.parametrize("option", sorted(OPTIONS))
 def test_emulated_equals_reference(family, option):
-    kw = dict(OPTIONS[option])
+    _emulated_vs_reference(family, OPTIONS[option], ((1, np.float32), (5, np.float64), (37, np.float32)),
+                           f"{family} {option}")
+
+
+def _emulated_vs_reference(family, options, shapes, what):
+    """The emulated pipeline against the reference: 2 images of 40 anchors, each (C, dtype) of
+    ``shapes``, max_det 0, below and above the kept count."""
+    kw = dict(options)
     with_obj = kw.pop("objectness", False)
-    for C, dtype in ((1, np.float32), (5, np.float64), (37, np.float32)):
+    for C, dtype in shapes:
         boxes, scores, _, obj = _inputs(family, C, 2, 40, C, dtype)
         if with_obj:
             kw["objectness"] = obj
         for K in (0, 6, 400):
             want = ref.detect(boxes, scores, 0.5, K, **kw)
-            _check(_emulated(boxes, scores, 0.5, K, **kw), want,
-                   f"{family} {option} C={C} {dtype.__name__} K={K}")
+            _check(_emulated(boxes, scores, 0.5, K, **kw), want, f"{what} C={C} {dtype.__name__} K={K}")
 
 
 @pytest.mark.parametrize("family", ["ties", "nonfinite", "many_classes"])
@@ -108,16 +114,8 @@ def test_emulated_modes_equal_reference(mode, option, family):
     """Every option of tests/ops/test_detect.py (thresholded or not, top-k below and above the
     candidates, multi-label, class-agnostic, objectness, all below the threshold, k = 0) with
     each mode, both dtypes, max_det 0, below and above the kept count."""
-    kw = dict(OPTIONS[option], **MODES[mode])
-    with_obj = kw.pop("objectness", False)
-    for C, dtype in ((1, np.float64), (5, np.float32), (5, np.float64)):
-        boxes, scores, _, obj = _inputs(family, C, 2, 40, C, dtype)
-        if with_obj:
-            kw["objectness"] = obj
-        for K in (0, 6, 400):
-            want = ref.detect(boxes, scores, 0.5, K, **kw)
-            _check(_emulated(boxes, scores, 0.5, K, **kw), want,
-                   f"{family} {option} {mode} C={C} {dtype.__name__} K={K}")
+    _emulated_vs_reference(family, dict(OPTIONS[option], **MODES[mode]),
+                           ((1, np.float64), (5, np.float32), (5, np.float64)), f"{family} {option} {mode}")
 
 
 @pytest.mark.parametrize("family", ["ties", "nonfinite", "many_classes"])
