@@ -111,3 +111,14 @@ def batch(family: str, seed: int, B: int, N: int, C: int = 0):
         if B and N:
             scores[..., 1:] = rng.permuted(scores[..., 1:], axis=1)
     return boxes, scores, classes
+
+
+def top_k_ties(B: int = 2, A: int = 30, C: int = 3, seed: int = 4):
+    """detect's top-k family: [B, A, 4] boxes on a 30-pixel grid and [B, A, C] float32 scores drawn
+    from {0.5, 0.25, -0.0, +0.0, NaN, inf} -- long runs of ties, NaN (first without a threshold),
+    -0 == +0 -- for k around A and A * C (single- and multi-label candidate counts)."""
+    rng = np.random.default_rng(seed)
+    boxes = np.tile(np.array([[0, 0, 10, 10]], np.float32), (B, A, 1)) + \
+        rng.integers(0, 30, (B, A, 1)).astype(np.float32)
+    scores = rng.choice(np.array([0.5, 0.25, -0.0, 0.0, np.nan, np.inf], np.float32), (B, A, C))
+    return boxes, scores

@@ -294,6 +294,20 @@ void parallel_for_coarse(int64_t n, const Fn& f) {
 namespace detkernels {
 namespace testing {
 
+namespace {
+// Waits (up to 10 s, then sets timed_out) until `started` reaches `count`: the probes' rendezvous.
+void meet(const std::atomic<int64_t>& started, int64_t count, std::atomic<int64_t>& timed_out) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (started.load() < count) {
+    if (std::chrono::steady_clock::now() > end) {
+      timed_out.store(1);
+      return;
+    }
+    std::this_thread::yield();
+  }
+}
+}  // namespace
+
 std::vector<int64_t> parallel_probe(int64_t n, int64_t grain, int64_t nested_n, int64_t throw_at,
                                     int64_t rendezvous) {
   reset_backoff();  // a probe of the pool's splitting, not of its contention backoff
@@ -310,14 +324,7 @@ std::vector<int64_t> parallel_probe(int64_t n, int64_t grain, int64_t nested_n, 
     }
     if (rendezvous > 0) {
       started.fetch_add(1);
-      const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-      while (started.load() < rendezvous) {
-        if (std::chrono::steady_clock::now() > end) {
-          timed_out.store(1);
-          break;
-        }
-        std::this_thread::yield();
-      }
+      meet(started, rendezvous, timed_out);
     }
     for (int64_t i = lo; i < hi; ++i) visits[static_cast<size_t>(i)].fetch_add(1);
     if (nested_n > 0) {
@@ -377,16 +384,7 @@ std::vector<int64_t> parallel_coarse_probe(int64_t n, int64_t hold_us, int64_t r
       if (std::find(threads.begin(), threads.end(), std::this_thread::get_id()) == threads.end())
         threads.push_back(std::this_thread::get_id());
     }
-    if (started.fetch_add(1) < rendezvous) {  // the first `rendezvous` elements meet
-      const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-      while (started.load() < rendezvous) {
-        if (std::chrono::steady_clock::now() > end) {
-          timed_out.store(1);
-          break;
-        }
-        std::this_thread::yield();
-      }
-    }
+    if (started.fetch_add(1) < rendezvous) meet(started, rendezvous, timed_out);  // the first ones
     if (!mine) std::this_thread::sleep_for(std::chrono::microseconds(hold_us));
   });
   const int64_t after = pool()->skip.load();

@@ -11,7 +11,7 @@ import pytest
 
 from _gpu import needs_gpu
 from _helpers import assert_bytes_equal
-from _nms_families import FAMILIES
+from _nms_families import FAMILIES, top_k_ties
 from ops.test_detect import MODES, NAMES, OPTIONS, _inputs
 
 from detkernels import _checks
@@ -69,11 +69,8 @@ def test_emulated_idxs_form(family):
 def test_emulated_top_k_ties_nan_and_signed_zero():
     """Top-k across equal scores, NaN (ranks first without a threshold), -0.0 == +0.0: the sorts
     keep candidate order among ties; k >= candidates and k = candidates - 1 both exercised."""
-    rng = np.random.default_rng(4)
     A, C = 30, 3
-    boxes = np.tile(np.array([[0, 0, 10, 10]], np.float32), (2, A, 1)) + \
-        rng.integers(0, 30, (2, A, 1)).astype(np.float32)
-    scores = rng.choice(np.array([0.5, 0.25, -0.0, 0.0, np.nan, np.inf], np.float32), (2, A, C))
+    boxes, scores = top_k_ties(2, A, C)
     for k in (1, 7, A - 1, A, A * C - 1, A * C, A * C + 5):
         for kw in (dict(), dict(multi_label=True), dict(score_threshold=0.0),
                    dict(multi_label=True, class_agnostic=True, score_threshold=-1.0)):
@@ -327,10 +324,7 @@ def test_cupy_idxs_top_k_ties_empty_and_strided():
             dkw = {k: cp.asarray(v) if isinstance(v, np.ndarray) else v for k, v in kw.items()}
             got = dk.detect(cp.asarray(boxes), cp.asarray(scores), 0.5, 30, backend="cupy", **dkw)
             _check([cp.asnumpy(x) for x in got], ref.detect(boxes, scores, 0.5, 30, **kw), f"{family} {sorted(kw)}")
-    rng = np.random.default_rng(4)
-    boxes = np.tile(np.array([[0, 0, 10, 10]], np.float32), (2, 30, 1)) + \
-        rng.integers(0, 30, (2, 30, 1)).astype(np.float32)
-    scores = rng.choice(np.array([0.5, 0.25, -0.0, 0.0, np.nan, np.inf], np.float32), (2, 30, 3))
+    boxes, scores = top_k_ties(2, 30, 3)
     for k in (1, 7, 29, 30, 89, 90, 95):
         for kw in (dict(), dict(multi_label=True), dict(score_threshold=0.0)):
             got = dk.detect(cp.asarray(boxes), cp.asarray(scores), 0.3, 50, pre_nms_top_k=k,

@@ -86,17 +86,23 @@ def box_iou_kernel(b1, b2, out, fmt, kind, eps):
                                 box_area(c0, c1, c2, c3, fmt), fmt, kind, eps)
 
 
+def nms_gather_column(boxes, q, cols, p):
+    """cols[:, p] = (x1, y1, x2, y2, area) of box q: the column layout of the NMS kernels
+    (nms_gather_kernel, soft_nms_kernel)."""
+    x1, y1, x2, y2 = boxes[q, 0], boxes[q, 1], boxes[q, 2], boxes[q, 3]
+    cols[0, p] = x1
+    cols[1, p] = y1
+    cols[2, p] = x2
+    cols[3, p] = y2
+    cols[4, p] = nms_area(x1, y1, x2, y2)
+
+
 def nms_gather_kernel(boxes, order, cls, has_cls, cols, scls):
     """cols[:, p] = (x1, y1, x2, y2, area) of box order[p]; scls[p] its class (0 without)."""
     p = cuda.grid(1)
     if p < order.shape[0]:
         q = order[p]
-        x1, y1, x2, y2 = boxes[q, 0], boxes[q, 1], boxes[q, 2], boxes[q, 3]
-        cols[0, p] = x1
-        cols[1, p] = y1
-        cols[2, p] = x2
-        cols[3, p] = y2
-        cols[4, p] = nms_area(x1, y1, x2, y2)
+        nms_gather_column(boxes, q, cols, p)
         scls[p] = cls[q] if has_cls else 0
 
 
@@ -281,12 +287,7 @@ def soft_nms_kernel(boxes, scores, order, seg, method, thr, sigma, sthr, limit, 
     red_p = cuda.shared.array(SOFT_THREADS, numba.int64)
     for p in range(lo + t, hi, nt):
         q = order[p]
-        x1, y1, x2, y2 = boxes[q, 0], boxes[q, 1], boxes[q, 2], boxes[q, 3]
-        cols[0, p] = x1
-        cols[1, p] = y1
-        cols[2, p] = x2
-        cols[3, p] = y2
-        cols[4, p] = nms_area(x1, y1, x2, y2)
+        nms_gather_column(boxes, q, cols, p)
         v = scores[q]
         s[p] = v
         alive[p] = 0 if v < sthr else 1
@@ -351,6 +352,7 @@ def _specialise(dt: np.dtype, ops: dict | None = None) -> object:
     # matrix_nms sections) for matrix_nms and diou_nms
     extra = (("EXP_EVAL", exp_src, dev), *((f.__name__, f, dev) for f in M.SOFT_NMS_FUNCS + M.DIOU_MATRIX_FUNCS),
              ("iou_suppress", iou_suppress, dev), ("diou_suppress", diou_suppress, dev),
+             ("nms_gather_column", nms_gather_column, dev),
              *((name, globals()[name], kern) for name in KERNELS if name not in _MASK_KERNELS))
     env = dict(np=np, numba=numba, cuda=cuda, WORD=WORD, ONE64=ONE64, SOFT_THREADS=SOFT_THREADS,
                SHARED_T=numba.float32 if dt == np.float32 else numba.float64, **M.soft_nms_constants(dt))
