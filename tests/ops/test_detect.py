@@ -168,6 +168,46 @@ def test_many_candidates_split_over_threads():
                ref.detect(boxes, scores, 0.45, 100, **kw), str(sorted(kw)))
 
 
+def test_row_scan_at_every_width():
+    """The native single-label row scan (one max pass that sums the row as its NaN witness, then,
+    for a passing row, the first column equal to the maximum from 64-column lane masks) on rows
+    that exercise each part: widths below, at and past the vector and 64-column chunk sizes; the
+    maximum in the second chunk, tied across chunks (the first wins), tied as -0 / +0; rows
+    holding both infinities (a NaN sum without a NaN), NaN anywhere, huge values whose sum
+    overflows; with and without a threshold and objectness, in both dtypes."""
+    rng = np.random.default_rng(12)
+    for C in (31, 32, 33, 63, 64, 65, 80, 127, 129, 200):
+        A = 96
+        for dtype in (np.float32, np.float64):
+            s = rng.uniform(0, 0.6, (1, A, C)).astype(dtype)
+            for a in range(A):
+                kind = a % 8
+                c1, c2 = rng.integers(0, C, 2)
+                if kind == 1:  # the maximum late (second chunk where there is one), tied earlier
+                    s[0, a, C - 1] = s[0, a, min(c1, C - 1)] = 0.9
+                elif kind == 2:  # -0 / +0 maximum
+                    s[0, a] = -rng.uniform(0, 1, C)
+                    s[0, a, c1], s[0, a, c2] = -0.0, 0.0
+                elif kind == 3:  # both infinities, no NaN
+                    s[0, a, c1], s[0, a, c2] = np.inf, -np.inf
+                elif kind == 4:  # -inf only, maximum below it elsewhere
+                    s[0, a, c1] = -np.inf
+                elif kind == 5:  # a NaN
+                    s[0, a, c1] = np.nan
+                elif kind == 6:  # sums overflow to inf (no NaN): max found exactly
+                    s[0, a] = np.finfo(dtype).max / 2
+                    s[0, a, c1] = np.finfo(dtype).max
+                elif kind == 7:  # +inf then -inf overflow partner
+                    s[0, a] = np.finfo(dtype).max
+                    s[0, a, c1] = -np.inf
+            boxes = _inputs("uniform", C, 1, A, 1, dtype)[0]
+            obj = rng.uniform(0.5, 1.0, (1, A)).astype(dtype)
+            for kw in (dict(), dict(score_threshold=0.5), dict(objectness=obj),
+                       dict(objectness=obj, score_threshold=0.3)):
+                _check(dk.detect(boxes, s, 0.5, A, backend="native", **kw),
+                       ref.detect(boxes, s, 0.5, A, **kw), f"C={C} {dtype.__name__} {sorted(kw)}")
+
+
 def _bin_stress_scores(rng, n):
     """float32 scores that stress the native top-k's radix select (a histogram of the score keys'
     top 12 bits, then nth_element inside the bin holding the k-th): values packed into one bin

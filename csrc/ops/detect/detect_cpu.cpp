@@ -90,66 +90,144 @@ template <typename T, bool Obj> DK_ALWAYS_INLINE T at(const T* r, int64_t c, T o
   return Obj ? r[c] * o : r[c];
 }
 
-// Single label over one row of C > 0 values (times o): `best` = the row maximum (a max
-// reduction: lanes and kAcc independent accumulators, so the compare/select chains overlap; the
-// maximum of NaN-free values is one value up to the sign of zero). Returns whether the row holds
-// a NaN (then `best` is meaningless: the caller takes the first NaN). The caller finds the class
-// as the first column equal to `best` -- what a strict `>` scan keeps (-0 == +0), and the value
-// there is the scan's `best` -- only for rows that pass the threshold (first_equal): one max pass
-// per row, then for passing rows a branch-free pass over the row (then in L1). Measured at A =
-// 25 200, C = 80, two thirds of the rows above 0.05: whole call 0.95 -> 0.88 ms with an early-exit
-// first_equal and top_k below. Then (single-thread CPU time of the whole call per image, B = 8,
-// a C++ driver on a loaded 2-core host, best of 10): 1.15 ms; branch-free first_equal, 16-byte
-// vectors: 0.92 ms; 32-byte vectors (AVX2) and no push_back: 0.80 ms.
+// Single label over one row of C > 0 values: row_max's one pass gives the row maximum (lanes and
+// kAcc independent accumulators, so the compare/select chains overlap; the maximum of NaN-free
+// values is one value up to the sign of zero) and a NaN witness; the class is then the first
+// column equal to the maximum -- what a strict `>` scan keeps (-0 == +0), and the value there is
+// the scan's -- found only for rows that pass the threshold (first_equal, over the row then in
+// L1). Measured at A = 25 200, C = 80, two thirds of the rows above 0.05: whole call 0.95 -> 0.88
+// ms with an early-exit first_equal and top_k below. Then (single-thread CPU time of the whole
+// call per image, B = 8, a C++ driver on a loaded 2-core host, best of 10): 1.15 ms; branch-free
+// first_equal, 16-byte vectors: 0.92 ms; 32-byte vectors (AVX2) and no push_back: 0.80 ms. Then
+// row_max's sum witness and shuffle reduction and first_equal's lane masks (whole call, B = 8,
+// 2 threads, three alternating runs of 300 calls each): median 5.8 -> 5.2 ms.
 constexpr int kAcc = 4;
 constexpr int64_t kSpan = 16;  // multi-label: columns tested together
 
+// Lane reductions by halving shuffles (log2 L steps instead of L scalar ones; a lane loop where
+// the compiler lacks __builtin_shufflevector: GCC before 12).
+#if defined(__has_builtin)
+#if __has_builtin(__builtin_shufflevector)
+#define DK_HAS_SHUFFLEVECTOR 1
+#endif
+#endif
+template <typename V, int L, typename F> DK_ALWAYS_INLINE auto reduce_lanes(V x, F op) {
+#ifdef DK_HAS_SHUFFLEVECTOR
+  if constexpr (L == 8) {
+    x = op(x, __builtin_shufflevector(x, x, 4, 5, 6, 7, 0, 1, 2, 3));
+    x = op(x, __builtin_shufflevector(x, x, 2, 3, 0, 1, 6, 7, 4, 5));
+    x = op(x, __builtin_shufflevector(x, x, 1, 0, 3, 2, 5, 4, 7, 6));
+  } else if constexpr (L == 4) {
+    x = op(x, __builtin_shufflevector(x, x, 2, 3, 0, 1));
+    x = op(x, __builtin_shufflevector(x, x, 1, 0, 3, 2));
+  } else {
+    x = op(x, __builtin_shufflevector(x, x, 1, 0));
+  }
+  return x[0];
+#else
+  V acc = x, y = x;  // op is lane-wise: lane 0 of op(acc, y) is op(acc[0], x[l])
+  for (int l = 1; l < L; ++l) {
+    y[0] = x[l];
+    acc[0] = op(acc, y)[0];
+  }
+  return acc[0];
+#endif
+}
+
+// One pass: the row maximum `best` and a NaN witness `sum`, the sum of the row's values (one
+// add per vector instead of a compare and an OR). A NaN anywhere makes the sum NaN; a NaN-free
+// row gives a NaN sum only when it holds both infinities (or overflows into one of them), so a
+// NaN sum is confirmed by row_has_nan before it counts. `best` is meaningful for NaN-free rows.
 template <typename T, bool Obj, int kBytes = 16>
-DK_ALWAYS_INLINE bool row_max(const T* r, int64_t C, T o, T& best) {
+DK_ALWAYS_INLINE T row_max(const T* r, int64_t C, T o, T& sum) {
   using V = typename Vec<T, kBytes>::v;
-  using M = typename Vec<T, kBytes>::m;
   constexpr int L = Vec<T, kBytes>::n, W = kAcc * L;
   int64_t c = 0;
-  int nan = 0;
-  best = at<T, Obj>(r, 0, o);
+  T best = at<T, Obj>(r, 0, o);
+  sum = T(0);
   if (C >= W) {
-    V m[kAcc];
-    M any_nan = {};
-    for (int k = 0; k < kAcc; ++k) {
-      m[k] = load<T, Obj, kBytes>(r + k * L, o);
-      any_nan |= m[k] != m[k];
-    }
+    V m[kAcc], t[kAcc];
+    for (int k = 0; k < kAcc; ++k) t[k] = m[k] = load<T, Obj, kBytes>(r + k * L, o);
     for (c = W; c + W <= C; c += W) {
       for (int k = 0; k < kAcc; ++k) {
         const V v = load<T, Obj, kBytes>(r + c + k * L, o);
-        any_nan |= v != v;
+        t[k] += v;
         m[k] = v > m[k] ? v : m[k];
       }
     }
     for (; c + L <= C; c += L) {  // whole vectors left (fewer than kAcc)
       const V v = load<T, Obj, kBytes>(r + c, o);
-      any_nan |= v != v;
+      t[0] += v;
       m[0] = v > m[0] ? v : m[0];
     }
-    for (int k = 1; k < kAcc; ++k) m[0] = m[k] > m[0] ? m[k] : m[0];
-    for (int l = 0; l < L; ++l) nan |= any_nan[l] != 0;
-    best = m[0][0];
-    for (int l = 1; l < L; ++l) best = m[0][l] > best ? m[0][l] : best;
+    for (int k = 1; k < kAcc; ++k) {
+      m[0] = m[k] > m[0] ? m[k] : m[0];
+      t[0] += t[k];
+    }
+    best = reduce_lanes<V, L>(m[0], [](V x, V y) { return x > y ? x : y; });
+    sum = reduce_lanes<V, L>(t[0], [](V x, V y) { return x + y; });
   } else {
     c = 1;
-    nan = best != best;
+    sum = best;
   }
   for (; c < C; ++c) {
     const T v = at<T, Obj>(r, c, o);
-    nan |= v != v;
+    sum += v;
     best = v > best ? v : best;
   }
-  return nan != 0;
+  return best;
 }
 
-// The first column of a NaN-free row (times o) equal to `v`, which the row holds: every column
-// compared (no early exit: its branch mispredicted), each lane keeping the lowest matching column
-// it saw, then the lowest of the lanes. (kAcc independent chains of selects measured slower.)
+template <typename T, bool Obj> bool row_has_nan(const T* r, int64_t C, T o) {
+  for (int64_t c = 0; c < C; ++c)
+    if (at<T, Obj>(r, c, o) != at<T, Obj>(r, c, o)) return true;
+  return false;
+}
+
+// The first column of a NaN-free row (times o) equal to `v`, which the row holds.
+//
+// x86-64: each vector's compare becomes a lane mask (movmskps / movmskpd), 64 columns of masks
+// make one word, and the first set bit of the first nonzero word is the column: per vector one
+// compare, one mask move, a shift and an OR, and one branch per 64 columns. The masks come from
+// inline asm rather than the intrinsics: the 32-byte form is inlined into the target("avx2")
+// entry through default-target templates, where the intrinsics do not compile.
+//
+// Elsewhere (NEON, ...): every column compared (no early exit: its branch mispredicted), each
+// lane keeping the lowest matching column it saw, then the lowest of the lanes.
+#if defined(__GNUC__) && defined(__x86_64__)
+template <int kBytes, typename M> DK_ALWAYS_INLINE unsigned lane_bits(M m) {
+  unsigned r;
+  if constexpr (kBytes == 32) {
+    if constexpr (sizeof(m[0]) == 4) asm("vmovmskps %t1, %0" : "=r"(r) : "x"(m));
+    else asm("vmovmskpd %t1, %0" : "=r"(r) : "x"(m));
+  } else {
+    if constexpr (sizeof(m[0]) == 4) asm("movmskps %x1, %0" : "=r"(r) : "x"(m));
+    else asm("movmskpd %x1, %0" : "=r"(r) : "x"(m));
+  }
+  return r;
+}
+
+template <typename T, bool Obj, int kBytes = 16>
+DK_ALWAYS_INLINE int64_t first_equal(const T* r, int64_t C, T o, T v) {
+  using V = typename Vec<T, kBytes>::v;
+  constexpr int L = Vec<T, kBytes>::n, kWord = 64 / L;  // vectors per 64-bit word of masks
+  const V b = V{} + v;
+  int64_t c = 0;
+  for (; c + kWord * L <= C; c += kWord * L) {
+    uint64_t bits = 0;
+    for (int k = 0; k < kWord; ++k)
+      bits |= uint64_t{lane_bits<kBytes>(load<T, Obj, kBytes>(r + c + k * L, o) == b)} << (k * L);
+    if (bits) return c + __builtin_ctzll(bits);
+  }
+  uint64_t bits = 0;  // fewer than kWord whole vectors left
+  int k = 0;
+  for (; c + L <= C; c += L, ++k)
+    bits |= uint64_t{lane_bits<kBytes>(load<T, Obj, kBytes>(r + c, o) == b)} << (k * L);
+  if (bits) return c - k * L + __builtin_ctzll(bits);
+  while (!(at<T, Obj>(r, c, o) == v)) ++c;  // in the scalar tail
+  return c;
+}
+#else
 template <typename T, bool Obj, int kBytes = 16>
 DK_ALWAYS_INLINE int64_t first_equal(const T* r, int64_t C, T o, T v) {
   using V = typename Vec<T, kBytes>::v;
@@ -174,6 +252,7 @@ DK_ALWAYS_INLINE int64_t first_equal(const T* r, int64_t C, T o, T v) {
   for (; c < C; ++c) f = (at<T, Obj>(r, c, o) == v && c < f) ? c : f;
   return f;
 }
+#endif
 
 // Whether any value of a multi-label span (times o) is > thr: the cheap pre-test (OR-reductions
 // only) that rejects most spans of a thresholded call.
@@ -246,13 +325,15 @@ DK_ALWAYS_INLINE void collect_rows(const T* s, const T* obj, const Params& p, T 
       continue;
     }
     // Single label: the first NaN, else the first maximum. A row with a NaN fails any threshold.
-    T best;
+    T sum;
+    T best = row_max<T, Obj, kBytes>(r, C, o, sum);
     int64_t bc = 0;
-    if (row_max<T, Obj, kBytes>(r, C, o, best)) {
+    // Thresholded, a row whose maximum fails fails either way (a NaN fails any threshold).
+    if (p.has_thr && !(best > thr)) continue;
+    if (sum != sum && row_has_nan<T, Obj>(r, C, o)) {
       if (p.has_thr) continue;
       for (; at<T, Obj>(r, bc, o) == at<T, Obj>(r, bc, o); ++bc) {}
     } else {
-      if (p.has_thr && !(best > thr)) continue;
       bc = first_equal<T, Obj, kBytes>(r, C, o, best);
     }
     best = at<T, Obj>(r, bc, o);
