@@ -139,6 +139,11 @@ PYBIND11_MODULE(_C, m) {
   m.def("build_info", &build_info);
   m.def("num_threads", &num_threads);
   m.def("set_num_threads", &set_num_threads, py::arg("n"));
+  m.def("share_openmp_runtime", &share_openmp_runtime, py::arg("libraries"),
+        "Run the CPU pool's jobs on the first already-loaded OpenMP runtime of `libraries` "
+        "(torch's); returns its name, or '' (own threads kept).");
+  m.def("use_own_pool", &use_own_pool, "Run the CPU pool's jobs on its own threads again.");
+  m.def("thread_runtime", &thread_runtime, "'own', or 'openmp:<library>'.");
   m.def("cuda_device_count", [] {
 #ifdef DETKERNELS_WITH_CUDA
     return detkernels::cuda_device_count();

@@ -29,6 +29,21 @@
 // never fires there. Measured on this shared 2-core machine with one competing busy process
 // (bench --load 1, batched_nms, 80 classes, N = 25 200): see the kMaxBackoff comment.
 //
+// Sharing torch's OpenMP runtime (issue 12): once torch is imported, detkernels/_torch binds the
+// pool to the OpenMP runtime torch's intra-op threads come from (share_openmp_runtime: its
+// GOMP_parallel, a stable entry point that libgomp, LLVM's libomp and Intel's libiomp5 all
+// export), and a job then runs as one OpenMP parallel region on those threads instead of waking
+// ours: the same claiming, nesting, exceptions and backoff. Why: right after a torch op its
+// OpenMP workers spin for milliseconds waiting for the next region (libgomp's default spin
+// count), so a job of our own workers shared a core with a spinning thread: measured here (B = 8
+// detect, A = 25 200, C = 80, 2 cores), 5.5 ms alone but 8-9.6 ms right after a torch op; on
+// torch's threads it is 4.6-5.3 ms either way. One pool for the process is also what a
+// torchvision op gets (at::parallel_for). The caller is the region's thread 0 (GOMP_parallel
+// runs fn on the calling thread too), so "the caller's chunks" keep their meaning; unlike our own
+// pool, the region's end waits for every team thread, including one that starts late (the
+// backoff's t_wait counts that wait). A forked child drops the binding (libgomp's threads do not
+// survive fork either) and starts a fresh pool of its own.
+//
 // Lifetime: the pool is heap-allocated and never destroyed, its workers detached. At process exit
 // they are still asleep on the pool's condition variable (or finishing a chunk of a daemon
 // thread's job) and simply vanish with the process; no static destructor joins or frees anything
@@ -51,6 +66,7 @@
 #include <vector>
 
 #ifndef _WIN32
+#include <dlfcn.h>
 #include <pthread.h>
 #include <signal.h>
 #endif
@@ -76,6 +92,13 @@ using Clock = std::chrono::steady_clock;
 // a split again (a busy process may have ended). 64 calls of a 1-3 ms job: a probe every ~0.1 s.
 constexpr int kMaxBackoff = 64;
 
+// The bound OpenMP runtime's GOMP_parallel(fn, data, num_threads, flags), or null: our own pool.
+using OmpParallel = void (*)(void (*)(void*), void*, unsigned, unsigned);
+std::atomic<OmpParallel> g_omp{nullptr};
+// The library it came from (for thread_runtime), set before g_omp; each binding's name is leaked,
+// so a reader never sees it freed (a handful of strings per process at most).
+std::atomic<const std::string*> g_omp_name{nullptr};
+
 // True on pool workers always, and on a caller while it runs chunks: parallel_for runs inline.
 thread_local bool t_in_parallel = false;
 
@@ -88,10 +111,11 @@ struct Job {
   int wanted = 0;                    // at most this many may enter
   std::vector<std::exception_ptr> errors;  // per chunk, so the rethrown one is deterministic
 
-  void run_chunks() {
-    for (;;) {
+  // Claims chunks until none is left; returns how many this thread ran.
+  int64_t run_chunks() {
+    for (int64_t ran = 0;; ++ran) {
       const int64_t c = next.fetch_add(1, std::memory_order_relaxed);
-      if (c >= chunks) return;
+      if (c >= chunks) return ran;
       try {
         (*f)(c * step, std::min(n, (c + 1) * step));
       } catch (...) {
@@ -159,16 +183,47 @@ struct Pool {
 #endif
   }
 
+  // One job as an OpenMP parallel region of helpers + 1 threads (the calling thread is its thread
+  // 0). Returns when the caller finished its chunks (`own_done`) and whether any other thread ran
+  // a chunk.
+  struct OmpJob {
+    Job* j;
+    std::thread::id caller;
+    Clock::time_point own_done;
+    std::atomic<int> helped{0};
+  };
+  static void omp_entry(void* data) {
+    OmpJob* o = static_cast<OmpJob*>(data);
+    if (std::this_thread::get_id() == o->caller) {  // t_in_parallel is already set (run)
+      o->j->run_chunks();
+      o->own_done = Clock::now();
+      return;
+    }
+    const bool was = t_in_parallel;  // an OpenMP thread of torch's: inline only while in our job
+    t_in_parallel = true;
+    if (o->j->run_chunks() > 0) o->helped.fetch_add(1, std::memory_order_relaxed);
+    t_in_parallel = was;
+  }
+
   // Runs chunks [0, chunks) of f with up to `helpers` workers (caller holds run_m); `learn`:
   // whether a contended job sets the backoff (coarse jobs do not: parallel_for_coarse).
   void run(const Fn& f, int64_t n, int64_t step, int64_t chunks, int helpers, bool learn) {
-    grow(helpers);
     Job j;
     j.f = &f;
     j.n = n;
     j.step = step;
     j.chunks = chunks;
     j.errors.resize(static_cast<size_t>(chunks));
+    if (const OmpParallel omp = g_omp.load(std::memory_order_acquire)) {
+      OmpJob o{&j, std::this_thread::get_id(), {}, {}};
+      const Clock::time_point t0 = Clock::now();
+      t_in_parallel = true;
+      omp(&Pool::omp_entry, &o, static_cast<unsigned>(helpers + 1), 0);
+      t_in_parallel = false;
+      finish(j, learn, o.helped.load() == 0, o.own_done - t0, Clock::now() - o.own_done);
+      return;
+    }
+    grow(helpers);
     j.wanted = std::min(workers, helpers);
     {
       std::lock_guard<std::mutex> lk(m);
@@ -193,7 +248,13 @@ struct Pool {
       nobody = j.entered == 0;
       done_cv.wait(lk, [&] { return j.inside.load(std::memory_order_acquire) == 0; });
     }
-    if (learn && (nobody || Clock::now() - t1 > t1 - t0)) {  // contended: the split did not pay
+    finish(j, learn, nobody, t1 - t0, Clock::now() - t1);
+  }
+
+  // After a job: the backoff rule (the caller's own time against its wait for the others), then
+  // the lowest chunk's exception.
+  void finish(Job& j, bool learn, bool nobody, Clock::duration own, Clock::duration wait) {
+    if (learn && (nobody || wait > own)) {  // contended: the split did not pay
       skip.store(penalty, std::memory_order_relaxed);
       penalty = std::min(2 * penalty, kMaxBackoff);
     } else if (learn) {
@@ -212,6 +273,7 @@ void before_fork() { g_pool_m.lock(); }
 void after_fork_parent() { g_pool_m.unlock(); }
 void after_fork_child() {
   g_pool.store(nullptr, std::memory_order_relaxed);  // the old pool's workers do not exist here
+  g_omp.store(nullptr, std::memory_order_relaxed);   // nor the OpenMP runtime's (top comment)
   g_pool_m.unlock();
 }
 #endif
@@ -242,6 +304,35 @@ void reset_backoff() {
   p->penalty = 1;
 }
 }  // namespace testing
+
+std::string share_openmp_runtime(const std::vector<std::string>& libraries) {
+#ifndef _WIN32
+  for (const std::string& lib : libraries) {
+    // RTLD_NOLOAD: only a runtime this process already loaded (torch's); the handle is kept, so
+    // the library stays loaded while the pool may call it.
+    void* h = dlopen(lib.c_str(), RTLD_NOW | RTLD_NOLOAD);
+    if (!h) continue;
+    if (void* sym = dlsym(h, "GOMP_parallel")) {
+      pool();  // registers the fork handlers that drop the binding in a child
+      g_omp_name.store(new std::string(lib), std::memory_order_release);
+      g_omp.store(reinterpret_cast<OmpParallel>(sym), std::memory_order_release);
+      return lib;
+    }
+    dlclose(h);
+  }
+#else
+  (void)libraries;
+#endif
+  return "";
+}
+
+void use_own_pool() { g_omp.store(nullptr, std::memory_order_release); }
+
+std::string thread_runtime() {
+  if (!g_omp.load(std::memory_order_acquire)) return "own";
+  const std::string* name = g_omp_name.load(std::memory_order_acquire);
+  return "openmp:" + (name ? *name : std::string());
+}
 
 int num_threads() { return g_threads.load(std::memory_order_relaxed); }
 

@@ -13,9 +13,19 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <string>
 #include <vector>
 
 namespace detkernels {
+
+// The pool's threads (parallel.cpp, "Sharing torch's OpenMP runtime"): binds it to the first of
+// `libraries` that this process has already loaded and that exports GOMP_parallel (an OpenMP
+// runtime: torch's), and returns its name; "" when none is (the pool keeps its own threads).
+std::string share_openmp_runtime(const std::vector<std::string>& libraries);
+// Back to the pool's own threads.
+void use_own_pool();
+// "own", or "openmp:<library>".
+std::string thread_runtime();
 
 // Threads used by CPU kernels: DETKERNELS_NUM_THREADS, else the hardware concurrency.
 int num_threads();

@@ -26,6 +26,7 @@ from ..api import nms as _nms
 from ..api import nms_variants as _variants
 from ..api import roi as _roi
 from ..api import rotated as _rotated
+from ..backends import native
 from . import detect as _detect_ops  # noqa: F401  (custom ops)
 from . import iou as _iou_ops  # noqa: F401
 from . import nms as _nms_ops  # noqa: F401
@@ -34,6 +35,9 @@ from . import rotated as _rotated_ops  # noqa: F401
 from . import export as _export_ops  # noqa: F401  (detkernels::paste_masks, for export_ready)
 from . import script_fns as _fns
 from .patch import torchvision_batched_nms, torchvision_box_iou
+
+# The native CPU kernels' jobs run on torch's OpenMP threads from now on (one pool per process).
+native.share_torch_threads(torch)
 
 _lib = torch.library.Library("detkernels", "FRAGMENT")
 

@@ -6,6 +6,8 @@ kernel is enqueued on the caller's current CUDA stream.
 """
 from __future__ import annotations
 
+import glob
+import os
 from typing import Any
 
 from .. import _arrays as A
@@ -29,6 +31,32 @@ if _C is not None and not HAS_CUDA:  # say why native serves no CUDA array, not 
                                     f"DETKERNELS_CUDA=1 for the native CUDA backend")
 
 
+def share_torch_threads(torch: Any) -> str:
+    """Run the native CPU kernels' parallel jobs on torch's intra-op OpenMP threads rather than
+    on detkernels' own (csrc/common/parallel.cpp, "Sharing torch's OpenMP runtime": after a torch
+    op its OpenMP threads spin, and our own then competed with them for the cores). Called once
+    torch is imported (detkernels/_torch/script.py). Returns the runtime's library, or '' where
+    torch's parallel backend is not OpenMP, its runtime is not found loaded, or
+    ``DETKERNELS_SHARE_OPENMP=0`` asks for detkernels' own threads."""
+    if _C is None or os.environ.get("DETKERNELS_SHARE_OPENMP", "1") == "0":
+        return ""
+    try:
+        if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+            return ""
+    except Exception:  # an unusual torch build: keep our own threads
+        return ""
+    # torch's own copy first (pip wheels: torch/lib/libgomp.so.1), then the usual sonames (a
+    # conda torch links the environment's runtime); only an already-loaded one binds.
+    lib_dir = os.path.join(os.path.dirname(torch.__file__), "lib")
+    bundled = sorted(glob.glob(os.path.join(lib_dir, "lib*omp*")))
+    return _C.share_openmp_runtime(bundled + ["libgomp.so.1", "libomp.so", "libomp.dylib", "libiomp5.so"])
+
+
+def thread_runtime() -> str:
+    """Whose threads run the native CPU kernels' parallel jobs: 'own' or 'openmp:<library>'."""
+    return "unavailable" if _C is None else _C.thread_runtime()
+
+
 def build_info() -> dict:
     """How detkernels._C was built: CUDA version and architectures (None without CUDA), float
     flags, compiler, build type; plus the CUDA devices visible now."""
@@ -39,6 +67,7 @@ def build_info() -> dict:
         info["cuda_version"] = info["cuda_architectures"] = None
     info["cuda_devices"] = _C.cuda_device_count()
     info["num_threads"] = _C.num_threads()
+    info["thread_runtime"] = _C.thread_runtime()
     info["summary"] = build_summary(info)
     return info
 

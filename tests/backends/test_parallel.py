@@ -1,6 +1,8 @@
 """The native CPU thread pool behind parallel_for (csrc/common/parallel.cpp), through the public API:
 results byte-identical for any thread count, concurrent Python callers (the bindings release the
-GIL), nesting, exceptions, set_num_threads mid-process, fork and interpreter exit.
+GIL), nesting, exceptions, set_num_threads mid-process, fork and interpreter exit. Every test runs
+twice: on the pool's own threads and on torch's OpenMP runtime (what the pool uses once torch is
+imported: parallel.cpp, "Sharing torch's OpenMP runtime").
 
 `_C.testing.parallel_probe` reaches what no kernel does (nesting, a throwing chunk, a rendezvous
 that proves chunks really run on distinct threads); see its comment in csrc/common/parallel.h."""
@@ -26,6 +28,7 @@ if _registry.available_backends().get("native") != "available":
     pytest.skip("native backend not built", allow_module_level=True)
 
 from detkernels import _C  # noqa: E402
+from detkernels.backends import native  # noqa: E402
 
 THREADS = [1, 2, 3, 8]  # 8 > the cores of a small CI machine on purpose
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -36,6 +39,22 @@ def _restore_threads():
     n = detkernels.get_num_threads()
     yield
     detkernels.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True, params=["own", "openmp"])
+def runtime(request):
+    """Whose threads run the jobs: the pool's own, or torch's OpenMP runtime's."""
+    before = _C.thread_runtime()
+    if request.param == "own":
+        _C.use_own_pool()
+    elif not native.share_torch_threads(torch):
+        pytest.skip("torch's parallel backend is not OpenMP here (or DETKERNELS_SHARE_OPENMP=0)")
+    assert _C.thread_runtime().startswith(request.param)
+    yield request.param
+    if before == "own":
+        _C.use_own_pool()
+    else:
+        native.share_torch_threads(torch)
 
 
 def _boxes(g: np.random.Generator, n: int, lo: float, hi: float, span: float = 1000.0) -> np.ndarray:
@@ -58,6 +77,8 @@ def _workloads(seed: int) -> dict:
     ms = g.uniform(0, 1, (16, 4000, 2)).astype(np.float32)  # 128k candidates: parallel sort
     b1, b2 = _boxes(g, 300, 1, 200), _boxes(g, 1000, 1, 200)
     b1[:5] = np.nan  # NaN rows stay NaN rows whichever thread computes them
+    db = np.stack([_boxes(g, 5000, 5, 60) for _ in range(3)])
+    ds = np.round(g.uniform(0, 0.2, (3, 5000, 20)), 2).astype(np.float32)  # tied scores
 
     feat_cl = torch.from_numpy(g.standard_normal((2, 64, 24, 32)).astype(np.float32))
     rois_cl = torch.from_numpy(np.concatenate(
@@ -95,6 +116,9 @@ def _workloads(seed: int) -> dict:
         "ps_roi_align": lambda: with_grad(detkernels.ps_roi_align, feat_ps, rois_ps, (7, 7), 1.0, 2),
         "roi_pool": lambda: with_grad(detkernels.roi_pool, feat_cl, rois_cl, (7, 7), 0.5),
         "ps_roi_pool": lambda: with_grad(detkernels.ps_roi_pool, feat_ps, rois_ps, (7, 7), 1.0),
+        # 3 images of 3 anchor blocks: images on the pool, or blocks (more threads than images).
+        "detect": lambda: tuple(detkernels.detect(db, ds, 0.5, 100, score_threshold=0.05,
+                                                  pre_nms_top_k=500, backend="native")),
     }
 
 
@@ -241,10 +265,14 @@ def test_exception_propagates_and_pool_survives():
     assert r[:5] == [4, 4, 0, 0, 0] and r[5:] == [1] * 400
 
 
-def _run_script(body: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    """Runs FORK_HELPERS + body in a fresh interpreter."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "tests")]))
-    code = ("import os, sys, threading, time\nimport numpy as np\nimport detkernels\n"
+def _run_script(body: str, runtime: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Runs FORK_HELPERS + body in a fresh interpreter whose pool runs on `runtime`'s threads
+    (openmp: torch imported first; own: DETKERNELS_SHARE_OPENMP=0, so a torch import keeps them)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "tests")]),
+               DETKERNELS_SHARE_OPENMP="1" if runtime == "openmp" else "0")
+    first = ("import torch\nassert detkernels._C.thread_runtime().startswith('openmp:')\n"
+             if runtime == "openmp" else "")
+    code = ("import os, sys, threading, time\nimport numpy as np\nimport detkernels\n" + first
             + FORK_HELPERS + textwrap.dedent(body))
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           timeout=timeout)
@@ -277,10 +305,11 @@ def wait_child(pid, seconds=30):
 """
 
 
-def test_fork_child_gets_a_fresh_pool():
+def test_fork_child_gets_a_fresh_pool(runtime):
     """fork after the pool started, including while another thread is inside a parallel job (the
-    old pool's locks held by a thread the child does not have): the child's kernels finish and it
-    exits 0."""
+    old pool's locks held by a thread the child does not have): the child's kernels finish on a
+    pool of its own threads (also when the parent's ran on torch's OpenMP runtime, whose threads
+    do not survive fork either) and it exits 0."""
     r = _run_script("""
     stop = False
     def busy():
@@ -292,7 +321,7 @@ def test_fork_child_gets_a_fresh_pool():
     for i in range(20):
         pid = os.fork()
         if pid == 0:
-            ok = all(same(work()) for _ in range(2))
+            ok = all(same(work()) for _ in range(2)) and detkernels._C.thread_runtime() == "own"
             detkernels.set_num_threads(5)  # the child's pool grows too
             r = detkernels._C.testing.parallel_probe(50, 1, 0, -1, 5)
             os._exit(0 if ok and r[:5] == [5, 5, 0, 0, 0] else 1)
@@ -303,11 +332,11 @@ def test_fork_child_gets_a_fresh_pool():
     t.join()
     print(codes)
     sys.exit(0 if codes == [0] * 20 else 1)
-    """)
+    """, runtime)
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-def test_multiprocessing_fork_context():
+def test_multiprocessing_fork_context(runtime):
     r = _run_script("""
     import multiprocessing as mp
     def task(i):
@@ -316,12 +345,12 @@ def test_multiprocessing_fork_context():
         with mp.get_context("fork").Pool(2) as p:
             res = p.map_async(task, range(4)).get(timeout=60)
         sys.exit(0 if res == [True] * 4 else 1)
-    """)
+    """, runtime)
     assert r.returncode == 0, r.stdout + r.stderr
 
 
 @pytest.mark.parametrize("how", ["return", "sys.exit", "after-other-thread", "daemon-in-kernel"])
-def test_interpreter_exits_cleanly(how):
+def test_interpreter_exits_cleanly(how, runtime):
     """Workers are detached and the pool is never torn down: an interpreter that used an 8-worker
     pool exits 0 without waiting for them -- also while a daemon thread is inside a kernel (its
     GIL re-acquisition at shutdown ends the thread; with pybind11's noexcept gil_scoped_release
@@ -343,12 +372,12 @@ def test_interpreter_exits_cleanly(how):
     if "{how}" == "sys.exit":
         sys.exit(0)
     print("done")
-    """, timeout=60)
+    """, runtime, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
 
 
 @pytest.mark.parametrize("lib", ["numpy", "torch", "torch-grad"])
-def test_exit_while_daemon_threads_are_inside_every_op(lib):
+def test_exit_while_daemon_threads_are_inside_every_op(lib, runtime):
     """Issue 19.2: one daemon thread per public op is inside its kernel when the interpreter exits.
     Its GIL re-acquisition then ends the thread with a forced unwind, which must pass every frame
     between the kernel and the thread's start. Torch RoI calls went through torch's dispatcher,
@@ -406,7 +435,7 @@ def test_exit_while_daemon_threads_are_inside_every_op(lib):
         time.sleep(0.001)
     time.sleep(0.15)
     print("still inside:", sorted(set(ops) - done))
-    """, timeout=180)
+    """, runtime, timeout=180)
     assert r.returncode == 0, (r.returncode, r.stdout + r.stderr)
     assert "still inside: ['batched_nms', 'box_iou', 'ciou', 'diou', 'giou', 'multi_image_nms', 'nms', " \
            "'nms_padded', 'ps_roi_align', 'ps_roi_pool', 'roi_align', 'roi_pool']" in r.stdout, r.stdout
