@@ -169,12 +169,13 @@ def test_many_candidates_split_over_threads():
 
 
 def test_row_scan_at_every_width():
-    """The native single-label row scan (one max pass that sums the row as its NaN witness, then,
-    for a passing row, the first column equal to the maximum from 64-column lane masks) on rows
-    that exercise each part: widths below, at and past the vector and 64-column chunk sizes; the
-    maximum in the second chunk, tied across chunks (the first wins), tied as -0 / +0; rows
-    holding both infinities (a NaN sum without a NaN), NaN anywhere, huge values whose sum
-    overflows; with and without a threshold and objectness, in both dtypes."""
+    """The native single-label scans -- rows (one max pass that sums the row as its NaN witness,
+    then, for a passing row, the first column equal to the maximum from 64-column lane masks) and
+    columns (ultralytics' [B, 4 + C, A] layout: the same witness per anchor over blocks of anchors)
+    -- on rows that exercise each part: widths below, at and past the vector and 64-column chunk
+    sizes; the maximum in the second chunk, tied across chunks (the first wins), tied as -0 / +0;
+    rows holding both infinities (a NaN sum without a NaN), NaN anywhere (class 0 too), huge
+    values whose sum overflows; with and without a threshold and objectness, in both dtypes."""
     rng = np.random.default_rng(12)
     for C in (31, 32, 33, 63, 64, 65, 80, 127, 129, 200):
         A = 96
@@ -183,7 +184,9 @@ def test_row_scan_at_every_width():
             for a in range(A):
                 kind = a % 8
                 c1, c2 = rng.integers(0, C, 2)
-                if kind == 1:  # the maximum late (second chunk where there is one), tied earlier
+                if kind == 0 and a % 16 == 0:  # NaN in class 0
+                    s[0, a, 0] = np.nan
+                elif kind == 1:  # the maximum late (second chunk where there is one), tied earlier
                     s[0, a, C - 1] = s[0, a, min(c1, C - 1)] = 0.9
                 elif kind == 2:  # -0 / +0 maximum
                     s[0, a] = -rng.uniform(0, 1, C)
@@ -202,10 +205,13 @@ def test_row_scan_at_every_width():
                     s[0, a, c1] = -np.inf
             boxes = _inputs("uniform", C, 1, A, 1, dtype)[0]
             obj = rng.uniform(0.5, 1.0, (1, A)).astype(dtype)
+            columns = np.ascontiguousarray(s.transpose(0, 2, 1)).transpose(0, 2, 1)  # [1, A, C] view
             for kw in (dict(), dict(score_threshold=0.5), dict(objectness=obj),
                        dict(objectness=obj, score_threshold=0.3)):
-                _check(dk.detect(boxes, s, 0.5, A, backend="native", **kw),
-                       ref.detect(boxes, s, 0.5, A, **kw), f"C={C} {dtype.__name__} {sorted(kw)}")
+                want = ref.detect(boxes, s, 0.5, A, **kw)
+                for layout, scores in (("rows", s), ("columns", columns)):
+                    _check(dk.detect(boxes, scores, 0.5, A, backend="native", **kw), want,
+                           f"{layout} C={C} {dtype.__name__} {sorted(kw)}")
 
 
 def _bin_stress_scores(rng, n):
