@@ -105,24 +105,39 @@ def _end2end(prediction: Tensor, conf_thres: float, classes: Tensor | None, max_
     return (output, keepi) if return_idxs else output
 
 
-def _torch_candidates(x: Tensor, nc: int, thr: float, multi: bool,
-                      classes: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-    """One image's candidates as ultralytics computes them (``x``: ``[A, 4 + nc + extra]``): conf,
-    class, anchor -- in candidate-index order. Used for images above ``max_nms`` with tied scores
-    only, whose cap must run ultralytics' own (unstable) sort on exactly these scores."""
-    cls = x[:, 4:4 + nc]
+def _torch_cap(pi: Tensor, nc: int, thr: float, multi: bool, classes: Tensor | None,
+               max_nms: int) -> tuple[Tensor, Tensor, Tensor]:
+    """One image's first ``max_nms`` candidates as ultralytics picks them (``pi``: its
+    ``[4 + nc + extra, A]`` prediction): its candidates (conf, class, anchor) in candidate-index
+    order, then its unstable ``argsort(descending=True)[:max_nms]`` on their scores. Used for
+    images above ``max_nms`` with tied scores only, whose cap must run that sort on exactly these
+    scores in this order."""
+    cls = pi[4:4 + nc]  # [nc, A]: each class's scores contiguous
+    if not multi and classes is None:
+        # ultralytics' conf is cls.max(1)'s value, which for a NaN-free row is its amax; a NaN
+        # row (amax NaN) fails the threshold, as by ultralytics' amax filter. Reduced along the
+        # contiguous anchor rows (the [A, nc] view's max(1) was ~3.9 ms an image, this ~0.7),
+        # and the class (torch.max's first maximal index, as ultralytics') of the kept ones only.
+        conf = cls.amax(0)
+        anchor = torch.nonzero(conf > thr)[:, 0]
+        conf = conf[anchor]
+        o = conf.argsort(descending=True)[:max_nms]
+        anchor = anchor[o]
+        return conf[o], cls[:, anchor].max(0).indices, anchor
+    x = cls.t()  # [A, nc]
     if multi:
-        anchor = torch.nonzero(cls.amax(1) > thr)[:, 0]  # NaN rows out
-        i, j = torch.where(cls[anchor] > thr)
-        conf, anchor = cls[anchor[i], j], anchor[i]
+        anchor = torch.nonzero(x.amax(1) > thr)[:, 0]  # NaN rows out
+        i, j = torch.where(x[anchor] > thr)
+        conf, anchor = x[anchor[i], j], anchor[i]
     else:  # a NaN row's max is NaN: out, as by ultralytics' amax filter
-        conf, j = cls.max(1)
+        conf, j = x.max(1)
         anchor = torch.nonzero(conf > thr)[:, 0]
         conf, j = conf[anchor], j[anchor]
     if classes is not None:
-        keep = (j[:, None].to(x.dtype) == classes).any(1)
+        keep = (j[:, None].to(pi.dtype) == classes).any(1)
         conf, j, anchor = conf[keep], j[keep], anchor[keep]
-    return conf, j, anchor
+    o = conf.argsort(descending=True)[:max_nms]  # ultralytics' cap, its tie order too
+    return conf[o], j[o], anchor[o]
 
 
 def non_max_suppression(prediction: Any, conf_thres: float = 0.25, iou_thres: float = 0.45,
@@ -206,13 +221,12 @@ def non_max_suppression(prediction: Any, conf_thres: float = 0.25, iou_thres: fl
         # stage 1's stable order is ultralytics'. With a tie there, its unstable argsort decides.
         tied = (s1[:, 1:] == s1[:, :-1]).any(1)
         for i in torch.nonzero((n1 > max_nms) & tied)[:, 0].tolist():
-            ss, cc, aa = _torch_candidates(p[i], nc, thr, multi, cls_t)
-            o = ss.argsort(descending=True)[:max_nms]  # ultralytics' cap, its tie order too
-            m, aa = o.numel(), aa[o]
+            ss, cc, aa = _torch_cap(prediction[i], nc, thr, multi, cls_t, max_nms)
+            m = aa.numel()
             xywh = p[i, aa, :4]
             wh = xywh[:, 2:] / 2  # ultralytics' xywh2xyxy (detect's cxcywh rule)
             b1[i, :m] = torch.cat([xywh[:, :2] - wh, xywh[:, :2] + wh], 1).to(b1.dtype)
-            s1[i, :m], c1[i, :m], a1[i, :m] = ss[o], cc[o], aa
+            s1[i, :m], c1[i, :m], a1[i, :m] = ss, cc, aa
     if rotated:
         return _rotated(p, nc, multi, s1, c1, a1, n1, max_nms, iou_thres, agnostic, max_det, max_wh,
                         return_idxs)

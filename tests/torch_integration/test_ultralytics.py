@@ -366,7 +366,7 @@ def test_max_nms_cap_on_distinct_scores_stays_fused(monkeypatch):
     scores = rng.permutation(np.linspace(0.3, 0.9, A * 3, dtype=np.float32)).reshape(A, 3)  # distinct
     pred = torch.cat([pred_of(boxes, scores), pred_of(boxes[::-1].copy(), scores)])
     want = [UL(pred, conf_thres=0.25, max_nms=300, multi_label=m, return_idxs=True) for m in (False, True)]
-    monkeypatch.setattr(mod, "_torch_candidates", no_loop)
+    monkeypatch.setattr(mod, "_torch_cap", no_loop)
     for m, w in zip((False, True), want):
         same(w, dk_nms(pred, conf_thres=0.25, max_nms=300, multi_label=m, return_idxs=True))
     with pytest.raises(AssertionError, match="per-image path"):  # the tied case does take it
