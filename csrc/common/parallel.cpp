@@ -96,7 +96,8 @@ constexpr int kMaxBackoff = 64;
 using OmpParallel = void (*)(void (*)(void*), void*, unsigned, unsigned);
 std::atomic<OmpParallel> g_omp{nullptr};
 // The library it came from (for thread_runtime), set before g_omp; each binding's name is leaked,
-// so a reader never sees it freed (a handful of strings per process at most).
+// so a reader never sees it freed (one short string per share_openmp_runtime call: once per
+// process, a few dozen in tests/backends/test_parallel.py).
 std::atomic<const std::string*> g_omp_name{nullptr};
 
 // True on pool workers always, and on a caller while it runs chunks: parallel_for runs inline.
@@ -184,8 +185,8 @@ struct Pool {
   }
 
   // One job as an OpenMP parallel region of helpers + 1 threads (the calling thread is its thread
-  // 0). Returns when the caller finished its chunks (`own_done`) and whether any other thread ran
-  // a chunk.
+  // 0): records when the caller finished its chunks (`own_done`) and whether any other thread ran
+  // a chunk, for the backoff rule.
   struct OmpJob {
     Job* j;
     std::thread::id caller;
