@@ -141,7 +141,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_num_threads", &set_num_threads, py::arg("n"));
   m.def("share_openmp_runtime", &share_openmp_runtime, py::arg("libraries"),
         "Run the CPU pool's jobs on the first already-loaded OpenMP runtime of `libraries` "
-        "(torch's); returns its name, or '' (own threads kept).");
+        "(torch's); returns its name, or '' (binding unchanged).");
   m.def("use_own_pool", &use_own_pool, "Run the CPU pool's jobs on its own threads again.");
   m.def("thread_runtime", &thread_runtime, "'own', or 'openmp:<library>'.");
   m.def("cuda_device_count", [] {

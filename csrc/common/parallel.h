@@ -20,7 +20,7 @@ namespace detkernels {
 
 // The pool's threads (parallel.cpp, "Sharing torch's OpenMP runtime"): binds it to the first of
 // `libraries` that this process has already loaded and that exports GOMP_parallel (an OpenMP
-// runtime: torch's), and returns its name; "" when none is (the pool keeps its own threads).
+// runtime: torch's), and returns its name; "" when none is (the pool's binding is unchanged).
 std::string share_openmp_runtime(const std::vector<std::string>& libraries);
 // Back to the pool's own threads.
 void use_own_pool();

@@ -52,11 +52,6 @@ def share_torch_threads(torch: Any) -> str:
     return _C.share_openmp_runtime(bundled + ["libgomp.so.1", "libomp.so", "libomp.dylib", "libiomp5.so"])
 
 
-def thread_runtime() -> str:
-    """Whose threads run the native CPU kernels' parallel jobs: 'own' or 'openmp:<library>'."""
-    return "unavailable" if _C is None else _C.thread_runtime()
-
-
 def build_info() -> dict:
     """How detkernels._C was built: CUDA version and architectures (None without CUDA), float
     flags, compiler, build type; plus the CUDA devices visible now."""

@@ -101,7 +101,6 @@ def environment(devices: list[str]) -> dict[str, Any]:
     }
     try:
         env["threads"]["detkernels"] = detkernels.get_num_threads()
-        env["threads"]["detkernels runtime"] = detkernels.build_info().get("thread_runtime")
     except ImportError:
         pass
     if "torch" in sys.modules or _version("torch"):

@@ -234,7 +234,7 @@ def _env_lines(env: dict) -> list[str]:
         f"load average (1/5/15 min) {env['load_average_1_5_15']} at start, "
         f"{env.get('load_average_end')} at end",
         f"- threads: detkernels {env['threads']['detkernels']}"
-        + (f" (on {env['threads']['detkernels runtime']} threads)" if env['threads'].get('detkernels runtime') else "")
+        + (f" (on {rt} threads)" if (rt := env['detkernels_build'].get('thread_runtime')) else "")
         + f", torch {env['threads']['torch']}",
         "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val),
         f"- detkernels build: CUDA {env['detkernels_build'].get('cuda_version')}, "

@@ -137,7 +137,7 @@ template <typename V, int L, typename F> DK_ALWAYS_INLINE auto reduce_lanes(V x,
 // One pass: the row maximum `best` and a NaN witness `sum`, the sum of the row's values (one
 // add per vector instead of a compare and an OR). A NaN anywhere makes the sum NaN; a NaN-free
 // row gives a NaN sum only when it holds both infinities (or overflows into one of them), so a
-// NaN sum is confirmed by row_has_nan before it counts. `best` is meaningful for NaN-free rows.
+// NaN sum is confirmed by first_nan before it counts. `best` is meaningful for NaN-free rows.
 template <typename T, bool Obj, int kBytes = 16>
 DK_ALWAYS_INLINE T row_max(const T* r, int64_t C, T o, T& sum) {
   using V = typename Vec<T, kBytes>::v;
@@ -178,10 +178,12 @@ DK_ALWAYS_INLINE T row_max(const T* r, int64_t C, T o, T& sum) {
   return best;
 }
 
-template <typename T, bool Obj> bool row_has_nan(const T* r, int64_t C, T o) {
-  for (int64_t c = 0; c < C; ++c)
-    if (at<T, Obj>(r, c, o) != at<T, Obj>(r, c, o)) return true;
-  return false;
+// The first of the C values r[0], r[stride], ... (times o) that is NaN, or C: the exact check
+// behind a NaN witness (rows: stride 1; the column scan: an anchor's classes).
+template <typename T, bool Obj> int64_t first_nan(const T* r, int64_t C, int64_t stride, T o) {
+  int64_t c = 0;
+  while (c < C && at<T, Obj>(r, c * stride, o) == at<T, Obj>(r, c * stride, o)) ++c;
+  return c;
 }
 
 // The first column of a NaN-free row (times o) equal to `v`, which the row holds.
@@ -330,9 +332,8 @@ DK_ALWAYS_INLINE void collect_rows(const T* s, const T* obj, const Params& p, T 
     int64_t bc = 0;
     // Thresholded, a row whose maximum fails fails either way (a NaN fails any threshold).
     if (p.has_thr && !(best > thr)) continue;
-    if (sum != sum && row_has_nan<T, Obj>(r, C, o)) {
+    if (sum != sum && (bc = first_nan<T, Obj>(r, C, 1, o)) < C) {
       if (p.has_thr) continue;
-      for (; at<T, Obj>(r, bc, o) == at<T, Obj>(r, bc, o); ++bc) {}
     } else {
       bc = first_equal<T, Obj, kBytes>(r, C, o, best);
     }
@@ -402,15 +403,11 @@ DK_ALWAYS_INLINE void collect_columns(const T* s, const T* obj, const Params& p,
     }
     for (int64_t j = 0; j < n; ++j) {
       const int64_t a = blk + j;
-      if (sum[j] != sum[j]) {  // maybe a NaN: the first NaN class is the best, failing any threshold
-        int64_t c = 0;
-        T v = T(0);
-        for (; c < C; ++c) {
-          v = Obj ? s[c * sc + a] * o[j] : s[c * sc + a];
-          if (v != v) break;
-        }
+      // Maybe a NaN: the first NaN class is the best, failing any threshold.
+      if (sum[j] != sum[j]) {
+        const int64_t c = first_nan<T, Obj>(s + a, C, sc, o[j]);
         if (c < C) {
-          if (!p.has_thr) out.push_back({v, a * C + c});
+          if (!p.has_thr) out.push_back({at<T, Obj>(s + a, c * sc, o[j]), a * C + c});
           continue;
         }
       }
